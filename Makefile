@@ -1,0 +1,33 @@
+# llama-course: the two commands of the Quickstart, and the helpers behind them.
+#   make demo   set up .venv (if missing) and train the tiny model with 2 gloo processes
+#   make test   set up .venv (if missing) and run every test
+# On a CUDA machine, override the torch pin:  make venv TORCH_SPEC='torch==2.13.0 --index-url ...'
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test test-fast lint docs grade handout clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: venv
+	$(PY) -m llama_course.demo
+
+test: venv
+	$(PY) -m pytest -q tests
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache runs
