@@ -1,0 +1,156 @@
+"""Process groups: who this process is, and which ranks it talks to for dp, tp and pp.
+
+Ranks are laid out as a (pp, dp, tp) grid with tp fastest, as Megatron-LM does, so the ranks of one
+tensor-parallel group are neighbours (on one node, over NVLink) and pipeline stages are the farthest apart:
+
+    rank = (pp_rank * dp + dp_rank) * tp + tp_rank
+
+    pp=2, dp=2, tp=2:   stage 0: [0 1] [2 3]     stage 1: [4 5] [6 7]
+                                 ^tp   ^tp
+                        dp groups: {0,2} {1,3} {4,6} {5,7};  pp groups: {0,4} {1,5} {2,6} {3,7}
+
+Every process group gets a timeout (default 60 s, `LLAMA_COURSE_TIMEOUT`) so a lost peer fails a
+collective with an error instead of hanging for gloo's default 30 minutes. Under torchrun the process
+group is built on a store prefixed by the restart attempt, so workers restarted by `--max-restarts` never
+read the dead attempt's addresses (see ../shared/reference/cpu-gloo-notes.md).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def default_timeout() -> timedelta:
+    return timedelta(seconds=float(os.environ.get("LLAMA_COURSE_TIMEOUT", "60")))
+
+
+@dataclass
+class Context:
+    """This process's place in the run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str = "gloo"
+    dp: int = 1
+    tp: int = 1
+    pp: int = 1
+    dp_rank: int = 0
+    tp_rank: int = 0
+    pp_rank: int = 0
+    dp_group: Any | None = None
+    tp_group: Any | None = None
+    pp_group: Any | None = None
+    mesh: Any | None = None
+    """torch DeviceMesh of shape (pp, dp, tp) with names ("pp", "dp", "tp"), for the torch implementations."""
+    restart_count: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device_type(self) -> str:
+        return self.device.type
+
+
+def grid_coords(rank: int, dp: int, tp: int, pp: int) -> tuple:
+    """(pp_rank, dp_rank, tp_rank) of a global rank in the (pp, dp, tp) grid."""
+    return rank // (dp * tp), (rank // tp) % dp, rank % tp
+
+
+def init_distributed(dp: int = 1, tp: int = 1, pp: int = 1, timeout: timedelta | None = None,
+                     mesh_world: int | None = None) -> Context:
+    """Join the process group (env:// from torchrun or our launcher; a one-rank group otherwise).
+
+    Builds the dp/tp/pp groups when dp x tp x pp == world size. A run with extra processes (parameter
+    servers) passes mesh_world = dp x tp x pp and builds its own groups for the rest.
+    """
+    timeout = timeout or default_timeout()
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available() and os.environ.get("LLAMA_COURSE_DEVICE", "cuda") == "cuda":
+        device, backend = torch.device("cuda", local_rank), "nccl"
+        torch.cuda.set_device(device)
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if not dist.is_initialized():
+        if "MASTER_ADDR" in os.environ and world > 1:
+            host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+            agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+            base = dist.TCPStore(host, port, world_size=None if agent_store else world,
+                                 is_master=(rank == 0 and not agent_store), timeout=timeout,
+                                 wait_for_workers=False)
+            store = dist.PrefixStore(f"llama_course/attempt_{restarts}", base)
+        else:
+            if world != 1:
+                raise RuntimeError("WORLD_SIZE > 1 needs MASTER_ADDR/MASTER_PORT (run under torchrun)")
+            store = dist.HashStore()
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout,
+                                device_id=device if backend == "nccl" else None)
+    ctx = Context(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend,
+                  dp=dp, tp=tp, pp=pp, restart_count=restarts)
+    grid = mesh_world if mesh_world is not None else world
+    if dp * tp * pp != grid:
+        raise RuntimeError(f"dp x tp x pp = {dp * tp * pp} does not match {grid} processes")
+    if rank < grid:
+        ctx.pp_rank, ctx.dp_rank, ctx.tp_rank = grid_coords(rank, dp, tp, pp)
+    ctx.dp_group, ctx.tp_group, ctx.pp_group = _grid_groups(ctx, grid)
+    return ctx
+
+
+def _grid_groups(ctx: Context, grid: int) -> tuple:
+    """new_group for every dp, tp and pp group (all ranks must call new_group for every group, in order)."""
+    dp, tp, pp = ctx.dp, ctx.tp, ctx.pp
+    mine = {}
+    ranks_of = {
+        "dp": [[(p * dp + d) * tp + t for d in range(dp)] for p in range(pp) for t in range(tp)],
+        "tp": [[(p * dp + d) * tp + t for t in range(tp)] for p in range(pp) for d in range(dp)],
+        "pp": [[(p * dp + d) * tp + t for p in range(pp)] for d in range(dp) for t in range(tp)],
+    }
+    for name, groups in ranks_of.items():
+        for ranks in groups:
+            if len(ranks) == ctx.world_size:
+                group = dist.group.WORLD
+            else:       # every rank calls new_group for every group, singletons included, in one order
+                group = dist.new_group(ranks, timeout=default_timeout())
+            if ctx.rank in ranks:
+                mine[name] = group
+    return mine.get("dp"), mine.get("tp"), mine.get("pp")
+
+
+def device_mesh(ctx: Context):
+    """A DeviceMesh (pp, dp, tp) over the whole world, built on first use (torch DDP/FSDP2/DTensor)."""
+    if ctx.mesh is None:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        ctx.mesh = init_device_mesh(ctx.device_type, (ctx.pp, ctx.dp, ctx.tp), mesh_dim_names=("pp", "dp", "tp"))
+    return ctx.mesh
+
+
+def group_size(group) -> int:
+    """Size of a group (the world when group is None and a process group exists)."""
+    return dist.get_world_size(group) if dist.is_initialized() else 1
+
+
+def all_reduce_mean(value: float, group=None, device=None) -> float:
+    """Mean of a Python float over a group (for logging losses and timings)."""
+    if group_size(group) == 1:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device or "cpu")
+    dist.all_reduce(t, group=group)
+    return float(t.item()) / dist.get_world_size(group)
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
