@@ -2,17 +2,18 @@
 
 Three stages, each with its cost (N corpus tokens, L = seq_len, G = global batch, dp ranks):
 
-1. **Tokenize** (once per corpus, cached). Documents are encoded with a byte-level BPE trained on the corpus
-   (`llama_course.tokenizer`) and joined, each followed by the end-of-text token, into one 1-D array. Pure
-   Python, O(N) dictionary look-ups: well under a second for the built-in corpus, minutes for 100 MB of
-   text, which is why real pipelines tokenize offline into binary shards (`write_shards`) that every rank
+1. **Tokenize** (once per corpus, cached). Documents are encoded with a byte-level BPE learned from the corpus
+   (`llama_course.tokenizer`; from all documents, held-out ones included, as production tokenizers are)
+   and joined, each followed by the end-of-text token, into one 1-D array. Pure Python, O(N) dictionary look-ups at a few million characters per second:
+   half a second for the built-in corpus (then read from the cache), a minute or more for 100 MB of
+   text -- which is why real pipelines tokenize offline into binary shards (`write_shards`) that every rank
    memory-maps: no parsing at start-up, the operating system pages in only what is read, and all ranks on a
    node share one copy in the page cache. Validation is held out by whole documents (`split_documents`),
    so no held-out sentence was half seen in training.
 2. **Pack** (`pack`, free). The stream is cut into non-overlapping windows of L + 1 tokens, a reshape with
    no copy: row i gives inputs `[:, :-1]` and next-token targets `[:, 1:]`. Nothing is padded, so every
-   position trains; documents simply continue across window edges after their end-of-text token (the
-   LLaMA and GPT recipe). The leftover tail, fewer than L + 1 tokens, is dropped.
+   position trains; a window may hold the end of one document, end-of-text and the start of the next, and
+   attention is not masked there (the GPT and LLaMA 1/2 recipe; LLaMA 3 masks across documents). The leftover tail, fewer than L + 1 tokens, is dropped.
 3. **Shard** (`BatchSampler`, free: it moves indices, never data). Each epoch is a permutation drawn from
    (seed, epoch); step k takes the next G sequences of that stream, and data-parallel rank r takes the
    contiguous slice [r G/dp, (r+1) G/dp) of them, cut into micro-batches of `micro_batch_size`. Every rank
