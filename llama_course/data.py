@@ -254,7 +254,10 @@ def builtin_documents() -> list[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for modname in BUILTIN_MODULES:
-            module = importlib.import_module(modname)
+            try:
+                module = importlib.import_module(modname)
+            except ImportError:  # a Python built without zlib and the like: that module is left out
+                continue
             add(modname, module.__doc__)
             for name, obj in sorted(vars(module).items()):
                 if name.startswith("_") or getattr(obj, "__module__", None) != modname:

@@ -2,6 +2,8 @@
 
 import multiprocessing
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -50,6 +52,14 @@ def test_builtin_corpus_is_real_english_and_fixed():
     assert sum(map(len, docs)) > 500_000
     text = " ".join(docs)
     assert text.count(" the ") > 5000 and "for" in text and "json.dumps" in text
+
+
+def test_builtin_corpus_does_not_depend_on_hash_seed():
+    code = "from llama_course.data import builtin_documents, fingerprint; print(fingerprint(builtin_documents()))"
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert out == data.fingerprint(builtin_documents())
 
 
 def test_load_builtin_tokens(cache):
