@@ -199,7 +199,7 @@ class DDPEngine(Engine):
         bucket = self.cfg.parallel.bucket_mb or 25
         return DDP(model, process_group=self.ctx.dp_group, bucket_cap_mb=bucket,
                    device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None,
-                   broadcast_buffers=False)
+                   )
 
     def sync_context(self, is_last_micro: bool):
         return nullcontext() if is_last_micro else self.model.no_sync()

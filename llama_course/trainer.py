@@ -276,7 +276,16 @@ def cli(args) -> int:
             overrides += [f"parallel.dp={args.nproc - cfg0.parallel.num_servers}", "cluster.num_gpus=null"]
     cfg = load_config(args.config, overrides)
     if under_launcher():
-        run_worker(cfg, args.metrics, args.checkpoint_dir, getattr(args, "trace", None), args.quiet)
+        try:
+            run_worker(cfg, args.metrics, args.checkpoint_dir, getattr(args, "trace", None), args.quiet)
+        except ConfigError:
+            raise
+        except Exception as e:      # one line per failed rank; LLAMA_COURSE_DEBUG=1 for the traceback
+            if os.environ.get("LLAMA_COURSE_DEBUG"):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            print(f"rank {os.environ.get('RANK')}: {type(e).__name__}: {first[:300]}", file=sys.stderr, flush=True)
+            return 1
         return 0
     from llama_course.data import load_tokens
 

@@ -1,0 +1,78 @@
+"""`llama-course eval CHECKPOINT [--json]`: held-out loss, perplexity and the bytes the weights really take.
+
+    llama-course eval runs/demo/checkpoints --json
+
+val_loss is the mean next-token cross-entropy over the held-out split of the checkpoint's corpus
+(whole documents the run never trained on), perplexity = exp(val_loss), n_params counts tied weights once,
+params_bytes is the size of the stored weight tensors (a quantized checkpoint really is smaller), and
+sparsity the fraction of exactly-zero weights in the matrices (what pruning leaves).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+
+def tensor_bytes(state: dict) -> int:
+    """Bytes of the distinct tensors of a state dict (shared storage counted once)."""
+    seen, total = set(), 0
+    for t in state.values():
+        if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+            seen.add(t.untyped_storage().data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def sparsity(model: torch.nn.Module) -> float:
+    """Fraction of exactly-zero entries over all weight matrices."""
+    zeros = total = 0
+    for p in model.parameters():
+        if p.dim() >= 2:
+            zeros += int((p == 0).sum())
+            total += p.numel()
+    return zeros / max(total, 1)
+
+
+@torch.no_grad()
+def evaluate_model(model, cfg, batches: int | None = None, batch_size: int = 8) -> float:
+    """Mean held-out loss of a model on its config's corpus (all of the validation split by default)."""
+    from llama_course.data import load_tokens, pack, val_batches
+    from llama_course.engine import cross_entropy
+
+    data = load_tokens(cfg)
+    seqs = pack(data.val, cfg.seq_len)
+    n = batches or max(1, len(seqs) // batch_size)
+    model.eval()
+    losses = [float(cross_entropy(model(x), y)) for x, y in val_batches(seqs, batch_size, n)]
+    return sum(losses) / len(losses)
+
+
+def evaluate_checkpoint(path: str) -> dict:
+    from llama_course.checkpoint import load_model, resolve_path
+    from llama_course.model import num_params
+
+    folder = resolve_path(path)
+    model, cfg, _ = load_model(folder)
+    loss = evaluate_model(model, cfg)
+    import os
+
+    state = torch.load(os.path.join(folder, "model.pt"), map_location="cpu", weights_only=True)
+    return {"checkpoint": folder, "val_loss": loss, "perplexity": math.exp(loss), "n_params": num_params(model),
+            "params_bytes": tensor_bytes(state), "sparsity": sparsity(model)}
+
+
+def cli(args) -> int:
+    result = evaluate_checkpoint(args.checkpoint)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"checkpoint   {result['checkpoint']}")
+        print(f"val_loss     {result['val_loss']:.4f}")
+        print(f"perplexity   {result['perplexity']:.2f}")
+        print(f"n_params     {result['n_params']:,}")
+        print(f"params_bytes {result['params_bytes']:,}")
+        print(f"sparsity     {result['sparsity']:.1%}")
+    return 0
