@@ -49,3 +49,181 @@ def forward_flops_per_token(model, seq_len: int) -> float:
 def model_flops_per_token(model, seq_len: int) -> float:
     """Training FLOPs for one token: forward + backward (2x forward), no recomputation counted."""
     return 3 * forward_flops_per_token(model, seq_len)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-op FLOPs and bytes of one block, on one GPU of a tensor-parallel group
+# ---------------------------------------------------------------------------------------------
+#
+# Notation (Korthikanti et al. 2022): b micro-batch sequences, s sequence length, h hidden, a heads,
+# t tensor-parallel degree, e bytes per element of the compute precision, f MLP width.
+# A matmul (m x k) @ (k x n) costs 2 m k n FLOPs and moves e (m k + k n + m n) bytes.
+# Element-wise ops (norms, softmax, GeLU/SwiGLU, dropout, residual adds) move bytes and are memory bound.
+# Without sequence parallelism the norms, dropouts and residual adds run replicated on every TP rank;
+# with it they run on s/t of the tokens.
+
+from typing import NamedTuple  # noqa: E402
+
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+class Op(NamedTuple):
+    """One kernel of a block's forward pass on one GPU."""
+
+    name: str
+    kind: str          # "matmul" | "memory" | "flash"
+    flops: float       # forward FLOPs
+    bytes: float       # forward bytes read + written
+    core: bool = False  # part of the attention core (scores, softmax, dropout, AV): selective recompute redoes it
+
+
+def uses_dropout(model) -> bool:
+    """GPT-style training (Megatron, GPT-3) keeps dropout 0.1; LLaMA trains without it."""
+    return model.arch == "gpt"
+
+
+def _matmul(name, m, k, n, e, core=False):
+    return Op(name, "matmul", 2.0 * m * k * n, e * (m * k + k * n + m * n), core)
+
+
+def layer_ops(model, seq_len: int, micro_batch: int = 1, tp: int = 1, sequence_parallel: bool = False,
+              precision: str = "bf16", flash: bool = True) -> list:
+    """The forward kernels of one transformer block on one GPU, with FLOPs and bytes.
+
+    Matmul FLOPs add up to (2 x layer_matmul_params + 4 s h) per token / t, the count used by
+    `forward_flops_per_token`; element-wise ops add bytes only.
+    """
+    e = DTYPE_BYTES[precision]
+    s, b, h, t = seq_len, micro_batch, model.dim, tp
+    tokens = b * s
+    a_t = model.n_heads // t
+    hd = model.dim // model.n_heads
+    kv_t = model.n_kv_heads * hd // t
+    f_t = model.ffn_dim // t
+    rep = tokens / t if sequence_parallel else tokens   # tokens seen by replicated element-wise ops
+    drop = uses_dropout(model)
+    ops = [Op("norm_attn", "memory", 0.0, 2 * rep * h * e),
+           _matmul("qkv", tokens, h, a_t * hd + 2 * kv_t, e)]
+    if model.arch == "llama":
+        ops.append(Op("rope", "memory", 0.0, 2 * tokens * (a_t * hd + kv_t) * e))
+    if flash:
+        fl = 4.0 * b * a_t * s * s * hd
+        ops.append(Op("attention", "flash", fl, e * tokens * (2 * a_t * hd + 2 * kv_t), True))
+    else:
+        sq = b * a_t * s * s                            # score elements on this GPU
+        ops.append(Op("qkv_layout", "memory", 0.0, 2 * tokens * (a_t * hd + 2 * kv_t) * e))
+        ops.append(Op("scores", "matmul", 2.0 * sq * hd, e * (2 * tokens * a_t * hd + sq), True))
+        ops.append(Op("softmax", "memory", 0.0, 2 * sq * e, True))
+        if drop:
+            ops.append(Op("attn_dropout", "memory", 0.0, sq * (2 * e + 1), True))
+        ops.append(Op("attn_values", "matmul", 2.0 * sq * hd, e * (sq + 2 * tokens * a_t * hd), True))
+    ops.append(_matmul("attn_out", tokens, a_t * hd, h, e))
+    ops.append(Op("residual_attn", "memory", 0.0, rep * h * (3 * e + (1 if drop else 0))))
+    ops.append(Op("norm_mlp", "memory", 0.0, 2 * rep * h * e))
+    if model.arch == "llama":
+        ops.append(_matmul("mlp_gate_up", tokens, h, 2 * f_t, e))
+        ops.append(Op("swiglu", "memory", 0.0, 3 * tokens * f_t * e))
+    else:
+        ops.append(_matmul("mlp_up", tokens, h, f_t, e))
+        ops.append(Op("gelu", "memory", 0.0, 2 * tokens * f_t * e))
+    ops.append(_matmul("mlp_down", tokens, f_t, h, e))
+    ops.append(Op("residual_mlp", "memory", 0.0, rep * h * (3 * e + (1 if drop else 0))))
+    return ops
+
+
+def head_ops(model, seq_len: int, micro_batch: int = 1, tp: int = 1, precision: str = "bf16") -> list:
+    """Final norm, vocabulary-parallel output head and cross-entropy (fp32 logits) of the last stage."""
+    e = DTYPE_BYTES[precision]
+    tokens = micro_batch * seq_len
+    v_t = model.vocab_size // tp
+    return [Op("final_norm", "memory", 0.0, 2 * tokens * model.dim * e),
+            _matmul("output_head", tokens, model.dim, v_t, e),
+            Op("cross_entropy", "memory", 0.0, tokens * v_t * (e + 3 * 4))]
+
+
+def embedding_ops(model, seq_len: int, micro_batch: int = 1, tp: int = 1, precision: str = "bf16") -> list:
+    """Embedding lookup (and GPT's learned positions) of the first stage: a gather, memory bound."""
+    e = DTYPE_BYTES[precision]
+    tokens = micro_batch * seq_len
+    return [Op("embedding", "memory", 0.0, 2 * tokens * model.dim * e * (2 if model.arch == "gpt" else 1))]
+
+
+BACKWARD_FLOPS = {"matmul": 2.0, "memory": 0.0, "flash": 2.5}   # x forward; flash bwd recomputes QK^T
+BACKWARD_BYTES = {"matmul": 2.0, "memory": 2.0, "flash": 2.5}
+
+
+def backward_op(op: Op) -> Op:
+    """The backward of a forward op: matmuls 2x FLOPs (input and weight gradients), element-wise 2x bytes."""
+    return Op(op.name, op.kind, op.flops * BACKWARD_FLOPS[op.kind], op.bytes * BACKWARD_BYTES[op.kind], op.core)
+
+
+# ---------------------------------------------------------------------------------------------
+# Activation memory of one block (Korthikanti et al. 2022, "Reducing Activation Recomputation")
+# ---------------------------------------------------------------------------------------------
+
+def activation_bytes_per_layer(model, seq_len: int, micro_batch: int = 1, tp: int = 1,
+                               sequence_parallel: bool = False, recompute: str = "none",
+                               flash: bool = False, precision: str = "fp16") -> float:
+    """Bytes a block keeps for backward, per micro-batch, on one GPU.
+
+    GPT with 16-bit activations and dropout reproduces Korthikanti's Table 2 exactly:
+      none:      s b h (34 + 5 a s / h)                      (t = 1)
+      tp:        s b h (10 + 24/t + 5 a s / (h t))
+      tp + sp:   s b h (34/t + 5 a s / (h t))
+      selective: drops the 5 a s / h term (scores are recomputed); so does a fused (flash) kernel
+      full:      2 s b h (the block input only; /t with sp)
+    LLaMA: no dropout masks, K and V of n_kv_heads, SwiGLU keeps both branch outputs (3 x s b f).
+    """
+    e = DTYPE_BYTES[precision]
+    s, b, h, t = seq_len, micro_batch, model.dim, tp
+    sbh = s * b * h
+    rep = 1.0 / t if sequence_parallel else 1.0   # replicated parts without sp
+    if recompute == "full":
+        return e * sbh * rep
+    drop = uses_dropout(model)
+    kv = model.n_kv_heads / model.n_heads
+    f = model.ffn_dim
+    # attention: input of qkv (replicated), q, k, v, input of the output projection
+    attn = e * sbh * rep + e * sbh * (1 + 2 * kv) / t + e * sbh / t
+    if drop:
+        attn += sbh * rep                        # dropout mask after the output projection (1 byte)
+    if flash:
+        attn += e * sbh / t                      # the kernel's output (and tiny log-sum-exp)
+    if not (flash or recompute == "selective"):
+        sq = model.n_heads * s * s * b / t
+        attn += e * sq + (sq * (1 + e) if drop else 0)   # softmax output; dropout mask + output
+    if model.arch == "llama":
+        mlp = e * sbh * rep + 3 * e * s * b * f / t
+    else:
+        mlp = e * sbh * rep + 2 * e * s * b * f / t + (sbh * rep if drop else 0)
+    norms = 2 * e * sbh * rep
+    return attn + mlp + norms
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights, gradients and optimizer state, by precision and ZeRO stage (Rajbhandari et al. 2020)
+# ---------------------------------------------------------------------------------------------
+
+OPTIMIZER_STATES = {"sgd": 1, "adamw": 2, "lars": 1, "lamb": 2}   # fp32 tensors kept per parameter
+
+
+def state_bytes_per_param(precision: str, optimizer: str) -> dict:
+    """Bytes per parameter of weights, gradients and optimizer state.
+
+    Mixed precision (fp16/bf16): 2 + 2 + (4 master copy + 4 per optimizer state); Adam: 2 + 2 + 12 = 16,
+    the ZeRO paper's K = 12. fp32: 4 + 4 + 4 per state.
+    """
+    k = 4 * OPTIMIZER_STATES[optimizer]
+    if precision == "fp32":
+        return {"params": 4.0, "grads": 4.0, "optimizer": float(k)}
+    return {"params": 2.0, "grads": 2.0, "optimizer": float(k + 4)}
+
+
+def state_bytes(n_params: float, precision: str, optimizer: str, zero_stage: int = 0, dp: int = 1) -> dict:
+    """Per-GPU bytes of weights, gradients and optimizer state for n_params on this GPU before ZeRO.
+
+    ZeRO-1 shards optimizer state over dp, ZeRO-2 also gradients, ZeRO-3 (FSDP) also weights.
+    """
+    per = state_bytes_per_param(precision, optimizer)
+    shard = {"optimizer": zero_stage >= 1, "grads": zero_stage >= 2, "params": zero_stage >= 3}
+    return {k: n_params * v / (dp if shard[k] else 1) for k, v in per.items()}

@@ -1,0 +1,203 @@
+"""Collectives: ring, tree and hierarchical algorithms as SimPy processes of flows over the cluster graph.
+
+An algorithm is a sequence of steps; in each step every rank sends one chunk at once (flows share links
+through `network.Network`). With alpha the path latency and B the bottleneck bandwidth:
+
+    ring all-reduce of S bytes on n ranks   2 (n-1) steps of S/n:  t = 2 (n-1) (alpha + S / (n B))
+    ring reduce-scatter / all-gather        (n-1) steps of S/n:    t = (n-1) (alpha + S / (n B))
+    tree all-reduce (binary, k chunks)      reduce up + broadcast down, pipelined: 2 (D + k - 1) steps
+    hierarchical all-reduce                 reduce-scatter in the node (g GPUs), all-reduce of S/g between
+                                            nodes (g rails at once), all-gather in the node
+    all-to-all                              n-1 shifted permutations of S/n each
+    send / recv                             one flow: alpha + S / B
+
+Bandwidth is reported as nccl-tests does (doc/PERFORMANCE.md): algbw = S / t; busbw = algbw x 2(n-1)/n
+for all-reduce, x (n-1)/n for reduce-scatter, all-gather and all-to-all, x 1 for send/recv.
+
+The steps of ring and hierarchical algorithms are identical (same flows, empty network at each start), so
+by default one step is simulated with full contention and the others are its copies; `exact=True` runs
+every step as its own set of SimPy flows (the tests hold the two equal). That keeps a 128-node ring at
+one flow computation instead of 254.
+
+    python -c "from simulator.collectives import demo; demo()"
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import simpy
+
+from simulator.network import Network
+from simulator.topology import Cluster
+
+KINDS = ("all_reduce", "reduce_scatter", "all_gather", "all_to_all", "send")
+ALGORITHMS = ("ring", "tree", "hierarchical")
+
+
+def bus_factor(kind: str, n: int) -> float:
+    """busbw / algbw of nccl-tests for a collective over n ranks."""
+    if n <= 1:
+        return 1.0
+    if kind == "all_reduce":
+        return 2.0 * (n - 1) / n
+    if kind in ("reduce_scatter", "all_gather", "all_to_all"):
+        return (n - 1) / n
+    return 1.0
+
+
+def bandwidths(kind: str, n: int, nbytes: float, seconds: float) -> tuple:
+    """(algbw, busbw) in bytes/s."""
+    algbw = nbytes / seconds if seconds > 0 else float("inf")
+    return algbw, algbw * bus_factor(kind, n)
+
+
+# ---------------------------------------------------------------------------------------------
+# algorithms: each returns a list of stages (flows, repeat); a stage's flows start together
+# ---------------------------------------------------------------------------------------------
+
+def _ring(ranks, chunk, steps):
+    n = len(ranks)
+    return [([(ranks[i], ranks[(i + 1) % n], chunk) for i in range(n)], steps)]
+
+
+def ring_stages(kind: str, ranks, nbytes: float) -> list:
+    n = len(ranks)
+    if n <= 1:
+        return []
+    steps = 2 * (n - 1) if kind == "all_reduce" else n - 1
+    return _ring(ranks, nbytes / n, steps)
+
+
+def tree_stages(kind: str, ranks, nbytes: float, cluster: Cluster) -> list:
+    """Binary-tree all-reduce (heap order), pipelined in k chunks: reduce to the root, broadcast back."""
+    n = len(ranks)
+    if n <= 1:
+        return []
+    depth = int(math.floor(math.log2(n)))
+    alpha = max(cluster.path_latency(ranks[i], ranks[(i - 1) // 2]) for i in range(1, n))
+    bw = min(cluster.bottleneck(ranks[i], ranks[(i - 1) // 2]) for i in range(1, n)) / 2
+    k = max(1, min(256, int(round(math.sqrt(max(depth - 1, 0) * nbytes / max(alpha * bw, 1e-30))))))
+    up = [(ranks[i], ranks[(i - 1) // 2], nbytes / k) for i in range(1, n)]
+    down = [(d, s, b) for s, d, b in up]
+    return [(up, depth + k - 1), (down, depth + k - 1)]
+
+
+def hierarchical_stages(kind: str, ranks, nbytes: float, cluster: Cluster) -> list:
+    """Intra-node phase over NVLink, inter-node phase per rail, intra-node phase again."""
+    by_node = defaultdict(list)
+    for r in ranks:
+        by_node[cluster.node_of(r)].append(r)
+    nodes = [by_node[k] for k in sorted(by_node)]
+    g, m = len(nodes[0]), len(nodes)
+    if any(len(x) != g for x in nodes) or g == 1 or m == 1:
+        return ring_stages(kind, ranks, nbytes)
+    intra = [(grp[i], grp[(i + 1) % g], nbytes / g) for grp in nodes for i in range(g)]
+    inter_chunk = nbytes / (g * m)
+    inter = [(nodes[j][i], nodes[(j + 1) % m][i], inter_chunk) for i in range(g) for j in range(m)]
+    if kind == "all_reduce":
+        return [(intra, g - 1), (inter, 2 * (m - 1)), (intra, g - 1)]
+    if kind == "reduce_scatter":
+        return [(intra, g - 1), (inter, m - 1)]
+    if kind == "all_gather":
+        return [(inter, m - 1), (intra, g - 1)]
+    return ring_stages(kind, ranks, nbytes)
+
+
+def all_to_all_stages(ranks, nbytes: float) -> list:
+    n = len(ranks)
+    return [([(ranks[i], ranks[(i + k) % n], nbytes / n) for i in range(n)], 1) for k in range(1, n)]
+
+
+def stages_for(kind: str, algorithm: str, ranks, nbytes: float, cluster: Cluster) -> list:
+    if kind == "send":
+        return [([(ranks[0], ranks[1], nbytes)], 1)]
+    if kind == "all_to_all":
+        return all_to_all_stages(ranks, nbytes)
+    if algorithm == "ring":
+        return ring_stages(kind, ranks, nbytes)
+    if algorithm == "tree":
+        if kind != "all_reduce":
+            raise ValueError("tree is an all-reduce algorithm")
+        return tree_stages(kind, ranks, nbytes, cluster)
+    if algorithm == "hierarchical":
+        return hierarchical_stages(kind, ranks, nbytes, cluster)
+    raise ValueError(f"unknown algorithm {algorithm}")
+
+
+# ---------------------------------------------------------------------------------------------
+# running them
+# ---------------------------------------------------------------------------------------------
+
+def collective_process(env: simpy.Environment, net: Network, stages: list, exact: bool = False):
+    """SimPy process: run the stages' steps one after the other (each step: all its flows, then a barrier)."""
+    for flows, repeat in stages:
+        for step in range(repeat if exact else 1):
+            start = env.now
+            yield env.all_of([net.transfer(s, d, b) for s, d, b in flows])
+            if not exact and repeat > 1:
+                yield env.timeout((env.now - start) * (repeat - 1))
+
+
+def run_collective(cluster: Cluster, kind: str, ranks, nbytes: float, algorithm: str = "ring",
+                   exact: bool = False) -> float:
+    """Seconds one collective takes on an otherwise idle network."""
+    ranks = list(ranks)
+    if len(ranks) <= 1 or nbytes <= 0:
+        return 0.0
+    cluster.add_ranks(ranks)
+    env = simpy.Environment()
+    net = Network(env, cluster)
+    env.process(collective_process(env, net, stages_for(kind, algorithm, ranks, nbytes, cluster), exact))
+    env.run()
+    return env.now
+
+
+class CommModel:
+    """Collective times on one cluster, cached by (kind, ranks, bytes): strategies ask it, never SimPy directly.
+
+    `algorithm="auto"` takes the fastest of ring, hierarchical (when the group spans nodes with several
+    GPUs each) and tree (all-reduce), as NCCL's tuner picks per size.
+    """
+
+    def __init__(self, cluster: Cluster, exact: bool = False):
+        self.cluster = cluster
+        self.exact = exact
+        self._cache: dict = {}
+
+    def time(self, kind: str, ranks, nbytes: float, algorithm: str = "auto") -> float:
+        ranks = tuple(ranks)
+        if len(ranks) <= 1 or nbytes <= 0:
+            return 0.0
+        key = (kind, ranks, float(nbytes), algorithm)
+        t = self._cache.get(key)
+        if t is None:
+            t = min(run_collective(self.cluster, kind, ranks, nbytes, a, self.exact)
+                    for a in self.candidates(kind, ranks, algorithm))
+            self._cache[key] = t
+        return t
+
+    def candidates(self, kind: str, ranks, algorithm: str) -> list:
+        if algorithm != "auto" or kind in ("send", "all_to_all"):
+            return [algorithm if algorithm != "auto" else "ring"]
+        nodes = {self.cluster.node_of(r) for r in ranks}
+        algs = ["ring"]
+        if 1 < len(nodes) < len(ranks):
+            algs.append("hierarchical")
+        if kind == "all_reduce" and len(nodes) > 2:
+            algs.append("tree")
+        return algs
+
+
+def demo() -> None:
+    from simulator.hardware import gpu_preset
+
+    for gpu in ("a100-80gb", "h100-sxm"):
+        cl = Cluster(gpu_preset(gpu), 64)
+        comm = CommModel(cl)
+        for n in (8, 16, 64):
+            t = comm.time("all_reduce", range(n), 1 << 30)
+            alg, bus = bandwidths("all_reduce", n, 1 << 30, t)
+            print(f"{gpu} all_reduce 1 GiB on {n:2d} GPUs: {t * 1e3:7.2f} ms  algbw {alg / 1e9:6.1f} GB/s  "
+                  f"busbw {bus / 1e9:6.1f} GB/s")

@@ -1,0 +1,98 @@
+"""Data parallel: gradient buckets overlapped with backward, and ZeRO-1/2/3, on a rank's comm stream.
+
+Every data-parallel replica computes gradients on its own micro-batches; before the optimizer step they
+are averaged over the dp ranks of the same model shard. Per step and GPU, with Psi parameters on the GPU
+and g bytes per gradient element:
+
+    plain / ZeRO-0   all-reduce Psi g bytes            each rank sends 2 (dp-1)/dp Psi g
+    ZeRO-1, ZeRO-2   reduce-scatter Psi g, step on Psi/dp, all-gather Psi e of new weights
+    ZeRO-3 (FSDP)    per block and micro-batch: all-gather weights before forward and before backward,
+                     reduce-scatter gradients after backward: 3 Psi bytes moved per micro-batch, prefetched
+                     so only what exceeds the block's compute is exposed
+
+Bucketing (`parallel.bucket_mb`): gradients are grouped into buckets of that size; a bucket is reduced as
+soon as the backward pass has produced all of it, on the comm stream, while the backward continues (the
+final backward of each pipeline chunk yields the gradients). With `overlap: false` (or bucket_mb 0, one
+collective per tensor) everything starts after the backward. The exposed time is what outlasts the
+backward. Gradient compression scales the bytes on the wire (`compression_factor`).
+
+Seed questions 1, 7, 11, 22, 26. Runs with
+`llama-course simulate configs/llama-7b-a100.yaml --set parallel.zero_stage=3 --trace zero3.json`.
+"""
+
+from __future__ import annotations
+
+import simpy
+
+from simulator.workload import DTYPE_BYTES
+
+
+def compression_factor(cfg, matrices=None) -> float:
+    """Bytes on the wire over uncompressed gradient bytes for `parallel.compression`."""
+    p, prec = cfg.parallel, cfg.training.precision
+    if p.compression in ("fp16", "bf16"):
+        return 2.0 / DTYPE_BYTES[prec] if DTYPE_BYTES[prec] > 2 else 1.0
+    if p.compression == "topk":
+        return min(1.0, 2.0 * p.topk_ratio)          # a value and an int32 index per kept entry
+    if p.compression == "powersgd":
+        m = cfg.model
+        mats = matrices or [(m.dim, m.dim), (m.dim, m.ffn_dim)]
+        r = p.powersgd_rank
+        return min(1.0, sum(r * (a + b) for a, b in mats) / sum(a * b for a, b in mats))
+    return 1.0
+
+
+def grad_bytes_per_param(cfg) -> float:
+    """Gradients are reduced in the compute precision (2 bytes mixed, 4 fp32), before compression."""
+    return float(DTYPE_BYTES[cfg.training.precision])
+
+
+def bucket_sizes(total_bytes: float, bucket_mb: float, tensors: int) -> list:
+    """Split a chunk's gradient bytes into buckets (bucket_mb 0: one per tensor)."""
+    if total_bytes <= 0:
+        return []
+    if bucket_mb <= 0:
+        n = max(1, tensors)
+    else:
+        n = max(1, int(-(-total_bytes // (bucket_mb * 1e6))))
+    return [total_bytes / n] * n
+
+
+def gradient_sync(ready: list, overlap: bool, comm_time, compute_end: float) -> tuple:
+    """Run a rank's gradient buckets through its comm stream (a SimPy process).
+
+    ready: [(time the bucket's gradients exist, bytes)] in production order; comm_time(bytes) -> seconds.
+    Returns (end of the last collective, seconds of communication, [(start, end)] per bucket).
+    """
+    env = simpy.Environment()
+    spans = []
+
+    def stream():
+        for t_ready, nbytes in ready:
+            start = t_ready if overlap else compute_end
+            if env.now < start:
+                yield env.timeout(start - env.now)
+            s = env.now
+            yield env.timeout(comm_time(nbytes))
+            spans.append((s, env.now))
+
+    env.process(stream())
+    env.run()
+    busy = sum(e - s for s, e in spans)
+    return max(env.now, compute_end), busy, spans
+
+
+def buckets_ready(last_backward: tuple, chunk_bytes: float, bucket_mb: float, tensors: int) -> list:
+    """Buckets of one chunk become ready evenly through the chunk's final backward (last layer first)."""
+    start, end = last_backward
+    sizes = bucket_sizes(chunk_bytes, bucket_mb, tensors)
+    out, done = [], 0.0
+    for size in sizes:
+        done += size
+        out.append((start + (end - start) * done / chunk_bytes, size))
+    return out
+
+
+def zero3_exposed(compute_s: float, gather_s: float) -> float:
+    """ZeRO-3 prefetches the next block's weights during this block's compute: only the excess shows."""
+    return max(0.0, gather_s - compute_s)

@@ -1,0 +1,221 @@
+"""Hardware: what one accelerator can do, as the cost model sees it.
+
+A device is a roofline: dense matmul peak P (TFLOP/s, by precision), memory bandwidth W (bytes/s) and
+memory M (bytes). An op of F FLOPs that moves Q bytes takes
+
+    t = max(F / (P * e_mm), Q / (W * e_mem)) + kernel_overhead
+
+where e_mm is the fraction of peak that large matmuls reach and e_mem the fraction of HBM bandwidth that
+element-wise kernels reach. Both are calibrated ONCE per GPU type (never per run):
+
+- A100: e_mm fitted on Megatron-LM 2021 Table 1 (one number for all ten rows, docs/simulator/validation.md);
+- H100 / H200: the same e_mm (transformer GEMMs reach a similar share of peak on Hopper in published GEMM
+  sweeps); not fitted to any training run, so every H100 run is out of sample;
+- link efficiency: the share of NVLink bandwidth a ring reaches, from the nccl-tests busbw figures
+  (230 GB/s of 300 on 8 x A100, 370 of 450 on 8 x H100).
+
+Links: `intra_node` is NVLink/NVSwitch per GPU and per direction, `inter_node` one NIC per GPU (8 x 200 Gb/s
+HDR = 25 GB/s per A100; 8 x 400 Gb/s NDR = 50 GB/s per H100). Every value can be overridden from the config
+(`cluster.peak_tflops`, `cluster.memory_GB`, `cluster.intra_node.bandwidth_GBps`, ...).
+
+`cpu` is this machine, read from `simulator/profiles/cpu.json` (written by `llama-course bench`; a default
+ships with the package, consistent with ../shared/reference/cpu-gloo-notes.md).
+
+    python -c "from simulator.hardware import gpu_preset; print(gpu_preset('a100-80gb'))"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from simulator.config import ConfigError
+
+PROFILE_DIR = os.path.join(os.path.dirname(__file__), "profiles")
+CPU_PROFILE = os.path.join(PROFILE_DIR, "cpu.json")
+
+# One calibration for every Ampere/Hopper GPU: fraction of dense peak a large fp16/bf16 GEMM reaches.
+# Fitted once on Megatron-LM 2021 Table 1 (benchmarks/simulator_validation.py --fit prints the fit).
+MATMUL_EFFICIENCY = 0.75
+# Fraction of HBM bandwidth a fused element-wise kernel (norm, softmax, GeLU, dropout) reaches.
+MEMORY_EFFICIENCY = 0.80
+
+
+@dataclass
+class Hardware:
+    """One accelerator type and the links around it (all rates in bytes/s or FLOP/s, SI units)."""
+
+    name: str
+    peak_flops: dict
+    """Dense peak FLOP/s by precision: {'fp32': ..., 'fp16': ..., 'bf16': ...}."""
+    memory_bytes: float
+    """Device memory in bytes."""
+    memory_bandwidth: float
+    """HBM bandwidth in bytes/s."""
+    intra_bandwidth: float
+    """NVLink bandwidth per GPU per direction, bytes/s."""
+    intra_latency: float
+    """One-way latency of a message within a node, seconds."""
+    inter_bandwidth: float
+    """NIC bandwidth per GPU per direction, bytes/s."""
+    inter_latency: float
+    """One-way latency of a message between nodes, seconds."""
+    gpus_per_node: int = 8
+    """Devices per node."""
+    topology: str = "fat_tree"
+    """Inter-node fabric: fat_tree | rail_optimized."""
+    matmul_efficiency: float = MATMUL_EFFICIENCY
+    """Calibrated share of peak that large matmuls reach."""
+    memory_efficiency: float = MEMORY_EFFICIENCY
+    """Share of HBM bandwidth element-wise kernels reach."""
+    link_efficiency: float = 1.0
+    """Share of NVLink bandwidth a ring collective reaches (nccl-tests busbw / link bandwidth)."""
+    kernel_overhead: float = 0.0
+    """Fixed cost per kernel launch, seconds (dominant on CPU, small on GPU)."""
+    memory_shared: bool = False
+    """True when the devices of a node share one memory (cpu: processes share RAM)."""
+    nodes_per_leaf: int = 16
+    """Nodes under one leaf (or rail) switch of the fabric."""
+
+    def peak(self, precision: str) -> float:
+        return self.peak_flops[precision]
+
+    def with_overrides(self, **changes) -> "Hardware":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+T = 1e12
+G = 1e9
+GIB = 1 << 30   # "80 GB" of HBM is 80 GiB (nvidia-smi shows 81,920 MiB on an A100 80GB)
+US = 1e-6
+
+
+def _gpu(name, bf16, fp32, mem_gb, hbm_tbps, nvlink_gbps, nic_gbps, link_eff):
+    return Hardware(name=name, peak_flops={"fp32": fp32 * T, "fp16": bf16 * T, "bf16": bf16 * T},
+                    memory_bytes=mem_gb * GIB, memory_bandwidth=hbm_tbps * 1e12,
+                    intra_bandwidth=nvlink_gbps * G, intra_latency=2 * US,
+                    inter_bandwidth=nic_gbps * G, inter_latency=5 * US, link_efficiency=link_eff,
+                    kernel_overhead=4 * US)
+
+
+GPU_PRESETS = {
+    # dense peaks and memory from vendor datasheets (memory in GiB, as the devices report it) (../shared/reference/published-results.md);
+    # NVLink per direction = half the datasheet's both-directions figure; link_eff = nccl-tests busbw / NVLink.
+    "a100-40gb": lambda: _gpu("a100-40gb", 312, 19.5, 40, 1.555, 300, 25, 230 / 300),
+    "a100-80gb": lambda: _gpu("a100-80gb", 312, 19.5, 80, 2.039, 300, 25, 230 / 300),
+    "h100-sxm": lambda: _gpu("h100-sxm", 989, 67, 80, 3.35, 450, 50, 370 / 450),
+    "h200": lambda: _gpu("h200", 989, 67, 141, 4.8, 450, 50, 370 / 450),
+}
+
+DEFAULT_CPU_PROFILE = {
+    "name": "cpu",
+    "note": "default profile: 2-core machine, gloo over shared memory (../shared/reference/cpu-gloo-notes.md); "
+            "`llama-course bench` overwrites it with measurements",
+    "peak_tflops": {"fp32": 0.05, "bf16": 0.01, "fp16": 0.005},
+    "matmul_efficiency": 0.6,
+    "memory_GB": 24,
+    "memory_shared": True,
+    "memory_bandwidth_GBps": 10,
+    "memory_efficiency": 0.5,
+    "kernel_overhead_us": 20,
+    "intra_node": {"bandwidth_GBps": 0.9, "latency_us": 1200},
+    "inter_node": {"bandwidth_GBps": 0.1, "latency_us": 2000},
+    "link_efficiency": 1.0,
+}
+
+
+def gpu_preset(name: str, profile_path: Optional[str] = None) -> Hardware:
+    """The Hardware of a named preset (`cpu` reads its JSON profile)."""
+    if name == "cpu":
+        return cpu_from_profile(profile_path or CPU_PROFILE)
+    if name not in GPU_PRESETS:
+        raise ConfigError(f"cluster.gpu: unknown GPU '{name}' (known: {', '.join(list(GPU_PRESETS) + ['cpu'])})")
+    return GPU_PRESETS[name]()
+
+
+def cpu_from_profile(path: str) -> Hardware:
+    """Hardware of this machine from a bench profile; missing keys fall back to the shipped default."""
+    prof = dict(DEFAULT_CPU_PROFILE)
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                loaded = json.load(f)
+        except (OSError, ValueError):
+            raise ConfigError(f"cpu profile {path}: not valid JSON (rerun `llama-course bench`)") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"cpu profile {path}: expected a JSON object")
+        prof.update(loaded)
+    try:
+        peaks = {k: float(v) * T for k, v in prof["peak_tflops"].items()}
+        for p in ("fp32", "fp16", "bf16"):
+            peaks.setdefault(p, peaks.get("fp32", 0.05 * T))
+        return Hardware(
+            name="cpu", peak_flops=peaks, memory_bytes=float(prof["memory_GB"]) * G,
+            memory_bandwidth=float(prof["memory_bandwidth_GBps"]) * G,
+            intra_bandwidth=float(prof["intra_node"]["bandwidth_GBps"]) * G,
+            intra_latency=float(prof["intra_node"]["latency_us"]) * US,
+            inter_bandwidth=float(prof["inter_node"]["bandwidth_GBps"]) * G,
+            inter_latency=float(prof["inter_node"]["latency_us"]) * US,
+            gpus_per_node=int(prof.get("gpus_per_node", 1 << 30)),
+            matmul_efficiency=float(prof["matmul_efficiency"]),
+            memory_efficiency=float(prof["memory_efficiency"]),
+            link_efficiency=float(prof.get("link_efficiency", 1.0)),
+            kernel_overhead=float(prof.get("kernel_overhead_us", 0.0)) * US,
+            memory_shared=bool(prof.get("memory_shared", True)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"cpu profile {path}: bad or missing field {e}") from None
+
+
+def write_cpu_profile(values: dict, path: str = CPU_PROFILE) -> str:
+    """Write (or extend) the cpu profile; `llama-course bench` calls this with what it measured."""
+    prof = dict(DEFAULT_CPU_PROFILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            prof.update(json.load(f))
+    prof.update(values)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(prof, f, indent=2)
+        f.write("\n")
+    return path
+
+
+def hardware_for(cfg) -> Hardware:
+    """The Hardware of a config: the preset, then every `cluster.*` override the config sets."""
+    c = cfg.cluster
+    hw = gpu_preset(c.gpu)
+    prec = cfg.training.precision
+    peaks = dict(hw.peak_flops)
+    if c.peak_tflops is not None:
+        peaks[prec] = c.peak_tflops * T
+    gpn = c.gpus_per_node or (c.num_gpus if c.gpu == "cpu" else hw.gpus_per_node)
+    hw = hw.with_overrides(
+        peak_flops=peaks,
+        memory_bytes=c.memory_GB * G if c.memory_GB is not None else None,
+        memory_bandwidth=c.memory_bandwidth_GBps * G if c.memory_bandwidth_GBps is not None else None,
+        matmul_efficiency=c.compute_efficiency,
+        intra_bandwidth=c.intra_node.bandwidth_GBps * G if c.intra_node.bandwidth_GBps is not None else None,
+        intra_latency=c.intra_node.latency_us * US if c.intra_node.latency_us is not None else None,
+        inter_bandwidth=c.inter_node.bandwidth_GBps * G if c.inter_node.bandwidth_GBps is not None else None,
+        inter_latency=c.inter_node.latency_us * US if c.inter_node.latency_us is not None else None,
+        topology=c.inter_node.topology,
+        gpus_per_node=min(gpn, c.num_gpus) if c.gpu == "cpu" else gpn,
+    )
+    return hw
+
+
+def device_memory(hw: Hardware) -> float:
+    """Memory one device may use: its own, or its share of a node's shared memory (cpu processes)."""
+    if hw.memory_shared:
+        return hw.memory_bytes / max(1, hw.gpus_per_node)
+    return hw.memory_bytes
+
+
+def describe(hw: Hardware, precision: str = "bf16") -> str:
+    return (f"{hw.name}: {hw.peak(precision) / T:g} TFLOP/s {precision}, {hw.memory_bytes / G:g} GB at "
+            f"{hw.memory_bandwidth / G:g} GB/s, NVLink {hw.intra_bandwidth / G:g} GB/s, "
+            f"NIC {hw.inter_bandwidth / G:g} GB/s per GPU")
+

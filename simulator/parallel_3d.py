@@ -1,0 +1,215 @@
+"""Parallel 3-D: one training step of a DP x TP x PP layout, composed from the strategy modules.
+
+Ranks are numbered as Megatron-LM does, tensor-parallel fastest, then data, then pipeline:
+
+    rank = tp_index + tp x (dp_index + dp x pp_index)
+
+so a TP group sits inside a node (NVLink), a DP group strides across nodes and a PP group strides
+furthest. The step is built in four layers:
+
+  1. compute: each block's forward, backward and recompute time on one GPU (`compute.block_times`)
+     plus its TP collectives (`tensor_parallel.tp_comm`) -> seconds of each virtual stage's F and B;
+  2. pipeline: the p ranks of one pipeline run their schedule event by event (`pipeline_parallel`),
+     with activation sends timed on the cluster graph (scatter/gather over the TP ranks' NICs);
+  3. data parallel: each pipeline rank's gradient buckets go through its comm stream as its final
+     backward produces them (`data_parallel`), reduced over the DP group on the graph;
+  4. the optimizer step (memory bound), and ZeRO-1/2's all-gather of the new weights.
+
+Symmetric ranks are simulated once: the dp x tp copies of a pipeline rank behave alike, so one pipeline
+of p ranks stands for all of them (a 16,384-GPU job is 16 simulated ranks). What differs is simulated
+explicitly: every pipeline stage (first and last carry the embedding and the head), the slowest link of
+each group (groups are routed on the real graph), and an injected straggler (`faults.slow`), whose
+pipeline is simulated beside the nominal one; the step waits for the slowest replica.
+
+    llama-course simulate configs/llama3-405b-h100.yaml --trace step.json
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from simulator.collectives import CommModel
+from simulator.compute import block_times, embedding_times, head_times, optimizer_time
+from simulator.data_parallel import (buckets_ready, compression_factor, gradient_sync, grad_bytes_per_param,
+                                     zero3_exposed)
+from simulator.memory import layers_per_virtual_stage, uses_flash, virtual_stage_params
+from simulator.pipeline_parallel import simulate_pipeline
+from simulator.tensor_parallel import tp_comm
+from simulator.workload import DTYPE_BYTES
+
+
+@dataclass
+class Layout:
+    tp: int
+    dp: int
+    pp: int
+    vpp: int
+
+    def rank(self, tp_index: int, dp_index: int, pp_index: int) -> int:
+        return tp_index + self.tp * (dp_index + self.dp * pp_index)
+
+    def tp_group(self, dp_index: int = 0, pp_index: int = 0) -> list:
+        return [self.rank(i, dp_index, pp_index) for i in range(self.tp)]
+
+    def dp_group(self, tp_index: int = 0, pp_index: int = 0) -> list:
+        return [self.rank(tp_index, i, pp_index) for i in range(self.dp)]
+
+    def pp_group(self, tp_index: int = 0, dp_index: int = 0) -> list:
+        return [self.rank(tp_index, dp_index, i) for i in range(self.pp)]
+
+    def coords(self, rank: int) -> tuple:
+        """(tp_index, dp_index, pp_index) of a global rank."""
+        tp_index = rank % self.tp
+        dp_index = (rank // self.tp) % self.dp
+        return tp_index, dp_index, rank // (self.tp * self.dp)
+
+
+@dataclass
+class StageCost:
+    """Seconds of one virtual stage for one micro-batch, split by what they are."""
+
+    compute: float = 0.0
+    recompute: float = 0.0
+    comm: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.compute + self.recompute + self.comm
+
+
+@dataclass
+class Step:
+    """Everything one simulated step produced; `simulate.py` turns it into the JSON fields."""
+
+    step_time: float
+    breakdown: dict
+    comm: dict
+    critical_rank: int
+    pipeline: object
+    forward: list
+    backward: list
+    dp_spans: dict = field(default_factory=dict)     # pipeline rank -> [(start, end)] of gradient collectives
+    optimizer_spans: dict = field(default_factory=dict)
+    recompute_flops_per_token: float = 0.0
+    layers: list = field(default_factory=list)
+
+
+def stage_costs(cfg, hw, comm: CommModel, layout: Layout, layers: list) -> tuple:
+    """(forward, backward) StageCost per virtual stage, for one micro-batch."""
+    p, prec, m = cfg.parallel, cfg.training.precision, cfg.model
+    b, s = p.micro_batch_size, cfg.seq_len
+    blk = block_times(m, s, b, p.tp, p.sequence_parallel, prec, uses_flash(cfg), p.activation_checkpointing, hw)
+    tpc = tp_comm(cfg, comm, layout.tp_group())
+    re_comm = tpc.block_forward if p.activation_checkpointing == "full" else 0.0
+    emb_f, emb_b = embedding_times(m, s, b, p.tp, prec, hw)
+    head_f, head_b = head_times(m, s, b, p.tp, prec, hw)
+    zero3 = (0.0, 0.0)
+    if p.zero_stage == 3 and layout.dp > 1:
+        psi_block = virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]
+        gather = comm.time("all_gather", layout.dp_group(), psi_block * DTYPE_BYTES[prec])
+        scatter = comm.time("reduce_scatter", layout.dp_group(),
+                            psi_block * grad_bytes_per_param(cfg) * compression_factor(cfg))
+        zero3 = (zero3_exposed(blk.forward, gather), zero3_exposed(blk.backward + blk.recompute, gather + scatter))
+    n_virtual = len(layers)
+    fwd, bwd = [], []
+    for k, n_blocks in enumerate(layers):
+        f = StageCost(n_blocks * blk.forward, 0.0, n_blocks * (tpc.block_forward + zero3[0]))
+        g = StageCost(n_blocks * blk.backward, n_blocks * blk.recompute,
+                      n_blocks * (tpc.block_backward + re_comm + zero3[1]))
+        if k == 0:
+            f.compute += emb_f
+            f.comm += tpc.embedding_forward
+            g.compute += emb_b
+        if k == n_virtual - 1:
+            f.compute += head_f
+            f.comm += tpc.head_forward
+            g.compute += head_b
+            g.comm += tpc.head_backward
+        fwd.append(f)
+        bwd.append(g)
+    return fwd, bwd, blk
+
+
+def p2p_time(cfg, comm: CommModel, layout: Layout) -> float:
+    """One activation (or gradient) between consecutive pipeline ranks: each TP rank sends 1/t of it over
+    its own NIC, then an all-gather inside the node restores it (Megatron-LM's scatter/gather)."""
+    if layout.pp <= 1:
+        return 0.0
+    p = cfg.parallel
+    a = p.micro_batch_size * cfg.seq_len * cfg.model.dim * DTYPE_BYTES[cfg.training.precision]
+    group = layout.pp_group()
+    t = comm.time("send", (group[0], group[1]), a / layout.tp)
+    if layout.tp > 1 and not p.sequence_parallel:
+        t += comm.time("all_gather", layout.tp_group(), a)
+    return t
+
+
+def simulate_step(cfg, hw, comm: CommModel, record: bool = False) -> Step:
+    p = cfg.parallel
+    layout = Layout(p.tp, p.dp, p.pp, p.vpp)
+    n_micro = cfg.grad_accum_steps
+    layers = layers_per_virtual_stage(cfg.model.n_layers, p.pp * p.vpp)
+    fwd, bwd, blk = stage_costs(cfg, hw, comm, layout, layers)
+    send = p2p_time(cfg, comm, layout)
+    fwd_t, bwd_t = [c.total for c in fwd], [c.total for c in bwd]
+
+    # stragglers: a slowed rank slows its pipeline rank in one replica; simulate that replica too
+    slow_by_stage: dict = {}
+    for rank, factor in (cfg.faults.slow or {}).items():
+        if rank < layout.tp * layout.dp * layout.pp:
+            stage = layout.coords(rank)[2]
+            slow_by_stage[stage] = max(slow_by_stage.get(stage, 1.0), float(factor))
+    runs = [(simulate_pipeline(p.schedule, p.pp, n_micro, p.vpp, fwd_t, bwd_t, send, record=record), {})]
+    if slow_by_stage:
+        runs.append((simulate_pipeline(p.schedule, p.pp, n_micro, p.vpp, fwd_t, bwd_t, send,
+                                       slow=slow_by_stage, record=record), slow_by_stage))
+
+    # data-parallel gradient sync per pipeline rank, then the optimizer
+    psi_virtual = virtual_stage_params(cfg, layers)
+    grad_wire = grad_bytes_per_param(cfg) * compression_factor(cfg)
+    dp_group = layout.dp_group()
+    kind = "reduce_scatter" if p.zero_stage in (1, 2) else "all_reduce"
+    best = None
+    all_spans: dict = {}
+    for i, (run, slow) in enumerate(runs):
+        for r in range(p.pp):
+            ready = []
+            for c in range(p.vpp):
+                k = c * p.pp + r
+                if p.zero_stage == 3 or layout.dp == 1:
+                    continue            # ZeRO-3 reduce-scatters per block, inside the backward
+                ready += buckets_ready(run.last_backward[(r, c)], psi_virtual[k] * grad_wire, p.bucket_mb,
+                                       tensors=9 * layers[k] + 1)
+            ready.sort()
+            dp_end, dp_busy, spans = gradient_sync(
+                ready, p.overlap and p.bucket_mb > 0, lambda n: comm.time(kind, dp_group, n), run.compute_end[r])
+            psi_r = sum(psi_virtual[c * p.pp + r] for c in range(p.vpp))
+            psi_opt = psi_r / layout.dp if p.zero_stage >= 1 else psi_r
+            opt = optimizer_time(psi_opt, cfg.training.precision, cfg.training.optimizer, hw)
+            gather = 0.0
+            if p.zero_stage in (1, 2) and layout.dp > 1:
+                gather = comm.time("all_gather", dp_group, psi_r * DTYPE_BYTES[cfg.training.precision])
+            end = dp_end + opt + gather
+            all_spans[(i, r)] = (spans, (dp_end, dp_end + opt), (dp_end + opt, end))
+            if best is None or end > best[0]:
+                best = (end, r, i, dp_end, dp_busy, opt, gather)
+    end, r, i, dp_end, dp_busy, opt, gather = best
+    run, slow = runs[i]
+    factor = slow.get(r, 1.0)
+
+    chunks = [c * p.pp + r for c in range(p.vpp)]
+    compute = factor * n_micro * sum(fwd[k].compute + bwd[k].compute for k in chunks)
+    recompute = factor * n_micro * sum(bwd[k].recompute for k in chunks)
+    tp_exposed = factor * n_micro * sum(fwd[k].comm + bwd[k].comm for k in chunks)
+    bubble = max(0.0, run.compute_end[r] - compute - recompute - tp_exposed)
+    dp_exposed = dp_end - run.compute_end[r]
+    breakdown = {"compute": compute, "recompute": recompute, "exposed_comm": tp_exposed + dp_exposed + gather,
+                 "bubble": bubble, "optimizer": opt}
+    comm_detail = {"tp_exposed": tp_exposed, "dp_exposed": dp_exposed, "dp_total": dp_busy,
+                   "zero_gather": gather, "pp_send": send}
+    recompute_per_token = cfg.model.n_layers * blk.recompute_flops * p.tp / (p.micro_batch_size * cfg.seq_len)
+    return Step(step_time=end, breakdown=breakdown, comm=comm_detail, critical_rank=r, pipeline=run,
+                forward=fwd, backward=bwd,
+                dp_spans={rr: v[0] for (ii, rr), v in all_spans.items() if ii == i},
+                optimizer_spans={rr: v[1:] for (ii, rr), v in all_spans.items() if ii == i},
+                recompute_flops_per_token=recompute_per_token, layers=layers)

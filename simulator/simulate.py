@@ -1,0 +1,228 @@
+"""Simulate: predict one training step of a config, and everything that follows from it.
+
+    llama-course simulate configs/llama-7b-a100.yaml [--set parallel.tp=2] [--json] [--trace step.json]
+    python -m simulator configs/llama-7b-a100.yaml --json          (no torch needed)
+
+What it reports (DESIGN.md, `simulate --json`):
+
+    step_time_s            one optimizer step of the slowest replica
+    tokens_per_s           tokens_per_step / step_time_s             (tokens_per_s_per_gpu: / num_gpus)
+    model_flops_per_step   tokens x 3 x forward FLOPs per token (no recomputation)
+    hardware_tflops_per_gpu  (model FLOPs + recomputed FLOPs) / step / GPUs: Megatron-LM's "TFLOP/s per GPU"
+    mfu                    model FLOPs / step / GPUs / dense peak of the precision
+    memory_per_gpu_bytes   {params, grads, optimizer, activations, total} of the fullest GPU
+    breakdown_s            {compute, recompute, exposed_comm, bubble, optimizer, ...}: they add up to the step
+    time_to_train_s        training.total_tokens / tokens_per_s (null when total_tokens is unset)
+
+A layout that does not fit in memory is reported as such (fits_in_memory false, memory_excess_bytes) and
+its time fields are null: a step time for a run that cannot start would be a bogus number.
+
+Extending: a strategy module (parameter_server, sync_async, load_balancing, fault_tolerance, ...) plugs in
+through `EXTENSIONS`: when its condition holds, `simulator.<module>.contribute(ctx)` is called after the
+step is simulated and may change `ctx.breakdown` (seconds that add up to the step) and add JSON fields to
+`ctx.extra`. A module that does not exist yet falls back to the simple model in `_fallbacks`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import math
+from dataclasses import dataclass, field
+
+from simulator.collectives import CommModel
+from simulator.config import Config, ConfigError, load_config
+from simulator.data_parallel import compression_factor, grad_bytes_per_param
+from simulator.hardware import device_memory, hardware_for
+from simulator.memory import layers_per_virtual_stage, layout_memory, virtual_stage_params
+from simulator.parallel_3d import Layout, simulate_step
+from simulator.topology import Cluster
+from simulator.workload import DTYPE_BYTES, model_flops_per_token
+
+MAX_GPUS = 1 << 20
+
+
+@dataclass
+class Context:
+    """What an extension module sees, and may change."""
+
+    cfg: Config
+    hw: object
+    comm: CommModel
+    layout: Layout
+    step: object
+    breakdown: dict
+    extra: dict = field(default_factory=dict)
+
+
+# (module name, condition): the module's `contribute(ctx)` runs when the condition holds
+EXTENSIONS = [
+    ("parameter_server", lambda cfg: cfg.parallel.strategy == "parameter_server"),
+    ("sync_async", lambda cfg: cfg.parallel.sync != "bsp"),
+    ("load_balancing", lambda cfg: cfg.load_balance.policy != "none"),
+    ("fault_tolerance", lambda cfg: cfg.faults.gpu_mtbf_hours is not None or cfg.checkpoint.every_steps > 0),
+    ("communication_compression", lambda cfg: False),   # bytes factors are built in (data_parallel)
+]
+
+
+def simulate(cfg, trace_path: str | None = None) -> dict:
+    """Simulate one step of `cfg` (a Config, a dict or a YAML path); returns the JSON fields."""
+    if not isinstance(cfg, Config):
+        cfg = load_config(cfg)
+    _check(cfg)
+    hw = hardware_for(cfg)
+    p = cfg.parallel
+    n_gpus = cfg.cluster.num_gpus
+    n_micro = cfg.grad_accum_steps
+    layers = layers_per_virtual_stage(cfg.model.n_layers, p.pp * p.vpp)
+    mem, mem_rank = layout_memory(cfg, layers, n_micro)
+    capacity = device_memory(hw)
+    tokens = cfg.tokens_per_step
+    model_flops = tokens * model_flops_per_token(cfg.model, cfg.seq_len)
+    result = {
+        "config": {"model": cfg.model.preset, "gpu": hw.name, "num_gpus": n_gpus, "dp": p.dp, "tp": p.tp,
+                   "pp": p.pp, "vpp": p.vpp, "schedule": p.schedule, "micro_batches": n_micro,
+                   "zero_stage": p.zero_stage, "activation_checkpointing": p.activation_checkpointing,
+                   "precision": cfg.training.precision},
+        "tokens_per_step": tokens,
+        "model_flops_per_step": model_flops,
+        "memory_per_gpu_bytes": {k: float(v) for k, v in mem.items()},
+        "memory_capacity_bytes": capacity,
+        "memory_excess_bytes": max(0.0, mem["total"] - capacity),
+        "fits_in_memory": mem["total"] <= capacity,
+        "fullest_stage": mem_rank,
+    }
+    nulls = ("step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "model_tflops_per_gpu",
+             "hardware_tflops_per_gpu", "mfu", "breakdown_s", "time_to_train_s")
+    if not result["fits_in_memory"]:
+        result.update({k: None for k in nulls})
+        return result
+
+    cluster = Cluster(hw, n_gpus)
+    comm = CommModel(cluster)
+    layout = Layout(p.tp, p.dp, p.pp, p.vpp)
+    step = simulate_step(cfg, hw, comm, record=trace_path is not None)
+    ctx = Context(cfg, hw, comm, layout, step, dict(step.breakdown))
+    for name, active in EXTENSIONS:
+        if active(cfg):
+            _contribute(name, ctx)
+    breakdown = {k: float(v) for k, v in ctx.breakdown.items()}
+    step_time = sum(breakdown.values())
+    if not (math.isfinite(step_time) and step_time > 0):
+        raise ConfigError("the config gives no work to time (check model and batch sizes)")
+    hw_flops = model_flops + tokens * step.recompute_flops_per_token
+    peak = hw.peak(cfg.training.precision)
+    result.update({
+        "step_time_s": step_time,
+        "tokens_per_s": tokens / step_time,
+        "tokens_per_s_per_gpu": tokens / step_time / n_gpus,
+        "model_tflops_per_gpu": model_flops / step_time / n_gpus / 1e12,
+        "hardware_tflops_per_gpu": hw_flops / step_time / n_gpus / 1e12,
+        "hardware_flops_per_step": hw_flops,
+        "mfu": model_flops / step_time / n_gpus / peak,
+        "breakdown_s": breakdown,
+        "comm_s": step.comm,
+        "critical_stage": step.critical_rank,
+        "simulated_ranks": p.pp * (2 if cfg.faults.slow else 1),
+        "pipeline_events": step.pipeline.events,
+        "time_to_train_s": (cfg.training.total_tokens / (tokens / step_time)
+                            if cfg.training.total_tokens else None),
+    })
+    result.update(ctx.extra)
+    if trace_path:
+        from simulator.trace import write_trace
+
+        write_trace(trace_path, step, layout, cfg)
+    return result
+
+
+def _check(cfg: Config) -> None:
+    """Rules the simulator adds to the schema's validation."""
+    if cfg.cluster.num_gpus > MAX_GPUS:
+        raise ConfigError(f"cluster.num_gpus: {cfg.cluster.num_gpus} is more than the simulator's {MAX_GPUS}")
+    if cfg.grad_accum_steps < 1:
+        raise ConfigError("parallel.global_batch_size: fewer sequences than dp x micro_batch_size")
+
+
+def _contribute(name: str, ctx: Context) -> None:
+    full = f"simulator.{name}"
+    if importlib.util.find_spec(full) is not None:
+        module = importlib.import_module(full)
+        if hasattr(module, "contribute"):
+            module.contribute(ctx)
+            return
+    fallback = _fallbacks.get(name)
+    if fallback:
+        fallback(ctx)
+
+
+def _parameter_server(ctx: Context) -> None:
+    """Fallback: workers push gradients to and pull weights from num_servers shards over the servers' NICs;
+    replaces the all-reduce (the server NIC carries dp x Psi bytes each way)."""
+    cfg, hw = ctx.cfg, ctx.hw
+    psi = sum(virtual_stage_params(cfg, ctx.step.layers))
+    nbytes = psi * (grad_bytes_per_param(cfg) * compression_factor(cfg) + DTYPE_BYTES[cfg.training.precision])
+    t = cfg.parallel.dp * nbytes / (cfg.parallel.num_servers * hw.inter_bandwidth) + 2 * hw.inter_latency
+    ctx.breakdown["exposed_comm"] += t - ctx.step.comm["dp_exposed"]
+    ctx.extra["parameter_server_s"] = t
+
+
+def _local_sgd(ctx: Context) -> None:
+    """Fallback for sync local_sgd: the gradient/weight average happens once every local_steps steps."""
+    if ctx.cfg.parallel.sync == "local_sgd":
+        ctx.breakdown["exposed_comm"] -= ctx.step.comm["dp_exposed"] * (1 - 1 / ctx.cfg.parallel.local_steps)
+
+
+_fallbacks = {"parameter_server": _parameter_server, "sync_async": _local_sgd}
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+# ---------------------------------------------------------------------------------------------
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:.1f} GB"
+
+
+def format_summary(result: dict) -> str:
+    """A human table of a simulate() result."""
+    c = result["config"]
+    lines = [f"{c['model']} on {c['num_gpus']} x {c['gpu']}: dp {c['dp']} x tp {c['tp']} x pp {c['pp']}"
+             + (f" (vpp {c['vpp']})" if c["vpp"] > 1 else "")
+             + f", {c['schedule']}, {c['micro_batches']} micro-batches per step, ZeRO-{c['zero_stage']}, "
+               f"recompute {c['activation_checkpointing']}, {c['precision']}"]
+    mem = result["memory_per_gpu_bytes"]
+    lines.append(f"memory per GPU: {_gb(mem['total'])} of {_gb(result['memory_capacity_bytes'])} "
+                 f"(params {_gb(mem['params'])}, grads {_gb(mem['grads'])}, optimizer {_gb(mem['optimizer'])}, "
+                 f"activations {_gb(mem['activations'])})")
+    if not result["fits_in_memory"]:
+        lines.append(f"DOES NOT FIT: the fullest GPU (pipeline stage {result['fullest_stage']}) needs "
+                     f"{_gb(result['memory_excess_bytes'])} more than it has. No step time is predicted; "
+                     f"try more tp/pp, ZeRO, recomputation or a smaller micro-batch.")
+        return "\n".join(lines)
+    step = result["step_time_s"]
+    lines += ["", "| part | seconds | share |", "|---|---:|---:|"]
+    for part, sec in result["breakdown_s"].items():
+        lines.append(f"| {part} | {sec:.4g} | {100 * sec / step:.1f}% |")
+    lines.append(f"| **step** | **{step:.4g}** | 100% |")
+    lines += ["",
+              f"tokens/s {result['tokens_per_s']:,.0f} ({result['tokens_per_s_per_gpu']:,.0f} per GPU)",
+              f"model TFLOP/s per GPU {result['model_tflops_per_gpu']:.1f}, hardware TFLOP/s per GPU "
+              f"{result['hardware_tflops_per_gpu']:.1f}, MFU {100 * result['mfu']:.1f}%"]
+    if result["time_to_train_s"] is not None:
+        lines.append(f"time to train: {result['time_to_train_s'] / 86400:.1f} days")
+    return "\n".join(lines)
+
+
+def cli(args) -> int:
+    """`llama-course simulate CONFIG [--set k=v] [--json] [--trace FILE]`."""
+    cfg = load_config(args.config, getattr(args, "overrides", None) or [])
+    result = simulate(cfg, trace_path=getattr(args, "trace", None))
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_summary(result))
+        if getattr(args, "trace", None):
+            print(f"trace: {args.trace} (open in https://ui.perfetto.dev)")
+    return 0
