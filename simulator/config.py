@@ -209,6 +209,9 @@ class TrainingConfig:
     """Batches of the held-out split per validation."""
     on_nonfinite: str = "skip"
     """A non-finite loss or gradient: skip the step, or stop the run."""
+    flash_attention: Optional[bool] = None
+    """Simulator: fused attention kernel (FlashAttention: no s x s scores in memory) or eager attention
+    (scores, softmax and dropout materialised, as Megatron-LM 2021). None = fused for llama, eager for gpt."""
 
 
 @dataclass
