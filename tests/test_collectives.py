@@ -1,0 +1,30 @@
+"""Collectives on send/recv (llama_course/collectives.py) against torch.distributed's own, on gloo."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import workers_collectives  # noqa: E402
+
+from llama_course import collectives as C  # noqa: E402
+from llama_course.testing import spawn  # noqa: E402
+
+
+def test_chunk_sizes_cover_and_balance():
+    for n in range(0, 40):
+        for w in range(1, 6):
+            sizes = C.chunk_sizes(n, w)
+            assert sum(sizes) == n and max(sizes) - min(sizes) <= 1
+            lo = 0
+            for i, s in enumerate(sizes):
+                assert C.chunk_range(n, w, i) == (lo, lo + s)
+                lo += s
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_collectives_match_torch_distributed(world):
+    results = spawn(workers_collectives.check_all, world, timeout=150)
+    assert results == [[]] * world, results
