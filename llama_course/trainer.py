@@ -54,22 +54,19 @@ def lr_at(step: int, cfg) -> float:
 # ---------------------------------------------------------------------------------------------
 
 def peak_flops_per_device(cfg, device_type: str) -> float | None:
-    """Dense peak FLOP/s of one device for the run's precision (simulator's hardware presets)."""
+    """Dense peak FLOP/s of one device for the run's precision (the simulator's hardware presets)."""
     try:
-        from simulator.hardware import peak_flops
-    except ImportError:
-        return None
-    try:
+        from simulator.hardware import gpu_preset
+
         if device_type == "cuda":
             import torch
 
             name = torch.cuda.get_device_name().lower()
-            gpu = next((g for key, g in (("h200", "h200"), ("h100", "h100-sxm"), ("a100", "a100-80gb")) if key in name), None)
-            if gpu is None:
-                return None
-            return peak_flops(gpu, cfg.training.precision)
-        return peak_flops("cpu", "fp32")
-    except Exception:  # a missing profile must not stop training
+            gpu = next((g for key, g in (("h200", "h200"), ("h100", "h100-sxm"), ("a100", "a100-80gb")) if key in name),
+                       None)
+            return gpu_preset(gpu).peak(cfg.training.precision) if gpu else None
+        return gpu_preset("cpu").peak("fp32")          # the CPU runtime computes in fp32
+    except Exception:  # a missing or broken profile must not stop training
         return None
 
 
