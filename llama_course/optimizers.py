@@ -55,7 +55,9 @@ def optimizer_for_groups(cfg, groups: list) -> torch.optim.Optimizer:
     """The optimizer of cfg.training over explicit param groups (ZeRO passes its shards' pieces)."""
     t = cfg.training
     if cfg.parallel.implementation == "torch" and t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8, foreach=False)
+        cuda = any(p.is_cuda for g in groups for p in g["params"])     # one fused kernel on GPU
+        return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), eps=1e-8,
+                                 foreach=False if not cuda else None, fused=True if cuda else None)
     if cfg.parallel.implementation == "torch" and t.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=t.lr, momentum=t.beta1, foreach=False)
     factory = OPTIMIZERS.get(t.optimizer)
