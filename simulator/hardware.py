@@ -39,7 +39,7 @@ CPU_PROFILE = os.path.join(PROFILE_DIR, "cpu.json")
 
 # One calibration for every Ampere/Hopper GPU: fraction of dense peak a large fp16/bf16 GEMM reaches.
 # Fitted once on Megatron-LM 2021 Table 1 (benchmarks/simulator_validation.py --fit prints the fit).
-MATMUL_EFFICIENCY = 0.75
+MATMUL_EFFICIENCY = 0.67
 # Fraction of HBM bandwidth a fused element-wise kernel (norm, softmax, GeLU, dropout) reaches.
 MEMORY_EFFICIENCY = 0.80
 

@@ -1,0 +1,82 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simulator.collectives import CommModel, bandwidths, bus_factor, run_collective
+from simulator.hardware import gpu_preset
+from simulator.topology import Cluster
+
+
+def _node(gpu="a100-80gb", n=8):
+    return Cluster(gpu_preset(gpu), n)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 8), st.floats(1e3, 1e9))
+def test_ring_all_reduce_closed_form(n, size):
+    cl = _node()
+    alpha, b = cl.path_latency(0, 1), cl.bottleneck(0, 1)
+    expected = 2 * (n - 1) * (alpha + size / (n * b))
+    for exact in (True, False):
+        t = run_collective(cl, "all_reduce", range(n), size, "ring", exact=exact)
+        assert t == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["reduce_scatter", "all_gather"])
+def test_ring_reduce_scatter_all_gather_closed_form(kind):
+    cl = _node()
+    n, size = 8, 1 << 28
+    alpha, b = cl.path_latency(0, 1), cl.bottleneck(0, 1)
+    assert run_collective(cl, kind, range(n), size, "ring") == pytest.approx((n - 1) * (alpha + size / (n * b)))
+
+
+def test_ring_between_nodes_is_limited_by_the_nic():
+    cl = Cluster(gpu_preset("a100-80gb"), 64)
+    ranks = list(range(0, 64, 8))                   # one GPU per node
+    alpha, b = cl.path_latency(0, 8), cl.bottleneck(0, 8)
+    t = run_collective(cl, "all_reduce", ranks, 1 << 30, "ring", exact=True)
+    assert t == pytest.approx(2 * 7 * (alpha + (1 << 30) / (8 * b)))
+
+
+@pytest.mark.parametrize("gpu,busbw", [("a100-80gb", 230e9), ("h100-sxm", 370e9)])
+def test_busbw_on_one_node_matches_nccl_tests(gpu, busbw):
+    cl = _node(gpu)
+    size = 1 << 30
+    t = CommModel(cl).time("all_reduce", range(8), size)
+    _, bus = bandwidths("all_reduce", 8, size, t)
+    assert bus == pytest.approx(busbw, rel=0.05)
+
+
+def test_bus_factors_follow_nccl_tests():
+    assert bus_factor("all_reduce", 8) == pytest.approx(2 * 7 / 8)
+    assert bus_factor("all_gather", 8) == bus_factor("reduce_scatter", 8) == pytest.approx(7 / 8)
+    assert bus_factor("send", 2) == 1.0
+
+
+def test_hierarchical_beats_flat_ring_across_nodes_and_tree_wins_small_messages():
+    cl = Cluster(gpu_preset("a100-80gb"), 64)
+    big = 1 << 30
+    ring = run_collective(cl, "all_reduce", range(64), big, "ring")
+    hier = run_collective(cl, "all_reduce", range(64), big, "hierarchical")
+    assert hier < ring
+    small = 1 << 10
+    flat = Cluster(gpu_preset("a100-80gb"), 512)
+    ranks = list(range(0, 512, 8))
+    assert run_collective(flat, "all_reduce", ranks, small, "tree") < run_collective(flat, "all_reduce", ranks,
+                                                                                     small, "ring")
+
+
+def test_all_to_all_and_send():
+    cl = _node()
+    alpha, b = cl.path_latency(0, 1), cl.bottleneck(0, 1)
+    size = 1 << 26
+    assert run_collective(cl, "send", (0, 1), size) == pytest.approx(alpha + size / b)
+    # each of the 7 shifted permutations moves size/8 per rank over its own NVLink port
+    assert run_collective(cl, "all_to_all", range(8), size) == pytest.approx(7 * (alpha + size / 8 / b))
+
+
+def test_comm_model_caches():
+    comm = CommModel(_node())
+    a = comm.time("all_reduce", range(8), 1e6)
+    assert comm.time("all_reduce", range(8), 1e6) == a and len(comm._cache) == 1
+    assert comm.time("all_reduce", [0], 1e6) == 0.0

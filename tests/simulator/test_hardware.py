@@ -1,0 +1,54 @@
+import json
+
+import pytest
+
+from simulator.config import ConfigError, load_config
+from simulator.hardware import GIB, cpu_from_profile, gpu_preset, hardware_for, write_cpu_profile
+
+
+def test_presets_match_datasheets():
+    a100 = gpu_preset("a100-80gb")
+    assert a100.peak("bf16") == a100.peak("fp16") == 312e12
+    assert a100.peak("fp32") == 19.5e12
+    assert a100.memory_bytes == 80 * GIB
+    h100, h200 = gpu_preset("h100-sxm"), gpu_preset("h200")
+    assert h100.peak("bf16") == h200.peak("bf16") == 989e12
+    assert h200.memory_bytes > h100.memory_bytes
+    assert h200.memory_bandwidth > h100.memory_bandwidth > a100.memory_bandwidth
+    # one calibration for every GPU type: the same matmul efficiency, not a per-row fit
+    assert a100.matmul_efficiency == h100.matmul_efficiency == gpu_preset("a100-40gb").matmul_efficiency
+
+
+def test_config_overrides_every_value():
+    cfg = load_config({"cluster": {"gpu": "a100-80gb", "num_gpus": 8, "peak_tflops": 100, "memory_GB": 10,
+                                   "memory_bandwidth_GBps": 1000, "compute_efficiency": 0.5,
+                                   "intra_node": {"bandwidth_GBps": 50, "latency_us": 7},
+                                   "inter_node": {"bandwidth_GBps": 5, "latency_us": 9,
+                                                  "topology": "rail_optimized"}},
+                       "training": {"precision": "bf16"}})
+    hw = hardware_for(cfg)
+    assert hw.peak("bf16") == 100e12 and hw.memory_bytes == 10e9 and hw.memory_bandwidth == 1000e9
+    assert hw.matmul_efficiency == 0.5
+    assert (hw.intra_bandwidth, hw.intra_latency) == (50e9, 7e-6)
+    assert (hw.inter_bandwidth, hw.inter_latency) == (5e9, 9e-6)
+    assert hw.topology == "rail_optimized"
+
+
+def test_cpu_profile_is_read_and_extended(tmp_path):
+    path = tmp_path / "cpu.json"
+    hw = cpu_from_profile(str(path))            # missing file: the shipped defaults
+    assert 0 < hw.peak("fp32") < 1e12 and hw.memory_shared
+    write_cpu_profile({"peak_tflops": {"fp32": 0.2}, "memory_bandwidth_GBps": 20}, str(path))
+    hw2 = cpu_from_profile(str(path))
+    assert hw2.peak("fp32") == 0.2e12 and hw2.memory_bandwidth == 20e9
+    assert json.loads(path.read_text())["intra_node"]["latency_us"] > 0
+    path.write_text("{not json")
+    with pytest.raises(ConfigError):
+        cpu_from_profile(str(path))
+
+
+def test_cpu_memory_is_shared_between_processes():
+    from simulator.hardware import device_memory
+
+    hw = hardware_for(load_config({"cluster": {"gpu": "cpu", "num_gpus": 4}}))
+    assert device_memory(hw) == pytest.approx(hw.memory_bytes / 4)
