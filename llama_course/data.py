@@ -87,6 +87,8 @@ def load_tokens(cfg) -> TokenData:
     from simulator.config import ConfigError
 
     corpus = cfg.data.corpus
+    if corpus == "synthetic":
+        return synthetic_tokens(cfg.model.vocab_size, cfg.training.seed)
     if corpus != "builtin" and not os.path.exists(corpus):
         raise ConfigError(f"data.corpus: '{corpus}' does not exist (use 'builtin', a .txt file or folder, "
                           "or a folder of .bin token shards)")
@@ -112,6 +114,20 @@ def load_tokens(cfg) -> TokenData:
         raise ConfigError(f"data.val_fraction: {cfg.data.val_fraction} of '{corpus}' holds {len(data.val)} "
                           f"tokens, fewer than one sequence of seq_len + 1 = {need}")
     return data
+
+
+def synthetic_tokens(vocab_size: int, seed: int = 0, n_tokens: int = 1 << 22) -> TokenData:
+    """Random tokens (Zipf-like frequencies) for throughput runs at any vocabulary (`data.corpus: synthetic`).
+
+    Nothing to learn beyond the unigram frequencies: use it to measure speed (GPU checks of a 32k-vocab
+    model), never to judge a model.
+    """
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, vocab_size + 1)
+    dtype = np.uint16 if vocab_size <= 65536 else np.uint32
+    tokens = rng.choice(vocab_size, size=n_tokens, p=weights / weights.sum()).astype(dtype)
+    cut = n_tokens - n_tokens // 20
+    return TokenData(train=tokens[:cut], val=tokens[cut:], tokenizer=None, vocab_size=vocab_size)
 
 
 def pack(tokens: np.ndarray, seq_len: int) -> np.ndarray:

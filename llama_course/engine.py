@@ -57,6 +57,8 @@ class Engine:
         self.slow_factor = float(cfg.faults.slow.get(ctx.rank, 1.0))
         self.base_model = model.to(ctx.device)
         self.model = self.wrap(self.base_model)
+        if cfg.training.compile:
+            self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(cfg, self.base_model)
         cuda = ctx.device.type == "cuda"
         precision = cfg.training.precision

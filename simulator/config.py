@@ -20,7 +20,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -68,7 +68,7 @@ CHOICES = {
 
 @dataclass
 class ModelConfig:
-    preset: Optional[str] = "tiny"
+    preset: str | None = "tiny"
     """Named shape (`tiny`, `small`, `llama-7b`, `llama2-70b`, `llama3-405b`, `gpt3-175b`, ...); fields given
     beside it override the preset's values."""
     arch: str = "llama"
@@ -79,7 +79,7 @@ class ModelConfig:
     """Number of transformer blocks l."""
     n_heads: int = 4
     """Query heads; dim must divide by it."""
-    n_kv_heads: Optional[int] = 2
+    n_kv_heads: int | None = 2
     """Key/value heads (grouped-query attention); equal to n_heads is multi-head attention."""
     ffn_dim: int = 192
     """Hidden size of the MLP (SwiGLU: the width of w1 and w3)."""
@@ -99,11 +99,11 @@ class ModelConfig:
 
 @dataclass
 class LinkConfig:
-    bandwidth_GBps: Optional[float] = None
+    bandwidth_GBps: float | None = None
     """Bandwidth per direction per GPU, GB/s (1e9 bytes). None takes the GPU preset's value."""
-    latency_us: Optional[float] = None
+    latency_us: float | None = None
     """One-way latency in microseconds. None takes the GPU preset's value."""
-    topology: Optional[str] = None
+    topology: str | None = None
     """Inter-node fabric: `fat_tree` or `rail_optimized` (ignored within a node)."""
 
 
@@ -111,27 +111,27 @@ class LinkConfig:
 class ClusterConfig:
     gpu: str = "cpu"
     """Accelerator preset: a100-40gb | a100-80gb | h100-sxm | h200 | cpu (this machine, as `bench` measured it)."""
-    num_gpus: Optional[int] = None
+    num_gpus: int | None = None
     """Total devices (processes on CPU). num_gpus = dp x tp x pp; give this or parallel.dp."""
-    gpus_per_node: Optional[int] = None
+    gpus_per_node: int | None = None
     """Devices per node (8 for the GPU presets; all processes on one node for cpu)."""
     intra_node: LinkConfig = field(default_factory=LinkConfig)
     """Link between devices of one node (NVLink/NVSwitch; shared memory on cpu)."""
     inter_node: LinkConfig = field(default_factory=LinkConfig)
     """Link between nodes (InfiniBand/RoCE NICs), and the fabric topology."""
-    peak_tflops: Optional[float] = None
+    peak_tflops: float | None = None
     """Override the dense peak TFLOP/s for the run's precision."""
-    memory_GB: Optional[float] = None
+    memory_GB: float | None = None
     """Override device memory in GB."""
-    memory_bandwidth_GBps: Optional[float] = None
+    memory_bandwidth_GBps: float | None = None
     """Override device memory (HBM) bandwidth in GB/s."""
-    compute_efficiency: Optional[float] = None
+    compute_efficiency: float | None = None
     """Override the calibrated fraction of peak that large matmuls reach (0..1]."""
 
 
 @dataclass
 class ParallelConfig:
-    dp: Optional[int] = None
+    dp: int | None = None
     """Data-parallel degree (workers, for a parameter server). num_gpus = dp x tp x pp; give this or num_gpus."""
     tp: int = 1
     """Tensor-parallel degree (Megatron column/row split)."""
@@ -185,7 +185,7 @@ class TrainingConfig:
     """sgd (with momentum) | adamw | lars | lamb."""
     lr: float = 3.0e-4
     """Peak learning rate (after warmup)."""
-    min_lr: Optional[float] = None
+    min_lr: float | None = None
     """Learning rate at the end of the cosine decay (default lr / 10)."""
     warmup_steps: int = 10
     """Linear warmup steps before the cosine decay."""
@@ -201,15 +201,17 @@ class TrainingConfig:
     """Runtime: optimizer steps to run."""
     seed: int = 0
     """Seed of initialisation, data order and sampling."""
-    total_tokens: Optional[float] = None
+    total_tokens: float | None = None
     """Simulator: tokens of the whole run; gives time_to_train_s."""
     eval_every: int = 0
     """Validation loss every N steps (0 = only at the end)."""
     eval_batches: int = 4
     """Batches of the held-out split per validation."""
+    compile: bool = False
+    """Runtime: torch.compile the model (GPU speed; the first steps pay for compilation)."""
     on_nonfinite: str = "skip"
     """A non-finite loss or gradient: skip the step, or stop the run."""
-    flash_attention: Optional[bool] = None
+    flash_attention: bool | None = None
     """Simulator: fused attention kernel (FlashAttention: no s x s scores in memory) or eager attention
     (scores, softmax and dropout materialised, as Megatron-LM 2021). None = fused for llama, eager for gpt."""
 
@@ -217,7 +219,8 @@ class TrainingConfig:
 @dataclass
 class DataConfig:
     corpus: str = "builtin"
-    """builtin (ships with Python and the package) | a text file or folder of .txt | a folder of .bin token shards."""
+    """builtin (ships with Python and the package) | a text file or folder of .txt | a folder of .bin token shards
+    | synthetic (random tokens, for throughput runs only)."""
     val_fraction: float = 0.05
     """Share of the corpus held out for validation."""
 
@@ -236,9 +239,9 @@ class FaultsConfig:
     """Runtime: [{rank: 1, step: 7}] SIGKILLs that rank at that step, first attempt only."""
     slow: dict = field(default_factory=dict)
     """{rank: factor}: that rank's compute runs factor times slower."""
-    gpu_mtbf_hours: Optional[float] = None
+    gpu_mtbf_hours: float | None = None
     """Simulator: mean time between failures of one GPU, in hours; failures are drawn per GPU."""
-    weibull_shape: Optional[float] = None
+    weibull_shape: float | None = None
     """Simulator: Weibull shape k for time to failure (None = exponential)."""
     restart_s: float = 600.0
     """Simulator: time to detect a failure, replace the node and restart the job, seconds."""
@@ -252,7 +255,7 @@ class CheckpointConfig:
     """Write checkpoints in the background, overlapped with training (key `async` in YAML)."""
     keep: int = 2
     """How many recent checkpoints to keep on disk."""
-    write_GBps: Optional[float] = None
+    write_GBps: float | None = None
     """Simulator: checkpoint write bandwidth per node in GB/s (None = preset)."""
 
 
@@ -311,7 +314,7 @@ _ALIASES = {("checkpoint", "async"): "async_save"}
 # loading
 # ---------------------------------------------------------------------------------------------
 
-def load_config(source: Any = None, overrides: Optional[list] = None) -> Config:
+def load_config(source: Any = None, overrides: list | None = None) -> Config:
     """Build a validated Config from a YAML path, a dict or None (defaults), then `k=v` overrides.
 
     Raises ConfigError (one line, naming the field) on any bad input.
