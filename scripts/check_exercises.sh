@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# CI check of the graded exercises (DESIGN.md, "Exercises and grading"):
+#   1. against solutions/        every graded test must pass   (the tests are satisfiable)
+#   2. against labs/exercises/   every graded test must fail   (a test that passes on a stub grades nothing)
+# Run by `make test`. In a student handout (no solutions/) it has nothing to check and says so.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PY:-.venv/bin/python}"
+
+if [ ! -d solutions ]; then
+    echo "check_exercises: solutions/ is not here (student handout); grade your work with: llama-course grade"
+    exit 0
+fi
+
+echo "check_exercises: graded tests against solutions/ (all must pass)"
+"$PY" -m pytest -q -p no:cacheprovider tests/exercises --impl solutions
+
+echo "check_exercises: graded tests against the stubs in labs/exercises/ (all must fail)"
+"$PY" -m pytest -q -p no:cacheprovider -rN tests/exercises --impl labs --stubs-must-fail

@@ -1,0 +1,1 @@
+"""Reference solutions: the same modules and functions as `labs.exercises`. Not part of the student handout."""

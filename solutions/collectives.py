@@ -1,0 +1,111 @@
+"""Reference solutions for the collectives exercises (lab 02). Same functions as labs/exercises/collectives.py.
+
+The cost of a collective under the alpha-beta model: a message of `S` bytes over one link costs
+`alpha + S / B`. A ring collective on `n` ranks moves the buffer in `n` chunks of `S / n`:
+
+    reduce-scatter, all-gather, all-to-all   n-1 steps     (n-1) (alpha + S / (n B))
+    all-reduce = reduce-scatter + all-gather  2(n-1) steps  2(n-1) (alpha + S / (n B))
+
+so each rank sends `2(n-1)/n x S` bytes in an all-reduce: bandwidth-optimal, almost independent of `n`.
+nccl-tests reports `busbw = algbw x factor` (algbw = S / t) with the factor that makes busbw comparable to the
+link's bandwidth whatever `n` is: 2(n-1)/n for all-reduce, (n-1)/n for reduce-scatter, all-gather and
+all-to-all, 1 for broadcast, reduce and send/recv.
+"""
+
+from __future__ import annotations
+
+RING_STEPS = {"all_reduce": 2, "reduce_scatter": 1, "all_gather": 1, "all_to_all": 1}
+"""Rounds of n-1 chunk transfers each ring collective takes."""
+
+BUS_FACTOR_KINDS = {"all_reduce": "2(n-1)/n", "reduce_scatter": "(n-1)/n", "all_gather": "(n-1)/n",
+                    "all_to_all": "(n-1)/n", "broadcast": "1", "reduce": "1", "send_recv": "1"}
+
+
+def ring_all_reduce_bytes(size_bytes: float, n: int) -> float:
+    """Exercise 2.1: bytes each rank sends in a ring all-reduce of a `size_bytes` buffer over `n` ranks.
+
+    Reduce-scatter sends n-1 chunks of size/n, all-gather another n-1: 2(n-1)/n x size. One rank sends
+    nothing. Raise ValueError for n < 1 or a negative size.
+    """
+    if n < 1 or size_bytes < 0:
+        raise ValueError(f"need n >= 1 and size_bytes >= 0, got n={n}, size_bytes={size_bytes}")
+    return 2 * (n - 1) / n * size_bytes
+
+
+def alpha_beta_time(op: str, size_bytes: float, n: int, latency_s: float, bandwidth_Bps: float) -> float:
+    """Exercise 2.2: seconds a ring collective takes under the alpha-beta model.
+
+    `op` is one of all_reduce, reduce_scatter, all_gather, all_to_all (ring algorithms, `size_bytes` the full
+    buffer: the all-gather output, the reduce-scatter input), or send_recv (one message of `size_bytes`).
+    Each of the steps moves one chunk of size/n over every link at once and costs alpha + (size/n)/B.
+    Raise ValueError for an unknown op.
+    """
+    if op == "send_recv":
+        return latency_s + size_bytes / bandwidth_Bps
+    if op not in RING_STEPS:
+        raise ValueError(f"unknown collective {op!r}; known: {', '.join([*RING_STEPS, 'send_recv'])}")
+    if n < 1:
+        raise ValueError(f"need n >= 1, got {n}")
+    steps = RING_STEPS[op] * (n - 1)
+    return steps * (latency_s + size_bytes / n / bandwidth_Bps)
+
+
+def bus_bandwidth(op: str, size_bytes: float, time_s: float, n: int) -> float:
+    """Exercise 2.3: nccl-tests bus bandwidth in bytes/s: algbw = size/time times the op's factor.
+
+    Factors: all_reduce 2(n-1)/n; reduce_scatter, all_gather, all_to_all (n-1)/n; broadcast, reduce,
+    send_recv 1. Raise ValueError for an unknown op.
+    """
+    if op not in BUS_FACTOR_KINDS:
+        raise ValueError(f"unknown collective {op!r}; known: {', '.join(BUS_FACTOR_KINDS)}")
+    factor = {"2(n-1)/n": 2 * (n - 1) / n, "(n-1)/n": (n - 1) / n, "1": 1.0}[BUS_FACTOR_KINDS[op]]
+    return size_bytes / time_s * factor
+
+
+def ring_all_reduce(buffers: list) -> tuple:
+    """Exercise 2.4: run a ring all-reduce (sum) on `n` equal-length lists, one per rank, chunk by chunk.
+
+    Returns `(results, messages)`: `results[r]` is rank r's buffer afterwards (the element-wise sum of all
+    buffers), `messages` a list of `(step, src, dst, chunk)`: at every step each rank sends exactly one chunk
+    to its right neighbour `(r + 1) % n`. Chunks are the `n` contiguous slices of the buffer (as
+    numpy.array_split cuts them). Steps 0..n-2 are the reduce-scatter: rank r sends chunk (r - step) % n,
+    which its neighbour adds to its own. Steps n-1..2n-3 are the all-gather: rank r sends the chunk it holds
+    complete, (r + 1 - k) % n at all-gather step k, and the neighbour overwrites its copy. Inputs are not
+    modified.
+    """
+    n = len(buffers)
+    length = len(buffers[0]) if n else 0
+    if any(len(b) != length for b in buffers):
+        raise ValueError("every rank's buffer must have the same length")
+    bounds = _chunk_bounds(length, n)
+    data = [list(b) for b in buffers]
+    messages = []
+    for step in range(n - 1):                                   # reduce-scatter
+        sent = [(r, (r - step) % n) for r in range(n)]
+        payloads = [data[r][slice(*bounds[c])] for r, c in sent]  # every rank sends before anyone adds
+        for (r, c), payload in zip(sent, payloads):
+            dst = (r + 1) % n
+            lo, _ = bounds[c]
+            for i, value in enumerate(payload):
+                data[dst][lo + i] += value
+            messages.append((step, r, dst, c))
+    for k in range(n - 1):                                      # all-gather
+        sent = [(r, (r + 1 - k) % n) for r in range(n)]
+        payloads = [data[r][slice(*bounds[c])] for r, c in sent]
+        for (r, c), payload in zip(sent, payloads):
+            dst = (r + 1) % n
+            lo, hi = bounds[c]
+            data[dst][lo:hi] = payload
+            messages.append((n - 1 + k, r, dst, c))
+    return data, messages
+
+
+def _chunk_bounds(length: int, n: int) -> list:
+    """[(lo, hi)] of n contiguous chunks, the first length % n of them one longer (numpy.array_split)."""
+    base, extra = divmod(length, n) if n else (0, 0)
+    bounds, lo = [], 0
+    for c in range(n):
+        hi = lo + base + (1 if c < extra else 0)
+        bounds.append((lo, hi))
+        lo = hi
+    return bounds
