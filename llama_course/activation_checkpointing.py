@@ -1,0 +1,93 @@
+"""Activation checkpointing: keep less for backward, compute some of the forward twice.
+
+Backward needs the forward's intermediate tensors. Per block and micro-batch a LLaMA block keeps about
+(Korthikanti et al. 2022, `simulator.workload.activation_bytes_per_layer`, e bytes per element):
+
+    none:       e s b h (4 + 4 kv/h... ) + 3 e s b f + attention core      everything autograd saves
+    selective:  the outputs of the matmuls only; norms, RoPE, the attention core (softmax(QK^T)V) and
+                SwiGLU's element-wise work are recomputed in backward (cheap FLOPs, many bytes)
+    full:       e s b h, the block's input; the whole block runs again in backward (+1 forward, ~33 %
+                more compute: hardware FLOPs 8N instead of 6N per token)
+
+`parallel.activation_checkpointing: none | selective | full`; every engine (single, tensor_parallel,
+pipeline_parallel, parallel_3d) calls `apply_activation_checkpointing` on its blocks. `measure_saved_bytes`
+counts the bytes alive after a forward (what backward will read), on any device, so the runtime can be
+held against the simulator's activation model (tests/test_activation_checkpointing.py).
+
+    llama-course train configs/tiny.yaml --set parallel.activation_checkpointing=full
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+_MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+            torch.ops.aten.linear.default}
+
+
+def _save_matmuls(ctx, op, *args, **kwargs):
+    """Selective policy: keep what matmuls produce, recompute everything else."""
+    return CheckpointPolicy.MUST_SAVE if op in _MATMULS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def apply_activation_checkpointing(blocks, mode: str) -> None:
+    """Wrap each block's forward in torch.utils.checkpoint (non-reentrant), in place; names are unchanged."""
+    if mode == "none":
+        return
+    if mode not in ("selective", "full"):
+        raise ValueError(f"activation_checkpointing: unknown mode {mode}")
+    blocks = blocks.values() if hasattr(blocks, "values") else blocks
+    for block in blocks:
+        inner = block.forward
+        if mode == "full":
+            wrapped = functools.partial(checkpoint, inner, use_reentrant=False)
+        else:
+            context = functools.partial(create_selective_checkpoint_contexts, _save_matmuls)
+            wrapped = functools.partial(checkpoint, inner, use_reentrant=False, context_fn=context)
+        block.forward = wrapped
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Counts bytes of tensor storages created inside the mode that are still alive (peak and now)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self.seen: set = set()
+
+    def _free(self, key, nbytes):
+        self.live -= nbytes
+        self.seen.discard(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and not t.is_meta:
+                storage = t.untyped_storage()
+                key = id(storage)
+                if key in self.seen:
+                    continue
+                self.seen.add(key)
+                self.live += storage.nbytes()
+                weakref.finalize(storage, self._free, key, storage.nbytes())
+        self.peak = max(self.peak, self.live)
+        return out
+
+
+def measure_saved_bytes(fn, *args) -> tuple:
+    """Run fn(*args) (a forward returning a loss) and return (loss, bytes still alive from the forward).
+
+    What is alive after the forward is what autograd saved for backward (plus the small loss): the
+    activation memory of activation_bytes_per_layer, measured.
+    """
+    mode = _LiveBytes()
+    with mode:
+        out = fn(*args)
+    return out, mode.live

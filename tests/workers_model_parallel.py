@@ -1,0 +1,99 @@
+"""Workers for the model-parallel tests (spawned by llama_course.testing.spawn; importable by name).
+
+Every case trains the same tiny model on the same random global batches for a few steps, once in this
+process as a single replica (the oracle) and once on the layout under test, and returns both runs' losses
+and the full gradients of the first step (shards mapped back to full-model names).
+"""
+
+from __future__ import annotations
+
+import torch
+
+BASE = {
+    "model": {"preset": "tiny", "n_layers": 4, "dim": 64, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 128,
+              "vocab_size": 256},
+    "seq_len": 16,
+    "parallel": {"micro_batch_size": 1, "global_batch_size": 4},
+    "training": {"precision": "fp32", "optimizer": "adamw", "lr": 1e-2, "warmup_steps": 0, "steps": 2,
+                 "seed": 0, "grad_clip": 1.0},
+}
+
+
+def make_config(overrides: dict):
+    from simulator.config import load_config
+
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in BASE.items()}
+    for dotted, value in overrides.items():
+        section, _, key = dotted.rpartition(".")
+        node = raw
+        for part in section.split(".") if section else []:
+            node = node.setdefault(part, {})
+        node[key] = value
+    return load_config(raw)
+
+
+def global_batches(cfg, steps: int) -> list:
+    """steps x [global micro-batches (x, y)], micro_batch_size sequences each, from a fixed generator."""
+    g = torch.Generator().manual_seed(1234)
+    mbs, n = cfg.parallel.micro_batch_size, cfg.parallel.global_batch_size // cfg.parallel.micro_batch_size
+    out = []
+    for _ in range(steps):
+        seqs = torch.randint(0, cfg.model.vocab_size, (n, mbs, cfg.seq_len + 1), generator=g)
+        out.append([(s[:, :-1], s[:, 1:]) for s in seqs])
+    return out
+
+
+def reference(cfg, steps: int) -> dict:
+    """The single-process run: losses per step, grad norm and gradients of step 1."""
+    import dataclasses
+
+    from llama_course.distributed import Context
+    from llama_course.engine import Engine
+    from llama_course.model import build_model
+
+    single = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, dp=1, tp=1, pp=1, vpp=1,
+                                                                  sequence_parallel=False))
+    engine = Engine(single, Context(), build_model(cfg))
+    losses, grads, norm = [], None, None
+    for step, batch in enumerate(global_batches(cfg, steps)):
+        out = engine.train_step(batch, cfg.training.lr)
+        losses.append(out["loss"])
+        if step == 0:
+            norm = out["grad_norm"]
+            grads = {n: p.grad.detach().clone() for n, p in engine.base_model.named_parameters()}
+    return {"losses": losses, "grads": grads, "grad_norm": norm}
+
+
+def run_layout(overrides: dict, steps: int = 2) -> dict | None:
+    """Train the layout; rank 0 returns its losses, step-1 grad norm and full gradients (+ the oracle's)."""
+    import torch.distributed as dist
+
+    from llama_course.distributed import init_distributed
+    from llama_course.engine import build_engine
+    from llama_course.model import build_model
+
+    cfg = make_config(overrides)
+    p = cfg.parallel
+    ctx = init_distributed(p.dp, p.tp, p.pp)
+    engine = build_engine(cfg, ctx, build_model(cfg))
+    per_dp = len(global_batches(cfg, 1)[0]) // p.dp
+    losses, grads, norm = [], None, None
+    for step, batch in enumerate(global_batches(cfg, steps)):
+        mine = batch[ctx.dp_rank * per_dp:(ctx.dp_rank + 1) * per_dp]
+        out = engine.train_step(mine, cfg.training.lr)
+        losses.append(out["loss"])
+        if step == 0:
+            norm = out["grad_norm"]
+            grads = engine.full_gradients()
+    all_losses = [None] * ctx.world_size
+    dist.all_gather_object(all_losses, losses)
+    oracle = reference(cfg, steps)    # on every rank: its loss "mean" runs over the world (equal values)
+    if ctx.rank != 0:
+        return None
+    return {"engine": engine.name, "losses": losses, "rank_losses": all_losses, "grad_norm": norm,
+            "grads": grads, "reference": oracle}
+
+
+def layouts(rank: int, world: int, cases: list) -> list:
+    """Run every case in turn on the same processes (one spawn for many checks)."""
+    return [run_layout(case) for case in cases]
