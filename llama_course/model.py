@@ -37,7 +37,6 @@ from torch import nn
 
 from simulator.config import ModelConfig
 
-
 # ---------------------------------------------------------------------------------------------
 # building blocks
 # ---------------------------------------------------------------------------------------------
@@ -56,16 +55,24 @@ class RMSNorm(nn.Module):
         return self.weight * y.to(x.dtype)
 
 
+def _compute_rope(seq_len: int, head_dim: int, theta: float, device) -> tuple:
+    # fp32, as Hugging Face's Llama computes them, so logits agree with it
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+    angles = torch.outer(torch.arange(seq_len, device=device).float(), inv_freq)   # (s, hd/2)
+    angles = torch.cat([angles, angles], dim=-1)                                   # (s, hd)
+    return angles.cos(), angles.sin()
+
+
 @lru_cache(maxsize=16)
 def _rope_tables(seq_len: int, head_dim: int, theta: float, device: str) -> tuple:
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)   # (s, hd/2)
-    angles = torch.cat([angles, angles], dim=-1)                                   # (s, hd)
-    return angles.cos().float().to(device), angles.sin().float().to(device)
+    return _compute_rope(seq_len, head_dim, theta, device)
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float, device) -> tuple:
-    """cos and sin of position x frequency, shape (seq_len, head_dim), cached per shape and device."""
+    """cos and sin of position x frequency, shape (seq_len, head_dim), cached per shape and device
+    (computed in the graph under torch.compile, which cannot trace the cache)."""
+    if torch.compiler.is_compiling():
+        return _compute_rope(seq_len, head_dim, float(theta), device)
     return _rope_tables(seq_len, head_dim, float(theta), str(device))
 
 
