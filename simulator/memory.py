@@ -8,7 +8,7 @@ For pipeline rank r holding virtual stages k = c p + r with L_k blocks each:
                    (workload.state_bytes)
     activations  = (most blocks' worth of micro-batches in flight under the schedule)
                    x activation_bytes_per_layer (Korthikanti et al. 2022)
-                   + one block's full activations during its backward when blocks are recomputed
+                   + one block's full activations during its backward under full recomputation
                    + the fp32 logits and their gradient on the last stage
 
 The in-flight count comes from walking the rank's actual schedule (`pipeline_parallel.peak_in_flight`):
@@ -70,7 +70,7 @@ def rank_memory(cfg, rank: int, layers: list, n_micro: int) -> dict:
     order = schedule_order(p.schedule, pp, n_micro, v, rank)
     held_layers = peak_in_flight(order, [layers[k] for k in chunks])
     acts = held_layers * per_layer
-    if p.activation_checkpointing != "none":
+    if p.activation_checkpointing == "full":
         acts += activation_bytes_per_layer(cfg.model, recompute="none", **act_args)
     if rank == pp - 1:
         tokens = p.micro_batch_size * cfg.seq_len

@@ -11,7 +11,8 @@ into one link take n times longer each.
     env.process(...yield net.transfer(0, 8, 1 << 20)...); env.run()
 
 Cost: one rate computation per flow arrival or departure; flows that finish together are retired together,
-so a symmetric collective step (n equal flows) costs one computation, not n.
+and flows that start together are added together, so a symmetric collective step (n equal flows) costs
+one computation, not n.
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ class Network:
         self.flows: list = []
         self._last = 0.0
         self._generation = 0
+        self._pending = False
         self.bytes_sent = 0.0
+        self.rate_computations = 0
 
     def transfer(self, src: int, dst: int, nbytes: float) -> simpy.Process:
         """A SimPy process that ends when `nbytes` from GPU src have arrived at GPU dst."""
@@ -85,8 +88,16 @@ class Network:
         self._advance()
         self.flows.append(Flow(path, nbytes, done))
         self.bytes_sent += nbytes
-        self._reschedule()
+        if not self._pending:           # flows arriving at the same instant share one rate computation
+            self._pending = True
+            self._generation += 1       # the wake-up scheduled before this arrival is stale
+            self.env.timeout(0).callbacks.append(self._on_arrivals)
         yield done
+
+    def _on_arrivals(self, _ev) -> None:
+        self._pending = False
+        self._advance()
+        self._reschedule()
 
     def _advance(self) -> None:
         dt = self.env.now - self._last
@@ -100,6 +111,7 @@ class Network:
         if not self.flows:
             return
         max_min_rates(self.flows, self.cluster.capacity)
+        self.rate_computations += 1
         delay = min(max(f.remaining, 0.0) / f.rate for f in self.flows)
         gen = self._generation
         wake = self.env.timeout(delay)

@@ -54,3 +54,15 @@ def test_max_min_rates_are_feasible_and_bottlenecked(pairs):
         assert any(load[link] >= cl.capacity[link] * (1 - 1e-9)
                    and all(g.rate <= f.rate * (1 + 1e-9) for g in flows if link in g.links)
                    for link in f.links)
+
+
+def test_flows_starting_together_share_one_rate_computation():
+    from simulator.network import Network
+
+    cl = Cluster(gpu_preset("a100-80gb"), 512)
+    env = simpy.Environment()
+    net = Network(env, cl)
+    ranks = list(range(0, 512, 8))
+    procs = [net.transfer(ranks[i], ranks[(i + 1) % len(ranks)], 1e6) for i in range(len(ranks))]
+    env.run(env.all_of(procs))
+    assert net.rate_computations <= 2          # one when they start, none needed when they all end together
