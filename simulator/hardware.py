@@ -127,10 +127,23 @@ DEFAULT_CPU_PROFILE = {
 }
 
 
+def user_cpu_profile_path() -> str:
+    """Where `llama-course bench` writes this machine's profile: $LLAMA_COURSE_CPU_PROFILE, else
+    $LLAMA_COURSE_CACHE/cpu_profile.json (default ~/.cache/llama-course/cpu_profile.json)."""
+    env = os.environ.get("LLAMA_COURSE_CPU_PROFILE")
+    if env:
+        return env
+    cache = os.environ.get("LLAMA_COURSE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "llama-course")
+    return os.path.join(cache, "cpu_profile.json")
+
+
 def gpu_preset(name: str, profile_path: Optional[str] = None) -> Hardware:
-    """The Hardware of a named preset (`cpu` reads its JSON profile)."""
+    """The Hardware of a named preset (`cpu` reads the profile `bench` measured, else the shipped one)."""
     if name == "cpu":
-        return cpu_from_profile(profile_path or CPU_PROFILE)
+        if profile_path is None:
+            user = user_cpu_profile_path()
+            profile_path = user if os.path.exists(user) else CPU_PROFILE
+        return cpu_from_profile(profile_path)
     if name not in GPU_PRESETS:
         raise ConfigError(f"cluster.gpu: unknown GPU '{name}' (known: {', '.join(list(GPU_PRESETS) + ['cpu'])})")
     return GPU_PRESETS[name]()
