@@ -133,7 +133,7 @@ def stages_for(kind: str, algorithm: str, ranks, nbytes: float, cluster: Cluster
 def collective_process(env: simpy.Environment, net: Network, stages: list, exact: bool = False):
     """SimPy process: run the stages' steps one after the other (each step: all its flows, then a barrier)."""
     for flows, repeat in stages:
-        for step in range(repeat if exact else 1):
+        for _ in range(repeat if exact else 1):
             start = env.now
             yield env.all_of([net.transfer(s, d, b) for s, d, b in flows])
             if not exact and repeat > 1:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from simulator.hardware import Hardware
-from simulator.workload import (backward_op, embedding_ops, head_ops, layer_ops)
+from simulator.workload import backward_op, embedding_ops, head_ops, layer_ops
 
 FLASH_EFFICIENCY = 0.85
 

@@ -5,7 +5,9 @@ are averaged over the dp ranks of the same model shard. Per step and GPU, with P
 and g bytes per gradient element:
 
     plain / ZeRO-0   all-reduce Psi g bytes            each rank sends 2 (dp-1)/dp Psi g
-    ZeRO-1, ZeRO-2   reduce-scatter Psi g, step on Psi/dp, all-gather Psi e of new weights
+    ZeRO-1           reduce-scatter Psi g once per step, step on Psi/dp, all-gather Psi e of new weights
+    ZeRO-2           as ZeRO-1, but it keeps only its gradient shard, so it reduce-scatters every
+                     micro-batch's gradients during that backward (m times the bytes, mostly hidden)
     ZeRO-3 (FSDP)    per block and micro-batch: all-gather weights before forward and before backward,
                      reduce-scatter gradients after backward: 3 Psi bytes moved per micro-batch, prefetched
                      so only what exceeds the block's compute is exposed

@@ -30,7 +30,6 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 from simulator.config import ConfigError
 
@@ -83,7 +82,7 @@ class Hardware:
     def peak(self, precision: str) -> float:
         return self.peak_flops[precision]
 
-    def with_overrides(self, **changes) -> "Hardware":
+    def with_overrides(self, **changes) -> Hardware:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
@@ -137,7 +136,7 @@ def user_cpu_profile_path() -> str:
     return os.path.join(cache, "cpu_profile.json")
 
 
-def gpu_preset(name: str, profile_path: Optional[str] = None) -> Hardware:
+def gpu_preset(name: str, profile_path: str | None = None) -> Hardware:
     """The Hardware of a named preset (`cpu` reads the profile `bench` measured, else the shipped one)."""
     if name == "cpu":
         if profile_path is None:

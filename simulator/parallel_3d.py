@@ -30,8 +30,13 @@ from dataclasses import dataclass, field
 
 from simulator.collectives import CommModel
 from simulator.compute import block_times, embedding_times, head_times, optimizer_time
-from simulator.data_parallel import (buckets_ready, compression_factor, gradient_sync, grad_bytes_per_param,
-                                     zero3_exposed)
+from simulator.data_parallel import (
+    buckets_ready,
+    compression_factor,
+    grad_bytes_per_param,
+    gradient_sync,
+    zero3_exposed,
+)
 from simulator.memory import layers_per_virtual_stage, uses_flash, virtual_stage_params
 from simulator.pipeline_parallel import simulate_pipeline
 from simulator.tensor_parallel import tp_comm
@@ -104,9 +109,11 @@ def stage_costs(cfg, hw, comm: CommModel, layout: Layout, layers: list) -> tuple
     emb_f, emb_b = embedding_times(m, s, b, p.tp, prec, hw)
     head_f, head_b = head_times(m, s, b, p.tp, prec, hw)
     zero3 = (0.0, 0.0)
-    if p.zero_stage == 3 and layout.dp > 1:
+    if p.zero_stage >= 2 and layout.dp > 1:
+        # ZeRO-2 keeps only its gradient shard, so every micro-batch's gradients are reduce-scattered as the
+        # backward produces them; ZeRO-3 also all-gathers each block's weights before forward and backward
         psi_block = virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]
-        gather = comm.time("all_gather", layout.dp_group(), psi_block * DTYPE_BYTES[prec])
+        gather = comm.time("all_gather", layout.dp_group(), psi_block * DTYPE_BYTES[prec]) if p.zero_stage == 3 else 0.0
         scatter = comm.time("reduce_scatter", layout.dp_group(),
                             psi_block * grad_bytes_per_param(cfg) * compression_factor(cfg))
         zero3 = (zero3_exposed(blk.forward, gather), zero3_exposed(blk.backward + blk.recompute, gather + scatter))
@@ -168,16 +175,16 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False) -> Step:
     psi_virtual = virtual_stage_params(cfg, layers)
     grad_wire = grad_bytes_per_param(cfg) * compression_factor(cfg)
     dp_group = layout.dp_group()
-    kind = "reduce_scatter" if p.zero_stage in (1, 2) else "all_reduce"
+    kind = "reduce_scatter" if p.zero_stage == 1 else "all_reduce"
     best = None
     all_spans: dict = {}
-    for i, (run, slow) in enumerate(runs):
+    for i, (run, _slow) in enumerate(runs):
         for r in range(p.pp):
             ready = []
             for c in range(p.vpp):
                 k = c * p.pp + r
-                if p.zero_stage == 3 or layout.dp == 1:
-                    continue            # ZeRO-3 reduce-scatters per block, inside the backward
+                if p.zero_stage >= 2 or layout.dp == 1:
+                    continue            # ZeRO-2/3 reduce-scatter per block, inside each backward
                 ready += buckets_ready(run.last_backward[(r, c)], psi_virtual[k] * grad_wire, p.bucket_mb,
                                        tensors=9 * layers[k] + 1)
             ready.sort()

@@ -25,7 +25,7 @@ def trace_events(step, layout, cfg) -> list:
     """The traceEvents of one simulated step."""
     run = step.pipeline
     pids = layout.pp_group()
-    dp_name = "reduce_scatter" if cfg.parallel.zero_stage in (1, 2) else "all_reduce"
+    dp_name = "reduce_scatter" if cfg.parallel.zero_stage == 1 else "all_reduce"
     events = [{"name": "process_name", "ph": "M", "pid": pids[r], "args": {"name": f"rank {pids[r]} (stage {r})"}}
               for r in range(layout.pp)]
     by_rank: dict = {r: [] for r in range(layout.pp)}

@@ -3,8 +3,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simulator.config import load_config
-from simulator.workload import (activation_bytes_per_layer, backward_op, forward_flops_per_token, head_ops,
-                                layer_ops, model_flops_per_token, state_bytes, state_bytes_per_param)
+from simulator.workload import (
+    activation_bytes_per_layer,
+    backward_op,
+    forward_flops_per_token,
+    head_ops,
+    layer_ops,
+    model_flops_per_token,
+    state_bytes,
+    state_bytes_per_param,
+)
 
 
 def _model(preset):
@@ -41,8 +49,8 @@ def test_backward_is_twice_forward_for_matmuls():
 def test_megatron_hardware_flops_formula():
     # 96 B s l h^2 (1 + s/(6h) + V/(16 l h)) = model FLOPs + one recomputed forward of the blocks
     m = _model("gpt-145.6b")
-    B, s, l, h, V = 2304, 2048, m.n_layers, m.dim, m.vocab_size
-    megatron = 96 * B * s * l * h * h * (1 + s / (6 * h) + V / (16 * l * h))
+    B, s, L, h, V = 2304, 2048, m.n_layers, m.dim, m.vocab_size
+    megatron = 96 * B * s * L * h * h * (1 + s / (6 * h) + V / (16 * L * h))
     fwd_blocks = forward_flops_per_token(m, s) - 2 * V * h
     ours = B * s * (model_flops_per_token(m, s) + fwd_blocks)
     assert ours == pytest.approx(megatron, rel=1e-12)
