@@ -169,6 +169,13 @@ class ParallelConfig:
     """SSP bound: how many versions the fastest worker may run ahead."""
     local_steps: int = 1
     """local_sgd / DiLoCo: inner optimizer steps between averages."""
+    outer_lr: float = 1.0
+    """local_sgd: outer learning rate applied to the averaged change (1 with no momentum = plain averaging;
+    DiLoCo uses 0.7 with outer_momentum 0.9)."""
+    outer_momentum: float = 0.0
+    """local_sgd: Nesterov momentum of the outer optimizer (0 = plain local SGD, 0.9 = DiLoCo)."""
+    lock_free: bool = False
+    """Parameter server, asp/ssp: apply pushes without the shard lock (Hogwild); needs training.optimizer sgd."""
     compression: str = "none"
     """Gradient compression on the wire: none | fp16 | bf16 | topk | powersgd."""
     topk_ratio: float = 0.01
@@ -557,6 +564,14 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError("parallel.strategy: parameter_server runs data parallel only (tp = pp = 1)")
     if p.sync != "bsp" and p.strategy != "parameter_server" and p.sync != "local_sgd":
         raise ConfigError(f"parallel.sync: {p.sync} needs parallel.strategy parameter_server")
+    _positive("parallel.outer_lr", p.outer_lr)
+    if not 0 <= p.outer_momentum < 1:
+        raise ConfigError(f"parallel.outer_momentum: {p.outer_momentum} must be in [0, 1)")
+    if p.lock_free and (p.strategy != "parameter_server" or p.sync not in ("asp", "ssp")):
+        raise ConfigError("parallel.lock_free: lock-free updates need strategy parameter_server with sync asp or ssp")
+    if p.lock_free and t.optimizer != "sgd":
+        raise ConfigError(f"parallel.lock_free: Hogwild updates need training.optimizer sgd, not {t.optimizer} "
+                          "(Adam's moments updated by two threads at once race)")
 
     _positive("training.lr", t.lr)
     if t.min_lr is None:
