@@ -113,6 +113,10 @@ class Progress:
 # one worker
 # ---------------------------------------------------------------------------------------------
 
+TRACE_STEPS = int(os.environ.get("LLAMA_COURSE_TRACE_STEPS", "3"))
+"""`--trace` records the last this-many steps of the run."""
+
+
 def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, quiet=False) -> list:
     """Train on this process (one rank of the run). Returns rank 0's metric records."""
     import torch
@@ -168,6 +172,8 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                 batches = engine.batches_for_step(sampler, train_seqs, step) if hasattr(engine, "batches_for_step") \
                     else [get_batch(train_seqs, idx) for idx in sampler.shard(step, ctx.dp_rank, ctx.dp, p.micro_batch_size)]
                 lr = lr_at(step, cfg)
+                if trace_path and step < cfg.training.steps - TRACE_STEPS:
+                    tracer.clear()            # keep the last TRACE_STEPS steps: steady state, small files
                 if sync:
                     sync()
                 t0 = time.perf_counter()
@@ -308,7 +314,7 @@ def cli(args) -> int:
 
 
 def train(config=None, overrides=(), nproc=None, metrics=None, checkpoint_dir=None, quiet=True,
-          max_restarts=0) -> list:
+          max_restarts=0, trace=None) -> list:
     """Python entry point (labs): train like the CLI and return the per-step records of rank 0."""
     import argparse
     import tempfile
@@ -333,6 +339,8 @@ def train(config=None, overrides=(), nproc=None, metrics=None, checkpoint_dir=No
         argv += ["--nproc", str(nproc)]
     if checkpoint_dir:
         argv += ["--checkpoint-dir", str(checkpoint_dir)]
+    if trace:
+        argv += ["--trace", str(trace)]
     if quiet:
         argv.append("--quiet")
     args: argparse.Namespace = build_parser().parse_args(argv)
