@@ -54,6 +54,10 @@ def _minus(intervals: list, cover: list) -> float:
     return total
 
 
+def _spans(events: list, keep) -> list:
+    return _merge([(e["ts"], e["ts"] + e["dur"]) for e in events if keep(e)])
+
+
 def measured_components(trace_path: str, steps: int) -> dict:
     """Seconds per step of each component, averaged over ranks, from a measured Chrome trace."""
     with open(trace_path) as f:
@@ -64,13 +68,12 @@ def measured_components(trace_path: str, steps: int) -> dict:
     sums = {c: 0.0 for c in COMPONENTS}
     for rank in ranks:
         mine = [e for e in events if e["pid"] == rank]
-        span = lambda pred: _merge([(e["ts"], e["ts"] + e["dur"]) for e in mine if pred(e)])  # noqa: E731
-        compute = span(lambda e: e["tid"] == "compute" and e["name"] != "optimizer")
-        comm = span(lambda e: e["tid"] == "comm")
+        compute = _spans(mine, lambda e: e["tid"] == "compute" and e["name"] != "optimizer")
+        comm = _spans(mine, lambda e: e["tid"] == "comm")
         sums["compute"] += _length(compute)
         sums["exposed_comm"] += _minus(comm, compute)
-        sums["bubble"] += _length(span(lambda e: e["tid"] == "bubble"))
-        sums["optimizer"] += _length(span(lambda e: e["name"] == "optimizer"))
+        sums["bubble"] += _length(_spans(mine, lambda e: e["tid"] == "bubble"))
+        sums["optimizer"] += _length(_spans(mine, lambda e: e["name"] == "optimizer"))
     return {c: v / len(ranks) / steps / 1e6 for c, v in sums.items()}
 
 
