@@ -212,6 +212,11 @@ class PipelineEngine(Engine):
     """Seconds of sleep per layer in each forward and backward (benchmarks: a noise-free compute stand-in)."""
 
     def __init__(self, cfg, ctx, model, tracer=None):
+        from simulator.config import ConfigError
+
+        if cfg.model.tie_embeddings:
+            raise ConfigError("model.tie_embeddings: the runtime pipeline cannot tie an embedding and a head on "
+                              "different stages (pp > 1); set it false")
         self.v = cfg.parallel.vpp
         self.schedule = cfg.parallel.schedule
         super().__init__(cfg, ctx, build_stages(cfg, ctx, model), tracer)

@@ -97,3 +97,29 @@ def run_layout(overrides: dict, steps: int = 2) -> dict | None:
 def layouts(rank: int, world: int, cases: list) -> list:
     """Run every case in turn on the same processes (one spawn for many checks)."""
     return [run_layout(case) for case in cases]
+
+
+def pipeline_trace(overrides: dict, compute_delay: tuple = (0.0, 0.0)) -> list:
+    """One traced step of a pipeline layout; every rank's events gathered on rank 0."""
+    import torch.distributed as dist
+
+    from llama_course.distributed import init_distributed
+    from llama_course.engine import build_engine
+    from llama_course.model import build_model
+    from llama_course.profiling import Tracer
+
+    cfg = make_config(overrides)
+    p = cfg.parallel
+    ctx = init_distributed(p.dp, p.tp, p.pp)
+    engine = build_engine(cfg, ctx, build_model(cfg), Tracer(enabled=True, rank=ctx.rank))
+    engine.compute_delay = compute_delay
+    batch = global_batches(cfg, 1)[0]
+    engine.train_step(batch, cfg.training.lr)
+    events = [None] * ctx.world_size
+    dist.all_gather_object(events, engine.tracer.events)
+    return events
+
+
+def pipelines(rank: int, world: int, cases: list, traced: dict) -> dict:
+    """Layouts, then one traced 1F1B step (the pipeline test's single spawn)."""
+    return {"layouts": layouts(rank, world, cases), "trace": pipeline_trace(traced, (0.004, 0.008))}
