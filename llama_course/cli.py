@@ -127,6 +127,9 @@ def main(argv: list | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:               # `llama-course simulate ... | head`
+        sys.stderr.close()
+        return 0
     return int(code or 0)
 
 
