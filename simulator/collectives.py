@@ -4,6 +4,7 @@ An algorithm is a sequence of steps; in each step every rank sends one chunk at 
 through `network.Network`). With alpha the path latency and B the bottleneck bandwidth:
 
     ring all-reduce of S bytes on n ranks   2 (n-1) steps of S/n:  t = 2 (n-1) (alpha + S / (n B))
+                                            (across nodes: g rings of S/g at once, one per NIC, as NCCL)
     ring reduce-scatter / all-gather        (n-1) steps of S/n:    t = (n-1) (alpha + S / (n B))
     tree all-reduce (binary, k chunks)      reduce up + broadcast down, pipelined: 2 (D + k - 1) steps
     hierarchical all-reduce                 reduce-scatter in the node (g GPUs), all-reduce of S/g between
@@ -32,6 +33,7 @@ import simpy
 from simulator.network import Network
 from simulator.topology import Cluster
 
+MAX_CHANNEL_FLOWS = 8192   # larger multi-channel rings fall back to one ring per step (hierarchical stays exact)
 KINDS = ("all_reduce", "reduce_scatter", "all_gather", "all_to_all", "send")
 ALGORITHMS = ("ring", "tree", "hierarchical")
 
@@ -62,12 +64,32 @@ def _ring(ranks, chunk, steps):
     return [([(ranks[i], ranks[(i + 1) % n], chunk) for i in range(n)], steps)]
 
 
-def ring_stages(kind: str, ranks, nbytes: float) -> list:
+def ring_stages(kind: str, ranks, nbytes: float, cluster: Cluster | None = None) -> list:
+    """One ring; across nodes with g GPUs each, g rings (NCCL's channels), one leaving each node by each NIC.
+
+    Channel c visits every node's GPUs rotated by c, so it leaves a node from a different GPU (and NIC)
+    than channel c+1: all g NICs carry traffic at once and each ring moves S/g.
+    """
     n = len(ranks)
     if n <= 1:
         return []
     steps = 2 * (n - 1) if kind == "all_reduce" else n - 1
-    return _ring(ranks, nbytes / n, steps)
+    nodes = _by_node(ranks, cluster) if cluster is not None else [list(ranks)]
+    g = len(nodes[0])
+    if len(nodes) == 1 or g == 1 or any(len(x) != g for x in nodes) or n * g > MAX_CHANNEL_FLOWS:
+        return _ring(ranks, nbytes / n, steps)
+    flows = []
+    for c in range(g):
+        order = [grp[(i + c) % g] for grp in nodes for i in range(g)]
+        flows += [(order[i], order[(i + 1) % n], nbytes / (n * g)) for i in range(n)]
+    return [(flows, steps)]
+
+
+def _by_node(ranks, cluster: Cluster) -> list:
+    by_node = defaultdict(list)
+    for r in ranks:
+        by_node[cluster.node_of(r)].append(r)
+    return [by_node[k] for k in sorted(by_node)]
 
 
 def tree_stages(kind: str, ranks, nbytes: float, cluster: Cluster) -> list:
@@ -86,10 +108,7 @@ def tree_stages(kind: str, ranks, nbytes: float, cluster: Cluster) -> list:
 
 def hierarchical_stages(kind: str, ranks, nbytes: float, cluster: Cluster) -> list:
     """Intra-node phase over NVLink, inter-node phase per rail, intra-node phase again."""
-    by_node = defaultdict(list)
-    for r in ranks:
-        by_node[cluster.node_of(r)].append(r)
-    nodes = [by_node[k] for k in sorted(by_node)]
+    nodes = _by_node(ranks, cluster)
     g, m = len(nodes[0]), len(nodes)
     if any(len(x) != g for x in nodes) or g == 1 or m == 1:
         return ring_stages(kind, ranks, nbytes)
@@ -116,7 +135,7 @@ def stages_for(kind: str, algorithm: str, ranks, nbytes: float, cluster: Cluster
     if kind == "all_to_all":
         return all_to_all_stages(ranks, nbytes)
     if algorithm == "ring":
-        return ring_stages(kind, ranks, nbytes)
+        return ring_stages(kind, ranks, nbytes, cluster)
     if algorithm == "tree":
         if kind != "all_reduce":
             raise ValueError("tree is an all-reduce algorithm")
