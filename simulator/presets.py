@@ -47,10 +47,11 @@ MODEL_PRESETS = {
     "llama3-8b": lambda: _llama(4096, 32, 32, 8, 14336, 128256, rope_theta=500000.0),
     "llama3-70b": lambda: _llama(8192, 80, 64, 8, 28672, 128256, rope_theta=500000.0),
     "llama3-405b": lambda: _llama(16384, 126, 128, 8, 53248, 128256, rope_theta=500000.0),
-    # GPT-3 family (Brown et al. 2020, Table 2.1)
-    "gpt3-125m": lambda: _gpt(768, 12, 12, 50257),
-    "gpt3-1.3b": lambda: _gpt(2048, 24, 16, 50257),
-    "gpt3-175b": lambda: _gpt(12288, 96, 96, 50257),
+    # GPT-3 family (Brown et al. 2020, Table 2.1); vocabulary 50,257 padded to 50,304 (a multiple of 128)
+    # so it splits evenly over tensor-parallel ranks, as Megatron-LM and nanoGPT pad it
+    "gpt3-125m": lambda: _gpt(768, 12, 12, 50304),
+    "gpt3-1.3b": lambda: _gpt(2048, 24, 16, 50304),
+    "gpt3-175b": lambda: _gpt(12288, 96, 96, 50304),
     # Megatron-LM 2021 Table 1 (Narayanan et al.)
     "gpt-1.7b": lambda: _gpt(2304, 24, 24),
     "gpt-3.6b": lambda: _gpt(3072, 30, 32),
