@@ -25,9 +25,21 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q tests
+	PY=$(PY) bash scripts/check_exercises.sh
 
 lint: venv
 	$(VENV)/bin/ruff check .
+
+docs: venv
+	$(PY) scripts/gen_interview_docs.py
+	$(PY) scripts/execute_labs.py
+	$(VENV)/bin/mkdocs build --strict
+
+grade: venv
+	$(PY) -m llama_course grade
+
+handout:
+	$(PYTHON) scripts/make_handout.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache runs

@@ -62,8 +62,23 @@ def bus_bandwidth(op: str, size_bytes: float, time_s: float, n: int) -> float:
     return size_bytes / time_s * factor
 
 
+def hierarchical_all_reduce_bytes(size_bytes: float, nodes: int, gpus_per_node: int) -> tuple:
+    """Exercise 2.4: (intra-node, inter-node) bytes each GPU sends in a hierarchical all-reduce.
+
+    Reduce-scatter inside the node (ring over g GPUs), all-reduce each GPU's S/g shard across the `nodes`
+    nodes (ring over the GPUs with the same local rank), all-gather inside the node:
+    intra = 2(g-1)/g x S, inter = 2(nodes-1)/nodes x S/g. Inter-node bytes fall by g against a flat ring.
+    """
+    g = gpus_per_node
+    if nodes < 1 or g < 1 or size_bytes < 0:
+        raise ValueError(f"need nodes >= 1, gpus_per_node >= 1, size_bytes >= 0; got {nodes}, {g}, {size_bytes}")
+    intra = 2 * (g - 1) / g * size_bytes
+    inter = 2 * (nodes - 1) / nodes * size_bytes / g
+    return intra, inter
+
+
 def ring_all_reduce(buffers: list) -> tuple:
-    """Exercise 2.4: run a ring all-reduce (sum) on `n` equal-length lists, one per rank, chunk by chunk.
+    """Exercise 2.5: run a ring all-reduce (sum) on `n` equal-length lists, one per rank, chunk by chunk.
 
     Returns `(results, messages)`: `results[r]` is rank r's buffer afterwards (the element-wise sum of all
     buffers), `messages` a list of `(step, src, dst, chunk)`: at every step each rank sends exactly one chunk

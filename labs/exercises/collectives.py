@@ -45,8 +45,19 @@ def bus_bandwidth(op: str, size_bytes: float, time_s: float, n: int) -> float:
     raise NotImplementedError("Exercise 2.3: bus_bandwidth")
 
 
+def hierarchical_all_reduce_bytes(size_bytes: float, nodes: int, gpus_per_node: int) -> tuple:
+    """Exercise 2.4: (intra-node, inter-node) bytes each GPU sends in a hierarchical all-reduce.
+
+    The algorithm: reduce-scatter inside each node (a ring over its g GPUs), then all-reduce each GPU's
+    shard across the nodes (a ring over the GPUs with the same local rank), then all-gather inside the node.
+    Return the two byte counts as a tuple. Raise ValueError for nodes < 1, gpus_per_node < 1 or a negative
+    size.
+    """
+    raise NotImplementedError("Exercise 2.4: hierarchical_all_reduce_bytes")
+
+
 def ring_all_reduce(buffers: list) -> tuple:
-    """Exercise 2.4: run a ring all-reduce (sum) on `n` equal-length lists, one per rank, chunk by chunk.
+    """Exercise 2.5: run a ring all-reduce (sum) on `n` equal-length lists, one per rank, chunk by chunk.
 
     Return `(results, messages)`: `results[r]` is rank r's buffer afterwards (the element-wise sum of all the
     buffers) and `messages` a list of `(step, src, dst, chunk)`: at every one of the 2(n-1) steps each rank
@@ -55,4 +66,4 @@ def ring_all_reduce(buffers: list) -> tuple:
     all-gather (the neighbour overwrites). Every rank sends before anyone adds. Do not modify the inputs,
     and compute the sums only through the messages you record.
     """
-    raise NotImplementedError("Exercise 2.4: ring_all_reduce")
+    raise NotImplementedError("Exercise 2.5: ring_all_reduce")

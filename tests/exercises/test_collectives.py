@@ -1,4 +1,4 @@
-"""Graded tests for the collectives exercises (labs/exercises/collectives.py), 60 points (points are per test case).
+"""Graded tests for the collectives exercises (labs/exercises/collectives.py), points per test case.
 
 Each test checks against a closed form or a direct computation written here, never against the solution.
 """
@@ -105,14 +105,43 @@ def test_bus_bandwidth_unknown_op(exercise):
         exercise.bus_bandwidth("gossip", 1e6, 1.0, 4)
 
 
-# Exercise 2.4: ring_all_reduce --------------------------------------------------------------------------
+# Exercise 2.4: hierarchical_all_reduce_bytes ------------------------------------------------------------
+
+@pytest.mark.points(2, exercise="2.4")
+@pytest.mark.parametrize("nodes,g", [(2, 8), (4, 4), (16, 8), (1, 8), (8, 1)])
+def test_hierarchical_all_reduce_bytes(exercise, nodes, g):
+    size = 1.6e9
+    intra, inter = exercise.hierarchical_all_reduce_bytes(size, nodes, g)
+    # reduce-scatter + all-gather over g GPUs; all-reduce of one S/g shard over `nodes` ranks
+    assert intra == pytest.approx((g - 1) * size / g * 2)
+    assert inter == pytest.approx((nodes - 1) * (size / g) / nodes * 2)
+
+
+@pytest.mark.points(1, exercise="2.4")
+def test_hierarchical_cuts_inter_node_bytes_by_gpus_per_node(exercise):
+    """Against a flat ring over all nodes x g GPUs, the per-GPU inter-node bytes shrink by about g."""
+    nodes, g, size = 32, 8, 1e9
+    _, inter = exercise.hierarchical_all_reduce_bytes(size, nodes, g)
+    flat = 2 * (nodes * g - 1) / (nodes * g) * size
+    assert flat / inter == pytest.approx(g * (nodes * g - 1) / (nodes * g) * nodes / (nodes - 1))
+    assert 7.5 < flat / inter < 8.5
+
+
+@pytest.mark.points(1, exercise="2.4")
+@pytest.mark.parametrize("args", [(1e6, 0, 8), (1e6, 2, 0), (-1, 2, 8)])
+def test_hierarchical_rejects_bad_input(exercise, args):
+    with pytest.raises(ValueError):
+        exercise.hierarchical_all_reduce_bytes(*args)
+
+
+# Exercise 2.5: ring_all_reduce --------------------------------------------------------------------------
 
 def _buffers(n: int, length: int, seed: int) -> list:
     rng = random.Random(seed)
     return [[rng.randint(-1000, 1000) for _ in range(length)] for _ in range(n)]
 
 
-@pytest.mark.points(3, exercise="2.4")
+@pytest.mark.points(3, exercise="2.5")
 @pytest.mark.parametrize("n,length", [(2, 6), (3, 9), (4, 10), (5, 3), (7, 21)])
 def test_ring_all_reduce_sums(exercise, n, length):
     buffers = _buffers(n, length, seed=n * 100 + length)
@@ -123,7 +152,7 @@ def test_ring_all_reduce_sums(exercise, n, length):
     assert buffers == copies, "the inputs were modified"
 
 
-@pytest.mark.points(2, exercise="2.4")
+@pytest.mark.points(2, exercise="2.5")
 @pytest.mark.parametrize("n,length", [(2, 4), (4, 8), (5, 12)])
 def test_ring_all_reduce_messages_follow_the_ring(exercise, n, length):
     _, messages = exercise.ring_all_reduce(_buffers(n, length, seed=1))
@@ -142,7 +171,7 @@ def test_ring_all_reduce_messages_follow_the_ring(exercise, n, length):
     assert sum(sent_by_rank) == 2 * (n - 1) * length
 
 
-@pytest.mark.points(1, exercise="2.4")
+@pytest.mark.points(1, exercise="2.5")
 def test_ring_all_reduce_sums_only_through_messages(exercise):
     """Replaying the recorded messages on the inputs must give the results: the sums came through the ring."""
     n, length = 4, 8

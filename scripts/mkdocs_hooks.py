@@ -1,0 +1,194 @@
+"""mkdocs hooks: bring the labs and the API reference into the site without copying files into docs/.
+
+- Labs live in labs/NN_<concept>.ipynb, outside docs/. Each is added to the site as labs/NN_<concept>.ipynb
+  (mkdocs-jupyter renders it) and to the nav's "Labs" section. If scripts/execute_labs.py has left an
+  executed copy in build/labs/ whose recorded source hash matches the notebook, that copy (with outputs)
+  is rendered; otherwise the notebook as stored (no outputs).
+- The API reference gets one generated page per module of llama_course/ and simulator/
+  (`::: package.module`, rendered by mkdocstrings), listed under "API reference".
+- docs/labs/index.md's `<!-- labs-table -->` becomes a table of the 14 concepts with their lab,
+  concept page and exercises, as they exist at build time.
+- A concept page's `<!-- concept-links -->` (docs/concepts/<concept>.md) becomes its links: lab, exercises,
+  runtime and simulator API pages, interview questions; only to what exists, so the links never dangle.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from mkdocs.plugins import event_priority
+from mkdocs.structure.files import File
+
+ROOT = Path(__file__).resolve().parents[1]
+LABS = ROOT / "labs"
+EXECUTED = ROOT / "build" / "labs"
+PACKAGES = ("llama_course", "simulator")
+CONCEPTS = (
+    "llama_basics", "collectives", "data_parallel", "tensor_parallel", "pipeline_parallel", "parallel_3d",
+    "parameter_server", "sync_async", "load_balancing", "fault_tolerance", "communication_compression",
+    "model_compression", "cluster_scheduling", "profiling",
+)
+
+
+def lab_notebooks() -> list:
+    """labs/NN_<concept>.ipynb that exist, in order."""
+    return sorted(p for p in LABS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def source_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def rendered_copy(notebook: Path) -> Path:
+    """The executed copy in build/labs/ if it was made from this very notebook, else the notebook itself."""
+    executed = EXECUTED / notebook.name
+    if executed.exists():
+        try:
+            meta = json.loads(executed.read_text(encoding="utf-8")).get("metadata", {}).get("llama_course", {})
+        except json.JSONDecodeError:
+            meta = {}
+        if meta.get("source_sha256") == source_hash(notebook):
+            return executed
+    return notebook
+
+
+def lab_title(notebook: Path) -> str:
+    """The notebook's first Markdown heading, else 'NN concept'."""
+    try:
+        cells = json.loads(notebook.read_text(encoding="utf-8")).get("cells", [])
+    except json.JSONDecodeError:
+        cells = []
+    for cell in cells:
+        if cell.get("cell_type") == "markdown":
+            for line in "".join(cell.get("source", [])).splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    number, _, concept = notebook.stem.partition("_")
+    return f"{number} {concept}"
+
+
+def api_modules() -> list:
+    """Dotted names of the public modules of the course's packages."""
+    names = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).glob("*.py")):
+            if not path.stem.startswith("_"):
+                names.append(f"{package}.{path.stem}")
+    return names
+
+
+def _nav_section(nav: list, title: str) -> list | None:
+    for entry in nav:
+        if isinstance(entry, dict) and title in entry and isinstance(entry[title], list):
+            return entry[title]
+    return None
+
+
+def on_config(config):
+    nav = config.nav or []
+    labs = _nav_section(nav, "Labs")
+    if labs is not None:
+        labs.extend({lab_title(nb): f"labs/{nb.name}"} for nb in lab_notebooks())
+    api = _nav_section(nav, "API reference")
+    if api is not None:
+        for package in PACKAGES:
+            api.append({package: [{name: f"api/{name}.md"} for name in api_modules() if name.startswith(package + ".")]})
+    return config
+
+
+@event_priority(100)       # before mkdocs-jupyter's on_files, so it wraps the notebooks added here
+def on_files(files, config):
+    for nb in lab_notebooks():
+        files.append(File.generated(config, f"labs/{nb.name}", abs_src_path=str(rendered_copy(nb))))
+    for name in api_modules():
+        files.append(File.generated(config, f"api/{name}.md", content=f"# `{name}`\n\n::: {name}\n"))
+    return files
+
+
+def labs_table(page_dir: str = "labs") -> str:
+    rows = ["| # | concept | lab | exercises |", "|---|---|---|---|"]
+    for i, concept in enumerate(CONCEPTS, 1):
+        nb = LABS / f"{i:02d}_{concept}.ipynb"
+        lab = f"[{lab_title(nb)}]({nb.name})" if nb.exists() else "in preparation"
+        stub = LABS / "exercises" / f"{concept}.py"
+        exercises = f"`labs/exercises/{concept}.py`" if stub.exists() else "in preparation"
+        rows.append(f"| {i:02d} | [{concept}](../concepts/{concept}.md) | {lab} | {exercises} |")
+    return "\n".join(rows)
+
+
+# modules beyond <package>.<concept> and <package>.<concept>_comm that belong on a concept's page
+RELATED_MODULES = {
+    "llama_basics": ["llama_course.model", "llama_course.data", "llama_course.tokenizer", "llama_course.trainer",
+                     "llama_course.engine", "simulator.workload", "simulator.compute", "simulator.memory"],
+    "collectives": ["llama_course.distributed", "simulator.network", "simulator.topology"],
+    "data_parallel": ["llama_course.optimizers"],
+    "parallel_3d": ["llama_course.distributed", "simulator.plan"],
+    "fault_tolerance": ["llama_course.checkpoint"],
+    "profiling": ["simulator.trace", "llama_course.plots"],
+}
+
+
+def _exercise_numbers(stub: Path) -> list:
+    """[(function, 'Exercise N.M')] of a stub module, from its NotImplementedError messages."""
+    out = []
+    for node in ast.parse(stub.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+            match = re.search(r"Exercise (\d+\.\d+)", ast.get_source_segment(stub.read_text(encoding="utf-8"), node) or "")
+            out.append((node.name, match.group(1) if match else ""))
+    return out
+
+
+def concept_links(concept: str) -> str:
+    i = CONCEPTS.index(concept) + 1
+    lines = []
+    nb = LABS / f"{i:02d}_{concept}.ipynb"
+    lines.append(f"- **Lab:** [{lab_title(nb)}](../labs/{nb.name})" if nb.exists()
+                 else f"- **Lab:** `labs/{nb.name}` (in preparation; see [Labs](../labs/index.md))")
+    stub = LABS / "exercises" / f"{concept}.py"
+    if stub.exists():
+        items = ", ".join(f"{num} `{name}`" for name, num in _exercise_numbers(stub))
+        lines.append(f"- **Exercises:** `labs/exercises/{concept}.py`: {items}. Graded by "
+                     f"`tests/exercises/test_{concept}.py`: `llama-course grade --only {concept}`.")
+    else:
+        lines.append(f"- **Exercises:** `labs/exercises/{concept}.py` (in preparation)")
+    modules = set(api_modules())
+    for package, label in (("llama_course", "Runtime API"), ("simulator", "Simulator API")):
+        wanted = [f"{package}.{concept}", f"{package}.{concept}_comm",
+                  *[m for m in RELATED_MODULES.get(concept, []) if m.startswith(package + ".")]]
+        found = [m for m in dict.fromkeys(wanted) if m in modules]
+        if found:
+            lines.append(f"- **{label}:** " + ", ".join(f"[`{m}`](../api/{m}.md)" for m in found))
+    bank = yaml.safe_load((ROOT / "llama_course" / "interview" / "bank.yaml").read_text(encoding="utf-8"))
+    primary = [q for q in bank["questions"] if q["concept"] == concept]
+    related = [q for q in bank["questions"] if concept in q.get("related_concepts", [])]
+    for label, entries in (("Interview questions", primary), ("Related interview questions", related)):
+        if entries:
+            refs = []
+            for q in entries:
+                seeds = "/".join(str(n) for n in q.get("seed_questions", [q.get("seed_question")]))
+                refs.append(f"[{seeds}](../interview/en.md#q-{q['id']}) ([中文](../interview/zh.md#q-{q['id']}))")
+            lines.append(f"- **{label}** (seed numbers): " + ", ".join(refs))
+    return "\n".join(lines)
+
+
+def on_page_markdown(markdown, page, config, files):
+    if "<!-- labs-table -->" in markdown:
+        markdown = markdown.replace("<!-- labs-table -->", labs_table())
+    if "<!-- concept-links -->" in markdown:
+        concept = Path(page.file.src_uri).stem
+        if concept in CONCEPTS:
+            markdown = markdown.replace("<!-- concept-links -->", concept_links(concept))
+    return markdown
+
+
+def on_serve(server, config, builder):
+    for folder in (LABS, EXECUTED, *(ROOT / p for p in PACKAGES)):
+        if folder.exists():
+            server.watch(str(folder))
+    return server

@@ -1,0 +1,133 @@
+"""The documentation site: mkdocs.yml, the docs hooks, the generated interview pages, a strict build."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONCEPTS = [
+    "llama_basics", "collectives", "data_parallel", "tensor_parallel", "pipeline_parallel", "parallel_3d",
+    "parameter_server", "sync_async", "load_balancing", "fault_tolerance", "communication_compression",
+    "model_compression", "cluster_scheduling", "profiling",
+]
+
+
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Loader(yaml.SafeLoader):
+    """mkdocs.yml may use !ENV and similar tags; read them as plain values."""
+
+
+_Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def _nav_paths(nav) -> list:
+    out = []
+    for item in nav:
+        value = next(iter(item.values())) if isinstance(item, dict) else item
+        out.extend(_nav_paths(value) if isinstance(value, list) else [value])
+    return out
+
+
+def test_interview_pages_are_up_to_date():
+    gen = _load(ROOT / "scripts" / "gen_interview_docs.py", "_gen_interview_docs")
+    assert gen.main(["--check"]) == 0, "run: python scripts/gen_interview_docs.py"
+
+
+def test_interview_pages_cover_every_seed_question():
+    for lang in ("en", "zh"):
+        text = (ROOT / "docs" / "interview" / f"{lang}.md").read_text(encoding="utf-8")
+        for n in range(1, 31):
+            assert f"[{n}]" in text or f"[{n}/" in text or f"/{n}]" in text, f"{lang}: seed question {n}"
+
+
+def test_chinese_flow_joins_wrapped_lines():
+    gen = _load(ROOT / "scripts" / "gen_interview_docs.py", "_gen_interview_docs2")
+    assert gen.flow("第一行\n第二行", "zh") == "第一行第二行"
+    assert gen.flow("每个\nTransformer 块", "zh") == "每个 Transformer 块"
+    assert gen.flow("列表：\n- 一\n- 二", "zh") == "列表：\n- 一\n- 二"
+    assert gen.flow("系列， 架构", "zh") == "系列，架构"
+    assert gen.flow("two\nlines", "en") == "two\nlines"
+
+
+def test_nav_lists_every_page_and_concept():
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=_Loader)
+    paths = _nav_paths(config["nav"])
+    for concept in CONCEPTS:
+        assert f"concepts/{concept}.md" in paths
+        assert (ROOT / "docs" / "concepts" / f"{concept}.md").exists()
+    for page in ["index.md", "getting-started.md", "cli.md", "simulator/validation.md", "simulator/speed.md",
+                 "benchmarks.md", "cluster.md", "simulator/index.md", "gpu.md", "interview/en.md", "interview/zh.md", "instructor.md",
+                 "labs/index.md", "api/index.md"]:
+        assert page in paths and (ROOT / "docs" / page).exists(), page
+
+
+def test_cli_page_shows_every_command():
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    for command in ["simulate", "train", "compare", "plan", "bench", "eval", "compress", "generate", "grade",
+                    "quiz"]:
+        assert f"## {command}" in text and f"llama-course {command}" in text, command
+
+
+def test_concept_pages_end_with_generated_links():
+    for concept in CONCEPTS:
+        assert "<!-- concept-links -->" in (ROOT / "docs" / "concepts" / f"{concept}.md").read_text()
+    hooks = _load(ROOT / "scripts" / "mkdocs_hooks.py", "_mkdocs_hooks")
+    links = hooks.concept_links("collectives")
+    assert "labs/exercises/collectives.py" in links and "2.1 `ring_all_reduce_bytes`" in links
+    assert "../interview/en.md#q-communication_optimisation" in links
+    table = hooks.labs_table()
+    assert table.count("\n") == len(CONCEPTS) + 1
+
+
+def test_hooks_render_executed_copy_only_when_fresh(tmp_path, monkeypatch):
+    hooks = _load(ROOT / "scripts" / "mkdocs_hooks.py", "_mkdocs_hooks2")
+    labs, executed = tmp_path / "labs", tmp_path / "build"
+    labs.mkdir()
+    executed.mkdir()
+    monkeypatch.setattr(hooks, "LABS", labs)
+    monkeypatch.setattr(hooks, "EXECUTED", executed)
+    nb = labs / "02_collectives.ipynb"
+    nb.write_text(json.dumps({"cells": [{"cell_type": "markdown", "source": ["# 02 Collectives\n"]}],
+                              "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    assert hooks.lab_notebooks() == [nb] and hooks.lab_title(nb) == "02 Collectives"
+    assert hooks.rendered_copy(nb) == nb
+    copy = executed / nb.name
+    copy.write_text(json.dumps({"cells": [], "metadata": {"llama_course": {"source_sha256": hooks.source_hash(nb)}}}))
+    assert hooks.rendered_copy(nb) == copy
+    nb.write_text(nb.read_text() + " ")                 # the lab changed: the executed copy is stale
+    assert hooks.rendered_copy(nb) == nb
+
+
+@pytest.mark.slow
+def test_mkdocs_build_strict(tmp_path):
+    mkdocs = Path(sys.executable).with_name("mkdocs")
+    if not mkdocs.exists():
+        mkdocs = shutil.which("mkdocs")
+    assert mkdocs, "mkdocs is a dev dependency: pip install -e '.[dev]'"
+    site = tmp_path / "site"
+    proc = subprocess.run([str(mkdocs), "build", "--strict", "-d", str(site)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin",
+                                                       "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    home = re.sub(r"<[^>]+>", "", (site / "index.html").read_text(encoding="utf-8"))
+    assert "make demo" in home and "make test" in home
+    for concept in CONCEPTS:
+        assert (site / "concepts" / concept / "index.html").exists()
+    zh = (site / "interview" / "zh" / "index.html").read_text(encoding="utf-8")
+    assert "面试题库" in zh and 'id="q-parallel_strategies"' in zh
+    assert (site / "api" / "simulator.config" / "index.html").exists()
