@@ -182,7 +182,16 @@ _fallbacks = {"parameter_server": _parameter_server, "sync_async": _local_sgd}
 # ---------------------------------------------------------------------------------------------
 
 def _gb(x: float) -> str:
-    return f"{x / 1e9:.1f} GB"
+    """Bytes in the largest unit that keeps a digit before the point (GB, MB, KB, B)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.1f} {unit}"
+    return f"{x:.0f} B"
+
+
+def _flops(tflops: float) -> str:
+    """A rate in TFLOP/s, or GFLOP/s below one TFLOP/s (CPUs)."""
+    return f"{tflops:.1f} TFLOP/s" if tflops >= 1 else f"{tflops * 1e3:.1f} GFLOP/s"
 
 
 def format_summary(result: dict) -> str:
@@ -208,8 +217,8 @@ def format_summary(result: dict) -> str:
     lines.append(f"| **step** | **{step:.4g}** | 100% |")
     lines += ["",
               f"tokens/s {result['tokens_per_s']:,.0f} ({result['tokens_per_s_per_gpu']:,.0f} per GPU)",
-              f"model TFLOP/s per GPU {result['model_tflops_per_gpu']:.1f}, hardware TFLOP/s per GPU "
-              f"{result['hardware_tflops_per_gpu']:.1f}, MFU {100 * result['mfu']:.1f}%"]
+              f"model {_flops(result['model_tflops_per_gpu'])} per GPU, hardware "
+              f"{_flops(result['hardware_tflops_per_gpu'])} per GPU, MFU {100 * result['mfu']:.1f}%"]
     if result["time_to_train_s"] is not None:
         lines.append(f"time to train: {result['time_to_train_s'] / 86400:.1f} days")
     return "\n".join(lines)

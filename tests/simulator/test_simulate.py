@@ -57,6 +57,14 @@ def test_layout_that_does_not_fit_says_by_how_much():
     assert "DOES NOT FIT" in format_summary(r)
 
 
+def test_summary_of_a_small_model_shows_small_units():
+    r = simulate(load_config({"model": {"preset": "tiny"}, "seq_len": 128, "cluster": {"gpu": "cpu", "num_gpus": 2},
+                              "parallel": {"micro_batch_size": 4, "global_batch_size": 16},
+                              "training": {"precision": "fp32"}}))
+    text = format_summary(r)
+    assert " MB" in text and "0.0 GB" not in text and "GFLOP/s" in text and "0.0 TFLOP/s" not in text
+
+
 def test_recomputation_zero_and_sequence_parallel_save_memory():
     base = simulate(load_config(_cfg()))["memory_per_gpu_bytes"]
     full = simulate(load_config(_cfg(activation_checkpointing="full")))
