@@ -21,7 +21,6 @@ import re
 from pathlib import Path
 
 import yaml
-
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File
 
@@ -105,7 +104,11 @@ def on_config(config):
 @event_priority(100)       # before mkdocs-jupyter's on_files, so it wraps the notebooks added here
 def on_files(files, config):
     for nb in lab_notebooks():
-        files.append(File.generated(config, f"labs/{nb.name}", abs_src_path=str(rendered_copy(nb))))
+        # a plain File whose src_dir/src_uri is the notebook (labs/ or build/labs/): mkdocs-jupyter's wrapper
+        # reads abs_src_path through src_dir, so File.generated(abs_src_path=...) would not reach it
+        source = rendered_copy(nb)
+        files.append(File(f"labs/{nb.name}", src_dir=str(source.parent.parent), dest_dir=config.site_dir,
+                          use_directory_urls=config.use_directory_urls))
     for name in api_modules():
         files.append(File.generated(config, f"api/{name}.md", content=f"# `{name}`\n\n::: {name}\n"))
     return files

@@ -113,14 +113,35 @@ def test_hooks_render_executed_copy_only_when_fresh(tmp_path, monkeypatch):
     assert hooks.rendered_copy(nb) == nb
 
 
+def _smoke_lab(tree: Path, hooks) -> None:
+    """A lab 99_smoke.ipynb in labs/, and its 'executed' copy (with an output) in build/labs/."""
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": ["# 99 Smoke lab\n"]},
+             {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": ["6 * 7"]}]
+    nb = {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    source = tree / "labs" / "99_smoke.ipynb"
+    source.write_text(json.dumps(nb))
+    cells[1]["outputs"] = [{"output_type": "execute_result", "execution_count": 1, "metadata": {},
+                            "data": {"text/plain": ["4242424242"]}}]
+    nb["metadata"]["llama_course"] = {"source_sha256": hooks.source_hash(source)}
+    (tree / "build" / "labs").mkdir(parents=True)
+    (tree / "build" / "labs" / "99_smoke.ipynb").write_text(json.dumps(nb))
+
+
 @pytest.mark.slow
 def test_mkdocs_build_strict(tmp_path):
+    """`mkdocs build --strict` of this tree, plus a smoke lab that must render from its executed copy."""
     mkdocs = Path(sys.executable).with_name("mkdocs")
     if not mkdocs.exists():
         mkdocs = shutil.which("mkdocs")
     assert mkdocs, "mkdocs is a dev dependency: pip install -e '.[dev]'"
+    tree = tmp_path / "tree"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
+    for name in ["docs", "scripts", "labs", "llama_course", "simulator"]:
+        shutil.copytree(ROOT / name, tree / name, ignore=ignore)
+    shutil.copy(ROOT / "mkdocs.yml", tree / "mkdocs.yml")
+    _smoke_lab(tree, _load(tree / "scripts" / "mkdocs_hooks.py", "_mkdocs_hooks3"))
     site = tmp_path / "site"
-    proc = subprocess.run([str(mkdocs), "build", "--strict", "-d", str(site)], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([str(mkdocs), "build", "--strict", "-d", str(site)], cwd=tree, capture_output=True,
                           text=True, timeout=600, env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin",
                                                        "HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -131,3 +152,6 @@ def test_mkdocs_build_strict(tmp_path):
     zh = (site / "interview" / "zh" / "index.html").read_text(encoding="utf-8")
     assert "面试题库" in zh and 'id="q-parallel_strategies"' in zh
     assert (site / "api" / "simulator.config" / "index.html").exists()
+    smoke = (site / "labs" / "99_smoke" / "index.html").read_text(encoding="utf-8")
+    assert "4242424242" in smoke, "the lab was not rendered from its executed copy"
+    assert "99 Smoke lab" in (site / "labs" / "index.html").read_text(encoding="utf-8")   # in the nav
