@@ -43,6 +43,7 @@ import torch
 import torch.distributed as dist
 
 OPS = ("sum", "avg", "max", "min")
+SEGMENT_BYTES = 1 << 20      # ring steps move chunks in 1 MiB messages so reductions overlap the transfer
 _DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.uint8,
            torch.int16, torch.int32, torch.int64, torch.bool]
 
@@ -205,6 +206,45 @@ def tree_broadcast(tensor: torch.Tensor, src: int = 0, group=None, check: bool =
     return _finish(tensor, flat, out)
 
 
+class CommThread:
+    """A communication "stream" on CPU: runs submitted collectives one after another on its own thread.
+
+    The training thread keeps computing (backward) while this thread sends and receives; gloo and torch's
+    kernels release the GIL, so the two really overlap. It owns a separate process group, so its messages
+    never interleave with collectives the training thread issues meanwhile (ZeRO-3's all-gathers).
+    `fn(group)` runs on the thread; `wait()` blocks until all submitted work is done and re-raises errors.
+    """
+
+    def __init__(self, group):
+        import queue
+
+        self.group = group
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="comm", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn) -> None:
+        self._queue.put(fn)
+
+    def wait(self) -> None:
+        self._queue.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _loop(self) -> None:
+        while True:
+            fn = self._queue.get()
+            try:
+                if self._error is None:          # after a failure, drop the rest (wait() raises)
+                    fn(self.group)
+            except BaseException as e:            # noqa: BLE001  handed to the training thread
+                self._error = e
+            finally:
+                self._queue.task_done()
+
+
 # ---------------------------------------------------------------------------------------------
 # sizes
 # ---------------------------------------------------------------------------------------------
@@ -244,9 +284,20 @@ def _ring_reduce_scatter(flat, group, op, counter) -> None:
     tmp = torch.empty(max(sizes), dtype=flat.dtype)
     for s in range(n_ranks - 1):
         out_chunk, in_chunk = chunk(rank - s - 1), chunk(rank - s - 2)
-        buf = tmp[:in_chunk.numel()]
-        _exchange(group, out_chunk, right, buf, left, counter)
-        reduce(in_chunk, buf)
+        # pipelined in segments: post every receive and send, then reduce segment k while k+1 arrives
+        seg = max(SEGMENT_BYTES // flat.element_size(), 1)
+        buf_all = tmp[:in_chunk.numel()]
+        pieces = [(in_chunk[i:i + seg], buf_all[i:i + seg]) for i in range(0, in_chunk.numel(), seg)]
+        works = [(dist.irecv(buf, src=_global(group, left), group=group), dst, buf) for dst, buf in pieces]
+        sends = [dist.isend(out_chunk[i:i + seg], dst=_global(group, right), group=group)
+                 for i in range(0, out_chunk.numel(), seg)]
+        if counter is not None:
+            counter.add(out_chunk.numel() * out_chunk.element_size())
+        for work, dst, buf in works:
+            work.wait()
+            reduce(dst, buf)
+        for work in sends:
+            work.wait()
     if op == "avg":
         mine = chunk(rank)
         mine.div_(n_ranks) if mine.is_floating_point() else mine.floor_divide_(n_ranks)

@@ -226,7 +226,7 @@ def engine_name(cfg) -> str:
         return "local_sgd"
     if p.dp > 1 or p.zero_stage > 0:
         if p.implementation == "torch":
-            return "fsdp2" if p.zero_stage >= 3 else "ddp"
+            return "fsdp2" if p.zero_stage >= 1 else "ddp"   # FSDP2 covers ZeRO-2 (reshard_after_forward=False) and 3
         return "data_parallel"
     return "single"
 
