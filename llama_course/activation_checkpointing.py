@@ -44,6 +44,9 @@ def apply_activation_checkpointing(blocks, mode: str) -> None:
         raise ValueError(f"activation_checkpointing: unknown mode {mode}")
     blocks = blocks.values() if hasattr(blocks, "values") else blocks
     for block in blocks:
+        if getattr(block, "activation_checkpointing", "none") != "none":
+            continue                                   # already wrapped (engines may both call this)
+        block.activation_checkpointing = mode
         inner = block.forward
         if mode == "full":
             wrapped = functools.partial(checkpoint, inner, use_reentrant=False)
@@ -56,8 +59,9 @@ def apply_activation_checkpointing(blocks, mode: str) -> None:
 class _LiveBytes(TorchDispatchMode):
     """Counts bytes of tensor storages created inside the mode that are still alive (peak and now)."""
 
-    def __init__(self):
+    def __init__(self, outside=()):
         super().__init__()
+        self.outside = {t.untyped_storage().data_ptr() for t in outside}
         self.live = 0
         self.peak = 0
         self.seen: set = set()
@@ -72,7 +76,7 @@ class _LiveBytes(TorchDispatchMode):
             if isinstance(t, torch.Tensor) and not t.is_meta:
                 storage = t.untyped_storage()
                 key = id(storage)
-                if key in self.seen:
+                if key in self.seen or storage.data_ptr() in self.outside:     # e.g. w.t() of a weight
                     continue
                 self.seen.add(key)
                 self.live += storage.nbytes()
@@ -81,13 +85,16 @@ class _LiveBytes(TorchDispatchMode):
         return out
 
 
-def measure_saved_bytes(fn, *args) -> tuple:
+def measure_saved_bytes(fn, *args, module=None) -> tuple:
     """Run fn(*args) (a forward returning a loss) and return (loss, bytes still alive from the forward).
 
     What is alive after the forward is what autograd saved for backward (plus the small loss): the
-    activation memory of activation_bytes_per_layer, measured.
+    activation memory of activation_bytes_per_layer, measured. Storages of `module`'s parameters and of
+    the args are not counted (a transposed weight is a view, not an activation).
     """
-    mode = _LiveBytes()
+    outside = [*(module.parameters() if module is not None else ()),
+               *(a for a in args if isinstance(a, torch.Tensor))]
+    mode = _LiveBytes(outside)
     with mode:
         out = fn(*args)
     return out, mode.live

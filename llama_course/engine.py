@@ -56,6 +56,10 @@ class Engine:
         self.n_micro = cfg.grad_accum_steps
         self.slow_factor = float(cfg.faults.slow.get(ctx.rank, 1.0))
         self.base_model = model.to(ctx.device)
+        if cfg.parallel.activation_checkpointing != "none" and hasattr(model, "layers"):
+            from llama_course.activation_checkpointing import apply_activation_checkpointing
+
+            apply_activation_checkpointing(model.layers, cfg.parallel.activation_checkpointing)
         self.model = self.wrap(self.base_model)
         if cfg.training.compile:
             self.model = torch.compile(self.model)

@@ -557,6 +557,10 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"parallel.global_batch_size: {p.global_batch_size} is not divisible by "
                           f"dp x micro_batch_size = {p.dp} x {p.micro_batch_size}")
     n_micro = p.global_batch_size // per_step
+    if p.schedule in ("1f1b", "interleaved_1f1b") and p.pp > 1 and n_micro < p.pp:
+        raise ConfigError(f"parallel.global_batch_size: {p.schedule} needs at least pp = {p.pp} micro-batches "
+                          f"per pipeline, got {n_micro} (global_batch_size / (dp x micro_batch_size)); "
+                          f"use more, or schedule gpipe")
     if p.schedule == "interleaved_1f1b" and p.pp > 1 and n_micro % p.pp:
         raise ConfigError(f"parallel.global_batch_size: interleaved 1F1B needs micro-batches per pipeline "
                           f"({n_micro}) divisible by pp {p.pp}")

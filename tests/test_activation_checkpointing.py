@@ -1,0 +1,68 @@
+"""Activation checkpointing: same gradients, less memory; bytes kept per layer, measured, against the
+simulator's activation model (simulator.workload.activation_bytes_per_layer)."""
+
+import pytest
+import torch
+
+from llama_course.activation_checkpointing import measure_saved_bytes
+from llama_course.distributed import Context
+from llama_course.engine import Engine, cross_entropy
+from llama_course.model import build_model
+from simulator.config import load_config
+from simulator.workload import activation_bytes_per_layer
+
+SHAPE = {"preset": "tiny", "dim": 128, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 256, "vocab_size": 128}
+S, B = 64, 2
+
+
+def config(n_layers, mode):
+    return load_config({"model": {**SHAPE, "n_layers": n_layers}, "seq_len": S,
+                        "parallel": {"activation_checkpointing": mode, "micro_batch_size": B, "global_batch_size": B},
+                        "training": {"precision": "fp32", "lr": 1e-3, "warmup_steps": 0}})
+
+
+def saved_bytes(n_layers, mode):
+    cfg = config(n_layers, mode)
+    engine = Engine(cfg, Context(), build_model(cfg))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 128, (B, S), generator=g), torch.randint(0, 128, (B, S), generator=g)
+    loss, live = measure_saved_bytes(lambda: cross_entropy(engine.model(x), y), module=engine.model)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in engine.model.named_parameters()}
+    return live, grads
+
+
+@pytest.fixture(scope="module")
+def measured():
+    out = {}
+    for mode in ("none", "selective", "full"):
+        (one, grads), (three, _) = saved_bytes(1, mode), saved_bytes(3, mode)
+        out[mode] = {"per_layer": (three - one) / 2, "grads": grads}
+    return out
+
+
+def model_bytes(mode):
+    return activation_bytes_per_layer(config(1, mode).model, S, B, recompute=mode, flash=True, precision="fp32")
+
+
+def test_checkpointing_leaves_gradients_unchanged(measured):
+    for mode in ("selective", "full"):
+        for name, g in measured["none"]["grads"].items():
+            torch.testing.assert_close(measured[mode]["grads"][name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_full_checkpointing_keeps_only_the_block_input(measured):
+    """full: e s b h per layer, exactly what the simulator's model says."""
+    assert measured["full"]["per_layer"] == pytest.approx(model_bytes("full"), rel=0.01)
+    assert model_bytes("full") == 4 * S * B * SHAPE["dim"]
+
+
+def test_no_checkpointing_is_near_the_korthikanti_model(measured):
+    """Eager PyTorch keeps somewhat more than the fused-kernel model (fp32 RMSNorm intermediates, RoPE halves)."""
+    ratio = measured["none"]["per_layer"] / model_bytes("none")
+    assert 1.0 <= ratio <= 1.6, ratio
+
+
+def test_selective_sits_between(measured):
+    """selective keeps the matmul outputs only: below none, above full."""
+    assert measured["full"]["per_layer"] < measured["selective"]["per_layer"] < 0.7 * measured["none"]["per_layer"]
