@@ -8,6 +8,8 @@
   (`::: package.module`, rendered by mkdocstrings), listed under "API reference".
 - docs/labs/index.md's `<!-- labs-table -->` becomes a table of the 14 concepts with their lab,
   concept page and exercises, as they exist at build time.
+- Result pages in docs/benchmarks/*.md join the nav's "Benchmarks" section; `<!-- benchmark-pages -->` in
+  docs/benchmarks.md becomes a list of them.
 - A concept page's `<!-- concept-links -->` (docs/concepts/<concept>.md) becomes its links: lab, exercises,
   runtime and simulator API pages, interview questions; only to what exists, so the links never dangle.
 """
@@ -26,6 +28,7 @@ from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[1]
 LABS = ROOT / "labs"
+DOCS = ROOT / "docs"
 EXECUTED = ROOT / "build" / "labs"
 PACKAGES = ("llama_course", "simulator")
 CONCEPTS = (
@@ -82,6 +85,18 @@ def api_modules() -> list:
     return names
 
 
+def benchmark_pages() -> list:
+    """docs/benchmarks/*.md, written by the scripts in benchmarks/."""
+    return sorted((DOCS / "benchmarks").glob("*.md"))
+
+
+def _md_title(path: Path) -> str:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return path.stem
+
+
 def _nav_section(nav: list, title: str) -> list | None:
     for entry in nav:
         if isinstance(entry, dict) and title in entry and isinstance(entry[title], list):
@@ -94,6 +109,9 @@ def on_config(config):
     labs = _nav_section(nav, "Labs")
     if labs is not None:
         labs.extend({lab_title(nb): f"labs/{nb.name}"} for nb in lab_notebooks())
+    benchmarks = _nav_section(nav, "Benchmarks")
+    if benchmarks is not None:
+        benchmarks.extend({_md_title(p): f"benchmarks/{p.name}"} for p in benchmark_pages())
     api = _nav_section(nav, "API reference")
     if api is not None:
         for package in PACKAGES:
@@ -183,6 +201,9 @@ def concept_links(concept: str) -> str:
 def on_page_markdown(markdown, page, config, files):
     if "<!-- labs-table -->" in markdown:
         markdown = markdown.replace("<!-- labs-table -->", labs_table())
+    if "<!-- benchmark-pages -->" in markdown:
+        pages = "\n".join(f"- [{_md_title(p)}](benchmarks/{p.name})" for p in benchmark_pages())
+        markdown = markdown.replace("<!-- benchmark-pages -->", pages or "*(no results yet)*")
     if "<!-- concept-links -->" in markdown:
         concept = Path(page.file.src_uri).stem
         if concept in CONCEPTS:

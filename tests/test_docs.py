@@ -115,8 +115,9 @@ def test_hooks_render_executed_copy_only_when_fresh(tmp_path, monkeypatch):
 
 def _smoke_lab(tree: Path, hooks) -> None:
     """A lab 99_smoke.ipynb in labs/, and its 'executed' copy (with an output) in build/labs/."""
-    cells = [{"cell_type": "markdown", "metadata": {}, "source": ["# 99 Smoke lab\n"]},
-             {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": ["6 * 7"]}]
+    cells = [{"id": "a1", "cell_type": "markdown", "metadata": {}, "source": ["# 99 Smoke lab\n"]},
+             {"id": "a2", "cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
+              "source": ["6 * 7"]}]
     nb = {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
     source = tree / "labs" / "99_smoke.ipynb"
     source.write_text(json.dumps(nb))
