@@ -128,13 +128,14 @@ def _smoke_lab(tree: Path, hooks) -> None:
     (tree / "build" / "labs" / "99_smoke.ipynb").write_text(json.dumps(nb))
 
 
-@pytest.mark.slow
-def test_mkdocs_build_strict(tmp_path):
-    """`mkdocs build --strict` of this tree, plus a smoke lab that must render from its executed copy."""
+@pytest.fixture(scope="module")
+def built_site(tmp_path_factory):
+    """`mkdocs build --strict` of a copy of this tree plus a smoke lab; returns the site folder."""
     mkdocs = Path(sys.executable).with_name("mkdocs")
     if not mkdocs.exists():
         mkdocs = shutil.which("mkdocs")
     assert mkdocs, "mkdocs is a dev dependency: pip install -e '.[dev]'"
+    tmp_path = tmp_path_factory.mktemp("docs")
     tree = tmp_path / "tree"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
     for name in ["docs", "scripts", "labs", "llama_course", "simulator"]:
@@ -146,6 +147,12 @@ def test_mkdocs_build_strict(tmp_path):
                           text=True, timeout=600, env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin",
                                                        "HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return site
+
+
+@pytest.mark.slow
+def test_mkdocs_build_strict(built_site):
+    site = built_site
     home = re.sub(r"<[^>]+>", "", (site / "index.html").read_text(encoding="utf-8"))
     assert "make demo" in home and "make test" in home
     for concept in CONCEPTS:
@@ -156,3 +163,40 @@ def test_mkdocs_build_strict(tmp_path):
     smoke = (site / "labs" / "99_smoke" / "index.html").read_text(encoding="utf-8")
     assert "4242424242" in smoke, "the lab was not rendered from its executed copy"
     assert "99 Smoke lab" in (site / "labs" / "index.html").read_text(encoding="utf-8")   # in the nav
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium package (apt-get install chromium)")
+def test_site_renders_in_headless_chromium(built_site, tmp_path):
+    """Serve the site over HTTP, open the home page and a lab page in headless Chromium: screenshot + headings."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(built_site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900", "--virtual-time-budget=3000"]
+    try:
+        for page, heading in [("", "llama-course"), ("labs/99_smoke/", "99 Smoke lab")]:
+            shot = tmp_path / f"{page.strip('/').replace('/', '_') or 'home'}.png"
+            subprocess.run([_chromium(), *flags, f"--screenshot={shot}", f"{base}/{page}"], capture_output=True,
+                           timeout=120, check=True)
+            assert shot.exists() and shot.stat().st_size > 10_000, f"no screenshot of /{page}"
+            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            dom = subprocess.run([_chromium(), *flags, "--dump-dom", f"{base}/{page}"], capture_output=True,
+                                 text=True, timeout=120, check=True).stdout
+            headings = [re.sub(r"<[^>]+>|¶", "", h).strip() for h in re.findall(r"<h1[^>]*>(.*?)</h1>", dom, re.S)]
+            assert any(heading in h for h in headings), (page, headings)
+            assert "md-nav" in dom                        # the theme's navigation was rendered
+    finally:
+        server.shutdown()
