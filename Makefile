@@ -36,7 +36,7 @@ docs: venv
 	$(VENV)/bin/mkdocs build --strict
 
 grade: venv
-	$(PY) -m llama_course grade
+	$(PY) -m llama_course grade || true    # the table says what is missing; exit code 1 is for CI
 
 handout:
 	$(PYTHON) scripts/make_handout.py
