@@ -124,7 +124,8 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
     from llama_course import checkpoint as ckpt
     from llama_course.data import BatchSampler, get_batch, load_tokens, pack, val_batches
     from llama_course.distributed import cleanup, init_distributed
-    from llama_course.engine import build_engine
+    from llama_course.engine import NonFiniteError, build_engine
+    from llama_course.fault_tolerance import FailureDetector, inject_nan
     from llama_course.model import build_model
     from llama_course.profiling import Tracer, write_trace
     from simulator.workload import model_flops_per_token
@@ -148,12 +149,12 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
         if checkpoint_dir:
             latest = ckpt.find_latest(checkpoint_dir, log=_log_main(ctx))
             if latest is not None:
-                state = ckpt.load_rank_state(latest, engine.checkpoint_source_rank())
-                engine.load_state_dict(state["engine"])
-                ckpt.set_rng_state(state["rng"])
-                start = state["step"]
+                start = ckpt.restore(latest, ctx, engine)["step"]
                 if ctx.is_main and not quiet:
                     print(f"resumed from {latest} at step {start}", flush=True)
+        # fault tolerance (fault_tolerance.py): background saves, naming a missing rank, injected NaN
+        saver = ckpt.AsyncCheckpointer(ctx) if checkpoint_dir and cfg.checkpoint.async_save else None
+        detector = FailureDetector(ctx) if ctx.world_size > 1 else None
 
         flops_per_token = model_flops_per_token(cfg.model, cfg.seq_len)
         peak = peak_flops_per_device(cfg, ctx.device.type)
@@ -177,7 +178,15 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                 if sync:
                     sync()
                 t0 = time.perf_counter()
-                out = engine.train_step(batches, lr)
+                if detector:
+                    detector.arrive(n)
+                with inject_nan(engine, n == cfg.faults.nan_step):
+                    try:
+                        out = engine.train_step(batches, lr)
+                    except RuntimeError as e:
+                        if detector is None or isinstance(e, NonFiniteError):
+                            raise
+                        raise detector.failure(n, e) from e
                 if sync:
                     sync()
                 dt = time.perf_counter() - t0
@@ -193,7 +202,9 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                 if (cfg.training.eval_every and n % cfg.training.eval_every == 0) or n == cfg.training.steps:
                     rec["val_loss"] = engine.evaluate(val)
                 if every and n % every == 0 or checkpoint_dir and n == cfg.training.steps:
-                    if checkpoint_dir:
+                    if saver:
+                        saver.save(checkpoint_dir, n, engine, cfg.to_dict(), data.tokenizer, cfg.checkpoint.keep)
+                    elif checkpoint_dir:
                         ckpt.save(checkpoint_dir, n, ctx, engine, cfg.to_dict(), data.tokenizer, cfg.checkpoint.keep)
                 if ctx.is_main:
                     records.append(rec)
@@ -201,6 +212,8 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                         metrics_file.write(json.dumps(rec) + "\n")
                         metrics_file.flush()
                     progress.update(rec)
+            if saver:
+                saver.wait()
         finally:
             progress.close()
             if metrics_file:
@@ -255,8 +268,10 @@ def under_launcher() -> bool:
 
 
 def launch(argv: list, nproc: int, max_restarts: int = 0, env: dict | None = None) -> int:
-    """Start `nproc` workers of `python -m llama_course <argv>` with torch's own launcher on 127.0.0.1."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={nproc}",
+    """Start `nproc` workers of `python -m llama_course <argv>` with torch's own launcher on 127.0.0.1
+    (through fault_tolerance.torchrun_on_loopback, so its stores listen on 127.0.0.1 only, not on every
+    interface as TCPStore does by default)."""
+    cmd = [sys.executable, "-m", "llama_course.fault_tolerance", "--torchrun", "--nnodes=1", f"--nproc-per-node={nproc}",
            f"--max-restarts={max_restarts}", "--rdzv-backend=c10d",
            f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--local-addr=127.0.0.1", "--monitor-interval=0.2",
            "-m", "llama_course", *argv]

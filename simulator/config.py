@@ -252,6 +252,8 @@ class FaultsConfig:
     """Simulator: Weibull shape k for time to failure (None = exponential)."""
     restart_s: float = 600.0
     """Simulator: time to detect a failure, replace the node and restart the job, seconds."""
+    nan_step: int | None = None
+    """Runtime: make the loss of this step (1-based) NaN on every rank, to exercise training.on_nonfinite."""
 
 
 @dataclass
@@ -615,6 +617,8 @@ def resolve(cfg: Config) -> Config:
     if f.weibull_shape is not None:
         _positive("faults.weibull_shape", f.weibull_shape)
     _non_negative("faults.restart_s", f.restart_s)
+    if f.nan_step is not None:
+        _positive("faults.nan_step", f.nan_step)
     _non_negative("checkpoint.every_steps", cfg.checkpoint.every_steps)
     _positive("checkpoint.keep", cfg.checkpoint.keep)
     if cfg.checkpoint.write_GBps is not None:
