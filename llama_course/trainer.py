@@ -131,7 +131,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
     from simulator.workload import model_flops_per_token
 
     p = cfg.parallel
-    ctx = init_distributed(p.dp, p.tp, p.pp, mesh_world=p.dp * p.tp * p.pp if p.strategy == "collective" else None)
+    ctx = init_distributed(p.dp, p.tp, p.pp, mesh_world=p.dp * p.tp * p.pp)     # parameter servers: ranks beyond
     try:
         torch.manual_seed(cfg.training.seed)
         data = load_tokens(cfg)
@@ -144,6 +144,9 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
         sync = torch.cuda.synchronize if ctx.device.type == "cuda" else None
         tracer = Tracer(enabled=bool(trace_path), rank=ctx.rank, sync=sync)
         engine = build_engine(cfg, ctx, build_model(cfg), tracer)
+        if getattr(engine, "is_server", False):      # parameter server rank: serve the workers, train nothing
+            engine.run_server()
+            return []
 
         start = 0
         if checkpoint_dir:
@@ -218,6 +221,8 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
             progress.close()
             if metrics_file:
                 metrics_file.close()
+        if hasattr(engine, "close"):                  # parameter server worker: say goodbye to the servers
+            engine.close()
         if trace_path:
             _write_traces(trace_path, ctx, tracer, write_trace)
         return records
