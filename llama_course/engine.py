@@ -228,6 +228,8 @@ def engine_name(cfg) -> str:
         return "tensor_parallel" if p.implementation == "course" else "torch_tensor_parallel"
     if p.sync == "local_sgd":
         return "local_sgd"
+    if cfg.load_balance.policy in ("dynamic_batch", "backup_workers") and p.dp > 1:
+        return "load_balancing"
     if p.dp > 1 or p.zero_stage > 0:
         if p.implementation == "torch":
             return "fsdp2" if p.zero_stage >= 1 else "ddp"   # FSDP2 covers ZeRO-2 (reshard_after_forward=False) and 3
