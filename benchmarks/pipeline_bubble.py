@@ -39,7 +39,6 @@ def config(p: int, m: int, schedule: str):
 
 def worker(rank: int, world: int, ms: list, forward_s: float, steps: int) -> list:
     import torch
-    import torch.distributed as dist
 
     from llama_course.distributed import init_distributed
     from llama_course.engine import build_engine

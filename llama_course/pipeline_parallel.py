@@ -19,7 +19,7 @@ per micro-batch and stage boundary, each way (pipeline_parallel_comm.py).
 The task order of every schedule comes from `simulator.pipeline_parallel.schedule_order`, the same
 function the simulator runs, so a measured trace and a simulated one are the same program.
 
-Balanced stages (`load_balance.policy: balanced_stages`): `partition_stages(costs, p)` picks contiguous
+Balanced stages (`load_balance.policy: balanced_stages`): `partition_stages(costs, p)` (balanced_stages.py) picks contiguous
 stages minimising the slowest one (the embedding costs little, the head 2 V h per token: on small models
 the last stage is the straggler of an equal-layer split); `balance_report` puts both side by side.
 
@@ -41,96 +41,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from llama_course.activation_checkpointing import apply_activation_checkpointing
+from llama_course.balanced_stages import (  # noqa: F401  (re-exported: the stage partition is part of the concept)
+    balance_report,
+    naive_partition,
+    partition_stages,
+    stage_layers,
+)
 from llama_course.engine import ENGINES, Engine, cross_entropy
 from llama_course.pipeline_parallel_comm import PipelineComm
-from llama_course.tensor_parallel import (model_parallel_grad_norm, shard_dim, shard_model,
-                                          vocab_parallel_cross_entropy)
+from llama_course.tensor_parallel import (
+    model_parallel_grad_norm,
+    shard_dim,
+    shard_model,
+    vocab_parallel_cross_entropy,
+)
 from llama_course.tensor_parallel_comm import all_reduce_gradients, enter_region, split_to_sp
 from simulator.pipeline_parallel import schedule_order
-
-# ---------------------------------------------------------------------------------------------
-# partitioning
-# ---------------------------------------------------------------------------------------------
-
-def naive_partition(n_layers: int, p: int) -> list:
-    """Equal layers per stage (the first n_layers % p stages take one more)."""
-    base, extra = divmod(n_layers, p)
-    return [base + (1 if i < extra else 0) for i in range(p)]
-
-
-def partition_stages(costs: list, p: int) -> list:
-    """Split costs (per layer, in order) into p contiguous non-empty stages minimising the largest stage sum.
-
-    Dynamic programme over (layers used, stages used): O(p n^2). Returns the p stage sizes.
-    """
-    n = len(costs)
-    if not 1 <= p <= n:
-        raise ValueError(f"cannot cut {n} layers into {p} non-empty stages")
-    prefix = [0.0]
-    for c in costs:
-        prefix.append(prefix[-1] + c)
-    inf = float("inf")
-    best = [[inf] * (n + 1) for _ in range(p + 1)]       # best[k][i]: first i layers in k stages
-    cut = [[0] * (n + 1) for _ in range(p + 1)]
-    best[0][0] = 0.0
-    for k in range(1, p + 1):
-        for i in range(k, n - (p - k) + 1):
-            for j in range(k - 1, i):
-                worst = max(best[k - 1][j], prefix[i] - prefix[j])
-                if worst < best[k][i]:
-                    best[k][i], cut[k][i] = worst, j
-    sizes, i = [], n
-    for k in range(p, 0, -1):
-        sizes.append(i - cut[k][i])
-        i = cut[k][i]
-    return sizes[::-1]
-
-
-def layer_costs(cfg) -> list:
-    """Forward FLOPs per token of each layer, the embedding added to the first, norm + head to the last
-    (simulator.workload: the same formulas the simulator's compute model uses)."""
-    from simulator.workload import forward_flops_per_token
-
-    m = cfg.model
-    per_layer = (forward_flops_per_token(m, cfg.seq_len) - 2 * m.vocab_size * m.dim) / m.n_layers
-    costs = [per_layer] * m.n_layers
-    costs[-1] += 2 * m.vocab_size * m.dim + 4 * m.vocab_size      # head matmul + softmax/CE (~4 V)
-    costs[0] += 2 * m.dim                                          # embedding gather (memory bound, small)
-    return costs
-
-
-def stage_cost(costs: list, sizes: list) -> list:
-    out, i = [], 0
-    for s in sizes:
-        out.append(sum(costs[i:i + s]))
-        i += s
-    return out
-
-
-def balance_report(cfg, costs: list | None = None) -> dict:
-    """Naive equal-layer split vs balanced split: sizes and the slowest stage's cost, and the gain."""
-    costs = costs or layer_costs(cfg)
-    stages = cfg.parallel.pp * cfg.parallel.vpp
-    naive, balanced = naive_partition(len(costs), stages), partition_stages(costs, stages)
-    slow_n, slow_b = max(stage_cost(costs, naive)), max(stage_cost(costs, balanced))
-    return {"naive": naive, "naive_slowest": slow_n, "balanced": balanced, "balanced_slowest": slow_b,
-            "speedup": slow_n / slow_b}
-
-
-def stage_layers(cfg) -> list:
-    """Layer ids of each virtual stage k = c p + r (p v stages), by the config's load_balance.policy."""
-    p = cfg.parallel
-    stages = p.pp * p.vpp
-    if cfg.load_balance.policy == "balanced_stages":
-        sizes = partition_stages(layer_costs(cfg), stages)
-    else:
-        sizes = naive_partition(cfg.model.n_layers, stages)
-    out, i = [], 0
-    for s in sizes:
-        out.append(list(range(i, i + s)))
-        i += s
-    return out
-
 
 # ---------------------------------------------------------------------------------------------
 # stages
@@ -399,8 +325,12 @@ class TorchPipelineEngine(PipelineEngine):
         self._schedule = None
 
     def make_schedule(self, m: int):
-        from torch.distributed.pipelining import (PipelineStage, Schedule1F1B, ScheduleGPipe,
-                                                  ScheduleInterleaved1F1B)
+        from torch.distributed.pipelining import (
+            PipelineStage,
+            Schedule1F1B,
+            ScheduleGPipe,
+            ScheduleInterleaved1F1B,
+        )
 
         p, v = self.ctx.pp, self.v
         stages = [PipelineStage(chunk, c * p + self.ctx.pp_rank, p * v, self.ctx.device, group=self.ctx.pp_group)
@@ -433,7 +363,7 @@ class TorchPipelineEngine(PipelineEngine):
                 self._schedule.step(*args, target=y, losses=losses)
             else:
                 self._schedule.step(*args)
-        total = torch.stack([l.detach().float() for l in losses]).sum() if losses else torch.zeros((), device=dev)
+        total = torch.stack([x.detach().float() for x in losses]).sum() if losses else torch.zeros((), device=dev)
         if hasattr(total, "full_tensor"):
             total = total.full_tensor()
         if self.ctx.pp > 1:

@@ -371,8 +371,13 @@ class TorchTensorParallelEngine(Engine):
 def parallelize_torch(model: Transformer, tp_mesh, sequence_parallel: bool) -> Transformer:
     """Apply torchtitan's LLaMA plan with DTensor. Works on a whole model or on a pipeline stage."""
     from torch.distributed.tensor import Replicate, Shard
-    from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, RowwiseParallel,
-                                                   SequenceParallel, parallelize_module)
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        PrepareModuleInput,
+        RowwiseParallel,
+        SequenceParallel,
+        parallelize_module,
+    )
 
     sp = sequence_parallel
     act = Shard(1) if sp else Replicate()

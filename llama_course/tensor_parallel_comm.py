@@ -18,8 +18,8 @@ as f/g, 2 (t-1)/t x b s h x bytes per element per block and direction on a ring,
 work between the regions (norms, dropout, residual adds) and its stored activations shrink by t.
 
 Seed question 9 (which parallel strategy, and how to choose it): TP costs two all-reduces of the whole
-activation per block forward and two backward, on the critical path, so it stays inside a node (NVLink);
-see docs/tensor_parallel.md and `llama-course simulate ... --set parallel.tp=8`.
+activation per block forward and two backward, on the critical path, so it stays inside a node (NVLink):
+`llama-course simulate configs/... --set parallel.tp=8` shows what it costs across nodes.
 """
 
 from __future__ import annotations

@@ -43,8 +43,19 @@ def global_batches(cfg, steps: int) -> list:
     return out
 
 
+_REFERENCES: dict = {}
+_ALONE: list = []
+
+
+class _Alone:
+    """Engine mixin: average the loss over a group of one (the reference runs inside a bigger world)."""
+
+    def loss_group(self):
+        return _ALONE[0]
+
+
 def reference(cfg, steps: int) -> dict:
-    """The single-process run: losses per step, grad norm and gradients of step 1."""
+    """The single-process run: losses per step, grad norm and gradients of step 1 (cached per model/batch)."""
     import dataclasses
 
     from llama_course.distributed import Context
@@ -52,8 +63,13 @@ def reference(cfg, steps: int) -> dict:
     from llama_course.model import build_model
 
     single = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, dp=1, tp=1, pp=1, vpp=1,
-                                                                  sequence_parallel=False))
-    engine = Engine(single, Context(), build_model(cfg))
+                                                                  sequence_parallel=False,
+                                                                  activation_checkpointing="none"),
+                                 load_balance=dataclasses.replace(cfg.load_balance, policy="none"))
+    key = (repr(single), steps)
+    if key in _REFERENCES:
+        return _REFERENCES[key]
+    engine = type("Single", (_Alone, Engine), {})(single, Context(), build_model(cfg))
     losses, grads, norm = [], None, None
     for step, batch in enumerate(global_batches(cfg, steps)):
         out = engine.train_step(batch, cfg.training.lr)
@@ -61,7 +77,8 @@ def reference(cfg, steps: int) -> dict:
         if step == 0:
             norm = out["grad_norm"]
             grads = {n: p.grad.detach().clone() for n, p in engine.base_model.named_parameters()}
-    return {"losses": losses, "grads": grads, "grad_norm": norm}
+    _REFERENCES[key] = {"losses": losses, "grads": grads, "grad_norm": norm}
+    return _REFERENCES[key]
 
 
 def run_layout(overrides: dict, steps: int = 2) -> dict | None:
@@ -87,15 +104,18 @@ def run_layout(overrides: dict, steps: int = 2) -> dict | None:
             grads = engine.full_gradients()
     all_losses = [None] * ctx.world_size
     dist.all_gather_object(all_losses, losses)
-    oracle = reference(cfg, steps)    # on every rank: its loss "mean" runs over the world (equal values)
     if ctx.rank != 0:
         return None
     return {"engine": engine.name, "losses": losses, "rank_losses": all_losses, "grad_norm": norm,
-            "grads": grads, "reference": oracle}
+            "grads": grads, "reference": reference(cfg, steps)}
 
 
 def layouts(rank: int, world: int, cases: list) -> list:
     """Run every case in turn on the same processes (one spawn for many checks)."""
+    import torch.distributed as dist
+
+    if not _ALONE:
+        _ALONE.append(dist.new_subgroups(group_size=1)[0])     # collective: every rank, once
     return [run_layout(case) for case in cases]
 
 

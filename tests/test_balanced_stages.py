@@ -1,0 +1,65 @@
+"""Balanced stages: the partition is optimal (brute force, hypothesis) and beats the equal split when the
+head is heavy."""
+
+import itertools
+import os
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import workers_model_parallel as workers  # noqa: E402
+
+from llama_course.balanced_stages import (  # noqa: E402
+    balance_report,
+    naive_partition,
+    partition_stages,
+    stage_cost,
+    stage_layers,
+)
+
+
+def brute_force(costs, p):
+    n = len(costs)
+    best = None
+    for cuts in itertools.combinations(range(1, n), p - 1):
+        bounds = (0, *cuts, n)
+        worst = max(sum(costs[a:b]) for a, b in zip(bounds, bounds[1:]))
+        best = worst if best is None else min(best, worst)
+    return best
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=9), st.integers(1, 9))
+def test_partition_is_optimal_and_contiguous(costs, p):
+    if p > len(costs):
+        with pytest.raises(ValueError):
+            partition_stages(costs, p)
+        return
+    sizes = partition_stages(costs, p)
+    assert len(sizes) == p and all(s >= 1 for s in sizes) and sum(sizes) == len(costs)
+    assert max(stage_cost(costs, sizes)) == brute_force(costs, p)
+    assert max(stage_cost(costs, sizes)) <= max(stage_cost(costs, naive_partition(len(costs), p)))
+
+
+def test_balanced_stages_beat_the_equal_split_when_the_head_is_heavy():
+    """12 layers of h = 64 and a head over 2048 tokens (about 3.4 layers of FLOPs) on 4 stages."""
+    cfg = workers.make_config({"model.n_layers": 12, "model.vocab_size": 2048, "parallel.pp": 4,
+                               "cluster.num_gpus": 4})
+    report = balance_report(cfg)
+    assert report["naive"] == [3, 3, 3, 3]
+    assert report["balanced"][-1] == 1 and sorted(report["balanced"]) == [1, 3, 4, 4]   # head stage: 1 layer
+    assert report["speedup"] > 1.4
+
+
+def test_stage_layers_follow_the_policy():
+    naive = workers.make_config({"model.n_layers": 12, "model.vocab_size": 2048, "parallel.pp": 4,
+                                 "cluster.num_gpus": 4})
+    assert [len(s) for s in stage_layers(naive)] == [3, 3, 3, 3]
+    balanced = workers.make_config({"model.n_layers": 12, "model.vocab_size": 2048, "parallel.pp": 4,
+                                    "cluster.num_gpus": 4, "load_balance.policy": "balanced_stages"})
+    layers = stage_layers(balanced)
+    assert sum(layers, []) == list(range(12)) and len(layers[-1]) == 1
