@@ -1,7 +1,9 @@
-"""Plots: a Gantt chart of a pipeline schedule from a Chrome trace (simulated or measured), for the labs.
+"""Plots for the labs and docs: pipeline Gantt charts from Chrome traces (simulated or measured), the
+bubble against the number of micro-batches, memory and step-time stacks of layouts, and job schedules.
 
-One row per rank, forward tasks light, backward tasks dark, each labelled with its micro-batch; bubbles
-are the white gaps. matplotlib is imported only when a plot is drawn (Agg backend, so it works headless).
+Gantt charts: one row per rank, forward tasks light, backward tasks dark, each labelled with its
+micro-batch; bubbles are the white gaps. matplotlib is imported only when a plot is drawn (Agg backend,
+so it works headless).
 
     llama-course simulate configs/llama-7b-a100.yaml --set parallel.pp=4 --trace pp.json
     python -c "from simulator.plots import pipeline_gantt; pipeline_gantt('pp.json', 'pp.png')"
@@ -14,27 +16,38 @@ from simulator.trace import read_trace
 COLORS = {"forward": "#7fb3e6", "backward": "#1f5f99", "optimizer": "#999999"}
 
 
-def pipeline_gantt(trace, out_path: str | None = None, title: str | None = None, labels: bool = True):
-    """Draw the compute stream of every rank in `trace` (a path, a dict or a list of events).
-
-    Returns the matplotlib Figure; saves it when `out_path` is given.
-    """
+def _pyplot():
     import matplotlib
 
     if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _events(trace) -> list:
     if isinstance(trace, str):
-        events = read_trace(trace)
-    elif isinstance(trace, dict):
-        events = trace["traceEvents"]
-    else:
-        events = list(trace)
+        return read_trace(trace)
+    if isinstance(trace, dict):
+        return trace["traceEvents"]
+    return list(trace)
+
+
+def pipeline_gantt(trace, out_path: str | None = None, title: str | None = None, labels: bool = True, ax=None):
+    """Draw the compute stream of every rank in `trace` (a path, a dict or a list of events).
+
+    Returns the matplotlib Figure; saves it when `out_path` is given. Pass `ax` to draw into an existing axes.
+    """
+    plt = _pyplot()
+    events = _events(trace)
     tasks = [e for e in events if e.get("ph") == "X" and e.get("tid") == "compute"]
     ranks = sorted({e["pid"] for e in tasks})
     row = {pid: i for i, pid in enumerate(ranks)}
-    fig, ax = plt.subplots(figsize=(12, 0.5 * len(ranks) + 1.5))
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(12, 0.5 * len(ranks) + 1.5))
+    else:
+        fig = ax.figure
     unit, scale = ("ms", 1e-3)
     for e in tasks:
         start, dur = e["ts"] * scale, e["dur"] * scale
@@ -49,6 +62,136 @@ def pipeline_gantt(trace, out_path: str | None = None, title: str | None = None,
     ax.invert_yaxis()
     ax.set_xlabel(f"time ({unit})")
     ax.set_title(title or "pipeline schedule (light: forward, dark: backward, gaps: bubble)")
+    fig.tight_layout()
+    if out_path:
+        fig.savefig(out_path, dpi=120)
+    return fig
+
+
+def last_step(trace) -> list:
+    """The events of the last training step of a trace (steps end with each rank's `optimizer` span), with
+    time shifted so that the step starts at 0. A simulated trace holds one step and comes back whole."""
+    events = [e for e in _events(trace) if e.get("ph") == "X"]
+    ranks = sorted({e["pid"] for e in events})
+    ends = {r: sorted(e["ts"] + e["dur"] for e in events if e["pid"] == r and e["name"] == "optimizer")
+            for r in ranks}
+    begin = max((v[-2] for v in ends.values() if len(v) >= 2), default=None)
+    if begin is not None:
+        events = [e for e in events if e["ts"] >= begin]
+    t0 = min((e["ts"] for e in events if e.get("tid") == "compute"), default=0.0)
+    return [dict(e, ts=e["ts"] - t0) for e in events if e["ts"] >= t0]
+
+
+def gantt_pair(predicted, measured, out_path: str | None = None, title: str = ""):
+    """The simulated step above the measured one (its last step), each on its own time axis."""
+    plt = _pyplot()
+    pred, meas = last_step(predicted), last_step(measured)
+    n = len({e["pid"] for e in pred if e.get("tid") == "compute"}) + len({e["pid"] for e in meas
+                                                                          if e.get("tid") == "compute"})
+    fig, axes = plt.subplots(2, 1, figsize=(12, 0.5 * n + 3))
+    pipeline_gantt(pred, ax=axes[0], title=f"{title} simulated (light: forward, dark: backward, gaps: bubble)")
+    pipeline_gantt(meas, ax=axes[1], title=f"{title} measured on gloo processes (last step)")
+    fig.tight_layout()
+    if out_path:
+        fig.savefig(out_path, dpi=120)
+    return fig
+
+
+def bubble_curve(p: int, micro_batches, forward: float = 1.0, backward: float = 2.0, vpp: int = 2,
+                 out_path: str | None = None):
+    """Simulated idle share of a step against m for GPipe, 1F1B and interleaved 1F1B (vpp chunks), equal
+    stages and free communication, with the closed forms (p-1)/(m+p-1) and (p-1)/(v m+p-1) as lines."""
+    from simulator.pipeline_parallel import simulate_pipeline
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ms = list(micro_batches)
+    for schedule, v, marker in (("gpipe", 1, "o"), ("1f1b", 1, "x"), ("interleaved_1f1b", vpp, "s")):
+        xs, ys = [], []
+        for m in ms:
+            if schedule == "interleaved_1f1b" and m % p:
+                continue
+            run = simulate_pipeline(schedule, p, m, v, [forward / v] * (p * v), [backward / v] * (p * v), record=False)
+            ideal = m * (forward + backward)
+            xs.append(m)
+            ys.append(1 - ideal / run.makespan)
+        ax.plot(xs, ys, marker, label=f"{schedule}{f' (v={v})' if v > 1 else ''} simulated", ms=6,
+                fillstyle="none" if marker != "x" else "full")
+    ax.plot(ms, [(p - 1) / (m + p - 1) for m in ms], "-", color="gray", label="(p-1)/(m+p-1)")
+    ax.plot(ms, [(p - 1) / (vpp * m + p - 1) for m in ms], "--", color="gray", label=f"(p-1)/({vpp}m+p-1)")
+    ax.set_xlabel("micro-batches per step m")
+    ax.set_ylabel("bubble: idle share of the step")
+    ax.set_title(f"pipeline bubble, p = {p} stages")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    if out_path:
+        fig.savefig(out_path, dpi=120)
+    return fig
+
+
+def _stacks(labels, rows: list, keys, ylabel: str, title: str, scale: float, out_path):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4))
+    bottom = [0.0] * len(labels)
+    for key in keys:
+        vals = [r.get(key, 0.0) * scale for r in rows]
+        ax.bar(range(len(labels)), vals, bottom=bottom, label=key.replace("_", " "))
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=20 if max(len(x) for x in labels) > 8 else 0, ha="right"
+                       if max(len(x) for x in labels) > 8 else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    if out_path:
+        fig.savefig(out_path, dpi=120)
+    return fig
+
+
+def memory_stacks(results: dict, out_path: str | None = None, title: str = "memory per GPU"):
+    """Stacked bars of memory_per_gpu_bytes (params, grads, optimizer, activations) of simulate() results,
+    {label: result}, in GB."""
+    rows = [r["memory_per_gpu_bytes"] for r in results.values()]
+    return _stacks(list(results), rows, ("params", "grads", "optimizer", "activations"), "GB per GPU", title,
+                   1e-9, out_path)
+
+
+def step_stacks(results: dict, out_path: str | None = None, title: str = "where the step goes"):
+    """Stacked bars of breakdown_s of simulate() results, {label: result}, in seconds."""
+    rows = [r["breakdown_s"] for r in results.values()]
+    keys = [k for k in ("compute", "recompute", "exposed_comm", "bubble", "optimizer")
+            if any(row.get(k, 0) > 0 for row in rows)]
+    return _stacks(list(results), rows, keys, "seconds per step", title, 1.0, out_path)
+
+
+def jobs_gantt(result, out_path: str | None = None, title: str | None = None, max_jobs: int = 40):
+    """A cluster schedule (simulator.cluster_scheduling.Result): one row per job, waiting (light) from
+    arrival to first start, running (dark, thickness by GPUs) to its finish; GPUs in use underneath."""
+    plt = _pyplot()
+    jobs = sorted(result.jobs, key=lambda j: (j.arrival_s, j.id))[:max_jobs]
+    fig, (ax, ax_use) = plt.subplots(2, 1, figsize=(11, 0.22 * len(jobs) + 3.5), sharex=True,
+                                     gridspec_kw={"height_ratios": [3, 1]})
+    unit = 3600.0 if max(j.finish_s for j in jobs) > 7200 else 1.0
+    name = "h" if unit > 1 else "s"
+    biggest = max(j.gpus for j in jobs)
+    for i, j in enumerate(jobs):
+        ax.barh(i, (j.start_s - j.arrival_s) / unit, left=j.arrival_s / unit, height=0.3, color="#f2c48d")
+        ax.barh(i, (j.finish_s - j.start_s) / unit, left=j.start_s / unit, height=0.3 + 0.5 * j.gpus / biggest,
+                color="#1f5f99" if not j.preemptions else "#9b3d3d")
+        ax.text(j.finish_s / unit, i, f" {j.gpus}", va="center", fontsize=6)
+    ax.set_yticks(range(len(jobs)))
+    ax.set_yticklabels([f"job {j.id}" for j in jobs], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_title(title or f"{result.policy}{' + backfill' if result.backfill else ''}: waiting (light), "
+                          f"running (dark, height by GPUs, red if preempted)")
+    ts = [t / unit for t, _ in result.usage]
+    ax_use.step(ts, [u for _, u in result.usage], where="post")
+    ax_use.axhline(result.gpus, color="gray", lw=0.8, ls="--")
+    ax_use.set_ylabel("GPUs busy")
+    ax_use.set_xlabel(f"time ({name})")
     fig.tight_layout()
     if out_path:
         fig.savefig(out_path, dpi=120)
