@@ -60,7 +60,7 @@ class Context:
 EXTENSIONS = [
     ("parameter_server", lambda cfg: cfg.parallel.strategy == "parameter_server"),
     ("sync_async", lambda cfg: cfg.parallel.sync != "bsp"),
-    ("load_balancing", lambda cfg: cfg.load_balance.policy != "none"),
+    ("load_balancing", lambda cfg: cfg.load_balance.policy != "none" or bool(cfg.faults.slow)),  # stragglers too
     ("fault_tolerance", lambda cfg: cfg.faults.gpu_mtbf_hours is not None or cfg.checkpoint.every_steps > 0),
     ("communication_compression", lambda cfg: False),   # bytes factors are built in (data_parallel)
 ]
