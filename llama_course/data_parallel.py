@@ -95,7 +95,7 @@ class DataParallelEngine(Engine):
         self.wire = C.WireCounter()
         self.overlap = p.overlap and (p.bucket_mb > 0 or self.stage == 3)
         self.comm = C.CommThread(_copy_of_dp_group(ctx)) if self.overlap else None
-        self.final = True
+        self.final, self.next_launch = False, 0             # backward outside train_step: no communication
         trainable = list({id(q): q for q in model.parameters() if q.requires_grad}.values())
         with torch.no_grad():                                  # replicas start equal: rank 0's weights
             for q in model.parameters():
@@ -128,11 +128,13 @@ class DataParallelEngine(Engine):
                 self.optimizer.layer_norms = self._layer_norms
 
     def _buckets(self, trainable: list) -> list:
-        """Reverse registration order ~ the order backward produces gradients; ~bucket_mb each (0: per tensor)."""
+        """Reverse registration order ~ the order backward produces gradients; ~bucket_mb each (0: per tensor).
+        The first bucket is at most 1 MiB, as in DDP, so communication starts early in backward."""
         cap = self.cfg.parallel.bucket_mb * 2**20
         units, current, size = [], [], 0
         for q in reversed(trainable):
-            if current and (cap <= 0 or size + q.numel() * q.element_size() > cap):
+            limit = min(cap, 2**20) if not units else cap
+            if current and (cap <= 0 or size + q.numel() * q.element_size() > limit):
                 units.append(current)
                 current, size = [], 0
             current.append(q)
@@ -284,6 +286,7 @@ class DataParallelEngine(Engine):
         self._launch_ready()
         if self.comm is not None:
             self.comm.wait()
+        self.final = False
         for u in self.units:
             for q in u.params:
                 if id(q) in u.unused:
