@@ -124,3 +124,37 @@ def _chunk_bounds(length: int, n: int) -> list:
         bounds.append((lo, hi))
         lo = hi
     return bounds
+
+
+def ring_all_reduce_p2p(tensor, group=None) -> int:
+    """Exercise 2.6: ring all-reduce (sum) in place on isend/recv; returns the elements this rank sent."""
+    import torch
+    import torch.distributed as dist
+
+    n = dist.get_world_size(group)
+    r = dist.get_rank(group)
+    if n == 1:
+        return 0
+    peer = (lambda i: dist.get_global_rank(group, i)) if group is not None else (lambda i: i)
+    right, left = peer((r + 1) % n), peer((r - 1) % n)
+    flat = tensor.view(-1) if tensor.is_contiguous() else tensor.reshape(-1).clone()
+    chunks = list(torch.tensor_split(flat, n))
+    sent = 0
+
+    def exchange(send_index, recv_index):
+        nonlocal sent
+        outgoing = chunks[send_index].clone()
+        incoming = torch.empty_like(chunks[recv_index])
+        req = dist.isend(outgoing, right, group=group)
+        dist.recv(incoming, left, group=group)
+        req.wait()
+        sent += outgoing.numel()
+        return incoming
+
+    for s in range(n - 1):                                   # reduce-scatter: chunk (r+1) % n ends complete
+        chunks[(r - s - 1) % n].add_(exchange((r - s) % n, (r - s - 1) % n))
+    for s in range(n - 1):                                   # all-gather: pass the complete chunks around
+        chunks[(r - s) % n].copy_(exchange((r - s + 1) % n, (r - s) % n))
+    if flat.data_ptr() != tensor.data_ptr():
+        tensor.copy_(flat.view_as(tensor))
+    return sent

@@ -203,3 +203,40 @@ def _bounds(length: int, n: int) -> list:
 
 def _split(xs: list, n: int) -> list:
     return [xs[lo:hi] for lo, hi in _bounds(len(xs), n)]
+
+
+# Exercise 2.6: ring_all_reduce_p2p on gloo processes -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def p2p_results(exercise):
+    """One launch of 3 gloo ranks runs every case; each test below reads its part."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import exercise_workers_collectives as workers
+
+    from llama_course.testing import spawn
+
+    return spawn(workers.check_ring_all_reduce_p2p, 3, exercise.__name__, timeout=90)
+
+
+@pytest.mark.points(4, exercise="2.6")
+def test_ring_all_reduce_p2p_matches_torch(p2p_results):
+    for rank, rows in enumerate(p2p_results):
+        assert rows and not rows[-1][3], f"rank {rank}: {rows[-1][3] if rows else 'no result'}"
+        assert len(rows) == 5
+        for numel, err, _, _ in rows:
+            assert err < 1e-5, f"rank {rank}, {numel} elements: max error {err} against dist.all_reduce"
+
+
+@pytest.mark.points(2, exercise="2.6")
+def test_ring_all_reduce_p2p_sends_ring_bytes(p2p_results):
+    n = 3
+    for rank, rows in enumerate(p2p_results):
+        assert rows and not rows[-1][3], f"rank {rank}: {rows[-1][3] if rows else 'no result'}"
+        for numel, _, sent, _ in rows:
+            if numel % n == 0:
+                assert sent == 2 * (n - 1) * numel // n, f"rank {rank} sent {sent} of {numel} elements"
+    for i, (numel, *_) in enumerate(p2p_results[0]):     # every step moves all n chunks once
+        assert sum(rows[i][2] for rows in p2p_results) == 2 * (n - 1) * numel

@@ -1,0 +1,51 @@
+"""Runs on each gloo rank of the graded test of exercise 2.6 (tests/exercises/test_collectives.py).
+
+Importable by name so `llama_course.testing.spawn` can start it; loads the exercise module named by the
+test (labs.exercises.collectives or solutions.collectives) and checks it against torch.distributed.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+
+def check_ring_all_reduce_p2p(rank: int, world: int, module_name: str) -> list:
+    """For several sizes and dtypes: (numel, max |error| vs dist.all_reduce, elements sent, error text)."""
+    import torch
+    import torch.distributed as dist
+
+    exercise = importlib.import_module(module_name)
+    blocked = ("all_reduce", "reduce_scatter", "reduce_scatter_tensor", "all_gather", "all_gather_into_tensor",
+               "broadcast", "reduce", "all_to_all", "all_to_all_single")
+    saved = {name: getattr(dist, name) for name in blocked}
+    rows = []
+    for numel, dtype, shape in ((12, torch.float64, (3, 4)), (7, torch.float64, (7,)), (1, torch.float32, (1,)),
+                                (1000, torch.float32, (10, 100)), (4096 * 3, torch.float32, (4096 * 3,))):
+        g = torch.Generator().manual_seed(1000 * rank + numel)
+        x = torch.randn(shape, generator=g, dtype=dtype)
+        expected = x.clone()
+        dist.all_reduce(expected)
+        error = ""
+        for name in blocked:
+            setattr(dist, name, _forbidden(name))
+        try:
+            sent = exercise.ring_all_reduce_p2p(x)
+        except NotImplementedError as e:
+            sent, error = None, f"NotImplementedError: {e}"
+        except Exception as e:  # noqa: BLE001 - report it to the test, which fails
+            sent, error = None, f"{type(e).__name__}: {e}"
+        finally:
+            for name, fn in saved.items():
+                setattr(dist, name, fn)
+        if error:
+            rows.append((numel, None, None, error))
+            break
+        rows.append((numel, float((x - expected).abs().max()), sent, ""))
+        dist.barrier()
+    return rows
+
+
+def _forbidden(name):
+    def call(*args, **kwargs):
+        raise RuntimeError(f"exercise 2.6 may use send/recv only, not dist.{name}")
+    return call
