@@ -1,0 +1,67 @@
+"""Reference solutions for lab 03, data_parallel (labs/exercises/data_parallel.py has the exercises)."""
+
+from __future__ import annotations
+
+
+def zero_memory_per_gpu(n_params, dp, zero_stage, bytes_weights=2.0, bytes_grads=2.0, bytes_optimizer=12.0):
+    """Exercise 3.1."""
+    if zero_stage not in (0, 1, 2, 3) or dp < 1:
+        raise ValueError(f"zero_stage must be 0-3 and dp >= 1, got {zero_stage}, {dp}")
+    out = {"params": n_params * bytes_weights / (dp if zero_stage >= 3 else 1),
+           "grads": n_params * bytes_grads / (dp if zero_stage >= 2 else 1),
+           "optimizer": n_params * bytes_optimizer / (dp if zero_stage >= 1 else 1)}
+    out["total"] = sum(out.values())
+    return out
+
+
+def dp_bytes_per_step(n_params, dp, zero_stage, bytes_per_element=2.0):
+    """Exercise 3.2."""
+    if zero_stage not in (0, 1, 2, 3) or dp < 1:
+        raise ValueError(f"zero_stage must be 0-3 and dp >= 1, got {zero_stage}, {dp}")
+    one_pass = (dp - 1) / dp * n_params * bytes_per_element          # a ring reduce-scatter or all-gather
+    return (3 if zero_stage == 3 else 2) * one_pass
+
+
+def bucketed_step_time(forward_s, backward_s, comm_s, overlap=True):
+    """Exercise 3.3."""
+    if len(backward_s) != len(comm_s):
+        raise ValueError("one communication time per bucket")
+    backward_end = forward_s + sum(backward_s)
+    ready, t = [], forward_s
+    for b in backward_s:
+        t += b
+        ready.append(t if overlap else backward_end)
+    stream = 0.0
+    for r, c in zip(ready, comm_s):
+        stream = max(stream, r) + c
+    return max(backward_end, stream)
+
+
+def zero2_sgd_step(param, grad, momentum_shard, lr, momentum=0.9, group=None):
+    """Exercise 3.4: reduce-scatter (average), update the own shard, all-gather."""
+    import torch
+    import torch.distributed as dist
+
+    n, r = dist.get_world_size(group), dist.get_rank(group)
+    g = grad.detach().clone()
+    dist.all_reduce(g, group=group)                # uneven shards: all-reduce, then keep the own shard
+    g /= n
+    shard_g = torch.tensor_split(g, n)[r]
+    shard_p = torch.tensor_split(param.data, n)[r]
+    with torch.no_grad():
+        momentum_shard.mul_(momentum).add_(shard_g)
+        shard_p.add_(momentum_shard, alpha=-lr)
+        pieces = [torch.tensor_split(param.data, n)[i].clone() for i in range(n)]
+        dist.all_gather(pieces, shard_p.clone(), group=group) if _even(pieces) else _gather_uneven(pieces, r, group)
+        param.data.copy_(torch.cat(pieces))
+    return param
+
+def _even(pieces):
+    return len({p.numel() for p in pieces}) == 1
+
+
+def _gather_uneven(pieces, rank, group):
+    import torch.distributed as dist
+
+    for i, piece in enumerate(pieces):          # broadcast each owner's shard (gloo all_gather needs equal sizes)
+        dist.broadcast(piece, dist.get_global_rank(group, i) if group is not None else i, group=group)
