@@ -11,7 +11,18 @@ What it measures, each the median of several repeats (one thread per process, as
 - kernel overhead: the time of an element-wise op on a tiny tensor (launch + dispatch cost);
 - gloo: point-to-point latency (ping-pong of 4 bytes / 2) and bandwidth (16 MiB), all_reduce latency and
   bus bandwidth (nccl-tests' busbw = algbw x 2(n-1)/n) with 2 and 4 processes;
-- process launch: spawning 2 processes that join a process group and exit.
+- process launch: spawning 2 processes that join a process group and exit;
+- the real model: one micro-batch's forward + backward of the `tiny` and `small` LLaMA at two micro-batch
+  sizes, and the rest of a training step (gradient norm, clipping, the course AdamW), from which two
+  numbers of the simulator's `cpu` model are fitted once for the machine (`fit_compute`): the share of the
+  matmul peak that a rank's kernels reach and the fixed cost per simulated kernel (eager PyTorch runs ~4
+  real ops, with their dispatch and autograd bookkeeping, for each kernel the simulator counts), and the
+  optimizer's cost per parameter tensor and per element.
+
+Compute is timed in CPU seconds of the measuring thread (`time.thread_time`), not wall time: other
+processes on the machine (tests, other users) then stretch the measurement little, and the profile
+describes the machine, not its load at the time. Collectives are timed in wall time (they wait), taking
+the median of many repeats.
 
 The profile keys are those `simulator.hardware.cpu_from_profile` reads. On a GPU machine, pass --gpu to
 measure the device instead (bf16 matmul peak, HBM copy bandwidth) for calibrating its preset.
@@ -19,6 +30,7 @@ measure the device instead (bf16 matmul peak, HBM copy bandwidth) for calibratin
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -26,22 +38,27 @@ import sys
 import time
 
 
-def _median_time(fn, repeats: int, warmup: int = 2) -> float:
+def _median_time(fn, repeats: int, warmup: int = 2, clock=time.perf_counter) -> float:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return statistics.median(times)
+
+
+def _cpu_time(fn, repeats: int, warmup: int = 2) -> float:
+    """Median CPU seconds of this thread (robust to other processes sharing the cores)."""
+    return _median_time(fn, repeats, warmup, clock=time.thread_time)
 
 
 def matmul_gflops(n: int, repeats: int = 5) -> float:
     import torch
 
     a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / _median_time(lambda: a @ b, repeats) / 1e9
+    return 2 * n**3 / _cpu_time(lambda: a @ b, repeats) / 1e9
 
 
 def model_shape_gflops(preset: str, tokens: int, repeats: int = 5) -> float:
@@ -62,7 +79,7 @@ def model_shape_gflops(preset: str, tokens: int, repeats: int = 5) -> float:
             (x @ w).sum().backward()
 
     flops = sum(3 * 2 * tokens * i * o for i, o in shapes)
-    return flops / _median_time(step, repeats) / 1e9
+    return flops / _cpu_time(step, repeats) / 1e9
 
 
 def copy_gbps(n_bytes: int = 64 << 20, repeats: int = 5) -> float:
@@ -70,7 +87,7 @@ def copy_gbps(n_bytes: int = 64 << 20, repeats: int = 5) -> float:
 
     a = torch.empty(n_bytes // 4)
     b = torch.randn(n_bytes // 4)
-    return 2 * n_bytes / _median_time(lambda: a.copy_(b), repeats) / 1e9
+    return 2 * n_bytes / _cpu_time(lambda: a.copy_(b), repeats) / 1e9
 
 
 def kernel_overhead_us(repeats: int = 2000) -> float:
@@ -82,7 +99,101 @@ def kernel_overhead_us(repeats: int = 2000) -> float:
         for _ in range(repeats):
             x.add_(1.0)
 
-    return _median_time(run, 5) / repeats * 1e6
+    return _cpu_time(run, 5) / repeats * 1e6
+
+
+MODEL_POINTS = (("tiny", 128, 1), ("tiny", 128, 4), ("small", 256, 1), ("small", 256, 4))
+"""(preset, seq_len, micro_batch) of the real-model measurements the compute model is fitted on."""
+
+
+def model_step_times(preset: str, seq_len: int, micro_batch: int, repeats: int = 5) -> dict:
+    """CPU seconds of one micro-batch's forward + backward and of the rest of a single-process step."""
+    import torch
+
+    from llama_course.distributed import Context
+    from llama_course.engine import Engine
+    from llama_course.model import build_model
+    from simulator.config import load_config
+
+    cfg = load_config({"model": {"preset": preset}, "seq_len": seq_len, "cluster": {"gpu": "cpu", "num_gpus": 1},
+                       "parallel": {"micro_batch_size": micro_batch, "global_batch_size": micro_batch,
+                                    "implementation": "course"}, "training": {"precision": "fp32"}})
+    engine = Engine(cfg, Context(), build_model(cfg))
+    x = torch.randint(cfg.model.vocab_size, (micro_batch, seq_len))
+    y = torch.randint(cfg.model.vocab_size, (micro_batch, seq_len))
+
+    def forward_backward():
+        engine.optimizer.zero_grad(set_to_none=True)
+        engine.forward_backward([(x, y)])
+
+    fb = _cpu_time(forward_backward, repeats)
+    step = _cpu_time(lambda: engine.train_step([(x, y)], 1e-4), repeats)
+    params = list(engine.base_model.parameters())
+    return {"preset": preset, "seq_len": seq_len, "micro_batch": micro_batch, "forward_backward_s": fb,
+            "rest_s": max(0.0, step - fb), "params": sum(p.numel() for p in params), "tensors": len(params)}
+
+
+@functools.lru_cache(maxsize=None)
+def _model(preset: str):
+    from simulator.config import load_config
+
+    return load_config({"model": {"preset": preset}}).model
+
+
+def _predicted_forward_backward(point: dict, hw) -> float:
+    """The simulator's forward + backward of one micro-batch on one process (what `point` measured)."""
+    from simulator.compute import block_times, embedding_times, head_times
+
+    m = _model(point["preset"])
+    s, b = point["seq_len"], point["micro_batch"]
+    blk = block_times(m, s, b, 1, False, "fp32", True, "none", hw)
+    return m.n_layers * (blk.forward + blk.backward) + sum(head_times(m, s, b, 1, "fp32", hw)) \
+        + sum(embedding_times(m, s, b, 1, "fp32", hw))
+
+
+def fit_compute(points: list, peak_flops: float, memory_bandwidth: float) -> dict:
+    """Fit the simulator's per-kernel roofline to the measured forward + backward times, and the optimizer.
+
+    Three numbers, least relative squares over the points: the matmul efficiency e_mm (share of the square
+    matmul peak), the memory efficiency e_mem (share of the copy bandwidth that eager element-wise ops reach:
+    an unfused RMSNorm makes ~7 passes over its input where a fused kernel makes 2) and the fixed seconds o
+    per simulated kernel (o is linear and solved for; e_mm and e_mem are searched on a grid). The rest of a
+    step (gradient norm, clipping, optimizer) is fitted as tensors x c + elements x d."""
+    from simulator.hardware import Hardware
+
+    def hw(e, em, o):
+        return Hardware(name="cpu", peak_flops={"fp32": peak_flops, "fp16": peak_flops, "bf16": peak_flops},
+                        memory_bytes=1e9, memory_bandwidth=memory_bandwidth, intra_bandwidth=1e9,
+                        intra_latency=0, inter_bandwidth=1e9, inter_latency=0, matmul_efficiency=e,
+                        memory_efficiency=em, kernel_overhead=o)
+
+    t = [p["forward_backward_s"] for p in points]
+    w = [1 / ti**2 for ti in t]
+    kernels = [_predicted_forward_backward(p, hw(1.0, 1.0, 1.0)) - _predicted_forward_backward(p, hw(1.0, 1.0, 0.0))
+               for p in points]
+    grid = [i / 40 for i in range(2, 41)]
+    best = None
+    for e in grid:
+        for em in grid:
+            a = [_predicted_forward_backward(p, hw(e, em, 0.0)) for p in points]
+            o = max(0.0, sum(wi * ni * (ti - ai) for wi, ni, ti, ai in zip(w, kernels, t, a))
+                    / sum(wi * ni * ni for wi, ni in zip(w, kernels)))
+            err = sum(((ai + ni * o - ti) / ti) ** 2 for ai, ni, ti in zip(a, kernels, t))
+            if best is None or err < best[0]:
+                best = (err, e, em, o)
+    _, e, em, o = best
+    residuals = {f"{p['preset']} mb {p['micro_batch']}": _predicted_forward_backward(p, hw(e, em, o))
+                 / p["forward_backward_s"] - 1 for p in points}
+    # rest of a step = tensors x c + elements x d (two unknowns, least squares over the points)
+    sxx = sum(p["tensors"] ** 2 for p in points)
+    syy = sum(p["params"] ** 2 for p in points)
+    sxy = sum(p["tensors"] * p["params"] for p in points)
+    bx = sum(p["tensors"] * p["rest_s"] for p in points)
+    by = sum(p["params"] * p["rest_s"] for p in points)
+    det = sxx * syy - sxy * sxy
+    c, d = ((syy * bx - sxy * by) / det, (sxx * by - sxy * bx) / det) if det else (0.0, 0.0)
+    return {"matmul_efficiency": e, "memory_efficiency": em, "kernel_overhead_us": o * 1e6, "fit_residuals": residuals,
+            "optimizer_us_per_tensor": max(0.0, c) * 1e6, "optimizer_ns_per_param": max(0.0, d) * 1e9}
 
 
 def gloo_worker(rank: int, world: int, quick: bool) -> dict:
@@ -132,8 +243,8 @@ def measure(quick: bool = False, progress: bool = True) -> dict:
     from llama_course.testing import spawn
 
     torch.set_num_threads(1)
-    steps = ["matmul", "model shapes", "memory", "kernel overhead", "gloo 2 processes", "gloo 4 processes",
-             "process launch"]
+    steps = ["matmul", "model shapes", "memory", "kernel overhead", "model steps", "gloo 2 processes",
+             "gloo 4 processes", "process launch"]
     bar = tqdm(steps, desc="bench", disable=not progress, file=sys.stderr)
     raw: dict = {}
     for name in bar:
@@ -147,6 +258,9 @@ def measure(quick: bool = False, progress: bool = True) -> dict:
             raw["copy_GBps"] = copy_gbps()
         elif name == "kernel overhead":
             raw["kernel_overhead_us"] = kernel_overhead_us()
+        elif name == "model steps":
+            points = MODEL_POINTS[:2] if quick else MODEL_POINTS
+            raw["model_steps"] = [model_step_times(*pt, repeats=3 if quick else 7) for pt in points]
         elif name.startswith("gloo"):
             world = int(name.split()[1])
             results = spawn(gloo_worker, world, quick, timeout=120)
@@ -157,14 +271,16 @@ def measure(quick: bool = False, progress: bool = True) -> dict:
             raw["launch_2_processes_s"] = time.perf_counter() - t
     peak = max(raw["matmul_gflops"].values())
     g2, g4 = raw["gloo_2"], raw["gloo_4"]
+    fit = fit_compute(raw["model_steps"], peak * 1e9, raw["copy_GBps"] * 1e9)
+    raw["fit_residuals"] = fit.pop("fit_residuals")
     profile = {
         "name": "cpu",
         "note": f"measured by `llama-course bench` on {time.strftime('%Y-%m-%d')} ({os.cpu_count()} cores, "
-                f"torch {torch.__version__}); per process, one thread",
+                f"torch {torch.__version__}); per process, one thread; matmul_efficiency, kernel_overhead_us "
+                f"and optimizer_* fitted on the real model's single-process steps (bench.fit_compute)",
         "peak_tflops": {"fp32": peak / 1e3, "bf16": peak / 1e3 / 4, "fp16": peak / 1e3 / 8},
-        "matmul_efficiency": min(1.0, raw["model_shape_gflops"]["small"] / peak),
         "memory_bandwidth_GBps": raw["copy_GBps"],
-        "kernel_overhead_us": raw["kernel_overhead_us"],
+        **fit,
         "intra_node": {"bandwidth_GBps": g2["p2p_GBps"], "latency_us": g2["p2p_latency_us"]},
         "allreduce": {"latency_us_2": g2["allreduce_latency_us"], "busbw_GBps_2": g2["allreduce_busbw_GBps"],
                       "latency_us_4": g4["allreduce_latency_us"], "busbw_GBps_4": g4["allreduce_busbw_GBps"]},
@@ -188,6 +304,14 @@ def cli(args) -> int:
         print(f"model shapes fwd+bwd:    tiny {raw['model_shape_gflops']['tiny']:.0f}, "
               f"small {raw['model_shape_gflops']['small']:.0f} GFLOP/s")
         print(f"memory copy:             {raw['copy_GBps']:.1f} GB/s;  kernel overhead {raw['kernel_overhead_us']:.1f} us")
+        for pt in raw["model_steps"]:
+            print(f"{pt['preset']:>5} mb {pt['micro_batch']}: forward+backward {pt['forward_backward_s'] * 1e3:7.1f} ms, "
+                  f"rest of the step {pt['rest_s'] * 1e3:6.1f} ms")
+        print(f"fitted: matmul efficiency {prof['matmul_efficiency']:.2f}, memory efficiency "
+              f"{prof['memory_efficiency']:.2f}, {prof['kernel_overhead_us']:.1f} us per "
+              f"simulated kernel, optimizer {prof['optimizer_us_per_tensor']:.0f} us/tensor + "
+              f"{prof['optimizer_ns_per_param']:.2f} ns/param; residuals "
+              + ", ".join(f"{k} {v:+.0%}" for k, v in raw["fit_residuals"].items()))
         for w in (2, 4):
             g = raw[f"gloo_{w}"]
             p2p = f"p2p {g['p2p_latency_us']:.0f} us, {g['p2p_GBps']:.2f} GB/s; " if "p2p_GBps" in g else ""

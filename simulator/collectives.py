@@ -177,7 +177,8 @@ class CommModel:
     """Collective times on one cluster, cached by (kind, ranks, bytes): strategies ask it, never SimPy directly.
 
     `algorithm="auto"` takes the fastest of ring, hierarchical (when the group spans nodes with several
-    GPUs each) and tree (all-reduce), as NCCL's tuner picks per size.
+    GPUs each) and tree (all-reduce), as NCCL's tuner picks per size. A `cpu` profile measured by `bench`
+    answers from its gloo table instead (`Hardware.measured_collective`): gloo is not a set of links.
     """
 
     def __init__(self, cluster: Cluster, exact: bool = False):
@@ -191,6 +192,8 @@ class CommModel:
             return 0.0
         key = (kind, ranks, float(nbytes), algorithm)
         t = self._cache.get(key)
+        if t is None:
+            t = self.cluster.hw.measured_collective(kind, len(ranks), nbytes)   # cpu: gloo as measured
         if t is None:
             t = min(run_collective(self.cluster, kind, ranks, nbytes, a, self.exact)
                     for a in self.candidates(kind, ranks, algorithm))

@@ -11,6 +11,10 @@ parallelism (replicated norms and dropouts) lose throughput. A fused attention k
 runs at FLASH_EFFICIENCY of the matmul efficiency (FlashAttention-2 reports ~70% of A100 peak forward,
 less backward).
 
+On a CPU (`cpu` profile) the same roofline holds per process, with a large fixed cost per kernel (eager
+PyTorch's dispatch and autograd bookkeeping), and compute stretched by `hw.compute_slowdown` when more
+ranks than cores share the machine.
+
 Backward costs 2x the forward FLOPs of matmuls (input and weight gradients) and 2x the bytes of
 element-wise ops. Recomputation adds a forward before the backward: `full` the whole block, `selective`
 the attention core only (Korthikanti et al. 2022).
@@ -32,9 +36,9 @@ def op_time(op, hw: Hardware, precision: str) -> float:
     """Seconds of one kernel on one GPU."""
     mem = op.bytes / (hw.memory_bandwidth * hw.memory_efficiency)
     if op.kind == "memory":
-        return mem + hw.kernel_overhead
+        return (mem + hw.kernel_overhead) * hw.compute_slowdown
     eff = hw.matmul_efficiency * (FLASH_EFFICIENCY if op.kind == "flash" else 1.0)
-    return max(op.flops / (hw.peak(precision) * eff), mem) + hw.kernel_overhead
+    return (max(op.flops / (hw.peak(precision) * eff), mem) + hw.kernel_overhead) * hw.compute_slowdown
 
 
 def ops_time(ops, hw: Hardware, precision: str) -> float:
@@ -80,10 +84,17 @@ def embedding_times(model, seq_len: int, micro_batch: int, tp: int, precision: s
     return ops_time(ops, hw, precision), ops_time([backward_op(o) for o in ops], hw, precision)
 
 
-def optimizer_time(n_params_local: float, precision: str, optimizer: str, hw: Hardware) -> float:
-    """The optimizer step is memory bound: read weights, grads and states, write weights and states."""
+def optimizer_time(n_params_local: float, precision: str, optimizer: str, hw: Hardware,
+                   tensors: float | None = None) -> float:
+    """The optimizer step is memory bound: read weights, grads and states, write weights and states.
+
+    On a CPU profile with measured optimizer costs: tensors x per-tensor cost + n_params x per-element cost
+    (the step, the gradient norm and clipping of the course's AdamW, as `bench` timed them)."""
     from simulator.workload import state_bytes_per_param
 
+    if hw.optimizer_per_param is not None:
+        fixed = (tensors or 0.0) * hw.optimizer_per_tensor
+        return (fixed + n_params_local * hw.optimizer_per_param) * hw.compute_slowdown
     per = state_bytes_per_param(precision, optimizer)
     traffic = 2 * per["params"] + per["grads"] + 2 * per["optimizer"]
     return n_params_local * traffic / (hw.memory_bandwidth * hw.memory_efficiency) + 10 * hw.kernel_overhead

@@ -18,8 +18,16 @@ Links: `intra_node` is NVLink/NVSwitch per GPU and per direction, `inter_node` o
 HDR = 25 GB/s per A100; 8 x 400 Gb/s NDR = 50 GB/s per H100). Every value can be overridden from the config
 (`cluster.peak_tflops`, `cluster.memory_GB`, `cluster.intra_node.bandwidth_GBps`, ...).
 
-`cpu` is this machine, read from `simulator/profiles/cpu.json` (written by `llama-course bench`; a default
-ships with the package, consistent with ../shared/reference/cpu-gloo-notes.md).
+`cpu` is this machine, read from `simulator/profiles/cpu.json` (written by `llama-course bench` on the
+reference machine, a 2-core VM; `bench` writes your machine's profile to ~/.cache/llama-course, which is
+read first). On a CPU three things differ from a GPU, each measured once by `bench`, never set per layout:
+
+- per-kernel overhead dominates small models: every simulated kernel costs `kernel_overhead_us` (fitted on
+  the real model's single-process steps, with the matmul efficiency: `bench.fit_compute`);
+- collectives are gloo's, not a ring over links: all-reduce (and reduce-scatter / all-gather) take the
+  measured latency and bus bandwidth for that many processes (`allreduce` entries, interpolated in n);
+- processes share `cores`: with more ranks than cores they time-share, so compute slows by
+  ranks / cores (4 processes on 2 cores: 2x).
 
     python -c "from simulator.hardware import gpu_preset; print(gpu_preset('a100-80gb'))"
 """
@@ -78,9 +86,43 @@ class Hardware:
     """True when the devices of a node share one memory (cpu: processes share RAM)."""
     nodes_per_leaf: int = 16
     """Nodes under one leaf (or rail) switch of the fabric."""
+    collective_table: dict | None = None
+    """Measured collectives (cpu): {processes: (latency s, all-reduce busbw bytes/s)}; None = simulate links."""
+    cores: int | None = None
+    """Cores the processes share (cpu); None = one device per rank (GPUs)."""
+    compute_slowdown: float = 1.0
+    """Compute time factor from ranks sharing cores (ranks / cores when above 1); set by `hardware_for`."""
+    optimizer_per_tensor: float = 0.0
+    """Fixed seconds per parameter tensor of an optimizer step (cpu: Python and dispatch per tensor)."""
+    optimizer_per_param: float | None = None
+    """Seconds per parameter of an optimizer step; None = memory-bound model from memory_bandwidth."""
 
     def peak(self, precision: str) -> float:
         return self.peak_flops[precision]
+
+    def measured_collective(self, kind: str, n: int, nbytes: float) -> float | None:
+        """Seconds of a collective from the measured table (cpu), or None to simulate it on the links.
+
+        t = latency(n) + bus_factor x bytes / busbw(n), nccl-tests' convention (bus_factor 2(n-1)/n for
+        all-reduce, (n-1)/n for reduce-scatter, all-gather, all-to-all); between measured sizes n the
+        latency and bandwidth are interpolated, beyond them latency grows with n - 1."""
+        if not self.collective_table or kind == "send" or n <= 1:
+            return None
+        sizes = sorted(self.collective_table)
+        if n <= sizes[0]:
+            lat, bw = self.collective_table[sizes[0]]
+            lat *= (n - 1) / max(1, sizes[0] - 1)
+        elif n >= sizes[-1]:
+            lat, bw = self.collective_table[sizes[-1]]
+            lat *= (n - 1) / max(1, sizes[-1] - 1)
+        else:
+            hi = next(k for k in sizes if k >= n)
+            lo = max(k for k in sizes if k <= n)
+            f = 0.0 if hi == lo else (n - lo) / (hi - lo)
+            (l0, b0), (l1, b1) = self.collective_table[lo], self.collective_table[hi]
+            lat, bw = l0 + f * (l1 - l0), b0 + f * (b1 - b0)
+        factor = 2.0 * (n - 1) / n if kind == "all_reduce" else (n - 1) / n
+        return lat + factor * nbytes / bw
 
     def with_overrides(self, **changes) -> Hardware:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -176,9 +218,28 @@ def cpu_from_profile(path: str) -> Hardware:
             memory_efficiency=float(prof["memory_efficiency"]),
             link_efficiency=float(prof.get("link_efficiency", 1.0)),
             kernel_overhead=float(prof.get("kernel_overhead_us", 0.0)) * US,
-            memory_shared=bool(prof.get("memory_shared", True)))
+            memory_shared=bool(prof.get("memory_shared", True)),
+            collective_table=_collective_table(prof.get("allreduce")),
+            cores=int(prof["cores"]) if prof.get("cores") else None,
+            optimizer_per_tensor=float(prof.get("optimizer_us_per_tensor", 0.0)) * US,
+            optimizer_per_param=(float(prof["optimizer_ns_per_param"]) * 1e-9
+                                 if prof.get("optimizer_ns_per_param") is not None else None))
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"cpu profile {path}: bad or missing field {e}") from None
+
+
+def _collective_table(entries) -> dict | None:
+    """{n: (latency s, busbw bytes/s)} from a profile's {"latency_us_N": ..., "busbw_GBps_N": ...}."""
+    if not entries:
+        return None
+    table = {}
+    for key, value in entries.items():
+        if key.startswith("latency_us_"):
+            n = int(key.rsplit("_", 1)[1])
+            bw = entries.get(f"busbw_GBps_{n}")
+            if bw:
+                table[n] = (float(value) * US, float(bw) * G)
+    return table or None
 
 
 def write_cpu_profile(values: dict, path: str = CPU_PROFILE) -> str:
@@ -216,6 +277,8 @@ def hardware_for(cfg) -> Hardware:
         topology=c.inter_node.topology,
         gpus_per_node=min(gpn, c.num_gpus) if c.gpu == "cpu" else gpn,
     )
+    if hw.cores:
+        hw = hw.with_overrides(compute_slowdown=max(1.0, c.num_gpus / hw.cores))
     return hw
 
 

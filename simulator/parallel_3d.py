@@ -192,7 +192,8 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False) -> Step:
                 ready, p.overlap and p.bucket_mb > 0, lambda n: comm.time(kind, dp_group, n), run.compute_end[r])
             psi_r = sum(psi_virtual[c * p.pp + r] for c in range(p.vpp))
             psi_opt = psi_r / layout.dp if p.zero_stage >= 1 else psi_r
-            opt = optimizer_time(psi_opt, cfg.training.precision, cfg.training.optimizer, hw)
+            opt = optimizer_time(psi_opt, cfg.training.precision, cfg.training.optimizer, hw,
+                                 tensors=9 * sum(layers[c * p.pp + r] for c in range(p.vpp)) + 3)
             gather = 0.0
             if p.zero_stage in (1, 2) and layout.dp > 1:
                 gather = comm.time("all_gather", dp_group, psi_r * DTYPE_BYTES[cfg.training.precision])

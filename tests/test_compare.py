@@ -40,3 +40,27 @@ def test_compare_json_contract(tmp_path):
     for name in ("predicted.json", "measured.json"):
         trace = json.loads((tmp_path / name).read_text())
         assert any(e.get("ph") == "X" and e.get("tid") == "compute" for e in trace["traceEvents"])
+
+
+def test_bench_fit_recovers_a_known_machine():
+    """fit_compute on times the simulator itself produced with known numbers gives those numbers back."""
+    from llama_course.bench import MODEL_POINTS, _predicted_forward_backward, fit_compute
+    from simulator.hardware import Hardware
+
+    truth = Hardware(name="cpu", peak_flops={"fp32": 140e9, "fp16": 140e9, "bf16": 140e9}, memory_bytes=1e9,
+                     memory_bandwidth=10e9, intra_bandwidth=1e9, intra_latency=0, inter_bandwidth=1e9,
+                     inter_latency=0, matmul_efficiency=0.8, memory_efficiency=0.35, kernel_overhead=40e-6)
+    points = []
+    for preset, seq, mb in MODEL_POINTS:
+        p = {"preset": preset, "seq_len": seq, "micro_batch": mb, "tensors": 39 if preset == "tiny" else 75,
+             "params": 262720 if preset == "tiny" else 7901440}
+        p["forward_backward_s"] = _predicted_forward_backward(p, truth)
+        p["rest_s"] = p["tensors"] * 50e-6 + p["params"] * 6e-9
+        points.append(p)
+    fit = fit_compute(points, 140e9, 10e9)
+    assert fit["matmul_efficiency"] == pytest.approx(0.8, abs=0.03)
+    assert fit["memory_efficiency"] == pytest.approx(0.35, abs=0.03)
+    assert fit["kernel_overhead_us"] == pytest.approx(40, rel=0.1)
+    assert max(abs(v) for v in fit["fit_residuals"].values()) < 0.02
+    assert fit["optimizer_us_per_tensor"] == pytest.approx(50, rel=1e-6)
+    assert fit["optimizer_ns_per_param"] == pytest.approx(6, rel=1e-6)

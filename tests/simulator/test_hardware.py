@@ -52,3 +52,54 @@ def test_cpu_memory_is_shared_between_processes():
 
     hw = hardware_for(load_config({"cluster": {"gpu": "cpu", "num_gpus": 4}}))
     assert device_memory(hw) == pytest.approx(hw.memory_bytes / 4)
+
+
+def _measured_cpu(tmp_path, monkeypatch, **extra):
+    path = tmp_path / "cpu.json"
+    write_cpu_profile({"allreduce": {"latency_us_2": 100, "busbw_GBps_2": 0.5, "latency_us_4": 500,
+                                     "busbw_GBps_4": 0.25}, "cores": 2, **extra}, str(path))
+    monkeypatch.setenv("LLAMA_COURSE_CPU_PROFILE", str(path))
+    return path
+
+
+def test_cpu_collectives_come_from_the_measured_gloo_table(tmp_path, monkeypatch):
+    from simulator.collectives import CommModel
+    from simulator.topology import Cluster
+
+    _measured_cpu(tmp_path, monkeypatch)
+    hw = gpu_preset("cpu")
+    assert set(hw.collective_table) == {2, 4}
+    mb = 1e6
+    # nccl-tests convention: t = latency + 2(n-1)/n S / busbw for all-reduce, (n-1)/n S for the halves
+    assert hw.measured_collective("all_reduce", 2, mb) == pytest.approx(100e-6 + mb / 0.5e9)
+    assert hw.measured_collective("all_reduce", 4, mb) == pytest.approx(500e-6 + 1.5 * mb / 0.25e9)
+    assert hw.measured_collective("reduce_scatter", 4, mb) == pytest.approx(500e-6 + 0.75 * mb / 0.25e9)
+    between = hw.measured_collective("all_reduce", 3, mb)          # interpolated between 2 and 4
+    assert hw.measured_collective("all_reduce", 2, mb) < between < hw.measured_collective("all_reduce", 4, mb)
+    assert hw.measured_collective("send", 2, mb) is None and hw.measured_collective("all_reduce", 1, mb) is None
+    comm = CommModel(Cluster(hw, 4))
+    assert comm.time("all_reduce", range(4), mb) == pytest.approx(hw.measured_collective("all_reduce", 4, mb))
+    assert comm.time("send", (0, 1), mb) > 0                        # point to point: still the links
+
+
+def test_more_cpu_processes_than_cores_time_share(tmp_path, monkeypatch):
+    from simulator.compute import op_time
+    from simulator.workload import layer_ops
+
+    _measured_cpu(tmp_path, monkeypatch)
+    two = hardware_for(load_config({"cluster": {"gpu": "cpu", "num_gpus": 2}}))
+    four = hardware_for(load_config({"cluster": {"gpu": "cpu", "num_gpus": 4}}))
+    assert two.compute_slowdown == 1.0 and four.compute_slowdown == 2.0
+    op = layer_ops(load_config({}).model, 128, 4, precision="fp32")[1]
+    assert op_time(op, four, "fp32") == pytest.approx(2 * op_time(op, two, "fp32"))
+    # GPUs are one device per rank: no sharing
+    gpus = load_config({"cluster": {"gpu": "a100-80gb", "num_gpus": 8}, "parallel": {"global_batch_size": 8}})
+    assert hardware_for(gpus).compute_slowdown == 1.0
+
+
+def test_cpu_optimizer_costs_per_tensor_and_per_element(tmp_path, monkeypatch):
+    from simulator.compute import optimizer_time
+
+    _measured_cpu(tmp_path, monkeypatch, optimizer_us_per_tensor=50, optimizer_ns_per_param=5)
+    hw = gpu_preset("cpu")
+    assert optimizer_time(1e6, "fp32", "adamw", hw, tensors=40) == pytest.approx(40 * 50e-6 + 1e6 * 5e-9)
