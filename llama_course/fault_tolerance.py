@@ -143,14 +143,18 @@ def run_replica(cfg, replica_id: int, host: str, port: int, out_dir: str) -> Non
         while step < cfg.training.steps:
             t0 = time.perf_counter()
             q = client.quorum(step)
-            pg = client.process_group(q)
             recovered = False
-            if q.behind():                                         # live recovery of a joiner (or a laggard)
-                state = {"engine": engine.state_dict(), "step": step} if replica_id == q.source else None
-                got = broadcast_state(pg, q.members.index(q.source), state)
-                if step < q.max_step:
-                    engine.load_state_dict(got["engine"])
-                    step, pending, recovered = got["step"], None, True
+            try:
+                pg = client.process_group(q)                       # a new quorum: a new gloo mesh
+                if q.behind():                                     # live recovery of a joiner (or a laggard)
+                    state = {"engine": engine.state_dict(), "step": step} if replica_id == q.source else None
+                    got = broadcast_state(pg, q.members.index(q.source), state)
+                    if step < q.max_step:
+                        engine.load_state_dict(got["engine"])
+                        step, pending, recovered = got["step"], None, True
+            except RuntimeError:                     # a member died while the group formed or state moved
+                client.forget_group()
+                continue
             n = step + 1
             if pending is None or pending[0] != step:
                 engine.optimizer.zero_grad(set_to_none=False)
