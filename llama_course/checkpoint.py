@@ -127,7 +127,7 @@ def snapshot(step: int, ctx, engine, extra: dict | None = None) -> dict | None:
         engine_state = engine.state_dict() if engine.checkpoint_writer() else None
     finite = all_finite(engine_state)
     if ctx.world_size > 1 and dist.is_initialized():
-        flag = torch.tensor([1 if finite else 0])
+        flag = torch.tensor([1 if finite else 0], device=ctx.device)      # NCCL needs it on the GPU
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         finite = bool(flag.item())
     if not finite:
