@@ -395,15 +395,16 @@ def load_rank_state(path: str, rank: int) -> dict:
 
 
 def load_model(path: str):
-    """(model, config, tokenizer) of a checkpoint folder or root, for eval / generate / compress."""
-    from llama_course.model import Transformer
+    """(model, config, tokenizer) of a checkpoint folder or root, for eval / generate / compress.
+    Pruned and quantized checkpoints (`llama-course compress`) rebuild with their smaller or packed shapes."""
+    from llama_course.model_compression import build_model
     from simulator.config import load_config
 
     path = resolve_path(path)
     manifest = load_manifest(path)
     cfg = load_config(manifest["config"])
     state = torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=True)
-    model = Transformer(cfg.model, max_seq_len=max(cfg.seq_len, 16))
+    model = build_model(cfg, state, manifest.get("compression"))
     model.load_state_dict(state)
     tokenizer = None
     tok_file = os.path.join(path, "tokenizer.json")
