@@ -3,9 +3,12 @@
     llama-course eval runs/demo/checkpoints --json
 
 val_loss is the mean next-token cross-entropy over the held-out split of the checkpoint's corpus
-(whole documents the run never trained on), perplexity = exp(val_loss), n_params counts tied weights once,
-params_bytes is the size of the stored weight tensors (a quantized checkpoint really is smaller), and
-sparsity the fraction of exactly-zero weights in the matrices (what pruning leaves).
+(whole documents the run never trained on), perplexity = exp(val_loss), n_params counts tied weights once
+(and a quantized matrix as its in x out weights), params_bytes is the size of the stored tensors of model.pt
+(a quantized checkpoint really is smaller; zeros of unstructured pruning still take their bytes), sparsity
+the fraction of exactly-zero weights in the transformer blocks' matmuls (what `compress --method prune`
+targets; embeddings and head are never pruned), and forward_flops_per_token counts the real matrix shapes
+(structured pruning lowers it, unstructured pruning and quantization do not).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def evaluate_model(model, cfg, batches: int | None = None, batch_size: int = 8) 
 
 def evaluate_checkpoint(path: str) -> dict:
     from llama_course.checkpoint import load_model, resolve_path
-    from llama_course.model import num_params
+    from llama_course.model_compression import block_sparsity, count_weights, forward_flops_per_token
 
     folder = resolve_path(path)
     model, cfg, _ = load_model(folder)
@@ -60,8 +63,9 @@ def evaluate_checkpoint(path: str) -> dict:
     import os
 
     state = torch.load(os.path.join(folder, "model.pt"), map_location="cpu", weights_only=True)
-    return {"checkpoint": folder, "val_loss": loss, "perplexity": math.exp(loss), "n_params": num_params(model),
-            "params_bytes": tensor_bytes(state), "sparsity": sparsity(model)}
+    return {"checkpoint": folder, "val_loss": loss, "perplexity": math.exp(loss), "n_params": count_weights(model),
+            "params_bytes": tensor_bytes(state), "sparsity": block_sparsity(model),
+            "forward_flops_per_token": forward_flops_per_token(model, cfg.seq_len)}
 
 
 def cli(args) -> int:
