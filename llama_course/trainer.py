@@ -143,7 +143,12 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
         val = val_batches(val_seqs, p.micro_batch_size, cfg.training.eval_batches)
         sync = torch.cuda.synchronize if ctx.device.type == "cuda" else None
         tracer = Tracer(enabled=bool(trace_path), rank=ctx.rank, sync=sync)
-        engine = build_engine(cfg, ctx, build_model(cfg), tracer)
+        model = build_model(cfg)
+        if cfg.training.init_from:      # fine-tune a checkpoint, e.g. a compressed one (model_compression.py)
+            from llama_course.model_compression import load_for_training
+
+            model = load_for_training(cfg.training.init_from, cfg)
+        engine = build_engine(cfg, ctx, model, tracer)
         if getattr(engine, "is_server", False):      # parameter server rank: serve the workers, train nothing
             engine.run_server()
             return []

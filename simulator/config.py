@@ -221,6 +221,10 @@ class TrainingConfig:
     flash_attention: bool | None = None
     """Simulator: fused attention kernel (FlashAttention: no s x s scores in memory) or eager attention
     (scores, softmax and dropout materialised, as Megatron-LM 2021). None = fused for llama, eager for gpt."""
+    init_from: str | None = None
+    """Runtime: start from the weights of this checkpoint folder (for example one `llama-course compress`
+    wrote; quantized weights are dequantized, pruned shapes and zeros kept) instead of a random
+    initialisation; the optimizer starts fresh. Its model must equal `model` (train with its config.yaml)."""
 
 
 @dataclass
