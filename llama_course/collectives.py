@@ -158,7 +158,7 @@ def halving_doubling_all_reduce(tensor: torch.Tensor, group=None, op: str = "sum
             offsets.append(offsets[-1] + s)
         span = lambda a, b: flat[offsets[a]:offsets[b]]  # noqa: E731  blocks [a, b) as one view
         lo, hi, mask = 0, p, p >> 1
-        tmp = torch.empty(max(offsets[p // 2], 1), dtype=flat.dtype)   # the larger half
+        tmp = torch.empty(max(offsets[p // 2], 1), dtype=flat.dtype, device=flat.device)   # the larger half
         while mask:                                 # halving: keep half the blocks, send the other half
             mid, partner = (lo + hi) // 2, rank ^ mask
             keep, give = ((mid, hi), (lo, mid)) if rank & mask else ((lo, mid), (mid, hi))
@@ -281,7 +281,7 @@ def _ring_reduce_scatter(flat, group, op, counter) -> None:
     chunk = lambda i: flat[offsets[i % n_ranks]: offsets[i % n_ranks] + sizes[i % n_ranks]]  # noqa: E731
     right, left = (rank + 1) % n_ranks, (rank - 1) % n_ranks
     reduce = _reducer(op)
-    tmp = torch.empty(max(sizes), dtype=flat.dtype)
+    tmp = torch.empty(max(sizes), dtype=flat.dtype, device=flat.device)
     for s in range(n_ranks - 1):
         out_chunk, in_chunk = chunk(rank - s - 1), chunk(rank - s - 2)
         # pipelined in segments: post every receive and send, then reduce segment k while k+1 arrives
@@ -372,8 +372,8 @@ def _check_same(flat: torch.Tensor, group, name: str) -> None:
     if n_ranks == 1:
         return
     code = _DTYPES.index(flat.dtype) if flat.dtype in _DTYPES else len(_DTYPES)
-    headers = torch.zeros(2 * n_ranks, dtype=torch.int64)
-    headers[2 * _rank(group): 2 * _rank(group) + 2] = torch.tensor([flat.numel(), code])
+    headers = torch.zeros(2 * n_ranks, dtype=torch.int64, device=flat.device)   # NCCL sends GPU tensors only
+    headers[2 * _rank(group): 2 * _rank(group) + 2] = torch.tensor([flat.numel(), code], device=flat.device)
     _ring_all_gather(headers, group, [2] * n_ranks, None)
     pairs = headers.view(n_ranks, 2).tolist()
     if any(p != pairs[0] for p in pairs):

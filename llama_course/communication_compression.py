@@ -85,8 +85,8 @@ class TopKCompressor(Compressor):
         values = e[idx]
         e[idx] = 0.0
         self.residual[key] = e                                  # error feedback: what was not sent
-        all_values = torch.zeros(k * n_ranks, dtype=flat.dtype)
-        all_idx = torch.zeros(k * n_ranks, dtype=torch.int32)
+        all_values = torch.zeros(k * n_ranks, dtype=flat.dtype, device=flat.device)
+        all_idx = torch.zeros(k * n_ranks, dtype=torch.int32, device=flat.device)
         C.all_gather_into(all_values, values, group, check=False, counter=counter)
         C.all_gather_into(all_idx, idx.to(torch.int32), group, check=False, counter=counter)
         flat.zero_().index_add_(0, all_idx.long(), all_values).div_(n_ranks)
@@ -105,6 +105,7 @@ class PowerSGDCompressor(Compressor):
         self.q: dict = {}
 
     def all_reduce(self, flat, layout, key, group, counter):
+        self.device = flat.device
         if key in self.residual:
             flat.add_(self.residual[key])                       # error feedback
         start = flat.clone()
@@ -137,7 +138,7 @@ class PowerSGDCompressor(Compressor):
     def _q(self, key, i, cols, r):
         if (key, i) not in self.q:                               # the same random start on every rank
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(key) * 1009 + i)
-            self.q[(key, i)] = torch.randn(cols, r, generator=g)
+            self.q[(key, i)] = torch.randn(cols, r, generator=g).to(self.device)
         return self.q[(key, i)]
 
     @staticmethod

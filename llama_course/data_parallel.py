@@ -13,8 +13,14 @@ K = 8 bytes of state per parameter, ring collectives (collectives.py):
                                     all-gather of updated params (N-1)/N 4Psi
     zero_stage 2                    reduce-scatter (N-1)/N 4Psi + all-gather 4Psi + 4Psi/N + 8Psi/N
     zero_stage 3                    all-gather params per layer in forward   4Psi/N + 4Psi/N + 8Psi/N
-                                    and again in backward + reduce-scatter:    (+ one layer gathered at a time)
-                                    3 (N-1)/N 4Psi (1.5x plain data parallel)
+                                    and again in backward of each of m         (+ one layer gathered at a time)
+                                    micro-batches, one reduce-scatter:
+                                    (2m + 1)(N-1)/N 4Psi (m = 1: 1.5x plain)
+
+Memory is what a rank holds between steps (the ZeRO paper's count, and what `memory_bytes()` measures);
+during backward the gradients of one micro-batch also exist as ordinary p.grad tensors, and with
+gradient accumulation ZeRO-2/3 keep the whole model's p.grad until the last micro-batch, as FSDP2's
+set_requires_gradient_sync(False) does. Sharded engines checkpoint one shard per rank.
 
 Hooks (autograd, for students): `p.register_post_accumulate_grad_hook(h)` calls h(p) once per backward,
 right after p.grad received this backward's gradient; when every parameter of a bucket has fired, the
@@ -70,6 +76,7 @@ class Unit:
         self.numel = o
         self.lo, self.hi = C.chunk_range(o, n_ranks, rank)
         self.layout = [(off, tuple(p.shape)) for off, p in zip(self.offsets, params)]
+        self.dtype, self.device = params[0].dtype, params[0].device
         self.flat = self.shard = self.grad_flat = self.grad_shard = None
         self.ready: set = set()          # ids of params whose gradient of this backward has arrived
         self.launched = self.packed = False
@@ -171,9 +178,9 @@ class DataParallelEngine(Engine):
                 for q, a, b in u.slices():
                     q.data = u.flat[a:b].view_as(q)
         if self.stage <= 1:
-            u.grad_flat = torch.zeros(u.numel)
+            u.grad_flat = torch.zeros(u.numel, dtype=u.dtype, device=u.device)
         if self.stage >= 2:
-            u.grad_shard = torch.zeros(u.hi - u.lo)
+            u.grad_shard = torch.zeros(u.hi - u.lo, dtype=u.dtype, device=u.device)
         if self.stage == 3:
             u.shard = u.flat[u.lo:u.hi].clone()
             self._free(u)
@@ -241,7 +248,7 @@ class DataParallelEngine(Engine):
     def _pack(self, u: Unit) -> None:
         """Copy p.grad into the unit's flat gradient buffer (and drop p.grad when it is sharded)."""
         if u.grad_flat is None:
-            u.grad_flat = torch.empty(u.numel)
+            u.grad_flat = torch.empty(u.numel, dtype=u.dtype, device=u.device)
         for q, a, b in u.slices():
             if q.grad is None:
                 u.grad_flat[a:b].zero_()
@@ -300,7 +307,7 @@ class DataParallelEngine(Engine):
     def grad_norm(self) -> torch.Tensor:
         if self.stage <= 1:
             return super().grad_norm()
-        sq = torch.zeros(1, dtype=torch.float64)
+        sq = torch.zeros(1, dtype=torch.float64, device=self.ctx.device)
         for piece, *_ in self.pieces:
             if piece.grad is not None:
                 sq += piece.grad.double().pow(2).sum()
@@ -334,7 +341,7 @@ class DataParallelEngine(Engine):
 
     def _layer_norms(self, params: list, tensors: list) -> list:
         """LARS/LAMB trust ratios need whole-layer norms: add every rank's squares per parameter."""
-        sq = torch.zeros(len(self._index), dtype=torch.float64)
+        sq = torch.zeros(len(self._index), dtype=torch.float64, device=self.ctx.device)
         for piece, t in zip(params, tensors):
             sq[self.piece_param[id(piece)]] += t.double().pow(2).sum()
         C.ring_all_reduce(sq, self.group, check=False, counter=self.wire)
