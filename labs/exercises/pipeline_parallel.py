@@ -1,0 +1,79 @@
+"""Exercises for lab 05, pipeline parallelism: the bubble, the 1F1B order, memory in flight, balanced
+stages, and a real pipeline step on send/recv.
+
+The layers are cut into p stages on p ranks and the global batch into m micro-batches. Stage r runs the
+forward F(i) of micro-batch i once stage r-1 has sent its activation, and the backward B(i) once stage r+1
+has sent the gradient of that activation. With equal stages (t_f, t_b per micro-batch) every schedule
+below needs at least (m + p - 1)(t_f + t_b): the first micro-batch takes p forwards to reach the end, the
+last gradient p backwards to come back.
+
+Replace each `raise NotImplementedError(...)` with your code, then grade yourself:
+
+    llama-course grade --only pipeline_parallel      # or: pytest tests/exercises/test_pipeline_parallel.py
+
+Theory: docs/concepts/pipeline_parallel.md. The runtime (llama_course/pipeline_parallel.py) and the
+simulator (simulator/pipeline_parallel.py) run the same task orders.
+"""
+
+from __future__ import annotations
+
+
+def bubble_fraction(schedule: str, p: int, m: int, v: int = 1) -> float:
+    """Exercise 5.1: the idle share of a step with equal stages and free communication.
+
+    `schedule` is gpipe, 1f1b or interleaved_1f1b (v chunks per rank, virtual stage k = c p + r: each
+    chunk's forward takes t_f / v). Derive it: how long is the step, and how much of it does one rank
+    compute? Do GPipe and 1F1B differ? Raise ValueError for an unknown schedule or p, m, v < 1.
+    """
+    raise NotImplementedError("Exercise 5.1: bubble_fraction")
+
+
+def one_f_one_b_order(p: int, m: int, rank: int) -> list:
+    """Exercise 5.2: the order of tasks rank `rank` (0-based) of a p-stage pipeline runs under 1F1B.
+
+    Return a list of ("F", i) and ("B", i), each micro-batch i in range(m) once forward and once backward.
+    1F1B (PipeDream-Flush): a few warm-up forwards, so that the pipeline fills; then alternate one forward
+    and one backward (steady state); then the remaining backwards (cool-down). How many warm-up forwards
+    does rank r need so that it never waits in the steady state, and never holds more than p - r
+    micro-batches? (The last stage needs none. Mind m < p.)
+    """
+    raise NotImplementedError("Exercise 5.2: one_f_one_b_order")
+
+
+def peak_in_flight(schedule: str, p: int, m: int, rank: int) -> int:
+    """Exercise 5.3: the most micro-batches whose activations rank `rank` holds at once (forward done,
+    backward not yet) under `schedule` (gpipe or 1f1b). This is what the schedule costs in memory: multiply
+    by the activation bytes of one micro-batch on one stage. Raise ValueError for another schedule.
+    """
+    raise NotImplementedError("Exercise 5.3: peak_in_flight")
+
+
+def partition_stages(costs: list, p: int) -> list:
+    """Exercise 5.4: balanced stages. Cut the layers (their costs in order, e.g. seconds or FLOPs) into p
+    contiguous non-empty stages so that the most expensive stage is as cheap as possible (a pipeline runs at
+    the pace of its slowest stage). Return the p stage sizes (numbers of layers, summing to len(costs)).
+
+    Hint: a dynamic programme over (layers placed, stages used), or a binary search on the answer with a
+    greedy feasibility check. Raise ValueError unless 1 <= p <= len(costs).
+    """
+    raise NotImplementedError("Exercise 5.4: partition_stages")
+
+
+def pipeline_step(stage, inputs: list, targets: list, rank: int, world_size: int, loss_fn, shape) -> float:
+    """Exercise 5.5: run one training step of a real pipeline under your 1F1B order, on send/recv.
+
+    The default torch.distributed process group (gloo) has `world_size` ranks; rank r holds stage r, the
+    torch module `stage`. There are m = len(inputs) micro-batches.
+      forward  F(i): rank 0 runs stage(inputs[i]); rank r > 0 receives the activation (a float32 tensor of
+               `shape`) from rank r - 1, marks it requires_grad, and runs its stage on it. Every rank but
+               the last sends its output to rank r + 1. The last rank computes loss_fn(out, targets[i]) / m.
+      backward B(i): the last rank backpropagates that loss; rank r < last receives d(out) from rank r + 1
+               and calls out.backward(grad). Every rank but 0 then sends the gradient of its input to r - 1.
+    Gradients accumulate in the stage's parameters (do not zero them). Return the sum of the m losses
+    (not divided by m) on the last rank and 0.0 on the others.
+
+    Use dist.isend for sends (keep each tensor and its work handle; wait for all of them at the end) and
+    dist.recv for receives: why would a blocking send deadlock 1F1B? On every link the messages of one kind
+    arrive in the order they are sent, so no tags are needed.
+    """
+    raise NotImplementedError("Exercise 5.5: pipeline_step")

@@ -1,0 +1,126 @@
+"""Reference solutions for the pipeline-parallel exercises (lab 05). Same functions as
+labs/exercises/pipeline_parallel.py.
+
+p stages, m micro-batches per step, t_f and t_b the forward and backward of one micro-batch on one stage.
+GPipe and 1F1B both take (m + p - 1)(t_f + t_b) per step with equal stages: the bubble is (p-1)/(m+p-1).
+1F1B holds at most p - r micro-batches of activations on rank r (GPipe holds m); interleaving v chunks per
+rank cuts the bubble to (p-1)/(v m + p - 1).
+"""
+
+from __future__ import annotations
+
+SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
+
+
+def bubble_fraction(schedule: str, p: int, m: int, v: int = 1) -> float:
+    """Exercise 5.1: idle share of a step with equal stages and free communication.
+
+    gpipe and 1f1b: (p-1)/(m+p-1); interleaved_1f1b with v chunks per rank: (p-1)/(v m + p-1).
+    Raise ValueError for an unknown schedule or p, m, v < 1.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
+    if p < 1 or m < 1 or v < 1:
+        raise ValueError(f"need p, m, v >= 1, got p={p}, m={m}, v={v}")
+    if schedule != "interleaved_1f1b":
+        v = 1
+    return (p - 1) / (v * m + p - 1)
+
+
+def one_f_one_b_order(p: int, m: int, rank: int) -> list:
+    """Exercise 5.2: the tasks rank `rank` of a p-stage pipeline runs under 1F1B, as ("F", i) / ("B", i).
+
+    min(p - rank - 1, m) warm-up forwards, then pairs (forward of the next micro-batch, backward of the
+    oldest), then the remaining backwards (cool-down).
+    """
+    warm = min(p - rank - 1, m)
+    order = [("F", i) for i in range(warm)]
+    for i in range(m - warm):
+        order += [("F", warm + i), ("B", i)]
+    return order + [("B", i) for i in range(m - warm, m)]
+
+
+def peak_in_flight(schedule: str, p: int, m: int, rank: int) -> int:
+    """Exercise 5.3: most micro-batches whose activations rank `rank` holds at once (forward done, backward
+    not yet): gpipe m; 1f1b min(p - rank, m)."""
+    if schedule == "gpipe":
+        return m
+    if schedule == "1f1b":
+        return min(p - rank, m)
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def partition_stages(costs: list, p: int) -> list:
+    """Exercise 5.4: cut `costs` (per layer, in order) into p contiguous non-empty stages minimising the
+    largest stage sum; return the p stage sizes. Dynamic programme over (layers used, stages used), or a
+    binary search on the answer with a greedy check. Raise ValueError unless 1 <= p <= len(costs)."""
+    n = len(costs)
+    if not 1 <= p <= n:
+        raise ValueError(f"cannot cut {n} layers into {p} non-empty stages")
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(p + 1)]
+    cut = [[0] * (n + 1) for _ in range(p + 1)]
+    best[0][0] = 0.0
+    for k in range(1, p + 1):
+        for i in range(k, n - (p - k) + 1):
+            for j in range(k - 1, i):
+                worst = max(best[k - 1][j], prefix[i] - prefix[j])
+                if worst < best[k][i]:
+                    best[k][i], cut[k][i] = worst, j
+    sizes, i = [], n
+    for k in range(p, 0, -1):
+        sizes.append(i - cut[k][i])
+        i = cut[k][i]
+    return sizes[::-1]
+
+
+def pipeline_step(stage, inputs: list, targets: list, rank: int, world_size: int, loss_fn, shape) -> float:
+    """Exercise 5.5: one training step of a `world_size`-stage pipeline under 1F1B, on send/recv.
+
+    Stage r = rank r of the default process group. Forward: rank 0 feeds inputs[i]; other ranks receive the
+    activation (float32, `shape`) from rank - 1 and mark it requires_grad; the last rank computes
+    loss_fn(out, targets[i]) / m. Backward: the last rank backpropagates its loss; the others receive
+    d(out) from rank + 1 and call out.backward(grad); every rank but 0 sends the gradient of its input back.
+    Sends are isend (waited at the end), receives blocking. Returns the sum of the m losses on the last
+    rank, 0.0 elsewhere.
+    """
+    import torch
+    import torch.distributed as dist
+
+    m = len(inputs)
+    first, last = rank == 0, rank == world_size - 1
+    held_in, held_out, pending = {}, {}, []
+    total = 0.0
+    for kind, i in one_f_one_b_order(world_size, m, rank):
+        if kind == "F":
+            if first:
+                x = inputs[i]
+            else:
+                x = torch.empty(shape)
+                dist.recv(x, src=rank - 1)
+                x.requires_grad_()
+            out = stage(x)
+            if last:
+                out = loss_fn(out, targets[i]) / m
+                total += float(out) * m
+            else:
+                msg = out.detach().contiguous()
+                pending.append((dist.isend(msg, dst=rank + 1), msg))      # keep the buffer until waited
+            held_in[i], held_out[i] = x, out
+        else:
+            x, out = held_in.pop(i), held_out.pop(i)
+            if last:
+                out.backward()
+            else:
+                grad = torch.empty(shape)
+                dist.recv(grad, src=rank + 1)
+                out.backward(grad)
+            if not first:
+                msg = x.grad.contiguous()
+                pending.append((dist.isend(msg, dst=rank - 1), msg))
+    for work, _ in pending:
+        work.wait()
+    return total

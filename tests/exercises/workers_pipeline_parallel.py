@@ -1,0 +1,43 @@
+"""Worker for the graded pipeline exercise 5.5 (spawned by llama_course.testing.spawn; importable by name).
+
+Each rank builds the same little model (one Linear + tanh per stage), keeps its own stage, runs the
+student's `pipeline_step` on the gloo group, and compares its stage's gradients with a single-process
+forward and backward of the whole model on the same micro-batches (the oracle, computed on every rank).
+It also records the order of forwards and backwards the stage actually ran.
+"""
+
+from __future__ import annotations
+
+import copy
+
+
+def pipeline_worker(rank: int, world_size: int, impl: str, m: int) -> dict:
+    import torch
+    from torch import nn
+
+    from adapter import load
+
+    exercise = load("pipeline_parallel", impl)
+    torch.manual_seed(0)
+    width, batch = 8, 3
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(width, width), nn.Tanh()) for _ in range(world_size)])
+    inputs = [torch.randn(batch, width) for _ in range(m)]
+    targets = [torch.randn(batch, width) for _ in range(m)]
+    loss_fn = nn.functional.mse_loss
+
+    reference = copy.deepcopy(model)
+    expected_loss = 0.0
+    for x, y in zip(inputs, targets):
+        loss = loss_fn(reference(x), y) / m
+        loss.backward()
+        expected_loss += float(loss) * m
+
+    stage = copy.deepcopy(model[rank])
+    events: list = []
+    stage.register_forward_pre_hook(lambda mod, args: events.append("F"))
+    stage.register_full_backward_hook(lambda mod, gin, gout: events.append("B"))
+    got = exercise.pipeline_step(stage, inputs, targets, rank, world_size, loss_fn, (batch, width))
+    diffs = [float((p.grad - q.grad).abs().max()) if p.grad is not None else float("inf")
+             for p, q in zip(stage.parameters(), reference[rank].parameters())]
+    return {"grad_diff": max(diffs), "loss": float(got or 0.0), "expected_loss": expected_loss,
+            "events": "".join(events)}
