@@ -49,6 +49,7 @@ NONFINITE = ("skip", "stop")
 # field name -> allowed values, checked on load
 CHOICES = {
     "model.arch": ARCHS,
+    "model.weight_bits": (16, 8, 4),
     "cluster.gpu": GPU_NAMES,
     "cluster.inter_node.topology": TOPOLOGIES,
     "parallel.schedule": SCHEDULES,
@@ -91,6 +92,15 @@ class ModelConfig:
     """Epsilon of RMSNorm / LayerNorm."""
     rope_theta: float = 10000.0
     """Base of the rotary embedding frequencies (LLaMA 1/2: 1e4, LLaMA 3: 5e5)."""
+    weight_bits: int | None = None
+    """Simulator: bits per stored weight, 16 | 8 | 4 (weight-only quantization with fp16 scales, as
+    `llama-course compress --method int8|int4` writes); None = the training precision. Changes the weights'
+    memory and all-gather bytes, not gradients, optimizer state or FLOPs (simulator/model_compression.py)."""
+    weight_group_size: int = 64
+    """Simulator: weights per fp16 scale when weight_bits is 4 (int8 keeps one scale per output channel)."""
+    structured_sparsity: float = 0.0
+    """Simulator: fraction of every block's FFN channels removed by structured pruning, in [0, 1): the
+    narrower model's parameters, FLOPs, activations and communication are simulated."""
 
     @property
     def head_dim(self) -> int:
@@ -503,6 +513,12 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"model.n_kv_heads: {m.n_kv_heads} does not divide model.n_heads {m.n_heads}")
     if m.arch == "llama" and m.head_dim % 2:
         raise ConfigError(f"model.dim: head dim {m.head_dim} must be even for rotary embeddings")
+    _positive("model.weight_group_size", m.weight_group_size)
+    if m.weight_bits == 4 and (m.weight_group_size % 2 or m.dim % m.weight_group_size):
+        raise ConfigError(f"model.weight_group_size: {m.weight_group_size} must be even and divide model.dim {m.dim} "
+                          f"(4-bit weights pack two per byte, one fp16 scale per group)")
+    if not 0 <= m.structured_sparsity < 1:
+        raise ConfigError(f"model.structured_sparsity: {m.structured_sparsity} must be in [0, 1)")
     _positive("seq_len", cfg.seq_len)
 
     for name in ("tp", "pp", "vpp", "micro_batch_size", "global_batch_size", "num_servers", "local_steps",
