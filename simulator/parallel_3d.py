@@ -38,6 +38,7 @@ from simulator.data_parallel import (
     zero3_exposed,
 )
 from simulator.memory import layers_per_virtual_stage, uses_flash, virtual_stage_params
+from simulator.model_compression import weight_bytes_per_param
 from simulator.pipeline_parallel import simulate_pipeline
 from simulator.tensor_parallel import tp_comm
 from simulator.workload import DTYPE_BYTES
@@ -113,7 +114,8 @@ def stage_costs(cfg, hw, comm: CommModel, layout: Layout, layers: list) -> tuple
         # ZeRO-2 keeps only its gradient shard, so every micro-batch's gradients are reduce-scattered as the
         # backward produces them; ZeRO-3 also all-gathers each block's weights before forward and backward
         psi_block = virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]
-        gather = comm.time("all_gather", layout.dp_group(), psi_block * DTYPE_BYTES[prec]) if p.zero_stage == 3 else 0.0
+        gather = (comm.time("all_gather", layout.dp_group(), psi_block * weight_bytes_per_param(cfg))
+                  if p.zero_stage == 3 else 0.0)
         scatter = comm.time("reduce_scatter", layout.dp_group(),
                             psi_block * grad_bytes_per_param(cfg) * compression_factor(cfg))
         zero3 = (zero3_exposed(blk.forward, gather), zero3_exposed(blk.backward + blk.recompute, gather + scatter))
@@ -196,7 +198,7 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False) -> Step:
                                  tensors=9 * sum(layers[c * p.pp + r] for c in range(p.vpp)) + 3)
             gather = 0.0
             if p.zero_stage in (1, 2) and layout.dp > 1:
-                gather = comm.time("all_gather", dp_group, psi_r * DTYPE_BYTES[cfg.training.precision])
+                gather = comm.time("all_gather", dp_group, psi_r * weight_bytes_per_param(cfg))
             end = dp_end + opt + gather
             all_spans[(i, r)] = (spans, (dp_end, dp_end + opt), (dp_end + opt, end))
             if best is None or end > best[0]:

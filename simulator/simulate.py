@@ -31,6 +31,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from simulator import model_compression
 from simulator.collectives import CommModel
 from simulator.config import Config, ConfigError, load_config
 from simulator.data_parallel import compression_factor, grad_bytes_per_param
@@ -71,12 +72,14 @@ def simulate(cfg, trace_path: str | None = None) -> dict:
     if not isinstance(cfg, Config):
         cfg = load_config(cfg)
     _check(cfg)
+    cfg = model_compression.effective_config(cfg)    # model compression: a structurally pruned model is narrower
     hw = hardware_for(cfg)
     p = cfg.parallel
     n_gpus = cfg.cluster.num_gpus
     n_micro = cfg.grad_accum_steps
     layers = layers_per_virtual_stage(cfg.model.n_layers, p.pp * p.vpp)
     mem, mem_rank = layout_memory(cfg, layers, n_micro)
+    mem, compression = model_compression.adjust_memory(cfg, mem)    # model compression: low-bit weights
     capacity = device_memory(hw)
     tokens = cfg.tokens_per_step
     model_flops = tokens * model_flops_per_token(cfg.model, cfg.seq_len)
@@ -92,6 +95,7 @@ def simulate(cfg, trace_path: str | None = None) -> dict:
         "memory_excess_bytes": max(0.0, mem["total"] - capacity),
         "fits_in_memory": mem["total"] <= capacity,
         "fullest_stage": mem_rank,
+        "compression": compression,
     }
     nulls = ("step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "model_tflops_per_gpu",
              "hardware_tflops_per_gpu", "mfu", "breakdown_s", "time_to_train_s")
@@ -205,6 +209,8 @@ def format_summary(result: dict) -> str:
     lines.append(f"memory per GPU: {_gb(mem['total'])} of {_gb(result['memory_capacity_bytes'])} "
                  f"(params {_gb(mem['params'])}, grads {_gb(mem['grads'])}, optimizer {_gb(mem['optimizer'])}, "
                  f"activations {_gb(mem['activations'])})")
+    if result.get("compression"):                    # model compression (simulator/model_compression.py)
+        lines.append(model_compression.summary_line(result["compression"]))
     if not result["fits_in_memory"]:
         lines.append(f"DOES NOT FIT: the fullest GPU (pipeline stage {result['fullest_stage']}) needs "
                      f"{_gb(result['memory_excess_bytes'])} more than it has. No step time is predicted; "
