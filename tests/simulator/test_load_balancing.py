@@ -1,0 +1,44 @@
+"""Simulator load balancing: closed forms on devices, shared cores on cpu, dispatch policies."""
+
+import math
+
+import pytest
+
+from simulator.load_balancing import dispatch, policy_compute_time, predict, rank_finish_times, split_sizes
+
+
+def test_closed_forms_with_one_device_per_rank():
+    f = [1, 1, 1, 3]
+    none = policy_compute_time("none", 4, 16, 4, 1.0, f, None)
+    assert none["compute_s"] == pytest.approx(3 * 4)            # the straggler's 4 sequences at 3 s
+    dyn = policy_compute_time("dynamic_batch", 4, 300, 300, 1.0, f, None)
+    assert dyn["compute_s"] == pytest.approx(300 / (3 + 1 / 3), rel=0.02)
+    backup = policy_compute_time("backup_workers", 4, 16, 4, 1.0, f, None, backup=1)
+    assert backup["compute_s"] == pytest.approx(4) and backup["sequences_used"] == 12
+
+
+def test_shared_cores_and_a_sleeping_straggler():
+    t = rank_finish_times([[1.0]] * 4, [1, 1, 1, 1], cores=2)
+    assert t == pytest.approx([2.0] * 4)                        # 4 ranks on 2 cores: half speed
+    t = rank_finish_times([[1.0, 1.0]] * 2, [1, 3], cores=1)
+    assert t[0] < t[1] and math.isfinite(t[1])
+
+
+def test_split_sizes_sum():
+    assert split_sizes(16, [1, 1, 1, 1 / 3]) == [5, 5, 5, 1]
+    assert sum(split_sizes(17, [0.3, 2, 5])) == 17
+
+
+def test_predict_orders_the_policies():
+    cfg = {"model": {"preset": "tiny"}, "seq_len": 64, "training": {"precision": "fp32"},
+           "parallel": {"dp": 4, "global_batch_size": 16, "micro_batch_size": 2}, "faults": {"slow": {3: 3}}}
+    t = {p: predict(cfg, p)["step_time_s"] for p in ("none", "dynamic_batch", "backup_workers")}
+    assert t["dynamic_batch"] < t["none"] and t["backup_workers"] < t["none"]
+
+
+def test_least_loaded_beats_round_robin_on_unequal_servers():
+    speeds = [1, 1, 1, 1 / 3]
+    rr = dispatch("round_robin", speeds, 0.6, 4000)
+    wrr = dispatch("weighted_round_robin", speeds, 0.6, 4000)
+    ll = dispatch("least_loaded", speeds, 0.6, 4000)
+    assert ll["p99_s"] < wrr["p99_s"] < rr["p99_s"]

@@ -1,0 +1,30 @@
+"""Simulator sync modes: staleness of ASP / SSP with a straggler, BSP's waiting, local SGD's saving."""
+
+import pytest
+
+from simulator.simulate import simulate
+from simulator.sync_async import staleness_distribution
+
+
+def test_asp_staleness_about_n_minus_one_and_straggler_stalest():
+    equal = staleness_distribution([1.0] * 4, "asp", updates=800)
+    assert equal["mean"] == pytest.approx(3.0, abs=0.2) and equal["blocked_share"] == 0
+    skew = staleness_distribution([1, 1, 1, 3], "asp", updates=1200)
+    assert skew["max"] >= 8                                   # the straggler's gradients: ~3 x 3 pushes old
+    assert skew["updates_per_s"] == pytest.approx(3 + 1 / 3, rel=0.05)
+
+
+def test_ssp_bounds_staleness_and_blocks_fast_workers():
+    ssp = staleness_distribution([1, 1, 1, 3], "ssp", staleness=1, updates=1200)
+    asp = staleness_distribution([1, 1, 1, 3], "asp", updates=1200)
+    assert ssp["max"] < asp["max"] and ssp["blocked_share"] > 0.3
+    bsp = staleness_distribution([1, 1, 1, 3], "bsp")
+    assert bsp["mean"] == 0 and bsp["blocked_share"] == pytest.approx(0.5)
+
+
+def test_local_sgd_divides_exposed_communication():
+    base = {"model": {"preset": "tiny"}, "seq_len": 64, "training": {"precision": "fp32"},
+            "parallel": {"dp": 4, "global_batch_size": 8, "overlap": False}}
+    sync = simulate(base)["breakdown_s"]["exposed_comm"]
+    local = simulate({**base, "parallel": {**base["parallel"], "sync": "local_sgd", "local_steps": 4}})
+    assert local["breakdown_s"]["exposed_comm"] == pytest.approx(sync / 4, rel=1e-6)

@@ -1,0 +1,56 @@
+"""Load balancing: dynamic_batch's update is exactly the global-batch mean under a straggler (against the
+one-process run), backup_workers drops the late gradient, local SGD / DiLoCo train; data skew. One launch
+of 4 ranks runs all the distributed checks (sync_async's local SGD included)."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import pytest
+
+from llama_course.load_balancing import padded_tokens, shard_documents, skew_report
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+TINY = {"model": {"preset": "tiny"}, "seq_len": 32,
+        "training": {"precision": "fp32", "steps": 3, "warmup_steps": 1, "eval_batches": 1},
+        "parallel": {"global_batch_size": 8, "micro_batch_size": 2, "implementation": "torch"}}
+
+
+def test_bucketed_sharding_balances_tokens():
+    lengths = [500, 20, 30, 480, 25, 510, 15, 490, 40, 35, 470, 10]
+    naive = [sum(lengths[d] for d in p) for p in shard_documents(lengths, 4, "naive")]
+    bucketed = [sum(lengths[d] for d in p) for p in shard_documents(lengths, 4, "bucketed")]
+    assert sum(naive) == sum(bucketed) == sum(lengths)
+    assert max(bucketed) - min(bucketed) < max(naive) - min(naive)
+    assert padded_tokens(lengths, [0, 1], 2) == 1000            # padded to the longest of the pair
+
+
+def test_skew_report_orders_the_methods():
+    rep = skew_report([5, 300, 7, 280, 9, 260, 11, 240] * 4, dp=4, micro_batch=2)
+    assert rep["packed"]["imbalance"] <= rep["bucketed"]["imbalance"] < rep["naive"]["imbalance"]
+    assert rep["packed"]["imbalance"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_policies_on_four_ranks():
+    from llama_course.testing import spawn
+    from llama_course.trainer import run_worker
+    from simulator.config import load_config
+    import workers_parameter_server as w
+
+    dp4 = {**TINY, "cluster": {"num_gpus": 4}}
+    runs = [["load_balance.policy=dynamic_batch", "faults.slow={3: 3}"],
+            ["load_balance.policy=backup_workers", "faults.slow={3: 4}"],
+            ["parallel.sync=local_sgd", "parallel.local_steps=2", "parallel.outer_lr=0.7",
+             "parallel.outer_momentum=0.9"]]
+    out = spawn(w.run_configs, 4, [dp4] * len(runs), runs, timeout=150)[0]
+    dynamic, backup, diloco = out
+    oracle = run_worker(load_config(TINY, ["cluster.num_gpus=1"]), quiet=True)
+    for got, want in zip(dynamic, oracle):          # the update is the global-batch mean, whatever the shares
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+        assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
+    assert len(backup) == 3 and all(math.isfinite(r["loss"]) for r in backup)
+    assert any(abs(b["loss"] - o["loss"]) > 1e-6 for b, o in zip(backup[1:], oracle[1:]))   # a gradient was dropped
+    assert len(diloco) == 3 and diloco[-1]["loss"] < diloco[0]["loss"]
