@@ -1,0 +1,118 @@
+"""Graded tests for the tensor-parallel exercises (labs/exercises/tensor_parallel.py), points per test.
+
+Closed forms written here and unsplit torch layers as oracles; exercise 4.5 runs on 2 gloo processes
+against torch's cross-entropy on the full logits.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))      # the spawned workers import these by name
+
+# Exercise 4.1: tp_block_comm_bytes -----------------------------------------------------------------------
+
+
+@pytest.mark.points(2, exercise="4.1")
+@pytest.mark.parametrize("b,s,h,t,e", [(1, 2048, 4096, 8, 2), (4, 128, 64, 2, 4), (2, 4096, 8192, 4, 2)])
+def test_tp_block_comm_bytes(exercise, b, s, h, t, e):
+    a = b * s * h * e
+    expected = 4 * (2 * (t - 1) / t) * a          # 2 all-reduces forward, 2 backward
+    assert exercise.tp_block_comm_bytes(b, s, h, t, e) == pytest.approx(expected)
+    assert exercise.tp_block_comm_bytes(b, s, h, t, e, sequence_parallel=True) == pytest.approx(expected)
+
+
+@pytest.mark.points(1, exercise="4.1")
+def test_tp_block_comm_bytes_limits(exercise):
+    assert exercise.tp_block_comm_bytes(1, 2048, 4096, 1) == 0
+    with pytest.raises(ValueError):
+        exercise.tp_block_comm_bytes(1, 2048, 4096, 0)
+
+
+# Exercises 4.2 and 4.3: column- and row-parallel linear -------------------------------------------------
+
+@pytest.mark.points(2, exercise="4.2")
+@pytest.mark.parametrize("t", [1, 2, 4])
+def test_column_parallel_linear(exercise, t):
+    g = torch.Generator().manual_seed(t)
+    x, w = torch.randn(3, 5, 8, generator=g), torch.randn(12, 8, generator=g)
+    full = x @ w.T
+    parts = [exercise.column_parallel_linear(x, w, r, t) for r in range(t)]
+    assert all(p.shape == (3, 5, 12 // t) for p in parts)
+    torch.testing.assert_close(torch.cat(parts, -1), full)
+
+
+@pytest.mark.points(2, exercise="4.3")
+@pytest.mark.parametrize("t", [1, 2, 4])
+def test_megatron_mlp(exercise, t):
+    """SwiGLU split the Megatron way: w1, w3 by columns, w2 by rows; the sum of the ranks' outputs is the
+    unsplit MLP, and no communication happens before that sum."""
+    g = torch.Generator().manual_seed(10 + t)
+    x = torch.randn(2, 7, 16, generator=g)
+    w1, w3, w2 = torch.randn(24, 16, generator=g), torch.randn(24, 16, generator=g), torch.randn(16, 24, generator=g)
+    full = (torch.nn.functional.silu(x @ w1.T) * (x @ w3.T)) @ w2.T
+    partial = []
+    for r in range(t):
+        hidden = (torch.nn.functional.silu(exercise.column_parallel_linear(x, w1, r, t))
+                  * exercise.column_parallel_linear(x, w3, r, t))
+        partial.append(exercise.row_parallel_linear(hidden, w2, r, t))
+    assert all(p.shape == full.shape for p in partial)
+    torch.testing.assert_close(sum(partial), full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.points(1, exercise="4.3")
+def test_split_rejects_uneven(exercise):
+    with pytest.raises(ValueError):
+        exercise.column_parallel_linear(torch.ones(2, 4), torch.ones(6, 4), 0, 4)
+    with pytest.raises(ValueError):
+        exercise.row_parallel_linear(torch.ones(2, 2), torch.ones(4, 6), 0, 4)
+
+
+# Exercise 4.4: tp_activation_bytes -----------------------------------------------------------------------
+
+@pytest.mark.points(2, exercise="4.4")
+@pytest.mark.parametrize("s,b,h,a,t", [(2048, 1, 12288, 96, 8), (4096, 2, 8192, 64, 4), (2048, 4, 4096, 32, 2)])
+def test_tp_activation_bytes(exercise, s, b, h, a, t):
+    sbh = s * b * h
+    assert exercise.tp_activation_bytes(s, b, h, a) == pytest.approx(sbh * (34 + 5 * a * s / h))
+    assert exercise.tp_activation_bytes(s, b, h, a, t) == pytest.approx(sbh * (10 + 24 / t + 5 * a * s / (h * t)))
+    assert exercise.tp_activation_bytes(s, b, h, a, t, True) == pytest.approx(sbh / t * (34 + 5 * a * s / h))
+
+
+@pytest.mark.points(1, exercise="4.4")
+def test_sequence_parallel_divides_everything(exercise):
+    """With SP every term is split: exactly 1/t of the unsplit layer; without, 10 s b h stays whole."""
+    s, b, h, a = 2048, 1, 12288, 96
+    whole = exercise.tp_activation_bytes(s, b, h, a)
+    for t in (2, 4, 8):
+        assert exercise.tp_activation_bytes(s, b, h, a, t, True) == pytest.approx(whole / t)
+        assert exercise.tp_activation_bytes(s, b, h, a, t) - whole / t == pytest.approx(10 * s * b * h * (1 - 1 / t))
+
+
+# Exercise 4.5: vocab_parallel_cross_entropy (2 gloo processes) ------------------------------------------
+
+@pytest.fixture(scope="module")
+def vocab_ce(impl):
+    from llama_course.testing import spawn
+    from workers_tensor_parallel import vocab_ce_worker
+
+    return spawn(vocab_ce_worker, 2, impl, timeout=90)
+
+
+@pytest.mark.points(3, exercise="4.5")
+def test_vocab_parallel_cross_entropy_loss(vocab_ce):
+    for rank, cases in enumerate(vocab_ce):
+        for case, r in enumerate(cases):
+            assert r["finite"], f"rank {rank} case {case}: non-finite loss (subtract the max?)"
+            assert r["loss_diff"] < 1e-4, f"rank {rank} case {case}: loss off by {r['loss_diff']}"
+
+
+@pytest.mark.points(2, exercise="4.5")
+def test_vocab_parallel_cross_entropy_gradient(vocab_ce):
+    for rank, cases in enumerate(vocab_ce):
+        for case, r in enumerate(cases):
+            assert r["grad_diff"] < 1e-5, f"rank {rank} case {case}: gradient off by {r['grad_diff']}"
