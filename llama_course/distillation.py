@@ -49,11 +49,14 @@ def make_student(teacher_cfg, opts: dict, teacher: nn.Module | None = None):
     torch.manual_seed(opts["seed"])
     student = build_model(cfg, seed=opts["seed"])
     init = opts["init"]
-    can_copy = teacher is not None and dim == tm.dim and not getattr(teacher, "compression", None)
+    dense = teacher is not None and not getattr(teacher, "compression", None) and all(
+        (b.attention.n_heads, b.attention.n_kv_heads, b.feed_forward.w1.out_features)
+        == (tm.n_heads, tm.n_kv_heads, tm.ffn_dim) for b in teacher.layers)
+    can_copy = dense and (dim, ffn) == (tm.dim, tm.ffn_dim)
     if init == "teacher" and not can_copy:
-        raise ConfigError("init: `teacher` needs student_dim equal to the teacher's and a teacher that is not "
-                          "pruned or quantized")
-    if init == "teacher" or (init == "auto" and can_copy and ffn == tm.ffn_dim):
+        raise ConfigError("init: `teacher` needs the teacher's dim and ffn_dim and a teacher that is not pruned "
+                          "or quantized")
+    if init == "teacher" or (init == "auto" and can_copy):
         _copy_from_teacher(student, teacher, layers)
         init = "teacher"
     else:

@@ -317,6 +317,8 @@ def compress(checkpoint: str, method: str, out: str, overrides: list = (), log=p
     source = resolve_path(checkpoint)
     if os.path.abspath(out) == os.path.abspath(source):
         raise ConfigError("--out: must differ from the checkpoint being compressed")
+    if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, "manifest.json")):
+        raise ConfigError(f"--out: {out} exists and is not a checkpoint folder (it would be replaced); choose a new one")
     model, cfg, tokenizer = load_model(source)
     before = dict(getattr(model, "compression", None) or {})
     if before.get("quantization"):

@@ -197,6 +197,10 @@ def test_bad_input_exits_2_with_one_line(trained, capsys):
         assert err.startswith(message) and "\n" not in err
     assert main(["compress", str(trained / "missing"), "--method", "int8", "--out", out]) == 2
     assert not os.path.exists(out)
+    os.makedirs(out)
+    open(os.path.join(out, "notes.txt"), "w").close()                  # never replace a folder of other files
+    assert main(["compress", teacher, "--method", "int8", "--out", out]) == 2
+    assert "is not a checkpoint folder" in capsys.readouterr().err and os.path.exists(os.path.join(out, "notes.txt"))
 
 
 def measure(path):
@@ -253,7 +257,15 @@ def test_compress_eval_generate_train_round_trip(trained, capsys):
         run_worker(load_config(TINY, FAST + [f"training.init_from={trained / 'distill'}"]), quiet=True)
 
 
-def test_already_quantized_checkpoints_are_refused(trained):
-    compress(str(trained / "teacher"), "int8", str(trained / "q8"), log=lambda m: None)
+def test_prune_then_quantize_and_never_quantize_twice(trained):
+    from llama_course.checkpoint import load_model
+
+    quiet = dict(log=lambda m: None)
+    compress(str(trained / "teacher"), "prune", str(trained / "s"), ["sparsity=0.5", "structured=true"], **quiet)
+    compress(str(trained / "s"), "int8", str(trained / "s8"), **quiet)
+    model, _, _ = load_model(str(trained / "s8"))
+    wq = model.layers[0].attention.wq
+    assert isinstance(wq, Q.QuantLinear) and (wq.out_features, wq.in_features) == (32, 64)
+    assert [h["method"] for h in model.compression["history"]] == ["prune", "int8"]
     with pytest.raises(ConfigError, match="already quantized"):
-        compress(str(trained / "q8"), "int4", str(trained / "q4"))
+        compress(str(trained / "s8"), "int4", str(trained / "q4"))
