@@ -67,8 +67,10 @@ EXTENSIONS = [
 ]
 
 
-def simulate(cfg, trace_path: str | None = None) -> dict:
-    """Simulate one step of `cfg` (a Config, a dict or a YAML path); returns the JSON fields."""
+def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None) -> dict:
+    """Simulate one step of `cfg` (a Config, a dict or a YAML path); returns the JSON fields.
+
+    `comm`: a collective model of the same cluster to reuse (the planner shares one cache across layouts)."""
     if not isinstance(cfg, Config):
         cfg = load_config(cfg)
     _check(cfg)
@@ -103,8 +105,8 @@ def simulate(cfg, trace_path: str | None = None) -> dict:
         result.update({k: None for k in nulls})
         return result
 
-    cluster = Cluster(hw, n_gpus)
-    comm = CommModel(cluster)
+    if comm is None:
+        comm = CommModel(Cluster(hw, n_gpus))
     layout = Layout(p.tp, p.dp, p.pp, p.vpp)
     step = simulate_step(cfg, hw, comm, record=trace_path is not None)
     ctx = Context(cfg, hw, comm, layout, step, dict(step.breakdown))

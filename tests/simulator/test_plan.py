@@ -1,13 +1,32 @@
 import argparse
+import copy
 import json
 
-from simulator.config import load_config
-from simulator.plan import cli, plan
+import pytest
+
+from simulator.config import ConfigError, load_config, resolve
+from simulator.hardware import hardware_for
+from simulator.plan import PLAN_FIELDS, PlanComm, candidates, cli, lower_bound, plan
+from simulator.simulate import simulate
+from simulator.topology import Cluster
+
+SIMULATE_FIELDS = ["step_time_s", "tokens_per_step", "tokens_per_s", "tokens_per_s_per_gpu", "model_flops_per_step",
+                   "model_tflops_per_gpu", "hardware_tflops_per_gpu", "mfu", "memory_per_gpu_bytes", "breakdown_s",
+                   "time_to_train_s", "fits_in_memory"]
 
 
-def _cfg():
+def _cfg(**extra):
     return load_config({"model": {"preset": "llama-1b"}, "seq_len": 2048,
-                        "cluster": {"gpu": "a100-40gb", "num_gpus": 16}, "parallel": {"global_batch_size": 64}})
+                        "cluster": {"gpu": "a100-40gb", "num_gpus": 16}, "parallel": {"global_batch_size": 64},
+                        **extra})
+
+
+def _layout(cfg, cand):
+    c = copy.deepcopy(cfg)
+    for k, v in cand.items():
+        setattr(c.parallel, k, v)
+    resolve(c)
+    return c
 
 
 def test_plan_ranks_fitting_layouts_best_first():
@@ -20,10 +39,97 @@ def test_plan_ranks_fitting_layouts_best_first():
         assert p["dp"] * p["tp"] * p["pp"] == 16 and e["fits_in_memory"]
 
 
-def test_plan_cli_json(capsys):
+def test_plan_cli_json_contract(capsys):
+    """DESIGN.md: a JSON list, best first; each entry the chosen parallel fields and simulate's fields."""
     args = argparse.Namespace(config=None, overrides=["model.preset=llama-1b", "seq_len=2048", "cluster.gpu=a100-40gb",
                                                       "cluster.num_gpus=16", "parallel.global_batch_size=64"],
-                              top=2, json=True)
+                              top=3, json=True)
     assert cli(args) == 0
     out = json.loads(capsys.readouterr().out)
-    assert len(out) == 2 and "parallel" in out[0] and "step_time_s" in out[0]
+    assert isinstance(out, list) and len(out) == 3
+    for rank, e in enumerate(out, 1):
+        assert set(PLAN_FIELDS) <= set(e["parallel"])
+        for f in SIMULATE_FIELDS:
+            assert f in e, f
+        assert e["fits_in_memory"] is True and e["rank"] == rank
+    assert [e["step_time_s"] for e in out] == sorted(e["step_time_s"] for e in out)
+    assert "Best: dp" in out[0]["explanation"]
+
+
+def test_layouts_that_do_not_fit_are_left_out():
+    """LLaMA-7B on 8 x A100-40GB: plain data parallelism (16 bytes x 6.7B per GPU) cannot fit; what is
+    returned fits, and the search says how many it dropped."""
+    cfg = load_config({"model": {"preset": "llama-7b"}, "seq_len": 2048, "cluster": {"gpu": "a100-40gb", "num_gpus": 8},
+                       "parallel": {"global_batch_size": 64}})
+    stats = {}
+    entries = plan(cfg, top=50, stats=stats)
+    assert entries and stats["excluded_memory"] > 0
+    for e in entries:
+        assert e["fits_in_memory"] and e["memory_per_gpu_bytes"]["total"] <= e["memory_capacity_bytes"]
+        assert not (e["parallel"]["tp"] == 1 and e["parallel"]["pp"] == 1 and e["parallel"]["zero_stage"] == 0)
+
+
+def test_lower_bound_never_exceeds_the_simulated_step():
+    cfg = _cfg()
+    hw = hardware_for(cfg)
+    checked = 0
+    for cand in candidates(cfg)[::7]:
+        try:
+            c = _layout(cfg, cand)
+        except ConfigError:
+            continue
+        r = simulate(c)
+        if r["fits_in_memory"]:
+            assert lower_bound(c, hw) <= r["step_time_s"] * (1 + 1e-9), cand
+            checked += 1
+    assert checked > 20
+
+
+def test_branch_and_bound_finds_the_exhaustive_best():
+    """Pruning by the lower bound loses nothing: the top 3 equal those of simulating every layout."""
+    cfg = _cfg()
+    exhaustive = []
+    for cand in candidates(cfg):
+        try:
+            c = _layout(cfg, cand)
+        except ConfigError:
+            continue
+        r = simulate(c)
+        if r["fits_in_memory"]:
+            exhaustive.append(r["step_time_s"])
+    stats = {}
+    got = [e["step_time_s"] for e in plan(cfg, top=3, stats=stats)]
+    assert got == pytest.approx(sorted(exhaustive)[:3], rel=2e-3)
+    assert stats["simulated"] < stats["viable"]          # the bound pruned some
+
+
+def test_affine_collectives_match_the_simulation():
+    from simulator.collectives import CommModel
+
+    cfg = load_config({"cluster": {"gpu": "a100-80gb", "num_gpus": 256}, "parallel": {"global_batch_size": 256}})
+    hw = hardware_for(cfg)
+    exact, fast = CommModel(Cluster(hw, 256)), PlanComm(Cluster(hw, 256))
+    for kind in ("all_reduce", "reduce_scatter", "all_gather"):
+        for ranks in (range(8), range(0, 256, 8), range(64), range(1, 256, 4)):
+            for nbytes in (4e3, 3e6, 2.5e7, 7e8):
+                assert fast.time(kind, ranks, nbytes) == pytest.approx(exact.time(kind, ranks, nbytes), rel=5e-3)
+    assert fast.time("send", (0, 8), 1e7) == pytest.approx(exact.time("send", (0, 8), 1e7), rel=1e-6)
+
+
+def test_a_large_cluster_is_searched_by_simulating_few_layouts():
+    """The runtime bound, counted in simulations rather than seconds (DESIGN: no timed assertions):
+    LLaMA-65B on 2048 A100 has hundreds of layouts that fit; the bound leaves a small share to simulate."""
+    stats = {}
+    entries = plan(load_config("configs/llama-65b-a100.yaml"), top=3, stats=stats)
+    assert entries and stats["candidates"] >= 500 and stats["viable"] >= 200
+    assert stats["simulated"] <= stats["viable"] / 3
+
+
+def test_goodput_ranks_by_time_to_train_when_failures_are_configured():
+    cfg = _cfg(faults={"gpu_mtbf_hours": 5000}, training={"total_tokens": 1e11})
+    stats = {}
+    entries = plan(cfg, top=3, stats=stats)
+    assert stats["objective"] == "time_to_train_with_failures"
+    keys = [e["time_to_train_with_failures_s"] for e in entries]
+    assert keys == sorted(keys) and all(0 < e["expected_goodput"] < 1 for e in entries)
+    assert stats["simulated"] < stats["viable"]          # the step-time bound still prunes
