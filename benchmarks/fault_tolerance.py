@@ -2,9 +2,10 @@
 tolerance (fault_tolerance.py, torchft-style), on the same run.
 
     python benchmarks/fault_tolerance.py                       # markdown table (about 3 minutes on 2 cores)
-    python benchmarks/fault_tolerance.py --steps 40 --kill-step 15 --every 10 --repeats 2 --json
+    python benchmarks/fault_tolerance.py --steps 60 --kill-step 15 --every 10 --slow 3 --repeats 3 --json
 
-The run: the tiny LLaMA, 2 data-parallel replicas on gloo, global batch 8 x 64 tokens. Each way runs twice
+The run: the tiny LLaMA, 2 data-parallel replicas on gloo, global batch 8 x 64 tokens, every rank's compute
+stretched --slow times (faults.slow) so a replacement has time to start and join. Each way runs twice
 with the same config, once clean and once with replica (rank) 1 SIGKILLed at --kill-step; the time lost is
 the difference of the two wall times (median over --repeats pairs, measured back to back so both see the
 same machine load). Restart-everything checkpoints every --every steps, so it also redoes the steps since
@@ -32,8 +33,8 @@ BASE = ["parallel.global_batch_size=8", "parallel.micro_batch_size=2", "seq_len=
         "training.eval_batches=1", "parallel.implementation=torch"]
 
 
-def restart_everything(steps: int, every: int, kill_step: int | None) -> dict:
-    over = BASE + [f"training.steps={steps}", f"checkpoint.every_steps={every}"]
+def restart_everything(steps: int, every: int, kill_step: int | None, slow: float) -> dict:
+    over = BASE + [f"training.steps={steps}", f"checkpoint.every_steps={every}", f"faults.slow={{0: {slow}, 1: {slow}}}"]
     if kill_step:
         over.append(f"faults.kill=[{{rank: 1, step: {kill_step}}}]")
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,11 +52,12 @@ def restart_everything(steps: int, every: int, kill_step: int | None) -> dict:
     return {"wall_s": wall, "step_s": statistics.median(r["step_time_s"] for r in records)}
 
 
-def per_step(steps: int, kill_step: int | None) -> dict:
+def per_step(steps: int, kill_step: int | None, slow: float) -> dict:
     from llama_course.fault_tolerance import read_metrics, supervise
     from simulator.config import load_config
 
-    over = [o for o in BASE if "implementation" not in o] + [f"training.steps={steps}"]
+    over = [o for o in BASE if "implementation" not in o] + [f"training.steps={steps}",
+                                                            f"faults.slow={{0: {slow}, 1: {slow}}}"]
     if kill_step:
         over.append(f"faults.kill=[{{rank: 1, step: {kill_step}}}]")
     cfg = load_config(os.path.join(ROOT, "configs/tiny.yaml"), over)
@@ -65,6 +67,7 @@ def per_step(steps: int, kill_step: int | None) -> dict:
     median = statistics.median(r["step_time_s"] for r in r0)
     by_step = {r["step"]: r for r in r0}
     out = {"wall_s": summary["wall_s"], "step_s": median,
+           "stall_s": sum(max(0.0, r["step_time_s"] - median) for r in r0),
            "lost_sample_steps": sum(2 - r["participants"] for r in r0) * cfg.parallel.global_batch_size // 2}
     if kill_step:
         joined = next((r for r in r0 if r["step"] > kill_step and r["participants"] == 2), None)
@@ -76,24 +79,28 @@ def per_step(steps: int, kill_step: int | None) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--kill-step", type=int, default=15)
     ap.add_argument("--every", type=int, default=10, help="restart-everything: checkpoint every N steps")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--slow", type=float, default=3.0, help="faults.slow factor on both ranks")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     rows = {"restart": [], "per_step": []}
     for _ in range(args.repeats):
-        clean, killed = restart_everything(args.steps, args.every, None), restart_everything(args.steps, args.every,
-                                                                                              args.kill_step)
+        clean = restart_everything(args.steps, args.every, None, args.slow)
+        killed = restart_everything(args.steps, args.every, args.kill_step, args.slow)
         rows["restart"].append({"clean": clean, "killed": killed, "lost_s": killed["wall_s"] - clean["wall_s"]})
-        clean, killed = per_step(args.steps, None), per_step(args.steps, args.kill_step)
-        rows["per_step"].append({"clean": clean, "killed": killed, "lost_s": killed["wall_s"] - clean["wall_s"]})
+        clean, killed = per_step(args.steps, None, args.slow), per_step(args.steps, args.kill_step, args.slow)
+        rows["per_step"].append({"clean": clean, "killed": killed, "lost_s": killed["wall_s"] - clean["wall_s"],
+                                 "extra_stall_s": killed["stall_s"] - clean["stall_s"]})
     summary = {
         "date": datetime.date.today().isoformat(), "args": vars(args),
         "restart_lost_s": statistics.median(r["lost_s"] for r in rows["restart"]),
         "per_step_lost_s": statistics.median(r["lost_s"] for r in rows["per_step"]),
+        "per_step_extra_stall_s": statistics.median(r["extra_stall_s"] for r in rows["per_step"]),
+        "joined_at_step": [r["killed"]["joined_at_step"] for r in rows["per_step"]],
         "restart_step_s": statistics.median(r["clean"]["step_s"] for r in rows["restart"]),
         "per_step_step_s": statistics.median(r["clean"]["step_s"] for r in rows["per_step"]),
         "redone_steps": (args.kill_step - 1) % args.every,
@@ -114,7 +121,9 @@ def main(argv=None) -> int:
           f"{s['restart_step_s']:.3f} | {s['restart_lost_s']:.1f} | {s['redone_steps']} | 0 |")
     print(f"| per-step fault tolerance (quorum, live recovery) | {s['per_step_step_s']:.3f} | "
           f"{s['per_step_lost_s']:.1f} | 0 | {s['lost_sample_steps']:.0f} sequences |")
-    print(f"\nper-step: the failed step stalled {s['failure_step_stall_s']:.2f} s (heartbeat timeout 1 s + new group), "
+    print(f"\nper-step: survivor's step times above their median add up to {s['per_step_extra_stall_s']:.2f} s more "
+          f"than in the clean run; the replacement joined at step {s['joined_at_step']}")
+    print(f"per-step: the failed step stalled {s['failure_step_stall_s']:.2f} s (heartbeat timeout 1 s + new group), "
           f"the join step {s['join_step_stall_s']:.2f} s (new group + state broadcast)")
     return 0
 

@@ -142,6 +142,8 @@ def run_replica(cfg, replica_id: int, host: str, port: int, out_dir: str) -> Non
     try:
         while step < cfg.training.steps:
             t0 = time.perf_counter()
+            if client.store.check(["done"]):          # the others finished the run before this one caught up
+                break
             q = client.quorum(step)
             recovered = False
             try:
@@ -194,6 +196,7 @@ def run_replica(cfg, replica_id: int, host: str, port: int, out_dir: str) -> Non
                                                       .numpy().tobytes()).hexdigest()
             metrics.write(json.dumps(rec) + "\n")
             metrics.flush()
+        client.store.set("done", str(step))
     finally:
         client.stop()
         metrics.close()
