@@ -6,7 +6,8 @@ from __future__ import annotations
 def _plt():
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    if "inline" not in matplotlib.get_backend().lower():      # keep a notebook's inline backend: figures show
+        matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     return plt
