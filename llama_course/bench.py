@@ -24,8 +24,8 @@ processes on the machine (tests, other users) then stretch the measurement littl
 describes the machine, not its load at the time. Collectives are timed in wall time (they wait), taking
 the median of many repeats.
 
-The profile keys are those `simulator.hardware.cpu_from_profile` reads. On a GPU machine, pass --gpu to
-measure the device instead (bf16 matmul peak, HBM copy bandwidth) for calibrating its preset.
+The profile keys are those `simulator.hardware.cpu_from_profile` reads. A GPU is measured and its preset
+calibrated by `scripts/gpu_check.sh` (llama_course/gpu_check.py), not here.
 """
 
 from __future__ import annotations

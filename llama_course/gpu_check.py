@@ -6,7 +6,13 @@
 2. the `small` preset in bf16 (built-in corpus), then a ~1.1B-parameter LLaMA (`llama-1b`, seq 2048,
    synthetic tokens) in bf16 with SDPA flash attention, eager and with torch.compile: tokens/s and MFU
    (model FLOPs / dense bf16 peak of the device preset); goal for the 1B model: MFU >= 45% on an H200;
-3. the simulator's prediction for the same configs beside the measurement (where simulator imports).
+3. the simulator's prediction for the same configs beside the measurement (where simulator imports);
+4. calibration: HBM copy bandwidth, and the one matmul efficiency that makes the simulator's step time of
+   the fastest ~1B run equal the measured one (`calibrate_profile`, a bisection). It is written as
+   `<preset>_profile.json` (e.g. h200_profile.json), which the simulator applies to that preset:
+
+       LLAMA_COURSE_GPU_PROFILE=runs/gpu_check/h200_profile.json llama-course simulate CONFIG --set cluster.gpu=h200
+       cp runs/gpu_check/h200_profile.json simulator/profiles/h200.json      # ship it as the h200 calibration
 
 Writes gpu_check.json and gpu_check.md under --out. Everything in one process, under 8 minutes.
 """
@@ -36,7 +42,71 @@ def matmul_tflops(n: int = 8192, repeats: int = 10) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e12
 
 
+def copy_gbps(n_bytes: int = 2 << 30, repeats: int = 10) -> float:
+    """HBM bandwidth of a device-to-device copy (bytes read + written per second)."""
+    import torch
+
+    a = torch.empty(n_bytes, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    b.copy_(a)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    return 2 * n_bytes * repeats / (time.perf_counter() - t) / 1e9
+
+
+def preset_of(device_name: str) -> str | None:
+    """The simulator preset of a CUDA device name."""
+    name = device_name.lower()
+    for key, preset in (("h200", "h200"), ("h100", "h100-sxm"), ("a100", "a100-80gb")):
+        if key in name:
+            return preset
+    return None
+
+
+def calibrate_profile(preset: str, runs: list, matmul_tflops: float | None = None,
+                      copy_GBps: float | None = None) -> dict | None:
+    """A GPU profile for `preset` from measured runs: the matmul efficiency e for which the simulator's
+    step time of the fastest ~1B-parameter run equals the measured step (bisection; step time falls as e
+    rises), with the measured copy bandwidth. One number per GPU type, from one run, as for the A100."""
+    from simulator.config import load_config
+    from simulator.simulate import simulate
+
+    usable = [r for r in runs if "error" not in r and "llama-1b" in r["name"] and r.get("step_time_s")]
+    if not usable:
+        return None
+    best = min(usable, key=lambda r: r["step_time_s"])
+    base = best["overrides"] + [f"cluster.gpu={preset}", "cluster.num_gpus=1"]
+    if copy_GBps:
+        base.append(f"cluster.memory_bandwidth_GBps={copy_GBps}")
+
+    def step(e):
+        return simulate(load_config(None, base + [f"cluster.compute_efficiency={e}"]))["step_time_s"]
+
+    lo, hi = 0.05, 1.0
+    if step(hi) > best["step_time_s"]:
+        lo = hi                                   # faster than the model allows even at e = 1
+    elif step(lo) < best["step_time_s"]:
+        hi = lo
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if step(mid) < best["step_time_s"] else (mid, hi)
+    e = round((lo + hi) / 2, 4)
+    profile = {"name": preset, "matmul_efficiency": e,
+               "note": f"calibrated by scripts/gpu_check.sh on {time.strftime('%Y-%m-%d')} from '{best['name']}' "
+                       f"({best['step_time_s'] * 1e3:.1f} ms per step)"}
+    if copy_GBps:
+        profile["memory_bandwidth_GBps"] = copy_GBps
+    if matmul_tflops:
+        profile["measured_matmul_tflops"] = matmul_tflops
+    return profile
+
+
 def run(name: str, overrides: list, steps: int) -> dict:
+    import torch
+
     from llama_course.trainer import run_worker
     from simulator.config import load_config
 
@@ -55,7 +125,8 @@ def run(name: str, overrides: list, steps: int) -> dict:
     try:
         from simulator.simulate import simulate
 
-        cfg_h200 = load_config(None, overrides + ["cluster.gpu=h200", "cluster.num_gpus=1"])
+        preset = preset_of(torch.cuda.get_device_name()) or "h200"
+        cfg_h200 = load_config(None, overrides + [f"cluster.gpu={preset}", "cluster.num_gpus=1"])
         pred = simulate(cfg_h200)
         out["predicted_step_time_s"] = pred["step_time_s"]
         out["predicted_mfu"] = pred["mfu"]
@@ -78,7 +149,8 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     props = torch.cuda.get_device_properties(0)
     report = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "device": props.name,
-              "memory_GB": props.total_memory / 1e9, "bf16_matmul_tflops": matmul_tflops()}
+              "memory_GB": props.total_memory / 1e9, "bf16_matmul_tflops": matmul_tflops(),
+              "copy_GBps": copy_gbps()}
     print(json.dumps(report), flush=True)
     s = 10 if args.quick else 40
     runs = [
@@ -99,10 +171,27 @@ def main(argv=None) -> int:
             report["runs"].append({"name": name, "error": f"{type(e).__name__}: {e}"})
             print(f"{name}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         torch.cuda.empty_cache()
+    preset = preset_of(props.name)
+    if preset:
+        try:
+            profile = calibrate_profile(preset, report["runs"], report["bf16_matmul_tflops"], report["copy_GBps"])
+        except Exception as e:  # the measurements stand without the calibration
+            profile = None
+            print(f"calibration: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        if profile:
+            report["profile"] = profile
+            path = os.path.join(args.out, f"{preset}_profile.json")
+            with open(path, "w") as f:
+                json.dump(profile, f, indent=2)
+            print(f"calibrated {preset}: matmul efficiency {profile['matmul_efficiency']:.3f} (preset "
+                  f"{_preset_efficiency(preset):.3f}), copy {report['copy_GBps']:.0f} GB/s; wrote {path}", flush=True)
     with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
         json.dump(report, f, indent=1)
     lines = [f"GPU check of {report['date']} on {report['device']} (torch {report['torch']}): "
-             f"bf16 matmul 8192^3 at {report['bf16_matmul_tflops']:.0f} TFLOP/s.", "",
+             f"bf16 matmul 8192^3 at {report['bf16_matmul_tflops']:.0f} TFLOP/s, HBM copy "
+             f"{report['copy_GBps']:.0f} GB/s."
+             + (f" Calibrated matmul efficiency {report['profile']['matmul_efficiency']:.3f}."
+                if "profile" in report else ""), "",
              "| run | tokens/s | step (ms) | MFU | predicted MFU | peak memory (GB) |", "|---|---|---|---|---|---|"]
     for r in report["runs"]:
         if "error" in r:
@@ -116,6 +205,12 @@ def main(argv=None) -> int:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def _preset_efficiency(preset: str) -> float:
+    from simulator.hardware import GPU_PRESETS
+
+    return GPU_PRESETS[preset]().matmul_efficiency
 
 
 if __name__ == "__main__":

@@ -179,7 +179,11 @@ def user_cpu_profile_path() -> str:
 
 
 def gpu_preset(name: str, profile_path: str | None = None) -> Hardware:
-    """The Hardware of a named preset (`cpu` reads the profile `bench` measured, else the shipped one)."""
+    """The Hardware of a named preset (`cpu` reads the profile `bench` measured, else the shipped one).
+
+    A GPU preset is the datasheet numbers above, then a measured calibration if there is one: a shipped
+    `simulator/profiles/<name>.json`, then the file named by $LLAMA_COURSE_GPU_PROFILE (or `profile_path`)
+    when its "name" is this preset (what `scripts/gpu_check.sh` writes on that GPU)."""
     if name == "cpu":
         if profile_path is None:
             user = user_cpu_profile_path()
@@ -187,7 +191,42 @@ def gpu_preset(name: str, profile_path: str | None = None) -> Hardware:
         return cpu_from_profile(profile_path)
     if name not in GPU_PRESETS:
         raise ConfigError(f"cluster.gpu: unknown GPU '{name}' (known: {', '.join(list(GPU_PRESETS) + ['cpu'])})")
-    return GPU_PRESETS[name]()
+    hw = GPU_PRESETS[name]()
+    for path in (os.path.join(PROFILE_DIR, f"{name}.json"), profile_path or os.environ.get("LLAMA_COURSE_GPU_PROFILE")):
+        if path and os.path.exists(path):
+            hw = apply_gpu_profile(hw, path)
+    return hw
+
+
+GPU_PROFILE_KEYS = ("matmul_efficiency", "memory_efficiency", "memory_bandwidth_GBps", "peak_tflops",
+                    "kernel_overhead_us", "link_efficiency")
+
+
+def apply_gpu_profile(hw: Hardware, path: str) -> Hardware:
+    """The preset with a measured GPU profile's values (only a profile whose "name" is this preset)."""
+    try:
+        with open(path) as f:
+            prof = json.load(f)
+    except (OSError, ValueError):
+        raise ConfigError(f"GPU profile {path}: not valid JSON") from None
+    if not isinstance(prof, dict) or prof.get("name") != hw.name:
+        return hw
+    try:
+        peaks = dict(hw.peak_flops)
+        peaks.update({k: float(v) * T for k, v in (prof.get("peak_tflops") or {}).items()})
+        return hw.with_overrides(
+            peak_flops=peaks,
+            matmul_efficiency=_float(prof.get("matmul_efficiency")),
+            memory_efficiency=_float(prof.get("memory_efficiency")),
+            memory_bandwidth=_float(prof.get("memory_bandwidth_GBps"), G),
+            kernel_overhead=_float(prof.get("kernel_overhead_us"), US),
+            link_efficiency=_float(prof.get("link_efficiency")))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"GPU profile {path}: bad field ({e})") from None
+
+
+def _float(value, scale: float = 1.0):
+    return None if value is None else float(value) * scale
 
 
 def cpu_from_profile(path: str) -> Hardware:

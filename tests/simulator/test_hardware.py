@@ -103,3 +103,15 @@ def test_cpu_optimizer_costs_per_tensor_and_per_element(tmp_path, monkeypatch):
     _measured_cpu(tmp_path, monkeypatch, optimizer_us_per_tensor=50, optimizer_ns_per_param=5)
     hw = gpu_preset("cpu")
     assert optimizer_time(1e6, "fp32", "adamw", hw, tensors=40) == pytest.approx(40 * 50e-6 + 1e6 * 5e-9)
+
+
+def test_a_measured_gpu_profile_calibrates_only_its_preset(tmp_path, monkeypatch):
+    path = tmp_path / "h200_profile.json"
+    path.write_text(json.dumps({"name": "h200", "matmul_efficiency": 0.55, "memory_bandwidth_GBps": 4000}))
+    monkeypatch.setenv("LLAMA_COURSE_GPU_PROFILE", str(path))
+    h200 = gpu_preset("h200")
+    assert h200.matmul_efficiency == 0.55 and h200.memory_bandwidth == 4000e9
+    assert h200.peak("bf16") == 989e12                              # what the profile does not say stays
+    assert gpu_preset("h100-sxm").matmul_efficiency == gpu_preset("a100-80gb").matmul_efficiency != 0.55
+    monkeypatch.delenv("LLAMA_COURSE_GPU_PROFILE")
+    assert gpu_preset("h200").matmul_efficiency != 0.55
