@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 
 from simulator.config import ConfigError, load_config
 
@@ -254,9 +255,14 @@ def _write_traces(path, ctx, tracer, write_trace) -> None:
     import torch.distributed as dist
 
     events = tracer.events
-    if ctx.world_size > 1:
-        gathered = [None] * ctx.world_size
-        dist.all_gather_object(gathered, events)
+    # the ranks that train: everyone, or the workers of a parameter-server run (servers have returned)
+    group = ctx.dp_group if ctx.world_size > ctx.dp * ctx.tp * ctx.pp else None
+    size = dist.get_world_size(group) if ctx.world_size > 1 else 1
+    if size > 1:
+        gathered = [None] * size
+        with warnings.catch_warnings():          # torch warns about its own gloo backend object here
+            warnings.simplefilter("ignore", UserWarning)
+            dist.all_gather_object(gathered, events, group=group)
         events = [e for rank_events in gathered for e in rank_events]
     if ctx.is_main:
         write_trace(path, events, {"source": "measured"})
