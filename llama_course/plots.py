@@ -41,23 +41,26 @@ def plot_loss(runs: dict, path: str | None = None, title: str = "training loss",
 
 
 def plot_memory_stack(rows: dict, path: str | None = None, title: str = "memory per GPU",
-                      limit_bytes: float | None = None, parts=("params", "grads", "optimizer", "activations")):
+                      limit_bytes: float | None = None, parts=("params", "grads", "optimizer", "activations"),
+                      unit: tuple = ("GiB per GPU", 2**30)):
     """Stacked bars of memory per GPU: {label: {"params": bytes, "grads": ..., "optimizer": ..., ...}}.
 
-    A dashed line marks `limit_bytes` (the device's memory) when given. Returns the figure.
+    A dashed line marks `limit_bytes` (the device's memory) when given. Any stack works with `parts` and
+    `unit` = (axis label, divisor), e.g. a step-time breakdown in ms: parts=("compute", "exposed_comm"),
+    unit=("ms per step", 1e-3). Returns the figure.
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     labels = list(rows)
     bottom = [0.0] * len(labels)
     for part in parts:
-        values = [rows[k].get(part, 0.0) / 2**30 for k in labels]
+        values = [rows[k].get(part, 0.0) / unit[1] for k in labels]
         if any(values):
             ax.bar(labels, values, bottom=bottom, label=part)
             bottom = [b + v for b, v in zip(bottom, values)]
     if limit_bytes:
-        ax.axhline(limit_bytes / 2**30, ls="--", color="black", lw=1, label="device memory")
-    ax.set_ylabel("GiB per GPU")
+        ax.axhline(limit_bytes / unit[1], ls="--", color="black", lw=1, label="device memory")
+    ax.set_ylabel(unit[0])
     ax.set_title(title)
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
