@@ -69,17 +69,27 @@ def pipeline_gantt(trace, out_path: str | None = None, title: str | None = None,
 
 
 def last_step(trace) -> list:
-    """The events of the last training step of a trace (steps end with each rank's `optimizer` span), with
-    time shifted so that the step starts at 0. A simulated trace holds one step and comes back whole."""
+    """The events of the last training step of a trace, time shifted so that the step starts at 0.
+
+    A measured trace holds several steps (each rank's ends with its `optimizer` span) and each process
+    stamps its events from its own clock origin, so every rank is cut after its second-to-last optimizer
+    span and aligned on its own step start (the pipeline engine starts a traced step with a barrier and
+    marks the wait before its first task as `bubble`). A simulated trace holds one step on one clock and
+    comes back whole, shifted to its first task."""
     events = [e for e in _events(trace) if e.get("ph") == "X"]
     ranks = sorted({e["pid"] for e in events})
     ends = {r: sorted(e["ts"] + e["dur"] for e in events if e["pid"] == r and e["name"] == "optimizer")
             for r in ranks}
-    begin = max((v[-2] for v in ends.values() if len(v) >= 2), default=None)
-    if begin is not None:
-        events = [e for e in events if e["ts"] >= begin]
-    t0 = min((e["ts"] for e in events if e.get("tid") == "compute"), default=0.0)
-    return [dict(e, ts=e["ts"] - t0) for e in events if e["ts"] >= t0]
+    if not any(len(v) >= 2 for v in ends.values()):
+        t0 = min((e["ts"] for e in events if e.get("tid") == "compute"), default=0.0)
+        return [dict(e, ts=e["ts"] - t0) for e in events if e["ts"] >= t0]
+    out = []
+    for r in ranks:
+        begin = ends[r][-2] if len(ends[r]) >= 2 else float("-inf")
+        mine = [e for e in events if e["pid"] == r and e["ts"] >= begin]
+        t0 = min((e["ts"] for e in mine if e.get("tid") in ("compute", "bubble")), default=0.0)
+        out += [dict(e, ts=e["ts"] - t0) for e in mine if e["ts"] >= t0]
+    return out
 
 
 def gantt_pair(predicted, measured, out_path: str | None = None, title: str = ""):
