@@ -46,9 +46,13 @@ from contextlib import contextmanager
 
 import torch
 
-from llama_course.fault_tolerance_comm import (Lighthouse, ReplicaClient, all_reduce_sum, broadcast_state,
-                                               incarnation_from_env)
-
+from llama_course.fault_tolerance_comm import (
+    Lighthouse,
+    ReplicaClient,
+    all_reduce_sum,
+    broadcast_state,
+    incarnation_from_env,
+)
 
 # ---------------------------------------------------------------------------------------------
 # failure detection and non-finite injection (used by trainer.py)
