@@ -261,7 +261,8 @@ class PipelineEngine(Engine):
                         h = self.comm.recv(self.activation_shape(x), torch.float32, k - 1, k, "F", i)
                     h = chunks[k // p](h)
                     if k == p * v - 1:
-                        total += chunks[k // p].loss(h, y).float()
+                        loss = chunks[k // p].loss(h, y)
+                        total += (loss.full_tensor() if hasattr(loss, "full_tensor") else loss).float()
                     else:
                         self.comm.send(h, k + 1, "F", i)
                 self.comm.wait_all()
@@ -323,6 +324,14 @@ class TorchPipelineEngine(PipelineEngine):
             parallelize_torch(model, device_mesh(ctx)["tp"], cfg.parallel.sequence_parallel)
         super().__init__(cfg, ctx, model, tracer)
         self._schedule = None
+
+    def evaluate(self, batches: list) -> float:
+        if self.ctx.tp > 1:
+            from torch.distributed.tensor.parallel import loss_parallel
+
+            with loss_parallel():                  # the head's logits are a DTensor sharded over the vocabulary
+                return super().evaluate(batches)
+        return super().evaluate(batches)
 
     def make_schedule(self, m: int):
         from torch.distributed.pipelining import (

@@ -33,6 +33,10 @@ def assert_matches_single_process(result, rtol=1e-5):
     assert set(result["grads"]) == set(ref["grads"])
     for name, want in ref["grads"].items():
         torch.testing.assert_close(result["grads"][name], want, rtol=1e-4, atol=1e-6, msg=name)
+    assert result["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-5)          # evaluate()
+    assert set(result["weights"]) == set(ref["weights"])                              # full_model_state()
+    for name, want in ref["weights"].items():
+        torch.testing.assert_close(result["weights"][name], want, rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,12 @@
 """Workers for the model-parallel tests (spawned by llama_course.testing.spawn; importable by name).
 
 Every case trains the same tiny model on the same random global batches for a few steps, once in this
-process as a single replica (the oracle) and once on the layout under test, and returns both runs' losses
-and the full gradients of the first step (shards mapped back to full-model names).
+process as a single replica (the oracle) and once on the layout under test, and returns both runs' losses,
+the full gradients of the first step and the full weights after the last (shards mapped back to
+full-model names), and a held-out loss from `evaluate`.
+SGD, not AdamW: Adam's g / sqrt(v) turns last-bit differences of gradients that are zero in exact
+arithmetic (a key bias, a tied-away direction) into whole lr-sized steps, so weights would be compared
+against noise; SGD keeps the update linear in the gradient.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ BASE = {
               "vocab_size": 256},
     "seq_len": 16,
     "parallel": {"micro_batch_size": 1, "global_batch_size": 4},
-    "training": {"precision": "fp32", "optimizer": "adamw", "lr": 1e-2, "warmup_steps": 0, "steps": 2,
+    "training": {"precision": "fp32", "optimizer": "sgd", "lr": 0.1, "warmup_steps": 0, "steps": 2,
                  "seed": 0, "grad_clip": 1.0},
 }
 
@@ -77,7 +81,9 @@ def reference(cfg, steps: int) -> dict:
         if step == 0:
             norm = out["grad_norm"]
             grads = {n: p.grad.detach().clone() for n, p in engine.base_model.named_parameters()}
-    _REFERENCES[key] = {"losses": losses, "grads": grads, "grad_norm": norm}
+    val = engine.evaluate(global_batches(cfg, 1)[0][:2])
+    weights = {n: t.detach().clone() for n, t in engine.base_model.state_dict().items()}
+    _REFERENCES[key] = {"losses": losses, "grads": grads, "grad_norm": norm, "val_loss": val, "weights": weights}
     return _REFERENCES[key]
 
 
@@ -102,12 +108,14 @@ def run_layout(overrides: dict, steps: int = 2) -> dict | None:
         if step == 0:
             norm = out["grad_norm"]
             grads = engine.full_gradients()
+    val = engine.evaluate(global_batches(cfg, 1)[0][:2])
+    weights = engine.full_model_state()
     all_losses = [None] * ctx.world_size
-    dist.all_gather_object(all_losses, losses)
+    dist.all_gather_object(all_losses, (*losses, val))
     if ctx.rank != 0:
         return None
     return {"engine": engine.name, "losses": losses, "rank_losses": all_losses, "grad_norm": norm,
-            "grads": grads, "reference": reference(cfg, steps)}
+            "grads": grads, "val_loss": val, "weights": weights, "reference": reference(cfg, steps)}
 
 
 def layouts(rank: int, world: int, cases: list) -> list:
