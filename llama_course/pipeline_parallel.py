@@ -51,6 +51,7 @@ from llama_course.engine import ENGINES, Engine, cross_entropy
 from llama_course.pipeline_parallel_comm import PipelineComm
 from llama_course.tensor_parallel import (
     model_parallel_grad_norm,
+    refuse_fp16_scaler,
     shard_dim,
     shard_model,
     vocab_parallel_cross_entropy,
@@ -143,6 +144,7 @@ class PipelineEngine(Engine):
         if cfg.model.tie_embeddings:
             raise ConfigError("model.tie_embeddings: the runtime pipeline cannot tie an embedding and a head on "
                               "different stages (pp > 1); set it false")
+        refuse_fp16_scaler(cfg, ctx)
         self.v = cfg.parallel.vpp
         self.schedule = cfg.parallel.schedule
         super().__init__(cfg, ctx, build_stages(cfg, ctx, model), tracer)

@@ -11,6 +11,11 @@ peer: exactly the condition `simulator.pipeline_parallel.simulate_pipeline` chec
 tag naming (kind, micro-batch, virtual stage), so activations and gradients travelling the same link in
 the same direction (interleaved 1F1B) are never confused.
 
+On GPUs (NCCL) tags are ignored and messages between two ranks match in the order they are posted. GPipe
+and 1F1B send one kind per direction in micro-batch order, so that holds; the interleaved schedule mixes
+chunks on one link and is exercised here on gloo only (torch's ScheduleInterleaved1F1B, `implementation:
+torch`, batches its sends and receives for NCCL).
+
 Every call records a span (send | recv on the comm stream) in the rank's Tracer.
 """
 
