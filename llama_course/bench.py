@@ -1,6 +1,7 @@
-"""`llama-course bench [--json] [--out FILE] [--quick]`: measure this machine, write the `cpu` hardware profile.
+"""`llama-course bench [--json] [--out FILE] [--quick] [--repeat N]`: measure this machine, write the `cpu` profile.
 
     llama-course bench                 # about a minute; writes ~/.cache/llama-course/cpu_profile.json
+    llama-course bench --repeat 3 --out simulator/profiles/cpu.json   # the shipped reference profile: medians
     llama-course simulate configs/tiny.yaml   # `cluster.gpu: cpu` now predicts with what was measured
 
 What it measures, each the median of several repeats (one thread per process, as training ranks run):
@@ -133,7 +134,7 @@ def model_step_times(preset: str, seq_len: int, micro_batch: int, repeats: int =
             "rest_s": max(0.0, step - fb), "params": sum(p.numel() for p in params), "tensors": len(params)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(preset: str):
     from simulator.config import load_config
 
@@ -222,7 +223,22 @@ def gloo_worker(rank: int, world: int, quick: bool) -> dict:
     dist.barrier()
     t = _median_time(lambda: dist.all_reduce(big), max(3, reps // 5))
     out["allreduce_busbw_GBps"] = big.numel() * 4 / t * 2 * (world - 1) / world / 1e9
+    # all-reduce time against size, for gloo's own all_reduce (tensor parallel, DDP) and the course's ring on
+    # send/recv (the course's data parallel engines): small gradients stay in cache and run faster per byte
+    from llama_course import collectives as C
+
+    for name, fn in (("gloo", lambda x: dist.all_reduce(x)), ("course", lambda x: C.ring_all_reduce(x, None, check=False))):
+        curve = []
+        for nbytes in COLLECTIVE_SIZES:
+            x = torch.zeros(max(1, nbytes // 4))
+            dist.barrier()
+            curve.append([nbytes, _median_time(lambda x=x: fn(x), max(3, reps // (1 + nbytes // (1 << 20))))])
+        out[f"all_reduce_{name}"] = curve
     return out
+
+
+COLLECTIVE_SIZES = (4, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24)
+"""Message sizes (bytes) of the all-reduce curves."""
 
 
 def _noop(rank: int, world: int) -> int:
@@ -235,8 +251,31 @@ def default_profile_path() -> str:
     return user_cpu_profile_path()
 
 
-def measure(quick: bool = False, progress: bool = True) -> dict:
-    """Every measurement of the machine, as a dict (raw numbers and the derived profile)."""
+def median_raw(raws: list):
+    """Element-wise median of several raw measurements (dicts and lists of numbers, same shape)."""
+    first = raws[0]
+    if isinstance(first, dict):
+        return {k: median_raw([r[k] for r in raws]) for k in first}
+    if isinstance(first, list):
+        return [median_raw([r[i] for r in raws]) for i in range(len(first))]
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        return statistics.median(raws)
+    return first
+
+
+def measure(quick: bool = False, progress: bool = True, repeat: int = 1) -> dict:
+    """Every measurement of the machine, as a dict (raw numbers and the derived profile); with repeat > 1
+    the whole bench runs that many times and every raw number is the median over the runs."""
+    import torch
+
+    raws = [_measure_raw(quick, progress, f"bench {i + 1}/{repeat}" if repeat > 1 else "bench")
+            for i in range(max(1, repeat))]
+    raw = median_raw(raws)
+    raw["repeats"] = len(raws)
+    return {"raw": raw, "profile": derive_profile(raw, torch.__version__)}
+
+
+def _measure_raw(quick: bool, progress: bool, desc: str) -> dict:
     import torch
     from tqdm import tqdm
 
@@ -245,7 +284,7 @@ def measure(quick: bool = False, progress: bool = True) -> dict:
     torch.set_num_threads(1)
     steps = ["matmul", "model shapes", "memory", "kernel overhead", "model steps", "gloo 2 processes",
              "gloo 4 processes", "process launch"]
-    bar = tqdm(steps, desc="bench", disable=not progress, file=sys.stderr)
+    bar = tqdm(steps, desc=desc, disable=not progress, file=sys.stderr)
     raw: dict = {}
     for name in bar:
         bar.set_postfix_str(name)
@@ -264,11 +303,16 @@ def measure(quick: bool = False, progress: bool = True) -> dict:
         elif name.startswith("gloo"):
             world = int(name.split()[1])
             results = spawn(gloo_worker, world, quick, timeout=120)
-            raw[f"gloo_{world}"] = {k: statistics.median(r[k] for r in results if k in r) for k in results[0]}
+            raw[f"gloo_{world}"] = median_raw(results)
         elif name == "process launch":
             t = time.perf_counter()
             spawn(_noop, 2, timeout=60)
             raw["launch_2_processes_s"] = time.perf_counter() - t
+    return raw
+
+
+def derive_profile(raw: dict, torch_version: str) -> dict:
+    """The `cpu` profile from raw measurements: peaks, bandwidths, gloo table, and the fitted compute model."""
     peak = max(raw["matmul_gflops"].values())
     g2, g4 = raw["gloo_2"], raw["gloo_4"]
     fit = fit_compute(raw["model_steps"], peak * 1e9, raw["copy_GBps"] * 1e9)
@@ -276,7 +320,8 @@ def measure(quick: bool = False, progress: bool = True) -> dict:
     profile = {
         "name": "cpu",
         "note": f"measured by `llama-course bench` on {time.strftime('%Y-%m-%d')} ({os.cpu_count()} cores, "
-                f"torch {torch.__version__}); per process, one thread; matmul_efficiency, kernel_overhead_us "
+                f"torch {torch_version}, median of {raw.get('repeats', 1)} runs); per process, one thread; "
+                f"matmul_efficiency, memory_efficiency, kernel_overhead_us "
                 f"and optimizer_* fitted on the real model's single-process steps (bench.fit_compute)",
         "peak_tflops": {"fp32": peak / 1e3, "bf16": peak / 1e3 / 4, "fp16": peak / 1e3 / 8},
         "memory_bandwidth_GBps": raw["copy_GBps"],
@@ -284,16 +329,18 @@ def measure(quick: bool = False, progress: bool = True) -> dict:
         "intra_node": {"bandwidth_GBps": g2["p2p_GBps"], "latency_us": g2["p2p_latency_us"]},
         "allreduce": {"latency_us_2": g2["allreduce_latency_us"], "busbw_GBps_2": g2["allreduce_busbw_GBps"],
                       "latency_us_4": g4["allreduce_latency_us"], "busbw_GBps_4": g4["allreduce_busbw_GBps"]},
+        "all_reduce_seconds": {impl: {str(w): raw[f"gloo_{w}"][f"all_reduce_{impl}"] for w in (2, 4)
+                                      if f"all_reduce_{impl}" in raw[f"gloo_{w}"]} for impl in ("gloo", "course")},
         "launch_s": raw["launch_2_processes_s"],
         "cores": os.cpu_count(),
     }
-    return {"raw": raw, "profile": profile}
+    return profile
 
 
 def cli(args) -> int:
     from simulator.hardware import write_cpu_profile
 
-    result = measure(quick=args.quick, progress=not args.json)
+    result = measure(quick=args.quick, progress=not args.json, repeat=getattr(args, "repeat", 1) or 1)
     path = write_cpu_profile(result["profile"], args.out or default_profile_path())
     result["profile_path"] = path
     if args.json:

@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", metavar="FILE", help="where to write the profile")
     p.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run the whole bench N times and keep the median of every number (a busy machine)")
 
     p = sub.add_parser("eval", help="held-out loss, perplexity and parameter bytes of a checkpoint")
     p.add_argument("checkpoint")

@@ -25,7 +25,8 @@ read first). On a CPU three things differ from a GPU, each measured once by `ben
 - per-kernel overhead dominates small models: every simulated kernel costs `kernel_overhead_us` (fitted on
   the real model's single-process steps, with the matmul efficiency: `bench.fit_compute`);
 - collectives are gloo's, not a ring over links: all-reduce (and reduce-scatter / all-gather) take the
-  measured latency and bus bandwidth for that many processes (`allreduce` entries, interpolated in n);
+  measured time against message size for that many processes (`all_reduce_seconds`: gloo's own
+  all_reduce for `implementation: torch`, the course's ring on send/recv for `course`), interpolated;
 - processes share `cores`: with more ranks than cores they time-share, so compute slows by
   ranks / cores (4 processes on 2 cores: 2x).
 
@@ -87,7 +88,9 @@ class Hardware:
     nodes_per_leaf: int = 16
     """Nodes under one leaf (or rail) switch of the fabric."""
     collective_table: dict | None = None
-    """Measured collectives (cpu): {processes: (latency s, all-reduce busbw bytes/s)}; None = simulate links."""
+    """Measured all-reduce (cpu): {processes: [(bytes, seconds)]} of the run's implementation; None = links."""
+    collective_curves: dict | None = None
+    """Every measured curve (cpu): {"gloo" | "course": {processes: [(bytes, seconds)]}}."""
     cores: int | None = None
     """Cores the processes share (cpu); None = one device per rank (GPUs)."""
     compute_slowdown: float = 1.0
@@ -101,28 +104,25 @@ class Hardware:
         return self.peak_flops[precision]
 
     def measured_collective(self, kind: str, n: int, nbytes: float) -> float | None:
-        """Seconds of a collective from the measured table (cpu), or None to simulate it on the links.
+        """Seconds of a collective from the measured all-reduce curves (cpu), or None to simulate the links.
 
-        t = latency(n) + bus_factor x bytes / busbw(n), nccl-tests' convention (bus_factor 2(n-1)/n for
-        all-reduce, (n-1)/n for reduce-scatter, all-gather, all-to-all); between measured sizes n the
-        latency and bandwidth are interpolated, beyond them latency grows with n - 1."""
+        The curve of n processes, [(bytes, seconds)], is interpolated linearly in bytes (locally the
+        alpha-beta form; beyond the largest size its last slope continues). Reduce-scatter, all-gather and
+        all-to-all move half an all-reduce's bytes in half its steps: half its time. Between measured
+        process counts the curves are interpolated; outside them, scaled by (n - 1)."""
         if not self.collective_table or kind == "send" or n <= 1:
             return None
         sizes = sorted(self.collective_table)
-        if n <= sizes[0]:
-            lat, bw = self.collective_table[sizes[0]]
-            lat *= (n - 1) / max(1, sizes[0] - 1)
-        elif n >= sizes[-1]:
-            lat, bw = self.collective_table[sizes[-1]]
-            lat *= (n - 1) / max(1, sizes[-1] - 1)
+        if n <= sizes[0] or n >= sizes[-1]:
+            ref = sizes[0] if n <= sizes[0] else sizes[-1]
+            t = _interpolate(self.collective_table[ref], nbytes) * (n - 1) / max(1, ref - 1)
         else:
             hi = next(k for k in sizes if k >= n)
             lo = max(k for k in sizes if k <= n)
             f = 0.0 if hi == lo else (n - lo) / (hi - lo)
-            (l0, b0), (l1, b1) = self.collective_table[lo], self.collective_table[hi]
-            lat, bw = l0 + f * (l1 - l0), b0 + f * (b1 - b0)
-        factor = 2.0 * (n - 1) / n if kind == "all_reduce" else (n - 1) / n
-        return lat + factor * nbytes / bw
+            t0, t1 = _interpolate(self.collective_table[lo], nbytes), _interpolate(self.collective_table[hi], nbytes)
+            t = t0 + f * (t1 - t0)
+        return t if kind == "all_reduce" else t / 2
 
     def with_overrides(self, **changes) -> Hardware:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -258,7 +258,8 @@ def cpu_from_profile(path: str) -> Hardware:
             link_efficiency=float(prof.get("link_efficiency", 1.0)),
             kernel_overhead=float(prof.get("kernel_overhead_us", 0.0)) * US,
             memory_shared=bool(prof.get("memory_shared", True)),
-            collective_table=_collective_table(prof.get("allreduce")),
+            collective_curves=_collective_curves(prof) or None,
+            collective_table=(lambda c: c.get("gloo") or next(iter(c.values()), None))(_collective_curves(prof)),
             cores=int(prof["cores"]) if prof.get("cores") else None,
             optimizer_per_tensor=float(prof.get("optimizer_us_per_tensor", 0.0)) * US,
             optimizer_per_param=(float(prof["optimizer_ns_per_param"]) * 1e-9
@@ -267,18 +268,36 @@ def cpu_from_profile(path: str) -> Hardware:
         raise ConfigError(f"cpu profile {path}: bad or missing field {e}") from None
 
 
-def _collective_table(entries) -> dict | None:
-    """{n: (latency s, busbw bytes/s)} from a profile's {"latency_us_N": ..., "busbw_GBps_N": ...}."""
-    if not entries:
-        return None
-    table = {}
-    for key, value in entries.items():
-        if key.startswith("latency_us_"):
-            n = int(key.rsplit("_", 1)[1])
-            bw = entries.get(f"busbw_GBps_{n}")
-            if bw:
-                table[n] = (float(value) * US, float(bw) * G)
-    return table or None
+def _interpolate(curve: list, x: float) -> float:
+    """Piecewise-linear y(x) through sorted [(x, y)] points; the end segments continue beyond them."""
+    if len(curve) == 1:
+        return curve[0][1]
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
+        if x <= x1 or (x1, y1) == curve[-1]:
+            return max(0.0, y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+    return curve[-1][1]
+
+
+def _collective_curves(prof: dict) -> dict:
+    """{implementation: {n: [(bytes, seconds)]}} from a profile: the measured all-reduce curves
+    ("all_reduce_seconds"), else the alpha-beta pair of "allreduce" (latency_us_N, busbw_GBps_N) as a line."""
+    curves = {}
+    for impl, by_n in (prof.get("all_reduce_seconds") or {}).items():
+        table = {int(n): sorted((float(b), float(t)) for b, t in pts) for n, pts in by_n.items() if pts}
+        if table:
+            curves[impl] = table
+    if not curves and prof.get("allreduce"):
+        entries, table = prof["allreduce"], {}
+        for key, value in entries.items():
+            if key.startswith("latency_us_"):
+                n = int(key.rsplit("_", 1)[1])
+                bw = entries.get(f"busbw_GBps_{n}")
+                if bw:
+                    lat, big = float(value) * US, 1e9
+                    table[n] = [(0.0, lat), (big, lat + 2 * (n - 1) / n * big / (float(bw) * G))]
+        if table:
+            curves["gloo"] = table
+    return curves
 
 
 def write_cpu_profile(values: dict, path: str = CPU_PROFILE) -> str:
@@ -318,6 +337,10 @@ def hardware_for(cfg) -> Hardware:
     )
     if hw.cores:
         hw = hw.with_overrides(compute_slowdown=max(1.0, c.num_gpus / hw.cores))
+    if hw.collective_curves:
+        # the course's engines reduce gradients with their own ring on send/recv; torch's use gloo's all_reduce
+        impl = "course" if cfg.parallel.implementation == "course" else "gloo"
+        hw = hw.with_overrides(collective_table=hw.collective_curves.get(impl) or hw.collective_table)
     return hw
 
 

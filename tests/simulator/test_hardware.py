@@ -73,7 +73,7 @@ def test_cpu_collectives_come_from_the_measured_gloo_table(tmp_path, monkeypatch
     # nccl-tests convention: t = latency + 2(n-1)/n S / busbw for all-reduce, (n-1)/n S for the halves
     assert hw.measured_collective("all_reduce", 2, mb) == pytest.approx(100e-6 + mb / 0.5e9)
     assert hw.measured_collective("all_reduce", 4, mb) == pytest.approx(500e-6 + 1.5 * mb / 0.25e9)
-    assert hw.measured_collective("reduce_scatter", 4, mb) == pytest.approx(500e-6 + 0.75 * mb / 0.25e9)
+    assert hw.measured_collective("reduce_scatter", 4, mb) == pytest.approx(hw.measured_collective("all_reduce", 4, mb) / 2)
     between = hw.measured_collective("all_reduce", 3, mb)          # interpolated between 2 and 4
     assert hw.measured_collective("all_reduce", 2, mb) < between < hw.measured_collective("all_reduce", 4, mb)
     assert hw.measured_collective("send", 2, mb) is None and hw.measured_collective("all_reduce", 1, mb) is None
@@ -115,3 +115,20 @@ def test_a_measured_gpu_profile_calibrates_only_its_preset(tmp_path, monkeypatch
     assert gpu_preset("h100-sxm").matmul_efficiency == gpu_preset("a100-80gb").matmul_efficiency != 0.55
     monkeypatch.delenv("LLAMA_COURSE_GPU_PROFILE")
     assert gpu_preset("h200").matmul_efficiency != 0.55
+
+
+def test_measured_all_reduce_curves_by_implementation(tmp_path, monkeypatch):
+    """Curves of time against size: interpolated in bytes, chosen by parallel.implementation."""
+    path = tmp_path / "cpu.json"
+    write_cpu_profile({"cores": 2, "all_reduce_seconds": {
+        "gloo": {"2": [[4, 1e-4], [1e6, 1e-3], [4e6, 7e-3]]},
+        "course": {"2": [[4, 2e-4], [1e6, 2e-3], [4e6, 1e-2]]}}}, str(path))
+    monkeypatch.setenv("LLAMA_COURSE_CPU_PROFILE", str(path))
+    base = {"cluster": {"gpu": "cpu", "num_gpus": 2}}
+    torch_hw = hardware_for(load_config({**base, "parallel": {"implementation": "torch"}}))
+    course_hw = hardware_for(load_config({**base, "parallel": {"implementation": "course"}}))
+    assert torch_hw.measured_collective("all_reduce", 2, 1e6) == pytest.approx(1e-3)
+    assert course_hw.measured_collective("all_reduce", 2, 1e6) == pytest.approx(2e-3)
+    assert torch_hw.measured_collective("all_reduce", 2, 2.5e6) == pytest.approx(4e-3)    # between points
+    assert torch_hw.measured_collective("all_reduce", 2, 7e6) == pytest.approx(13e-3)    # last slope goes on
+    assert torch_hw.measured_collective("all_gather", 2, 1e6) == pytest.approx(0.5e-3)
