@@ -65,3 +65,16 @@ def _gather_uneven(pieces, rank, group):
 
     for i, piece in enumerate(pieces):          # broadcast each owner's shard (gloo all_gather needs equal sizes)
         dist.broadcast(piece, dist.get_global_rank(group, i) if group is not None else i, group=group)
+
+
+def adamw_step(param, grad, exp_avg, exp_avg_sq, step, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1):
+    """Exercise 3.5."""
+    import torch
+
+    b1, b2 = betas
+    with torch.no_grad():
+        param.mul_(1 - lr * weight_decay)
+        exp_avg.mul_(b1).add_(grad, alpha=1 - b1)
+        exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        c1, c2 = 1 - b1 ** step, 1 - b2 ** step
+        param.addcdiv_(exp_avg / c1, (exp_avg_sq / c2).sqrt().add_(eps), value=-lr)

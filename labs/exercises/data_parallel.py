@@ -73,3 +73,17 @@ def zero2_sgd_step(param, grad, momentum_shard, lr: float, momentum: float = 0.9
     gradient, and checks each rank's momentum is its shard's.
     """
     raise NotImplementedError("Exercise 3.4: zero2_sgd_step")
+
+
+def adamw_step(param, grad, exp_avg, exp_avg_sq, step: int, lr: float, betas: tuple = (0.9, 0.95),
+               eps: float = 1e-8, weight_decay: float = 0.1) -> None:
+    """Exercise 3.5: one AdamW update (Loshchilov and Hutter 2019), in place on torch tensors.
+
+    `step` counts from 1. Decoupled weight decay first: param -= lr x weight_decay x param. Then the moments
+    m = b1 m + (1 - b1) g and v = b2 v + (1 - b2) g^2 (in place in exp_avg, exp_avg_sq), bias corrections
+    c1 = 1 - b1^step and c2 = 1 - b2^step, and param -= lr x (m / c1) / (sqrt(v / c2) + eps). This is
+    torch.optim.AdamW's rule; the graded test holds you to it over several steps. The two moments are the
+    8 bytes of fp32 state per parameter that ZeRO-1 shards (exercise 3.1), plus a 4-byte fp32 master copy
+    of the weights in mixed precision: LLaMA trained with AdamW, b2 = 0.95, weight decay 0.1.
+    """
+    raise NotImplementedError("Exercise 3.5: adamw_step")

@@ -146,3 +146,24 @@ def test_zero2_keeps_only_its_momentum_shard(zero2):
         assert not out["error"], f"rank {rank}: {out['error']}"
         want = torch.tensor_split(momentum, len(results))[rank]
         assert out["momentum"].shape == want.shape and torch.allclose(out["momentum"], want, atol=1e-10)
+
+
+# Exercise 3.5: adamw_step -------------------------------------------------------------------------------
+
+@pytest.mark.points(3, exercise="3.5")
+@pytest.mark.parametrize("betas,wd", [((0.9, 0.95), 0.1), ((0.8, 0.999), 0.0)])
+def test_adamw_step_matches_torch(exercise, betas, wd):
+    import torch
+
+    g = torch.Generator().manual_seed(35)
+    ref = torch.nn.Parameter(torch.randn(7, 5, generator=g, dtype=torch.float64))
+    opt = torch.optim.AdamW([ref], lr=1e-2, betas=betas, eps=1e-8, weight_decay=wd)
+    mine = ref.detach().clone()
+    m, v = torch.zeros_like(mine), torch.zeros_like(mine)
+    for step in range(1, 6):
+        grad = torch.randn(7, 5, generator=g, dtype=torch.float64)
+        ref.grad = grad.clone()
+        opt.step()
+        exercise.adamw_step(mine, grad, m, v, step, 1e-2, betas, 1e-8, wd)
+        assert torch.allclose(mine, ref.detach(), atol=1e-12), f"step {step}"
+    assert torch.allclose(m, opt.state[ref]["exp_avg"]) and torch.allclose(v, opt.state[ref]["exp_avg_sq"])
