@@ -6,7 +6,6 @@ average of each rank's top-k computed in one process.
 
 from __future__ import annotations
 
-import random
 import sys
 from pathlib import Path
 

@@ -9,7 +9,6 @@ import random
 
 import pytest
 
-
 # Exercise 14.1: chrome_events ---------------------------------------------------------------------------
 
 @pytest.mark.points(1, exercise="14.1")
