@@ -27,6 +27,7 @@ def test_casts_halve_the_bytes_and_stay_close(results):
     for name, tol in (("fp16", 2e-3), ("bf16", 2e-2)):
         assert r[name]["bytes"] == 2 * N
         assert 0 < r[name]["err"] < tol
+        assert r[name]["rs_err"] < tol
 
 
 def test_topk_and_powersgd_keep_what_they_drop(results):

@@ -37,6 +37,10 @@ def check_all(rank: int, world: int) -> dict:
         exact = _mean(g)
         CC.CastCompressor(dtype, name).all_reduce(g, layout, 0, None, counter)
         out[name] = {"err": float((g - exact).abs().max() / exact.abs().max()), "bytes": counter.sent}
+        g = _grads(rank, 0, shapes)                           # ZeRO-2/3 reduce-scatter in 16 bits
+        mine = CC.CastCompressor(dtype, name).reduce_scatter(g, None, C.WireCounter())
+        lo, hi = C.chunk_range(n, world, rank)
+        out[name]["rs_err"] = float((mine - exact[lo:hi]).abs().max() / exact.abs().max())
     counter = C.WireCounter()
     g = _grads(rank, 0, shapes)
     CC.Compressor().all_reduce(g, layout, 0, None, counter)
