@@ -338,8 +338,10 @@ def hardware_for(cfg) -> Hardware:
     if hw.cores:
         hw = hw.with_overrides(compute_slowdown=max(1.0, c.num_gpus / hw.cores))
     if hw.collective_curves:
-        # the course's engines reduce gradients with their own ring on send/recv; torch's use gloo's all_reduce
-        impl = "course" if cfg.parallel.implementation == "course" else "gloo"
+        # which code moves the bytes: the course's data-parallel engines (gradients, ZeRO gathers) use their own
+        # ring on send/recv; tensor parallelism and every torch engine use gloo's all_reduce
+        p = cfg.parallel
+        impl = "course" if p.implementation == "course" and p.dp > 1 else "gloo"
         hw = hw.with_overrides(collective_table=hw.collective_curves.get(impl) or hw.collective_table)
     return hw
 

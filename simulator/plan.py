@@ -25,7 +25,8 @@ Search (branch and bound, hundreds to thousands of layouts in seconds):
 Ranking: step time (the global batch is fixed, so this is throughput), or, when `faults.gpu_mtbf_hours`
 is set and `simulator/fault_tolerance.py` reports it, expected time to train with failures (goodput).
 The winner is explained: where its step goes, and how much slower the best layout of every other tp, pp,
-ZeRO stage, micro-batch and recomputation is (simulated, or at least its lower bound).
+ZeRO stage, micro-batch, recomputation and schedule is (a choice the bound pruned whole has its most
+promising layout simulated for the explanation: one extra simulation per choice, not per layout).
 
     llama-course plan configs/llama-65b-a100.yaml --top 5
     llama-course plan configs/llama3-405b-h100.yaml --json
@@ -206,14 +207,15 @@ def plan(cfg, top: int = 5, stats: dict | None = None) -> list:
     viable.sort(key=lambda x: (x[0], x[1]))
 
     best: list = []             # max-heap of (-objective, index, entry) holding the top K
-    floors: dict = {}           # (dimension, value) -> (seconds per token, simulated?) best seen
+    floors: dict = {}           # (dimension, value) -> (seconds per token, simulated?, config) best seen
     simulated = 0
     for bound, i, c, cand in viable:
         kth = -best[0][0] if len(best) >= top else float("inf")
         per_token = bound / c.tokens_per_step
         if per_token > kth:
             for dim, _ in EXPLAIN_DIMENSIONS:       # the rest are only known by their bounds
-                _floor(floors, dim, cand[dim], per_token, False)
+                if (dim, cand[dim]) not in floors:
+                    floors[(dim, cand[dim])] = (per_token, False, c)
             continue
         r = simulate(c, comm=comm)
         simulated += 1
@@ -224,12 +226,22 @@ def plan(cfg, top: int = 5, stats: dict | None = None) -> list:
         obj = _objective(r, by_goodput, cfg.training.total_tokens)
         entry["lower_bound_s"] = bound
         for dim, _ in EXPLAIN_DIMENSIONS:
-            _floor(floors, dim, cand[dim], obj, True)
+            old = floors.get((dim, cand[dim]))
+            if old is None or not old[1] or obj < old[0]:
+                floors[(dim, cand[dim])] = (obj, True, c)
         item = (-obj, -i, entry)
         if len(best) < top:
             heapq.heappush(best, item)
         elif item > best[0]:
             heapq.heapreplace(best, item)
+    # a choice the bound pruned entirely: simulate its most promising layout, so the explanation says what
+    # that choice really costs (one simulation per pruned choice, not per layout)
+    for key, (per_token, exact, c) in list(floors.items()):
+        if not exact:
+            r = simulate(c, comm=comm)
+            simulated += 1
+            if r["fits_in_memory"]:
+                floors[key] = (_objective(r, by_goodput, cfg.training.total_tokens), True, c)
     entries = [e for _, _, e in sorted(best, key=lambda x: (-x[0], -x[1]))]
     stats.update({"candidates": len(cands), "invalid": invalid, "excluded_memory": len(excluded),
                   "viable": len(viable), "simulated": simulated, "seconds": time.perf_counter() - t0,
@@ -241,12 +253,6 @@ def plan(cfg, top: int = 5, stats: dict | None = None) -> list:
     for rank, e in enumerate(entries, 1):
         e["rank"] = rank
     return entries
-
-
-def _floor(floors: dict, dim: str, value, per_token: float, exact: bool) -> None:
-    old = floors.get((dim, value))
-    if old is None or per_token < old[0]:
-        floors[(dim, value)] = (per_token, exact)
 
 
 def explain(entries: list, floors: dict, excluded: list, stats: dict, capacity: float, by_goodput: bool,
@@ -273,13 +279,14 @@ def explain(entries: list, floors: dict, excluded: list, stats: dict, capacity: 
     alts = []
     for dim, label in EXPLAIN_DIMENSIONS:
         values = sorted((value, floor) for (d, value), floor in floors.items() if d == dim and value != p[dim])
-        for value, (per_token, exact) in values:
-            alts.append(f"{label} {value}: {'' if exact else 'at least '}{per_token / best - 1:+.0%}")
+        for value, (per_token, exact, _) in values:
+            alts.append(f"{label} {value}: {'' if exact else 'at least '}{per_token / best - 1:+.1%}")
     if alts:
-        lines.append("Best alternative per choice (simulated, or its lower bound): " + "; ".join(alts) + ".")
+        lines.append("Slower by, for the best layout of every other choice (for a choice the bound pruned whole, "
+                     "its most promising layout): " + "; ".join(alts) + ".")
     lines.append(f"Searched {stats['candidates']} layouts: {stats['excluded_memory']} do not fit, "
                  f"{stats['viable']} fit (with the least recomputation that fits), {stats['simulated']} simulated, "
-                 f"{stats['viable'] - stats['simulated']} pruned by their lower bound.")
+                 f"the rest pruned by their lower bound.")
     return "\n".join(lines)
 
 
