@@ -236,7 +236,7 @@ def plan(cfg, top: int = 5, stats: dict | None = None) -> list:
             heapq.heapreplace(best, item)
     # a choice the bound pruned entirely: simulate its most promising layout, so the explanation says what
     # that choice really costs (one simulation per pruned choice, not per layout)
-    for key, (per_token, exact, c) in list(floors.items()):
+    for key, (_, exact, c) in list(floors.items()):
         if not exact:
             r = simulate(c, comm=comm)
             simulated += 1
