@@ -1,0 +1,129 @@
+"""Graded tests for the fault-tolerance exercises (labs/exercises/fault_tolerance.py), points per test.
+
+Closed forms and direct checks written here; exercise 10.5 on 2 gloo processes (one launch).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+
+
+# Exercise 10.1: young_daly_interval -------------------------------------------------------------------------
+
+@pytest.mark.points(2, exercise="10.1")
+def test_young_daly_interval(exercise):
+    young, daly = exercise.young_daly_interval(60.0, 3 * 3600.0)
+    assert young == pytest.approx(math.sqrt(2 * 60 * 10800)) and daly == pytest.approx(young - 60)
+    young, daly = exercise.young_daly_interval(100.0, 150.0)          # C >= M/2: checkpoint every M
+    assert young == pytest.approx(math.sqrt(2 * 100 * 150)) and daly == pytest.approx(150.0)
+
+
+@pytest.mark.points(1, exercise="10.1")
+def test_young_interval_minimises_first_order_waste(exercise):
+    c, m, r = 40.0, 5000.0, 300.0
+    young, _ = exercise.young_daly_interval(c, m)
+    waste = lambda tau: c / tau + tau / (2 * m) + r / m          # noqa: E731
+    assert waste(young) <= min(waste(young * f) for f in (0.5, 0.8, 0.95, 1.05, 1.25, 2.0))
+    with pytest.raises(ValueError):
+        exercise.young_daly_interval(0.0, 100.0)
+
+
+# Exercise 10.2: expected_goodput ----------------------------------------------------------------------------
+
+@pytest.mark.points(2, exercise="10.2")
+def test_expected_goodput_closed_form(exercise):
+    for tau, c, m, r in [(600, 30, 3 * 3600, 600), (60, 1.4, 11160, 600), (1e4, 100, 5e3, 0)]:
+        expected = tau / (m * math.exp(r / m) * (math.exp((tau + c) / m) - 1))
+        assert exercise.expected_goodput(tau, c, m, r) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.points(1, exercise="10.2")
+def test_expected_goodput_limits(exercise):
+    assert exercise.expected_goodput(100.0, 10.0, 1e12) == pytest.approx(100 / 110, rel=1e-6)
+    g = [exercise.expected_goodput(t, 60, 3 * 3600, 600) for t in (60, 300, 1138, 5000, 20000)]
+    assert g[2] == max(g), "the goodput peaks near Young's interval"
+
+
+# Exercise 10.3: job_mtbf_hours ------------------------------------------------------------------------------
+
+@pytest.mark.points(2, exercise="10.3")
+def test_job_mtbf_llama3(exercise):
+    job, gpu_years = exercise.job_mtbf_hours(419, 54)
+    assert job == pytest.approx(54 * 24 / 419)                     # ~3.09 h
+    assert gpu_years == pytest.approx(54 * 24 / 419 * 16384 / 8760)  # ~5.8 years per GPU
+    with pytest.raises(ValueError):
+        exercise.job_mtbf_hours(0, 54)
+
+
+# Exercise 10.4: atomic_write --------------------------------------------------------------------------------
+
+@pytest.mark.points(1, exercise="10.4")
+def test_atomic_write_writes_and_fsyncs(exercise, tmp_path, monkeypatch):
+    synced, replaced = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (replaced.append((str(a), str(b))), real_replace(a, b))[1])
+    path = tmp_path / "ckpt.bin"
+    exercise.atomic_write(str(path), lambda f: f.write(b"new state"))
+    assert path.read_bytes() == b"new state"
+    assert synced, "the data must be fsynced before the rename"
+    assert replaced and os.path.dirname(replaced[-1][0]) == str(tmp_path), "write the temporary file beside the target"
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.bin"]
+
+
+@pytest.mark.points(2, exercise="10.4")
+def test_atomic_write_crash_keeps_the_old_file(exercise, tmp_path):
+    path = tmp_path / "ckpt.bin"
+    path.write_bytes(b"old state")
+
+    def crash(f):
+        f.write(b"half of the new st")
+        raise KeyboardInterrupt("killed in the middle of a write")
+
+    with pytest.raises(KeyboardInterrupt):
+        exercise.atomic_write(str(path), crash)
+    assert path.read_bytes() == b"old state"
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.bin"], "the temporary file must be removed"
+
+
+# Exercise 10.5: sharded_save / sharded_load on 2 gloo processes --------------------------------------------
+
+@pytest.fixture(scope="module")
+def sharded_results(exercise, tmp_path_factory):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import workers_fault_tolerance as workers
+
+    from llama_course.testing import spawn
+
+    root = str(tmp_path_factory.mktemp("sharded"))
+    return spawn(workers.check_sharded_checkpoint, 2, exercise.__name__, root, timeout=90), root
+
+
+@pytest.mark.points(2, exercise="10.5")
+def test_sharded_save_layout(sharded_results):
+    results, root = sharded_results
+    for rank, out in enumerate(results):
+        assert not out["error"], f"rank {rank}: {out['error']}"
+        assert out["paths"] == [os.path.join(root, "step_00000003"), os.path.join(root, "step_00000007")]
+    import json
+
+    manifest = json.load(open(os.path.join(root, "step_00000007", "manifest.json")))
+    assert manifest["step"] == 7 and manifest["world_size"] == 2
+    assert sorted(manifest["files"]) == ["rank_00000.pt", "rank_00001.pt"]
+    assert not [f for f in os.listdir(root) if f.startswith("step_00000007.tmp")]
+
+
+@pytest.mark.points(2, exercise="10.5")
+def test_sharded_load_resumes_the_last_complete(sharded_results):
+    results, _ = sharded_results
+    for rank, out in enumerate(results):
+        assert not out["error"], f"rank {rank}: {out['error']}"
+        assert out["loads"]["after_3"] == (3, True) and out["loads"]["after_7"] == (7, True)
+        assert out["loads"]["after_crash"] == (7, True), f"rank {rank}: a .tmp folder is not a checkpoint"
+        assert out["loads"]["bad_latest"] == (7, True), f"rank {rank}: 'latest' without a manifest must be skipped"
