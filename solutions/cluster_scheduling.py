@@ -27,7 +27,7 @@ def mean_completion_time(durations: dict, order: list) -> float:
 
 
 def _simulate(jobs: list, gpus: int, backfill: bool) -> list:
-    for arrival, g, d in jobs:
+    for _, g, _ in jobs:
         if not 0 < g <= gpus:
             raise ValueError(f"a job needs {g} GPUs; the cluster has {gpus}")
     n = len(jobs)

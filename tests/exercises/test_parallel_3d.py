@@ -101,8 +101,9 @@ LAYOUTS_4 = [(2, 2, 1), (1, 2, 2), (2, 1, 2), (1, 4, 1)]
 
 @pytest.fixture(scope="module")
 def group_members(impl):
-    from llama_course.testing import spawn
     from workers_parallel_3d import groups_worker
+
+    from llama_course.testing import spawn
 
     return spawn(groups_worker, 4, impl, LAYOUTS_4, timeout=120)
 

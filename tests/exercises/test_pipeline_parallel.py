@@ -77,7 +77,7 @@ def run_orders(orders: list, t_f: float = 1.0, t_b: float = 2.0) -> tuple:
 @pytest.mark.parametrize("p,m", [(4, 8), (2, 2), (3, 7), (4, 4)])
 def test_1f1b_order_is_valid_and_fills_the_pipeline(exercise, p, m):
     orders = [[tuple(t) for t in exercise.one_f_one_b_order(p, m, r)] for r in range(p)]
-    for r, order in enumerate(orders):
+    for order in orders:
         assert sorted(order) == sorted([("F", i) for i in range(m)] + [("B", i) for i in range(m)])
         for i in range(m):
             assert order.index(("F", i)) < order.index(("B", i))
@@ -149,8 +149,9 @@ def test_partition_stages_heavy_head(exercise):
 
 @pytest.fixture(scope="module")
 def pipeline_run(impl):
-    from llama_course.testing import spawn
     from workers_pipeline_parallel import pipeline_worker
+
+    from llama_course.testing import spawn
 
     return spawn(pipeline_worker, 3, impl, 5, timeout=90)
 

@@ -97,8 +97,9 @@ def test_sequence_parallel_divides_everything(exercise):
 
 @pytest.fixture(scope="module")
 def vocab_ce(impl):
-    from llama_course.testing import spawn
     from workers_tensor_parallel import vocab_ce_worker
+
+    from llama_course.testing import spawn
 
     return spawn(vocab_ce_worker, 2, impl, timeout=90)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 def groups_worker(rank: int, world_size: int, impl: str, layouts: list) -> list:
     import torch
     import torch.distributed as dist
-
     from adapter import load
 
     exercise = load("parallel_3d", impl)

@@ -13,9 +13,8 @@ import copy
 
 def pipeline_worker(rank: int, world_size: int, impl: str, m: int) -> dict:
     import torch
-    from torch import nn
-
     from adapter import load
+    from torch import nn
 
     exercise = load("pipeline_parallel", impl)
     torch.manual_seed(0)

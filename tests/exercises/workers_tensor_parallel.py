@@ -12,7 +12,6 @@ def vocab_ce_worker(rank: int, world_size: int, impl: str) -> list:
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
-
     from adapter import load
 
     exercise = load("tensor_parallel", impl)
