@@ -92,6 +92,24 @@ def last_step(trace) -> list:
     return out
 
 
+def schedule_gantt(schedule: str, p: int, m: int, v: int = 1, forward: float = 1.0, backward: float = 2.0,
+                   ax=None):
+    """Simulate one step of `schedule` with equal stages and free communication and draw it: forward and
+    backward take `forward` and `backward` time units per stage (split over the v chunks of a rank)."""
+    from simulator.pipeline_parallel import simulate_pipeline
+
+    n = p * v
+    run = simulate_pipeline(schedule, p, m, v, [forward / v] * n, [backward / v] * n)
+    events = [{"name": "forward" if t.kind == "F" else "backward", "ph": "X", "pid": t.rank, "tid": "compute",
+               "ts": t.start * 1e3, "dur": (t.end - t.start) * 1e3, "args": {"micro_batch": t.micro_batch}}
+              for t in run.tasks]
+    idle = 1 - m * (forward + backward) / run.makespan
+    fig = pipeline_gantt(events, ax=ax, title=f"{schedule}{f' v={v}' if v > 1 else ''}, p={p}, m={m}: "
+                                              f"{run.makespan:g} time units, bubble {idle:.0%}")
+    (ax or fig.axes[0]).set_xlabel("time (units: one forward of one stage = 1)")
+    return fig
+
+
 def gantt_pair(predicted, measured, out_path: str | None = None, title: str = ""):
     """The simulated step above the measured one (its last step), each on its own time axis."""
     plt = _pyplot()
