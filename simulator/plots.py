@@ -224,3 +224,100 @@ def jobs_gantt(result, out_path: str | None = None, title: str | None = None, ma
     if out_path:
         fig.savefig(out_path, dpi=120)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# labs 07-10 and 12: curves, staleness, straggler timelines, stacked bars
+# ---------------------------------------------------------------------------------------------
+
+def line_chart(curves: dict, xlabel: str, ylabel: str, title: str = "", logx: bool = False, logy: bool = False,
+               marks: dict | None = None, hline: float | None = None, out_path: str | None = None):
+    """Curves {label: (xs, ys)}: labels starting with 'measured' or 'simulated' are drawn as points, the
+    others as lines; `marks` {label: x} draws labelled vertical lines (an optimum, a crossover); `hline`
+    a dashed horizontal reference (1.0 for a ratio). Returns the figure."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, (xs, ys) in curves.items():
+        style = "o" if label.startswith("measured") else "x" if label.startswith("simulated") else "-"
+        ax.plot(list(xs), list(ys), style, label=label, ms=6, lw=1.5)
+    for label, x in (marks or {}).items():
+        ax.axvline(x, ls=":", color="black", lw=1)
+        ax.annotate(label, (x, 0.02), xycoords=("data", "axes fraction"), rotation=90, fontsize=8,
+                    xytext=(3, 0), textcoords="offset points")
+    if hline is not None:
+        ax.axhline(hline, ls="--", color="gray", lw=1)
+    ax.set_xscale("log" if logx else "linear")
+    ax.set_yscale("log" if logy else "linear")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    if out_path:
+        fig.savefig(out_path, dpi=120)
+    return fig
+
+
+def staleness_bars(histograms: dict, out_path: str | None = None, title: str = "staleness of the applied gradients"):
+    """Grouped bars of {label: {staleness: pushes}}, each normalised to its share of the pushes."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    keys = sorted({int(s) for h in histograms.values() for s in h})
+    width = 0.8 / max(len(histograms), 1)
+    for k, (label, hist) in enumerate(histograms.items()):
+        total = sum(hist.values()) or 1
+        shares = [sum(c for s, c in hist.items() if int(s) == key) / total for key in keys]
+        ax.bar([x + (k - (len(histograms) - 1) / 2) * width for x in range(len(keys))], shares, width, label=label)
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels([str(s) for s in keys])
+    ax.set_xlabel("staleness (updates applied since the gradient's weights were read)")
+    ax.set_ylabel("share of pushes")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    if out_path:
+        fig.savefig(out_path, dpi=120)
+    return fig
+
+
+TIMELINE_COLORS = {"compute": "#1f5f99", "waiting": "#e6e6e6", "dropped": "#f2b8b8", "all_reduce": "#e6862e"}
+
+
+def straggler_gantt(policies: dict, seconds_per_seq, comm_s: float = 0.0, out_path: str | None = None,
+                    title: str = "one data-parallel step with a straggler"):
+    """One panel per policy {name: (shares, used)}: shares[i] sequences on rank i at seconds_per_seq[i]
+    each, `used` the ranks whose gradient enters the update (backup workers drop the rest). Compute
+    (blue), waiting at the barrier (grey), dropped work (red), then the all-reduce (orange)."""
+    plt = _pyplot()
+    n = len(seconds_per_seq)
+    fig, axes = plt.subplots(len(policies), 1, figsize=(8, 0.9 + 0.45 * n * len(policies)), squeeze=False,
+                             sharex=True)
+    for ax, (name, (shares, used)) in zip(axes[:, 0], policies.items()):
+        finish = [s * t for s, t in zip(shares, seconds_per_seq)]
+        barrier = max(f for i, f in enumerate(finish) if i in used)
+        for i in range(n):
+            done = min(finish[i], barrier)
+            ax.barh(i, done, color=TIMELINE_COLORS["compute" if i in used else "dropped"], height=0.7)
+            if done < barrier:
+                ax.barh(i, barrier - done, left=done, color=TIMELINE_COLORS["waiting"], height=0.7)
+            if comm_s:
+                ax.barh(i, comm_s, left=barrier, color=TIMELINE_COLORS["all_reduce"], height=0.7)
+            ax.annotate(f"{shares[i]:g} seq", (0, i), xytext=(3, 0), textcoords="offset points", va="center",
+                        fontsize=7, color="white")
+        ax.set_yticks(range(n))
+        ax.set_yticklabels([f"rank {i}" for i in range(n)], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(f"{name}: step {barrier + comm_s:.2f} s", fontsize=9)
+    axes[-1, 0].set_xlabel("seconds")
+    fig.suptitle(f"{title} (blue: compute, grey: waiting, red: dropped, orange: all-reduce)", fontsize=9)
+    fig.tight_layout()
+    if out_path:
+        fig.savefig(out_path, dpi=120)
+    return fig
+
+
+def stacked_bars(rows: dict, parts, ylabel: str, title: str = "", scale: float = 1.0, out_path: str | None = None):
+    """Stacked bars {label: {part: value}} for the given `parts` (values x scale). Returns the figure."""
+    return _stacks(list(rows), list(rows.values()), list(parts), ylabel, title, scale, out_path)
