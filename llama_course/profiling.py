@@ -26,7 +26,8 @@ class Tracer:
         self.rank = rank
         self.sync = sync          # callable run before reading the clock (torch.cuda.synchronize on GPU)
         self.events: list = []
-        self.origin = time.perf_counter()
+        # one clock for every process: perf_counter readings shifted onto wall time, so ranks line up
+        self.origin = time.perf_counter() - time.time()
 
     @contextmanager
     def span(self, name: str, stream: str = "compute", **args):
@@ -65,6 +66,8 @@ class Tracer:
 
 def write_trace(path: str, events: list, metadata: dict | None = None) -> None:
     """Write Chrome trace-event JSON atomically, with process names 'rank N'."""
+    t0 = min((e["ts"] for e in events), default=0.0)          # the trace starts at 0
+    events = [dict(e, ts=e["ts"] - t0) for e in events]
     ranks = sorted({e["pid"] for e in events})
     meta = [{"name": "process_name", "ph": "M", "pid": r, "args": {"name": f"rank {r}"}} for r in ranks]
     doc = {"traceEvents": meta + sorted(events, key=lambda e: (e["pid"], e["ts"])), "displayTimeUnit": "ms"}
