@@ -139,9 +139,8 @@ a load above 2 means other processes took cores from the measurement.
 
 {table(rows)}
 
-**Mean |error| {_pct(s['mean_abs_error']).lstrip('+')}, largest {_pct(s['max_abs_error']).lstrip('+')}, {s['within_20']} of {s['ran']} layouts within 20%**
-{'' if not s['missing'] else '; missing: ' + ', '.join(s['missing'])}
-(goal: mean within 10%, every layout within 20%: {'met' if goal else 'not met'}).
+**Mean |error| {_pct(s['mean_abs_error']).lstrip('+')}, largest {_pct(s['max_abs_error']).lstrip('+')}, {s['within_20']} of {s['ran']} layouts within 20%**{'' if not s['missing'] else ' (missing: ' + ', '.join(s['missing']) + ')'}.
+Goal: mean within 10%, every layout within 20%: {'met' if goal else 'not met'}.
 
 The `cpu` profile was measured once for the machine by `llama-course bench` (matmul peak, copy bandwidth,
 gloo latency and bus bandwidth for 2 and 4 processes, the real model's single-process steps from which the
