@@ -41,7 +41,8 @@ def make_student(teacher_cfg, opts: dict, teacher: nn.Module | None = None):
     dim = opts["student_dim"] or tm.dim
     ffn = opts["student_ffn_dim"] or max(1, round(tm.ffn_dim * dim / tm.dim))
     raw["model"].update(n_layers=layers, dim=dim, ffn_dim=ffn)
-    raw["parallel"].update(tp=1, pp=1, vpp=1)
+    raw["parallel"].update(dp=1, tp=1, pp=1, vpp=1)          # the student's config: one process, as it trained
+    raw["cluster"]["num_gpus"] = None
     try:
         cfg = load_config(raw)
     except ConfigError as e:
