@@ -32,6 +32,7 @@ when the gradient w.r.t. that output is ready: the moment just before the layer'
 parameters must be gathered again. Freed means the flat buffer's storage is resized to 0 bytes; the
 parameters stay views into it, so tensors autograd saved in forward see the data again once regathered.
 
+Frozen parameters (requires_grad False) join no bucket and, in ZeRO-3, stay whole on every rank.
 Assumption: every rank uses the same set of parameters in a step (true for a dense LLaMA). A parameter
 no rank used keeps grad None, as in the single-process run; mixture-of-experts routing would need
 DDP's find_unused_parameters bitmap exchange.

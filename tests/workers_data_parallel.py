@@ -6,6 +6,8 @@ returns rank 0's per-step losses and final weights, so the parent can hold them 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -94,11 +96,20 @@ def run_all(rank: int, world: int) -> dict:
         r = train(cfg, ctx)
         if name in ("zero1", "zero2", "zero3", "fsdp2"):     # sharded state round trip into a fresh engine
             engine = r.pop("engine_obj")
-            state = engine.state_dict()
+            state = copy.deepcopy(engine.state_dict())           # as through torch.save / torch.load
             fresh = build_engine(cfg, ctx, build_model(cfg, seed=123), None)
             fresh.load_state_dict(state)
             again = fresh.full_model_state()
-            r["reloaded_equal"] = None if again is None else all(torch.equal(again[k], r["state"][k]) for k in again)
+            same = None if again is None else all(torch.equal(again[k], r["state"][k]) for k in again)
+            # one more step from the original and from the reloaded engine: optimizer state came along too
+            data = load_tokens(cfg)
+            seqs = pack(data.train, cfg.seq_len)
+            idx = BatchSampler(len(seqs), cfg.parallel.global_batch_size, 1).shard(0, ctx.dp_rank, ctx.dp, 2)
+            batches = [get_batch(seqs, i) for i in idx]
+            engine.train_step(batches, cfg.training.lr)
+            fresh.train_step(batches, cfg.training.lr)
+            a, b = engine.full_model_state(), fresh.full_model_state()
+            r["reloaded_equal"] = None if a is None else same and all(torch.equal(a[k], b[k]) for k in a)
         r.pop("engine_obj", None)
         r["seconds"] = time.perf_counter() - t0
         out[name] = r
