@@ -8,7 +8,8 @@ worth for a small model with a large vocabulary) and the loss. `partition_stages
     minimise over contiguous cuts  max_k sum_{layers i in stage k} cost_i      (each stage >= 1 layer)
 
 exactly by dynamic programming, O(p n^2); `balance_report` sets it against the naive split. The costs are
-the simulator's FLOPs per layer (simulator.workload), or any measured per-layer times passed in.
+the simulator's FLOPs per layer (`layer_costs`, simulator.workload) or measured seconds
+(`measure_layer_costs`); `balance_report(cfg, costs)` takes either.
 
 Seed questions 6 and 16 (load imbalance): inside a pipeline the imbalance is structural and known in
 advance, so it is fixed at partition time rather than by dynamic dispatch.
@@ -64,6 +65,38 @@ def layer_costs(cfg) -> list:
     costs = [per_layer] * m.n_layers
     costs[-1] += 2 * m.vocab_size * m.dim + 4 * m.vocab_size      # head matmul + softmax/CE (~4 V)
     costs[0] += 2 * m.dim                                          # embedding gather (memory bound, small)
+    return costs
+
+
+def measure_layer_costs(model, tokens, repeats: int = 3) -> list:
+    """Measured seconds of forward + backward per layer (best of `repeats`), embedding added to the first
+    layer and final norm + head + loss to the last: the same shape as `layer_costs`, from a real model."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    def timed(fn):
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    h = model.embed(tokens).detach()
+    embed = timed(lambda: model.embed(tokens).sum().backward())
+    costs = []
+    for layer in model.layers:
+        x = h.clone().requires_grad_()
+        costs.append(timed(lambda x=x, layer=layer: layer(x).sum().backward()))
+        with torch.no_grad():
+            h = layer(h)
+    x = h.clone().requires_grad_()
+    head = timed(lambda: F.cross_entropy(model.output(model.norm(x)).flatten(0, 1), tokens.flatten()).backward())
+    model.zero_grad(set_to_none=True)
+    costs[0] += embed
+    costs[-1] += head
     return costs
 
 

@@ -63,3 +63,19 @@ def test_stage_layers_follow_the_policy():
                                     "cluster.num_gpus": 4, "load_balance.policy": "balanced_stages"})
     layers = stage_layers(balanced)
     assert sum(layers, []) == list(range(12)) and len(layers[-1]) == 1
+
+
+def test_measured_costs_see_the_heavy_head():
+    """Measured per-layer seconds have the same shape as the FLOP costs: a big vocabulary loads the last."""
+    import torch
+
+    from llama_course.balanced_stages import measure_layer_costs
+    from llama_course.model import build_model
+
+    cfg = workers.make_config({"model.n_layers": 3, "model.vocab_size": 8192, "model.dim": 32, "model.n_heads": 2,
+                               "model.n_kv_heads": 2, "model.ffn_dim": 64})
+    model = build_model(cfg)
+    costs = measure_layer_costs(model, torch.randint(0, 8192, (2, 16)))
+    assert len(costs) == 3 and all(c > 0 for c in costs)
+    assert costs[-1] > 2 * costs[1]
+    assert all(p.grad is None for p in model.parameters())
