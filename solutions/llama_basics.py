@@ -68,3 +68,13 @@ def shard_batch(global_batch, dp_rank, dp, micro_batch_size):
     per = g // dp
     mine = list(global_batch[dp_rank * per: (dp_rank + 1) * per])
     return [mine[i: i + micro_batch_size] for i in range(0, per, micro_batch_size)]
+
+
+def global_mean_loss(loss_sum, n_tokens, group=None):
+    """Exercise 1.7: one all-reduce of [sum, count]."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([float(loss_sum), float(n_tokens)], dtype=torch.float64)
+    dist.all_reduce(t, group=group)
+    return float(t[0] / t[1])

@@ -67,3 +67,17 @@ def roofline(flops, bytes_moved, peak_flops, bandwidth):
 def matmul_intensity(m, k, n, bytes_per_element=2.0):
     """Exercise 14.5."""
     return 2.0 * m * k * n / (bytes_per_element * (m * k + k * n + m * n))
+
+
+def merge_rank_traces(events, origin_s, group=None):
+    """Exercise 14.6."""
+    import torch.distributed as dist
+
+    gathered = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, (origin_s, events), group=group)
+    start = min(origin for origin, _ in gathered)
+    merged = []
+    for rank, (origin, rank_events) in enumerate(gathered):
+        for e in rank_events:
+            merged.append({**e, "pid": rank, "ts": e["ts"] + (origin - start) * 1e6})
+    return sorted(merged, key=lambda e: (e["ts"], e["pid"]))

@@ -90,3 +90,16 @@ def shard_batch(global_batch: list, dp_rank: int, dp: int, micro_batch_size: int
     dp_rank is not in [0, dp). Every rank can compute this locally: sharding the data sends no bytes.
     """
     raise NotImplementedError("Exercise 1.6: shard_batch")
+
+
+def global_mean_loss(loss_sum: float, n_tokens: int, group=None) -> float:
+    """Exercise 1.7: the loss every layout must log: the mean over all tokens of the global batch.
+
+    Each data-parallel rank knows the sum of its per-token cross-entropies (`loss_sum`) over its `n_tokens`
+    tokens. Return, on every rank, total loss / total tokens over the group (a torch.distributed group;
+    None = the default group). Averaging the ranks' own means instead is wrong as soon as ranks hold
+    different numbers of tokens (load balancing, the last batch of an epoch, masked padding): the graded
+    test gives its 2 gloo ranks different token counts. One all-reduce of a 2-element tensor
+    [loss_sum, n_tokens] does it; use float64 so the result matches a one-process computation exactly.
+    """
+    raise NotImplementedError("Exercise 1.7: global_mean_loss")

@@ -68,3 +68,17 @@ def matmul_intensity(m: int, k: int, n: int, bytes_per_element: float = 2.0) -> 
     compute roof.
     """
     raise NotImplementedError("Exercise 14.5: matmul_intensity")
+
+
+def merge_rank_traces(events: list, origin_s: float, group=None) -> list:
+    """Exercise 14.6: gather every rank's trace events into one timeline, on every rank.
+
+    Each rank recorded `events` (Chrome events, ts in microseconds since its own start) and knows `origin_s`,
+    the wall-clock time (time.time()) of its start. Ranks start at different moments, so their ts are on
+    different clocks. Gather all ranks' (origin_s, events) with `torch.distributed.all_gather_object`, shift
+    each rank's ts by (its origin - the earliest origin) x 1e6, set each event's "pid" to its rank in the
+    group, and return all events sorted by (ts, pid) -- the same list on every rank. Do not modify the
+    inputs. (The runtime does this when it writes `--trace`; a real profiler must also correct clock skew
+    between machines, which NTP keeps to about a millisecond.)
+    """
+    raise NotImplementedError("Exercise 14.6: merge_rank_traces")

@@ -167,3 +167,24 @@ def test_shard_batch(exercise, g, dp, mb):
 def test_shard_batch_rejects(exercise, g, r, dp, mb):
     with pytest.raises(ValueError):
         exercise.shard_batch(list(range(g)), r, dp, mb)
+
+
+# Exercise 1.7: global_mean_loss on 2 gloo ranks ---------------------------------------------------------
+
+@pytest.mark.points(3, exercise="1.7")
+def test_global_mean_loss_weights_by_tokens(exercise):
+    """Rank 0 holds 6 tokens, rank 1 holds 2: the mean over all 8, not the mean of the two means."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import exercise_workers_llama_basics as workers
+
+    from llama_course.testing import spawn
+
+    results = spawn(workers.check_global_mean_loss, 2, exercise.__name__, timeout=90)
+    every_token = workers.TOKENS[0] + workers.TOKENS[1]
+    expected = sum(every_token) / len(every_token)
+    for rank, out in enumerate(results):
+        assert not out["error"], f"rank {rank}: {out['error']}"
+        assert out["loss"] == pytest.approx(expected, rel=1e-12), f"rank {rank}: {out['loss']} != {expected}"

@@ -129,3 +129,31 @@ def test_matmul_intensity_grows_with_tokens(exercise):
     """One token (decoding) is ~1 FLOP/byte: memory-bound; thousands of tokens cross the A100 ridge (~156)."""
     assert exercise.matmul_intensity(1, 4096, 4096) < 1.01
     assert exercise.matmul_intensity(4096, 4096, 4096) > 156
+
+
+# Exercise 14.6: merge_rank_traces on 3 gloo ranks -------------------------------------------------------
+
+@pytest.mark.points(3, exercise="14.6")
+def test_merge_rank_traces(exercise):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import exercise_workers_profiling as workers
+
+    from llama_course.testing import spawn
+
+    results = spawn(workers.check_merge, 3, exercise.__name__, timeout=90)
+    start = min(workers.ORIGINS.values())
+    expected = []
+    for rank in range(3):
+        for e in workers.rank_events(rank):
+            expected.append({**e, "pid": rank, "ts": e["ts"] + (workers.ORIGINS[rank] - start) * 1e6})
+    expected.sort(key=lambda e: (e["ts"], e["pid"]))
+    for rank, out in enumerate(results):
+        assert not out["error"], f"rank {rank}: {out['error']}"
+        assert out["unchanged"], f"rank {rank}: the input events were modified"
+        got = out["merged"]
+        assert [(e["pid"], e["name"]) for e in got] == [(e["pid"], e["name"]) for e in expected], f"rank {rank}: order"
+        for g, want in zip(got, expected):
+            assert g["ts"] == pytest.approx(want["ts"], abs=1e-3) and g["dur"] == want["dur"]
