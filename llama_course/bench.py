@@ -229,7 +229,7 @@ def gloo_worker(rank: int, world: int, quick: bool) -> dict:
         curve = []
         for nbytes in COLLECTIVE_SIZES:
             x = torch.zeros(max(1, nbytes // 4))
-            curve.append([nbytes, _fastest_collective(lambda x=x: fn(x), max(5, reps // (1 + nbytes // (1 << 20))))])
+            curve.append([nbytes, _fastest_collective(lambda x=x, fn=fn: fn(x), max(5, reps // (1 + nbytes // (1 << 20))))])
         out[f"all_reduce_{name}"] = curve
     return out
 
