@@ -1,4 +1,4 @@
-"""Measured pipeline bubble of GPipe and 1F1B against (p-1)/(m+p-1) and the simulator's prediction.
+"""Measured pipeline bubble of GPipe, 1F1B and interleaved 1F1B against the closed form and the simulator.
 
     .venv/bin/python benchmarks/pipeline_bubble.py                           # print the markdown table
     .venv/bin/python benchmarks/pipeline_bubble.py --write docs/benchmarks/pipeline_parallel.md
@@ -22,17 +22,17 @@ import argparse
 import datetime
 import statistics
 
-SCHEDULES = ("gpipe", "1f1b")
+SCHEDULES = (("gpipe", 1), ("1f1b", 1), ("interleaved_1f1b", 2))     # (schedule, vpp)
 
 
-def config(p: int, m: int, schedule: str):
+def config(p: int, m: int, schedule: str, vpp: int = 1):
     from simulator.config import load_config
 
     return load_config({
         "model": {"preset": "tiny", "n_layers": 2 * p, "dim": 32, "n_heads": 2, "n_kv_heads": 2, "ffn_dim": 64,
                   "vocab_size": 128},
         "seq_len": 16, "cluster": {"num_gpus": p},
-        "parallel": {"pp": p, "schedule": schedule, "micro_batch_size": 1, "global_batch_size": m},
+        "parallel": {"pp": p, "vpp": vpp, "schedule": schedule, "micro_batch_size": 1, "global_batch_size": m},
         "training": {"precision": "fp32", "lr": 1e-3, "warmup_steps": 0, "seed": 0},
     })
 
@@ -47,9 +47,9 @@ def worker(rank: int, world: int, ms: list, forward_s: float, steps: int) -> lis
 
     rows = []
     ctx = None
-    for schedule in SCHEDULES:
+    for schedule, vpp in SCHEDULES:
         for m in ms:
-            cfg = config(world, m, schedule)
+            cfg = config(world, m, schedule, vpp)
             ctx = ctx or init_distributed(1, 1, world)
             tracer = Tracer(enabled=True, rank=rank)
             engine = build_engine(cfg, ctx, build_model(cfg), tracer)
@@ -62,7 +62,7 @@ def worker(rank: int, world: int, ms: list, forward_s: float, steps: int) -> lis
                 engine.train_step([(s[:, :-1], s[:, 1:]) for s in seqs], 1e-3)
                 per_step.append(step_bubble(tracer, world))
             measured, span = min(per_step[1:] or per_step)     # the first step warms up; least disturbed step
-            rows.append({"schedule": schedule, "p": world, "m": m, "measured": measured, "step_s": span})
+            rows.append({"schedule": schedule, "vpp": vpp, "p": world, "m": m, "measured": measured, "step_s": span})
     return rows
 
 
@@ -81,10 +81,11 @@ def step_bubble(tracer, world: int) -> tuple:
     return statistics.mean(1 - r["busy"] / span for r in everyone), span
 
 
-def simulated(schedule: str, p: int, m: int, forward_s: float) -> float:
+def simulated(schedule: str, p: int, m: int, v: int, forward_s: float) -> float:
+    """Idle share of the simulated step: 2 layers per rank, split into v chunks."""
     from simulator.pipeline_parallel import simulate_pipeline
 
-    run = simulate_pipeline(schedule, p, m, 1, [2 * forward_s] * p, [4 * forward_s] * p)
+    run = simulate_pipeline(schedule, p, m, v, [2 * forward_s / v] * (p * v), [4 * forward_s / v] * (p * v))
     return statistics.mean(1 - b / run.makespan for b in run.busy)
 
 
@@ -119,12 +120,12 @@ def main() -> None:
     rows = []
     for p in args.pp:
         rows += spawn(worker, p, args.m, args.forward_ms / 1e3, args.steps, timeout=600)[0]
-    lines = ["| schedule | p | m | (p-1)/(m+p-1) | simulated | measured | measured - formula | step (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| schedule | p | v | m | (p-1)/(v m+p-1) | simulated | measured | measured - formula | step (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        formula = (r["p"] - 1) / (r["m"] + r["p"] - 1)
-        sim = simulated(r["schedule"], r["p"], r["m"], args.forward_ms / 1e3)
-        lines.append(f"| {r['schedule']} | {r['p']} | {r['m']} | {formula:.3f} | {sim:.3f} | {r['measured']:.3f} | "
+        formula = (r["p"] - 1) / (r["vpp"] * r["m"] + r["p"] - 1)
+        sim = simulated(r["schedule"], r["p"], r["m"], r["vpp"], args.forward_ms / 1e3)
+        lines.append(f"| {r['schedule']} | {r['p']} | {r['vpp']} | {r['m']} | {formula:.3f} | {sim:.3f} | {r['measured']:.3f} | "
                      f"{100 * (r['measured'] - formula):+.1f} pt | {r['step_s']:.2f} |")
     table = "\n".join(lines)
     balance = balance_table()
@@ -151,12 +152,15 @@ backward (`PipelineEngine.compute_delay`), because raw compute on this shared 2-
 small and too noisy to show a bubble (p processes share 2 cores). Sends, receives and the schedule's waits
 are real (gloo, `llama_course/pipeline_parallel.py`). Measured bubble = 1 - busy / step span per rank,
 averaged over ranks; simulated = `simulator.pipeline_parallel.simulate_pipeline` with the same stage times
-and free communication; the closed form is (p-1)/(m+p-1).
+and free communication; the closed form is (p-1)/(v m+p-1) (v = 1: GPipe and 1F1B).
 
 {table}
 
 GPipe and 1F1B have the same bubble; 1F1B only bounds the micro-batches in flight (activation memory)
-at p instead of m. What is left above the formula is the real cost the formula leaves out: the first
+at p instead of m. The machine was shared (load average about 20 on 2 cores during these runs): a
+disturbed step only adds idle time, so the table keeps each layout's least disturbed step; with 20 ms
+sleeps instead of 30 one run put gpipe p=4 m=8 at +5.4 pt, the others within 3. Interleaved 1F1B (v = 2 chunks of one layer per rank, the same work per rank) divides
+the bubble by about v, for twice the sends. What is left above the formula is the real cost the formula leaves out: the first
 stage's embedding and the last stage's head and loss, the sends and receives, and Python between tasks.
 
 ## Balanced stages
