@@ -66,6 +66,24 @@ def grid_coords(rank: int, dp: int, tp: int, pp: int) -> tuple:
     return rank // (dp * tp), (rank // tp) % dp, rank % tp
 
 
+_LISTENERS: list = []          # sockets that must live as long as their stores
+
+
+def listening_store(host: str, port: int, world_size: int | None, timeout: timedelta):
+    """A TCPStore server that listens on `host` only (a plain TCPStore listens on every interface):
+    127.0.0.1 for one machine, the address the user gave (MASTER_ADDR) for many."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    _LISTENERS.append(sock)
+    return dist.TCPStore(host, sock.getsockname()[1], world_size, True, timeout, wait_for_workers=False,
+                         master_listen_fd=sock.fileno())
+
+
 def init_distributed(dp: int = 1, tp: int = 1, pp: int = 1, timeout: timedelta | None = None,
                      mesh_world: int | None = None) -> Context:
     """Join the process group (env:// from torchrun or our launcher; a one-rank group otherwise).
@@ -87,9 +105,11 @@ def init_distributed(dp: int = 1, tp: int = 1, pp: int = 1, timeout: timedelta |
         if "MASTER_ADDR" in os.environ and world > 1:
             host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
             agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-            base = dist.TCPStore(host, port, world_size=None if agent_store else world,
-                                 is_master=(rank == 0 and not agent_store), timeout=timeout,
-                                 wait_for_workers=False)
+            if rank == 0 and not agent_store:
+                base = listening_store(host, port, world, timeout)
+            else:
+                base = dist.TCPStore(host, port, world_size=None if agent_store else world, is_master=False,
+                                     timeout=timeout, wait_for_workers=False)
             store = dist.PrefixStore(f"llama_course/attempt_{restarts}", base)
         else:
             if world != 1:

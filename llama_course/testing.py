@@ -38,7 +38,12 @@ def _entry(fn, rank, world_size, port, timeout_s, args, conn, env):
         import torch.distributed as dist
 
         torch.set_num_threads(1)
-        store = dist.TCPStore("127.0.0.1", port, world_size, rank == 0, timedelta(seconds=timeout_s))
+        if rank == 0:                     # the store listens on 127.0.0.1 only
+            from llama_course.distributed import listening_store
+
+            store = listening_store("127.0.0.1", port, world_size, timedelta(seconds=timeout_s))
+        else:
+            store = dist.TCPStore("127.0.0.1", port, world_size, False, timedelta(seconds=timeout_s))
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=timeout_s))
         result = fn(rank, world_size, *args)
