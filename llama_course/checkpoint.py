@@ -278,21 +278,25 @@ def uses_dcp(engine) -> bool:
 
 def dcp_state_dict(engine) -> dict:
     """{"model", "optimizer"} as DCP state dicts (DTensor shards; resharded on load)."""
-    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    model_sd, optim_sd = get_state_dict(engine.base_model, engine.optimizer)
+    # flattened: optimizer state keyed by parameter name, not by position in param_groups (pipeline stages
+    # of one rank hold differently named parameters)
+    model_sd, optim_sd = get_state_dict(engine.base_model, engine.optimizer,
+                                        options=StateDictOptions(flatten_optimizer_state_dict=True))
     return {"model": model_sd, "optimizer": optim_sd}
 
 
 def dcp_load(path: str, engine) -> None:
     """Load a DCP checkpoint folder's engine state into the engine (collective)."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     state = dcp_state_dict(engine)
     dcp.load(state, checkpoint_id=os.path.join(path, "dcp"))
     set_state_dict(engine.base_model, engine.optimizer, model_state_dict=state["model"],
-                   optim_state_dict=state["optimizer"])
+                   optim_state_dict=state["optimizer"],
+                   options=StateDictOptions(flatten_optimizer_state_dict=True))
 
 
 def restore(path: str, ctx, engine) -> dict:

@@ -35,7 +35,13 @@ def compression_factor(cfg, matrices=None) -> float:
     if p.compression in ("fp16", "bf16"):
         return 2.0 / DTYPE_BYTES[prec] if DTYPE_BYTES[prec] > 2 else 1.0
     if p.compression == "topk":
-        return min(1.0, 2.0 * p.topk_ratio)          # a value and an int32 index per kept entry
+        # top-k picks different entries on every rank, so the sparse pieces cannot be summed on the way
+        # (no ring all-reduce): they are all-gathered, (N-1) x k x (value + int32 index) bytes per rank,
+        # against the dense ring's 2 (N-1)/N x n x e. The ratio grows with N: at N = 64 and 1% top-k in
+        # fp32 it is 0.64 of the dense bytes, not 0.02 (beyond 1 / (N ratio) ranks, top-k loses).
+        e = DTYPE_BYTES[prec]
+        n_ranks = max(p.dp or 1, 2)
+        return n_ranks * p.topk_ratio * (e + 4) / (2 * e)
     if p.compression == "powersgd":
         m = cfg.model
         mats = matrices or [(m.dim, m.dim), (m.dim, m.ffn_dim)]
