@@ -163,8 +163,9 @@ def group_size(group) -> int:
 
 
 def all_reduce_mean(value: float, group=None, device=None) -> float:
-    """Mean of a Python float over a group (for logging losses and timings)."""
-    if group_size(group) == 1:
+    """Mean of a Python float over a group (for logging losses and timings). group None: this rank alone
+    (not the world: engines pass None when their dp degree is 1)."""
+    if group is None or group_size(group) == 1:
         return float(value)
     t = torch.tensor([float(value)], dtype=torch.float64, device=device or "cpu")
     dist.all_reduce(t, group=group)
