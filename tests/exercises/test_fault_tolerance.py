@@ -10,7 +10,6 @@ import os
 
 import pytest
 
-
 # Exercise 10.1: young_daly_interval -------------------------------------------------------------------------
 
 @pytest.mark.points(2, exercise="10.1")

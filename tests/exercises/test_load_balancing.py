@@ -11,7 +11,6 @@ import random
 
 import pytest
 
-
 # Exercise 9.1: proportional_split ---------------------------------------------------------------------------
 
 @pytest.mark.points(1, exercise="9.1")
@@ -86,7 +85,7 @@ def test_assign_by_cost_vs_brute_force(exercise):
         for r in ranks:
             assert [lengths[i] for i in r] == sorted((lengths[i] for i in r), reverse=True)
         worst = max(sum(lengths[i] for i in r) for r in ranks)
-        best = min(max(sum(l for l, o in zip(lengths, own) if o == j) for j in range(k))
+        best = min(max(sum(n for n, o in zip(lengths, own) if o == j) for j in range(k))
                    for own in itertools.product(range(k), repeat=len(lengths)))
         assert worst <= 4 / 3 * best + 1e-9
     with pytest.raises(ValueError):

@@ -12,7 +12,6 @@ import random
 import numpy as np
 import pytest
 
-
 # Exercise 7.1: server_link_time ----------------------------------------------------------------------------
 
 @pytest.mark.points(2, exercise="7.1")

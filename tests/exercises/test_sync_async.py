@@ -10,7 +10,6 @@ import random
 import numpy as np
 import pytest
 
-
 # Exercise 8.1: bsp_step_time --------------------------------------------------------------------------------
 
 @pytest.mark.points(2, exercise="8.1")
