@@ -19,8 +19,9 @@ COLORS = {"forward": "#7fb3e6", "backward": "#1f5f99", "optimizer": "#999999"}
 def _pyplot():
     import matplotlib
 
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        matplotlib.use("Agg")
+    backend = matplotlib.get_backend().lower()
+    if backend != "agg" and "inline" not in backend:      # a notebook's inline backend ('inline' in recent
+        matplotlib.use("Agg")                            # matplotlib) must stay, or its figures never show
     import matplotlib.pyplot as plt
 
     return plt
