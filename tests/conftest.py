@@ -12,11 +12,16 @@ writes a score report.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXERCISES = ROOT / "tests" / "exercises"
+
+# the simulator's `cpu` predictions in tests use the shipped profile, not one `llama-course bench` left in
+# the user's cache (spawned processes inherit the variable)
+os.environ.setdefault("LLAMA_COURSE_CPU_PROFILE", str(ROOT / "simulator" / "profiles" / "cpu.json"))
 
 # labs/ and solutions/ are importable packages at the repository root (not installed with the wheel)
 if str(ROOT) not in sys.path:
