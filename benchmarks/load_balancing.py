@@ -47,7 +47,7 @@ def calibrate(cfg, repeats: int = 20) -> float:
     model = build_model(cfg)
     x = torch.randint(0, cfg.model.vocab_size, (cfg.parallel.micro_batch_size, cfg.seq_len))
     times = []
-    for i in range(repeats + 3):
+    for _ in range(repeats + 3):
         t0 = time.perf_counter()
         model(x).float().logsumexp(-1).mean().backward()
         times.append(time.perf_counter() - t0)

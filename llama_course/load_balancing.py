@@ -39,8 +39,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from llama_course.engine import ENGINES, Engine, NonFiniteError
 from llama_course.data import get_batch
+from llama_course.engine import ENGINES, Engine, NonFiniteError
 from simulator.parameter_server import assign_shards
 
 _instances = itertools.count()

@@ -88,7 +88,8 @@ class CourseOptimizer(torch.optim.Optimizer):
         return loss
 
     def update(self, group: dict, params: list) -> None:
-        raise NotImplementedError
+        """Apply this optimizer's rule to `params` of one param group (each subclass defines it)."""
+        raise TypeError(f"{type(self).__name__} does not define update()")
 
 
 class SGD(CourseOptimizer):

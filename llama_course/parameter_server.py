@@ -56,7 +56,8 @@ import torch.distributed.rpc as rpc
 
 from llama_course.engine import ENGINES, Engine
 from llama_course.optimizers import optimizer_for_groups
-from llama_course.sync_async import Clocks, staleness_summary as summary
+from llama_course.sync_async import Clocks
+from llama_course.sync_async import staleness_summary as summary
 from simulator.parameter_server import assign_shards
 
 HEARTBEAT_S = float(os.environ.get("LLAMA_COURSE_HEARTBEAT_S", "0.5"))
@@ -383,12 +384,12 @@ def lock_free_cost(threads: int = 2, updates: int = 200, size: int = 1 << 18) ->
         torn, snaps = [0], [0]
         done = threading.Event()
 
-        def writer():
+        def writer(w=w, lock=lock):       # bound now: threads run within this iteration
             for _ in range(updates):
                 with lock if lock else nullcontext():
                     w.add_(1.0)
 
-        def reader():
+        def reader(w=w, lock=lock, done=done, snaps=snaps, torn=torn):
             while not done.is_set():
                 with lock if lock else nullcontext():
                     s = w.clone()

@@ -35,10 +35,11 @@ def test_skew_report_orders_the_methods():
 
 
 def test_policies_on_four_ranks():
+    import workers_parameter_server as w
+
     from llama_course.testing import spawn
     from llama_course.trainer import run_worker
     from simulator.config import load_config
-    import workers_parameter_server as w
 
     dp4 = {**TINY, "cluster": {"num_gpus": 4}}
     runs = [["load_balance.policy=dynamic_batch", "faults.slow={3: 3}"],

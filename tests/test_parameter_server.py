@@ -67,8 +67,9 @@ def _oracle():
 def test_bsp_parameter_server_matches_data_parallel():
     """2 workers + 2 servers in BSP (mean, AdamW, clipping across shards) = the one-process run; then an
     ASP run of the same processes records staleness."""
-    from llama_course.testing import spawn
     import workers_parameter_server as w
+
+    from llama_course.testing import spawn
 
     ps = {**TINY, "parallel": {**TINY["parallel"], "strategy": "parameter_server", "dp": 2, "num_servers": 2}}
     runs = spawn(w.run_configs, 4, [ps, ps], [[], ["parallel.sync=asp", "faults.slow={0: 3}"]], timeout=150)

@@ -4,8 +4,14 @@ import pytest
 
 from simulator.config import load_config
 from simulator.hardware import gpu_preset
-from simulator.parameter_server import (crossover_table, ps_step_comm, ring_all_reduce_time, server_shares,
-                                        simulate_push, tensor_sizes)
+from simulator.parameter_server import (
+    crossover_table,
+    ps_step_comm,
+    ring_all_reduce_time,
+    server_shares,
+    simulate_push,
+    tensor_sizes,
+)
 from simulator.simulate import simulate
 from simulator.workload import count_params
 
