@@ -124,12 +124,19 @@ def load_note(rows: list) -> str:
              f"{statistics.mean(quiet):.0%})" if quiet else "no layout ran at a load of 4 or less",
              f"{len(busy)} above it (mean |error| {statistics.mean(busy):.0%})" if busy else "none above it"]
     lowest = min(ok, key=lambda r: r["load"])
+    ratios = sorted(r["measured"]["breakdown_s"]["compute"] / r["predicted"]["breakdown_s"]["compute"]
+                    for r in ok if r["predicted"]["breakdown_s"].get("compute") and r["measured"]["breakdown_s"].get("compute"))
+    stretch = (f" Measured compute spans are {ratios[0]:.1f}x to {ratios[-1]:.1f}x the predicted ones (median "
+               f"{statistics.median(ratios):.1f}x), against a single-process fit within 4%: on two shared cores "
+               "a multi-process step runs slower per rank than one process alone, and ZeRO-3 and tensor parallel "
+               "spans include the collectives they wait for.") if ratios else ""
     return (f"Load and error: {parts[0]}, {parts[1]}; the quietest layout ({lowest['name']}, load "
             f"{lowest['load']:.1f}) is off by {lowest['relative_error']['step_time_s']:+.0%}. The prediction is "
-            "for the machine to itself (compute measured in CPU seconds, so it describes the machine, not its "
-            "load); with n runnable processes from other work on 2 cores a rank gets about 2 / (n + ranks) of "
-            "a core, and the measured steps stretch by that factor. The goal can only be judged from a run on "
-            "a quiet machine: rerun the command when `uptime` shows a load below 2.")
+            "for the machine to itself (compute measured in CPU seconds), and other work on the 2 cores stretches "
+            "every measured step; but load does not explain all of it: the quieter rows are not the better ones."
+            + stretch + " Latency-bound collectives are the other gap: a course ring step between two processes "
+            "takes 3-8 ms inside training (a partner process must be scheduled on a shared core) where the "
+            "bench's fastest repeat takes 0.2-0.3 ms, so per-tensor (naive) reduction is the worst row.")
 
 
 def write_doc(path: str, rows: list, args, profile: dict, profile_path: str, seconds: float,
