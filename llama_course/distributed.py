@@ -69,16 +69,22 @@ def grid_coords(rank: int, dp: int, tp: int, pp: int) -> tuple:
 _LISTENERS: list = []          # sockets that must live as long as their stores
 
 
-def listening_store(host: str, port: int, world_size: int | None, timeout: timedelta):
-    """A TCPStore server that listens on `host` only (a plain TCPStore listens on every interface):
-    127.0.0.1 for one machine, the address the user gave (MASTER_ADDR) for many."""
+def listening_socket(host: str, port: int = 0):
+    """A TCP socket listening on `host` only, for a TCPStore server (`master_listen_fd`): a plain
+    TCPStore listens on every interface. Keep the socket alive as long as the store."""
     import socket
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(512)
+    return sock
+
+
+def listening_store(host: str, port: int, world_size: int | None, timeout: timedelta):
+    """A TCPStore server that listens on `host` only: 127.0.0.1 for one machine, the address the user
+    gave (MASTER_ADDR) for many."""
+    sock = listening_socket(host, port)
     _LISTENERS.append(sock)
     return dist.TCPStore(host, sock.getsockname()[1], world_size, True, timeout, wait_for_workers=False,
                          master_listen_fd=sock.fileno())

@@ -29,7 +29,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -44,10 +43,9 @@ def loopback_store(host: str = "127.0.0.1", port: int = 0, timeout_s: float = 60
 
     Returns (store, listening socket); keep the socket alive as long as the store.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(512)
+    from llama_course.distributed import listening_socket
+
+    sock = listening_socket(host, port)
     port = sock.getsockname()[1]
     store = dist.TCPStore(host, port, None, True, timedelta(seconds=timeout_s), wait_for_workers=False,
                           multi_tenant=True, master_listen_fd=sock.fileno())
