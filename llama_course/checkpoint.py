@@ -112,7 +112,12 @@ def save(root: str, step: int, ctx, engine, config: dict, tokenizer=None, keep: 
     snap = snapshot(step, ctx, engine, extra)
     if snap is None:
         return None
-    return write(root, snap, ctx, config, tokenizer, keep, group=None)
+    return write(root, snap, ctx, config, tokenizer, keep, group=_group(engine))
+
+
+def _group(engine):
+    """The process group checkpoints of this engine are collective over (None: the default group)."""
+    return getattr(engine, "checkpoint_group", lambda: (None, None))()[0]
 
 
 def snapshot(step: int, ctx, engine, extra: dict | None = None) -> dict | None:
@@ -128,7 +133,7 @@ def snapshot(step: int, ctx, engine, extra: dict | None = None) -> dict | None:
     finite = all_finite(engine_state)
     if ctx.world_size > 1 and dist.is_initialized():
         flag = torch.tensor([1 if finite else 0], device=ctx.device)      # NCCL needs it on the GPU
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=_group(engine))
         finite = bool(flag.item())
     if not finite:
         if ctx.rank == 0:
@@ -193,9 +198,15 @@ class AsyncCheckpointer:
     snapshot (copy to host memory); `wait` joins the write and re-raises its error, if any.
     """
 
-    def __init__(self, ctx):
+    def __init__(self, ctx, engine=None):
         self.ctx = ctx
-        self.group = dist.new_group(backend="gloo") if ctx.world_size > 1 and dist.is_initialized() else None
+        ranks = engine.checkpoint_group()[1] if engine is not None else None
+        if ctx.world_size == 1 or not dist.is_initialized():
+            self.group = None
+        elif ranks is None:
+            self.group = dist.new_group(backend="gloo")
+        else:           # a subset (parameter-server workers): only its members take part in creating it
+            self.group = dist.new_group(ranks, backend="gloo", use_local_synchronization=True)
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self.saved: list = []

@@ -192,6 +192,10 @@ class Engine:
         c = self.ctx
         return (c.pp_rank * c.dp + 0) * c.tp + c.tp_rank
 
+    def checkpoint_group(self) -> tuple:
+        """(process group, ranks) a checkpoint is collective over: (None, None) means every rank."""
+        return None, None
+
 
 class DDPEngine(Engine):
     """torch.nn.parallel.DistributedDataParallel over the dp group: bucketed all-reduce overlapped with

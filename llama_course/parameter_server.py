@@ -49,6 +49,7 @@ import threading
 import time
 import warnings
 from contextlib import nullcontext
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -75,6 +76,7 @@ class HeartbeatMonitor:
         self.last = {w: clock() for w in workers}
         self.finished: set = set()
         self.declared: set = set()
+        self.declared_at: dict = {}       # worker -> clock() when declared dead
 
     def beat(self, worker: int) -> None:
         self.last[worker] = self.clock()
@@ -87,7 +89,12 @@ class HeartbeatMonitor:
         new = [w for w, t in self.last.items()
                if w not in self.finished and w not in self.declared and now - t > self.timeout]
         self.declared.update(new)
+        self.declared_at.update({w: now for w in new})
         return new
+
+    def settled(self) -> bool:
+        """Every worker has either said goodbye or been declared dead: nobody is left to wait for."""
+        return all(w in self.finished or w in self.declared for w in self.last)
 
 
 class ShardServer:
@@ -117,6 +124,8 @@ class ShardServer:
         self.in_flight = 0
         self.torn_pulls = 0
         self.momentum = None
+        self.settled_waiters: list = []  # futures of workers waiting for the end of the run (close)
+        self.settled = threading.Event()
 
     # ---- pushes -----------------------------------------------------------------------------------
     def push(self, worker: int, version: int, grads: list, norm: float, loss: float, lr: float):
@@ -217,6 +226,28 @@ class ShardServer:
                 keep.append((worker, fut, reply))
         self.parked = keep
 
+    # ---- checkpoint state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything that decides this shard's next update: weights, optimizer, version, EMA, momentum,
+        the per-worker clocks and the staleness histogram (taken under the lock: a consistent version)."""
+        with self.lock:
+            return {"params": [q.detach().clone() for q in self.params],
+                    "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
+                    "version": self.version, "ema": self.ema, "momentum": self.momentum,
+                    "clock": dict(self.clocks.clock),
+                    "staleness": dict(self.staleness)}
+
+    def load_state_dict(self, state: dict) -> None:
+        with self.lock:
+            with torch.no_grad():
+                for q, w in zip(self.params, state["params"]):
+                    q.copy_(w)
+            if self.optimizer is not None:
+                self.optimizer.load_state_dict(state["optimizer"])
+            self.version, self.ema, self.momentum = state["version"], state["ema"], state["momentum"]
+            self.clocks.clock.update({int(w): c for w, c in state["clock"].items()})
+            self.staleness = {int(s): c for s, c in state["staleness"].items()}
+
     # ---- membership -------------------------------------------------------------------------------
     def heartbeat(self, worker: int) -> None:
         self.monitor.beat(worker)
@@ -226,6 +257,23 @@ class ShardServer:
             self.monitor.finish(worker)
             self.clocks.finish(worker)
             self._release_parked()
+            self._maybe_settle()
+
+    def wait_settled(self):
+        """A future of the workers declared dead, resolved once every worker finished or was declared."""
+        fut = torch.futures.Future()
+        with self.lock:
+            self.settled_waiters.append(fut)
+            self._maybe_settle()
+        return fut
+
+    def _maybe_settle(self) -> None:
+        if self.monitor.settled():
+            dead = sorted(self.monitor.declared)
+            for fut in self.settled_waiters:
+                fut.set_result(dead)
+            self.settled_waiters = []
+            self.settled.set()
 
     def check_heartbeats(self) -> None:
         dead = self.monitor.newly_dead()
@@ -238,6 +286,7 @@ class ShardServer:
                 if self.sync == "bsp":
                     self._maybe_finish_version()
                 self._release_parked()
+                self._maybe_settle()
 
 
 # ---- RPC entry points (run on the server's RPC threads) ----------------------------------------------
@@ -254,8 +303,21 @@ def _finish(worker):
     _SERVER.finish(worker)
 
 
+@rpc.functions.async_execution
+def _settled():
+    return _SERVER.wait_settled()
+
+
 def _staleness():
     return dict(_SERVER.staleness)
+
+
+def _get_state():
+    return _SERVER.state_dict()
+
+
+def _set_state(state):
+    _SERVER.load_state_dict(state)
 
 
 class ParameterServerEngine(Engine):
@@ -324,17 +386,37 @@ class ParameterServerEngine(Engine):
 
     # ---- server -----------------------------------------------------------------------------------
     def run_server(self) -> None:
-        """Serve until every worker has shut down RPC; check heartbeats meanwhile."""
+        """Serve until every worker has said goodbye or been declared dead; check heartbeats meanwhile."""
         watcher = threading.Thread(target=self._watch, daemon=True)
         watcher.start()
-        self.close()
+        _SERVER.settled.wait()
+        dead = sorted(_SERVER.monitor.declared)
+        if dead:          # the survivors got their answer from _settled and said so in the store
+            self._wait_for_survivors([w for w in range(self.n_workers) if w not in dead])
+        self._shutdown(graceful=not dead)
+
+    def _wait_for_survivors(self, workers: list) -> None:
+        try:
+            self._store().wait([f"closed_{w}" for w in workers], timedelta(seconds=DEAD_AFTER_S + 30))
+        except Exception:       # the store went with worker 0's exit: they are gone, either way
+            pass
+
+    def _store(self):
+        return dist.PrefixStore(f"llama_course/ps_{self.ctx.restart_count}",
+                                dist.distributed_c10d._get_default_store())
+
+    def _shutdown(self, graceful: bool) -> None:
+        """rpc.shutdown: graceful waits for every RPC peer, which a dead worker would never answer."""
+        rpc.shutdown(graceful=graceful)
+        self._stop.set()
 
     def _watch(self) -> None:
         while not self._stop.wait(HEARTBEAT_S / 2):
             _SERVER.check_heartbeats()
 
     def close(self) -> None:
-        """Workers say goodbye to every server; everyone then waits in rpc.shutdown for the others."""
+        """Workers say goodbye to every server and wait until the servers have heard from (or buried) every
+        worker; then everyone leaves RPC: gracefully, or at once when a worker died (it would never answer)."""
         if not self.is_server:
             self._stop.set()
             if self.ctx.rank == 0 and self.cfg.parallel.sync != "bsp":
@@ -343,12 +425,45 @@ class ParameterServerEngine(Engine):
                       file=sys.stderr, flush=True)
             for j in range(self.k):
                 rpc.rpc_sync(f"server{j}", _finish, args=(self.ctx.rank,))
-        rpc.shutdown(graceful=True)
-        self._stop.set()
+            dead = sorted({w for j in range(self.k) for w in rpc.rpc_sync(f"server{j}", _settled)})
+            if dead:
+                if self.ctx.rank == min(w for w in range(self.n_workers) if w not in dead):
+                    print(f"parameter server: worker(s) {dead} died during the run; the others finished without "
+                          "them", file=sys.stderr, flush=True)
+                self._store().set(f"closed_{self.ctx.rank}", "1")
+            self._shutdown(graceful=not dead)
+        else:
+            self._shutdown(graceful=True)
 
-    # ---- checkpoints: the state lives on the servers -------------------------------------------------
+    # ---- checkpoints: the state lives on the servers; worker 0 fetches and writes it ------------------
+    def state_dict(self) -> dict:
+        """This worker's weights and versions, plus (worker 0 only) every server's shard state by RPC.
+        In BSP this is one consistent version: every worker waits in the checkpoint before pushing again."""
+        state = {"model": self.base_model.state_dict(), "versions": list(self.versions)}
+        if self.ctx.rank == 0:
+            state["servers"] = [rpc.rpc_sync(f"server{j}", _get_state) for j in range(self.k)]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Every worker takes the saved weights and versions; worker 0 hands each server its shard state;
+        nobody pushes before every server is restored (a barrier over the workers)."""
+        self.base_model.load_state_dict(state["model"])
+        self.versions = list(state["versions"])
+        if self.ctx.rank == 0:
+            for j, server_state in enumerate(state["servers"]):
+                rpc.rpc_sync(f"server{j}", _set_state, args=(server_state,))
+        if self.n_workers > 1:
+            dist.barrier(group=self.ctx.dp_group)
+
     def checkpoint_writer(self) -> bool:
-        return False
+        return self.ctx.rank == 0
+
+    def checkpoint_source_rank(self) -> int:
+        return 0
+
+    def checkpoint_group(self) -> tuple:
+        """Checkpoints are collective over the workers only (servers sit in their RPC loop)."""
+        return self.ctx.dp_group, list(range(self.n_workers))
 
 
 def init_rpc(name: str, rank: int, world_size: int) -> None:

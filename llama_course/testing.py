@@ -65,8 +65,9 @@ class SpawnError(RuntimeError):
     """A rank raised, died or timed out."""
 
 
-def spawn(fn, world_size: int, *args, timeout: float = 120.0, env: dict | None = None) -> list:
-    """Run fn(rank, world_size, *args) on world_size processes; return the list of results by rank."""
+def spawn(fn, world_size: int, *args, timeout: float = 120.0, env: dict | None = None, may_die=()) -> list:
+    """Run fn(rank, world_size, *args) on world_size processes; return the list of results by rank.
+    Ranks in `may_die` are expected to die (fault-injection tests): their result is None."""
     ctx = mp.get_context("spawn")
     port = _free_port()
     collective_timeout = max(10.0, timeout / 2)
@@ -95,6 +96,8 @@ def spawn(fn, world_size: int, *args, timeout: float = 120.0, env: dict | None =
                     status, payload = pipe.recv()
                 except EOFError:
                     procs[rank].join(1)
+                    if rank in may_die:
+                        continue
                     raise SpawnError(f"rank {rank} died (exit code {procs[rank].exitcode})") from None
                 if status != "ok":                 # fail fast: the other ranks are killed below
                     raise SpawnError(payload)

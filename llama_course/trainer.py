@@ -162,7 +162,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                 if ctx.is_main and not quiet:
                     print(f"resumed from {latest} at step {start}", flush=True)
         # fault tolerance (fault_tolerance.py): background saves, naming a missing rank, injected NaN
-        saver = ckpt.AsyncCheckpointer(ctx) if checkpoint_dir and cfg.checkpoint.async_save else None
+        saver = ckpt.AsyncCheckpointer(ctx, engine) if checkpoint_dir and cfg.checkpoint.async_save else None
         detector = FailureDetector(ctx) if ctx.world_size > 1 else None
 
         flops_per_token = model_flops_per_token(cfg.model, cfg.seq_len)
@@ -205,7 +205,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                        "mfu": flops_per_token * tokens_s / (devices * peak) if peak else None}
                 if out.get("skipped"):
                     rec["skipped"] = True
-                for key in ("staleness", "bytes_sent"):
+                for key in ("staleness", "bytes_sent", "torn_pulls"):
                     if key in out:
                         rec[key] = out[key]
                 if (cfg.training.eval_every and n % cfg.training.eval_every == 0) or n == cfg.training.steps:
@@ -242,6 +242,7 @@ def open_metrics(path: str, start: int):
     if start and os.path.exists(path):
         with open(path) as f:
             kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     f = open(path, "w")
     f.writelines(kept)
     return f

@@ -65,19 +65,52 @@ def _oracle():
 
 
 def test_bsp_parameter_server_matches_data_parallel():
-    """2 workers + 2 servers in BSP (mean, AdamW, clipping across shards) = the one-process run; then an
-    ASP run of the same processes records staleness."""
+    """2 workers + 2 servers in BSP (mean, AdamW, clipping across shards) = the one-process run; then, on
+    the same processes, an ASP run records staleness, and ASP SGD trains with and without the shard lock
+    (Hogwild): both learn; only the lock-free run can hand out torn (mixed-version) pulls."""
     import workers_parameter_server as w
 
     from llama_course.testing import spawn
 
     ps = {**TINY, "parallel": {**TINY["parallel"], "strategy": "parameter_server", "dp": 2, "num_servers": 2}}
-    runs = spawn(w.run_configs, 4, [ps, ps], [[], ["parallel.sync=asp", "faults.slow={0: 3}"]], timeout=150)
-    bsp, asp = runs[0][0], runs[0][1]
-    assert runs[2] == [[], []] and runs[3] == [[], []]          # servers log nothing
+    sgd = ["parallel.sync=asp", "training.optimizer=sgd", "training.lr=0.3", "training.steps=30",
+           "training.warmup_steps=2", "training.eval_batches=2"]
+    runs = spawn(w.run_configs, 4, [ps] * 4, [[], ["parallel.sync=asp", "faults.slow={0: 3}"], sgd,
+                                              sgd + ["parallel.lock_free=true"]], timeout=200)
+    bsp, asp, locked, lock_free = runs[0]
+    assert runs[2] == [[]] * 4 and runs[3] == [[]] * 4          # servers log nothing
     oracle = _oracle()
     for got, want in zip(bsp, oracle):
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
         assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
     assert len(asp) == 3 and all("staleness" in r for r in asp)
     assert all(r["staleness"] >= 0 for r in asp)
+    for run in (locked, lock_free):
+        assert run[-1]["val_loss"] < run[0]["loss"] - 0.1, [r["loss"] for r in run]
+    assert locked[-1]["torn_pulls"] == 0 and lock_free[-1]["torn_pulls"] >= 0
+
+
+@pytest.mark.parametrize("sync", ["asp", "bsp"])
+def test_a_killed_worker_is_declared_dead_and_the_run_finishes_without_it(sync):
+    """Worker 1 of 2 is SIGKILLed at the start of step 3 (no goodbye, no restart). The server notices the
+    silence within DEAD_AFTER_S (+ one watch period + slack) and carries on: ASP never waited for it;
+    BSP completes each version over the live workers. Worker 0 trains all 8 steps and everyone leaves RPC."""
+    import math
+
+    import workers_parameter_server as w
+
+    from llama_course.testing import spawn
+
+    ps = {**TINY, "training": {**TINY["training"], "steps": 8},
+          "parallel": {**TINY["parallel"], "strategy": "parameter_server", "dp": 2, "num_servers": 1}}
+    dead_after = 1.5
+    out = spawn(w.run_with_a_death, 3, ps, [f"parallel.sync={sync}", "faults.kill=[{rank: 1, step: 3}]"],
+                timeout=150, may_die=(1,), env={"LLAMA_COURSE_DEAD_AFTER_S": str(dead_after),
+                                                 "LLAMA_COURSE_HEARTBEAT_S": "0.2"})
+    records, killed, server = out
+    assert killed is None                                             # it really died
+    assert [r["step"] for r in records] == list(range(1, 9)) and all(math.isfinite(r["loss"]) for r in records)
+    assert server["declared"] == [1]
+    assert dead_after <= server["after_s"][1] <= dead_after + 0.1 + 2.0      # watch period 0.1 s, 2 s of slack
+    # server versions: BSP one per step; ASP one per push (worker 0: 8, worker 1: steps 1 and 2)
+    assert server["version"] == (8 if sync == "bsp" else 10)

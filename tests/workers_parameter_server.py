@@ -24,3 +24,18 @@ def run_configs(rank, world, cfg_dicts, overrides_list):
         records = run_worker(load_config(cfg, overrides), quiet=True)
         out.append(records)
     return out
+
+
+def run_with_a_death(rank, world, cfg_dict, overrides):
+    """One run in which a worker is SIGKILLed (faults.kill); a server returns who it declared dead and how
+    long after that worker's last heartbeat it did so."""
+    from llama_course import parameter_server as ps
+    from llama_course.trainer import run_worker
+    from simulator.config import load_config
+
+    records = run_worker(load_config(cfg_dict, overrides), quiet=True)
+    if ps._SERVER is None:
+        return records
+    mon = ps._SERVER.monitor
+    return {"declared": sorted(mon.declared), "after_s": {w: mon.declared_at[w] - mon.last[w] for w in mon.declared},
+            "version": ps._SERVER.version}
