@@ -6,11 +6,14 @@ and g bytes per gradient element:
 
     plain / ZeRO-0   all-reduce Psi g bytes            each rank sends 2 (dp-1)/dp Psi g
     ZeRO-1           reduce-scatter Psi g once per step, step on Psi/dp, all-gather Psi e of new weights
-    ZeRO-2           as ZeRO-1, but it keeps only its gradient shard, so it reduce-scatters every
-                     micro-batch's gradients during that backward (m times the bytes, mostly hidden)
-    ZeRO-3 (FSDP)    per block and micro-batch: all-gather weights before forward and before backward,
-                     reduce-scatter gradients after backward: 3 Psi bytes moved per micro-batch, prefetched
-                     so only what exceeds the block's compute is exposed
+                     (the course's engine all-reduces instead, then steps its shard)
+    ZeRO-2           as ZeRO-1; between steps it keeps only its gradient shard
+    ZeRO-3 (FSDP)    per block and micro-batch: all-gather weights before forward and before backward;
+                     gradients reduce-scattered once per step, after the last micro-batch (both engines
+                     accumulate whole gradients until then, as FSDP2's set_requires_gradient_sync(False)
+                     does). torch's FSDP2 prefetches the next block's weights during this block's compute,
+                     so only what exceeds it is exposed; the course's engine gathers in a hook, just in
+                     time, so every gather is exposed (`parallel.implementation` decides which)
 
 Bucketing (`parallel.bucket_mb`): gradients are grouped into buckets of that size; a bucket is reduced as
 soon as the backward pass has produced all of it, on the comm stream, while the backward continues (the

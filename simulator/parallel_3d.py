@@ -110,15 +110,17 @@ def stage_costs(cfg, hw, comm: CommModel, layout: Layout, layers: list) -> tuple
     emb_f, emb_b = embedding_times(m, s, b, p.tp, prec, hw)
     head_f, head_b = head_times(m, s, b, p.tp, prec, hw)
     zero3 = (0.0, 0.0)
-    if p.zero_stage >= 2 and layout.dp > 1:
-        # ZeRO-2 keeps only its gradient shard, so every micro-batch's gradients are reduce-scattered as the
-        # backward produces them; ZeRO-3 also all-gathers each block's weights before forward and backward
+    if p.zero_stage == 3 and layout.dp > 1:
+        # ZeRO-3 all-gathers each block's weights before its forward and again before its backward, every
+        # micro-batch. FSDP2 prefetches the next block's during this block's compute (only the excess shows);
+        # the course's engine gathers in a hook, just in time: all of it shows. Gradients are accumulated
+        # whole over the micro-batches and reduce-scattered once, after the last (as the sync below).
         psi_block = virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]
-        gather = (comm.time("all_gather", layout.dp_group(), psi_block * weight_bytes_per_param(cfg))
-                  if p.zero_stage == 3 else 0.0)
-        scatter = comm.time("reduce_scatter", layout.dp_group(),
-                            psi_block * grad_bytes_per_param(cfg) * compression_factor(cfg))
-        zero3 = (zero3_exposed(blk.forward, gather), zero3_exposed(blk.backward + blk.recompute, gather + scatter))
+        gather = comm.time("all_gather", layout.dp_group(), psi_block * weight_bytes_per_param(cfg))
+        if p.implementation == "course":
+            zero3 = (gather, gather)
+        else:
+            zero3 = (zero3_exposed(blk.forward, gather), zero3_exposed(blk.backward + blk.recompute, gather))
     n_virtual = len(layers)
     fwd, bwd = [], []
     for k, n_blocks in enumerate(layers):
@@ -177,7 +179,10 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False) -> Step:
     psi_virtual = virtual_stage_params(cfg, layers)
     grad_wire = grad_bytes_per_param(cfg) * compression_factor(cfg)
     dp_group = layout.dp_group()
-    kind = "reduce_scatter" if p.zero_stage == 1 else "all_reduce"
+    # ZeRO-2/3 (and torch's ZeRO-1, which is FSDP2's ZeRO-2) reduce-scatter the gradients; the course's
+    # ZeRO-1 all-reduces them, then each rank updates its shard
+    kind = "all_reduce" if p.zero_stage == 0 or (p.zero_stage == 1 and p.implementation == "course") \
+        else "reduce_scatter"
     best = None
     all_spans: dict = {}
     for i, (run, _slow) in enumerate(runs):
@@ -185,8 +190,8 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False) -> Step:
             ready = []
             for c in range(p.vpp):
                 k = c * p.pp + r
-                if p.zero_stage >= 2 or layout.dp == 1:
-                    continue            # ZeRO-2/3 reduce-scatter per block, inside each backward
+                if layout.dp == 1:
+                    continue
                 ready += buckets_ready(run.last_backward[(r, c)], psi_virtual[k] * grad_wire, p.bucket_mb,
                                        tensors=9 * layers[k] + 1)
             ready.sort()
