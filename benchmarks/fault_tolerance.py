@@ -1,8 +1,9 @@
 """Time lost per failure: restart-everything (torchrun --max-restarts + checkpoint) against per-step fault
-tolerance (fault_tolerance.py, torchft-style), on the same run.
+tolerance, the course's (fault_tolerance.py) and torchft's (fault_tolerance_torchft.py), on the same run.
 
-    python benchmarks/fault_tolerance.py                       # markdown table (about 3 minutes on 2 cores)
+    python benchmarks/fault_tolerance.py                       # markdown table (about 4 minutes on 2 cores)
     python benchmarks/fault_tolerance.py --steps 60 --kill-step 15 --every 10 --slow 3 --repeats 3 --json
+    python benchmarks/fault_tolerance.py --ways per_step,torchft   # only the per-step ways
 
 The run: the tiny LLaMA, 2 data-parallel replicas on gloo, global batch 8 x 64 tokens, every rank's compute
 stretched --slow times (faults.slow) so a replacement has time to start and join. Each way runs twice
@@ -11,7 +12,8 @@ the difference of the two wall times (median over --repeats pairs, measured back
 same machine load). Restart-everything checkpoints every --every steps, so it also redoes the steps since
 the last checkpoint. Per-step fault tolerance restarts nobody: the survivor finishes the step alone and a
 replacement joins live; it loses instead the dead replica's share of the batch for the steps it missed
-(reported as lost sample-steps).
+(reported as lost sample-steps). torchft (0.2.0: Rust lighthouse, Manager, reconfigurable gloo group,
+HTTP state transfer to the replacement) runs the same loop with the same heartbeat timeout (1 s).
 """
 
 from __future__ import annotations
@@ -52,9 +54,13 @@ def restart_everything(steps: int, every: int, kill_step: int | None, slow: floa
     return {"wall_s": wall, "step_s": statistics.median(r["step_time_s"] for r in records)}
 
 
-def per_step(steps: int, kill_step: int | None, slow: float) -> dict:
+def per_step(steps: int, kill_step: int | None, slow: float, way: str = "per_step") -> dict:
+    """One run of per-step fault tolerance: the course's (way "per_step") or torchft's ("torchft")."""
     from llama_course.fault_tolerance import read_metrics, supervise
     from simulator.config import load_config
+
+    if way == "torchft":
+        from llama_course.fault_tolerance_torchft import supervise
 
     over = [o for o in BASE if "implementation" not in o] + [f"training.steps={steps}",
                                                             f"faults.slow={{0: {slow}, 1: {slow}}}"]
@@ -84,31 +90,40 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=int, default=10, help="restart-everything: checkpoint every N steps")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--slow", type=float, default=3.0, help="faults.slow factor on both ranks")
+    ap.add_argument("--ways", default="restart,per_step,torchft",
+                    help="comma-separated subset of restart, per_step (the course's), torchft")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    ways = [w for w in ("restart", "per_step", "torchft") if w in args.ways.split(",")]
+    per_step_ways = [w for w in ways if w != "restart"]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    rows = {"restart": [], "per_step": []}
+    rows = {w: [] for w in ways}
     for _ in range(args.repeats):
-        clean = restart_everything(args.steps, args.every, None, args.slow)
-        killed = restart_everything(args.steps, args.every, args.kill_step, args.slow)
-        rows["restart"].append({"clean": clean, "killed": killed, "lost_s": killed["wall_s"] - clean["wall_s"]})
-        clean, killed = per_step(args.steps, None, args.slow), per_step(args.steps, args.kill_step, args.slow)
-        rows["per_step"].append({"clean": clean, "killed": killed, "lost_s": killed["wall_s"] - clean["wall_s"],
-                                 "extra_stall_s": killed["stall_s"] - clean["stall_s"]})
-    summary = {
-        "date": datetime.date.today().isoformat(), "args": vars(args),
-        "restart_lost_s": statistics.median(r["lost_s"] for r in rows["restart"]),
-        "per_step_lost_s": statistics.median(r["lost_s"] for r in rows["per_step"]),
-        "per_step_extra_stall_s": statistics.median(r["extra_stall_s"] for r in rows["per_step"]),
-        "joined_at_step": [r["killed"]["joined_at_step"] for r in rows["per_step"]],
-        "restart_step_s": statistics.median(r["clean"]["step_s"] for r in rows["restart"]),
-        "per_step_step_s": statistics.median(r["clean"]["step_s"] for r in rows["per_step"]),
-        "redone_steps": (args.kill_step - 1) % args.every,
-        "failure_step_stall_s": statistics.median(r["killed"]["failure_step_stall_s"] for r in rows["per_step"]),
-        "join_step_stall_s": statistics.median(r["killed"]["join_step_stall_s"] or 0 for r in rows["per_step"]),
-        "lost_sample_steps": statistics.median(r["killed"]["lost_sample_steps"] for r in rows["per_step"]),
-        "runs": rows,
-    }
+        if "restart" in ways:
+            clean = restart_everything(args.steps, args.every, None, args.slow)
+            killed = restart_everything(args.steps, args.every, args.kill_step, args.slow)
+            rows["restart"].append({"clean": clean, "killed": killed, "lost_s": killed["wall_s"] - clean["wall_s"]})
+        for way in per_step_ways:
+            clean = per_step(args.steps, None, args.slow, way)
+            killed = per_step(args.steps, args.kill_step, args.slow, way)
+            rows[way].append({"clean": clean, "killed": killed, "lost_s": killed["wall_s"] - clean["wall_s"],
+                              "extra_stall_s": killed["stall_s"] - clean["stall_s"]})
+    summary = {"date": datetime.date.today().isoformat(), "args": vars(args), "runs": rows}
+    if "restart" in ways:
+        summary.update(restart_lost_s=statistics.median(r["lost_s"] for r in rows["restart"]),
+                       restart_step_s=statistics.median(r["clean"]["step_s"] for r in rows["restart"]),
+                       redone_steps=(args.kill_step - 1) % args.every)
+    for way in per_step_ways:
+        r = rows[way]
+        summary[way] = {
+            "lost_s": statistics.median(x["lost_s"] for x in r),
+            "extra_stall_s": statistics.median(x["extra_stall_s"] for x in r),
+            "joined_at_step": [x["killed"]["joined_at_step"] for x in r],
+            "step_s": statistics.median(x["clean"]["step_s"] for x in r),
+            "failure_step_stall_s": statistics.median(x["killed"]["failure_step_stall_s"] for x in r),
+            "join_step_stall_s": statistics.median(x["killed"]["join_step_stall_s"] or 0 for x in r),
+            "lost_sample_steps": statistics.median(x["killed"]["lost_sample_steps"] for x in r),
+        }
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
@@ -117,14 +132,20 @@ def main(argv=None) -> int:
           f"median of {args.repeats} ({s['date']})\n")
     print("| way | clean step (s) | time lost per failure (s) | redone steps | lost samples |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| restart everything (torchrun --max-restarts 1, checkpoint every {args.every}) | "
-          f"{s['restart_step_s']:.3f} | {s['restart_lost_s']:.1f} | {s['redone_steps']} | 0 |")
-    print(f"| per-step fault tolerance (quorum, live recovery) | {s['per_step_step_s']:.3f} | "
-          f"{s['per_step_lost_s']:.1f} | 0 | {s['lost_sample_steps']:.0f} sequences |")
-    print(f"\nper-step: survivor's step times above their median add up to {s['per_step_extra_stall_s']:.2f} s more "
-          f"than in the clean run; the replacement joined at step {s['joined_at_step']}")
-    print(f"per-step: the failed step stalled {s['failure_step_stall_s']:.2f} s (heartbeat timeout 1 s + new group), "
-          f"the join step {s['join_step_stall_s']:.2f} s (new group + state broadcast)")
+    if "restart" in ways:
+        print(f"| restart everything (torchrun --max-restarts 1, checkpoint every {args.every}) | "
+              f"{s['restart_step_s']:.3f} | {s['restart_lost_s']:.1f} | {s['redone_steps']} | 0 |")
+    names = {"per_step": "per-step fault tolerance, the course's (quorum, live recovery)",
+             "torchft": "per-step fault tolerance, torchft 0.2.0 (Manager, lighthouse, HTTP recovery)"}
+    for way in per_step_ways:
+        w = s[way]
+        print(f"| {names[way]} | {w['step_s']:.3f} | {w['lost_s']:.1f} | 0 | {w['lost_sample_steps']:.0f} sequences |")
+    for way in per_step_ways:
+        w = s[way]
+        print(f"\n{way}: survivor's step times above their median add up to {w['extra_stall_s']:.2f} s more "
+              f"than in the clean run; the replacement joined at step {w['joined_at_step']}; the failed step "
+              f"stalled {w['failure_step_stall_s']:.2f} s (heartbeat timeout 1 s + new group), the join step "
+              f"{w['join_step_stall_s']:.2f} s (new group + state transfer)")
     return 0
 
 

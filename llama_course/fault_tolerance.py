@@ -29,7 +29,8 @@ Seed questions 12 and 18 (fault tolerance), 16 (scheduling shares the restart co
 
     llama-course train configs/tiny.yaml --max-restarts 1 --checkpoint-dir ck --set 'faults.kill=[{rank: 1, step: 5}]'
     python -m llama_course.fault_tolerance configs/tiny.yaml --out runs/ft --set 'faults.kill=[{rank: 1, step: 5}]'
-    python benchmarks/fault_tolerance.py          # time lost per failure, both ways
+    python benchmarks/fault_tolerance.py          # time lost per failure, both ways (and torchft's)
+    python -m llama_course.fault_tolerance_torchft configs/tiny.yaml --out runs/torchft   # torchft itself
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Fault tolerance, for real: a rank killed under every layout (data parallel ZeRO-3 with an asynchronous
 save killed mid-write, FSDP2 with DCP sharded checkpoints, tensor and pipeline parallel, parameter server
 BSP) resumes and logs exactly the losses of the same layout uninterrupted,
-per-step fault tolerance with a live replacement, a hung peer named, NaN steps skipped or stopped and
+per-step fault tolerance with a live replacement (and torchft, the oracle, logging the same losses
+bit for bit), a hung peer named, NaN steps skipped or stopped and
 never written to a checkpoint. Few launches: each costs seconds on 2 cores."""
 
 import json
@@ -214,3 +215,34 @@ def test_stores_listen_on_loopback_only():
     plain = dist.TCPStore("127.0.0.1", 0, 1, True, timedelta(seconds=5))
     assert _listening(plain.port) - {"0100007F"}                          # 0.0.0.0 or ::, not loopback only
     del store, sock, plain
+
+
+def test_torchft_oracle_equals_course_per_step_ft_and_its_survivor_never_restarts(tmp_path):
+    """torchft 0.2.0 (its Rust lighthouse, Manager, ProcessGroupGloo) as the oracle for the course's
+    per-step fault tolerance: the same tiny LLaMA, 2 replicas, replica 1 SIGKILLed in step 5, no
+    replacement. Tolerance: none. Both average the same two float32 gradients (a + b is exact in either
+    order, / 2 is exact), so torchft's survivor logs bit for bit the course's losses and gradient norms
+    in every step (2 replicas for steps 1-4, the survivor alone from step 5) and ends with the same
+    weights; steps 1-4 equal one process on the whole batch to rel 1e-5 (float reordering)."""
+    pytest.importorskip("torchft", reason="MISSING: pip install torchft==0.2.0 (Linux x86_64 wheels only)")
+    from llama_course import fault_tolerance_torchft as tft
+
+    over = ["parallel.global_batch_size=8", "parallel.micro_batch_size=2", "seq_len=64", "training.steps=10",
+            "training.eval_every=0", "faults.kill=[{rank: 1, step: 5}]"]
+    cfg = load_config(TINY, over)
+    summary = tft.supervise(cfg, str(tmp_path / "torchft"), replace=False, heartbeat_timeout_s=1.0, timeout_s=120)
+    oracle = read_metrics(str(tmp_path / "torchft"), 0)
+    assert [r["step"] for r in oracle] == list(range(1, 11))
+    assert len({r["pid"] for r in oracle}) == 1 and summary["exit_codes"][0] == [0]     # no global restart
+    assert summary["exit_codes"][1] == [-9] and not summary["replacements"]
+    assert [r["participants"] for r in oracle] == [2, 2, 2, 2, 1, 1, 1, 1, 1, 1]
+    assert oracle[4]["quorum_id"] > oracle[3]["quorum_id"]                               # a new quorum for step 5
+
+    supervise(cfg, str(tmp_path / "course"), replace=False, heartbeat_timeout_s=1.0, timeout_s=120)
+    course = read_metrics(str(tmp_path / "course"), 0)
+    assert [r["participants"] for r in course] == [r["participants"] for r in oracle]
+    assert [(r["loss"], r["grad_norm"]) for r in course] == [(r["loss"], r["grad_norm"]) for r in oracle]
+    assert course[-1]["params_sha256"] == oracle[-1]["params_sha256"]
+    one = run_worker(load_config(TINY, ONE + ["training.steps=4"]), quiet=True)
+    for got, want in zip(oracle[:4], one):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
