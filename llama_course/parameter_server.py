@@ -467,24 +467,32 @@ class ParameterServerEngine(Engine):
 
 
 def init_rpc(name: str, rank: int, world_size: int) -> None:
-    """RPC on its own TCP rendezvous: rank 0 picks a free port and shares it over the process group."""
-    from llama_course.trainer import free_port
+    """RPC over the run's own (loopback) store: no second rendezvous port.
 
-    port = [free_port() if rank == 0 else None]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        dist.broadcast_object_list(port, src=0)
+    `tcp://` rendezvous would start a TCPStore on rank 0 that listens on every interface; instead a
+    `llamacourse://` handler hands RPC a prefix of the process group's store (already bound to
+    MASTER_ADDR, 127.0.0.1 by default), and TensorPipe's own sockets stay on loopback (TP_SOCKET_IFNAME=lo)
+    unless MASTER_ADDR names another host (multi-node)."""
     host = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    if host in ("127.0.0.1", "localhost"):
+        os.environ.setdefault("TP_SOCKET_IFNAME", "lo")
+    restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+
+    def handler(url, **kwargs):
+        store = dist.PrefixStore(f"llama_course/rpc_{restarts}", dist.distributed_c10d._get_default_store())
+        yield store, rank, world_size
+
+    import importlib
+
+    # (re)register: an earlier run in this process registered its own store's handler
+    importlib.import_module("torch.distributed.rendezvous")._rendezvous_handlers["llamacourse"] = handler
     timeout = float(os.environ.get("LLAMA_COURSE_TIMEOUT", "60"))
-    options = rpc.TensorPipeRpcBackendOptions(init_method=f"tcp://{host}:{port[0]}", rpc_timeout=timeout,
-                                              num_worker_threads=max(8, 2 * world_size))
-    # under torchrun the rendezvous would otherwise expect the elastic agent to host this store (it does not)
-    agent = os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
-    try:
-        rpc.init_rpc(name, rank=rank, world_size=world_size, rpc_backend_options=options)
-    finally:
-        if agent is not None:
-            os.environ["TORCHELASTIC_USE_AGENT_STORE"] = agent
+    # TensorPipe's shared-memory transport busy-polls a core per process: on a CPU machine that steals the
+    # cores from training (a 2-worker step took 2x as long). libuv's TCP transport waits on epoll instead.
+    options = rpc.TensorPipeRpcBackendOptions(init_method="llamacourse://", rpc_timeout=timeout,
+                                              num_worker_threads=max(8, 2 * world_size),
+                                              _transports=["uv"], _channels=["basic"])
+    rpc.init_rpc(name, rank=rank, world_size=world_size, rpc_backend_options=options)
 
 
 def lock_free_cost(threads: int = 2, updates: int = 200, size: int = 1 << 18) -> dict:

@@ -75,8 +75,13 @@ def test_bsp_parameter_server_matches_data_parallel():
     ps = {**TINY, "parallel": {**TINY["parallel"], "strategy": "parameter_server", "dp": 2, "num_servers": 2}}
     sgd = ["parallel.sync=asp", "training.optimizer=sgd", "training.lr=0.3", "training.steps=30",
            "training.warmup_steps=2", "training.eval_batches=2"]
-    runs = spawn(w.run_configs, 4, [ps] * 4, [[], ["parallel.sync=asp", "faults.slow={0: 3}"], sgd,
-                                              sgd + ["parallel.lock_free=true"]], timeout=200)
+    watched = spawn(w.run_configs_watching_sockets, 4, [ps] * 4,
+                    [[], ["parallel.sync=asp", "faults.slow={0: 3}"], sgd, sgd + ["parallel.lock_free=true"]],
+                    timeout=200)
+    runs = [r for r, _ in watched]
+    if os.path.exists("/proc/net/tcp"):          # RPC and its rendezvous listen on loopback only
+        assert {a for _, addrs in watched for a in addrs} <= {"0100007F", "0000000000000000FFFF00000100007F"}
+        assert any(addrs for _, addrs in watched)
     bsp, asp, locked, lock_free = runs[0]
     assert runs[2] == [[]] * 4 and runs[3] == [[]] * 4          # servers log nothing
     oracle = _oracle()

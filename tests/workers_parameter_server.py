@@ -39,3 +39,42 @@ def run_with_a_death(rank, world, cfg_dict, overrides):
     mon = ps._SERVER.monitor
     return {"declared": sorted(mon.declared), "after_s": {w: mon.declared_at[w] - mon.last[w] for w in mon.declared},
             "version": ps._SERVER.version}
+
+
+def own_listening_addresses() -> set:
+    """Local addresses (hex, as /proc/net/tcp* writes them) of this process's listening TCP sockets."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    found = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(name) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:
+                    found.add(fields[1].split(":")[0])
+    return found
+
+
+def run_configs_watching_sockets(rank, world, cfg_dicts, overrides_list):
+    """run_configs, while a thread records every address this process listens on (RPC, stores)."""
+    import threading
+
+    seen, done = set(), threading.Event()
+
+    def watch():
+        while not done.wait(0.05):
+            seen.update(own_listening_addresses())
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        return run_configs(rank, world, cfg_dicts, overrides_list), sorted(seen)
+    finally:
+        done.set()
+        t.join()
