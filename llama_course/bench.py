@@ -120,18 +120,28 @@ def model_step_times(preset: str, seq_len: int, micro_batch: int, repeats: int =
                        "parallel": {"micro_batch_size": micro_batch, "global_batch_size": micro_batch,
                                     "implementation": "course"}, "training": {"precision": "fp32"}})
     engine = Engine(cfg, Context(), build_model(cfg))
-    x = torch.randint(cfg.model.vocab_size, (micro_batch, seq_len))
-    y = torch.randint(cfg.model.vocab_size, (micro_batch, seq_len))
+    # as training runs it: a fresh batch every step and the optimizer between forward-backwards (whose
+    # state traffic evicts the caches; a loop of forward-backwards alone on one batch runs 10-20% faster)
+    inner, fb_times = engine.forward_backward, []
 
-    def forward_backward():
-        engine.optimizer.zero_grad(set_to_none=True)
-        engine.forward_backward([(x, y)])
+    def timed(batches):
+        t = time.thread_time()
+        out = inner(batches)
+        fb_times.append(time.thread_time() - t)
+        return out
 
-    fb = _cpu_time(forward_backward, repeats)
-    step = _cpu_time(lambda: engine.train_step([(x, y)], 1e-4), repeats)
+    engine.forward_backward = timed
+
+    def step():
+        batch = [(torch.randint(cfg.model.vocab_size, (micro_batch, seq_len)),
+                  torch.randint(cfg.model.vocab_size, (micro_batch, seq_len)))]
+        engine.train_step(batch, 1e-4)
+
+    step_s = _cpu_time(step, repeats)
+    fb = statistics.median(fb_times[2:])                    # the warm-up steps are not counted
     params = list(engine.base_model.parameters())
     return {"preset": preset, "seq_len": seq_len, "micro_batch": micro_batch, "forward_backward_s": fb,
-            "rest_s": max(0.0, step - fb), "params": sum(p.numel() for p in params), "tensors": len(params)}
+            "rest_s": max(0.0, step_s - fb), "params": sum(p.numel() for p in params), "tensors": len(params)}
 
 
 @functools.cache
@@ -197,6 +207,32 @@ def fit_compute(points: list, peak_flops: float, memory_bandwidth: float) -> dic
             "optimizer_us_per_tensor": max(0.0, c) * 1e6, "optimizer_ns_per_param": max(0.0, d) * 1e9}
 
 
+def sharing_worker(rank: int, world: int, steps: int) -> float:
+    """Runs in each of `world` spawned processes at once: mean wall seconds of the tiny model's
+    forward-backward (micro-batch 2, then an optimizer step), free-running, as training ranks compute."""
+    import torch
+
+    from llama_course.distributed import Context
+    from llama_course.engine import Engine
+    from llama_course.model import build_model
+    from simulator.config import load_config
+
+    torch.set_num_threads(1)
+    cfg = load_config({"model": {"preset": "tiny"}, "seq_len": 128, "cluster": {"gpu": "cpu", "num_gpus": 1},
+                       "parallel": {"micro_batch_size": 2, "global_batch_size": 2, "implementation": "course"},
+                       "training": {"precision": "fp32"}})
+    engine = Engine(cfg, Context(), build_model(cfg))
+    times = []
+    for _ in range(steps):
+        batch = [(torch.randint(cfg.model.vocab_size, (2, 128)), torch.randint(cfg.model.vocab_size, (2, 128)))]
+        t = time.perf_counter()
+        engine.optimizer.zero_grad(set_to_none=True)
+        engine.forward_backward(batch)
+        times.append(time.perf_counter() - t)
+        engine.optimizer.step()
+    return sum(times[3:]) / len(times[3:])
+
+
 def gloo_worker(rank: int, world: int, quick: bool) -> dict:
     """Runs in each spawned process: p2p and all_reduce latency and bandwidth over gloo."""
     import torch
@@ -222,22 +258,42 @@ def gloo_worker(rank: int, world: int, quick: bool) -> dict:
     t = _median_time(lambda: dist.all_reduce(big), max(3, reps // 5))
     out["allreduce_busbw_GBps"] = big.numel() * 4 / t * 2 * (world - 1) / world / 1e9
     # all-reduce time against size, for gloo's own all_reduce (tensor parallel, DDP) and the course's ring on
-    # send/recv (the course's data parallel engines): small gradients stay in cache and run faster per byte
+    # send/recv (the course's data parallel engines), measured in situ, as training issues them: each right
+    # after a stretch of compute, the mean over bursts, less the compute alone. A collective issued between
+    # computations costs 2-4x the fastest one after a barrier: ranks arrive skewed, and on 2 shared cores
+    # every step of a ring waits for its partner to be scheduled again (with more processes than cores,
+    # for a time slice). That is the time training sees, so it is the time the simulator uses.
     from llama_course import collectives as C
 
+    a = torch.randn(320, 320)
+
+    def compute():                      # ~1.5 ms of matmuls: what a rank does between two collectives
+        for _ in range(4):
+            a @ a
+
+    bursts = 5 if quick else 9
+    compute_s = _burst(compute, bursts, 8)
+    out["in_situ_compute_s"] = compute_s
     for name, fn in (("gloo", lambda x: dist.all_reduce(x)), ("course", lambda x: C.ring_all_reduce(x, None, check=False))):
-        curve = []
+        curve, chained = [], []
         for nbytes in COLLECTIVE_SIZES:
             x = torch.zeros(max(1, nbytes // 4))
-            curve.append([nbytes, _fastest_collective(lambda x=x, fn=fn: fn(x), max(5, reps // (1 + nbytes // (1 << 20))))])
+
+            def both(x=x, fn=fn):
+                compute()
+                fn(x)
+
+            length = 4 if nbytes >= 1 << 22 else 8
+            curve.append([nbytes, max(1e-6, _burst(both, bursts, length) - compute_s)])
+            chained.append([nbytes, _burst(lambda x=x, fn=fn: fn(x), bursts, length)])
         out[f"all_reduce_{name}"] = curve
+        out[f"all_reduce_back_to_back_{name}"] = chained
     return out
 
 
 def _fastest_collective(fn, repeats: int) -> float:
-    """The fastest of `repeats` runs, each started together after a barrier. On a quiet machine the fastest
-    and the median agree; on a busy one the median measures the other processes (every one of the 2(n-1)
-    steps of a ring waits for two processes to be scheduled), the fastest measures the collective."""
+    """The fastest of `repeats` runs, each started together after a barrier (point-to-point latency and
+    bandwidth: what the link can do, not what training sees)."""
     import torch.distributed as dist
 
     fn()
@@ -250,7 +306,23 @@ def _fastest_collective(fn, repeats: int) -> float:
     return min(times)
 
 
-COLLECTIVE_SIZES = (4, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24)
+def _burst(fn, bursts: int, length: int) -> float:
+    """Seconds per call of fn: the mean of a burst of `length` calls started after a barrier, median over
+    `bursts` bursts (a burst that met a scheduling hiccup does not decide the curve)."""
+    import torch.distributed as dist
+
+    fn()
+    times = []
+    for _ in range(bursts):
+        dist.barrier()
+        t = time.perf_counter()
+        for _ in range(length):
+            fn()
+        times.append((time.perf_counter() - t) / length)
+    return statistics.median(times)
+
+
+COLLECTIVE_SIZES = (4, 1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24)
 """Message sizes (bytes) of the all-reduce curves."""
 
 
@@ -295,8 +367,8 @@ def _measure_raw(quick: bool, progress: bool, desc: str) -> dict:
     from llama_course.testing import spawn
 
     torch.set_num_threads(1)
-    steps = ["matmul", "model shapes", "memory", "kernel overhead", "model steps", "gloo 2 processes",
-             "gloo 4 processes", "process launch"]
+    steps = ["matmul", "model shapes", "memory", "kernel overhead", "model steps", "core sharing",
+             "gloo 2 processes", "gloo 4 processes", "process launch"]
     bar = tqdm(steps, desc=desc, disable=not progress, file=sys.stderr)
     raw: dict = {}
     for name in bar:
@@ -313,6 +385,10 @@ def _measure_raw(quick: bool, progress: bool, desc: str) -> dict:
         elif name == "model steps":
             points = MODEL_POINTS[:2] if quick else MODEL_POINTS
             raw["model_steps"] = [model_step_times(*pt, repeats=3 if quick else 7) for pt in points]
+        elif name == "core sharing":        # k processes computing at once, each timed in wall seconds
+            n = 10 if quick else 25
+            raw["sharing_fb_s"] = {str(k): statistics.mean(spawn(sharing_worker, k, n, timeout=300))
+                                   for k in (1, 2, 4)}
         elif name.startswith("gloo"):
             world = int(name.split()[1])
             results = spawn(gloo_worker, world, quick, timeout=120)
@@ -344,7 +420,13 @@ def derive_profile(raw: dict, torch_version: str) -> dict:
                       "latency_us_4": g4["allreduce_latency_us"], "busbw_GBps_4": g4["allreduce_busbw_GBps"]},
         "all_reduce_seconds": {impl: {str(w): raw[f"gloo_{w}"][f"all_reduce_{impl}"] for w in (2, 4)
                                       if f"all_reduce_{impl}" in raw[f"gloo_{w}"]} for impl in ("gloo", "course")},
+        "all_reduce_back_to_back_seconds": {
+            impl: {str(w): raw[f"gloo_{w}"][f"all_reduce_back_to_back_{impl}"] for w in (2, 4)
+                   if f"all_reduce_back_to_back_{impl}" in raw[f"gloo_{w}"]} for impl in ("gloo", "course")},
         "launch_s": raw["launch_2_processes_s"],
+        # k processes computing at once get k x t1 / tk cores' worth of compute between them
+        "effective_cores": {k: int(k) * raw["sharing_fb_s"]["1"] / t for k, t in raw["sharing_fb_s"].items()}
+        if "sharing_fb_s" in raw else None,
         "cores": os.cpu_count(),
     }
     return profile
@@ -377,6 +459,9 @@ def cli(args) -> int:
             p2p = f"p2p {g['p2p_latency_us']:.0f} us, {g['p2p_GBps']:.2f} GB/s; " if "p2p_GBps" in g else ""
             print(f"gloo {w} processes:       {p2p}all_reduce {g['allreduce_latency_us']:.0f} us, "
                   f"busbw {g['allreduce_busbw_GBps']:.2f} GB/s")
+        if prof.get("effective_cores"):
+            print("core sharing:            " + ", ".join(
+                f"{k} processes get {c:.2f} cores" for k, c in prof["effective_cores"].items()))
         print(f"launch 2 processes:      {raw['launch_2_processes_s']:.1f} s")
         print(f"profile written to {path} (peak {prof['peak_tflops']['fp32'] * 1e3:.0f} GFLOP/s fp32 per process)")
     return 0

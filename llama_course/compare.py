@@ -81,7 +81,7 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
     """Simulate and train the same config; {"predicted", "measured", "relative_error", "config"}."""
     import torch
 
-    from llama_course.trainer import TRACE_STEPS, train
+    from llama_course.trainer import train
     from simulator.config import load_config
     from simulator.simulate import simulate
 
@@ -100,12 +100,22 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
     measured_trace = os.path.join(trace_dir, "measured.json")
     pred = simulate(cfg, trace_path=predicted_trace)
 
-    records = train(config, overrides, metrics=os.path.join(trace_dir, "metrics.jsonl"), quiet=quiet,
-                    trace=measured_trace)
+    # the components are read from the same steps as the step time: the second half of the run
+    traced = max(1, cfg.training.steps - cfg.training.steps // 2)
+    before = os.environ.get("LLAMA_COURSE_TRACE_STEPS")
+    os.environ["LLAMA_COURSE_TRACE_STEPS"] = str(traced)
+    try:
+        records = train(config, overrides, metrics=os.path.join(trace_dir, "metrics.jsonl"), quiet=quiet,
+                        trace=measured_trace)
+    finally:
+        if before is None:
+            os.environ.pop("LLAMA_COURSE_TRACE_STEPS", None)
+        else:
+            os.environ["LLAMA_COURSE_TRACE_STEPS"] = before
     tail = records[len(records) // 2:] or records
     measured = {"step_time_s": statistics.median(r["step_time_s"] for r in tail),
                 "tokens_per_s": statistics.median(r["tokens_per_s"] for r in tail)}
-    measured["breakdown_s"] = measured_components(measured_trace, min(TRACE_STEPS, cfg.training.steps))
+    measured["breakdown_s"] = measured_components(measured_trace, min(traced, cfg.training.steps))
     predicted = {"step_time_s": pred["step_time_s"], "tokens_per_s": pred["tokens_per_s"],
                  "breakdown_s": {c: pred["breakdown_s"].get(c, 0.0) for c in COMPONENTS}}
     rel = {k: (predicted[k] - measured[k]) / measured[k] for k in ("step_time_s", "tokens_per_s")}

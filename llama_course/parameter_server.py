@@ -47,7 +47,6 @@ import os
 import sys
 import threading
 import time
-import warnings
 from contextlib import nullcontext
 from datetime import timedelta
 

@@ -186,14 +186,15 @@ class CommModel:
         self.exact = exact
         self._cache: dict = {}
 
-    def time(self, kind: str, ranks, nbytes: float, algorithm: str = "auto") -> float:
+    def time(self, kind: str, ranks, nbytes: float, algorithm: str = "auto", back_to_back: bool = False) -> float:
+        """Seconds of one collective; `back_to_back`: issued right after another (matters on cpu only)."""
         ranks = tuple(ranks)
         if len(ranks) <= 1 or nbytes <= 0:
             return 0.0
-        key = (kind, ranks, float(nbytes), algorithm)
+        key = (kind, ranks, float(nbytes), algorithm, back_to_back)
         t = self._cache.get(key)
-        if t is None:
-            t = self.cluster.hw.measured_collective(kind, len(ranks), nbytes)   # cpu: gloo as measured
+        if t is None:       # cpu: gloo as measured
+            t = self.cluster.hw.measured_collective(kind, len(ranks), nbytes, back_to_back)
         if t is None:
             t = min(run_collective(self.cluster, kind, ranks, nbytes, a, self.exact)
                     for a in self.candidates(kind, ranks, algorithm))

@@ -27,8 +27,10 @@ read first). On a CPU three things differ from a GPU, each measured once by `ben
 - collectives are gloo's, not a ring over links: all-reduce (and reduce-scatter / all-gather) take the
   measured time against message size for that many processes (`all_reduce_seconds`: gloo's own
   all_reduce for `implementation: torch`, the course's ring on send/recv for `course`), interpolated;
-- processes share `cores`: with more ranks than cores they time-share, so compute slows by
-  ranks / cores (4 processes on 2 cores: 2x).
+- processes share `cores`: k ranks computing at once get `effective_cores[k]` cores' worth of compute
+  between them (measured by `bench`: on the 2-core reference VM, 4 processes get ~1.5 cores, not 2: context
+  switches and caches), so each computes k / effective_cores[k] times slower than alone; without the
+  measurement, k / cores when above 1.
 
     python -c "from simulator.hardware import gpu_preset; print(gpu_preset('a100-80gb'))"
 """
@@ -91,10 +93,16 @@ class Hardware:
     """Measured all-reduce (cpu): {processes: [(bytes, seconds)]} of the run's implementation; None = links."""
     collective_curves: dict | None = None
     """Every measured curve (cpu): {"gloo" | "course": {processes: [(bytes, seconds)]}}."""
+    back_to_back_table: dict | None = None
+    """Measured all-reduce issued right after another (cpu), as collective_table; None = the same."""
+    back_to_back_curves: dict | None = None
+    """Every measured back-to-back curve (cpu), as collective_curves."""
     cores: int | None = None
     """Cores the processes share (cpu); None = one device per rank (GPUs)."""
     compute_slowdown: float = 1.0
-    """Compute time factor from ranks sharing cores (ranks / cores when above 1); set by `hardware_for`."""
+    """Compute time factor from ranks sharing cores (`sharing_slowdown`); set by `hardware_for`."""
+    effective_cores: dict | None = None
+    """{processes computing at once: cores' worth of compute they get together}, measured (cpu)."""
     optimizer_per_tensor: float = 0.0
     """Fixed seconds per parameter tensor of an optimizer step (cpu: Python and dispatch per tensor)."""
     optimizer_per_param: float | None = None
@@ -103,8 +111,12 @@ class Hardware:
     def peak(self, precision: str) -> float:
         return self.peak_flops[precision]
 
-    def measured_collective(self, kind: str, n: int, nbytes: float) -> float | None:
+    def measured_collective(self, kind: str, n: int, nbytes: float, back_to_back: bool = False) -> float | None:
         """Seconds of a collective from the measured all-reduce curves (cpu), or None to simulate the links.
+
+        Two curves per implementation: in situ (a collective issued right after compute, the default: the
+        ranks arrive skewed and must be scheduled again) and back to back (one issued right after another:
+        the rest of an unbucketed gradient sync), when the profile has them.
 
         The curve of n processes, [(bytes, seconds)], is interpolated linearly in bytes (locally the
         alpha-beta form; beyond the largest size its last slope continues). Reduce-scatter, all-gather and
@@ -112,17 +124,28 @@ class Hardware:
         process counts the curves are interpolated; outside them, scaled by (n - 1)."""
         if not self.collective_table or kind == "send" or n <= 1:
             return None
-        sizes = sorted(self.collective_table)
+        table = (self.back_to_back_table if back_to_back and self.back_to_back_table else self.collective_table)
+        sizes = sorted(table)
         if n <= sizes[0] or n >= sizes[-1]:
             ref = sizes[0] if n <= sizes[0] else sizes[-1]
-            t = _interpolate(self.collective_table[ref], nbytes) * (n - 1) / max(1, ref - 1)
+            t = _interpolate(table[ref], nbytes) * (n - 1) / max(1, ref - 1)
         else:
             hi = next(k for k in sizes if k >= n)
             lo = max(k for k in sizes if k <= n)
             f = 0.0 if hi == lo else (n - lo) / (hi - lo)
-            t0, t1 = _interpolate(self.collective_table[lo], nbytes), _interpolate(self.collective_table[hi], nbytes)
+            t0, t1 = _interpolate(table[lo], nbytes), _interpolate(table[hi], nbytes)
             t = t0 + f * (t1 - t0)
         return t if kind == "all_reduce" else t / 2
+
+    def sharing_slowdown(self, k: float) -> float:
+        """How many times slower each of k processes computing at once runs than one alone (cpu; 1 on GPUs)."""
+        if not self.cores or k <= 1:
+            return 1.0
+        if self.effective_cores:
+            pts = sorted((float(n), float(c)) for n, c in self.effective_cores.items())
+            eff = _interpolate(pts, k) if k <= pts[-1][0] else pts[-1][1]
+            return max(1.0, k / eff)
+        return max(1.0, k / self.cores)
 
     def with_overrides(self, **changes) -> Hardware:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -259,8 +282,10 @@ def cpu_from_profile(path: str) -> Hardware:
             kernel_overhead=float(prof.get("kernel_overhead_us", 0.0)) * US,
             memory_shared=bool(prof.get("memory_shared", True)),
             collective_curves=_collective_curves(prof) or None,
+            back_to_back_curves=_collective_curves(prof, "all_reduce_back_to_back_seconds") or None,
             collective_table=(lambda c: c.get("gloo") or next(iter(c.values()), None))(_collective_curves(prof)),
             cores=int(prof["cores"]) if prof.get("cores") else None,
+            effective_cores=prof.get("effective_cores") or None,
             optimizer_per_tensor=float(prof.get("optimizer_us_per_tensor", 0.0)) * US,
             optimizer_per_param=(float(prof["optimizer_ns_per_param"]) * 1e-9
                                  if prof.get("optimizer_ns_per_param") is not None else None))
@@ -278,15 +303,15 @@ def _interpolate(curve: list, x: float) -> float:
     return curve[-1][1]
 
 
-def _collective_curves(prof: dict) -> dict:
+def _collective_curves(prof: dict, key: str = "all_reduce_seconds") -> dict:
     """{implementation: {n: [(bytes, seconds)]}} from a profile: the measured all-reduce curves
-    ("all_reduce_seconds"), else the alpha-beta pair of "allreduce" (latency_us_N, busbw_GBps_N) as a line."""
+    (`key`), else the alpha-beta pair of "allreduce" (latency_us_N, busbw_GBps_N) as a line."""
     curves = {}
-    for impl, by_n in (prof.get("all_reduce_seconds") or {}).items():
+    for impl, by_n in (prof.get(key) or {}).items():
         table = {int(n): sorted((float(b), float(t)) for b, t in pts) for n, pts in by_n.items() if pts}
         if table:
             curves[impl] = table
-    if not curves and prof.get("allreduce"):
+    if not curves and prof.get("allreduce") and key == "all_reduce_seconds":
         entries, table = prof["allreduce"], {}
         for key, value in entries.items():
             if key.startswith("latency_us_"):
@@ -336,13 +361,14 @@ def hardware_for(cfg) -> Hardware:
         gpus_per_node=min(gpn, c.num_gpus) if c.gpu == "cpu" else gpn,
     )
     if hw.cores:
-        hw = hw.with_overrides(compute_slowdown=max(1.0, c.num_gpus / hw.cores))
+        hw = hw.with_overrides(compute_slowdown=hw.sharing_slowdown(c.num_gpus))
     if hw.collective_curves:
         # which code moves the bytes: the course's data-parallel engines (gradients, ZeRO gathers) use their own
         # ring on send/recv; tensor parallelism and every torch engine use gloo's all_reduce
         p = cfg.parallel
         impl = "course" if p.implementation == "course" and p.dp > 1 else "gloo"
-        hw = hw.with_overrides(collective_table=hw.collective_curves.get(impl) or hw.collective_table)
+        hw = hw.with_overrides(collective_table=hw.collective_curves.get(impl) or hw.collective_table,
+                               back_to_back_table=(hw.back_to_back_curves or {}).get(impl))
     return hw
 
 

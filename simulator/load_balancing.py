@@ -8,8 +8,9 @@ makes f_i times slower); BSP waits for the slowest, then all-reduces:
     dynamic_batch   step = G / sum_i (1/t_i) + T_ar            recovers N / (sum_i 1/f_i) of the loss
     backup_workers  step = (N-b)-th smallest of (G/N) t_i + T_ar; the update holds (N-b)/N G sequences
 
-On `cluster.gpu: cpu` the ranks are processes sharing the machine's cores: while k ranks compute on c
-cores each runs at min(1, c/k) of its speed, and a straggler made by sleeping (faults.slow) frees its core
+On `cluster.gpu: cpu` the ranks are processes sharing the machine's cores: while k ranks compute each
+runs at 1 / hw.sharing_slowdown(k) of its speed (min(1, c/k) on c ideal cores; `bench` measures the real
+sharing), and a straggler made by sleeping (faults.slow) frees its core
 while it sleeps. `rank_finish_times` simulates exactly that (processor sharing, event by event); it is what
 makes the prediction hold on a 2-core machine running 4 ranks. dynamic_batch's shares follow measured
 speeds, which depend on the shares; `predict` iterates to the fixed point as the runtime does step by step.
@@ -48,7 +49,8 @@ def split_sizes(total: int, weights) -> list:
 def rank_finish_times(work: list, factors: list, cores: float | None, stop_after: int | None = None) -> list:
     """When each rank finishes its micro-batches. work[i] = CPU seconds of each of rank i's micro-batches
     (run alone); after each, a rank with factor f sleeps (f - 1) x the wall time that micro-batch took.
-    `cores` None: every rank has its own device. `stop_after` k: stop when k ranks are done (backup
+    `cores` None: every rank has its own device; a number: ranks share that many ideal cores; a function
+    k -> slowdown: each of k computing ranks runs that many times slower than alone. `stop_after` k: stop when k ranks are done (backup
     workers; the rest are abandoned, their times are inf)."""
     n = len(work)
     phase = [0] * n                       # index into work[i]
@@ -65,7 +67,10 @@ def rank_finish_times(work: list, factors: list, cores: float | None, stop_after
         if stop_after is not None and len(finished) >= stop_after or len(finished) == n:
             return done
         active = [i for i in range(n) if done[i] == math.inf and sleeping_until[i] is None]
-        rate = 1.0 if cores is None or not active else min(1.0, cores / len(active))
+        if cores is None or not active:
+            rate = 1.0
+        else:
+            rate = 1.0 / cores(len(active)) if callable(cores) else min(1.0, cores / len(active))
         events = [left[i] / rate for i in active] + \
                  [sleeping_until[i] - now for i in range(n) if sleeping_until[i] is not None]
         dt = max(0.0, min(events))
@@ -143,10 +148,12 @@ def predict(ctx_or_cfg, policy: str | None = None) -> dict:
     p = cfg.parallel
     policy = policy or cfg.load_balance.policy
     per_micro = sum(f.compute + b.compute + b.recompute for f, b in zip(ctx.step.forward, ctx.step.backward))
-    per_seq = per_micro / p.micro_batch_size
+    # a micro-batch run alone: the core sharing is played out event by event below, not averaged in
+    per_seq = per_micro / p.micro_batch_size / ctx.hw.compute_slowdown
     factors = [float(cfg.faults.slow.get(r, 1.0)) for r in range(p.dp)]
     out = policy_compute_time(policy if policy != "balanced_stages" else "none", p.dp, p.global_batch_size,
-                              p.micro_batch_size, per_seq, factors, cores_of(ctx.hw),
+                              p.micro_batch_size, per_seq, factors,
+                              ctx.hw.sharing_slowdown if cores_of(ctx.hw) else None,
                               cfg.load_balance.backup_workers)
     from simulator.memory import virtual_stage_params
 

@@ -196,7 +196,8 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False) -> Step:
                                        tensors=9 * layers[k] + 1)
             ready.sort()
             dp_end, dp_busy, spans = gradient_sync(
-                ready, p.overlap and p.bucket_mb > 0, lambda n: comm.time(kind, dp_group, n), run.compute_end[r])
+                ready, p.overlap and p.bucket_mb > 0,
+                lambda n, chained: comm.time(kind, dp_group, n, back_to_back=chained), run.compute_end[r])
             psi_r = sum(psi_virtual[c * p.pp + r] for c in range(p.vpp))
             psi_opt = psi_r / layout.dp if p.zero_stage >= 1 else psi_r
             opt = optimizer_time(psi_opt, cfg.training.precision, cfg.training.optimizer, hw,

@@ -113,8 +113,9 @@ def simulate_push(hw, n_workers: int, shares, psi: float, grad_bytes: float) -> 
 
 
 def link(hw, n_ranks: int) -> tuple:
-    """(bandwidth, latency) of the link a rank uses: within a node when all ranks fit in one."""
-    if n_ranks <= hw.gpus_per_node:
+    """(bandwidth, latency) of the link a rank uses: within a node when all ranks fit in one (on `cpu` every
+    process, servers included, runs on this one machine)."""
+    if n_ranks <= hw.gpus_per_node or hw.name == "cpu":
         return hw.intra_bandwidth * hw.link_efficiency, hw.intra_latency
     return hw.inter_bandwidth, hw.inter_latency
 

@@ -76,11 +76,11 @@ class PlanComm(CommModel):
         self._affine: dict = {}
         self._algorithms: dict = {}
 
-    def time(self, kind: str, ranks, nbytes: float, algorithm: str = "auto") -> float:
+    def time(self, kind: str, ranks, nbytes: float, algorithm: str = "auto", back_to_back: bool = False) -> float:
         ranks = tuple(ranks)
         if len(ranks) <= 1 or nbytes <= 0:
             return 0.0
-        measured = self.cluster.hw.measured_collective(kind, len(ranks), nbytes)
+        measured = self.cluster.hw.measured_collective(kind, len(ranks), nbytes, back_to_back)
         if measured is not None:
             return measured
         algs = self._algorithms.get((kind, ranks, algorithm))

@@ -20,6 +20,21 @@ def test_overlap_hides_all_but_the_last_bucket():
     assert gradient_sync(ready, True, slow, 1.0)[0] == pytest.approx(0.25 + 4 * 0.5)
 
 
+def test_a_collective_right_after_another_is_priced_back_to_back():
+    ready = buckets_ready((0.0, 1.0), 100e6, 25, 1)
+    calls = []
+
+    def comm(n, chained):
+        calls.append(chained)
+        return 0.2 if not chained else 0.1
+
+    end, _, _ = gradient_sync(ready, False, comm, 1.0)         # all after the backward: one in situ, 3 chained
+    assert calls == [False, True, True, True] and end == pytest.approx(1.0 + 0.2 + 3 * 0.1)
+    calls.clear()
+    gradient_sync(ready, True, comm, 1.0)                      # overlapped, each ready after the last ended
+    assert calls == [False, False, False, False]
+
+
 def test_compression_factors():
     base = {"training": {"precision": "fp32"}}
     assert compression_factor(load_config(base, ["parallel.compression=fp16"])) == 0.5

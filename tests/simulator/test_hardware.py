@@ -132,3 +132,29 @@ def test_measured_all_reduce_curves_by_implementation(tmp_path, monkeypatch):
     assert torch_hw.measured_collective("all_reduce", 2, 2.5e6) == pytest.approx(4e-3)    # between points
     assert torch_hw.measured_collective("all_reduce", 2, 7e6) == pytest.approx(13e-3)    # last slope goes on
     assert torch_hw.measured_collective("all_gather", 2, 1e6) == pytest.approx(0.5e-3)
+
+
+def test_cpu_core_sharing_and_back_to_back_collectives_as_measured(tmp_path, monkeypatch):
+    """`bench` measures how many cores' worth k processes get together, and collectives both in situ
+    (after compute, the default) and back to back; the simulator uses each where it applies."""
+    from simulator.config import load_config
+    from simulator.hardware import hardware_for
+
+    curve = {"course": {"2": [[4, 2e-3], [1e6, 4e-3]]}, "gloo": {"2": [[4, 1e-3], [1e6, 3e-3]]}}
+    chained = {"course": {"2": [[4, 5e-4], [1e6, 2.5e-3]]}}
+    _measured_cpu(tmp_path, monkeypatch, effective_cores={"1": 1.0, "2": 1.9, "4": 1.6},
+                  all_reduce_seconds=curve, all_reduce_back_to_back_seconds=chained)
+    hw = gpu_preset("cpu")
+    assert hw.sharing_slowdown(1) == 1.0
+    assert hw.sharing_slowdown(2) == pytest.approx(2 / 1.9)
+    assert hw.sharing_slowdown(4) == pytest.approx(4 / 1.6)           # not the ideal 2
+    assert hw.sharing_slowdown(8) == pytest.approx(8 / 1.6)           # saturated beyond the last measurement
+    cfg = load_config({"model": {"preset": "tiny"}, "cluster": {"gpu": "cpu", "num_gpus": 4}})
+    assert hardware_for(cfg).compute_slowdown == pytest.approx(2.5)
+    hw = hardware_for(load_config({"model": {"preset": "tiny"}, "cluster": {"gpu": "cpu", "num_gpus": 2},
+                                   "parallel": {"implementation": "course"}}))
+    assert hw.measured_collective("all_reduce", 2, 4) == pytest.approx(2e-3)
+    assert hw.measured_collective("all_reduce", 2, 4, back_to_back=True) == pytest.approx(5e-4)
+    gloo = hardware_for(load_config({"model": {"preset": "tiny"}, "cluster": {"gpu": "cpu", "num_gpus": 2},
+                                     "parallel": {"implementation": "torch"}}))
+    assert gloo.measured_collective("all_reduce", 2, 4, back_to_back=True) == pytest.approx(1e-3)  # no chained curve

@@ -50,7 +50,7 @@ def test_shares_bounded_by_largest_tensor():
 
 def test_simulate_parameter_server_slower_than_all_reduce_with_many_workers():
     base = {"model": {"preset": "tiny"}, "seq_len": 64, "training": {"precision": "fp32"},
-            "parallel": {"dp": 16, "global_batch_size": 16}}
+            "cluster": {"gpu": "a100-80gb", "num_gpus": 16}, "parallel": {"dp": 16, "global_batch_size": 16}}
     ring = simulate(base)
     ps = simulate({**base, "parallel": {**base["parallel"], "strategy": "parameter_server"}})
     assert ps["step_time_s"] > ring["step_time_s"]
