@@ -410,8 +410,10 @@ def derive_profile(raw: dict, torch_version: str) -> dict:
         "name": "cpu",
         "note": f"measured by `llama-course bench` on {time.strftime('%Y-%m-%d')} ({os.cpu_count()} cores, "
                 f"torch {torch_version}, median of {raw.get('repeats', 1)} runs); per process, one thread; "
-                f"matmul_efficiency, memory_efficiency, kernel_overhead_us "
-                f"and optimizer_* fitted on the real model's single-process steps (bench.fit_compute)",
+                f"matmul_efficiency, memory_efficiency, kernel_overhead_us and optimizer_* fitted on the real "
+                f"model's forward-backward timed inside single-process train steps (bench.fit_compute); "
+                f"effective_cores from 1, 2 and 4 processes computing at once; all-reduce curves in situ "
+                f"(after compute) and back to back, medians of bursts",
         "peak_tflops": {"fp32": peak / 1e3, "bf16": peak / 1e3 / 4, "fp16": peak / 1e3 / 8},
         "memory_bandwidth_GBps": raw["copy_GBps"],
         **fit,
