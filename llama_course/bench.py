@@ -11,10 +11,14 @@ What it measures, each the median of several repeats (one thread per process, as
 - memory bandwidth: a large tensor copy (bytes read + written per second);
 - kernel overhead: the time of an element-wise op on a tiny tensor (launch + dispatch cost);
 - gloo: point-to-point latency (ping-pong of 4 bytes / 2) and bandwidth (16 MiB), all_reduce latency and
-  bus bandwidth (nccl-tests' busbw = algbw x 2(n-1)/n) with 2 and 4 processes;
+  bus bandwidth (nccl-tests' busbw = algbw x 2(n-1)/n) with 2 and 4 processes, and the all-reduce curves
+  the simulator uses (gloo's and the course's ring, 4 B to 16 MiB): in situ, each issued right after ~1.5 ms
+  of compute as training issues them, and back to back (medians over bursts);
+- core sharing: 1, 2 and 4 processes computing the tiny model at once; k processes get k x t1 / tk cores'
+  worth of compute (`effective_cores`; 4 on the 2-core reference VM get ~1.7, not 2);
 - process launch: spawning 2 processes that join a process group and exit;
 - the real model: one micro-batch's forward + backward of the `tiny` and `small` LLaMA at two micro-batch
-  sizes, and the rest of a training step (gradient norm, clipping, the course AdamW), from which two
+  sizes, timed inside real train steps (fresh batches, the optimizer in between), and the rest of a step (gradient norm, clipping, the course AdamW), from which two
   numbers of the simulator's `cpu` model are fitted once for the machine (`fit_compute`): the share of the
   matmul peak that a rank's kernels reach and the fixed cost per simulated kernel (eager PyTorch runs ~4
   real ops, with their dispatch and autograd bookkeeping, for each kernel the simulator counts), and the
