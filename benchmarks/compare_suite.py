@@ -132,8 +132,11 @@ def load_note(rows: list) -> str:
             "runtime's compute spans include them (compare the step times, not those columns); pipeline and "
             "parameter-server exchanges are point-to-point sends and RPCs, which the profile prices from the link "
             "alone (latency and bandwidth measured back to back), so their exposed communication is under-"
-            "predicted; the course's per-tensor ring on 4 processes (dp 4 naive) is the least stable number of "
-            "the machine (each of 6 ring steps waits for a partner on an oversubscribed core).")
+            "predicted; and the course's per-tensor ring on 4 processes (dp 4 naive) is priced at what `bench` "
+            "measures for it back to back, about 9 ms per small all-reduce (bursts of 8 and of 40 alike), "
+            "while inside training the same 40 all-reduces average about 4 ms each: something in how the "
+            "4 oversubscribed processes are scheduled during training that the bench's loop does not "
+            "reproduce, not yet understood.")
 
 
 def write_doc(path: str, rows: list, args, profile: dict, profile_path: str, seconds: float,
@@ -177,6 +180,12 @@ and gloo's and the course's all-reduce against size for 2 and 4 processes, both 
 after compute, as training issues a bucket or a tensor-parallel all-reduce: the partner has to be scheduled
 again, 2-4x the fastest collective after a barrier) and *back to back* (the rest of an unbucketed sync).
 How the simulator uses them is in `simulator/hardware.py`.
+
+History: the profile shipped on 2026-11-28 (fastest collective after a barrier, compute fitted on
+forward-backward loops, ideal core sharing, measured under a load of 15-30) gave a mean |error| of 52% under
+load and 29% on the quiet machine on 2026-11-29 (`python benchmarks/compare_suite.py --no-write`, 2 of 11
+layouts within 20%); the parameter server row was also 4x slower then (TensorPipe's shared-memory
+transport busy-polled a core per process; RPC now uses its TCP transport).
 """
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
