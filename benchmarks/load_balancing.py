@@ -1,6 +1,6 @@
 """Load balancing, measured and predicted: 4 workers, one 3x slower (faults.slow {3: 3}).
 
-    python benchmarks/load_balancing.py [--steps 30] [--out docs/benchmarks/load_balancing.md]
+    python benchmarks/load_balancing.py [--steps 30] [--repeat 3] [--out docs/benchmarks/load_balancing.md]
 
 1. No fitting here: the simulator predicts with this machine's cpu profile (measured once by
    `llama-course bench`); the tiny model's single-process micro-batch is timed and shown beside the
