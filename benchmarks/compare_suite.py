@@ -133,10 +133,12 @@ def load_note(rows: list) -> str:
             "parameter-server exchanges are point-to-point sends and RPCs, which the profile prices from the link "
             "alone (latency and bandwidth measured back to back), so their exposed communication is under-"
             "predicted; and the course's per-tensor ring on 4 processes (dp 4 naive) is priced at what `bench` "
-            "measures for it back to back, about 9 ms per small all-reduce (bursts of 8 and of 40 alike), "
-            "while inside training the same 40 all-reduces average about 4 ms each: something in how the "
-            "4 oversubscribed processes are scheduled during training that the bench's loop does not "
-            "reproduce, not yet understood.")
+            "measures for it back to back, about 9 ms per small all-reduce, while inside training the same 40 "
+            "all-reduces averaged about 4 ms each. The cost is bimodal on 4 processes sharing 2 cores: the same "
+            "burst of a 16 KB course all-reduce, launched twice with torchrun on 2026-11-29, took 4.8-5.1 ms in "
+            "one launch and 8.9 ms in the next (4 ranks each timing `collectives.ring_all_reduce` of 4096 floats "
+            "with `bench._burst`, bursts of 8 and 40), depending on how the 4 processes fall into step on the cores; one profile "
+            "number cannot price both.")
 
 
 def write_doc(path: str, rows: list, args, profile: dict, profile_path: str, seconds: float,
