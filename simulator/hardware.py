@@ -120,7 +120,8 @@ class Hardware:
 
         The curve of n processes, [(bytes, seconds)], is interpolated linearly in bytes (locally the
         alpha-beta form; beyond the largest size its last slope continues). Reduce-scatter, all-gather and
-        all-to-all move half an all-reduce's bytes in half its steps: half its time. Between measured
+        all-to-all move half an all-reduce's bytes in half its steps: the fixed cost of a collective (the
+        curve at 0 bytes) once, plus half the rest. Between measured
         process counts the curves are interpolated; outside them, scaled by (n - 1)."""
         if not self.collective_table or kind == "send" or n <= 1:
             return None
@@ -135,7 +136,12 @@ class Hardware:
             f = 0.0 if hi == lo else (n - lo) / (hi - lo)
             t0, t1 = _interpolate(table[lo], nbytes), _interpolate(table[hi], nbytes)
             t = t0 + f * (t1 - t0)
-        return t if kind == "all_reduce" else t / 2
+        if kind == "all_reduce":
+            return t
+        # reduce-scatter, all-gather, all-to-all: half the steps and bytes of an all-reduce, but the fixed
+        # cost of a collective (ranks meeting, being scheduled again) is paid once, not halved
+        fixed = min(t, self.measured_collective("all_reduce", n, 0.0, back_to_back))
+        return fixed + (t - fixed) / 2
 
     def sharing_slowdown(self, k: float) -> float:
         """How many times slower each of k processes computing at once runs than one alone (cpu; 1 on GPUs)."""

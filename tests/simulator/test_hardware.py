@@ -73,7 +73,11 @@ def test_cpu_collectives_come_from_the_measured_gloo_table(tmp_path, monkeypatch
     # nccl-tests convention: t = latency + 2(n-1)/n S / busbw for all-reduce, (n-1)/n S for the halves
     assert hw.measured_collective("all_reduce", 2, mb) == pytest.approx(100e-6 + mb / 0.5e9)
     assert hw.measured_collective("all_reduce", 4, mb) == pytest.approx(500e-6 + 1.5 * mb / 0.25e9)
-    assert hw.measured_collective("reduce_scatter", 4, mb) == pytest.approx(hw.measured_collective("all_reduce", 4, mb) / 2)
+    # the halves: the fixed cost (the curve at 0 bytes) once, half of the size-dependent rest
+    fixed = hw.measured_collective("all_reduce", 4, 0.0)
+    assert fixed == pytest.approx(500e-6)
+    assert hw.measured_collective("reduce_scatter", 4, mb) == pytest.approx(
+        fixed + (hw.measured_collective("all_reduce", 4, mb) - fixed) / 2)
     between = hw.measured_collective("all_reduce", 3, mb)          # interpolated between 2 and 4
     assert hw.measured_collective("all_reduce", 2, mb) < between < hw.measured_collective("all_reduce", 4, mb)
     assert hw.measured_collective("send", 2, mb) is None and hw.measured_collective("all_reduce", 1, mb) is None
@@ -131,7 +135,8 @@ def test_measured_all_reduce_curves_by_implementation(tmp_path, monkeypatch):
     assert course_hw.measured_collective("all_reduce", 2, 1e6) == pytest.approx(2e-3)
     assert torch_hw.measured_collective("all_reduce", 2, 2.5e6) == pytest.approx(4e-3)    # between points
     assert torch_hw.measured_collective("all_reduce", 2, 7e6) == pytest.approx(13e-3)    # last slope goes on
-    assert torch_hw.measured_collective("all_gather", 2, 1e6) == pytest.approx(0.5e-3)
+    # all-gather: the fixed cost at 0 bytes (~1e-4) once, half of the rest
+    assert torch_hw.measured_collective("all_gather", 2, 1e6) == pytest.approx(1e-4 + 0.9e-3 / 2, rel=1e-5)
 
 
 def test_cpu_core_sharing_and_back_to_back_collectives_as_measured(tmp_path, monkeypatch):
