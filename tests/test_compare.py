@@ -64,3 +64,14 @@ def test_bench_fit_recovers_a_known_machine():
     assert max(abs(v) for v in fit["fit_residuals"].values()) < 0.02
     assert fit["optimizer_us_per_tensor"] == pytest.approx(50, rel=1e-6)
     assert fit["optimizer_ns_per_param"] == pytest.approx(6, rel=1e-6)
+
+
+def test_bench_measures_on_processes_started_as_training_starts_them():
+    """`bench` runs its multi-process measurements under torchrun on loopback (as `train` does): the
+    4-process ring all-reduce costs ~2x more in processes started by multiprocessing instead."""
+    from llama_course.bench import launched
+
+    times = launched("sharing_worker", 2, 4)
+    assert len(times) == 2 and all(0 < t < 5 for t in times)
+    with pytest.raises(ValueError):
+        launched("os.system", 1)
