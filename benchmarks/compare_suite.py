@@ -188,6 +188,15 @@ forward-backward loops, ideal core sharing, measured under a load of 15-30) gave
 load and 29% on the quiet machine on 2026-11-29 (`python benchmarks/compare_suite.py --no-write`, 2 of 11
 layouts within 20%); the parameter server row was also 4x slower then (TensorPipe's shared-memory
 transport busy-polled a core per process; RPC now uses its TCP transport).
+
+Drift: bench now starts its multi-process measurements under torchrun, as training does (in processes
+started by multiprocessing the 4-process course ring measured ~9 ms per small all-reduce, under torchrun
+~3-4 ms, as inside training). A profile re-measured that way at 02:01 on 2026-11-29 priced dp 4 naive
+right (-19%), but that half hour the machine ran faster in the bench than in the training runs that
+followed: every other row came out 10-29% too fast, mean |error| 21%, 5 of 11 within 20%
+(`python benchmarks/compare_suite.py --repeat 3` with that profile installed). On this shared VM the drift
+between a calibration and a later run is as large as what is left of the model's error, so the shipped
+profile stays the earlier one, whose note says how it was measured.
 """
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:

@@ -480,7 +480,9 @@ def derive_profile(raw: dict, torch_version: str) -> dict:
                    if f"all_reduce_back_to_back_{impl}" in raw[f"gloo_{w}"]} for impl in ("gloo", "course")},
         "launch_s": raw["launch_2_processes_s"],
         # k processes computing at once get k x t1 / tk cores' worth of compute between them
-        "effective_cores": {k: int(k) * raw["sharing_fb_s"]["1"] / t for k, t in raw["sharing_fb_s"].items()}
+        # (at most min(k, cores): more is measurement noise in the one-process baseline)
+        "effective_cores": {k: min(int(k), os.cpu_count() or int(k), int(k) * raw["sharing_fb_s"]["1"] / t)
+                            for k, t in raw["sharing_fb_s"].items()}
         if "sharing_fb_s" in raw else None,
         "cores": os.cpu_count(),
     }
