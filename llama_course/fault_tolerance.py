@@ -211,42 +211,37 @@ def run_replica(cfg, replica_id: int, host: str, port: int, out_dir: str) -> Non
 # the supervisor: lighthouse + replicas, replacing the dead ones
 # ---------------------------------------------------------------------------------------------
 
-def supervise(cfg, out_dir: str, replace: bool = True, replace_delay_s: float = 0.0, max_replacements: int = 4,
-              heartbeat_timeout_s: float = 1.0, host: str = "127.0.0.1", timeout_s: float = 600.0) -> dict:
-    """Run cfg.parallel.dp replicas with per-step fault tolerance until every replica finishes.
-
-    A replica that dies is replaced (same id, next incarnation) after replace_delay_s. Returns a summary:
-    wall time, exit codes, replacements, quorums formed.
-    """
-    os.makedirs(out_dir, exist_ok=True)
+def write_config(cfg, out_dir: str) -> str:
+    """The run's config as YAML in out_dir (YAML keeps faults.slow's integer keys); its path."""
     import yaml
 
-    config_path = os.path.join(out_dir, "config.yaml")
-    with open(config_path, "w") as f:
-        yaml.safe_dump(cfg.to_dict(), f)                  # YAML keeps faults.slow's integer keys
-    lighthouse = Lighthouse(cfg.parallel.dp, host=host, heartbeat_timeout_s=heartbeat_timeout_s)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "config.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f)
+    return path
 
-    def start(replica: int, incarnation: int):
-        cmd = [sys.executable, "-m", "llama_course.fault_tolerance", "--replica", str(replica), "--host", host,
-               "--port", str(lighthouse.port), "--out", out_dir, config_path]
-        return subprocess.Popen(cmd, env=dict(env, LLAMA_COURSE_FT_INCARNATION=str(incarnation)))
 
+def watch_replicas(start, n: int, timeout_s: float, what: str, may_replace, delay_s: float = 0.0) -> tuple:
+    """Start replicas 0..n-1 with start(replica, incarnation) -> Popen and wait for all of them; a replica
+    that exits non-zero is started again (next incarnation, after delay_s) while may_replace(replica,
+    replacements so far) says so. Kills what is left on the way out (a timeout raises TimeoutError).
+    Returns (start time, {replica: [exit codes]}, [{"replica", "incarnation", "time"}])."""
     t0 = time.time()
-    procs = {r: (start(r, 0), 0) for r in range(cfg.parallel.dp)}
+    procs = {r: (start(r, 0), 0) for r in range(n)}
     due, codes, replacements = {}, {}, []
     try:
         while procs or due:
             if time.time() - t0 > timeout_s:
-                raise TimeoutError(f"fault-tolerant run did not finish in {timeout_s:.0f} s")
+                raise TimeoutError(f"{what} did not finish in {timeout_s:.0f} s")
             for r, (proc, inc) in list(procs.items()):
                 code = proc.poll()
                 if code is None:
                     continue
                 del procs[r]
                 codes.setdefault(r, []).append(code)
-                if code != 0 and replace and len(replacements) < max_replacements:
-                    due[r] = (time.time() + replace_delay_s, inc + 1)
+                if code != 0 and may_replace(r, replacements):
+                    due[r] = (time.time() + delay_s, inc + 1)
             for r, (when, inc) in list(due.items()):
                 if time.time() >= when:
                     del due[r]
@@ -256,6 +251,30 @@ def supervise(cfg, out_dir: str, replace: bool = True, replace_delay_s: float = 
     finally:
         for proc, _ in procs.values():
             proc.kill()
+    return t0, codes, replacements
+
+
+def supervise(cfg, out_dir: str, replace: bool = True, replace_delay_s: float = 0.0, max_replacements: int = 4,
+              heartbeat_timeout_s: float = 1.0, host: str = "127.0.0.1", timeout_s: float = 600.0) -> dict:
+    """Run cfg.parallel.dp replicas with per-step fault tolerance until every replica finishes.
+
+    A replica that dies is replaced (same id, next incarnation) after replace_delay_s. Returns a summary:
+    wall time, exit codes, replacements, quorums formed.
+    """
+    config_path = write_config(cfg, out_dir)
+    lighthouse = Lighthouse(cfg.parallel.dp, host=host, heartbeat_timeout_s=heartbeat_timeout_s)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def start(replica: int, incarnation: int):
+        cmd = [sys.executable, "-m", "llama_course.fault_tolerance", "--replica", str(replica), "--host", host,
+               "--port", str(lighthouse.port), "--out", out_dir, config_path]
+        return subprocess.Popen(cmd, env=dict(env, LLAMA_COURSE_FT_INCARNATION=str(incarnation)))
+
+    try:
+        t0, codes, replacements = watch_replicas(
+            start, cfg.parallel.dp, timeout_s, "fault-tolerant run",
+            lambda r, done: replace and len(done) < max_replacements, replace_delay_s)
+    finally:
         lighthouse.stop()
     return {"wall_s": time.time() - t0, "start": t0, "exit_codes": codes, "replacements": replacements,
             "quorums": lighthouse.log}

@@ -183,15 +183,12 @@ def supervise(cfg, out_dir: str, replace: bool = False, heartbeat_timeout_s: flo
               timeout_s: float = 300.0, op_timeout_s: float = 10.0) -> dict:
     """Run cfg.parallel.dp torchft replicas; a dead one is replaced at once when `replace`. Returns wall
     time, start time, exit codes and replacements (as fault_tolerance.supervise)."""
-    import yaml
+    from llama_course.fault_tolerance import watch_replicas, write_config
 
     os.environ.setdefault("RUST_LOG", "warn")             # torchft's Rust side logs every quorum at info
     from torchft.coordination import LighthouseServer
 
-    os.makedirs(out_dir, exist_ok=True)
-    config_path = os.path.join(out_dir, "config.yaml")
-    with open(config_path, "w") as f:
-        yaml.safe_dump(cfg.to_dict(), f)
+    config_path = write_config(cfg, out_dir)
     lighthouse = LighthouseServer(bind=f"{HOST}:0", min_replicas=1, join_timeout_ms=int(3000 * op_timeout_s),
                                   heartbeat_timeout_ms=int(1000 * heartbeat_timeout_s))
     address = f"http://{HOST}:{lighthouse.address().rsplit(':', 1)[1]}"
@@ -202,26 +199,11 @@ def supervise(cfg, out_dir: str, replace: bool = False, heartbeat_timeout_s: flo
                                  "--out", out_dir, "--replica", str(replica), "--incarnation", str(incarnation),
                                  "--lighthouse", address, "--op-timeout", str(op_timeout_s)], env=env)
 
-    t0 = time.time()
-    procs = {r: (start(r, 0), 0) for r in range(cfg.parallel.dp)}
-    codes, replacements = {}, []
     try:
-        while procs:
-            if time.time() - t0 > timeout_s:
-                raise TimeoutError(f"torchft run did not finish in {timeout_s:.0f} s")
-            for r, (proc, inc) in list(procs.items()):
-                code = proc.poll()
-                if code is None:
-                    continue
-                del procs[r]
-                codes.setdefault(r, []).append(code)
-                if code != 0 and replace and not os.path.exists(os.path.join(out_dir, "done")):
-                    procs[r] = (start(r, inc + 1), inc + 1)
-                    replacements.append({"replica": r, "incarnation": inc + 1, "time": time.time()})
-            time.sleep(0.02)
+        t0, codes, replacements = watch_replicas(
+            start, cfg.parallel.dp, timeout_s, "torchft run",
+            lambda r, done: replace and not os.path.exists(os.path.join(out_dir, "done")))
     finally:
-        for proc, _ in procs.values():
-            proc.kill()
         lighthouse.shutdown()
     return {"wall_s": time.time() - t0, "start": t0, "exit_codes": codes, "replacements": replacements}
 
