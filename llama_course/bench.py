@@ -111,8 +111,9 @@ MODEL_POINTS = (("tiny", 128, 1), ("tiny", 128, 4), ("small", 256, 1), ("small",
 """(preset, seq_len, micro_batch) of the real-model measurements the compute model is fitted on."""
 
 
-def model_step_times(preset: str, seq_len: int, micro_batch: int, repeats: int = 5) -> dict:
-    """CPU seconds of one micro-batch's forward + backward and of the rest of a single-process step."""
+def model_step_times(preset: str, seq_len: int, micro_batch: int, repeats: int = 5, wall: bool = False) -> dict:
+    """CPU seconds of one micro-batch's forward + backward and of the rest of a single-process step
+    (`wall`: wall-clock seconds instead, as a training rank's step is timed)."""
     import torch
 
     from llama_course.distributed import Context
@@ -128,10 +129,12 @@ def model_step_times(preset: str, seq_len: int, micro_batch: int, repeats: int =
     # state traffic evicts the caches; a loop of forward-backwards alone on one batch runs 10-20% faster)
     inner, fb_times = engine.forward_backward, []
 
+    clock = time.perf_counter if wall else time.thread_time
+
     def timed(batches):
-        t = time.thread_time()
+        t = clock()
         out = inner(batches)
-        fb_times.append(time.thread_time() - t)
+        fb_times.append(clock() - t)
         return out
 
     engine.forward_backward = timed
@@ -141,11 +144,38 @@ def model_step_times(preset: str, seq_len: int, micro_batch: int, repeats: int =
                   torch.randint(cfg.model.vocab_size, (micro_batch, seq_len)))]
         engine.train_step(batch, 1e-4)
 
-    step_s = _cpu_time(step, repeats)
+    step_s = _median_time(step, repeats, clock=clock)
     fb = statistics.median(fb_times[2:])                    # the warm-up steps are not counted
     params = list(engine.base_model.parameters())
     return {"preset": preset, "seq_len": seq_len, "micro_batch": micro_batch, "forward_backward_s": fb,
             "rest_s": max(0.0, step_s - fb), "params": sum(p.numel() for p in params), "tensors": len(params)}
+
+
+SPEED_POINT = ("tiny", 128, 4)
+"""(preset, seq_len, micro_batch) of the speed probe: one of MODEL_POINTS, so the profile predicts it."""
+
+
+def speed_factor(hw=None, repeats: int = 9) -> dict:
+    """How fast this machine computes now against its profile: one process, one thread, the tiny model's
+    forward-backward inside train steps (as `bench` fitted the profile on), timed in wall seconds.
+    {"measured_s", "predicted_s", "speed_factor": measured / predicted} (above 1: slower than profiled).
+
+    A shared machine's speed drifts (on the 2-core reference VM the same forward-backward measured 23 ms
+    and 28 ms a quarter of an hour apart); `compare --calibrate` runs this before and after training."""
+    import torch
+
+    from simulator.hardware import gpu_preset
+
+    hw = hw or gpu_preset("cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        point = model_step_times(*SPEED_POINT, repeats=repeats, wall=True)
+    finally:
+        torch.set_num_threads(threads)
+    predicted = _predicted_forward_backward(point, hw)
+    return {"measured_s": point["forward_backward_s"], "predicted_s": predicted,
+            "speed_factor": point["forward_backward_s"] / predicted}
 
 
 @functools.cache
@@ -237,6 +267,41 @@ def sharing_worker(rank: int, world: int, steps: int) -> float:
     return sum(times[3:]) / len(times[3:])
 
 
+def straggle_worker(rank: int, world: int, steps: int) -> float:
+    """Runs in each of `world` launched processes: the tiny model's forward-backward (micro-batch 4, then
+    an optimizer step) started together after a barrier, as data-parallel ranks start a step. Returns the
+    mean over steps of (slowest rank's time / mean rank's time) - 1: how far behind the average the rank
+    that everyone then waits for is. On shared cores the scheduler is not fair at this time scale."""
+    import torch
+    import torch.distributed as dist
+
+    from llama_course.distributed import Context
+    from llama_course.engine import Engine
+    from llama_course.model import build_model
+    from simulator.config import load_config
+
+    torch.set_num_threads(1)
+    cfg = load_config({"model": {"preset": "tiny"}, "seq_len": 128, "cluster": {"gpu": "cpu", "num_gpus": 1},
+                       "parallel": {"micro_batch_size": 4, "global_batch_size": 4, "implementation": "course"},
+                       "training": {"precision": "fp32"}})
+    engine = Engine(cfg, Context(), build_model(cfg))
+    lags = []
+    for i in range(steps):
+        batch = [(torch.randint(cfg.model.vocab_size, (4, 128)), torch.randint(cfg.model.vocab_size, (4, 128)))]
+        dist.barrier()
+        t = time.perf_counter()
+        engine.optimizer.zero_grad(set_to_none=True)
+        engine.forward_backward(batch)
+        took = torch.tensor([time.perf_counter() - t])
+        engine.optimizer.step()
+        every = [torch.zeros(1) for _ in range(world)]
+        dist.all_gather(every, took)
+        if i >= 2:
+            times = [float(x) for x in every]
+            lags.append(max(times) / statistics.mean(times) - 1)
+    return statistics.mean(lags)
+
+
 def gloo_worker(rank: int, world: int, quick: bool) -> dict:
     """Runs in each spawned process: p2p and all_reduce latency and bandwidth over gloo."""
     import torch
@@ -292,7 +357,82 @@ def gloo_worker(rank: int, world: int, quick: bool) -> dict:
             chained.append([nbytes, _burst(lambda x=x, fn=fn: fn(x), bursts, length)])
         out[f"all_reduce_{name}"] = curve
         out[f"all_reduce_back_to_back_{name}"] = chained
+    if world == 2:
+        # a pipeline's activation (and, the other way, its gradient) after a stretch of compute: rank 0
+        # sends, rank 1 receives, then back; seconds per one-way transfer, less the compute
+        curve = []
+        for nbytes in P2P_SIZES:
+            x = torch.zeros(max(1, nbytes // 4))
+
+            def hop(x=x):
+                compute()
+                if rank == 0:
+                    dist.send(x, 1)
+                    dist.recv(x, 1)
+                else:
+                    dist.recv(x, 0)
+                    dist.send(x, 0)
+
+            curve.append([nbytes, max(1e-6, (_burst(hop, bursts, 4) - compute_s) / 2)])
+        out["p2p_in_situ"] = curve
     return out
+
+
+_ROUND = None
+"""rpc_worker's server side: a barrier over the clients of one round (a BSP parameter server's step)."""
+
+
+def _echo(tensors: list) -> list:
+    """The RPC a `rpc_worker` server answers: once every client of the round has pushed, the tensors back
+    (a BSP parameter server answers a push with the new weights once all workers pushed)."""
+    if _ROUND is not None:
+        _ROUND.wait()
+    return [t.clone() for t in tensors]
+
+
+def rpc_worker(rank: int, world: int, quick: bool) -> list:
+    """Runs in `world` launched processes: a parameter-server round trip over torch RPC, set up as the
+    course's parameter server sets it up (parameter_server.init_rpc: TensorPipe over TCP on loopback). The
+    last rank serves; every other rank computes, then pushes `RPC_TENSORS` tensors of n bytes in all and
+    waits for as many back, which the server sends once every client pushed. [(bytes, seconds per round
+    trip, less the compute)] on rank 0."""
+    import threading
+
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.rpc as rpc
+
+    from llama_course.parameter_server import init_rpc
+
+    global _ROUND
+    clients = world - 1
+    _ROUND = threading.Barrier(clients) if clients > 1 else None
+    init_rpc(f"bench{rank}", rank, world)
+    curve = []
+    if rank < clients:
+        a = torch.randn(320, 320)
+
+        def compute():
+            for _ in range(4):
+                a @ a
+
+        bursts = 5 if quick else 9
+        compute_s = _median_time(compute, 20)
+        for nbytes in RPC_SIZES:
+            xs = [torch.zeros(max(1, nbytes // 4 // RPC_TENSORS)) for _ in range(RPC_TENSORS)]
+
+            def trip(xs=xs):
+                compute()
+                rpc.rpc_sync(f"bench{clients}", _echo, args=(xs,))
+
+            trip()
+            t = time.perf_counter()
+            for _ in range(bursts * 4):         # the mean, as `_burst`: a training step pays for every trip
+                trip()
+            curve.append([nbytes, max(1e-6, (time.perf_counter() - t) / (bursts * 4) - compute_s)])
+    rpc.shutdown()
+    dist.barrier()
+    return curve
 
 
 def _fastest_collective(fn, repeats: int) -> float:
@@ -311,26 +451,36 @@ def _fastest_collective(fn, repeats: int) -> float:
 
 
 def _burst(fn, bursts: int, length: int) -> float:
-    """Seconds per call of fn: the mean of a burst of `length` calls started after a barrier, median over
-    `bursts` bursts (a burst that met a scheduling hiccup does not decide the curve)."""
+    """Seconds per call of fn: `bursts` bursts of `length` calls, each started after a barrier; the mean over
+    every call. The mean, not a median of bursts: between processes on shared cores most collectives take
+    their base time and a few wait a scheduler tick (3-6 ms here) for a rank to run again, and a training
+    step pays for those too (in a step of the course's 2-rank per-tensor sync on 2026-11-29, 39 all-reduces
+    took 0.5 ms each but for a few of 3-6 ms: 1.1 ms on average, where a median of bursts said 0.5)."""
     import torch.distributed as dist
 
     fn()
-    times = []
+    total, calls = 0.0, 0
     for _ in range(bursts):
         dist.barrier()
         t = time.perf_counter()
         for _ in range(length):
             fn()
-        times.append((time.perf_counter() - t) / length)
-    return statistics.median(times)
+        total += time.perf_counter() - t
+        calls += length
+    return total / calls
 
 
 COLLECTIVE_SIZES = (4, 1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24)
 """Message sizes (bytes) of the all-reduce curves."""
+P2P_SIZES = (4, 1 << 14, 1 << 17, 1 << 20, 1 << 22)
+"""Message sizes (bytes) of the in-situ point-to-point curve (a pipeline's activations)."""
+RPC_SIZES = (1 << 10, 1 << 16, 1 << 20, 1 << 22)
+"""Bytes each way of the RPC round-trip curve (a parameter server's push and pull)."""
+RPC_TENSORS = 32
+"""Tensors per RPC (a worker pushes a list of gradient tensors: the tiny LLaMA has 38)."""
 
 
-WORKERS = ("gloo_worker", "sharing_worker")
+WORKERS = ("gloo_worker", "sharing_worker", "rpc_worker", "straggle_worker")
 """Measurements that run on several processes, started by `launched` (by name: they cross a process)."""
 
 
@@ -420,8 +570,8 @@ def _measure_raw(quick: bool, progress: bool, desc: str) -> dict:
     from llama_course.testing import spawn
 
     torch.set_num_threads(1)
-    steps = ["matmul", "model shapes", "memory", "kernel overhead", "model steps", "core sharing",
-             "gloo 2 processes", "gloo 4 processes", "process launch"]
+    steps = ["matmul", "model shapes", "memory", "kernel overhead", "model steps", "core sharing", "rank lag",
+             "gloo 2 processes", "gloo 4 processes", "rpc 1 and 2 workers", "process launch"]
     bar = tqdm(steps, desc=desc, disable=not progress, file=sys.stderr)
     raw: dict = {}
     for name in bar:
@@ -442,6 +592,10 @@ def _measure_raw(quick: bool, progress: bool, desc: str) -> dict:
             n = 10 if quick else 25
             raw["sharing_fb_s"] = {str(k): statistics.mean(launched("sharing_worker", k, n))
                                    for k in (1, 2, 4)}
+        elif name == "rank lag":            # k processes started together: how far behind the slowest is
+            raw["straggle"] = {str(k): launched("straggle_worker", k, 12 if quick else 25)[0] for k in (2, 4)}
+        elif name == "rpc 1 and 2 workers":       # + a server process
+            raw["rpc_round_trip"] = {str(w): launched("rpc_worker", w + 1, quick)[0] for w in (1, 2)}
         elif name.startswith("gloo"):
             world = int(name.split()[1])
             results = launched("gloo_worker", world, quick)
@@ -465,8 +619,9 @@ def derive_profile(raw: dict, torch_version: str) -> dict:
                 f"torch {torch_version}, median of {raw.get('repeats', 1)} runs); per process, one thread; "
                 f"matmul_efficiency, memory_efficiency, kernel_overhead_us and optimizer_* fitted on the real "
                 f"model's forward-backward timed inside single-process train steps (bench.fit_compute); "
-                f"effective_cores from 1, 2 and 4 processes computing at once; all-reduce curves in situ "
-                f"(after compute) and back to back, medians of bursts",
+                f"effective_cores from 1, 2 and 4 processes computing at once, straggle from them started together; "
+                f"all-reduce curves in situ "
+                f"(after compute) and back to back, p2p and RPC round trips in situ, each the mean over bursts",
         "peak_tflops": {"fp32": peak / 1e3, "bf16": peak / 1e3 / 4, "fp16": peak / 1e3 / 8},
         "memory_bandwidth_GBps": raw["copy_GBps"],
         **fit,
@@ -478,15 +633,25 @@ def derive_profile(raw: dict, torch_version: str) -> dict:
         "all_reduce_back_to_back_seconds": {
             impl: {str(w): raw[f"gloo_{w}"][f"all_reduce_back_to_back_{impl}"] for w in (2, 4)
                    if f"all_reduce_back_to_back_{impl}" in raw[f"gloo_{w}"]} for impl in ("gloo", "course")},
+        "p2p_in_situ_seconds": g2.get("p2p_in_situ"),
+        "rpc_round_trip_seconds": raw.get("rpc_round_trip"),
         "launch_s": raw["launch_2_processes_s"],
         # k processes computing at once get k x t1 / tk cores' worth of compute between them
         # (at most min(k, cores): more is measurement noise in the one-process baseline)
         "effective_cores": {k: min(int(k), os.cpu_count() or int(k), int(k) * raw["sharing_fb_s"]["1"] / t)
                             for k, t in raw["sharing_fb_s"].items()}
         if "sharing_fb_s" in raw else None,
+        "straggle": raw.get("straggle"),
         "cores": os.cpu_count(),
     }
     return profile
+
+
+def _size(nbytes: float) -> str:
+    for unit, scale in (("MB", 1 << 20), ("KB", 1 << 10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:g} {unit}"
+    return f"{nbytes:g} B"
 
 
 def cli(args) -> int:
@@ -516,6 +681,14 @@ def cli(args) -> int:
             p2p = f"p2p {g['p2p_latency_us']:.0f} us, {g['p2p_GBps']:.2f} GB/s; " if "p2p_GBps" in g else ""
             print(f"gloo {w} processes:       {p2p}all_reduce {g['allreduce_latency_us']:.0f} us, "
                   f"busbw {g['allreduce_busbw_GBps']:.2f} GB/s")
+        if prof.get("p2p_in_situ_seconds"):
+            print("p2p after compute:       " + ", ".join(f"{_size(b)} {t * 1e3:.2f} ms"
+                                                          for b, t in prof["p2p_in_situ_seconds"]))
+        for w, curve in (prof.get("rpc_round_trip_seconds") or {}).items():
+            print(f"rpc round trip, {w} worker{'s' if w != '1' else ''}: " + ", ".join(
+                f"{_size(b)} {t * 1e3:.2f} ms" for b, t in curve))
+        if prof.get("straggle"):
+            print("slowest of k behind:     " + ", ".join(f"{k} processes {f:+.1%}" for k, f in prof["straggle"].items()))
         if prof.get("effective_cores"):
             print("core sharing:            " + ", ".join(
                 f"{k} processes get {c:.2f} cores" for k, c in prof["effective_cores"].items()))

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--trace-dir", metavar="DIR", help="write predicted and measured Chrome traces here")
+    p.add_argument("--calibrate", action="store_true",
+                   help="cpu: time this machine's speed before and after training and predict at that speed "
+                        "(a shared machine drifts); the uncalibrated prediction is reported too")
 
     p = sub.add_parser("plan", help="search dp/tp/pp/zero/micro-batch layouts for a model and cluster")
     _config_args(p)

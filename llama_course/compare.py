@@ -20,6 +20,8 @@ import tempfile
 
 COMPONENTS = ("compute", "exposed_comm", "bubble", "optimizer")
 COMPUTE_NAMES = ("forward", "backward", "recompute")
+OPTIMIZER_NAMES = ("optimizer", "grad_norm")
+"""Measured spans that make up the simulator's `optimizer` component (which includes the gradient norm)."""
 
 
 def _merge(intervals: list) -> list:
@@ -73,12 +75,18 @@ def measured_components(trace_path: str, steps: int) -> dict:
         sums["compute"] += _length(compute)
         sums["exposed_comm"] += _minus(comm, compute)
         sums["bubble"] += _length(_spans(mine, lambda e: e["tid"] == "bubble"))
-        sums["optimizer"] += _length(_spans(mine, lambda e: e["name"] == "optimizer"))
+        sums["optimizer"] += _length(_spans(mine, lambda e: e["name"] in OPTIMIZER_NAMES))
     return {c: v / len(ranks) / steps / 1e6 for c, v in sums.items()}
 
 
-def compare(config, overrides=(), trace_dir: str | None = None, steps: int | None = None, quiet: bool = True) -> dict:
-    """Simulate and train the same config; {"predicted", "measured", "relative_error", "config"}."""
+def compare(config, overrides=(), trace_dir: str | None = None, steps: int | None = None, quiet: bool = True,
+            calibrate: bool = False) -> dict:
+    """Simulate and train the same config; {"predicted", "measured", "relative_error", "config", ...}.
+
+    `calibrate` (cpu): time the machine's speed probe (`bench.speed_factor`) right before and right after
+    training and predict with the profile's compute scaled by their mean ("speed"), because a shared
+    machine's speed drifts by more than the model's error between a `bench` and a run. The prediction on
+    the profile as it is stays in "uncalibrated" (predicted, relative_error)."""
     import torch
 
     from llama_course.trainer import train
@@ -94,20 +102,29 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
         overrides.append("cluster.gpu=cpu")
         notes.append(f"no GPU here: predicted on the measured cpu profile instead of {cfg.cluster.gpu}")
         cfg = load_config(config, overrides)
+    calibrate = calibrate and cfg.cluster.gpu == "cpu"
     trace_dir = trace_dir or tempfile.mkdtemp(prefix="llama-course-compare-")
     os.makedirs(trace_dir, exist_ok=True)
     predicted_trace = os.path.join(trace_dir, "predicted.json")
     measured_trace = os.path.join(trace_dir, "measured.json")
-    pred = simulate(cfg, trace_path=predicted_trace)
+    probes = []
+    if calibrate:
+        from llama_course.bench import speed_factor
+
+        probes.append(speed_factor())
 
     # the components are read from the same steps as the step time: the second half of the run
     traced = max(1, cfg.training.steps - cfg.training.steps // 2)
     before = os.environ.get("LLAMA_COURSE_TRACE_STEPS")
     os.environ["LLAMA_COURSE_TRACE_STEPS"] = str(traced)
+    threads = torch.get_num_threads()
+    if cfg.cluster.gpu == "cpu" and cfg.world_size == 1:
+        torch.set_num_threads(1)        # as the cpu profile was measured, and as every launched rank runs
     try:
         records = train(config, overrides, metrics=os.path.join(trace_dir, "metrics.jsonl"), quiet=quiet,
                         trace=measured_trace)
     finally:
+        torch.set_num_threads(threads)
         if before is None:
             os.environ.pop("LLAMA_COURSE_TRACE_STEPS", None)
         else:
@@ -116,14 +133,70 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
     measured = {"step_time_s": statistics.median(r["step_time_s"] for r in tail),
                 "tokens_per_s": statistics.median(r["tokens_per_s"] for r in tail)}
     measured["breakdown_s"] = measured_components(measured_trace, min(traced, cfg.training.steps))
-    predicted = {"step_time_s": pred["step_time_s"], "tokens_per_s": pred["tokens_per_s"],
-                 "breakdown_s": {c: pred["breakdown_s"].get(c, 0.0) for c in COMPONENTS}}
-    rel = {k: (predicted[k] - measured[k]) / measured[k] for k in ("step_time_s", "tokens_per_s")}
-    rel["breakdown_s"] = {c: (predicted["breakdown_s"][c] - m) / m if m > 1e-4 else None
-                          for c, m in measured["breakdown_s"].items()}
-    return {"predicted": predicted, "measured": measured, "relative_error": rel,
-            "traces": {"predicted": predicted_trace, "measured": measured_trace}, "notes": notes,
-            "config": pred.get("config", {})}
+
+    speed = None
+    if calibrate:
+        probes.append(speed_factor())
+        speed = {"speed_factor": statistics.mean(x["speed_factor"] for x in probes),
+                 "probes": probes}
+        notes.append(f"calibrated: this machine computed at {1 / speed['speed_factor']:.2f}x its profile's "
+                     f"speed (probe before / after training: "
+                     + " / ".join(f"{x['measured_s'] * 1e3:.1f} ms" for x in probes)
+                     + f", profile {probes[0]['predicted_s'] * 1e3:.1f} ms)")
+    raw = simulate(cfg, trace_path=None if speed else predicted_trace)
+    pred = raw
+    if speed:
+        with scaled_profile(speed["speed_factor"]):
+            pred = simulate(cfg, trace_path=predicted_trace)
+
+    def summary(res):
+        return {"step_time_s": res["step_time_s"], "tokens_per_s": res["tokens_per_s"],
+                "breakdown_s": {c: res["breakdown_s"].get(c, 0.0) for c in COMPONENTS}}
+
+    def errors(predicted):
+        rel = {k: (predicted[k] - measured[k]) / measured[k] for k in ("step_time_s", "tokens_per_s")}
+        rel["breakdown_s"] = {c: (predicted["breakdown_s"][c] - m) / m if m > 1e-4 else None
+                              for c, m in measured["breakdown_s"].items()}
+        return rel
+
+    predicted = summary(pred)
+    out = {"predicted": predicted, "measured": measured, "relative_error": errors(predicted),
+           "traces": {"predicted": predicted_trace, "measured": measured_trace}, "notes": notes,
+           "config": pred.get("config", {})}
+    if speed:
+        out["speed"] = speed
+        out["uncalibrated"] = {"predicted": summary(raw), "relative_error": errors(summary(raw))}
+    return out
+
+
+class scaled_profile:
+    """Context: the `cpu` profile in use, its compute `factor` times slower (a temporary copy, through
+    $LLAMA_COURSE_CPU_PROFILE)."""
+
+    def __init__(self, factor: float):
+        self.factor = factor
+
+    def __enter__(self):
+        from simulator.hardware import CPU_PROFILE, user_cpu_profile_path
+
+        user = user_cpu_profile_path()
+        with open(user if os.path.exists(user) else CPU_PROFILE) as f:
+            prof = json.load(f)
+        prof["speed_factor"] = float(prof.get("speed_factor", 1.0)) * self.factor
+        fd, self.path = tempfile.mkstemp(prefix="llama-course-profile-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(prof, f)
+        self.before = os.environ.get("LLAMA_COURSE_CPU_PROFILE")
+        os.environ["LLAMA_COURSE_CPU_PROFILE"] = self.path
+        return self.path
+
+    def __exit__(self, *exc):
+        if self.before is None:
+            os.environ.pop("LLAMA_COURSE_CPU_PROFILE", None)
+        else:
+            os.environ["LLAMA_COURSE_CPU_PROFILE"] = self.before
+        os.unlink(self.path)
+        return False
 
 
 def format_report(result: dict) -> str:
@@ -137,11 +210,16 @@ def format_report(result: dict) -> str:
             err = r["breakdown_s"].get(c)
             lines.append(f"| {c} (ms) | {p['breakdown_s'][c] * 1e3:.2f} | {m['breakdown_s'][c] * 1e3:.2f} | "
                          f"{'-' if err is None else f'{err:+.1%}'} |")
+    if "uncalibrated" in result:
+        u = result["uncalibrated"]
+        lines.append(f"uncalibrated (the profile as it is): step time {u['predicted']['step_time_s'] * 1e3:.2f} ms "
+                     f"predicted, {u['relative_error']['step_time_s']:+.1%}")
     lines.append(f"traces: {result['traces']['predicted']}  {result['traces']['measured']}  (open in ui.perfetto.dev)")
     return "\n".join(lines)
 
 
 def cli(args) -> int:
-    result = compare(args.config, args.overrides, args.trace_dir, quiet=True)
+    result = compare(args.config, args.overrides, args.trace_dir, quiet=True,
+                     calibrate=getattr(args, "calibrate", False))
     print(json.dumps(result) if args.json else format_report(result))
     return 0

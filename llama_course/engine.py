@@ -139,8 +139,10 @@ class Engine:
             self.reduce_gradients()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        norm = float(self.grad_norm())
-        loss = all_reduce_mean(local_loss, self.loss_group(), self.ctx.device)
+        with self.tracer.span("grad_norm", "step"):
+            norm = float(self.grad_norm())
+        with self.tracer.span("loss_all_reduce", "comm"):
+            loss = all_reduce_mean(local_loss, self.loss_group(), self.ctx.device)
         skipped = not (math.isfinite(loss) and math.isfinite(norm))
         if skipped:
             if self.cfg.training.on_nonfinite == "stop":

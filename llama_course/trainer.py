@@ -182,8 +182,8 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                 batches = engine.batches_for_step(sampler, train_seqs, step) if hasattr(engine, "batches_for_step") \
                     else [get_batch(train_seqs, idx) for idx in sampler.shard(step, ctx.dp_rank, ctx.dp, p.micro_batch_size)]
                 lr = lr_at(step, cfg)
-                if trace_path and step < cfg.training.steps - int(os.environ.get("LLAMA_COURSE_TRACE_STEPS",
-                                                                                 TRACE_STEPS)):
+                if trace_path and step <= cfg.training.steps - int(os.environ.get("LLAMA_COURSE_TRACE_STEPS",
+                                                                                  TRACE_STEPS)):
                     tracer.clear()            # keep the last TRACE_STEPS steps: steady state, small files
                 if sync:
                     sync()

@@ -30,7 +30,14 @@ read first). On a CPU three things differ from a GPU, each measured once by `ben
 - processes share `cores`: k ranks computing at once get `effective_cores[k]` cores' worth of compute
   between them (measured by `bench`: on the 2-core reference VM, 4 processes get ~1.5 cores, not 2: context
   switches and caches), so each computes k / effective_cores[k] times slower than alone; without the
-  measurement, k / cores when above 1.
+  measurement, k / cores when above 1;
+- the scheduler is not fair at a step's time scale: started together, the slowest of k processes falls
+  `straggle[k]` behind their mean (measured: ~2% for 2 processes, ~20% for 4 on 2 cores), and each
+  synchronizing collective waits for it, so compute runs that much slower on the critical path;
+- a pipeline's send after compute (`p2p_in_situ_seconds`) and a parameter server's push and pull over
+  torch RPC (`rpc_round_trip_seconds`, 1 and 2 workers) are measured curves too, not the link;
+- `speed_factor` scales all compute: `compare --calibrate` measures how fast the machine runs now against
+  when it was profiled (a shared VM drifts by 20% in a quarter of an hour).
 
     python -c "from simulator.hardware import gpu_preset; print(gpu_preset('a100-80gb'))"
 """
@@ -103,6 +110,18 @@ class Hardware:
     """Compute time factor from ranks sharing cores (`sharing_slowdown`); set by `hardware_for`."""
     effective_cores: dict | None = None
     """{processes computing at once: cores' worth of compute they get together}, measured (cpu)."""
+    p2p_curve: list | None = None
+    """Measured point-to-point send after compute (cpu), [(bytes, seconds)]; None = the intra-node link."""
+    rpc_curves: dict | None = None
+    """Measured RPC round trip after compute (cpu; a parameter server's push + pull, answered once every
+    worker pushed): {workers: [(bytes each way per worker, seconds)]}; None = the link, as on GPUs."""
+    straggle: dict | None = None
+    """{processes: how far the slowest of them falls behind their mean when they start a computation
+    together} (cpu, measured): the scheduler is not fair at a step's time scale, and every synchronizing
+    collective waits for the slowest rank. 2 processes on 2 cores: ~2%; 4: ~20%."""
+    speed_factor: float = 1.0
+    """Compute time multiplier for this machine now against when it was profiled (cpu): a shared machine's
+    speed drifts, and `compare_suite --calibrate` measures it on a one-process run before the suite."""
     optimizer_per_tensor: float = 0.0
     """Fixed seconds per parameter tensor of an optimizer step (cpu: Python and dispatch per tensor)."""
     optimizer_per_param: float | None = None
@@ -123,6 +142,8 @@ class Hardware:
         all-to-all move half an all-reduce's bytes in half its steps: the fixed cost of a collective (the
         curve at 0 bytes) once, plus half the rest. Between measured
         process counts the curves are interpolated; outside them, scaled by (n - 1)."""
+        if kind == "send" and self.p2p_curve and n == 2:
+            return _interpolate(self.p2p_curve, nbytes)
         if not self.collective_table or kind == "send" or n <= 1:
             return None
         table = (self.back_to_back_table if back_to_back and self.back_to_back_table else self.collective_table)
@@ -142,6 +163,29 @@ class Hardware:
         # cost of a collective (ranks meeting, being scheduled again) is paid once, not halved
         fixed = min(t, self.measured_collective("all_reduce", n, 0.0, back_to_back))
         return fixed + (t - fixed) / 2
+
+    def rpc_round_trip(self, workers: int, nbytes: float) -> float | None:
+        """Seconds of a BSP push + pull of `nbytes` each way per worker from the measured RPC curves (cpu),
+        or None. Between measured worker counts interpolated; beyond the largest, the server's share of
+        the time grows with the workers it answers (scaled by workers / measured)."""
+        if not self.rpc_curves:
+            return None
+        counts = sorted(self.rpc_curves)
+        if workers <= counts[0]:
+            return _interpolate(self.rpc_curves[counts[0]], nbytes)
+        if workers >= counts[-1]:
+            return _interpolate(self.rpc_curves[counts[-1]], nbytes) * workers / counts[-1]
+        hi = next(k for k in counts if k >= workers)
+        lo = max(k for k in counts if k <= workers)
+        t0, t1 = _interpolate(self.rpc_curves[lo], nbytes), _interpolate(self.rpc_curves[hi], nbytes)
+        return t0 + (workers - lo) / (hi - lo) * (t1 - t0)
+
+    def straggle_factor(self, k: float) -> float:
+        """1 + how far the slowest of k processes computing together falls behind their mean (cpu; 1 on GPUs)."""
+        if not self.cores or not self.straggle or k <= 1:
+            return 1.0
+        pts = [(1.0, 0.0)] + sorted((float(n), float(f)) for n, f in self.straggle.items())
+        return 1.0 + max(0.0, _interpolate(pts, k) if k <= pts[-1][0] else pts[-1][1])
 
     def sharing_slowdown(self, k: float) -> float:
         """How many times slower each of k processes computing at once runs than one alone (cpu; 1 on GPUs)."""
@@ -292,11 +336,29 @@ def cpu_from_profile(path: str) -> Hardware:
             collective_table=(lambda c: c.get("gloo") or next(iter(c.values()), None))(_collective_curves(prof)),
             cores=int(prof["cores"]) if prof.get("cores") else None,
             effective_cores=prof.get("effective_cores") or None,
+            p2p_curve=_curve(prof.get("p2p_in_situ_seconds")),
+            rpc_curves=_rpc_curves(prof.get("rpc_round_trip_seconds")),
+            speed_factor=float(prof.get("speed_factor", 1.0)),
+            straggle=prof.get("straggle") or None,
             optimizer_per_tensor=float(prof.get("optimizer_us_per_tensor", 0.0)) * US,
             optimizer_per_param=(float(prof["optimizer_ns_per_param"]) * 1e-9
                                  if prof.get("optimizer_ns_per_param") is not None else None))
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"cpu profile {path}: bad or missing field {e}") from None
+
+
+def _curve(points) -> list | None:
+    """Sorted [(bytes, seconds)] of a measured curve in a profile, or None."""
+    return sorted((float(b), float(t)) for b, t in points) if points else None
+
+
+def _rpc_curves(value) -> dict | None:
+    """{workers: curve} from a profile's rpc_round_trip_seconds ({"1": [...], "2": [...]}, or one curve)."""
+    if not value:
+        return None
+    if isinstance(value, list):
+        return {1: _curve(value)}
+    return {int(k): _curve(v) for k, v in value.items() if v} or None
 
 
 def _interpolate(curve: list, x: float) -> float:
@@ -367,7 +429,10 @@ def hardware_for(cfg) -> Hardware:
         gpus_per_node=min(gpn, c.num_gpus) if c.gpu == "cpu" else gpn,
     )
     if hw.cores:
-        hw = hw.with_overrides(compute_slowdown=hw.sharing_slowdown(c.num_gpus))
+        # k processes share the cores (each runs k / effective_cores slower), every synchronizing collective
+        # waits for the slowest of them, and the machine may run slower or faster than when profiled
+        hw = hw.with_overrides(compute_slowdown=hw.sharing_slowdown(c.num_gpus) * hw.straggle_factor(c.num_gpus)
+                               * hw.speed_factor)
     if hw.collective_curves:
         # which code moves the bytes: the course's data-parallel engines (gradients, ZeRO gathers) use their own
         # ring on send/recv; tensor parallelism and every torch engine use gloo's all_reduce

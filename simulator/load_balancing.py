@@ -149,7 +149,9 @@ def predict(ctx_or_cfg, policy: str | None = None) -> dict:
     policy = policy or cfg.load_balance.policy
     per_micro = sum(f.compute + b.compute + b.recompute for f, b in zip(ctx.step.forward, ctx.step.backward))
     # a micro-batch run alone: the core sharing is played out event by event below, not averaged in
-    per_seq = per_micro / p.micro_batch_size / ctx.hw.compute_slowdown
+    # (compute_slowdown also holds the measured straggle of shared cores; here the event simulation below
+    # decides which rank finishes when, with the fair-share model of `sharing_slowdown`)
+    per_seq = per_micro / p.micro_batch_size / ctx.hw.compute_slowdown * ctx.hw.speed_factor
     factors = [float(cfg.faults.slow.get(r, 1.0)) for r in range(p.dp)]
     out = policy_compute_time(policy if policy != "balanced_stages" else "none", p.dp, p.global_batch_size,
                               p.micro_batch_size, per_seq, factors,
@@ -160,7 +162,8 @@ def predict(ctx_or_cfg, policy: str | None = None) -> dict:
     psi = sum(virtual_stage_params(cfg, ctx.step.layers))
     out["all_reduce_s"] = ctx.comm.time("all_reduce", ctx.layout.dp_group(), psi * 4.0)
     out["optimizer_s"] = ctx.breakdown["optimizer"]
-    out["step_time_s"] = out["compute_s"] + out["all_reduce_s"] + out["optimizer_s"]
+    out["step_scalars_s"] = ctx.step.comm.get("step_scalars", 0.0)      # loss all-reduce
+    out["step_time_s"] = out["compute_s"] + out["all_reduce_s"] + out["step_scalars_s"] + out["optimizer_s"]
     return out
 
 
@@ -191,7 +194,7 @@ def contribute(ctx) -> None:
         return                                    # the core simulator already times a GPU straggler
     out = predict(ctx)
     ctx.breakdown.update({"compute": out["compute_s"], "recompute": 0.0, "bubble": 0.0,
-                          "exposed_comm": out["all_reduce_s"], "optimizer": out["optimizer_s"]})
+                          "exposed_comm": out["all_reduce_s"] + out["step_scalars_s"], "optimizer": out["optimizer_s"]})
     ctx.extra["load_balancing"] = {k: out[k] for k in ("shares", "sequences_used", "compute_s", "all_reduce_s")}
 
 

@@ -13,7 +13,8 @@ furthest. The step is built in four layers:
      with activation sends timed on the cluster graph (scatter/gather over the TP ranks' NICs);
   3. data parallel: each pipeline rank's gradient buckets go through its comm stream as its final
      backward produces them (`data_parallel`), reduced over the DP group on the graph;
-  4. the optimizer step (memory bound), and ZeRO-1/2's all-gather of the new weights.
+  4. the step's scalar all-reduces (loss, gradient norm: `step_scalars`), the optimizer step (memory
+     bound), and ZeRO-1/2's all-gather of the new weights.
 
 Symmetric ranks are simulated once: the dp x tp copies of a pipeline rank behave alike, so one pipeline
 of p ranks stands for all of them (a 16,384-GPU job is 16 simulated ranks). What differs is simulated
@@ -155,6 +156,33 @@ def p2p_time(cfg, comm: CommModel, layout: Layout) -> float:
     return t
 
 
+SCALAR_BYTES = 8
+"""A loss or a squared gradient norm on the wire (float64, as the runtime sends them)."""
+
+
+def step_scalars(cfg, comm: CommModel, layout: Layout) -> float:
+    """Seconds of the small all-reduces every step ends with, one after another on the critical path:
+    the global-batch loss averaged over the data-parallel group, the last pipeline stage's loss shared
+    over the pipeline, and, when the gradient is split across ranks, the squared norm summed over the
+    groups that split it (tensor and pipeline ranks; data ranks under ZeRO-2/3) before clipping.
+    Each moves 8 bytes, so it costs a collective's fixed latency: microseconds on NVLink, about a
+    millisecond between processes on a CPU (what `bench` measures in situ). A parameter server's
+    workers get both from the server's reply instead (parameter_server.contribute)."""
+    p = cfg.parallel
+    if p.strategy == "parameter_server":
+        return 0.0
+    groups = []
+    if layout.dp > 1:
+        groups.append(layout.dp_group())                      # loss
+        if p.zero_stage >= 2:
+            groups.append(layout.dp_group())                  # norm of the sharded gradient
+    if layout.pp > 1:
+        groups += [layout.pp_group(), layout.pp_group()]      # loss from the last stage, norm
+    if layout.tp > 1:
+        groups.append(layout.tp_group())                      # norm of the tensor-parallel shards
+    return sum(comm.time("all_reduce", g, SCALAR_BYTES) for g in groups)
+
+
 def simulate_step(cfg, hw, comm: CommModel, record: bool = False) -> Step:
     p = cfg.parallel
     layout = Layout(p.tp, p.dp, p.pp, p.vpp)
@@ -183,6 +211,7 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False) -> Step:
     # ZeRO-1 all-reduces them, then each rank updates its shard
     kind = "all_reduce" if p.zero_stage == 0 or (p.zero_stage == 1 and p.implementation == "course") \
         else "reduce_scatter"
+    scalars = step_scalars(cfg, comm, layout)
     best = None
     all_spans: dict = {}
     for i, (run, _slow) in enumerate(runs):
@@ -205,8 +234,8 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False) -> Step:
             gather = 0.0
             if p.zero_stage in (1, 2) and layout.dp > 1:
                 gather = comm.time("all_gather", dp_group, psi_r * weight_bytes_per_param(cfg))
-            end = dp_end + opt + gather
-            all_spans[(i, r)] = (spans, (dp_end, dp_end + opt), (dp_end + opt, end))
+            end = dp_end + scalars + opt + gather
+            all_spans[(i, r)] = (spans, (dp_end + scalars, dp_end + scalars + opt), (dp_end + scalars + opt, end))
             if best is None or end > best[0]:
                 best = (end, r, i, dp_end, dp_busy, opt, gather)
     end, r, i, dp_end, dp_busy, opt, gather = best
@@ -219,10 +248,10 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False) -> Step:
     tp_exposed = factor * n_micro * sum(fwd[k].comm + bwd[k].comm for k in chunks)
     bubble = max(0.0, run.compute_end[r] - compute - recompute - tp_exposed)
     dp_exposed = dp_end - run.compute_end[r]
-    breakdown = {"compute": compute, "recompute": recompute, "exposed_comm": tp_exposed + dp_exposed + gather,
-                 "bubble": bubble, "optimizer": opt}
+    breakdown = {"compute": compute, "recompute": recompute,
+                 "exposed_comm": tp_exposed + dp_exposed + scalars + gather, "bubble": bubble, "optimizer": opt}
     comm_detail = {"tp_exposed": tp_exposed, "dp_exposed": dp_exposed, "dp_total": dp_busy,
-                   "zero_gather": gather, "pp_send": send}
+                   "zero_gather": gather, "pp_send": send, "step_scalars": scalars}
     recompute_per_token = cfg.model.n_layers * blk.recompute_flops * p.tp / (p.micro_batch_size * cfg.seq_len)
     return Step(step_time=end, breakdown=breakdown, comm=comm_detail, critical_rank=r, pipeline=run,
                 forward=fwd, backward=bwd,

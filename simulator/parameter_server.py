@@ -135,7 +135,17 @@ def contribute(ctx) -> None:
     g = grad_bytes_per_param(cfg) * compression_factor(cfg)
     e = DTYPE_BYTES[cfg.training.precision]
     comm = ps_step_comm(p.dp, psi, shares, g, e, bw, lat)
-    update = optimizer_time(max(shares) * psi, cfg.training.precision, cfg.training.optimizer, hw)
+    sizes = tensor_sizes(cfg.model)
+    owner = assign_shards(sizes, p.num_servers)
+    fullest = max(range(p.num_servers), key=lambda j: shares[j])
+    update = optimizer_time(max(shares) * psi, cfg.training.precision, cfg.training.optimizer, hw,
+                            tensors=sum(1 for o in owner if o == fullest))
+    trip = hw.rpc_round_trip(p.dp, max(shares) * psi * max(g, e))
+    if trip is not None:
+        # cpu: what `bench` measured, N workers pushing to a server over torch RPC right after compute and
+        # answered once all pushed (the fixed cost of RPCs between processes that must be scheduled again
+        # dwarfs the link); split over push and pull by their bytes
+        comm = {**comm, "push_s": trip * g / (g + e), "pull_s": trip * e / (g + e)}
     ctx.breakdown["exposed_comm"] += comm["push_s"] + comm["pull_s"] - ctx.step.comm["dp_exposed"]
     ctx.breakdown["optimizer"] = update
     ctx.extra["parameter_server"] = {

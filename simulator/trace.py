@@ -50,6 +50,9 @@ def trace_events(step, layout, cfg) -> list:
             events.append(_event(dp_name, pids[r], "comm", start, end, group="dp"))
     for r, spans in step.optimizer_spans.items():
         (o_start, o_end), (g_start, g_end) = spans
+        scalars = step.comm.get("step_scalars", 0.0)
+        if scalars > 0:                 # the loss and gradient-norm all-reduces before the optimizer
+            events.append(_event("step_scalars", pids[r], "comm", o_start - scalars, o_start))
         events.append(_event("optimizer", pids[r], "compute", o_start, o_end))
         if g_end > g_start:
             events.append(_event("all_gather", pids[r], "comm", g_start, g_end, group="dp"))

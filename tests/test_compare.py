@@ -29,7 +29,7 @@ def test_measured_components_from_a_trace(tmp_path):
 def test_compare_json_contract(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "llama_course", "compare", "configs/tiny.yaml", "--json",
                            "--set", "cluster.num_gpus=1", "--set", "training.steps=6", "--set", "seq_len=64",
-                           "--set", "parallel.global_batch_size=8", "--trace-dir", str(tmp_path)],
+                           "--set", "parallel.global_batch_size=8", "--trace-dir", str(tmp_path), "--calibrate"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -37,6 +37,14 @@ def test_compare_json_contract(tmp_path):
         assert out[part]["step_time_s"] is not None
     m, p = out["measured"]["step_time_s"], out["predicted"]["step_time_s"]
     assert out["relative_error"]["step_time_s"] == pytest.approx((p - m) / m)
+    # --calibrate: the machine's speed probed before and after training; the prediction at that speed
+    # scales the uncalibrated one's compute and optimizer (a one-process run has nothing else)
+    speed = out["speed"]
+    assert len(speed["probes"]) == 2 and all(x["measured_s"] > 0 for x in speed["probes"])
+    assert speed["speed_factor"] == pytest.approx(sum(x["speed_factor"] for x in speed["probes"]) / 2)
+    raw = out["uncalibrated"]["predicted"]["step_time_s"]
+    assert p == pytest.approx(raw * speed["speed_factor"], rel=1e-6)
+    assert out["uncalibrated"]["relative_error"]["step_time_s"] == pytest.approx((raw - m) / m)
     for name in ("predicted.json", "measured.json"):
         trace = json.loads((tmp_path / name).read_text())
         assert any(e.get("ph") == "X" and e.get("tid") == "compute" for e in trace["traceEvents"])
@@ -73,5 +81,17 @@ def test_bench_measures_on_processes_started_as_training_starts_them():
 
     times = launched("sharing_worker", 2, 4)
     assert len(times) == 2 and all(0 < t < 5 for t in times)
+    lag = launched("straggle_worker", 2, 4)
+    assert lag[0] == lag[1] and 0 <= lag[0] < 5          # every rank computes the same gathered number
+
+
+def test_bench_times_a_parameter_server_round_trip_over_rpc():
+    """Two workers push to a server over torch RPC (as the course's parameter server sets it up) and are
+    answered once both pushed: seconds per round trip against bytes, on the first worker."""
+    from llama_course.bench import RPC_SIZES, launched
+
+    curves = launched("rpc_worker", 3, True)
+    assert [b for b, _ in curves[0]] == list(RPC_SIZES) and curves[2] == []
+    assert all(0 < t < 1 for _, t in curves[0])
     with pytest.raises(ValueError):
         launched("os.system", 1)

@@ -163,3 +163,47 @@ def test_cpu_core_sharing_and_back_to_back_collectives_as_measured(tmp_path, mon
     gloo = hardware_for(load_config({"model": {"preset": "tiny"}, "cluster": {"gpu": "cpu", "num_gpus": 2},
                                      "parallel": {"implementation": "torch"}}))
     assert gloo.measured_collective("all_reduce", 2, 4, back_to_back=True) == pytest.approx(1e-3)  # no chained curve
+
+
+def test_measured_p2p_rpc_and_speed_factor(tmp_path, monkeypatch):
+    """A pipeline's send after compute and a parameter server's round trip come from `bench`'s curves;
+    speed_factor (what `compare --calibrate` measures) scales every compute time, the optimizer's too."""
+    from simulator.compute import op_time, optimizer_time
+    from simulator.workload import layer_ops
+
+    _measured_cpu(tmp_path, monkeypatch, p2p_in_situ_seconds=[[4, 5e-4], [1 << 20, 1.5e-3]],
+                  rpc_round_trip_seconds={"1": [[1024, 2e-3], [1 << 20, 3e-3]], "2": [[1024, 4e-3], [1 << 20, 6e-3]]},
+                  optimizer_us_per_tensor=50, optimizer_ns_per_param=5)
+    hw = gpu_preset("cpu")
+    assert hw.measured_collective("send", 2, 1 << 19) == pytest.approx(1e-3, rel=1e-3)
+    assert hw.rpc_round_trip(1, 1024) == pytest.approx(2e-3)
+    assert hw.rpc_round_trip(2, 1 << 20) == pytest.approx(6e-3)
+    assert hw.rpc_round_trip(4, 1 << 20) == pytest.approx(12e-3)           # the server answers twice as many
+    # an old profile with one curve reads as one worker's
+    _measured_cpu(tmp_path, monkeypatch, rpc_round_trip_seconds=[[1024, 2e-3], [1 << 20, 3e-3]])
+    assert gpu_preset("cpu").rpc_round_trip(1, 1024) == pytest.approx(2e-3)
+
+    cfg = load_config({"model": {"preset": "tiny"}, "cluster": {"gpu": "cpu", "num_gpus": 2}})
+    _measured_cpu(tmp_path, monkeypatch, optimizer_us_per_tensor=50, optimizer_ns_per_param=5)
+    base = hardware_for(cfg)
+    _measured_cpu(tmp_path, monkeypatch, optimizer_us_per_tensor=50, optimizer_ns_per_param=5, speed_factor=1.25)
+    slow = hardware_for(cfg)
+    op = layer_ops(cfg.model, 128, 4, precision="fp32")[1]
+    assert op_time(op, slow, "fp32") == pytest.approx(1.25 * op_time(op, base, "fp32"))
+    assert optimizer_time(1e6, "fp32", "adamw", slow, tensors=40) == pytest.approx(
+        1.25 * optimizer_time(1e6, "fp32", "adamw", base, tensors=40))
+
+
+def test_the_slowest_of_processes_sharing_cores_sets_the_pace(tmp_path, monkeypatch):
+    """`bench` measures how far the slowest of k processes started together falls behind their mean; the
+    step waits for it, so compute on the critical path is that much slower (cpu only)."""
+    _measured_cpu(tmp_path, monkeypatch, effective_cores={"1": 1.0, "2": 2.0, "4": 2.0},
+                  straggle={"2": 0.02, "4": 0.2})
+    hw = gpu_preset("cpu")
+    assert hw.straggle_factor(1) == 1.0
+    assert hw.straggle_factor(2) == pytest.approx(1.02) and hw.straggle_factor(4) == pytest.approx(1.2)
+    assert hw.straggle_factor(3) == pytest.approx(1.11) and hw.straggle_factor(8) == pytest.approx(1.2)
+    four = hardware_for(load_config({"model": {"preset": "tiny"}, "cluster": {"gpu": "cpu", "num_gpus": 4}}))
+    assert four.compute_slowdown == pytest.approx(2.0 * 1.2)
+    gpus = load_config({"cluster": {"gpu": "a100-80gb", "num_gpus": 8}, "parallel": {"global_batch_size": 8}})
+    assert hardware_for(gpus).compute_slowdown == 1.0

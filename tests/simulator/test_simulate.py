@@ -110,7 +110,7 @@ def test_trace_is_chrome_format(tmp_path):
     names = {e["name"] for e in xs}
     assert {"forward", "backward", "send", "recv", "optimizer", "bubble"} <= names
     assert names <= {"forward", "backward", "send", "recv", "optimizer", "bubble", "all_reduce",
-                     "reduce_scatter", "all_gather"}
+                     "reduce_scatter", "all_gather", "step_scalars"}
     assert all(e["dur"] >= 0 and e["ts"] >= 0 for e in xs)
 
 
