@@ -137,8 +137,12 @@ def write(args, rows, micro_s, sim_s, cores) -> None:
               "--set parallel.micro_batch_size=2 --set parallel.implementation=torch --set 'faults.slow={3: 3}' "
               "--set training.steps=20 --trace t.json`, 2026-11-29) the slow rank's first micro-batch, computed "
               "while the 3 others run, took 42 ms of wall time against 11 ms alone (3.7x, where the measured "
-              "sharing of 4 processes gives 2.4x), and its sleep doubles whatever it lost. The simulator has no "
-              "model of that unfairness, so it predicts the straggler rows too fast."]
+              "sharing of 4 processes gives 2.4x), and its sleep doubles whatever it lost. The simulator models "
+              "that unfairness on average only: `bench` measures how far the slowest of k processes started "
+              "together falls behind their mean (`straggle` in the profile, about 20% for 4 processes on 2 "
+              "cores), and a step that waits for k ranks is stretched by it (k = 3 under backup_workers, which "
+              "drops the slowest); the amplification by the slow rank's sleep is not modeled, so the straggler "
+              "rows are predicted too fast."]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -148,15 +148,19 @@ def predict(ctx_or_cfg, policy: str | None = None) -> dict:
     p = cfg.parallel
     policy = policy or cfg.load_balance.policy
     per_micro = sum(f.compute + b.compute + b.recompute for f, b in zip(ctx.step.forward, ctx.step.backward))
-    # a micro-batch run alone: the core sharing is played out event by event below, not averaged in
-    # (compute_slowdown also holds the measured straggle of shared cores; here the event simulation below
-    # decides which rank finishes when, with the fair-share model of `sharing_slowdown`)
+    # a micro-batch run alone: the core sharing is played out event by event below, not averaged in, and
+    # the straggle after it
     per_seq = per_micro / p.micro_batch_size / ctx.hw.compute_slowdown * ctx.hw.speed_factor
     factors = [float(cfg.faults.slow.get(r, 1.0)) for r in range(p.dp)]
     out = policy_compute_time(policy if policy != "balanced_stages" else "none", p.dp, p.global_batch_size,
                               p.micro_batch_size, per_seq, factors,
                               ctx.hw.sharing_slowdown if cores_of(ctx.hw) else None,
                               cfg.load_balance.backup_workers)
+    if cores_of(ctx.hw):
+        # fair sharing decides the order above; the scheduler is not fair at this time scale, and a step that
+        # waits for k ranks waits for the slowest of them, `straggle` behind (backup workers wait for dp - b)
+        waits_for = p.dp - cfg.load_balance.backup_workers if policy == "backup_workers" else p.dp
+        out["compute_s"] *= ctx.hw.straggle_factor(waits_for)
     from simulator.memory import virtual_stage_params
 
     psi = sum(virtual_stage_params(cfg, ctx.step.layers))
