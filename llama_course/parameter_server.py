@@ -414,25 +414,25 @@ class ParameterServerEngine(Engine):
             _SERVER.check_heartbeats()
 
     def close(self) -> None:
-        """Workers say goodbye to every server and wait until the servers have heard from (or buried) every
-        worker; then everyone leaves RPC: gracefully, or at once when a worker died (it would never answer)."""
-        if not self.is_server:
-            self._stop.set()
-            if self.ctx.rank == 0 and self.cfg.parallel.sync != "bsp":
-                hist = self.staleness_histogram()
-                print(f"parameter server: staleness over all pushes {summary(hist)}; histogram {dict(sorted(hist.items()))}",
-                      file=sys.stderr, flush=True)
-            for j in range(self.k):
-                rpc.rpc_sync(f"server{j}", _finish, args=(self.ctx.rank,))
-            dead = sorted({w for j in range(self.k) for w in rpc.rpc_sync(f"server{j}", _settled)})
-            if dead:
-                if self.ctx.rank == min(w for w in range(self.n_workers) if w not in dead):
-                    print(f"parameter server: worker(s) {dead} died during the run; the others finished without "
-                          "them", file=sys.stderr, flush=True)
-                self._store().set(f"closed_{self.ctx.rank}", "1")
-            self._shutdown(graceful=not dead)
-        else:
-            self._shutdown(graceful=True)
+        """A worker says goodbye to every server and waits until the servers have heard from (or buried)
+        every worker; then it leaves RPC: gracefully, or at once when a worker died (it would never answer).
+        Servers leave RPC at the end of `run_server`."""
+        if self.is_server:
+            return
+        self._stop.set()
+        if self.ctx.rank == 0 and self.cfg.parallel.sync != "bsp":
+            hist = self.staleness_histogram()
+            print(f"parameter server: staleness over all pushes {summary(hist)}; histogram {dict(sorted(hist.items()))}",
+                  file=sys.stderr, flush=True)
+        for j in range(self.k):
+            rpc.rpc_sync(f"server{j}", _finish, args=(self.ctx.rank,))
+        dead = sorted({w for j in range(self.k) for w in rpc.rpc_sync(f"server{j}", _settled)})
+        if dead:
+            if self.ctx.rank == min(w for w in range(self.n_workers) if w not in dead):
+                print(f"parameter server: worker(s) {dead} died during the run; the others finished without "
+                      "them", file=sys.stderr, flush=True)
+            self._store().set(f"closed_{self.ctx.rank}", "1")
+        self._shutdown(graceful=not dead)
 
     # ---- checkpoints: the state lives on the servers; worker 0 fetches and writes it ------------------
     def state_dict(self) -> dict:
