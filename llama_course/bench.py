@@ -241,9 +241,9 @@ def fit_compute(points: list, peak_flops: float, memory_bandwidth: float) -> dic
             "optimizer_us_per_tensor": max(0.0, c) * 1e6, "optimizer_ns_per_param": max(0.0, d) * 1e9}
 
 
-def sharing_worker(rank: int, world: int, steps: int) -> float:
-    """Runs in each of `world` spawned processes at once: mean wall seconds of the tiny model's
-    forward-backward (micro-batch 2, then an optimizer step), free-running, as training ranks compute."""
+def _tiny_engine(micro_batch: int):
+    """A one-process engine of the tiny model (seq 128, fp32, one thread) and a timed step on a fresh batch:
+    step() -> wall seconds of its forward-backward (the optimizer step after it is not timed)."""
     import torch
 
     from llama_course.distributed import Context
@@ -253,17 +253,30 @@ def sharing_worker(rank: int, world: int, steps: int) -> float:
 
     torch.set_num_threads(1)
     cfg = load_config({"model": {"preset": "tiny"}, "seq_len": 128, "cluster": {"gpu": "cpu", "num_gpus": 1},
-                       "parallel": {"micro_batch_size": 2, "global_batch_size": 2, "implementation": "course"},
-                       "training": {"precision": "fp32"}})
+                       "parallel": {"micro_batch_size": micro_batch, "global_batch_size": micro_batch,
+                                    "implementation": "course"}, "training": {"precision": "fp32"}})
     engine = Engine(cfg, Context(), build_model(cfg))
-    times = []
-    for _ in range(steps):
-        batch = [(torch.randint(cfg.model.vocab_size, (2, 128)), torch.randint(cfg.model.vocab_size, (2, 128)))]
+
+    def step(before=None) -> float:
+        batch = [(torch.randint(cfg.model.vocab_size, (micro_batch, 128)),
+                  torch.randint(cfg.model.vocab_size, (micro_batch, 128)))]
+        if before:
+            before()
         t = time.perf_counter()
         engine.optimizer.zero_grad(set_to_none=True)
         engine.forward_backward(batch)
-        times.append(time.perf_counter() - t)
+        took = time.perf_counter() - t
         engine.optimizer.step()
+        return took
+
+    return step
+
+
+def sharing_worker(rank: int, world: int, steps: int) -> float:
+    """Runs in each of `world` spawned processes at once: mean wall seconds of the tiny model's
+    forward-backward (micro-batch 2, then an optimizer step), free-running, as training ranks compute."""
+    step = _tiny_engine(2)
+    times = [step() for _ in range(steps)]
     return sum(times[3:]) / len(times[3:])
 
 
@@ -275,25 +288,10 @@ def straggle_worker(rank: int, world: int, steps: int) -> float:
     import torch
     import torch.distributed as dist
 
-    from llama_course.distributed import Context
-    from llama_course.engine import Engine
-    from llama_course.model import build_model
-    from simulator.config import load_config
-
-    torch.set_num_threads(1)
-    cfg = load_config({"model": {"preset": "tiny"}, "seq_len": 128, "cluster": {"gpu": "cpu", "num_gpus": 1},
-                       "parallel": {"micro_batch_size": 4, "global_batch_size": 4, "implementation": "course"},
-                       "training": {"precision": "fp32"}})
-    engine = Engine(cfg, Context(), build_model(cfg))
+    step = _tiny_engine(4)
     lags = []
     for i in range(steps):
-        batch = [(torch.randint(cfg.model.vocab_size, (4, 128)), torch.randint(cfg.model.vocab_size, (4, 128)))]
-        dist.barrier()
-        t = time.perf_counter()
-        engine.optimizer.zero_grad(set_to_none=True)
-        engine.forward_backward(batch)
-        took = torch.tensor([time.perf_counter() - t])
-        engine.optimizer.step()
+        took = torch.tensor([step(before=dist.barrier)])
         every = [torch.zeros(1) for _ in range(world)]
         dist.all_gather(every, took)
         if i >= 2:
@@ -366,12 +364,7 @@ def gloo_worker(rank: int, world: int, quick: bool) -> dict:
 
             def hop(x=x):
                 compute()
-                if rank == 0:
-                    dist.send(x, 1)
-                    dist.recv(x, 1)
-                else:
-                    dist.recv(x, 0)
-                    dist.send(x, 0)
+                ping(x)
 
             curve.append([nbytes, max(1e-6, (_burst(hop, bursts, 4) - compute_s) / 2)])
         out["p2p_in_situ"] = curve
