@@ -42,3 +42,21 @@ def test_least_loaded_beats_round_robin_on_unequal_servers():
     wrr = dispatch("weighted_round_robin", speeds, 0.6, 4000)
     ll = dispatch("least_loaded", speeds, 0.6, 4000)
     assert ll["p99_s"] < wrr["p99_s"] < rr["p99_s"]
+
+
+def test_a_step_waits_for_the_slowest_of_the_ranks_it_needs(tmp_path, monkeypatch):
+    """On shared cores the slowest of k ranks falls `straggle[k]` behind (bench measures it); a step that
+    waits for every rank is stretched by that, backup workers (which drop the slowest) by the lag of k - b."""
+    from simulator.hardware import write_cpu_profile
+
+    cfg = {"model": {"preset": "tiny"}, "seq_len": 64, "cluster": {"gpu": "cpu", "num_gpus": 4},
+           "parallel": {"global_batch_size": 8, "micro_batch_size": 1}, "training": {"precision": "fp32"}}
+
+    def compute(straggle, policy):
+        path = tmp_path / f"cpu_{len(straggle)}.json"
+        write_cpu_profile({"cores": 2, "effective_cores": {"1": 1, "2": 2, "4": 2}, "straggle": straggle}, str(path))
+        monkeypatch.setenv("LLAMA_COURSE_CPU_PROFILE", str(path))
+        return predict(cfg, policy)["compute_s"]
+
+    assert compute({"2": 0.1, "4": 0.2}, "none") == pytest.approx(1.2 * compute({}, "none"))
+    assert compute({"2": 0.1, "4": 0.2}, "backup_workers") == pytest.approx(1.15 * compute({}, "backup_workers"))
