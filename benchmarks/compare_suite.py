@@ -279,7 +279,7 @@ def main(argv=None) -> int:
         return 0
     os.environ.setdefault("LLAMA_COURSE_CACHE", os.path.join(ROOT, ".cache"))
 
-    from simulator.hardware import CPU_PROFILE, user_cpu_profile_path
+    from simulator.hardware import cpu_profile_path
 
     t0 = time.perf_counter()
     if args.bench:
@@ -290,7 +290,7 @@ def main(argv=None) -> int:
         write_cpu_profile(measure(repeat=args.bench)["profile"], path)
         os.environ["LLAMA_COURSE_CPU_PROFILE"] = path
         print(f"bench: profile written to {path}", file=sys.stderr)
-    profile_path = user_cpu_profile_path() if os.path.exists(user_cpu_profile_path()) else CPU_PROFILE
+    profile_path = cpu_profile_path()
     with open(profile_path) as f:
         profile = json.load(f)
     layouts = [x for x in LAYOUTS if not args.only or x[0] in args.only]

@@ -13,9 +13,11 @@ What it measures, each the median of several repeats (one thread per process, as
 - gloo: point-to-point latency (ping-pong of 4 bytes / 2) and bandwidth (16 MiB), all_reduce latency and
   bus bandwidth (nccl-tests' busbw = algbw x 2(n-1)/n) with 2 and 4 processes, and the all-reduce curves
   the simulator uses (gloo's and the course's ring, 4 B to 16 MiB): in situ, each issued right after ~1.5 ms
-  of compute as training issues them, and back to back (medians over bursts);
+  of compute as training issues them, and back to back (means over bursts); a point-to-point exchange
+  after compute (a pipeline's), and a parameter server's round trip over torch RPC with 1 and 2 workers;
 - core sharing: 1, 2 and 4 processes computing the tiny model at once; k processes get k x t1 / tk cores'
-  worth of compute (`effective_cores`; 4 on the 2-core reference VM get ~1.7, not 2);
+  worth of compute (`effective_cores`; 4 on the 2-core reference VM get ~1.8, not 2), and, started
+  together, the slowest of them falls `straggle[k]` behind their mean;
 - process launch: spawning 2 processes that join a process group and exit;
 - the real model: one micro-batch's forward + backward of the `tiny` and `small` LLaMA at two micro-batch
   sizes, timed inside real train steps (fresh batches, the optimizer in between), and the rest of a step (gradient norm, clipping, the course AdamW), from which two
@@ -300,6 +302,19 @@ def straggle_worker(rank: int, world: int, steps: int) -> float:
     return statistics.mean(lags)
 
 
+def _compute_stretch():
+    """~1.5 ms of matmuls: what a rank does between two exchanges in the in-situ measurements."""
+    import torch
+
+    a = torch.randn(320, 320)
+
+    def compute():
+        for _ in range(4):
+            a @ a
+
+    return compute
+
+
 def gloo_worker(rank: int, world: int, quick: bool) -> dict:
     """Runs in each spawned process: p2p and all_reduce latency and bandwidth over gloo."""
     import torch
@@ -332,12 +347,7 @@ def gloo_worker(rank: int, world: int, quick: bool) -> dict:
     # for a time slice). That is the time training sees, so it is the time the simulator uses.
     from llama_course import collectives as C
 
-    a = torch.randn(320, 320)
-
-    def compute():                      # ~1.5 ms of matmuls: what a rank does between two collectives
-        for _ in range(4):
-            a @ a
-
+    compute = _compute_stretch()
     bursts = 5 if quick else 9
     compute_s = _burst(compute, bursts, 8)
     out["in_situ_compute_s"] = compute_s
@@ -403,12 +413,7 @@ def rpc_worker(rank: int, world: int, quick: bool) -> list:
     init_rpc(f"bench{rank}", rank, world)
     curve = []
     if rank < clients:
-        a = torch.randn(320, 320)
-
-        def compute():
-            for _ in range(4):
-                a @ a
-
+        compute = _compute_stretch()
         bursts = 5 if quick else 9
         compute_s = _median_time(compute, 20)
         for nbytes in RPC_SIZES:

@@ -13,6 +13,7 @@ Both Chrome traces are written side by side (predicted.json, measured.json): ope
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -115,24 +116,19 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
 
     # the components are read from the same steps as the step time: the second half of the run
     traced = max(1, cfg.training.steps - cfg.training.steps // 2)
-    before = os.environ.get("LLAMA_COURSE_TRACE_STEPS")
-    os.environ["LLAMA_COURSE_TRACE_STEPS"] = str(traced)
     threads = torch.get_num_threads()
     if cfg.cluster.gpu == "cpu" and cfg.world_size == 1:
         torch.set_num_threads(1)        # as the cpu profile was measured, and as every launched rank runs
     try:
-        records = train(config, overrides, metrics=os.path.join(trace_dir, "metrics.jsonl"), quiet=quiet,
-                        trace=measured_trace)
+        with _env("LLAMA_COURSE_TRACE_STEPS", str(traced)):
+            records = train(config, overrides, metrics=os.path.join(trace_dir, "metrics.jsonl"), quiet=quiet,
+                            trace=measured_trace)
     finally:
         torch.set_num_threads(threads)
-        if before is None:
-            os.environ.pop("LLAMA_COURSE_TRACE_STEPS", None)
-        else:
-            os.environ["LLAMA_COURSE_TRACE_STEPS"] = before
     tail = records[len(records) // 2:] or records
     measured = {"step_time_s": statistics.median(r["step_time_s"] for r in tail),
                 "tokens_per_s": statistics.median(r["tokens_per_s"] for r in tail)}
-    measured["breakdown_s"] = measured_components(measured_trace, min(traced, cfg.training.steps))
+    measured["breakdown_s"] = measured_components(measured_trace, traced)
 
     speed = None
     if calibrate:
@@ -169,34 +165,37 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
     return out
 
 
-class scaled_profile:
-    """Context: the `cpu` profile in use, its compute `factor` times slower (a temporary copy, through
-    $LLAMA_COURSE_CPU_PROFILE)."""
-
-    def __init__(self, factor: float):
-        self.factor = factor
-
-    def __enter__(self):
-        from simulator.hardware import CPU_PROFILE, user_cpu_profile_path
-
-        user = user_cpu_profile_path()
-        with open(user if os.path.exists(user) else CPU_PROFILE) as f:
-            prof = json.load(f)
-        prof["speed_factor"] = float(prof.get("speed_factor", 1.0)) * self.factor
-        fd, self.path = tempfile.mkstemp(prefix="llama-course-profile-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(prof, f)
-        self.before = os.environ.get("LLAMA_COURSE_CPU_PROFILE")
-        os.environ["LLAMA_COURSE_CPU_PROFILE"] = self.path
-        return self.path
-
-    def __exit__(self, *exc):
-        if self.before is None:
-            os.environ.pop("LLAMA_COURSE_CPU_PROFILE", None)
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    """Context: environment variable `name` set to `value`, restored after."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
         else:
-            os.environ["LLAMA_COURSE_CPU_PROFILE"] = self.before
-        os.unlink(self.path)
-        return False
+            os.environ[name] = before
+
+
+@contextlib.contextmanager
+def scaled_profile(factor: float):
+    """Context: the `cpu` profile in use, its compute `factor` times slower (a temporary copy, through
+    $LLAMA_COURSE_CPU_PROFILE); yields the copy's path."""
+    from simulator.hardware import cpu_profile_path
+
+    with open(cpu_profile_path()) as f:
+        prof = json.load(f)
+    prof["speed_factor"] = float(prof.get("speed_factor", 1.0)) * factor
+    fd, path = tempfile.mkstemp(prefix="llama-course-profile-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(prof, f)
+    try:
+        with _env("LLAMA_COURSE_CPU_PROFILE", path):
+            yield path
+    finally:
+        os.unlink(path)
 
 
 def format_report(result: dict) -> str:

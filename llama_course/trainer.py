@@ -173,6 +173,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
         progress = Progress(cfg.training.steps, start, enabled=ctx.is_main and not quiet)
         kills = [k for k in cfg.faults.kill if k["rank"] == ctx.rank]
         every = cfg.checkpoint.every_steps
+        trace_steps = int(os.environ.get("LLAMA_COURSE_TRACE_STEPS", TRACE_STEPS))   # compare sets it per run
         try:
             for step in range(start, cfg.training.steps):
                 n = step + 1
@@ -182,8 +183,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                 batches = engine.batches_for_step(sampler, train_seqs, step) if hasattr(engine, "batches_for_step") \
                     else [get_batch(train_seqs, idx) for idx in sampler.shard(step, ctx.dp_rank, ctx.dp, p.micro_batch_size)]
                 lr = lr_at(step, cfg)
-                if trace_path and step <= cfg.training.steps - int(os.environ.get("LLAMA_COURSE_TRACE_STEPS",
-                                                                                  TRACE_STEPS)):
+                if trace_path and step <= cfg.training.steps - trace_steps:
                     tracer.clear()            # keep the last TRACE_STEPS steps: steady state, small files
                 if sync:
                     sync()

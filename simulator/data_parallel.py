@@ -72,16 +72,13 @@ def bucket_sizes(total_bytes: float, bucket_mb: float, tensors: int) -> list:
 def gradient_sync(ready: list, overlap: bool, comm_time, compute_end: float) -> tuple:
     """Run a rank's gradient buckets through its comm stream (a SimPy process).
 
-    ready: [(time the bucket's gradients exist, bytes)] in production order; comm_time(bytes) -> seconds,
-    or comm_time(bytes, back_to_back) when it accepts a second argument: True for a collective that starts
-    the moment the previous one ended (on a CPU that is cheaper than one issued after compute).
+    ready: [(time the bucket's gradients exist, bytes)] in production order; comm_time(bytes, back_to_back)
+    -> seconds, back_to_back True for a collective that starts the moment the previous one ended (on a CPU
+    that is cheaper than one issued after compute).
     Returns (end of the last collective, seconds of communication, [(start, end)] per bucket).
     """
-    import inspect
-
     env = simpy.Environment()
     spans = []
-    two = len(inspect.signature(comm_time).parameters) > 1
 
     def stream():
         for t_ready, nbytes in ready:
@@ -90,7 +87,7 @@ def gradient_sync(ready: list, overlap: bool, comm_time, compute_end: float) -> 
             if env.now < start:
                 yield env.timeout(start - env.now)
             s = env.now
-            yield env.timeout(comm_time(nbytes, chained) if two else comm_time(nbytes))
+            yield env.timeout(comm_time(nbytes, chained))
             spans.append((s, env.now))
 
     env.process(stream())

@@ -28,7 +28,7 @@ read first). On a CPU three things differ from a GPU, each measured once by `ben
   measured time against message size for that many processes (`all_reduce_seconds`: gloo's own
   all_reduce for `implementation: torch`, the course's ring on send/recv for `course`), interpolated;
 - processes share `cores`: k ranks computing at once get `effective_cores[k]` cores' worth of compute
-  between them (measured by `bench`: on the 2-core reference VM, 4 processes get ~1.5 cores, not 2: context
+  between them (measured by `bench`: on the 2-core reference VM, 4 processes get ~1.8 cores, not 2: context
   switches and caches), so each computes k / effective_cores[k] times slower than alone; without the
   measurement, k / cores when above 1;
 - the scheduler is not fair at a step's time scale: started together, the slowest of k processes falls
@@ -121,7 +121,7 @@ class Hardware:
     collective waits for the slowest rank. 2 processes on 2 cores: ~2%; 4: ~20%."""
     speed_factor: float = 1.0
     """Compute time multiplier for this machine now against when it was profiled (cpu): a shared machine's
-    speed drifts, and `compare_suite --calibrate` measures it on a one-process run before the suite."""
+    speed drifts, and `compare --calibrate` measures it with a one-process probe before and after a run."""
     optimizer_per_tensor: float = 0.0
     """Fixed seconds per parameter tensor of an optimizer step (cpu: Python and dispatch per tensor)."""
     optimizer_per_param: float | None = None
@@ -147,16 +147,7 @@ class Hardware:
         if not self.collective_table or kind == "send" or n <= 1:
             return None
         table = (self.back_to_back_table if back_to_back and self.back_to_back_table else self.collective_table)
-        sizes = sorted(table)
-        if n <= sizes[0] or n >= sizes[-1]:
-            ref = sizes[0] if n <= sizes[0] else sizes[-1]
-            t = _interpolate(table[ref], nbytes) * (n - 1) / max(1, ref - 1)
-        else:
-            hi = next(k for k in sizes if k >= n)
-            lo = max(k for k in sizes if k <= n)
-            f = 0.0 if hi == lo else (n - lo) / (hi - lo)
-            t0, t1 = _interpolate(table[lo], nbytes), _interpolate(table[hi], nbytes)
-            t = t0 + f * (t1 - t0)
+        t = _between_counts(table, n, nbytes, lambda n, ref: (n - 1) / max(1, ref - 1))
         if kind == "all_reduce":
             return t
         # reduce-scatter, all-gather, all-to-all: half the steps and bytes of an all-reduce, but the fixed
@@ -170,31 +161,20 @@ class Hardware:
         the time grows with the workers it answers (scaled by workers / measured)."""
         if not self.rpc_curves:
             return None
-        counts = sorted(self.rpc_curves)
-        if workers <= counts[0]:
-            return _interpolate(self.rpc_curves[counts[0]], nbytes)
-        if workers >= counts[-1]:
-            return _interpolate(self.rpc_curves[counts[-1]], nbytes) * workers / counts[-1]
-        hi = next(k for k in counts if k >= workers)
-        lo = max(k for k in counts if k <= workers)
-        t0, t1 = _interpolate(self.rpc_curves[lo], nbytes), _interpolate(self.rpc_curves[hi], nbytes)
-        return t0 + (workers - lo) / (hi - lo) * (t1 - t0)
+        return _between_counts(self.rpc_curves, workers, nbytes, lambda n, ref: max(1.0, n / ref))
 
     def straggle_factor(self, k: float) -> float:
         """1 + how far the slowest of k processes computing together falls behind their mean (cpu; 1 on GPUs)."""
         if not self.cores or not self.straggle or k <= 1:
             return 1.0
-        pts = [(1.0, 0.0)] + sorted((float(n), float(f)) for n, f in self.straggle.items())
-        return 1.0 + max(0.0, _interpolate(pts, k) if k <= pts[-1][0] else pts[-1][1])
+        return 1.0 + max(0.0, _saturating({1: 0.0, **self.straggle}, k))
 
     def sharing_slowdown(self, k: float) -> float:
         """How many times slower each of k processes computing at once runs than one alone (cpu; 1 on GPUs)."""
         if not self.cores or k <= 1:
             return 1.0
         if self.effective_cores:
-            pts = sorted((float(n), float(c)) for n, c in self.effective_cores.items())
-            eff = _interpolate(pts, k) if k <= pts[-1][0] else pts[-1][1]
-            return max(1.0, k / eff)
+            return max(1.0, k / _saturating(self.effective_cores, k))
         return max(1.0, k / self.cores)
 
     def with_overrides(self, **changes) -> Hardware:
@@ -251,6 +231,12 @@ def user_cpu_profile_path() -> str:
     return os.path.join(cache, "cpu_profile.json")
 
 
+def cpu_profile_path() -> str:
+    """The `cpu` profile in use: the one `bench` wrote for this machine if there is one, else the shipped one."""
+    user = user_cpu_profile_path()
+    return user if os.path.exists(user) else CPU_PROFILE
+
+
 def gpu_preset(name: str, profile_path: str | None = None) -> Hardware:
     """The Hardware of a named preset (`cpu` reads the profile `bench` measured, else the shipped one).
 
@@ -258,10 +244,7 @@ def gpu_preset(name: str, profile_path: str | None = None) -> Hardware:
     `simulator/profiles/<name>.json`, then the file named by $LLAMA_COURSE_GPU_PROFILE (or `profile_path`)
     when its "name" is this preset (what `scripts/gpu_check.sh` writes on that GPU)."""
     if name == "cpu":
-        if profile_path is None:
-            user = user_cpu_profile_path()
-            profile_path = user if os.path.exists(user) else CPU_PROFILE
-        return cpu_from_profile(profile_path)
+        return cpu_from_profile(profile_path or cpu_profile_path())
     if name not in GPU_PRESETS:
         raise ConfigError(f"cluster.gpu: unknown GPU '{name}' (known: {', '.join(list(GPU_PRESETS) + ['cpu'])})")
     hw = GPU_PRESETS[name]()
@@ -359,6 +342,25 @@ def _rpc_curves(value) -> dict | None:
     if isinstance(value, list):
         return {1: _curve(value)}
     return {int(k): _curve(v) for k, v in value.items() if v} or None
+
+
+def _saturating(points: dict, k: float) -> float:
+    """{processes: value} measured at a few process counts, interpolated at k and held beyond the last."""
+    pts = sorted((float(n), float(v)) for n, v in points.items())
+    return _interpolate(pts, k) if k <= pts[-1][0] else pts[-1][1]
+
+
+def _between_counts(curves: dict, n: float, x: float, scale) -> float:
+    """A measured {process count: [(x, seconds)]} table read at x for n processes: interpolated between the
+    two nearest counts; outside them, the nearest count's curve times scale(n, that count)."""
+    counts = sorted(curves)
+    if n <= counts[0] or n >= counts[-1]:
+        ref = counts[0] if n <= counts[0] else counts[-1]
+        return _interpolate(curves[ref], x) * scale(n, ref)
+    hi = next(k for k in counts if k >= n)
+    lo = max(k for k in counts if k <= n)
+    t0, t1 = _interpolate(curves[lo], x), _interpolate(curves[hi], x)
+    return t0 if hi == lo else t0 + (n - lo) / (hi - lo) * (t1 - t0)
 
 
 def _interpolate(curve: list, x: float) -> float:

@@ -73,13 +73,17 @@ def tensor_sizes(model) -> list:
     return sizes
 
 
-def server_shares(cfg) -> list:
-    """f_j: the share of the parameters on each server, from the size-balanced assignment."""
+def server_assignment(cfg) -> tuple:
+    """(tensor sizes, server of each tensor) of the size-balanced assignment."""
     sizes = tensor_sizes(cfg.model)
-    k = cfg.parallel.num_servers
-    loads = shard_loads(sizes, assign_shards(sizes, k), k)
+    return sizes, assign_shards(sizes, cfg.parallel.num_servers)
+
+
+def server_shares(cfg, assignment: tuple | None = None) -> list:
+    """f_j: the share of the parameters on each server, from the size-balanced assignment."""
+    sizes, owner = assignment or server_assignment(cfg)
     total = sum(sizes)
-    return [x / total for x in loads]
+    return [x / total for x in shard_loads(sizes, owner, cfg.parallel.num_servers)]
 
 
 def ps_step_comm(n_workers: int, psi: float, shares, grad_bytes: float, weight_bytes: float,
@@ -130,13 +134,12 @@ def contribute(ctx) -> None:
     cfg, hw = ctx.cfg, ctx.hw
     p = cfg.parallel
     psi = sum(virtual_stage_params(cfg, ctx.step.layers))
-    shares = server_shares(cfg)
+    sizes, owner = server_assignment(cfg)
+    shares = server_shares(cfg, (sizes, owner))
     bw, lat = link(hw, p.dp + p.num_servers)
     g = grad_bytes_per_param(cfg) * compression_factor(cfg)
     e = DTYPE_BYTES[cfg.training.precision]
     comm = ps_step_comm(p.dp, psi, shares, g, e, bw, lat)
-    sizes = tensor_sizes(cfg.model)
-    owner = assign_shards(sizes, p.num_servers)
     fullest = max(range(p.num_servers), key=lambda j: shares[j])
     update = optimizer_time(max(shares) * psi, cfg.training.precision, cfg.training.optimizer, hw,
                             tensors=sum(1 for o in owner if o == fullest))

@@ -11,12 +11,12 @@ def test_buckets_split_the_bytes():
 
 def test_overlap_hides_all_but_the_last_bucket():
     ready = buckets_ready((0.0, 1.0), 100e6, 25, 1)        # ready at 0.25, 0.5, 0.75, 1.0
-    comm = lambda n: 0.1                                    # noqa: E731
+    comm = lambda n, chained: 0.1                           # noqa: E731
     end, busy, spans = gradient_sync(ready, True, comm, 1.0)
     assert end == pytest.approx(1.1) and busy == pytest.approx(0.4)
     end_off, _, _ = gradient_sync(ready, False, comm, 1.0)
     assert end_off == pytest.approx(1.4)
-    slow = lambda n: 0.5                                    # noqa: E731
+    slow = lambda n, chained: 0.5                           # noqa: E731
     assert gradient_sync(ready, True, slow, 1.0)[0] == pytest.approx(0.25 + 4 * 0.5)
 
 
