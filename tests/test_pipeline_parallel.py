@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import workers_model_parallel as workers  # noqa: E402
 from test_tensor_parallel import assert_matches_single_process  # noqa: E402
 
-from llama_course.testing import spawn  # noqa: E402
+from llama_course.core.testing import spawn  # noqa: E402
 from simulator.config import ConfigError  # noqa: E402
 from simulator.pipeline_parallel import schedule_order  # noqa: E402
 
