@@ -1,27 +1,42 @@
 # llama-course: the two commands of the Quickstart, and the helpers behind them.
-#   make demo   set up .venv (if missing) and train the tiny model with 2 gloo processes
-#   make test   set up .venv (if missing) and run every test
+#   make demo   set up .venv with what the demo needs (if missing) and train the tiny model with 2 gloo processes
+#   make test   add the development tools to .venv (tests, labs, docs) and run every test
+#   make serve  build the docs' generated pages and serve the site at http://127.0.0.1:8000
 # On a CUDA machine, override the torch pin:  make venv TORCH_SPEC='torch==2.13.0 --index-url ...'
 
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+DEMO_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+PIP := $(PY) -m pip install --disable-pip-version-check --no-input
 
-.PHONY: venv system-deps demo test test-fast lint docs grade handout clean
+.PHONY: venv venv-dev system-deps demo test test-fast lint docs serve grade handout clean
 
 venv: $(STAMP)
 
+venv-dev: $(DEV_STAMP)
+
+# what `make demo` needs: torch and the runtime dependencies of pyproject.toml, the package in editable mode
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	@test -x $(PY) || { echo "== [1/3] creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
+	@echo "== [2/3] installing torch ($(TORCH_SPEC))"
+	$(PIP) $(TORCH_SPEC)
+	@echo "== [3/3] installing llama-course (editable) and its runtime dependencies"
+	$(PIP) -e .
+	@touch $(STAMP)
+	@echo "== $(VENV) is ready: 'source $(VENV)/bin/activate' puts llama-course on your PATH"
+
+# the development tools (pyproject's `dev` extra: tests, labs, docs) on top
+$(DEV_STAMP): $(STAMP)
+	@echo "== installing the development tools (pyproject.toml [dev]: pytest, jupyter, mkdocs, oracles)"
+	$(PIP) -e '.[dev]'
+	@touch $(DEV_STAMP)
 
 demo: venv
-	$(PY) -m llama_course.commands.demo
+	$(PY) -m llama_course.commands.demo $(DEMO_ARGS)
 
 # Debian's headless Chromium for the docs rendering test (best effort: needs root and apt; without it
 # that one test reports the missing browser)
@@ -30,19 +45,24 @@ system-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "note: chromium not installed; the docs screenshot test will say so"; }
 
-test: venv system-deps
+test: venv-dev system-deps
 	$(PY) -m pytest -q tests
 	PY=$(PY) bash scripts/check_exercises.sh
 
-lint: venv
+lint: venv-dev
 	$(VENV)/bin/ruff check .
 
-docs: venv
+docs: venv-dev
 	$(PY) scripts/gen_interview_docs.py
 	$(PY) scripts/execute_labs.py
 	$(VENV)/bin/mkdocs build --strict
 
-grade: venv
+# the site with live reload; labs show their outputs once `make docs` has executed them (cached after that)
+serve: venv-dev
+	$(PY) scripts/gen_interview_docs.py
+	$(VENV)/bin/mkdocs serve
+
+grade: venv-dev
 	$(PY) -m llama_course grade || true    # the table says what is missing; exit code 1 is for CI
 
 handout:
