@@ -148,7 +148,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
 
         start = 0
         if checkpoint_dir:
-            latest = ckpt.find_latest(checkpoint_dir, log=_log_main(ctx))
+            latest = ckpt.resume_point(checkpoint_dir, log=_log_main(ctx))
             if latest is not None:
                 start = ckpt.restore(latest, ctx, engine)["step"]
                 if ctx.is_main and not quiet:
@@ -286,6 +286,7 @@ def launch(argv: list, nproc: int, max_restarts: int = 0, env: dict | None = Non
            f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--local-addr=127.0.0.1", "--monitor-interval=0.2",
            "-m", "llama_course", *argv]
     run_env = dict(os.environ if env is None else env)
+    run_env["LLAMA_COURSE_LAUNCHED"] = "1"            # the launcher printed the banner
     run_env.setdefault("OMP_NUM_THREADS", "1")
     run_env.setdefault("LOGLEVEL", "ERROR")
     run_env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
@@ -304,6 +305,8 @@ def cli(args) -> int:
             overrides += [f"parallel.dp={args.nproc - cfg0.parallel.num_servers}", "cluster.num_gpus=null"]
     cfg = load_config(args.config, overrides)
     if under_launcher():
+        if os.environ.get("RANK") == "0" and not os.environ.get("LLAMA_COURSE_LAUNCHED") and not args.quiet:
+            print(banner(cfg, int(os.environ["WORLD_SIZE"])), flush=True)
         try:
             run_worker(cfg, args.metrics, args.checkpoint_dir, getattr(args, "trace", None), args.quiet)
         except ConfigError:
@@ -325,6 +328,12 @@ def cli(args) -> int:
 
     load_tokens(cfg)                          # check data.corpus and build the tokenizer cache once, here
     nproc = cfg.world_size
+    start = preflight(cfg, args)
+    if start >= cfg.training.steps:           # --allow-noop
+        print(f"nothing to train: {args.checkpoint_dir} is at step {start}, training.steps is {cfg.training.steps}")
+        return 0
+    if not args.quiet:
+        print(banner(cfg, nproc, start), flush=True)
     if nproc == 1 and not args.max_restarts:
         run_worker(cfg, args.metrics, args.checkpoint_dir, getattr(args, "trace", None), args.quiet)
         return 0
@@ -342,6 +351,68 @@ def cli(args) -> int:
     if code:
         print(f"error: training failed (exit code {code}); see the worker output above", file=sys.stderr)
     return code
+
+
+def banner(cfg, nproc: int, start: int = 0) -> str:
+    """The one line `train` prints before the first step: model, layout, engine, device, processes, steps."""
+    import torch
+
+    from llama_course.engine import engine_name
+    from simulator.workload import count_params
+
+    p, m = cfg.parallel, cfg.model
+    cuda = torch.cuda.is_available() and os.environ.get("LLAMA_COURSE_DEVICE", "cuda") == "cuda"
+    device = f"cuda ({torch.cuda.get_device_name()}, nccl)" if cuda else "cpu (gloo)"
+    servers = f" + {p.num_servers} parameter server(s)" if p.strategy == "parameter_server" else ""
+    steps = f"steps {start + 1}-{cfg.training.steps}" + (f" (resuming at step {start})" if start else "")
+    return (f"train: {m.arch} {m.n_layers} layers x dim {m.dim} ({count_params(m, cfg.seq_len) / 1e6:.2f}M "
+            f"parameters) | layout dp {p.dp} x tp {p.tp} x pp {p.pp}{servers} | engine {engine_name(cfg)} "
+            f"({p.implementation}) | device {device} | {nproc} process{'es' if nproc > 1 else ''} | {steps}")
+
+
+def preflight(cfg, args) -> int:
+    """Checks made once, before any process starts, so that a mistake costs one line and no file: the
+    metrics file can be written, and the checkpoint folder can be resumed (core/checkpoint.check_resume).
+    `--fresh` first moves the folder's checkpoints aside. Returns the step the run resumes from."""
+    from llama_course.core import checkpoint as ckpt
+
+    for flag, path in (("--metrics", args.metrics), ("--trace", getattr(args, "trace", None))):
+        if path:
+            check_writable(flag, path)
+    if not args.checkpoint_dir:
+        return 0
+    if os.path.exists(args.checkpoint_dir) and not os.path.isdir(args.checkpoint_dir):
+        raise ConfigError(f"--checkpoint-dir: {args.checkpoint_dir} is a file, not a folder")
+    check_writable("--checkpoint-dir", os.path.join(args.checkpoint_dir, "latest"))
+    if getattr(args, "fresh", False):
+        moved = ckpt.set_aside(args.checkpoint_dir)
+        if moved:
+            print(f"--fresh: starting from step 0; the earlier checkpoints are kept in {moved}", flush=True)
+        return 0
+    return ckpt.check_resume(args.checkpoint_dir, cfg.to_dict(), cfg.training.steps,
+                             getattr(args, "allow_noop", False))
+
+
+def check_writable(flag: str, path: str) -> None:
+    """ConfigError unless `path` can be written: an existing file is opened for appending (not changed), else a
+    probe file is created and removed in the nearest existing parent folder (as root, permission bits say
+    little: a read-only file system still refuses)."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag}: {path} is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):          # the nearest existing parent must let us create the rest
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{flag}: cannot write {path}: {folder} is a file")
+    try:
+        if os.path.exists(path):
+            open(path, "a").close()
+        else:
+            probe = os.path.join(folder, f".llama-course-probe-{os.getpid()}")
+            os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"{flag}: cannot write {path} ({e.strerror})") from None
 
 
 def train(config=None, overrides=(), nproc=None, metrics=None, checkpoint_dir=None, quiet=True,
