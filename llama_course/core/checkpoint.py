@@ -387,10 +387,15 @@ def resume_point(root: str, log=None) -> str | None:
     silent start from step 1 over them: `llama-course train --fresh` starts over and keeps them aside."""
     from simulator.config import ConfigError
 
-    found = find_latest(root, log)
-    if found is None and candidates(root):
-        raise ConfigError(f"--checkpoint-dir {root}: no intact checkpoint (every one is unusable); "
+    notes = []
+    found = find_latest(root, notes.append)
+    if found is None and notes:
+        first = notes[0].removeprefix("checkpoint ").split("; trying")[0]
+        raise ConfigError(f"--checkpoint-dir {root}: no intact checkpoint ({first}"
+                          f"{f' and {len(notes) - 1} more' if len(notes) > 1 else ''}); "
                           f"--fresh starts from step 0 and moves them aside")
+    for note in notes:                  # fell back to an older intact one: say which were skipped
+        (log or (lambda msg: print(msg, file=sys.stderr)))(note)
     return found
 
 
