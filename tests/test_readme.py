@@ -16,6 +16,7 @@ $HOME is new too: no cached tokenizer, no `bench` profile of an earlier run.
 """
 
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -110,6 +111,7 @@ def fresh_venv(tree: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_every_command_line_works_as_written(tmp_path):
     tree, home = tmp_path / "llama-course", tmp_path / "home"
     tree.mkdir()
@@ -135,6 +137,8 @@ def test_every_command_line_works_as_written(tmp_path):
         outputs[line] = proc.stdout
     demo = outputs["make demo"]
     assert ACTIVATE in demo and "speed probe" in demo and "held-out loss" in demo
+    losses = [json.loads(line)["loss"] for line in (tree / "runs" / "demo" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 400 and max(losses[5:]) <= losses[0]          # the curve a newcomer sees: no spike
     assert (tree / "runs" / "demo" / "checkpoints" / "latest").exists()
     assert outputs["llama-course --help"].count("example") >= 1
     assert "parameter bytes" in outputs["llama-course compress runs/demo/checkpoints --method int8 --out runs/int8"]
