@@ -7,24 +7,16 @@ the stored parameter bytes and the held-out loss before and after (as `llama-cou
 
 from __future__ import annotations
 
-import sys
-
 from llama_course.compression.model_compression import compress
 
 
 def cli(args) -> int:
     from llama_course.commands.eval import evaluate_checkpoint, held_out_words
-    from llama_course.core.checkpoint import resolve_path
 
-    def say(msg):
-        print(msg, file=sys.stderr, flush=True)
-
-    say(f"compress: {args.method} of {resolve_path(args.checkpoint)} into {args.out} ...")
-    compress(args.checkpoint, args.method, args.out, args.overrides or [], log=say)
+    compress(args.checkpoint, args.method, args.out, args.overrides or [])      # prints "METHOD: wrote OUT"
     before, after = evaluate_checkpoint(args.checkpoint), evaluate_checkpoint(args.out)
     ratio = before["params_bytes"] / max(after["params_bytes"], 1)
-    print(f"{args.method}: wrote {args.out}\n"
-          f"  parameter bytes  {before['params_bytes']:,} -> {after['params_bytes']:,} ({ratio:.2f}x smaller)\n"
+    print(f"  parameter bytes  {before['params_bytes']:,} -> {after['params_bytes']:,} ({ratio:.2f}x smaller)\n"
           f"  held-out loss    {before['val_loss']:.4f} -> {after['val_loss']:.4f} "
           f"({after['val_loss'] - before['val_loss']:+.4f}; {held_out_words(after)})")
     return 0

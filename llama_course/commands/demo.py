@@ -125,6 +125,7 @@ def predicted_vs_measured(config: str, overrides: list, records: list, probes: l
     measured = statistics.median(r["step_time_s"] for r in records[len(records) // 2:])
     cfg = load_config(config, overrides)
     factor = statistics.mean(p["speed_factor"] for p in probes)
+    spread = max(p["measured_s"] for p in probes) / min(p["measured_s"] for p in probes)
     raw = simulate(cfg)["step_time_s"]
     with scaled_profile(factor):
         predicted = simulate(cfg)["step_time_s"]
@@ -139,6 +140,10 @@ def predicted_vs_measured(config: str, overrides: list, records: list, probes: l
             f"{probes[1]['measured_s'] * 1e3:.1f} ms after, the profile says {probes[0]['predicted_s'] * 1e3:.1f} ms: "
             f"this machine computes at {1 / factor:.2f}x the profile's speed now, and the prediction uses that\n"
             f"   profile: {profile}; on it as it is the prediction would be {raw * 1e3:.1f} ms ({err(raw)})\n"
+            + (f"   note: this machine looks busy (the probe ran {factor:.1f}x slower than the profile, before / after "
+               f"{spread:.2f}x apart): short timings on a loaded machine are unreliable; rerun on a quiet one\n"
+               if factor > 3 or spread > 1.5 else "")
+            +
             f"   to calibrate fully (collectives, cores shared by processes): `llama-course bench` (minutes; "
             f"writes this machine's profile), then `llama-course compare {os.path.relpath(config)} --calibrate`")
 
