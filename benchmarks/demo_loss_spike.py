@@ -1,8 +1,8 @@
 """Replay the first steps of `make demo`'s run and watch for a loss spike (model.reset_parameters explains it).
 
-    python benchmarks/demo_loss_spike.py                          # the model's init: no spike
-    python benchmarks/demo_loss_spike.py --embedding-std 0.02     # the old init: 5.3 -> 8.4 at step 23
-    python benchmarks/demo_loss_spike.py --embedding-std 0.02 --set training.grad_clip=0.25   # still spikes
+    python benchmarks/demo_loss_spike.py                        # the model's init: no spike
+    python benchmarks/demo_loss_spike.py --output-std 0.02      # the old init: 5.3 -> 8.4 at step 23
+    python benchmarks/demo_loss_spike.py --output-std 0.02 --set training.grad_clip=0.25   # still spikes
 
 The demo trains configs/tiny.yaml for 400 steps on 2 processes; its loss is the mean over the global batch, so
 one process replays it (the learning rate follows the 400-step schedule). Each step prints the loss, the
@@ -30,8 +30,9 @@ from simulator.config import load_config
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--embedding-std", type=float,
-                    help="scale the token embedding's Normal(0, 1) draw to this std (0.02: exactly the old init)")
+    ap.add_argument("--output-std", type=float,
+                    help="rescale the output head's draw to this std (0.02: exactly the old init)")
+    ap.add_argument("--embedding-std", type=float, help="rescale the token embedding's draw (0.02) to this std")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
     cfg = load_config(CONFIG, demo_overrides(400) + ["cluster.num_gpus=1", "parallel.dp=null"] + args.overrides)
@@ -42,9 +43,11 @@ def main() -> None:
         seqs = pack(load_tokens(cfg).train, cfg.seq_len)
         sampler = BatchSampler(len(seqs), p.global_batch_size, cfg.training.seed)
         model = build_model(cfg)
-        if args.embedding_std is not None:
-            with torch.no_grad():
-                model.tok_embeddings.weight.mul_(args.embedding_std)
+        with torch.no_grad():          # the same random draws, scaled: exactly another init's weights
+            if args.output_std is not None:
+                model.output.weight.mul_(args.output_std * cfg.model.dim ** 0.5)
+            if args.embedding_std is not None:
+                model.tok_embeddings.weight.mul_(args.embedding_std / 0.02)
         last = {}
         model.layers[-1].register_forward_hook(lambda m, i, out: last.__setitem__("h", out.detach()))
         engine = build_engine(cfg, ctx, model)
