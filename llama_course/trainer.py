@@ -371,48 +371,11 @@ def banner(cfg, nproc: int, start: int = 0) -> str:
 
 
 def preflight(cfg, args) -> int:
-    """Checks made once, before any process starts, so that a mistake costs one line and no file: the
-    metrics file can be written, and the checkpoint folder can be resumed (core/checkpoint.check_resume).
-    `--fresh` first moves the folder's checkpoints aside. Returns the step the run resumes from."""
-    from llama_course.core import checkpoint as ckpt
+    """core/preflight.check_run for the CLI's arguments: the step the run resumes from (one-line errors)."""
+    from llama_course.core.preflight import check_run
 
-    for flag, path in (("--metrics", args.metrics), ("--trace", getattr(args, "trace", None))):
-        if path:
-            check_writable(flag, path)
-    if not args.checkpoint_dir:
-        return 0
-    if os.path.exists(args.checkpoint_dir) and not os.path.isdir(args.checkpoint_dir):
-        raise ConfigError(f"--checkpoint-dir: {args.checkpoint_dir} is a file, not a folder")
-    check_writable("--checkpoint-dir", os.path.join(args.checkpoint_dir, "latest"))
-    if getattr(args, "fresh", False):
-        moved = ckpt.set_aside(args.checkpoint_dir)
-        if moved:
-            print(f"--fresh: starting from step 0; the earlier checkpoints are kept in {moved}", flush=True)
-        return 0
-    return ckpt.check_resume(args.checkpoint_dir, cfg.to_dict(), cfg.training.steps,
-                             getattr(args, "allow_noop", False))
-
-
-def check_writable(flag: str, path: str) -> None:
-    """ConfigError unless `path` can be written: an existing file is opened for appending (not changed), else a
-    probe file is created and removed in the nearest existing parent folder (as root, permission bits say
-    little: a read-only file system still refuses)."""
-    if os.path.isdir(path):
-        raise ConfigError(f"{flag}: {path} is a folder; give a file name")
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):          # the nearest existing parent must let us create the rest
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder):
-        raise ConfigError(f"{flag}: cannot write {path}: {folder} is a file")
-    try:
-        if os.path.exists(path):
-            open(path, "a").close()
-        else:
-            probe = os.path.join(folder, f".llama-course-probe-{os.getpid()}")
-            os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            os.remove(probe)
-    except OSError as e:
-        raise ConfigError(f"{flag}: cannot write {path} ({e.strerror})") from None
+    return check_run(cfg, args.metrics, getattr(args, "trace", None), args.checkpoint_dir,
+                     getattr(args, "fresh", False), getattr(args, "allow_noop", False))
 
 
 def train(config=None, overrides=(), nproc=None, metrics=None, checkpoint_dir=None, quiet=True,

@@ -399,51 +399,6 @@ def resume_point(root: str, log=None) -> str | None:
     return found
 
 
-def check_resume(root: str, config: dict, steps: int, allow_noop: bool = False, log=None) -> int:
-    """Check, before any process starts, that a run of `config` (a Config's to_dict()) for `steps` steps can
-    resume from `root`; returns the step it resumes from (0: a fresh start). ConfigError (one line) when the
-    folder's checkpoints are all unusable, were written by a different model, or are already at `steps`
-    (then there is nothing to train; with `allow_noop` that returns `steps`)."""
-    from simulator.config import ConfigError
-
-    found = resume_point(root, log)
-    if found is None:
-        return 0
-    manifest = load_manifest(found)
-    theirs, ours = manifest.get("config", {}).get("model", {}), config.get("model", {})
-    diff = [f"{k} {theirs.get(k)} there, {ours.get(k)} here" for k in sorted(set(theirs) | set(ours))
-            if k != "preset" and theirs.get(k) != ours.get(k)]
-    if diff:
-        raise ConfigError(f"--checkpoint-dir {root}: its checkpoint is of a different model ({'; '.join(diff[:3])}); "
-                          f"choose another folder, or --fresh to start over (the old checkpoints are kept aside)")
-    step = int(manifest["step"])
-    if step >= steps and not allow_noop:
-        raise ConfigError(f"--checkpoint-dir {root}: already at step {step} and training.steps is {steps}: nothing "
-                          f"to train; raise it (--set training.steps={step + steps}) or pass --allow-noop")
-    return step
-
-
-def set_aside(root: str) -> str | None:
-    """Move the checkpoints of `root` (step folders and `latest`) into root/replaced-<time>/, deleting
-    nothing (`train --fresh`); returns that folder, None when there was nothing to move."""
-    import time
-
-    if not os.path.isdir(root):
-        return None
-    names = [d for d in os.listdir(root) if STEP_DIR.match(d) or d == "latest" or d.endswith(".tmp")]
-    if not names:
-        return None
-    dest = os.path.join(root, time.strftime("replaced-%Y%m%d-%H%M%S"))
-    n = 1
-    while os.path.exists(dest):
-        n += 1
-        dest = os.path.join(root, time.strftime("replaced-%Y%m%d-%H%M%S") + f"-{n}")
-    os.makedirs(dest)
-    for name in names:
-        os.replace(os.path.join(root, name), os.path.join(dest, name))
-    return dest
-
-
 def resolve_path(path: str) -> str:
     """A checkpoint folder from a path that is either a step folder or a --checkpoint-dir root."""
     from simulator.config import ConfigError
