@@ -32,6 +32,9 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from simulator.config import load_config
+from simulator.simulate import simulate
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VALIDATION_DIR = os.path.join(ROOT, "configs", "validation")
 MEGATRON_2021 = os.path.join(VALIDATION_DIR, "megatron-2021-table1.yaml")
@@ -138,9 +141,6 @@ def error(metric: str, predicted: float, published: float) -> float:
 
 def evaluate(row: Row, overrides=None) -> dict:
     """Simulate one row: {name, layout, gpus, published, predicted, error, fits, memory_GB, ...}."""
-    from simulator.config import load_config
-    from simulator.simulate import simulate
-
     cfg = load_config(row.config, overrides or [])
     r = simulate(cfg)
     p = cfg.parallel

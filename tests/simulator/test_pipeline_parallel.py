@@ -2,7 +2,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator.pipeline_parallel import bubble_fraction, peak_in_flight, schedule_order, simulate_pipeline
+from simulator.collectives import CommModel
+from simulator.config import ConfigError, load_config
+from simulator.hardware import hardware_for
+from simulator.memory import layers_per_virtual_stage, stage_layers
+from simulator.parallel_3d import Layout, stage_costs
+from simulator.pipeline_parallel import (
+    bubble_fraction,
+    interleave_group,
+    partition_layers,
+    peak_in_flight,
+    rank_layers,
+    schedule_order,
+    simulate_pipeline,
+)
+from simulator.topology import Cluster
 
 
 @settings(max_examples=40, deadline=None)
@@ -64,11 +78,6 @@ def test_a_straggler_slows_the_pipeline():
 
 
 # ---- uneven stages and interleaving in rounds (issue 17, item 2) ------------------------------------------
-
-from simulator.config import ConfigError, load_config  # noqa: E402
-from simulator.memory import layers_per_virtual_stage, stage_layers  # noqa: E402
-from simulator.pipeline_parallel import interleave_group, partition_layers, rank_layers  # noqa: E402
-
 
 def test_llama3_405b_partition_as_published():
     """126 layers on pp 16 x vpp 8, one layer fewer on the first and last stage (Llama 3 paper, 3.3.2): the
@@ -156,11 +165,6 @@ def test_uneven_stages_reach_the_simulator():
     cfg = load_config("configs/llama3-405b-h100.yaml", LLAMA3)
     layers = stage_layers(cfg)
     assert layers[0] == 0 and layers[-1] == 0 and sum(layers) == 126
-    from simulator.collectives import CommModel
-    from simulator.hardware import hardware_for
-    from simulator.parallel_3d import Layout, stage_costs
-    from simulator.topology import Cluster
-
     hw = hardware_for(cfg)
     comm = CommModel(Cluster(hw, cfg.cluster.num_gpus))
     fwd, _, blk = stage_costs(cfg, hw, comm, Layout(8, 128, 16, 8), layers)
