@@ -34,15 +34,15 @@ from simulator.workload import DTYPE_BYTES
 
 def compression_factor(cfg, matrices=None) -> float:
     """Bytes on the wire over uncompressed gradient bytes for `parallel.compression`."""
-    p, prec = cfg.parallel, cfg.training.precision
+    p = cfg.parallel
+    e = grad_bytes_per_param(cfg)
     if p.compression in ("fp16", "bf16"):
-        return 2.0 / DTYPE_BYTES[prec] if DTYPE_BYTES[prec] > 2 else 1.0
+        return 2.0 / e if e > 2 else 1.0
     if p.compression == "topk":
         # top-k picks different entries on every rank, so the sparse pieces cannot be summed on the way
         # (no ring all-reduce): they are all-gathered, (N-1) x k x (value + int32 index) bytes per rank,
         # against the dense ring's 2 (N-1)/N x n x e. The ratio grows with N: at N = 64 and 1% top-k in
         # fp32 it is 0.64 of the dense bytes, not 0.02 (beyond 1 / (N ratio) ranks, top-k loses).
-        e = DTYPE_BYTES[prec]
         n_ranks = max(p.dp or 1, 2)
         return n_ranks * p.topk_ratio * (e + 4) / (2 * e)
     if p.compression == "powersgd":
@@ -54,8 +54,9 @@ def compression_factor(cfg, matrices=None) -> float:
 
 
 def grad_bytes_per_param(cfg) -> float:
-    """Gradients are reduced in the compute precision (2 bytes mixed, 4 fp32), before compression."""
-    return float(DTYPE_BYTES[cfg.training.precision])
+    """Bytes per gradient element of the reduction, before compression: `training.grad_reduce_dtype`
+    (4 for fp32, the default, also under bf16/fp16 training; 2 for bf16/fp16)."""
+    return float(DTYPE_BYTES[cfg.training.grad_reduce_dtype or "fp32"])
 
 
 def bucket_sizes(total_bytes: float, bucket_mb: float, tensors: int) -> list:

@@ -1,6 +1,6 @@
 import pytest
 
-from simulator.config import load_config
+from simulator.config import ConfigError, load_config
 from simulator.data_parallel import bucket_sizes, buckets_ready, compression_factor, gradient_sync
 
 
@@ -42,3 +42,28 @@ def test_compression_factors():
     ps = compression_factor(load_config({"model": {"preset": "llama-7b"}}, ["parallel.compression=powersgd"]))
     assert 0 < ps < 0.01
     assert compression_factor(load_config(base)) == 1.0
+
+
+def test_gradients_are_reduced_in_fp32_by_default_under_bf16():
+    """training.grad_reduce_dtype: null = fp32 for bf16/fp16 training (Megatron-LM's fp32 main gradients);
+    the data-parallel all-reduce moves 4 bytes per gradient, bf16 half of that: ring closed form per bucket."""
+    from simulator.data_parallel import bucket_sizes, grad_bytes_per_param
+    from simulator.memory import layers_per_virtual_stage, virtual_stage_params
+    from simulator.simulate import simulate
+    from simulator.topology import Cluster
+    from simulator.hardware import hardware_for
+
+    base = {"model": {"preset": "llama-1b"}, "seq_len": 1024, "cluster": {"gpu": "a100-80gb", "num_gpus": 8},
+            "parallel": {"global_batch_size": 8, "overlap": False}, "training": {"precision": "bf16"}}
+    cfg = load_config(base)
+    assert cfg.training.grad_reduce_dtype == "fp32" and grad_bytes_per_param(cfg) == 4
+    assert load_config({"training": {"precision": "fp32"}}).training.grad_reduce_dtype == "fp32"
+    with pytest.raises(ConfigError):
+        load_config(base, ["training.grad_reduce_dtype=int8"])
+    psi = sum(virtual_stage_params(cfg, layers_per_virtual_stage(cfg.model.n_layers, 1)))
+    cl = Cluster(hardware_for(cfg), 8)
+    alpha, bw = cl.path_latency(0, 1), cl.bottleneck(0, 1)
+    for dtype, e in (("fp32", 4), ("bf16", 2)):
+        r = simulate(load_config(base, [f"training.grad_reduce_dtype={dtype}"]))
+        closed = sum(2 * 7 * (alpha + s / (8 * bw)) for s in bucket_sizes(psi * e, 25, 1))
+        assert r["comm_s"]["dp_total"] == pytest.approx(closed, rel=1e-6), dtype
