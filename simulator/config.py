@@ -136,6 +136,10 @@ class ClusterConfig:
     """Override device memory in GB."""
     memory_bandwidth_GBps: float | None = None
     """Override device memory (HBM) bandwidth in GB/s."""
+    memory_reserve_GB: float | None = None
+    """Simulator: GB of each device's memory the run cannot use for its tensors: CUDA context and library
+    workspaces, NCCL buffers, the caching allocator's fragmentation. None = the preset's (GPUs: 2 GB + 5% of
+    device memory, 6.3 GB of an A100-80GB; cpu: 0)."""
     compute_efficiency: float | None = None
     """Override the calibrated fraction of peak that large matmuls reach (0..1]."""
 
@@ -561,6 +565,8 @@ def resolve(cfg: Config) -> Config:
     for name in ("peak_tflops", "memory_GB", "memory_bandwidth_GBps"):
         if getattr(c, name) is not None:
             _positive(f"cluster.{name}", getattr(c, name))
+    if c.memory_reserve_GB is not None:
+        _non_negative("cluster.memory_reserve_GB", c.memory_reserve_GB)
     if c.compute_efficiency is not None and not 0 < c.compute_efficiency <= 1:
         raise ConfigError(f"cluster.compute_efficiency: {c.compute_efficiency} must be in (0, 1]")
 

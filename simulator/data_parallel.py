@@ -108,6 +108,12 @@ def buckets_ready(last_backward: tuple, chunk_bytes: float, bucket_mb: float, te
     return out
 
 
+def gathered_blocks(cfg) -> int:
+    """Blocks whose whole weights a ZeRO-3 rank holds at once: 1 when gathered just in time (the course's
+    hooks), 2 when the next block's gather is prefetched during this one's compute (FSDP2)."""
+    return 2 if cfg.parallel.implementation == "torch" else 1
+
+
 def zero3_exposed(compute_s: float, gather_s: float) -> float:
     """ZeRO-3 prefetches the next block's weights during this block's compute: only the excess shows."""
     return max(0.0, gather_s - compute_s)

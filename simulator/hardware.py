@@ -80,6 +80,9 @@ class Hardware:
     """NIC bandwidth per GPU per direction, bytes/s."""
     inter_latency: float
     """One-way latency of a message between nodes, seconds."""
+    memory_reserve: float = 0.0
+    """Bytes of device memory the run's tensors cannot use: CUDA context and workspaces, NCCL buffers,
+    allocator fragmentation (`cluster.memory_reserve_GB`; GPU presets: RESERVE_FIXED + RESERVE_SHARE of it)."""
     gpus_per_node: int = 8
     """Devices per node."""
     topology: str = "fat_tree"
@@ -187,9 +190,17 @@ GIB = 1 << 30   # "80 GB" of HBM is 80 GiB (nvidia-smi shows 81,920 MiB on an A1
 US = 1e-6
 
 
+# Memory a training process cannot use for its tensors (an assumption, not a fit): the CUDA context with
+# cuBLAS/cuDNN workspaces (~0.5-1 GB), NCCL's buffers for the run's communicators (~0.5-1 GB), and the
+# caching allocator's fragmentation (reserved minus allocated, typically a few % of what the step uses).
+RESERVE_FIXED = 2 * G
+RESERVE_SHARE = 0.05
+
+
 def _gpu(name, bf16, fp32, mem_gb, hbm_tbps, nvlink_gbps, nic_gbps, link_eff):
     return Hardware(name=name, peak_flops={"fp32": fp32 * T, "fp16": bf16 * T, "bf16": bf16 * T},
-                    memory_bytes=mem_gb * GIB, memory_bandwidth=hbm_tbps * 1e12,
+                    memory_bytes=mem_gb * GIB, memory_reserve=RESERVE_FIXED + RESERVE_SHARE * mem_gb * GIB,
+                    memory_bandwidth=hbm_tbps * 1e12,
                     intra_bandwidth=nvlink_gbps * G, intra_latency=2 * US,
                     inter_bandwidth=nic_gbps * G, inter_latency=5 * US, link_efficiency=link_eff,
                     kernel_overhead=4 * US)
@@ -421,6 +432,9 @@ def hardware_for(cfg) -> Hardware:
     hw = hw.with_overrides(
         peak_flops=peaks,
         memory_bytes=c.memory_GB * G if c.memory_GB is not None else None,
+        memory_reserve=(c.memory_reserve_GB * G if c.memory_reserve_GB is not None else
+                        RESERVE_FIXED + RESERVE_SHARE * c.memory_GB * G if c.memory_GB is not None and hw.memory_reserve
+                        else None),
         memory_bandwidth=c.memory_bandwidth_GBps * G if c.memory_bandwidth_GBps is not None else None,
         matmul_efficiency=c.compute_efficiency,
         intra_bandwidth=c.intra_node.bandwidth_GBps * G if c.intra_node.bandwidth_GBps is not None else None,
@@ -446,10 +460,10 @@ def hardware_for(cfg) -> Hardware:
 
 
 def device_memory(hw: Hardware) -> float:
-    """Memory one device may use: its own, or its share of a node's shared memory (cpu processes)."""
-    if hw.memory_shared:
-        return hw.memory_bytes / max(1, hw.gpus_per_node)
-    return hw.memory_bytes
+    """Memory one device's tensors may use: its own (or its share of a node's shared memory, cpu processes)
+    less the reserve for the CUDA context, NCCL buffers and fragmentation."""
+    own = hw.memory_bytes / max(1, hw.gpus_per_node) if hw.memory_shared else hw.memory_bytes
+    return max(0.0, own - hw.memory_reserve)
 
 
 def describe(hw: Hardware, precision: str = "bf16") -> str:

@@ -4,8 +4,10 @@ For pipeline rank r holding virtual stages k = c p + r with L_k blocks each:
 
     Psi_r        = sum_k L_k x params_per_block / t  (+ embedding V h / t on the first stage,
                    + output head V h / t on the last)
-    states       = Psi_r x (2 + 2 + 12) bytes for mixed-precision Adam, sharded over dp by ZeRO
-                   (workload.state_bytes)
+    states       = Psi_r x (2 + g + 12) bytes for mixed-precision Adam, g = 4 with fp32 gradient
+                   reduction (the default), 2 with bf16; sharded over dp by ZeRO (workload.state_bytes);
+                   ZeRO-3 adds its gather buffers: the weights of the blocks gathered at once (one just
+                   in time, two with prefetching) and one block's whole gradient before its reduce-scatter
     activations  = (most blocks' worth of micro-batches in flight under the schedule)
                    x activation_bytes_per_layer (Korthikanti et al. 2022)
                    + one block's full activations during its backward under full recomputation
@@ -19,6 +21,7 @@ p micro-batches on the first stage of 1F1B, m with GPipe, p (1 + (p-1)/(p v)) in
 
 from __future__ import annotations
 
+from simulator.data_parallel import gathered_blocks, grad_bytes_per_param
 from simulator.pipeline_parallel import peak_in_flight, schedule_order
 from simulator.workload import DTYPE_BYTES, activation_bytes_per_layer, layer_params, state_bytes
 
@@ -62,7 +65,13 @@ def rank_memory(cfg, rank: int, layers: list, n_micro: int) -> dict:
     psi_virtual = virtual_stage_params(cfg, layers)
     chunks = [c * pp + rank for c in range(v)]
     psi = sum(psi_virtual[k] for k in chunks)
-    states = state_bytes(psi, prec, cfg.training.optimizer, p.zero_stage, p.dp)
+    states = state_bytes(psi, prec, cfg.training.optimizer, p.zero_stage, p.dp, cfg.training.grad_reduce_dtype)
+    if p.zero_stage == 3 and p.dp > 1:
+        # ZeRO-3 gather buffers: the whole weights of the blocks gathered at once, and the whole gradient
+        # of the block whose backward just ended, before its reduce-scatter
+        block = layer_params(cfg.model) / t
+        states["params"] += gathered_blocks(cfg) * block * DTYPE_BYTES[prec]
+        states["grads"] += block * grad_bytes_per_param(cfg)
     flash = uses_flash(cfg)
     act_args = dict(seq_len=cfg.seq_len, micro_batch=p.micro_batch_size, tp=t,
                     sequence_parallel=p.sequence_parallel, flash=flash, precision=prec)

@@ -11,6 +11,8 @@ What it reports (DESIGN.md, `simulate --json`):
     hardware_tflops_per_gpu  (model FLOPs + recomputed FLOPs) / step / GPUs: Megatron-LM's "TFLOP/s per GPU"
     mfu                    model FLOPs / step / GPUs / dense peak of the precision
     memory_per_gpu_bytes   {params, grads, optimizer, activations, total} of the fullest GPU
+    memory_capacity_bytes  what a GPU's tensors may use: its memory less memory_reserve_bytes (CUDA context,
+                           NCCL buffers, fragmentation: `cluster.memory_reserve_GB`)
     breakdown_s            {compute, recompute, exposed_comm, bubble, optimizer, ...}: they add up to the step
     time_to_train_s        training.total_tokens / tokens_per_s (null when total_tokens is unset)
 
@@ -94,6 +96,7 @@ def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None) 
         "model_flops_per_step": model_flops,
         "memory_per_gpu_bytes": {k: float(v) for k, v in mem.items()},
         "memory_capacity_bytes": capacity,
+        "memory_reserve_bytes": hw.memory_reserve,
         "memory_excess_bytes": max(0.0, mem["total"] - capacity),
         "fits_in_memory": mem["total"] <= capacity,
         "fullest_stage": mem_rank,
@@ -208,7 +211,9 @@ def format_summary(result: dict) -> str:
              + f", {c['schedule']}, {c['micro_batches']} micro-batches per step, ZeRO-{c['zero_stage']}, "
                f"recompute {c['activation_checkpointing']}, {c['precision']}"]
     mem = result["memory_per_gpu_bytes"]
-    lines.append(f"memory per GPU: {_gb(mem['total'])} of {_gb(result['memory_capacity_bytes'])} "
+    reserve = result.get("memory_reserve_bytes") or 0.0
+    usable = f" usable ({_gb(reserve)} reserved: CUDA context, NCCL, fragmentation)" if reserve else ""
+    lines.append(f"memory per GPU: {_gb(mem['total'])} of {_gb(result['memory_capacity_bytes'])}{usable} "
                  f"(params {_gb(mem['params'])}, grads {_gb(mem['grads'])}, optimizer {_gb(mem['optimizer'])}, "
                  f"activations {_gb(mem['activations'])})")
     if result.get("compression"):                    # model compression (simulator/model_compression.py)

@@ -170,7 +170,8 @@ def activation_bytes_per_layer(model, seq_len: int, micro_batch: int = 1, tp: in
       none:      s b h (34 + 5 a s / h)                      (t = 1)
       tp:        s b h (10 + 24/t + 5 a s / (h t))
       tp + sp:   s b h (34/t + 5 a s / (h t))
-      selective: drops the 5 a s / h term (scores are recomputed); so does a fused (flash) kernel
+      selective: drops the 5 a s / h term (scores are recomputed); so does a fused (flash) kernel, which
+                 keeps its output once (the output projection's input) and a 4-byte log-sum-exp per row
       full:      2 s b h (the block input only; /t with sp)
     LLaMA: no dropout masks, K and V of n_kv_heads, SwiGLU keeps both branch outputs (3 x s b f).
     """
@@ -188,7 +189,8 @@ def activation_bytes_per_layer(model, seq_len: int, micro_batch: int = 1, tp: in
     if drop:
         attn += sbh * rep                        # dropout mask after the output projection (1 byte)
     if flash:
-        attn += e * sbh / t                      # the kernel's output (and tiny log-sum-exp)
+        attn += 4 * model.n_heads / t * s * b    # the kernel's fp32 log-sum-exp per row (its output is the
+                                                 # input of the output projection, counted above)
     if not (flash or recompute == "selective"):
         sq = model.n_heads * s * s * b / t
         attn += e * sq + (sq * (1 + e) if drop else 0)   # softmax output; dropout mask + output
@@ -207,23 +209,27 @@ def activation_bytes_per_layer(model, seq_len: int, micro_batch: int = 1, tp: in
 OPTIMIZER_STATES = {"sgd": 1, "adamw": 2, "lars": 1, "lamb": 2}   # fp32 tensors kept per parameter
 
 
-def state_bytes_per_param(precision: str, optimizer: str) -> dict:
+def state_bytes_per_param(precision: str, optimizer: str, grad_dtype: str | None = None) -> dict:
     """Bytes per parameter of weights, gradients and optimizer state.
 
-    Mixed precision (fp16/bf16): 2 + 2 + (4 master copy + 4 per optimizer state); Adam: 2 + 2 + 12 = 16,
-    the ZeRO paper's K = 12. fp32: 4 + 4 + 4 per state.
+    Mixed precision (fp16/bf16): 2 + g + (4 master copy + 4 per optimizer state), with g the bytes of the
+    gradient buffer: 2 when gradients are reduced in bf16/fp16 (Adam: 2 + 2 + 12 = 16, the ZeRO paper's
+    K = 12), 4 when they are reduced in fp32 (`training.grad_reduce_dtype`, the default: Megatron-LM's fp32
+    main gradients, 2 + 4 + 12 = 18 bytes, or 6 + 12/d with its distributed optimizer). fp32: 4 + 4 + 4 per
+    state (the fp32 gradient whatever the reduction casts to). grad_dtype None: the compute precision's bytes.
     """
     k = 4 * OPTIMIZER_STATES[optimizer]
-    if precision == "fp32":
+    if precision == "fp32":                     # p.grad is fp32 whatever dtype the reduction casts to
         return {"params": 4.0, "grads": 4.0, "optimizer": float(k)}
-    return {"params": 2.0, "grads": 2.0, "optimizer": float(k + 4)}
+    return {"params": 2.0, "grads": float(DTYPE_BYTES[grad_dtype or precision]), "optimizer": float(k + 4)}
 
 
-def state_bytes(n_params: float, precision: str, optimizer: str, zero_stage: int = 0, dp: int = 1) -> dict:
+def state_bytes(n_params: float, precision: str, optimizer: str, zero_stage: int = 0, dp: int = 1,
+                grad_dtype: str | None = None) -> dict:
     """Per-GPU bytes of weights, gradients and optimizer state for n_params on this GPU before ZeRO.
 
     ZeRO-1 shards optimizer state over dp, ZeRO-2 also gradients, ZeRO-3 (FSDP) also weights.
     """
-    per = state_bytes_per_param(precision, optimizer)
+    per = state_bytes_per_param(precision, optimizer, grad_dtype)
     shard = {"optimizer": zero_stage >= 1, "grads": zero_stage >= 2, "params": zero_stage >= 3}
     return {k: n_params * v / (dp if shard[k] else 1) for k, v in per.items()}

@@ -23,3 +23,30 @@ def test_first_stage_of_1f1b_holds_p_micro_batches():
     assert rank_memory(gpipe, 0, layers, 32)["activations"] > 7 * first["activations"]
     mem, rank = layout_memory(cfg, layers, 32)
     assert rank == 0 and mem["total"] == first["total"]
+
+
+def test_default_gradient_buffer_is_fp32_under_bf16():
+    cfg = load_config({"model": {"preset": "llama-7b"}, "training": {"precision": "bf16"},
+                       "parallel": {"dp": 1, "global_batch_size": 8}})
+    psi = sum(virtual_stage_params(cfg, [32]))
+    assert rank_memory(cfg, 0, [32], 8)["grads"] == pytest.approx(4 * psi)
+    cfg.training.grad_reduce_dtype = "bf16"
+    assert rank_memory(cfg, 0, [32], 8)["grads"] == pytest.approx(2 * psi)
+
+
+def test_zero3_holds_gather_buffers():
+    """ZeRO-3 shards the weights but a rank holds the whole weights of the blocks gathered at once (one just
+    in time in the course's engine, two with FSDP2's prefetch) and one block's whole gradient."""
+    from simulator.workload import layer_params
+
+    def mem(impl):
+        cfg = load_config({"model": {"preset": "llama-7b"}, "cluster": {"gpu": "a100-80gb", "num_gpus": 8},
+                           "parallel": {"zero_stage": 3, "global_batch_size": 8, "implementation": impl}})
+        return cfg, rank_memory(cfg, 0, [32], 1)
+
+    cfg, course = mem("course")
+    _, torch = mem("torch")
+    psi, block = sum(virtual_stage_params(cfg, [32])), layer_params(cfg.model)
+    assert course["params"] == pytest.approx(2 * psi / 8 + 2 * block)
+    assert torch["params"] == pytest.approx(2 * psi / 8 + 2 * 2 * block)
+    assert course["grads"] == pytest.approx(4 * psi / 8 + 4 * block)
