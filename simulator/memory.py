@@ -6,8 +6,10 @@ For pipeline rank r holding virtual stages k = c p + r with L_k blocks each:
                    + output head V h / t on the last)
     states       = Psi_r x (2 + g + 12) bytes for mixed-precision Adam, g = 4 with fp32 gradient
                    reduction (the default), 2 with bf16; sharded over dp by ZeRO (workload.state_bytes);
-                   ZeRO-3 adds its gather buffers: the weights of the blocks gathered at once (one just
-                   in time, two with prefetching) and one block's whole gradient before its reduce-scatter
+                   ZeRO-2/3 add whole gradients beside their shard: all of them while accumulating
+                   micro-batches before one reduction (course, FSDP2), one block's before its reduce-
+                   scatter otherwise; ZeRO-3 adds the weights of the blocks gathered at once (one just in
+                   time, two with prefetching)
     activations  = (most blocks' worth of micro-batches in flight under the schedule)
                    x activation_bytes_per_layer (Korthikanti et al. 2022)
                    + one block's full activations during its backward under full recomputation
@@ -21,7 +23,7 @@ p micro-batches on the first stage of 1F1B, m with GPipe, p (1 + (p-1)/(p v)) in
 
 from __future__ import annotations
 
-from simulator.data_parallel import gathered_blocks, grad_bytes_per_param
+from simulator.data_parallel import gathered_blocks, grad_bytes_per_param, zero_semantics
 from simulator.pipeline_parallel import peak_in_flight, schedule_order
 from simulator.workload import DTYPE_BYTES, activation_bytes_per_layer, layer_params, state_bytes
 
@@ -57,8 +59,9 @@ def virtual_stage_params(cfg, layers: list) -> list:
     return out
 
 
-def rank_memory(cfg, rank: int, layers: list, n_micro: int) -> dict:
-    """Bytes of pipeline rank `rank` (one GPU of it): params, grads, optimizer, activations, total."""
+def rank_memory(cfg, rank: int, layers: list, n_micro: int, system: str | None = None) -> dict:
+    """Bytes of pipeline rank `rank` (one GPU of it): params, grads, optimizer, activations, total;
+    `system` the data-parallel rules (data_parallel.zero_semantics)."""
     p = cfg.parallel
     t, pp, v = p.tp, p.pp, p.vpp
     prec = cfg.training.precision
@@ -66,12 +69,15 @@ def rank_memory(cfg, rank: int, layers: list, n_micro: int) -> dict:
     chunks = [c * pp + rank for c in range(v)]
     psi = sum(psi_virtual[k] for k in chunks)
     states = state_bytes(psi, prec, cfg.training.optimizer, p.zero_stage, p.dp, cfg.training.grad_reduce_dtype)
-    if p.zero_stage == 3 and p.dp > 1:
-        # ZeRO-3 gather buffers: the whole weights of the blocks gathered at once, and the whole gradient
-        # of the block whose backward just ended, before its reduce-scatter
+    if p.zero_stage >= 2 and p.dp > 1:
         block = layer_params(cfg.model) / t
-        states["params"] += gathered_blocks(cfg) * block * DTYPE_BYTES[prec]
-        states["grads"] += block * grad_bytes_per_param(cfg)
+        sem = zero_semantics(cfg, system)
+        # gradients beside the shard: every one of them, whole, while accumulating without a reduction
+        # (course, FSDP2's no-sync); else the block whose backward just ended, before its reduce-scatter
+        whole = psi if sem.holds_whole_grads(p.zero_stage, n_micro) else block
+        states["grads"] += whole * grad_bytes_per_param(cfg)
+        if p.zero_stage == 3:   # the whole weights of the blocks gathered at once
+            states["params"] += gathered_blocks(cfg, system) * block * DTYPE_BYTES[prec]
     flash = uses_flash(cfg)
     act_args = dict(seq_len=cfg.seq_len, micro_batch=p.micro_batch_size, tp=t,
                     sequence_parallel=p.sequence_parallel, flash=flash, precision=prec)
@@ -90,12 +96,12 @@ def rank_memory(cfg, rank: int, layers: list, n_micro: int) -> dict:
     return out
 
 
-def layout_memory(cfg, layers: list, n_micro: int) -> tuple:
+def layout_memory(cfg, layers: list, n_micro: int, system: str | None = None) -> tuple:
     """(bytes of the fullest rank, that rank): the stage that decides whether a layout fits."""
     best, best_rank = None, 0
     ranks = range(cfg.parallel.pp) if cfg.parallel.pp <= 64 else sorted({0, 1, cfg.parallel.pp - 1})
     for r in ranks:
-        mem = rank_memory(cfg, r, layers, n_micro)
+        mem = rank_memory(cfg, r, layers, n_micro, system)
         if best is None or mem["total"] > best["total"]:
             best, best_rank = mem, r
     return best, best_rank

@@ -67,3 +67,60 @@ def test_gradients_are_reduced_in_fp32_by_default_under_bf16():
         r = simulate(load_config(base, [f"training.grad_reduce_dtype={dtype}"]))
         closed = sum(2 * 7 * (alpha + s / (8 * bw)) for s in bucket_sizes(psi * e, 25, 1))
         assert r["comm_s"]["dp_total"] == pytest.approx(closed, rel=1e-6), dtype
+
+
+def test_one_overlap_rule_for_gathers():
+    """Prefetched one block ahead: the first gather shows, later ones by what outlasts the block before;
+    just in time: every one shows."""
+    from simulator.data_parallel import exposed_gathers
+
+    assert exposed_gathers(32, 1.0, 0.4, prefetch=True) == pytest.approx(0.4)
+    assert exposed_gathers(32, 1.0, 1.5, prefetch=True) == pytest.approx(1.5 + 31 * 0.5)
+    assert exposed_gathers(32, 1.0, 0.4, prefetch=False) == pytest.approx(32 * 0.4)
+    assert exposed_gathers(0, 1.0, 0.4, prefetch=True) == 0.0
+
+
+def _zero(stage, system=None, **extra):
+    from simulator.simulate import simulate
+
+    cfg = load_config({"model": {"preset": "llama-7b"}, "seq_len": 2048,
+                       "cluster": {"gpu": "a100-80gb", "num_gpus": 64},
+                       "parallel": {"zero_stage": stage, "micro_batch_size": 2, "global_batch_size": 512, **extra}})
+    return cfg, simulate(cfg, system=system)
+
+
+def test_zero_semantics_per_system():
+    """course: ZeRO-1/2 gather the new weights after the optimizer (exposed); FSDP2 gathers them block by
+    block in every micro-batch's forward, prefetched, and reduce-scatters once after accumulating whole
+    gradients; DeepSpeed's ZeRO-2 reduce-scatters after every micro-batch."""
+    from simulator.collectives import CommModel
+    from simulator.data_parallel import grad_bytes_per_param, zero_semantics
+    from simulator.hardware import hardware_for
+    from simulator.memory import virtual_stage_params
+    from simulator.topology import Cluster
+
+    cfg, course = _zero(1)
+    _, fsdp = _zero(1, "fsdp2")
+    psi = sum(virtual_stage_params(cfg, [32]))
+    comm = CommModel(Cluster(hardware_for(cfg), 64))
+    assert course["comm_s"]["zero_gather"] == pytest.approx(comm.time("all_gather", range(64), 2 * psi), rel=1e-6)
+    assert fsdp["comm_s"]["zero_gather"] == 0.0
+    m = cfg.grad_accum_steps
+    assert m == 4
+    block = virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]
+    first = comm.time("all_gather", range(64), 2 * block)
+    # the first block's gather of every micro-batch's forward is exposed (compute hides the rest here)
+    assert fsdp["breakdown_s"]["exposed_comm"] - course["breakdown_s"]["exposed_comm"] \
+        + course["comm_s"]["zero_gather"] == pytest.approx(m * first, rel=0.05)
+    assert zero_semantics(cfg).grad_collective == "all_reduce"              # the course's ZeRO-1
+    assert zero_semantics(cfg, "fsdp2").grad_collective == "reduce_scatter"
+    # ZeRO-3 under FSDP2: the forward gathers of ZeRO-2 plus the same again before each backward
+    _, z2 = _zero(2, "fsdp2")
+    _, z3 = _zero(3, "fsdp2")
+    assert z3["breakdown_s"]["exposed_comm"] - z2["breakdown_s"]["exposed_comm"] == pytest.approx(m * first, rel=0.05)
+    # DeepSpeed ZeRO-2: m reduce-scatters of the whole gradient per step, the course's one
+    _, ds = _zero(2, "deepspeed")
+    _, c2 = _zero(2)
+    assert ds["comm_s"]["dp_total"] == pytest.approx(m * c2["comm_s"]["dp_total"], rel=1e-6)
+    rs = comm.time("reduce_scatter", range(64), psi * grad_bytes_per_param(cfg))
+    assert c2["comm_s"]["dp_total"] >= rs          # one reduce-scatter of the gradient, in 25 MB buckets
