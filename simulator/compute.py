@@ -9,7 +9,9 @@ efficiencies calibrated once per GPU type (`hardware.py`). Large matmuls are com
 and dropout are memory bound, which is why small hidden sizes and tensor parallelism without sequence
 parallelism (replicated norms and dropouts) lose throughput. A fused attention kernel (FlashAttention)
 runs at FLASH_EFFICIENCY of the matmul efficiency (FlashAttention-2 reports ~70% of A100 peak forward,
-less backward).
+less backward), and with a causal mask it runs only the tiles on and below the diagonal
+(`workload.causal_fraction`, about half the s x s square): its time is priced on those, while the model
+FLOPs (and MFU) keep counting the full square.
 
 On a CPU (`cpu` profile) the same roofline holds per process, with a large fixed cost per kernel (eager
 PyTorch's dispatch and autograd bookkeeping), and compute stretched by `hw.compute_slowdown` when more
@@ -38,7 +40,8 @@ def op_time(op, hw: Hardware, precision: str) -> float:
     if op.kind == "memory":
         return (mem + hw.kernel_overhead) * hw.compute_slowdown
     eff = hw.matmul_efficiency * (FLASH_EFFICIENCY if op.kind == "flash" else 1.0)
-    return (max(op.flops / (hw.peak(precision) * eff), mem) + hw.kernel_overhead) * hw.compute_slowdown
+    flops = op.flops if op.executed is None else op.executed
+    return (max(flops / (hw.peak(precision) * eff), mem) + hw.kernel_overhead) * hw.compute_slowdown
 
 
 def ops_time(ops, hw: Hardware, precision: str) -> float:

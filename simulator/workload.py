@@ -4,7 +4,8 @@ The runtime's tests hold `count_params` against the real module; the simulator b
 memory model on the same functions.
 
 Per token and layer, a forward pass costs 2 FLOPs per weight of every matmul plus attention
-(QK^T and AV: 2 x 2 x s x d, counted over the full s x s square as Megatron-LM and PaLM do).
+(QK^T and AV: 2 x 2 x s x d, counted over the full s x s square as Megatron-LM and PaLM do; a causal
+FlashAttention kernel runs about half of them, which changes its time, not the count).
 Backward costs twice the forward, so training costs 3 x forward = 6 N + 12 l s d per token.
 """
 
@@ -72,9 +73,23 @@ class Op(NamedTuple):
 
     name: str
     kind: str          # "matmul" | "memory" | "flash"
-    flops: float       # forward FLOPs
+    flops: float       # forward FLOPs, as the model-FLOPs convention counts them
     bytes: float       # forward bytes read + written
     core: bool = False  # part of the attention core (scores, softmax, dropout, AV): selective recompute redoes it
+    executed: float | None = None   # FLOPs the kernel really runs when not `flops` (causal attention skips
+                                    # the masked tiles); what its time is priced on
+    shape: tuple | None = None      # (m, k, n) of a matmul, for its efficiency (compute.gemm_efficiency)
+
+
+FLASH_TILE = 128
+"""Query/key tile of a fused attention kernel (FlashAttention-2's 128 x 128 blocks on A100/H100)."""
+
+
+def causal_fraction(seq_len: int, tile: int = FLASH_TILE) -> float:
+    """Share of the s x s score tiles a causal fused kernel computes: the n (n + 1) / 2 tiles on or below
+    the diagonal of n = s / tile, (n + 1) / (2 n); 1 for a single tile, -> 1/2 for long sequences."""
+    n = max(1, -(-seq_len // tile))
+    return (n + 1) / (2 * n)
 
 
 def uses_dropout(model) -> bool:
@@ -83,7 +98,7 @@ def uses_dropout(model) -> bool:
 
 
 def _matmul(name, m, k, n, e, core=False):
-    return Op(name, "matmul", 2.0 * m * k * n, e * (m * k + k * n + m * n), core)
+    return Op(name, "matmul", 2.0 * m * k * n, e * (m * k + k * n + m * n), core, shape=(m, k, n))
 
 
 def layer_ops(model, seq_len: int, micro_batch: int = 1, tp: int = 1, sequence_parallel: bool = False,
@@ -107,8 +122,11 @@ def layer_ops(model, seq_len: int, micro_batch: int = 1, tp: int = 1, sequence_p
     if model.arch == "llama":
         ops.append(Op("rope", "memory", 0.0, 2 * tokens * (a_t * hd + kv_t) * e))
     if flash:
+        # the model-FLOPs convention counts the full s x s square (Megatron-LM, PaLM); a causal fused kernel
+        # skips the tiles above the diagonal, so its time is priced on causal_fraction of them
         fl = 4.0 * b * a_t * s * s * hd
-        ops.append(Op("attention", "flash", fl, e * tokens * (2 * a_t * hd + 2 * kv_t), True))
+        ops.append(Op("attention", "flash", fl, e * tokens * (2 * a_t * hd + 2 * kv_t), True,
+                      executed=fl * causal_fraction(s)))
     else:
         sq = b * a_t * s * s                            # score elements on this GPU
         ops.append(Op("qkv_layout", "memory", 0.0, 2 * tokens * (a_t * hd + 2 * kv_t) * e))
@@ -154,7 +172,9 @@ BACKWARD_BYTES = {"matmul": 2.0, "memory": 2.0, "flash": 2.5}
 
 def backward_op(op: Op) -> Op:
     """The backward of a forward op: matmuls 2x FLOPs (input and weight gradients), element-wise 2x bytes."""
-    return Op(op.name, op.kind, op.flops * BACKWARD_FLOPS[op.kind], op.bytes * BACKWARD_BYTES[op.kind], op.core)
+    f = BACKWARD_FLOPS[op.kind]
+    return op._replace(flops=op.flops * f, bytes=op.bytes * BACKWARD_BYTES[op.kind],
+                       executed=None if op.executed is None else op.executed * f)
 
 
 # ---------------------------------------------------------------------------------------------
