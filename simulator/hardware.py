@@ -12,7 +12,8 @@ element-wise kernels reach. Both are calibrated ONCE per GPU type (never per run
 - H100 / H200: the same e_mm (transformer GEMMs reach a similar share of peak on Hopper in published GEMM
   sweeps); not fitted to any training run, so every H100 run is out of sample;
 - link efficiency: the share of NVLink bandwidth a ring reaches, from the nccl-tests busbw figures
-  (230 GB/s of 300 on 8 x A100, 370 of 450 on 8 x H100).
+  (230 GB/s of 300 on 8 x A100, 370 of 450 on 8 x H100); NIC efficiency: the share of InfiniBand line
+  rate NCCL reaches (NIC_EFFICIENCY, 0.92), so no link runs at 100% of its datasheet rate.
 
 Links: `intra_node` is NVLink/NVSwitch per GPU and per direction, `inter_node` one NIC per GPU (8 x 200 Gb/s
 HDR = 25 GB/s per A100; 8 x 400 Gb/s NDR = 50 GB/s per H100). Every value can be overridden from the config
@@ -93,6 +94,8 @@ class Hardware:
     """Share of HBM bandwidth element-wise kernels reach."""
     link_efficiency: float = 1.0
     """Share of NVLink bandwidth a ring collective reaches (nccl-tests busbw / link bandwidth)."""
+    nic_efficiency: float = 1.0
+    """Share of a NIC's line rate NCCL's traffic reaches (GPU presets: NIC_EFFICIENCY)."""
     kernel_overhead: float = 0.0
     """Fixed cost per kernel launch, seconds (dominant on CPU, small on GPU)."""
     memory_shared: bool = False
@@ -195,6 +198,11 @@ US = 1e-6
 # caching allocator's fragmentation (reserved minus allocated, typically a few % of what the step uses).
 RESERVE_FIXED = 2 * G
 RESERVE_SHARE = 0.05
+# Share of an InfiniBand NIC's line rate that NCCL's collectives reach (an assumption from the published
+# orders of magnitude, not a fit): RDMA headers and the 4 KB MTU cost ~3% of the data rate, NCCL's proxy
+# and chunking a few % more, so multi-node busbw of 8 x HDR (8 x 25 GB/s) lands near 185 GB/s, not 200. With
+# NVLink derated too (link_efficiency), a 2-node ring is never faster than a 1-node one.
+NIC_EFFICIENCY = 0.92
 
 
 def _gpu(name, bf16, fp32, mem_gb, hbm_tbps, nvlink_gbps, nic_gbps, link_eff):
@@ -203,6 +211,7 @@ def _gpu(name, bf16, fp32, mem_gb, hbm_tbps, nvlink_gbps, nic_gbps, link_eff):
                     memory_bandwidth=hbm_tbps * 1e12,
                     intra_bandwidth=nvlink_gbps * G, intra_latency=2 * US,
                     inter_bandwidth=nic_gbps * G, inter_latency=5 * US, link_efficiency=link_eff,
+                    nic_efficiency=NIC_EFFICIENCY,
                     kernel_overhead=4 * US)
 
 
@@ -266,7 +275,7 @@ def gpu_preset(name: str, profile_path: str | None = None) -> Hardware:
 
 
 GPU_PROFILE_KEYS = ("matmul_efficiency", "memory_efficiency", "memory_bandwidth_GBps", "peak_tflops",
-                    "kernel_overhead_us", "link_efficiency")
+                    "kernel_overhead_us", "link_efficiency", "nic_efficiency")
 
 
 def apply_gpu_profile(hw: Hardware, path: str) -> Hardware:
@@ -287,7 +296,8 @@ def apply_gpu_profile(hw: Hardware, path: str) -> Hardware:
             memory_efficiency=_float(prof.get("memory_efficiency")),
             memory_bandwidth=_float(prof.get("memory_bandwidth_GBps"), G),
             kernel_overhead=_float(prof.get("kernel_overhead_us"), US),
-            link_efficiency=_float(prof.get("link_efficiency")))
+            link_efficiency=_float(prof.get("link_efficiency")),
+            nic_efficiency=_float(prof.get("nic_efficiency")))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"GPU profile {path}: bad field ({e})") from None
 
