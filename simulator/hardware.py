@@ -3,12 +3,15 @@
 A device is a roofline: dense matmul peak P (TFLOP/s, by precision), memory bandwidth W (bytes/s) and
 memory M (bytes). An op of F FLOPs that moves Q bytes takes
 
-    t = max(F / (P * e_mm), Q / (W * e_mem)) + kernel_overhead
+    t = max(F / (P * e_mm * e_shape), Q / (W * e_mem)) + kernel_overhead
 
-where e_mm is the fraction of peak that large matmuls reach and e_mem the fraction of HBM bandwidth that
-element-wise kernels reach. Both are calibrated ONCE per GPU type (never per run):
+where e_mm is the fraction of peak that large, well-shaped matmuls reach, e_shape what a GEMM's shape
+keeps of it on the GPU's `sm_count` SMs (wave and tile quantization, short reductions:
+`compute.gemm_efficiency`; 1 on cpu) and e_mem the fraction of HBM bandwidth that element-wise kernels
+reach. e_mm and e_mem are calibrated ONCE per GPU type (never per run):
 
-- A100: e_mm fitted on Megatron-LM 2021 Table 1 (one number for all ten rows, docs/simulator/validation.md);
+- A100: e_mm fitted on Megatron-LM 2021 Table 1 (one number for all ten rows, docs/simulator/validation.md),
+  with the shape model in place;
 - H100 / H200: the same e_mm (transformer GEMMs reach a similar share of peak on Hopper in published GEMM
   sweeps); not fitted to any training run, so every H100 run is out of sample;
 - link efficiency: the share of NVLink bandwidth a ring reaches, from the nccl-tests busbw figures
@@ -55,9 +58,11 @@ from simulator.config import ConfigError
 PROFILE_DIR = os.path.join(os.path.dirname(__file__), "profiles")
 CPU_PROFILE = os.path.join(PROFILE_DIR, "cpu.json")
 
-# One calibration for every Ampere/Hopper GPU: fraction of dense peak a large fp16/bf16 GEMM reaches.
-# Fitted once on Megatron-LM 2021 Table 1 (benchmarks/simulator_validation.py --fit prints the fit).
-MATMUL_EFFICIENCY = 0.67
+# One calibration for every Ampere/Hopper GPU: fraction of dense peak a large, well-shaped fp16/bf16 GEMM
+# reaches in training; a GEMM's own shape (waves and tiles over the SMs) scales it down from there
+# (compute.gemm_efficiency). Fitted once on Megatron-LM 2021 Table 1 (benchmarks/simulator_validation.py
+# --fit prints the scan).
+MATMUL_EFFICIENCY = 0.70
 # Fraction of HBM bandwidth a fused element-wise kernel (norm, softmax, GeLU, dropout) reaches.
 MEMORY_EFFICIENCY = 0.80
 
@@ -96,6 +101,9 @@ class Hardware:
     """Share of NVLink bandwidth a ring collective reaches (nccl-tests busbw / link bandwidth)."""
     nic_efficiency: float = 1.0
     """Share of a NIC's line rate NCCL's traffic reaches (GPU presets: NIC_EFFICIENCY)."""
+    sm_count: int | None = None
+    """Streaming multiprocessors (GPUs): a matmul runs in waves of one output tile per SM
+    (compute.gemm_efficiency); None = no tile model (cpu)."""
     kernel_overhead: float = 0.0
     """Fixed cost per kernel launch, seconds (dominant on CPU, small on GPU)."""
     memory_shared: bool = False
@@ -205,23 +213,23 @@ RESERVE_SHARE = 0.05
 NIC_EFFICIENCY = 0.92
 
 
-def _gpu(name, bf16, fp32, mem_gb, hbm_tbps, nvlink_gbps, nic_gbps, link_eff):
+def _gpu(name, bf16, fp32, mem_gb, hbm_tbps, nvlink_gbps, nic_gbps, link_eff, sms):
     return Hardware(name=name, peak_flops={"fp32": fp32 * T, "fp16": bf16 * T, "bf16": bf16 * T},
                     memory_bytes=mem_gb * GIB, memory_reserve=RESERVE_FIXED + RESERVE_SHARE * mem_gb * GIB,
                     memory_bandwidth=hbm_tbps * 1e12,
                     intra_bandwidth=nvlink_gbps * G, intra_latency=2 * US,
                     inter_bandwidth=nic_gbps * G, inter_latency=5 * US, link_efficiency=link_eff,
-                    nic_efficiency=NIC_EFFICIENCY,
+                    nic_efficiency=NIC_EFFICIENCY, sm_count=sms,
                     kernel_overhead=4 * US)
 
 
 GPU_PRESETS = {
-    # dense peaks and memory from vendor datasheets (memory in GiB, as the devices report it) (../shared/reference/published-results.md);
+    # dense peaks, memory and SMs from vendor datasheets (memory in GiB, as the devices report it) (../shared/reference/published-results.md);
     # NVLink per direction = half the datasheet's both-directions figure; link_eff = nccl-tests busbw / NVLink.
-    "a100-40gb": lambda: _gpu("a100-40gb", 312, 19.5, 40, 1.555, 300, 25, 230 / 300),
-    "a100-80gb": lambda: _gpu("a100-80gb", 312, 19.5, 80, 2.039, 300, 25, 230 / 300),
-    "h100-sxm": lambda: _gpu("h100-sxm", 989, 67, 80, 3.35, 450, 50, 370 / 450),
-    "h200": lambda: _gpu("h200", 989, 67, 141, 4.8, 450, 50, 370 / 450),
+    "a100-40gb": lambda: _gpu("a100-40gb", 312, 19.5, 40, 1.555, 300, 25, 230 / 300, 108),
+    "a100-80gb": lambda: _gpu("a100-80gb", 312, 19.5, 80, 2.039, 300, 25, 230 / 300, 108),
+    "h100-sxm": lambda: _gpu("h100-sxm", 989, 67, 80, 3.35, 450, 50, 370 / 450, 132),
+    "h200": lambda: _gpu("h200", 989, 67, 141, 4.8, 450, 50, 370 / 450, 132),
 }
 
 DEFAULT_CPU_PROFILE = {

@@ -78,7 +78,9 @@ class Op(NamedTuple):
     core: bool = False  # part of the attention core (scores, softmax, dropout, AV): selective recompute redoes it
     executed: float | None = None   # FLOPs the kernel really runs when not `flops` (causal attention skips
                                     # the masked tiles); what its time is priced on
-    shape: tuple | None = None      # (m, k, n) of a matmul, for its efficiency (compute.gemm_efficiency)
+    shape: tuple | None = None      # (batch, m, k, n) of a matmul: batch products of (m x k) @ (k x n),
+                                    # for its efficiency (compute.gemm_efficiency)
+    backward: bool = False          # the backward of a forward op (a matmul: its dgrad and wgrad products)
 
 
 FLASH_TILE = 128
@@ -98,7 +100,7 @@ def uses_dropout(model) -> bool:
 
 
 def _matmul(name, m, k, n, e, core=False):
-    return Op(name, "matmul", 2.0 * m * k * n, e * (m * k + k * n + m * n), core, shape=(m, k, n))
+    return Op(name, "matmul", 2.0 * m * k * n, e * (m * k + k * n + m * n), core, shape=(1, m, k, n))
 
 
 def layer_ops(model, seq_len: int, micro_batch: int = 1, tp: int = 1, sequence_parallel: bool = False,
@@ -130,11 +132,13 @@ def layer_ops(model, seq_len: int, micro_batch: int = 1, tp: int = 1, sequence_p
     else:
         sq = b * a_t * s * s                            # score elements on this GPU
         ops.append(Op("qkv_layout", "memory", 0.0, 2 * tokens * (a_t * hd + 2 * kv_t) * e))
-        ops.append(Op("scores", "matmul", 2.0 * sq * hd, e * (2 * tokens * a_t * hd + sq), True))
+        ops.append(Op("scores", "matmul", 2.0 * sq * hd, e * (2 * tokens * a_t * hd + sq), True,
+                      shape=(b * a_t, s, hd, s)))
         ops.append(Op("softmax", "memory", 0.0, 2 * sq * e, True))
         if drop:
             ops.append(Op("attn_dropout", "memory", 0.0, sq * (2 * e + 1), True))
-        ops.append(Op("attn_values", "matmul", 2.0 * sq * hd, e * (sq + 2 * tokens * a_t * hd), True))
+        ops.append(Op("attn_values", "matmul", 2.0 * sq * hd, e * (sq + 2 * tokens * a_t * hd), True,
+                      shape=(b * a_t, s, s, hd)))
     ops.append(_matmul("attn_out", tokens, a_t * hd, h, e))
     ops.append(Op("residual_attn", "memory", 0.0, rep * h * (3 * e + (1 if drop else 0))))
     ops.append(Op("norm_mlp", "memory", 0.0, 2 * rep * h * e))
@@ -174,7 +178,7 @@ def backward_op(op: Op) -> Op:
     """The backward of a forward op: matmuls 2x FLOPs (input and weight gradients), element-wise 2x bytes."""
     f = BACKWARD_FLOPS[op.kind]
     return op._replace(flops=op.flops * f, bytes=op.bytes * BACKWARD_BYTES[op.kind],
-                       executed=None if op.executed is None else op.executed * f)
+                       executed=None if op.executed is None else op.executed * f, backward=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ def test_presets_match_datasheets():
     assert h200.memory_bandwidth > h100.memory_bandwidth > a100.memory_bandwidth
     # one calibration for every GPU type: the same matmul efficiency, not a per-row fit
     assert a100.matmul_efficiency == h100.matmul_efficiency == gpu_preset("a100-40gb").matmul_efficiency
+    assert (a100.sm_count, h100.sm_count, h200.sm_count) == (108, 132, 132)          # datasheets
 
 
 def test_config_overrides_every_value():
