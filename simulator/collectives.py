@@ -102,17 +102,31 @@ def _by_node(ranks, cluster: Cluster) -> list:
 def tree_stages(kind: str, ranks, nbytes: float, cluster: Cluster) -> list:
     """NCCL's double binary tree all-reduce, pipelined in k chunks: reduce to the roots, broadcast back.
 
-    Two binary trees (heap order over the members, and over them reversed) each carry half the bytes; a
-    member that is interior in one (two children to receive from) is a leaf of the other, so each sends and
+    Two binary trees (heap order over the members, and over them reversed) each carry half the bytes;
+    a member that is interior in one (two children to receive from) is a leaf of the other, so each sends and
     receives about S per phase instead of one tree's 2 S: about twice one tree's bandwidth. When the group
     holds g > 1 GPUs of every node, the trees join nodes, as NCCL's do, once per channel: channel c's trees
     run between the nodes' GPU c (its NIC), each carrying S/g, and a chain over NVLink inside each node
     brings the node's sum to that GPU (g - 1 more pipeline steps; NVLink is not the bottleneck), so all g
     NICs of a node carry tree traffic. The chains' flows use NVLink, the trees' the NICs: no link carries
     both, and every node's chains load its NVLink alike, so one node's chains stand for all of them."""
-    n = len(ranks)
-    if n <= 1:
+    if len(ranks) <= 1:
         return []
+    shape = tree_shape(ranks, cluster)
+    members, chains, depth = shape[:3]
+    k = tree_chunks(shape, nbytes)
+    share = nbytes / len(members)
+    up = [(a, b, share / k) for chain in chains for a, b in zip(chain, chain[1:])]
+    for group in members:
+        for order in (group, group[::-1]):
+            up += [(order[i], order[(i - 1) // 2], share / (2 * k)) for i in range(1, len(group))]
+    down = [(d, s, b) for s, d, b in up]
+    return [(up, depth + k - 1), (down, depth + k - 1)]
+
+
+def tree_shape(ranks, cluster: Cluster) -> tuple:
+    """(members per channel, NVLink chains, pipeline depth, alpha, B) of `tree_stages` over these ranks."""
+    ranks = list(ranks)
     nodes = _by_node(ranks, cluster)
     g = len(nodes[0])
     chains = []
@@ -122,20 +136,20 @@ def tree_stages(kind: str, ranks, nbytes: float, cluster: Cluster) -> list:
         grp = nodes[0]
         chains = [[grp[(c + 1 + j) % g] for j in range(g)] for c in range(channels)]   # ends at grp[c]
     else:
-        members = [list(ranks)]
+        members = [ranks]
     m = len(members[0])
     depth = int(math.floor(math.log2(m))) + (g - 1 if chains else 0)
     first = members[0]
     alpha = max(cluster.path_latency(first[i], first[(i - 1) // 2]) for i in range(1, m))
     bw = min(cluster.bottleneck(first[i], first[(i - 1) // 2]) for i in range(1, m))
+    return members, chains, depth, alpha, bw
+
+
+def tree_chunks(shape: tuple, nbytes: float) -> int:
+    """Chunks k the tree pipelines S in: sqrt(depth x S / (alpha B)) per channel, between 1 and 256."""
+    members, _, depth, alpha, bw = shape
     share = nbytes / len(members)
-    k = max(1, min(256, int(round(math.sqrt(max(depth - 1, 0) * share / max(alpha * bw, 1e-30))))))
-    up = [(a, b, share / k) for chain in chains for a, b in zip(chain, chain[1:])]
-    for group in members:
-        for order in (group, group[::-1]):
-            up += [(order[i], order[(i - 1) // 2], share / (2 * k)) for i in range(1, m)]
-    down = [(d, s, b) for s, d, b in up]
-    return [(up, depth + k - 1), (down, depth + k - 1)]
+    return max(1, min(256, int(round(math.sqrt(max(depth - 1, 0) * share / max(alpha * bw, 1e-30))))))
 
 
 def hierarchical_stages(kind: str, ranks, nbytes: float, cluster: Cluster) -> list:

@@ -23,6 +23,8 @@ p micro-batches on the first stage of 1F1B, m with GPipe, p (1 + (p-1)/(p v)) in
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from simulator.data_parallel import gathered_blocks, grad_bytes_per_param, zero_semantics
 from simulator.pipeline_parallel import peak_in_flight, schedule_order
 from simulator.workload import DTYPE_BYTES, activation_bytes_per_layer, layer_params, state_bytes
@@ -82,9 +84,7 @@ def rank_memory(cfg, rank: int, layers: list, n_micro: int, system: str | None =
     act_args = dict(seq_len=cfg.seq_len, micro_batch=p.micro_batch_size, tp=t,
                     sequence_parallel=p.sequence_parallel, flash=flash, precision=prec)
     per_layer = activation_bytes_per_layer(cfg.model, recompute=p.activation_checkpointing, **act_args)
-    order = schedule_order(p.schedule, pp, n_micro, v, rank)
-    held_layers = peak_in_flight(order, [layers[k] for k in chunks])
-    acts = held_layers * per_layer
+    acts = held_layers(p.schedule, pp, n_micro, v, rank, tuple(layers[k] for k in chunks)) * per_layer
     if p.activation_checkpointing == "full":
         acts += activation_bytes_per_layer(cfg.model, recompute="none", **act_args)
     if rank == pp - 1:
@@ -96,11 +96,25 @@ def rank_memory(cfg, rank: int, layers: list, n_micro: int, system: str | None =
     return out
 
 
+@lru_cache(maxsize=4096)
+def held_layers(schedule: str, pp: int, n_micro: int, v: int, rank: int, chunk_layers: tuple) -> float:
+    """Most layers' worth of micro-batch activations pipeline rank `rank` holds at once: m x L under GPipe,
+    min(p - r, m) x L under 1F1B (its warm-up forwards and one more), the walk of its order interleaved."""
+    if schedule == "gpipe":
+        return n_micro * chunk_layers[0]
+    if schedule == "1f1b" or v == 1:
+        return min(pp - rank, n_micro) * chunk_layers[0]
+    return peak_in_flight(schedule_order(schedule, pp, n_micro, v, rank), list(chunk_layers))
+
+
 def layout_memory(cfg, layers: list, n_micro: int, system: str | None = None) -> tuple:
-    """(bytes of the fullest rank, that rank): the stage that decides whether a layout fits."""
+    """(bytes of the fullest rank, that rank): the stage that decides whether a layout fits.
+
+    Only ranks 0, 1 and p - 1 can be the fullest: from rank 1 to p - 2 the layers per rank (the first
+    virtual stages take the extra ones) and the micro-batches in flight (fewer warm-up forwards further
+    down the pipeline) never grow, rank 0 adds the embedding and rank p - 1 the head and its logits."""
     best, best_rank = None, 0
-    ranks = range(cfg.parallel.pp) if cfg.parallel.pp <= 64 else sorted({0, 1, cfg.parallel.pp - 1})
-    for r in ranks:
+    for r in sorted({0, 1, cfg.parallel.pp - 1} & set(range(cfg.parallel.pp))):
         mem = rank_memory(cfg, r, layers, n_micro, system)
         if best is None or mem["total"] > best["total"]:
             best, best_rank = mem, r

@@ -184,6 +184,46 @@ def step_scalars(cfg, comm: CommModel, layout: Layout) -> float:
     return sum(comm.time("all_reduce", g, SCALAR_BYTES) for g in groups)
 
 
+def optimizer_and_gather(cfg, hw, comm: CommModel, layout: Layout, layers: list, r: int, sem, block_forward: float,
+                         block_gather: float) -> tuple:
+    """(optimizer seconds, exposed weight all-gather seconds) of pipeline rank r after its gradients are
+    reduced: the optimizer steps its shard (ZeRO-1+), then the new weights are gathered after it (course,
+    DeepSpeed ZeRO-1/2: nothing to hide behind) or block by block, prefetched, in the first micro-batch
+    (FSDP2's ZeRO-1/2 under a pipeline)."""
+    p = cfg.parallel
+    psi_virtual = virtual_stage_params(cfg, layers)
+    psi_r = sum(psi_virtual[c * p.pp + r] for c in range(p.vpp))
+    blocks_r = sum(layers[c * p.pp + r] for c in range(p.vpp))
+    opt = optimizer_time(psi_r / layout.dp if p.zero_stage >= 1 else psi_r, cfg.training.precision,
+                         cfg.training.optimizer, hw, tensors=9 * blocks_r + 3)
+    gather = 0.0
+    if sem.gather == "after_step":
+        gather = comm.time("all_gather", layout.dp_group(), psi_r * weight_bytes_per_param(cfg))
+    elif sem.gather == "first_forward":
+        gather = exposed_gathers(blocks_r, block_forward, block_gather, sem.prefetch)
+    return opt, gather
+
+
+def step_lower_bound(cfg, hw, comm: CommModel, system: str | None = None) -> float:
+    """Seconds no simulation of this layout can beat, without simulating it: the fullest pipeline rank's
+    m micro-batches of forward and backward (compute, recompute and the exposed tensor-parallel and ZeRO
+    collectives of its stage costs), the least bubble of its schedule, (p - 1) x the lightest virtual
+    stage's forward + backward, and what follows the last backward on the lightest rank (step scalars, the
+    optimizer, a gather after it). Gradient sync, sends, stragglers and imbalance only add."""
+    p = cfg.parallel
+    layout = Layout(p.tp, p.dp, p.pp, p.vpp)
+    layers = layers_per_virtual_stage(cfg.model.n_layers, p.pp * p.vpp)
+    sem = zero_semantics(cfg, system)
+    fwd, bwd, blk, block_gather = stage_costs(cfg, hw, comm, layout, layers, system)
+    per_rank = [sum(fwd[c * p.pp + r].total + bwd[c * p.pp + r].total for c in range(p.vpp)) for r in range(p.pp)]
+    bubble = (p.pp - 1) * min(f.total + b.total for f, b in zip(fwd, bwd))
+    # the rank that ends the pipeline pays its own tail; the lightest is rank 0, p - 2 (the middle ranks
+    # never hold more than the one before) or p - 1
+    tail = min(sum(optimizer_and_gather(cfg, hw, comm, layout, layers, r, sem, blk.forward, block_gather))
+               for r in {0, max(0, p.pp - 2), p.pp - 1})
+    return cfg.grad_accum_steps * max(per_rank) + bubble + step_scalars(cfg, comm, layout) + tail
+
+
 def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | None = None) -> Step:
     """One step of the config's layout; `system` picks the data-parallel rules (data_parallel.zero_semantics)."""
     p = cfg.parallel
@@ -228,16 +268,7 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
             dp_end, dp_busy, spans = gradient_sync(
                 ready, p.overlap and p.bucket_mb > 0,
                 lambda n, chained: comm.time(kind, dp_group, n, back_to_back=chained), run.compute_end[r])
-            psi_r = sum(psi_virtual[c * p.pp + r] for c in range(p.vpp))
-            psi_opt = psi_r / layout.dp if p.zero_stage >= 1 else psi_r
-            opt = optimizer_time(psi_opt, cfg.training.precision, cfg.training.optimizer, hw,
-                                 tensors=9 * sum(layers[c * p.pp + r] for c in range(p.vpp)) + 3)
-            gather = 0.0
-            if sem.gather == "after_step":      # the new weights, gathered after the optimizer: nothing to hide behind
-                gather = comm.time("all_gather", dp_group, psi_r * weight_bytes_per_param(cfg))
-            elif sem.gather == "first_forward":   # block by block, prefetched, in the first micro-batch only
-                gather = exposed_gathers(sum(layers[c * p.pp + r] for c in range(p.vpp)), blk.forward,
-                                         block_gather, sem.prefetch)
+            opt, gather = optimizer_and_gather(cfg, hw, comm, layout, layers, r, sem, blk.forward, block_gather)
             end = dp_end + scalars + opt + gather
             all_spans[(i, r)] = (spans, (dp_end + scalars, dp_end + scalars + opt), (dp_end + scalars + opt, end))
             if best is None or end > best[0]:

@@ -1,9 +1,12 @@
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator.collectives import CommModel, bandwidths, bus_factor, run_collective
-from simulator.hardware import gpu_preset
+import simulator.collectives as coll
+from simulator.collectives import CommModel, bandwidths, bus_factor, run_collective, tree_stages
+from simulator.hardware import NIC_EFFICIENCY, gpu_preset
 from simulator.topology import Cluster
 
 
@@ -93,7 +96,6 @@ def test_comm_model_caches():
 def test_nics_run_below_line_rate():
     """InfiniBand does not deliver 100% of its line rate to NCCL (headers, MTU, proxy): the NIC link is
     derated like NVLink is, and the inter-node ring is limited by it."""
-    from simulator.hardware import NIC_EFFICIENCY
 
     cl = Cluster(gpu_preset("a100-80gb"), 64)
     assert 0.85 <= NIC_EFFICIENCY < 1
@@ -114,9 +116,7 @@ def test_double_binary_tree_moves_half_the_bytes_per_tree():
     """NCCL's double binary tree: two trees of S/2, a rank interior in one is a leaf of the other, so each
     pipeline step moves S/k through every NIC (one tree: 2 S/k into an interior rank): about 2x one tree.
     One GPU per node, 8 nodes: t = 2 (D + k - 1) (alpha + S / (k B))."""
-    import math
 
-    from simulator.collectives import tree_stages
 
     cl = Cluster(gpu_preset("a100-80gb"), 64)
     ranks, size = list(range(0, 64, 8)), 1 << 28
@@ -134,7 +134,6 @@ def test_double_binary_tree_moves_half_the_bytes_per_tree():
 def test_rings_past_the_flow_cap_have_no_cliff(monkeypatch):
     """Every step of a multi-channel ring loads every node alike: timed on the rings of its first nodes past
     MAX_CHANNEL_FLOWS, the step is the same as the whole ring's (no fall back to one NIC per node)."""
-    import simulator.collectives as coll
 
     cl = Cluster(gpu_preset("a100-80gb"), 512)
     full = run_collective(cl, "all_reduce", range(512), 1 << 30, "ring")

@@ -1,8 +1,9 @@
 import pytest
 
-from simulator.compute import op_time
+from simulator.compute import TILE_K_OVERHEAD, gemm_efficiency, op_time
 from simulator.config import load_config
-from simulator.hardware import gpu_preset
+from simulator.hardware import MATMUL_EFFICIENCY, gpu_preset
+from simulator.simulate import simulate
 from simulator.workload import backward_op, causal_fraction, forward_flops_per_token, layer_ops
 
 
@@ -33,7 +34,6 @@ def test_gemm_waves_and_tiles_closed_form():
     """One wave of whole 256 x 128 tiles on every SM loses only each tile's fill and epilogue, k / (k + K0);
     one more output row needs a second wave (or smaller, slower tiles, or a split reduction) and loses a
     fifth or more."""
-    from simulator.compute import TILE_K_OVERHEAD, gemm_efficiency
 
     k = 1 << 16
     assert gemm_efficiency(1, 512, k, 256, 4) == pytest.approx(k / (k + TILE_K_OVERHEAD))
@@ -55,7 +55,6 @@ def test_matmuls_reach_more_of_the_peak_with_larger_micro_batches_and_hidden_siz
     """Short, thin GEMMs (one sequence, a wide tensor-parallel split, a narrow model) fill the SMs' waves
     worse than large ones: the share of peak rises with the micro-batch and with the hidden size, towards
     the calibrated large-GEMM efficiency."""
-    from simulator.hardware import MATMUL_EFFICIENCY
 
     small = _model("llama-7b")                 # h 4096
     large = _model("llama2-70b")               # h 8192
@@ -73,7 +72,6 @@ def test_megatron_91b_is_fastest_at_micro_batch_2():
     runs best at micro-batch size 2 (more sequences per GEMM against a longer pipeline bubble). The shape
     (72 layers, hidden 10240, 80 heads) is our reading of "91B"; with one efficiency for every matmul the
     simulator put its best at 1."""
-    from simulator.simulate import simulate
 
     def tflops(mb):
         cfg = load_config({"model": {"preset": "gpt-1.7b", "dim": 10240, "n_heads": 80, "n_kv_heads": 80,

@@ -1,7 +1,20 @@
 import pytest
 
+from simulator.collectives import CommModel
 from simulator.config import ConfigError, load_config
-from simulator.data_parallel import bucket_sizes, buckets_ready, compression_factor, gradient_sync
+from simulator.data_parallel import (
+    bucket_sizes,
+    buckets_ready,
+    compression_factor,
+    exposed_gathers,
+    grad_bytes_per_param,
+    gradient_sync,
+    zero_semantics,
+)
+from simulator.hardware import hardware_for
+from simulator.memory import layers_per_virtual_stage, virtual_stage_params
+from simulator.simulate import simulate
+from simulator.topology import Cluster
 
 
 def test_buckets_split_the_bytes():
@@ -47,11 +60,6 @@ def test_compression_factors():
 def test_gradients_are_reduced_in_fp32_by_default_under_bf16():
     """training.grad_reduce_dtype: null = fp32 for bf16/fp16 training (Megatron-LM's fp32 main gradients);
     the data-parallel all-reduce moves 4 bytes per gradient, bf16 half of that: ring closed form per bucket."""
-    from simulator.data_parallel import bucket_sizes, grad_bytes_per_param
-    from simulator.memory import layers_per_virtual_stage, virtual_stage_params
-    from simulator.simulate import simulate
-    from simulator.topology import Cluster
-    from simulator.hardware import hardware_for
 
     base = {"model": {"preset": "llama-1b"}, "seq_len": 1024, "cluster": {"gpu": "a100-80gb", "num_gpus": 8},
             "parallel": {"global_batch_size": 8, "overlap": False}, "training": {"precision": "bf16"}}
@@ -72,7 +80,6 @@ def test_gradients_are_reduced_in_fp32_by_default_under_bf16():
 def test_one_overlap_rule_for_gathers():
     """Prefetched one block ahead: the first gather shows, later ones by what outlasts the block before;
     just in time: every one shows."""
-    from simulator.data_parallel import exposed_gathers
 
     assert exposed_gathers(32, 1.0, 0.4, prefetch=True) == pytest.approx(0.4)
     assert exposed_gathers(32, 1.0, 1.5, prefetch=True) == pytest.approx(1.5 + 31 * 0.5)
@@ -81,7 +88,6 @@ def test_one_overlap_rule_for_gathers():
 
 
 def _zero(stage, system=None, **extra):
-    from simulator.simulate import simulate
 
     cfg = load_config({"model": {"preset": "llama-7b"}, "seq_len": 2048,
                        "cluster": {"gpu": "a100-80gb", "num_gpus": 64},
@@ -93,11 +99,6 @@ def test_zero_semantics_per_system():
     """course: ZeRO-1/2 gather the new weights after the optimizer (exposed); FSDP2 gathers them block by
     block in every micro-batch's forward, prefetched, and reduce-scatters once after accumulating whole
     gradients; DeepSpeed's ZeRO-2 reduce-scatters after every micro-batch."""
-    from simulator.collectives import CommModel
-    from simulator.data_parallel import grad_bytes_per_param, zero_semantics
-    from simulator.hardware import hardware_for
-    from simulator.memory import virtual_stage_params
-    from simulator.topology import Cluster
 
     cfg, course = _zero(1)
     _, fsdp = _zero(1, "fsdp2")

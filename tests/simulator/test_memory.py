@@ -1,8 +1,10 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simulator.config import load_config
 from simulator.memory import layers_per_virtual_stage, layout_memory, rank_memory, virtual_stage_params
-from simulator.workload import count_params
+from simulator.workload import count_params, layer_params
 
 
 def test_stage_params_add_up_to_the_model():
@@ -37,7 +39,6 @@ def test_default_gradient_buffer_is_fp32_under_bf16():
 def test_zero3_holds_gather_buffers():
     """ZeRO-3 shards the weights but a rank holds the whole weights of the blocks gathered at once (one just
     in time in the course's engine, two with FSDP2's prefetch) and one block's whole gradient."""
-    from simulator.workload import layer_params
 
     def mem(impl):
         cfg = load_config({"model": {"preset": "llama-7b"}, "cluster": {"gpu": "a100-80gb", "num_gpus": 8},
@@ -50,3 +51,22 @@ def test_zero3_holds_gather_buffers():
     assert course["params"] == pytest.approx(2 * psi / 8 + 2 * block)
     assert torch["params"] == pytest.approx(2 * psi / 8 + 2 * 2 * block)
     assert course["grads"] == pytest.approx(4 * psi / 8 + 4 * block)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["gpipe", "1f1b", "interleaved_1f1b"]), st.integers(2, 12), st.integers(1, 4),
+       st.integers(1, 6), st.booleans())
+def test_the_fullest_rank_is_among_the_three_checked(schedule, pp, vpp, m_per_pp, uneven):
+    """layout_memory looks at ranks 0, 1 and p - 1 only; walking every rank finds nothing fuller."""
+    if schedule != "interleaved_1f1b":
+        vpp = 1
+    elif vpp == 1:
+        vpp = 2
+    n_layers = pp * vpp * 3 + (1 if uneven and schedule != "interleaved_1f1b" else 0)
+    n_micro = pp * m_per_pp
+    cfg = load_config({"model": {"preset": "gpt-1.7b", "n_layers": n_layers}, "seq_len": 512,
+                       "parallel": {"pp": pp, "vpp": vpp, "schedule": schedule, "dp": 1,
+                                    "global_batch_size": n_micro}})
+    layers = layers_per_virtual_stage(n_layers, pp * vpp)
+    mem, _ = layout_memory(cfg, layers, n_micro)
+    assert mem["total"] == max(rank_memory(cfg, r, layers, n_micro)["total"] for r in range(pp))
