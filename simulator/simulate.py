@@ -223,10 +223,10 @@ def format_summary(result: dict) -> str:
                      f"ZeRO-{c['zero_stage']} as {note}")
     mem = result["memory_per_gpu_bytes"]
     reserve = result.get("memory_reserve_bytes") or 0.0
-    usable = f" usable, {_gb(reserve)} reserved for CUDA context, NCCL and fragmentation," if reserve else ""
-    lines.append(f"memory per GPU: {_gb(mem['total'])} of {_gb(result['memory_capacity_bytes'])}{usable} "
+    reserved = f"; {_gb(reserve)} more reserved for CUDA context, NCCL and fragmentation" if reserve else ""
+    lines.append(f"memory per GPU: {_gb(mem['total'])} of {_gb(result['memory_capacity_bytes'])}{' usable' if reserve else ''} "
                  f"(params {_gb(mem['params'])}, grads {_gb(mem['grads'])}, optimizer {_gb(mem['optimizer'])}, "
-                 f"activations {_gb(mem['activations'])})")
+                 f"activations {_gb(mem['activations'])}){reserved}")
     if result.get("compression"):                    # model compression (simulator/model_compression.py)
         lines.append(model_compression.summary_line(result["compression"]))
     if not result["fits_in_memory"]:
