@@ -205,23 +205,27 @@ def optimizer_and_gather(cfg, hw, comm: CommModel, layout: Layout, layers: list,
 
 
 def step_lower_bound(cfg, hw, comm: CommModel, system: str | None = None) -> float:
-    """Seconds no simulation of this layout can beat, without simulating it: the fullest pipeline rank's
+    """Seconds no simulation of this layout can beat, without simulating it: for every pipeline rank r, its
     m micro-batches of forward and backward (compute, recompute and the exposed tensor-parallel and ZeRO
-    collectives of its stage costs), the least bubble of its schedule, (p - 1) x the lightest virtual
-    stage's forward + backward, and what follows the last backward on the lightest rank (step scalars, the
-    optimizer, a gather after it). Gradient sync, sends, stragglers and imbalance only add."""
+    collectives of its stage costs) plus the least it must idle, r x the lightest virtual stage's forward +
+    backward (with equal stages the last rank's is the classic (p - 1)(F + B) bubble); then what follows
+    the last backward on the lightest rank (step scalars, the optimizer, a gather after it). Gradient sync,
+    sends, stragglers and imbalance only add."""
     p = cfg.parallel
     layout = Layout(p.tp, p.dp, p.pp, p.vpp)
     layers = layers_per_virtual_stage(cfg.model.n_layers, p.pp * p.vpp)
     sem = zero_semantics(cfg, system)
     fwd, bwd, blk, block_gather = stage_costs(cfg, hw, comm, layout, layers, system)
     per_rank = [sum(fwd[c * p.pp + r].total + bwd[c * p.pp + r].total for c in range(p.vpp)) for r in range(p.pp)]
-    bubble = (p.pp - 1) * min(f.total + b.total for f, b in zip(fwd, bwd))
+    # rank r waits for micro-batch 0's forward through the r stages before it, and after its last backward
+    # the r stages before it each run one more backward: at least r (F + B) of the lightest virtual stage
+    hop = min(f.total for f in fwd) + min(b.total for b in bwd)
+    makespan = max(cfg.grad_accum_steps * work + r * hop for r, work in enumerate(per_rank))
     # the rank that ends the pipeline pays its own tail; the lightest is rank 0, p - 2 (the middle ranks
     # never hold more than the one before) or p - 1
     tail = min(sum(optimizer_and_gather(cfg, hw, comm, layout, layers, r, sem, blk.forward, block_gather))
                for r in {0, max(0, p.pp - 2), p.pp - 1})
-    return cfg.grad_accum_steps * max(per_rank) + bubble + step_scalars(cfg, comm, layout) + tail
+    return makespan + step_scalars(cfg, comm, layout) + tail
 
 
 def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | None = None) -> Step:

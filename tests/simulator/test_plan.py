@@ -85,6 +85,15 @@ def test_lower_bound_never_exceeds_the_simulated_step():
     assert checked > 20
 
 
+def test_lower_bound_holds_for_uneven_stages():
+    """Llama 2 70B's 80 layers on 64 stages: the first 16 ranks hold two layers, and the heaviest ranks,
+    coming first, idle less than (p - 1)(F + B) of the lightest stage; the bound charges rank r only r."""
+    cfg = load_plan_config("configs/llama2-70b-a100.yaml", ["parallel.implementation=course"])
+    c = _layout(cfg, dict(dp=8, tp=1, pp=64, vpp=1, schedule="1f1b", zero_stage=1, micro_batch_size=2,
+                          activation_checkpointing="full", sequence_parallel=False))
+    assert lower_bound(c, hardware_for(c)) <= simulate(c)["step_time_s"]
+
+
 def test_branch_and_bound_finds_the_exhaustive_best():
     """Pruning by the lower bound loses nothing: the top 3 equal those of simulating every layout."""
     cfg = _cfg()
