@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	$(PY) -m llama_course.demo
+	$(PY) -m llama_course.commands.demo
 
 # Debian's headless Chromium for the docs rendering test (best effort: needs root and apt; without it
 # that one test reports the missing browser)

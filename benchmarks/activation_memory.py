@@ -32,10 +32,10 @@ def config(n_layers: int, mode: str, tp: int, sp: bool, s: int, b: int):
 def saved(rank: int, world: int, mode: str, n_layers: int, sp: bool, s: int, b: int) -> int:
     import torch
 
-    from llama_course.activation_checkpointing import measure_saved_bytes
-    from llama_course.distributed import Context, init_distributed
+    from llama_course.core.distributed import Context, init_distributed
+    from llama_course.core.model import build_model
     from llama_course.engine import build_engine
-    from llama_course.model import build_model
+    from llama_course.parallel.activation_checkpointing import measure_saved_bytes
 
     cfg = config(n_layers, mode, world, sp, s, b)
     ctx = init_distributed(1, world, 1) if world > 1 else Context()
@@ -57,7 +57,7 @@ def worker(rank: int, world: int, s: int, b: int) -> list:
 
 
 def main() -> None:
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
     from simulator.workload import activation_bytes_per_layer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -21,7 +21,7 @@ def worker(rank: int, world: int, sizes: list, iters: int) -> list:
     import torch
     import torch.distributed as dist
 
-    from llama_course import collectives as C
+    from llama_course.parallel import collectives as C
 
     run = {"gloo": lambda t: dist.all_reduce(t),
            "ring": lambda t: C.ring_all_reduce(t, check=False),
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--max-mb", type=float, default=64)
     ap.add_argument("--iters", type=int, default=5)
     args = ap.parse_args()
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
 
     sizes, s = [], int(args.min_kb * 1024)
     while s <= args.max_mb * 2**20:

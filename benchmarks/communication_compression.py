@@ -18,11 +18,11 @@ METHODS = {"none": {}, "fp16": {}, "bf16": {}, "topk (1%)": {"compression": "top
 
 
 def worker(rank: int, world: int, steps: int) -> dict:
-    from llama_course.data import BatchSampler, get_batch, load_tokens, pack
-    from llama_course.distributed import init_distributed
+    from llama_course.core.data import BatchSampler, get_batch, load_tokens, pack
+    from llama_course.core.distributed import init_distributed
+    from llama_course.core.model import build_model
+    from llama_course.core.optimizers import lr_at
     from llama_course.engine import build_engine
-    from llama_course.model import build_model
-    from llama_course.trainer import lr_at
     from simulator.config import load_config
 
     ctx = init_distributed(world, 1, 1)
@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--steps", type=int, default=60)
     args = ap.parse_args()
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
 
     res = spawn(worker, args.nproc, args.steps, timeout=1200)[0]
     marks = sorted({1, *range(10, args.steps + 1, max(args.steps // 6, 1)), args.steps})

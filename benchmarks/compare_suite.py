@@ -8,7 +8,7 @@ Every layout trains the `tiny` LLaMA of configs/tiny.yaml (seq 128, micro-batch 
 the course's own engines) and is predicted by `simulate` with the `cpu` hardware profile: with --bench N,
 one that `llama-course bench --repeat N` measures first, in the same sitting; else your machine's if
 `bench` wrote one, else the shipped reference profile (simulator/profiles/cpu.json). Nothing is fitted per
-layout. Per layout: `compare` (llama_course/compare.py) gives the predicted and measured step time (median
+layout. Per layout: `compare` (llama_course/commands/compare.py) gives the predicted and measured step time (median
 of the second half of the run) and the components from both traces; with --calibrate it also times the
 machine's speed right before and after the run and predicts at that speed (the uncalibrated error stays
 in the table).
@@ -54,7 +54,7 @@ COMPONENTS = ("compute", "exposed_comm", "bubble", "optimizer")
 
 def run_layout(name: str, overrides: list, steps: int, trace_root: str | None, calibrate: bool = False) -> dict:
     """One compare of one layout; {"name", "ok", ...}; an engine that is missing or fails is reported."""
-    from llama_course.compare import compare
+    from llama_course.commands.compare import compare
 
     trace_dir = os.path.join(trace_root, name.replace(" ", "_")) if trace_root else None
     load0 = os.getloadavg()[0]
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     if args.bench:
-        from llama_course.bench import measure
+        from llama_course.commands.bench import measure
         from simulator.hardware import write_cpu_profile
 
         path = os.path.join(os.environ["LLAMA_COURSE_CACHE"], "compare_suite_profile.json")

@@ -39,11 +39,11 @@ def config(n: int, preset: str, seq_len: int, micro: int, accum: int, parallel: 
 def worker(rank: int, world: int, preset: str, seq_len: int, micro: int, accum: int, rounds: int) -> dict:
     import torch.distributed as dist
 
-    from llama_course.data import BatchSampler, get_batch, load_tokens, pack
-    from llama_course.distributed import init_distributed
+    from llama_course.core.data import BatchSampler, get_batch, load_tokens, pack
+    from llama_course.core.distributed import init_distributed
+    from llama_course.core.model import build_model, num_params
+    from llama_course.core.profiling import Tracer
     from llama_course.engine import build_engine
-    from llama_course.model import build_model, num_params
-    from llama_course.profiling import Tracer
 
     ctx = init_distributed(world, 1, 1)
     cfgs = {name: config(world, preset, seq_len, micro, accum, p) for name, p in ENGINES.items()}
@@ -90,7 +90,7 @@ def main() -> None:
     ap.add_argument("--accum", type=int, default=2, help="micro-batches per rank per step")
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
 
     for n in args.nproc or [2, 4]:
         t0 = time.time()

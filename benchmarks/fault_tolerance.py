@@ -56,11 +56,11 @@ def restart_everything(steps: int, every: int, kill_step: int | None, slow: floa
 
 def per_step(steps: int, kill_step: int | None, slow: float, way: str = "per_step") -> dict:
     """One run of per-step fault tolerance: the course's (way "per_step") or torchft's ("torchft")."""
-    from llama_course.fault_tolerance import read_metrics, supervise
+    from llama_course.coordination.fault_tolerance import read_metrics, supervise
     from simulator.config import load_config
 
     if way == "torchft":
-        from llama_course.fault_tolerance_torchft import supervise
+        from llama_course.coordination.fault_tolerance_torchft import supervise
 
     over = [o for o in BASE if "implementation" not in o] + [f"training.steps={steps}",
                                                             f"faults.slow={{0: {slow}, 1: {slow}}}"]

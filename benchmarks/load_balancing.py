@@ -39,7 +39,7 @@ def calibrate(cfg, repeats: int = 20) -> float:
     """(measured, simulated) seconds of one micro-batch's forward + backward in this process."""
     import torch
 
-    from llama_course.model import build_model
+    from llama_course.core.model import build_model
     from simulator.load_balancing import _context
 
     torch.set_num_threads(1)

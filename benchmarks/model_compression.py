@@ -5,7 +5,7 @@
 
 The teacher is `configs/tiny.yaml` trained in this process (one rank; `--teacher-steps`), or an existing
 checkpoint (`--teacher`, e.g. `make demo`'s runs/demo/checkpoints). Every variant is written by
-`llama_course.model_compression.compress` (what `llama-course compress` runs) and measured by
+`llama_course.compression.model_compression.compress` (what `llama-course compress` runs) and measured by
 `evaluate_checkpoint` (what `llama-course eval --json` prints): the whole held-out split of the corpus.
 
 Goals: int8 val loss within 2% of the teacher at <= 0.35x its parameter bytes; 50% unstructured magnitude
@@ -91,8 +91,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from llama_course.evaluate import evaluate_checkpoint
-    from llama_course.model_compression import compress
+    from llama_course.commands.eval import evaluate_checkpoint
+    from llama_course.compression.model_compression import compress
 
     if args.threads:
         torch.set_num_threads(args.threads)

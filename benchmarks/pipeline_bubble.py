@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/pipeline_bubble.py                           # print the markdown table
     .venv/bin/python benchmarks/pipeline_bubble.py --write docs/benchmarks/pipeline_parallel.md
 
-The course's pipeline engine (llama_course/pipeline_parallel.py) runs one training step of a small LLaMA
+The course's pipeline engine (llama_course/parallel/pipeline_parallel.py) runs one training step of a small LLaMA
 cut into p equal stages (2 layers each) on p gloo processes, for m micro-batches. CPU compute on a shared
 2-core machine is too noisy and too small to show a bubble (p processes fight for 2 cores, so a "waiting"
 rank speeds up the others), so each layer adds a fixed sleep of --forward-ms in forward and twice that in
@@ -40,10 +40,10 @@ def config(p: int, m: int, schedule: str, vpp: int = 1):
 def worker(rank: int, world: int, ms: list, forward_s: float, steps: int) -> list:
     import torch
 
-    from llama_course.distributed import init_distributed
+    from llama_course.core.distributed import init_distributed
+    from llama_course.core.model import build_model
+    from llama_course.core.profiling import Tracer
     from llama_course.engine import build_engine
-    from llama_course.model import build_model
-    from llama_course.profiling import Tracer
 
     rows = []
     ctx = None
@@ -94,7 +94,7 @@ BALANCE_CASES = [("llama-7b", 8, 2048), ("llama3-8b", 4, 8192), ("llama3-8b", 8,
 
 def balance_table() -> str:
     """Equal-layer split vs balanced_stages for some presets (FLOPs per layer from simulator.workload)."""
-    from llama_course.balanced_stages import balance_report
+    from llama_course.parallel.balanced_stages import balance_report
     from simulator.config import load_config
 
     lines = ["| model | seq_len | pp | equal split | balanced | slowest stage, equal / balanced |",
@@ -108,7 +108,7 @@ def balance_table() -> str:
 
 
 def main() -> None:
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pp", type=int, nargs="+", default=[2, 4])
@@ -150,7 +150,7 @@ Measured on {date} with
 Each stage holds 2 layers of a small LLaMA; every layer sleeps {forward:g} ms in forward and twice that in
 backward (`PipelineEngine.compute_delay`), because raw compute on this shared 2-core CPU machine is too
 small and too noisy to show a bubble (p processes share 2 cores). Sends, receives and the schedule's waits
-are real (gloo, `llama_course/pipeline_parallel.py`). Measured bubble = 1 - busy / step span per rank,
+are real (gloo, `llama_course/parallel/pipeline_parallel.py`). Measured bubble = 1 - busy / step span per rank,
 averaged over ranks; simulated = `simulator.pipeline_parallel.simulate_pipeline` with the same stage times
 and free communication; the closed form is (p-1)/(v m+p-1) (v = 1: GPipe and 1F1B).
 
@@ -166,7 +166,7 @@ stage's embedding and the last stage's head and loss, the sends and receives, an
 ## Balanced stages
 
 `load_balance.policy: balanced_stages` cuts the layers where the FLOPs are even
-(`llama_course/balanced_stages.py`, `partition_stages`: exact, by dynamic programming); the embedding joins
+(`llama_course/parallel/balanced_stages.py`, `partition_stages`: exact, by dynamic programming); the embedding joins
 the first stage and the final norm, output head and loss the last. Same command, FLOPs per layer from
 `simulator.workload`:
 

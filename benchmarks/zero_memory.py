@@ -27,10 +27,10 @@ def config(world: int, stage: int):
 
 
 def worker(rank: int, world: int) -> dict:
-    from llama_course.data import BatchSampler, get_batch, load_tokens, pack
-    from llama_course.distributed import init_distributed
+    from llama_course.core.data import BatchSampler, get_batch, load_tokens, pack
+    from llama_course.core.distributed import init_distributed
+    from llama_course.core.model import build_model
     from llama_course.engine import build_engine
-    from llama_course.model import build_model
 
     ctx = init_distributed(world, 1, 1)
     out = {}
@@ -45,7 +45,7 @@ def worker(rank: int, world: int) -> dict:
 
 
 def main() -> int:
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
     from simulator.workload import count_params, state_bytes
 
     print("| processes | ZeRO stage | kind | measured (rank 0) | simulator | measured / simulator |")

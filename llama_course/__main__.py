@@ -1,5 +1,5 @@
 import sys
 
-from llama_course.cli import main
+from llama_course.commands.cli import main
 
 sys.exit(main())

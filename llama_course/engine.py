@@ -28,21 +28,16 @@ from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
-from llama_course.distributed import Context, all_reduce_mean
-from llama_course.optimizers import build_optimizer
-from llama_course.profiling import Tracer
+from llama_course.core.distributed import Context, all_reduce_mean
+from llama_course.core.model import cross_entropy  # noqa: F401  (engines and tests import it from here)
+from llama_course.core.optimizers import build_optimizer
+from llama_course.core.profiling import Tracer
 
 
 class NonFiniteError(RuntimeError):
     """The loss or gradient norm was NaN or infinite and training.on_nonfinite is 'stop'."""
-
-
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over every token of the batch, computed in fp32."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
 class Engine:
@@ -57,7 +52,7 @@ class Engine:
         self.slow_factor = float(cfg.faults.slow.get(ctx.rank, 1.0))
         self.base_model = model.to(ctx.device)
         if cfg.parallel.activation_checkpointing != "none" and hasattr(model, "layers"):
-            from llama_course.activation_checkpointing import apply_activation_checkpointing
+            from llama_course.parallel.activation_checkpointing import apply_activation_checkpointing
 
             apply_activation_checkpointing(model.layers, cfg.parallel.activation_checkpointing)
         self.model = self.wrap(self.base_model)
@@ -251,8 +246,12 @@ def build_engine(cfg, ctx: Context, model: nn.Module, tracer: Tracer | None = No
 
     name = engine_name(cfg)
     if name not in ENGINES:
-        module = {"fsdp2": "data_parallel", "torch_pipeline": "pipeline_parallel",
-                  "torch_tensor_parallel": "tensor_parallel", "local_sgd": "sync_async"}.get(name, name)
+        module = {"fsdp2": "parallel.data_parallel", "data_parallel": "parallel.data_parallel",
+                  "torch_pipeline": "parallel.pipeline_parallel", "pipeline_parallel": "parallel.pipeline_parallel",
+                  "torch_tensor_parallel": "parallel.tensor_parallel", "tensor_parallel": "parallel.tensor_parallel",
+                  "parallel_3d": "parallel.parallel_3d", "local_sgd": "coordination.sync_async",
+                  "load_balancing": "coordination.load_balancing",
+                  "parameter_server": "coordination.parameter_server"}.get(name, name)
         try:
             importlib.import_module(f"llama_course.{module}")
         except ModuleNotFoundError as e:

@@ -24,7 +24,6 @@ precision (for `cpu`, the profile `llama-course bench` measured).
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import signal
@@ -34,20 +33,13 @@ import sys
 import time
 import warnings
 
+from llama_course.core.optimizers import lr_at  # noqa: F401  (the schedule lives with the optimizers)
 from simulator.config import ConfigError, load_config
 
 # ---------------------------------------------------------------------------------------------
 # learning rate
 # ---------------------------------------------------------------------------------------------
 
-def lr_at(step: int, cfg) -> float:
-    """Linear warmup over warmup_steps, then cosine decay from lr to min_lr at training.steps (step is 0-based)."""
-    t = cfg.training
-    if t.warmup_steps and step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    span = max(t.steps - t.warmup_steps, 1)
-    progress = min(max(step - t.warmup_steps, 0) / span, 1.0)
-    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,13 +114,13 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
     """Train on this process (one rank of the run). Returns rank 0's metric records."""
     import torch
 
-    from llama_course import checkpoint as ckpt
-    from llama_course.data import BatchSampler, get_batch, load_tokens, pack, val_batches
-    from llama_course.distributed import cleanup, init_distributed
+    from llama_course.coordination.fault_tolerance import FailureDetector, inject_nan
+    from llama_course.core import checkpoint as ckpt
+    from llama_course.core.data import BatchSampler, get_batch, load_tokens, pack, val_batches
+    from llama_course.core.distributed import cleanup, init_distributed
+    from llama_course.core.model import build_model
+    from llama_course.core.profiling import Tracer, write_trace
     from llama_course.engine import NonFiniteError, build_engine
-    from llama_course.fault_tolerance import FailureDetector, inject_nan
-    from llama_course.model import build_model
-    from llama_course.profiling import Tracer, write_trace
     from simulator.workload import model_flops_per_token
 
     p = cfg.parallel
@@ -146,7 +138,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
         tracer = Tracer(enabled=bool(trace_path), rank=ctx.rank, sync=sync)
         model = build_model(cfg)
         if cfg.training.init_from:      # fine-tune a checkpoint, e.g. a compressed one (model_compression.py)
-            from llama_course.model_compression import load_for_training
+            from llama_course.compression.model_compression import load_for_training
 
             model = load_for_training(cfg.training.init_from, cfg)
         engine = build_engine(cfg, ctx, model, tracer)
@@ -289,7 +281,7 @@ def launch(argv: list, nproc: int, max_restarts: int = 0, env: dict | None = Non
     """Start `nproc` workers of `python -m llama_course <argv>` with torch's own launcher on 127.0.0.1
     (through fault_tolerance.torchrun_on_loopback, so its stores listen on 127.0.0.1 only, not on every
     interface as TCPStore does by default)."""
-    cmd = [sys.executable, "-m", "llama_course.fault_tolerance", "--torchrun", "--nnodes=1", f"--nproc-per-node={nproc}",
+    cmd = [sys.executable, "-m", "llama_course.coordination.fault_tolerance", "--torchrun", "--nnodes=1", f"--nproc-per-node={nproc}",
            f"--max-restarts={max_restarts}", "--rdzv-backend=c10d",
            f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--local-addr=127.0.0.1", "--monitor-interval=0.2",
            "-m", "llama_course", *argv]
@@ -329,7 +321,7 @@ def cli(args) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-    from llama_course.data import load_tokens
+    from llama_course.core.data import load_tokens
 
     load_tokens(cfg)                          # check data.corpus and build the tokenizer cache once, here
     nproc = cfg.world_size
@@ -358,7 +350,7 @@ def train(config=None, overrides=(), nproc=None, metrics=None, checkpoint_dir=No
     import argparse
     import tempfile
 
-    from llama_course.cli import build_parser
+    from llama_course.commands.cli import build_parser
 
     tmp = None
     if metrics is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from llama_course.quiz import CONCEPTS, VARIANTS, load_bank, seed_numbers  # noqa: E402
+from llama_course.commands.quiz import CONCEPTS, VARIANTS, load_bank, seed_numbers  # noqa: E402
 
 OUT = ROOT / "docs" / "interview"
 

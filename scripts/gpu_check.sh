@@ -17,4 +17,4 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
 # measures, trains, and calibrates: writes gpu_check.{json,md} and <preset>_profile.json (e.g. h200_profile.json),
 # which the simulator applies with LLAMA_COURSE_GPU_PROFILE=$OUT_DIR/h200_profile.json (docs/gpu.md)
-$PY -m llama_course.gpu_check --out "$OUT_DIR" "${@:2}" 2>&1 | tee "$OUT_DIR/gpu_check.log"
+$PY -m llama_course.commands.gpu_check --out "$OUT_DIR" "${@:2}" 2>&1 | tee "$OUT_DIR/gpu_check.log"

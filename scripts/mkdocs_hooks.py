@@ -79,10 +79,15 @@ def api_modules() -> list:
     """Dotted names of the public modules of the course's packages."""
     names = []
     for package in PACKAGES:
-        for path in sorted((ROOT / package).glob("*.py")):
-            if not path.stem.startswith("_"):
-                names.append(f"{package}.{path.stem}")
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if not path.stem.startswith("_") and "__pycache__" not in path.parts:
+                names.append(".".join(path.relative_to(ROOT).with_suffix("").parts))
     return names
+
+
+def concept_modules(package: str, concept: str, modules) -> list:
+    """<package>[.<layer>].<concept> and its _comm sibling, in whichever layer folder they live."""
+    return [m for m in modules if m.startswith(package + ".") and m.rsplit(".", 1)[1] in (concept, f"{concept}_comm")]
 
 
 def benchmark_pages() -> list:
@@ -145,13 +150,14 @@ def labs_table(page_dir: str = "labs") -> str:
 
 # modules beyond <package>.<concept> and <package>.<concept>_comm that belong on a concept's page
 RELATED_MODULES = {
-    "llama_basics": ["llama_course.model", "llama_course.data", "llama_course.tokenizer", "llama_course.trainer",
-                     "llama_course.engine", "simulator.workload", "simulator.compute", "simulator.memory"],
-    "collectives": ["llama_course.distributed", "simulator.network", "simulator.topology"],
-    "data_parallel": ["llama_course.optimizers"],
-    "parallel_3d": ["llama_course.distributed", "simulator.plan"],
-    "fault_tolerance": ["llama_course.checkpoint"],
-    "profiling": ["simulator.trace", "llama_course.plots"],
+    "llama_basics": ["llama_course.core.model", "llama_course.core.data", "llama_course.core.tokenizer",
+                     "llama_course.trainer", "llama_course.engine", "simulator.workload", "simulator.compute",
+                     "simulator.memory"],
+    "collectives": ["llama_course.core.distributed", "simulator.network", "simulator.topology"],
+    "data_parallel": ["llama_course.core.optimizers"],
+    "parallel_3d": ["llama_course.core.distributed", "simulator.plan"],
+    "fault_tolerance": ["llama_course.core.checkpoint"],
+    "profiling": ["simulator.trace", "llama_course.core.plots"],
 }
 
 
@@ -180,7 +186,7 @@ def concept_links(concept: str) -> str:
         lines.append(f"- **Exercises:** `labs/exercises/{concept}.py` (in preparation)")
     modules = set(api_modules())
     for package, label in (("llama_course", "Runtime API"), ("simulator", "Simulator API")):
-        wanted = [f"{package}.{concept}", f"{package}.{concept}_comm",
+        wanted = [*concept_modules(package, concept, sorted(modules)),
                   *[m for m in RELATED_MODULES.get(concept, []) if m.startswith(package + ".")]]
         found = [m for m in dict.fromkeys(wanted) if m in modules]
         if found:

@@ -26,7 +26,7 @@ Two fields of `model` (torch-free, like the whole simulator):
     llama-course simulate configs/llama2-70b-a100.yaml --set model.weight_bits=4
     llama-course simulate configs/llama-7b-a100.yaml --set model.structured_sparsity=0.5 --json
 
-Seed questions 3 and 5. The runtime's side is `llama_course/model_compression.py`.
+Seed questions 3 and 5. The runtime's side is `llama_course/compression/model_compression.py`.
 """
 
 from __future__ import annotations

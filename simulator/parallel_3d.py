@@ -39,7 +39,7 @@ from simulator.data_parallel import (
     gradient_sync,
     zero_semantics,
 )
-from simulator.memory import layers_per_virtual_stage, uses_flash, virtual_stage_params
+from simulator.memory import stage_layers, uses_flash, virtual_stage_params
 from simulator.model_compression import weight_bytes_per_param
 from simulator.pipeline_parallel import simulate_pipeline
 from simulator.tensor_parallel import tp_comm
@@ -213,7 +213,7 @@ def step_lower_bound(cfg, hw, comm: CommModel, system: str | None = None) -> flo
     sends, stragglers and imbalance only add."""
     p = cfg.parallel
     layout = Layout(p.tp, p.dp, p.pp, p.vpp)
-    layers = layers_per_virtual_stage(cfg.model.n_layers, p.pp * p.vpp)
+    layers = stage_layers(cfg)
     sem = zero_semantics(cfg, system)
     fwd, bwd, blk, block_gather = stage_costs(cfg, hw, comm, layout, layers, system)
     per_rank = [sum(fwd[c * p.pp + r].total + bwd[c * p.pp + r].total for c in range(p.vpp)) for r in range(p.pp)]
@@ -233,7 +233,7 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
     p = cfg.parallel
     layout = Layout(p.tp, p.dp, p.pp, p.vpp)
     n_micro = cfg.grad_accum_steps
-    layers = layers_per_virtual_stage(cfg.model.n_layers, p.pp * p.vpp)
+    layers = stage_layers(cfg)
     sem = zero_semantics(cfg, system)
     fwd, bwd, blk, block_gather = stage_costs(cfg, hw, comm, layout, layers, system)
     send = p2p_time(cfg, comm, layout)

@@ -51,7 +51,7 @@ import yaml
 from simulator.collectives import CommModel, tree_chunks, tree_shape, tree_stages
 from simulator.config import ConfigError, ParallelConfig, apply_override, load_config, resolve
 from simulator.hardware import device_memory, hardware_for
-from simulator.memory import layers_per_virtual_stage, layout_memory, uses_flash
+from simulator.memory import layout_memory, stage_layers, uses_flash
 from simulator.network import transfer_time
 from simulator.parallel_3d import step_lower_bound
 from simulator.plan_report import EXPLAIN_DIMENSIONS, explain, format_plan, objective
@@ -247,7 +247,7 @@ def plan(cfg, top: int = 5, stats: dict | None = None, progress=None) -> list:
         except ConfigError:
             invalid += 1
             continue
-        layers = layers_per_virtual_stage(c.model.n_layers, c.parallel.pp * c.parallel.vpp)
+        layers = stage_layers(c)
         mem, _ = layout_memory(c, layers, c.grad_accum_steps)
         if mem["total"] > capacity:
             excluded.append((mem["total"] - capacity, cand))

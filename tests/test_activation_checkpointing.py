@@ -4,10 +4,10 @@ simulator's activation model (simulator.workload.activation_bytes_per_layer)."""
 import pytest
 import torch
 
-from llama_course.activation_checkpointing import measure_saved_bytes
-from llama_course.distributed import Context
+from llama_course.core.distributed import Context
+from llama_course.core.model import build_model
 from llama_course.engine import Engine, cross_entropy
-from llama_course.model import build_model
+from llama_course.parallel.activation_checkpointing import measure_saved_bytes
 from simulator.config import load_config
 from simulator.workload import activation_bytes_per_layer
 

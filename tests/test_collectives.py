@@ -1,4 +1,4 @@
-"""Collectives on send/recv (llama_course/collectives.py) against torch.distributed's own, on gloo."""
+"""Collectives on send/recv (llama_course/parallel/collectives.py) against torch.distributed's own, on gloo."""
 
 import os
 import sys
@@ -9,8 +9,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import workers_collectives  # noqa: E402
 
-from llama_course import collectives as C  # noqa: E402
-from llama_course.testing import spawn  # noqa: E402
+from llama_course.core.testing import spawn  # noqa: E402
+from llama_course.parallel import collectives as C  # noqa: E402
 
 
 def test_chunk_sizes_cover_and_balance():

@@ -1,4 +1,4 @@
-"""Gradient compression (llama_course/communication_compression.py): accuracy, error feedback, bytes."""
+"""Gradient compression (llama_course/parallel/communication_compression.py): accuracy, error feedback, bytes."""
 
 import os
 import sys
@@ -9,8 +9,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import workers_communication_compression as W  # noqa: E402
 
-from llama_course.communication_compression import build_compressor  # noqa: E402
-from llama_course.testing import spawn  # noqa: E402
+from llama_course.core.testing import spawn  # noqa: E402
+from llama_course.parallel.communication_compression import build_compressor  # noqa: E402
 from simulator.config import ConfigError, load_config  # noqa: E402
 
 N = 32 * 16 + 16 + 24 * 8

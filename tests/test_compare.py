@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from llama_course.compare import _merge, _minus, measured_components
+from llama_course.commands.compare import _merge, _minus, measured_components
 
 
 def test_interval_arithmetic():
@@ -52,7 +52,7 @@ def test_compare_json_contract(tmp_path):
 
 def test_bench_fit_recovers_a_known_machine():
     """fit_compute on times the simulator itself produced with known numbers gives those numbers back."""
-    from llama_course.bench import MODEL_POINTS, _predicted_forward_backward, fit_compute
+    from llama_course.commands.bench import MODEL_POINTS, _predicted_forward_backward, fit_compute
     from simulator.hardware import Hardware
 
     truth = Hardware(name="cpu", peak_flops={"fp32": 140e9, "fp16": 140e9, "bf16": 140e9}, memory_bytes=1e9,
@@ -77,7 +77,7 @@ def test_bench_fit_recovers_a_known_machine():
 def test_bench_measures_on_processes_started_as_training_starts_them():
     """`bench` runs its multi-process measurements under torchrun on loopback (as `train` does): the
     4-process ring all-reduce costs ~2x more in processes started by multiprocessing instead."""
-    from llama_course.bench import launched
+    from llama_course.commands.bench import launched
 
     times = launched("sharing_worker", 2, 4)
     assert len(times) == 2 and all(0 < t < 5 for t in times)
@@ -88,7 +88,7 @@ def test_bench_measures_on_processes_started_as_training_starts_them():
 def test_bench_times_a_parameter_server_round_trip_over_rpc():
     """Two workers push to a server over torch RPC (as the course's parameter server sets it up) and are
     answered once both pushed: seconds per round trip against bytes, on the first worker."""
-    from llama_course.bench import RPC_SIZES, launched
+    from llama_course.commands.bench import RPC_SIZES, launched
 
     curves = launched("rpc_worker", 3, True)
     assert [b for b, _ in curves[0]] == list(RPC_SIZES) and curves[2] == []

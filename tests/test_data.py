@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llama_course import data
-from llama_course.data import (
+from llama_course.core import data
+from llama_course.core.data import (
     BatchSampler,
     builtin_documents,
     get_batch,
@@ -55,7 +55,7 @@ def test_builtin_corpus_is_real_english_and_fixed():
 
 
 def test_builtin_corpus_does_not_depend_on_hash_seed():
-    code = "from llama_course.data import builtin_documents, fingerprint; print(fingerprint(builtin_documents()))"
+    code = "from llama_course.core.data import builtin_documents, fingerprint; print(fingerprint(builtin_documents()))"
     for seed in ("1", "2"):
         out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
                              capture_output=True, text=True, check=True).stdout.strip()

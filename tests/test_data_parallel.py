@@ -1,4 +1,4 @@
-"""Data parallelism (llama_course/data_parallel.py): every implementation equals dp = 1; memory per stage.
+"""Data parallelism (llama_course/parallel/data_parallel.py): every implementation equals dp = 1; memory per stage.
 
 One spawn of 2 ranks runs every implementation in sequence (and the edge cases: tied embeddings, frozen
 parameters, a parameter unused in some steps; LAMB/LARS over ZeRO pieces); one spawn of 4 ranks runs the
@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import workers_data_parallel as W  # noqa: E402
 
-from llama_course.testing import spawn  # noqa: E402
+from llama_course.core.testing import spawn  # noqa: E402
 from simulator.workload import count_params, state_bytes  # noqa: E402
 
 RTOL = 1e-5

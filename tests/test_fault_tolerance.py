@@ -13,10 +13,10 @@ import sys
 import pytest
 import torch
 
-from llama_course import checkpoint as ckpt
+from llama_course.coordination.fault_tolerance import read_metrics, supervise
+from llama_course.core import checkpoint as ckpt
+from llama_course.core.testing import spawn
 from llama_course.engine import ENGINES, NonFiniteError, engine_name
-from llama_course.fault_tolerance import read_metrics, supervise
-from llama_course.testing import spawn
 from llama_course.trainer import run_worker
 from simulator.config import load_config
 
@@ -120,9 +120,9 @@ def test_nonfinite_steps_are_skipped_or_stop_and_never_reach_a_checkpoint(tmp_pa
 
 
 def test_a_nonfinite_state_is_not_written(tmp_path):
-    from llama_course.distributed import Context
+    from llama_course.core.distributed import Context
+    from llama_course.core.model import build_model
     from llama_course.engine import Engine
-    from llama_course.model import build_model
 
     cfg = load_config(TINY, ONE)
     engine = Engine(cfg, Context(), build_model(cfg))
@@ -208,7 +208,7 @@ def test_stores_listen_on_loopback_only():
 
     import torch.distributed as dist
 
-    from llama_course.fault_tolerance_comm import loopback_store
+    from llama_course.coordination.fault_tolerance_comm import loopback_store
 
     store, sock = loopback_store()
     assert _listening(sock.getsockname()[1]) == {"0100007F"}             # 127.0.0.1
@@ -225,7 +225,7 @@ def test_torchft_oracle_equals_course_per_step_ft_and_its_survivor_never_restart
     in every step (2 replicas for steps 1-4, the survivor alone from step 5) and ends with the same
     weights; steps 1-4 equal one process on the whole batch to rel 1e-5 (float reordering)."""
     pytest.importorskip("torchft", reason="MISSING: pip install torchft==0.2.0 (Linux x86_64 wheels only)")
-    from llama_course import fault_tolerance_torchft as tft
+    from llama_course.coordination import fault_tolerance_torchft as tft
 
     over = ["parallel.global_batch_size=8", "parallel.micro_batch_size=2", "seq_len=64", "training.steps=10",
             "training.eval_every=0", "faults.kill=[{rank: 1, step: 5}]"]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from llama_course.gpu_check import calibrate_profile, preset_of
+from llama_course.commands.gpu_check import calibrate_profile, preset_of
 from simulator.config import load_config
 from simulator.hardware import gpu_preset
 from simulator.simulate import simulate

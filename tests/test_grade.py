@@ -1,4 +1,4 @@
-"""The grading framework: llama_course/grade.py, tests/conftest.py's opt-in, the exercise modules, the handout."""
+"""The grading framework: llama_course/commands/grade.py, tests/conftest.py's opt-in, the exercise modules, the handout."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from llama_course import grade
-from llama_course.quiz import CONCEPTS
+from llama_course.commands import grade
+from llama_course.commands.quiz import CONCEPTS
 
 ROOT = Path(__file__).resolve().parents[1]
 STUBS = sorted(p for p in (ROOT / "labs" / "exercises").glob("*.py") if p.name != "__init__.py")

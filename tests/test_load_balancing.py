@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from llama_course.load_balancing import padded_tokens, shard_documents, skew_report
+from llama_course.coordination.load_balancing import padded_tokens, shard_documents, skew_report
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -37,7 +37,7 @@ def test_skew_report_orders_the_methods():
 def test_policies_on_four_ranks():
     import workers_parameter_server as w
 
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
     from llama_course.trainer import run_worker
     from simulator.config import load_config
 

@@ -14,13 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llama_course import checkpoint as ckpt
-from llama_course import quantization as Q
-from llama_course.cli import main
-from llama_course.distillation import distillation_loss
-from llama_course.model import Transformer
-from llama_course.model_compression import build_model, compress, count_weights, parse_options
-from llama_course.pruning import (
+from llama_course.commands.cli import main
+from llama_course.compression.distillation import distillation_loss
+from llama_course.compression.model_compression import compress, count_weights, parse_options
+from llama_course.compression.pruning import (
     apply_masks,
     block_sparsity,
     forward_flops_per_token,
@@ -30,6 +27,9 @@ from llama_course.pruning import (
     structured_masks,
     structured_plan,
 )
+from llama_course.core import checkpoint as ckpt
+from llama_course.core import quantization as Q
+from llama_course.core.model import Transformer, model_from_state
 from simulator.config import ConfigError, load_config
 from simulator.workload import forward_flops_per_token as workload_flops
 
@@ -142,7 +142,7 @@ def test_structured_pruning_shrinks_matmuls_and_equals_the_masked_dense_model(mo
         removed_per_layer += 2 * 2 * d * 2 * hd
     assert forward_flops_per_token(model, 32) == forward_flops_per_token(full, 32) - 4 * removed_per_layer
     # the checkpoint's tensors alone rebuild the pruned model
-    rebuilt = build_model(cfg, model.state_dict())
+    rebuilt = model_from_state(cfg, model.state_dict())
     rebuilt.load_state_dict(model.state_dict())
     assert torch.allclose(rebuilt(x), model(x))
 
@@ -205,9 +205,9 @@ def test_bad_input_exits_2_with_one_line(trained, capsys):
 
 def measure(path):
     """What `eval --json` reports, with the loss on two validation batches only (the test's time budget)."""
-    from llama_course.checkpoint import load_model
-    from llama_course.evaluate import evaluate_model, tensor_bytes
-    from llama_course.pruning import block_sparsity, forward_flops_per_token
+    from llama_course.compression.pruning import block_sparsity, forward_flops_per_token
+    from llama_course.core.checkpoint import load_model
+    from llama_course.core.evaluate import evaluate_model, tensor_bytes
 
     model, cfg, _ = load_model(str(path))
     folder = ckpt.resolve_path(str(path))
@@ -218,7 +218,7 @@ def measure(path):
 
 
 def test_compress_eval_generate_train_round_trip(trained, capsys):
-    from llama_course.evaluate import evaluate_checkpoint
+    from llama_course.commands.eval import evaluate_checkpoint
     from llama_course.trainer import run_worker
 
     teacher = evaluate_checkpoint(str(trained / "teacher"))
@@ -258,7 +258,7 @@ def test_compress_eval_generate_train_round_trip(trained, capsys):
 
 
 def test_prune_then_quantize_and_never_quantize_twice(trained):
-    from llama_course.checkpoint import load_model
+    from llama_course.core.checkpoint import load_model
 
     quiet = dict(log=lambda m: None)
     compress(str(trained / "teacher"), "prune", str(trained / "s"), ["sparsity=0.5", "structured=true"], **quiet)

@@ -1,11 +1,11 @@
-"""The course's optimizers (llama_course/optimizers.py) against torch.optim and closed forms."""
+"""The course's optimizers (llama_course/core/optimizers.py) against torch.optim and closed forms."""
 
 import copy
 
 import torch
 
-from llama_course import optimizers as O
-from llama_course.model import build_model
+from llama_course.core import optimizers as O
+from llama_course.core.model import build_model
 from simulator.config import load_config
 
 
@@ -31,7 +31,7 @@ def test_adamw_and_sgd_match_torch_optim():
         ours, theirs = build_model(cfg), build_model(cfg)
         opt = _run(cfg, ours)
         ref = _run(_cfg(name, "torch"), theirs)
-        assert type(opt).__module__ == "llama_course.optimizers" and type(ref).__module__.startswith("torch.optim")
+        assert type(opt).__module__ == "llama_course.core.optimizers" and type(ref).__module__.startswith("torch.optim")
         moved = 0.0
         for (n, a), b, c in zip(ours.named_parameters(), theirs.parameters(), build_model(cfg).parameters()):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=f"{name} {n}")

@@ -11,8 +11,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import workers_model_parallel as workers  # noqa: E402
 from test_tensor_parallel import assert_matches_single_process  # noqa: E402
 
+from llama_course.core.testing import spawn  # noqa: E402
 from llama_course.engine import engine_name  # noqa: E402
-from llama_course.testing import spawn  # noqa: E402
 
 FOUR = {"cluster.num_gpus": 4}
 CASES_4 = [

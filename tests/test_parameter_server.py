@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llama_course.parameter_server import HeartbeatMonitor, lock_free_cost
+from llama_course.coordination.parameter_server import HeartbeatMonitor, lock_free_cost
 from simulator.parameter_server import assign_shards, shard_loads
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -80,7 +80,7 @@ def test_bsp_parameter_server_matches_data_parallel():
     (Hogwild): both learn; only the lock-free run can hand out torn (mixed-version) pulls."""
     import workers_parameter_server as w
 
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
 
     ps = {**TINY, "parallel": {**TINY["parallel"], "strategy": "parameter_server", "dp": 2, "num_servers": 2}}
     # lr 0.1: at 0.3 stale ASP updates made the loss jump (6.2 -> 6.6) and a CI run ended above its start
@@ -115,7 +115,7 @@ def test_a_killed_worker_is_declared_dead_and_the_run_finishes_without_it(sync):
 
     import workers_parameter_server as w
 
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
 
     ps = {**TINY, "training": {**TINY["training"], "steps": 8},
           "parallel": {**TINY["parallel"], "strategy": "parameter_server", "dp": 2, "num_servers": 1}}

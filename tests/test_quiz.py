@@ -1,4 +1,4 @@
-"""The interview bank (llama_course/interview/bank.yaml) and the quiz (llama_course/quiz.py).
+"""The interview bank (llama_course/interview/bank.yaml) and the quiz (llama_course/commands/quiz.py).
 
 The bank must answer each of the article's 30 questions exactly once, in both languages, with links that
 follow the concept names; every quiz variant's answer is checked against a closed form written here again,
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_course import quiz
+from llama_course.commands import quiz
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCEPTS = [

@@ -3,7 +3,7 @@ Distributed runs: ASP in tests/test_parameter_server.py, local SGD / DiLoCo in t
 
 from __future__ import annotations
 
-from llama_course.sync_async import Clocks, converged, staleness_summary, summarise
+from llama_course.coordination.sync_async import Clocks, converged, staleness_summary, summarise
 
 
 def test_ssp_clocks_block_the_fast_worker():

@@ -11,8 +11,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import workers_model_parallel as workers  # noqa: E402
 
-from llama_course.tensor_parallel import shard_dim  # noqa: E402
-from llama_course.testing import spawn  # noqa: E402
+from llama_course.core.testing import spawn  # noqa: E402
+from llama_course.parallel.tensor_parallel import shard_dim  # noqa: E402
 from simulator.config import ConfigError  # noqa: E402
 
 CASES = [

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llama_course.tokenizer import EOT, PATTERN, BPETokenizer
+from llama_course.core.tokenizer import EOT, PATTERN, BPETokenizer
 
 SAMPLE = [
     "The quick brown fox jumps over the lazy dog. The dog doesn't mind; the fox is quick.",

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from llama_course import checkpoint as ckpt
+from llama_course.core import checkpoint as ckpt
 from llama_course.trainer import lr_at, run_worker
 from simulator.config import load_config
 

@@ -1,11 +1,11 @@
-"""Spawned workers for tests/test_collectives.py (importable by name, as llama_course.testing.spawn needs)."""
+"""Spawned workers for tests/test_collectives.py (importable by name, as llama_course.core.testing.spawn needs)."""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
-from llama_course import collectives as C
+from llama_course.parallel import collectives as C
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.int32, torch.int64]
 SIZES = [1, 7, 33, 1001, 4099]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from llama_course import collectives as C
-from llama_course import communication_compression as CC
+from llama_course.parallel import collectives as C
+from llama_course.parallel import communication_compression as CC
 
 
 def _grads(rank, step, shapes):

@@ -11,10 +11,10 @@ import copy
 import torch
 from torch import nn
 
-from llama_course.data import BatchSampler, get_batch, load_tokens, pack
-from llama_course.distributed import Context, init_distributed
+from llama_course.core.data import BatchSampler, get_batch, load_tokens, pack
+from llama_course.core.distributed import Context, init_distributed
+from llama_course.core.model import build_model
 from llama_course.engine import Engine, build_engine
-from llama_course.model import build_model
 from simulator.config import load_config
 
 STEPS = 3

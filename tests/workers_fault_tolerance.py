@@ -1,4 +1,4 @@
-"""Worker functions for tests/test_fault_tolerance.py (importable by name for llama_course.testing.spawn)."""
+"""Worker functions for tests/test_fault_tolerance.py (importable by name for llama_course.core.testing.spawn)."""
 
 import time
 from datetime import timedelta
@@ -9,8 +9,8 @@ import torch.distributed as dist
 
 def hung_peer(rank, world_size):
     """Both ranks pass step 1; at step 2 rank 1 hangs (never joins), rank 0's all-reduce times out."""
-    from llama_course.distributed import Context
-    from llama_course.fault_tolerance import FailureDetector
+    from llama_course.coordination.fault_tolerance import FailureDetector
+    from llama_course.core.distributed import Context
 
     ctx = Context(rank=rank, world_size=world_size)
     group = dist.new_group(timeout=timedelta(seconds=2))

@@ -1,4 +1,4 @@
-"""Workers for the model-parallel tests (spawned by llama_course.testing.spawn; importable by name).
+"""Workers for the model-parallel tests (spawned by llama_course.core.testing.spawn; importable by name).
 
 Every case trains the same tiny model on the same random global batches for a few steps, once in this
 process as a single replica (the oracle) and once on the layout under test, and returns both runs' losses,
@@ -62,9 +62,9 @@ def reference(cfg, steps: int) -> dict:
     """The single-process run: losses per step, grad norm and gradients of step 1 (cached per model/batch)."""
     import dataclasses
 
-    from llama_course.distributed import Context
+    from llama_course.core.distributed import Context
+    from llama_course.core.model import build_model
     from llama_course.engine import Engine
-    from llama_course.model import build_model
 
     single = dataclasses.replace(cfg, parallel=dataclasses.replace(cfg.parallel, dp=1, tp=1, pp=1, vpp=1,
                                                                   sequence_parallel=False,
@@ -91,9 +91,9 @@ def run_layout(overrides: dict, steps: int = 2) -> dict | None:
     """Train the layout; rank 0 returns its losses, step-1 grad norm and full gradients (+ the oracle's)."""
     import torch.distributed as dist
 
-    from llama_course.distributed import init_distributed
+    from llama_course.core.distributed import init_distributed
+    from llama_course.core.model import build_model
     from llama_course.engine import build_engine
-    from llama_course.model import build_model
 
     cfg = make_config(overrides)
     p = cfg.parallel
@@ -131,10 +131,10 @@ def pipeline_trace(overrides: dict, compute_delay: tuple = (0.0, 0.0)) -> list:
     """One traced step of a pipeline layout; every rank's events gathered on rank 0."""
     import torch.distributed as dist
 
-    from llama_course.distributed import init_distributed
+    from llama_course.core.distributed import init_distributed
+    from llama_course.core.model import build_model
+    from llama_course.core.profiling import Tracer
     from llama_course.engine import build_engine
-    from llama_course.model import build_model
-    from llama_course.profiling import Tracer
 
     cfg = make_config(overrides)
     p = cfg.parallel

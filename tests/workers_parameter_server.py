@@ -29,7 +29,7 @@ def run_configs(rank, world, cfg_dicts, overrides_list):
 def run_with_a_death(rank, world, cfg_dict, overrides):
     """One run in which a worker is SIGKILLed (faults.kill); a server returns who it declared dead and how
     long after that worker's last heartbeat it did so."""
-    from llama_course import parameter_server as ps
+    from llama_course.coordination import parameter_server as ps
     from llama_course.trainer import run_worker
     from simulator.config import load_config
 

@@ -9,7 +9,7 @@ Replace each `raise NotImplementedError(...)` with your code, then grade yoursel
     llama-course grade --only collectives          # or: pytest tests/exercises/test_collectives.py
 
 The docs page docs/concepts/collectives.md has the theory; `simulator/collectives.py` and
-`llama_course/collectives.py` use the same formulas.
+`llama_course/parallel/collectives.py` use the same formulas.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A data-parallel step all-reduces every gradient element; a ring sends 2 (N-1)/N 
 Compression sends fewer: 16-bit casts (2x), top-k sparsification with error feedback (Seide et al. 2014,
 Stich et al. 2018), low-rank PowerSGD (Vogels et al. 2019). The lab (labs/11_communication_compression.ipynb)
 predicts the time saved with the simulator and trains the tiny model with each method
-(llama_course/communication_compression.py); here you derive the bytes and write the compressors.
+(llama_course/parallel/communication_compression.py); here you derive the bytes and write the compressors.
 
 Replace each `raise NotImplementedError(...)` with your code, then grade yourself:
 

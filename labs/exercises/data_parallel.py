@@ -3,7 +3,7 @@
 N ranks each hold the whole model (or, with ZeRO, a 1/N shard of part of its state), train on G/N of the
 global batch, and average gradients so every rank applies the update one process would apply to all G
 sequences. The lab (labs/03_data_parallel.ipynb) predicts memory and step time with the simulator and
-trains the tiny model with the course's engines (llama_course/data_parallel.py); here you derive the
+trains the tiny model with the course's engines (llama_course/parallel/data_parallel.py); here you derive the
 numbers and write the heart of ZeRO yourself.
 
 Replace each `raise NotImplementedError(...)` with your code, then grade yourself:
@@ -68,7 +68,7 @@ def zero2_sgd_step(param, grad, momentum_shard, lr: float, momentum: float = 0.9
     2. update its shard: m = momentum x m + g; shard -= lr x m (PyTorch's SGD with momentum, dampening 0);
     3. all-gather the updated shards so every rank holds the new full `param` (in place).
 
-    `torch.distributed` collectives (or `llama_course.collectives`) are allowed. The graded test runs 3
+    `torch.distributed` collectives (or `llama_course.parallel.collectives`) are allowed. The graded test runs 3
     steps on 2 gloo ranks and holds `param` to a single process running torch.optim.SGD on the mean
     gradient, and checks each rank's momentum is its shard's.
     """

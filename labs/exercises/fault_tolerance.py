@@ -9,7 +9,7 @@ Replace each `raise NotImplementedError(...)` with your code, then grade yoursel
 
     llama-course grade --only fault_tolerance      # or: pytest tests/exercises/test_fault_tolerance.py
 
-Theory: docs/concepts/fault_tolerance.md; runtime: llama_course/checkpoint.py and fault_tolerance.py;
+Theory: docs/concepts/fault_tolerance.md; runtime: llama_course/core/checkpoint.py and fault_tolerance.py;
 cost model: simulator/fault_tolerance.py.
 """
 

@@ -10,7 +10,7 @@ Replace each `raise NotImplementedError(...)` with your code, then grade yoursel
 
     llama-course grade --only llama_basics      # or: pytest tests/exercises/test_llama_basics.py
 
-`simulator/workload.py` and `llama_course/data.py` hold the course's own versions: read them after you try.
+`simulator/workload.py` and `llama_course/core/data.py` hold the course's own versions: read them after you try.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def throughput_metrics(step_time_s: float, global_batch_size: int, seq_len: int,
 
 
 def pack_documents(documents: list, seq_len: int, eot_id: int) -> list:
-    """Exercise 1.5: pack tokenized documents into training rows, as `llama_course.data` does.
+    """Exercise 1.5: pack tokenized documents into training rows, as `llama_course.core.data` does.
 
     Join the documents (lists of token ids) into one stream, each followed by `eot_id`; cut the stream into
     non-overlapping windows of seq_len + 1 tokens (inputs are row[:-1], targets row[1:]); drop the tail

@@ -9,7 +9,7 @@ Replace each `raise NotImplementedError(...)` with your code, then grade yoursel
 
     llama-course grade --only load_balancing      # or: pytest tests/exercises/test_load_balancing.py
 
-Theory: docs/concepts/load_balancing.md; runtime: llama_course/load_balancing.py; cost model:
+Theory: docs/concepts/load_balancing.md; runtime: llama_course/coordination/load_balancing.py; cost model:
 simulator/load_balancing.py.
 """
 

@@ -9,7 +9,7 @@ Replace each `raise NotImplementedError(...)` with your code, then grade yoursel
 
     llama-course grade --only model_compression      # or: pytest tests/exercises/test_model_compression.py
 
-Theory: docs/concepts/model_compression.md; runtime: llama_course/quantization.py, pruning.py,
+Theory: docs/concepts/model_compression.md; runtime: llama_course/core/quantization.py, pruning.py,
 distillation.py (`llama-course compress`); cost model: simulator/model_compression.py.
 """
 

@@ -12,7 +12,7 @@ Replace each `raise NotImplementedError(...)` with your code, then grade yoursel
 
     llama-course grade --only parallel_3d            # or: pytest tests/exercises/test_parallel_3d.py
 
-Theory: docs/concepts/parallel_3d.md; the runtime is llama_course/distributed.py and parallel_3d.py; the
+Theory: docs/concepts/parallel_3d.md; the runtime is llama_course/core/distributed.py and parallel_3d.py; the
 planner that searches layouts is simulator/plan.py (`llama-course plan`).
 """
 

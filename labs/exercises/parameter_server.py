@@ -10,7 +10,7 @@ Replace each `raise NotImplementedError(...)` with your code, then grade yoursel
 
     llama-course grade --only parameter_server      # or: pytest tests/exercises/test_parameter_server.py
 
-Theory: docs/concepts/parameter_server.md; the runtime: llama_course/parameter_server.py; the cost model:
+Theory: docs/concepts/parameter_server.md; the runtime: llama_course/coordination/parameter_server.py; the cost model:
 simulator/parameter_server.py.
 """
 

@@ -11,7 +11,7 @@ Replace each `raise NotImplementedError(...)` with your code, then grade yoursel
 
     llama-course grade --only pipeline_parallel      # or: pytest tests/exercises/test_pipeline_parallel.py
 
-Theory: docs/concepts/pipeline_parallel.md. The runtime (llama_course/pipeline_parallel.py) and the
+Theory: docs/concepts/pipeline_parallel.md. The runtime (llama_course/parallel/pipeline_parallel.py) and the
 simulator (simulator/pipeline_parallel.py) run the same task orders.
 """
 

@@ -2,9 +2,9 @@
 
 A Chrome trace (trace-event JSON) holds one complete event per span: {"name", "ph": "X", "pid": rank,
 "tid": stream, "ts": start in microseconds, "dur": microseconds}. The course's runtime
-(llama_course/profiling.py) and simulator (simulator/trace.py) write the same format with the same names,
+(llama_course/core/profiling.py) and simulator (simulator/trace.py) write the same format with the same names,
 so a measured and a simulated step open side by side in ui.perfetto.dev, and `llama-course compare
---trace-dir` diffs them (llama_course/compare.py). The lab (labs/14_profiling.ipynb) does this for the
+--trace-dir` diffs them (llama_course/commands/compare.py). The lab (labs/14_profiling.ipynb) does this for the
 tiny model; here you write the analysis.
 
 Replace each `raise NotImplementedError(...)` with your code, then grade yourself:

@@ -4,13 +4,13 @@ stores, and the vocabulary-parallel cross-entropy on real processes.
 A block on t ranks: the first matmul of each pair is column-parallel (rank r keeps output features
 [r out/t, (r+1) out/t)), the second row-parallel (rank r keeps the matching input features and produces a
 partial sum); one all-reduce adds the partial sums. f (forward identity, backward all-reduce) and g (forward
-all-reduce, backward identity) wrap each pair: llama_course/tensor_parallel_comm.py.
+all-reduce, backward identity) wrap each pair: llama_course/parallel/tensor_parallel_comm.py.
 
 Replace each `raise NotImplementedError(...)` with your code, then grade yourself:
 
     llama-course grade --only tensor_parallel        # or: pytest tests/exercises/test_tensor_parallel.py
 
-Theory: docs/concepts/tensor_parallel.md; the runtime is llama_course/tensor_parallel.py.
+Theory: docs/concepts/tensor_parallel.md; the runtime is llama_course/parallel/tensor_parallel.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Runs on each gloo rank of the graded test of exercise 2.6 (tests/exercises/test_collectives.py).
 
-Importable by name so `llama_course.testing.spawn` can start it; loads the exercise module named by the
+Importable by name so `llama_course.core.testing.spawn` can start it; loads the exercise module named by the
 test (labs.exercises.collectives or solutions.collectives) and checks it against torch.distributed.
 """
 

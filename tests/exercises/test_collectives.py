@@ -216,7 +216,7 @@ def p2p_results(exercise):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import exercise_workers_collectives as workers
 
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
 
     return spawn(workers.check_ring_all_reduce_p2p, 3, exercise.__name__, timeout=90)
 

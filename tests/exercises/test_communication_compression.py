@@ -117,7 +117,7 @@ def topk_runs(exercise):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import exercise_workers_communication_compression as workers
 
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
 
     return workers, spawn(workers.check_topk_all_reduce, 2, exercise.__name__, timeout=90)
 

@@ -106,7 +106,7 @@ def zero2(exercise):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import exercise_workers_data_parallel as workers
 
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
 
     return workers, spawn(workers.check_zero2, 2, exercise.__name__, timeout=90)
 

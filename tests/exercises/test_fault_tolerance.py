@@ -98,7 +98,7 @@ def sharded_results(exercise, tmp_path_factory):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import workers_fault_tolerance as workers
 
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
 
     root = str(tmp_path_factory.mktemp("sharded"))
     return spawn(workers.check_sharded_checkpoint, 2, exercise.__name__, root, timeout=90), root

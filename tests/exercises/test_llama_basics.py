@@ -28,7 +28,7 @@ def test_llama_params_published(exercise, shape, expected):
 @pytest.mark.points(2, exercise="1.1")
 @pytest.mark.parametrize("tie", [False, True])
 def test_llama_params_matches_the_torch_model(exercise, tie):
-    from llama_course.model import build_model
+    from llama_course.core.model import build_model
     from simulator.config import load_config
 
     cfg = load_config({"model": {"preset": "tiny", "tie_embeddings": tie}, "seq_len": 32})
@@ -134,7 +134,7 @@ def test_pack_documents_small(exercise):
 def test_pack_documents_matches_the_runtime(exercise):
     import numpy as np
 
-    from llama_course.data import pack
+    from llama_course.core.data import pack
 
     rng = random.Random(15)
     docs = [[rng.randrange(1, 500) for _ in range(rng.randrange(1, 90))] for _ in range(60)]
@@ -180,7 +180,7 @@ def test_global_mean_loss_weights_by_tokens(exercise):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import exercise_workers_llama_basics as workers
 
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
 
     results = spawn(workers.check_global_mean_loss, 2, exercise.__name__, timeout=90)
     every_token = workers.TOKENS[0] + workers.TOKENS[1]

@@ -134,7 +134,7 @@ def weighted_results(exercise):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import workers_load_balancing as workers
 
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
 
     return spawn(workers.check_weighted_gradient, 3, exercise.__name__, timeout=90)
 

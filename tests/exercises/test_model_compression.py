@@ -116,7 +116,7 @@ def gather_results(exercise):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import workers_model_compression as workers
 
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
 
     return spawn(workers.check_quantized_all_gather, 2, exercise.__name__, timeout=90)
 

@@ -103,7 +103,7 @@ LAYOUTS_4 = [(2, 2, 1), (1, 2, 2), (2, 1, 2), (1, 4, 1)]
 def group_members(impl):
     from workers_parallel_3d import groups_worker
 
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
 
     return spawn(groups_worker, 4, impl, LAYOUTS_4, timeout=120)
 

@@ -156,7 +156,7 @@ def ps_results(exercise):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import workers_parameter_server as workers
 
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
 
     return spawn(workers.check_ps_sgd_round, 3, exercise.__name__, timeout=90)
 

@@ -151,7 +151,7 @@ def test_partition_stages_heavy_head(exercise):
 def pipeline_run(impl):
     from workers_pipeline_parallel import pipeline_worker
 
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
 
     return spawn(pipeline_worker, 3, impl, 5, timeout=90)
 

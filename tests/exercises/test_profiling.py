@@ -141,7 +141,7 @@ def test_merge_rank_traces(exercise):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import exercise_workers_profiling as workers
 
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
 
     results = spawn(workers.check_merge, 3, exercise.__name__, timeout=90)
     start = min(workers.ORIGINS.values())

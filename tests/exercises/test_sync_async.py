@@ -102,7 +102,7 @@ def diloco_results(exercise):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import workers_sync_async as workers
 
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
 
     return spawn(workers.check_diloco_outer_step, 2, exercise.__name__, timeout=90)
 

@@ -99,7 +99,7 @@ def test_sequence_parallel_divides_everything(exercise):
 def vocab_ce(impl):
     from workers_tensor_parallel import vocab_ce_worker
 
-    from llama_course.testing import spawn
+    from llama_course.core.testing import spawn
 
     return spawn(vocab_ce_worker, 2, impl, timeout=90)
 

@@ -1,4 +1,4 @@
-"""Worker for the graded 3-D parallelism exercise 6.5 (spawned by llama_course.testing.spawn).
+"""Worker for the graded 3-D parallelism exercise 6.5 (spawned by llama_course.core.testing.spawn).
 
 On 4 gloo ranks, for several (dp, tp, pp) grids, builds the student's groups and all-reduces a one-hot
 vector of this rank over each of them: the result is exactly the set of ranks in the group.

@@ -1,6 +1,6 @@
 """Runs on each gloo rank of the graded test of exercise 7.5 (tests/exercises/test_parameter_server.py).
 
-Importable by name so `llama_course.testing.spawn` can start it; loads the exercise module named by the
+Importable by name so `llama_course.core.testing.spawn` can start it; loads the exercise module named by the
 test and checks `ps_sgd_round` against SGD on the mean gradient computed here, in every process.
 """
 

@@ -1,4 +1,4 @@
-"""Worker for the graded pipeline exercise 5.5 (spawned by llama_course.testing.spawn; importable by name).
+"""Worker for the graded pipeline exercise 5.5 (spawned by llama_course.core.testing.spawn; importable by name).
 
 Each rank builds the same little model (one Linear + tanh per stage), keeps its own stage, runs the
 student's `pipeline_step` on the gloo group, and compares its stage's gradients with a single-process

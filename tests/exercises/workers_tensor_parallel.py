@@ -1,4 +1,4 @@
-"""Worker for the graded tensor-parallel exercise 4.5 (spawned by llama_course.testing.spawn).
+"""Worker for the graded tensor-parallel exercise 4.5 (spawned by llama_course.core.testing.spawn).
 
 Every rank draws the same full logits and targets, keeps its vocabulary shard, and calls the student's
 `vocab_parallel_cross_entropy` with the collectives that would gather logits disabled; the oracle is

@@ -2,8 +2,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator.config import load_config
-from simulator.memory import layers_per_virtual_stage, layout_memory, rank_memory, virtual_stage_params
+from simulator.config import ConfigError, load_config
+from simulator.memory import (
+    layers_per_virtual_stage,
+    layout_memory,
+    rank_memory,
+    stage_layers,
+    virtual_stage_params,
+)
 from simulator.workload import count_params, layer_params
 
 
@@ -55,18 +61,22 @@ def test_zero3_holds_gather_buffers():
 
 @settings(max_examples=40, deadline=None)
 @given(st.sampled_from(["gpipe", "1f1b", "interleaved_1f1b"]), st.integers(2, 12), st.integers(1, 4),
-       st.integers(1, 6), st.booleans())
-def test_the_fullest_rank_is_among_the_three_checked(schedule, pp, vpp, m_per_pp, uneven):
-    """layout_memory looks at ranks 0, 1 and p - 1 only; walking every rank finds nothing fuller."""
+       st.integers(1, 6), st.integers(0, 5), st.sampled_from([None, 1, 2]), st.sampled_from([None, 1, 2]))
+def test_the_fullest_rank_is_among_the_three_checked(schedule, pp, vpp, m_per_pp, extra, first, last):
+    """layout_memory looks at ranks 0, 1 and p - 1 only; walking every rank finds nothing fuller (uneven
+    splits, first/last stage layer counts and interleaving included)."""
     if schedule != "interleaved_1f1b":
         vpp = 1
     elif vpp == 1:
         vpp = 2
-    n_layers = pp * vpp * 3 + (1 if uneven and schedule != "interleaved_1f1b" else 0)
+    n_layers = pp * vpp * 3 + extra
     n_micro = pp * m_per_pp
-    cfg = load_config({"model": {"preset": "gpt-1.7b", "n_layers": n_layers}, "seq_len": 512,
-                       "parallel": {"pp": pp, "vpp": vpp, "schedule": schedule, "dp": 1,
-                                    "global_batch_size": n_micro}})
-    layers = layers_per_virtual_stage(n_layers, pp * vpp)
+    par = {"pp": pp, "vpp": vpp, "schedule": schedule, "dp": 1, "global_batch_size": n_micro,
+           "first_stage_layers": first, "last_stage_layers": last}
+    try:
+        cfg = load_config({"model": {"preset": "gpt-1.7b", "n_layers": n_layers}, "seq_len": 512, "parallel": par})
+    except ConfigError:
+        return                                   # a split the schema refuses
+    layers = stage_layers(cfg)
     mem, _ = layout_memory(cfg, layers, n_micro)
     assert mem["total"] == max(rank_memory(cfg, r, layers, n_micro)["total"] for r in range(pp))

@@ -81,7 +81,7 @@ def test_what_a_4bit_llama2_70b_needs():
     ("model.structured_sparsity=1.0", "model.structured_sparsity: 1.0 must be in [0, 1)"),
 ])
 def test_bad_fields_are_one_line_errors(override, message, capsys):
-    from llama_course.cli import main
+    from llama_course.commands.cli import main
 
     overrides = [override] + (["model.weight_bits=4"] if "group" in override else [])
     with pytest.raises(ConfigError, match="^" + message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):

@@ -1,0 +1,224 @@
+"""`llama-course compare CONFIG [--json] [--trace-dir DIR]`: predict a run, then run it, and report the error.
+
+    llama-course compare configs/tiny.yaml
+    llama-course compare configs/tiny.yaml --set parallel.pp=2 --set parallel.dp=1 --trace-dir runs/pp2
+
+The simulator predicts one step of the config (on this machine's `cpu` profile when no GPU is here); the
+runtime trains it with `--trace`, and the measured step is the median step time of the run's second half.
+Components are compared where the runtime can time them: compute (forward + backward spans), exposed
+communication (comm spans that no compute overlapped, per rank, averaged), bubble (idle spans of
+pipeline schedules) and optimizer. relative_error = (predicted - measured) / measured.
+Both Chrome traces are written side by side (predicted.json, measured.json): open them in Perfetto.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+
+COMPONENTS = ("compute", "exposed_comm", "bubble", "optimizer")
+COMPUTE_NAMES = ("forward", "backward", "recompute")
+OPTIMIZER_NAMES = ("optimizer", "grad_norm")
+"""Measured spans that make up the simulator's `optimizer` component (which includes the gradient norm)."""
+
+
+def _merge(intervals: list) -> list:
+    out = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
+
+
+def _length(intervals: list) -> float:
+    return sum(b - a for a, b in intervals)
+
+
+def _minus(intervals: list, cover: list) -> float:
+    """Length of `intervals` not covered by `cover` (both merged, microseconds)."""
+    total, j = 0.0, 0
+    for a, b in intervals:
+        cur = a
+        while j < len(cover) and cover[j][1] <= cur:
+            j += 1
+        k = j
+        while k < len(cover) and cover[k][0] < b:
+            if cover[k][0] > cur:
+                total += cover[k][0] - cur
+            cur = max(cur, cover[k][1])
+            k += 1
+        if cur < b:
+            total += b - cur
+    return total
+
+
+def _spans(events: list, keep) -> list:
+    return _merge([(e["ts"], e["ts"] + e["dur"]) for e in events if keep(e)])
+
+
+def measured_components(trace_path: str, steps: int) -> dict:
+    """Seconds per step of each component, averaged over ranks, from a measured Chrome trace."""
+    with open(trace_path) as f:
+        events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
+    ranks = sorted({e["pid"] for e in events})
+    if not ranks:
+        return {}
+    sums = {c: 0.0 for c in COMPONENTS}
+    for rank in ranks:
+        mine = [e for e in events if e["pid"] == rank]
+        compute = _spans(mine, lambda e: e["tid"] == "compute" and e["name"] != "optimizer")
+        comm = _spans(mine, lambda e: e["tid"] == "comm")
+        sums["compute"] += _length(compute)
+        sums["exposed_comm"] += _minus(comm, compute)
+        sums["bubble"] += _length(_spans(mine, lambda e: e["tid"] == "bubble"))
+        sums["optimizer"] += _length(_spans(mine, lambda e: e["name"] in OPTIMIZER_NAMES))
+    return {c: v / len(ranks) / steps / 1e6 for c, v in sums.items()}
+
+
+def compare(config, overrides=(), trace_dir: str | None = None, steps: int | None = None, quiet: bool = True,
+            calibrate: bool = False) -> dict:
+    """Simulate and train the same config; {"predicted", "measured", "relative_error", "config", ...}.
+
+    `calibrate` (cpu): time the machine's speed probe (`bench.speed_factor`) right before and right after
+    training and predict with the profile's compute scaled by their mean ("speed"), because a shared
+    machine's speed drifts by more than the model's error between a `bench` and a run. The prediction on
+    the profile as it is stays in "uncalibrated" (predicted, relative_error)."""
+    import torch
+
+    from llama_course.trainer import train
+    from simulator.config import load_config
+    from simulator.simulate import simulate
+
+    overrides = list(overrides)
+    if steps:
+        overrides.append(f"training.steps={steps}")
+    cfg = load_config(config, overrides)
+    notes = []
+    if cfg.cluster.gpu != "cpu" and not torch.cuda.is_available():
+        overrides.append("cluster.gpu=cpu")
+        notes.append(f"no GPU here: predicted on the measured cpu profile instead of {cfg.cluster.gpu}")
+        cfg = load_config(config, overrides)
+    calibrate = calibrate and cfg.cluster.gpu == "cpu"
+    trace_dir = trace_dir or tempfile.mkdtemp(prefix="llama-course-compare-")
+    os.makedirs(trace_dir, exist_ok=True)
+    predicted_trace = os.path.join(trace_dir, "predicted.json")
+    measured_trace = os.path.join(trace_dir, "measured.json")
+    probes = []
+    if calibrate:
+        from llama_course.commands.bench import speed_factor
+
+        probes.append(speed_factor())
+
+    # the components are read from the same steps as the step time: the second half of the run
+    traced = max(1, cfg.training.steps - cfg.training.steps // 2)
+    threads = torch.get_num_threads()
+    if cfg.cluster.gpu == "cpu" and cfg.world_size == 1:
+        torch.set_num_threads(1)        # as the cpu profile was measured, and as every launched rank runs
+    try:
+        with _env("LLAMA_COURSE_TRACE_STEPS", str(traced)):
+            records = train(config, overrides, metrics=os.path.join(trace_dir, "metrics.jsonl"), quiet=quiet,
+                            trace=measured_trace)
+    finally:
+        torch.set_num_threads(threads)
+    tail = records[len(records) // 2:] or records
+    measured = {"step_time_s": statistics.median(r["step_time_s"] for r in tail),
+                "tokens_per_s": statistics.median(r["tokens_per_s"] for r in tail)}
+    measured["breakdown_s"] = measured_components(measured_trace, traced)
+
+    speed = None
+    if calibrate:
+        probes.append(speed_factor())
+        speed = {"speed_factor": statistics.mean(x["speed_factor"] for x in probes),
+                 "probes": probes}
+        notes.append(f"calibrated: this machine computed at {1 / speed['speed_factor']:.2f}x its profile's "
+                     f"speed (probe before / after training: "
+                     + " / ".join(f"{x['measured_s'] * 1e3:.1f} ms" for x in probes)
+                     + f", profile {probes[0]['predicted_s'] * 1e3:.1f} ms)")
+    raw = simulate(cfg, trace_path=None if speed else predicted_trace)
+    pred = raw
+    if speed:
+        with scaled_profile(speed["speed_factor"]):
+            pred = simulate(cfg, trace_path=predicted_trace)
+
+    def summary(res):
+        return {"step_time_s": res["step_time_s"], "tokens_per_s": res["tokens_per_s"],
+                "breakdown_s": {c: res["breakdown_s"].get(c, 0.0) for c in COMPONENTS}}
+
+    def errors(predicted):
+        rel = {k: (predicted[k] - measured[k]) / measured[k] for k in ("step_time_s", "tokens_per_s")}
+        rel["breakdown_s"] = {c: (predicted["breakdown_s"][c] - m) / m if m > 1e-4 else None
+                              for c, m in measured["breakdown_s"].items()}
+        return rel
+
+    predicted = summary(pred)
+    out = {"predicted": predicted, "measured": measured, "relative_error": errors(predicted),
+           "traces": {"predicted": predicted_trace, "measured": measured_trace}, "notes": notes,
+           "config": pred.get("config", {})}
+    if speed:
+        out["speed"] = speed
+        out["uncalibrated"] = {"predicted": summary(raw), "relative_error": errors(summary(raw))}
+    return out
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    """Context: environment variable `name` set to `value`, restored after."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+@contextlib.contextmanager
+def scaled_profile(factor: float):
+    """Context: the `cpu` profile in use, its compute `factor` times slower (a temporary copy, through
+    $LLAMA_COURSE_CPU_PROFILE); yields the copy's path."""
+    from simulator.hardware import cpu_profile_path
+
+    with open(cpu_profile_path()) as f:
+        prof = json.load(f)
+    prof["speed_factor"] = float(prof.get("speed_factor", 1.0)) * factor
+    fd, path = tempfile.mkstemp(prefix="llama-course-profile-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(prof, f)
+    try:
+        with _env("LLAMA_COURSE_CPU_PROFILE", path):
+            yield path
+    finally:
+        os.unlink(path)
+
+
+def format_report(result: dict) -> str:
+    p, m, r = result["predicted"], result["measured"], result["relative_error"]
+    lines = [*(f"note: {n}" for n in result["notes"]),
+             "| quantity | predicted | measured | error |", "|---|---:|---:|---:|",
+             f"| step time (ms) | {p['step_time_s'] * 1e3:.2f} | {m['step_time_s'] * 1e3:.2f} | {r['step_time_s']:+.1%} |",
+             f"| tokens/s | {p['tokens_per_s']:,.0f} | {m['tokens_per_s']:,.0f} | {r['tokens_per_s']:+.1%} |"]
+    for c in COMPONENTS:
+        if c in m["breakdown_s"]:
+            err = r["breakdown_s"].get(c)
+            lines.append(f"| {c} (ms) | {p['breakdown_s'][c] * 1e3:.2f} | {m['breakdown_s'][c] * 1e3:.2f} | "
+                         f"{'-' if err is None else f'{err:+.1%}'} |")
+    if "uncalibrated" in result:
+        u = result["uncalibrated"]
+        lines.append(f"uncalibrated (the profile as it is): step time {u['predicted']['step_time_s'] * 1e3:.2f} ms "
+                     f"predicted, {u['relative_error']['step_time_s']:+.1%}")
+    lines.append(f"traces: {result['traces']['predicted']}  {result['traces']['measured']}  (open in ui.perfetto.dev)")
+    return "\n".join(lines)
+
+
+def cli(args) -> int:
+    result = compare(args.config, args.overrides, args.trace_dir, quiet=True,
+                     calibrate=getattr(args, "calibrate", False))
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0

@@ -1,0 +1,1 @@
+"""Model compression after training: pruning, quantization, distillation. Imports only `core`."""

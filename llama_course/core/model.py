@@ -1,0 +1,411 @@
+"""The LLaMA model (and a GPT-style variant), written to be read and to be split.
+
+LLaMA (Touvron et al. 2023) is a decoder-only transformer; what sets it apart from GPT-2/3:
+
+    x ─ RMSNorm ─ attention(RoPE on q, k; grouped-query k/v heads) ─(+)─ RMSNorm ─ SwiGLU MLP ─(+)─>
+    │                                                              │ │                           │
+    └──────────────────────────────────────────────────────────────┘ └───────────────────────────┘
+
+- RMSNorm instead of LayerNorm: y = x / sqrt(mean(x^2) + eps) * g  (no mean subtraction, no bias);
+- rotary position embeddings (RoPE) rotate q and k by position instead of adding learned positions;
+- SwiGLU MLP: w2(silu(w1 x) * w3 x), with ffn_dim about 8/3 d (so 3 matrices cost what GPT's 2 of 4d do);
+- grouped-query attention (LLaMA 2 70B and LLaMA 3): n_kv_heads < n_heads, each k/v head serves
+  n_heads / n_kv_heads query heads, shrinking the KV cache; n_kv_heads == n_heads is multi-head attention.
+
+Layer names follow Meta's reference so that the tensor-parallel split is visible in them:
+wq, wk, wv, w1, w3 are split by columns (output features), wo and w2 by rows (input features).
+RoPE uses the "rotate half" layout of Hugging Face's Llama, so `from_hf`/`to_hf` copy weights as they are.
+
+`arch: gpt` builds the GPT-2/3 block (LayerNorm with bias, GELU MLP of width ffn_dim, learned positions,
+biases, tied head) so Megatron-LM's published GPT runs can be compared with the same code.
+
+Parameter count and FLOPs come from the torch-free `simulator.workload`, which a test holds against this
+module. Launch: `llama-course train configs/tiny.yaml` trains it; `llama-course generate CKPT --prompt ...`
+samples with the KV cache below.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llama_course.core.quantization import empty_quantized
+from simulator.config import ModelConfig
+
+# ---------------------------------------------------------------------------------------------
+# building blocks
+# ---------------------------------------------------------------------------------------------
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32 and cast back."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * y.to(x.dtype)
+
+
+def _compute_rope(seq_len: int, head_dim: int, theta: float, device) -> tuple:
+    # fp32, as Hugging Face's Llama computes them, so logits agree with it
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+    angles = torch.outer(torch.arange(seq_len, device=device).float(), inv_freq)   # (s, hd/2)
+    angles = torch.cat([angles, angles], dim=-1)                                   # (s, hd)
+    return angles.cos(), angles.sin()
+
+
+@lru_cache(maxsize=16)
+def _rope_tables(seq_len: int, head_dim: int, theta: float, device: str) -> tuple:
+    return _compute_rope(seq_len, head_dim, theta, device)
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float, device) -> tuple:
+    """cos and sin of position x frequency, shape (seq_len, head_dim), cached per shape and device
+    (computed in the graph under torch.compile, which cannot trace the cache)."""
+    if torch.compiler.is_compiling():
+        return _compute_rope(seq_len, head_dim, float(theta), device)
+    return _rope_tables(seq_len, head_dim, float(theta), str(device))
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x_i, x_{i+hd/2}) by position-dependent angles: x*cos + rotate_half(x)*sin.
+
+    x: (batch, heads, seq, head_dim); cos, sin: (seq, head_dim). The dot product q_m . k_n then depends
+    only on m - n, which is what makes RoPE a relative position encoding.
+    """
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Causal self-attention with grouped-query k/v heads (n_kv_heads divides n_heads).
+
+    q = x wq: (b, s, n_heads*hd); k, v = x wk, x wv: (b, s, n_kv_heads*hd); each k/v head is repeated
+    n_heads/n_kv_heads times, softmax(q k^T / sqrt(hd)) v runs through scaled_dot_product_attention
+    (flash kernels on GPU), and wo maps the heads back to d. Tensor parallelism splits the heads:
+    n_heads and n_kv_heads here are the local counts of this rank.
+    """
+
+    def __init__(self, cfg: ModelConfig, n_heads: int | None = None, n_kv_heads: int | None = None):
+        super().__init__()
+        self.n_heads = n_heads or cfg.n_heads
+        self.n_kv_heads = n_kv_heads or cfg.n_kv_heads
+        self.head_dim = cfg.dim // cfg.n_heads
+        self.rope = cfg.arch == "llama"
+        self.theta = cfg.rope_theta
+        bias = cfg.arch == "gpt"
+        hd = self.head_dim
+        self.wq = nn.Linear(cfg.dim, self.n_heads * hd, bias=bias)
+        self.wk = nn.Linear(cfg.dim, self.n_kv_heads * hd, bias=bias)
+        self.wv = nn.Linear(cfg.dim, self.n_kv_heads * hd, bias=bias)
+        self.wo = nn.Linear(self.n_heads * hd, cfg.dim, bias=bias)
+        self.cache_k = self.cache_v = None
+
+    def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        b, s, _ = x.shape
+        hd = self.head_dim
+        q = self.wq(x).view(b, s, -1, hd).transpose(1, 2)
+        k = self.wk(x).view(b, s, -1, hd).transpose(1, 2)
+        v = self.wv(x).view(b, s, -1, hd).transpose(1, 2)
+        if self.rope:
+            cos, sin = rope_tables(start_pos + s, hd, self.theta, x.device)
+            cos, sin = cos[start_pos:], sin[start_pos:]
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.cache_k is not None:                      # generation: append to the KV cache
+            self.cache_k[:b, :, start_pos:start_pos + s] = k
+            self.cache_v[:b, :, start_pos:start_pos + s] = v
+            k = self.cache_k[:b, :, :start_pos + s]
+            v = self.cache_v[:b, :, :start_pos + s]
+        groups = q.shape[1] // k.shape[1]
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        if start_pos == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:                                             # decoding after a prefill: see every cached key
+            mask = torch.ones(s, start_pos + s, dtype=torch.bool, device=x.device).tril(start_pos)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.wo(out.transpose(1, 2).reshape(b, s, -1))
+
+
+class FeedForward(nn.Module):
+    """LLaMA: w2(silu(w1 x) * w3 x) (SwiGLU). GPT: w2(gelu(w1 x)). w1, w3 column-split; w2 row-split."""
+
+    def __init__(self, cfg: ModelConfig, ffn_dim: int | None = None):
+        super().__init__()
+        f = ffn_dim or cfg.ffn_dim
+        self.gated = cfg.arch == "llama"
+        bias = cfg.arch == "gpt"
+        self.w1 = nn.Linear(cfg.dim, f, bias=bias)
+        self.w2 = nn.Linear(f, cfg.dim, bias=bias)
+        self.w3 = nn.Linear(cfg.dim, f, bias=False) if self.gated else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(F.gelu(self.w1(x), approximate="tanh"))
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    return RMSNorm(cfg.dim, cfg.norm_eps) if cfg.arch == "llama" else nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+
+
+class TransformerBlock(nn.Module):
+    """x + attention(norm(x)), then h + feed_forward(norm(h)) (pre-norm residual block)."""
+
+    def __init__(self, cfg: ModelConfig, layer_id: int = 0):
+        super().__init__()
+        self.layer_id = layer_id
+        self.attention_norm = make_norm(cfg)
+        self.attention = Attention(cfg)
+        self.ffn_norm = make_norm(cfg)
+        self.feed_forward = FeedForward(cfg)
+
+    def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), start_pos)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------------------------
+
+class Transformer(nn.Module):
+    """tok_embeddings -> layers -> norm -> output. `model(tokens)` returns logits (batch, seq, vocab)."""
+
+    def __init__(self, cfg: ModelConfig, max_seq_len: int = 2048):
+        super().__init__()
+        self.cfg = cfg
+        self.max_seq_len = max_seq_len
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.pos_embeddings = nn.Embedding(max_seq_len, cfg.dim) if cfg.arch == "gpt" else None
+        self.layers = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
+        self.norm = make_norm(cfg)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Normal(0, 0.02) weights; the residual projections wo, w2 scaled by 1/sqrt(2 n_layers)."""
+        std = 0.02
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.zeros_(p) if name.endswith("bias") else nn.init.ones_(p)
+            elif name.endswith(("wo.weight", "w2.weight")):
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layers))
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    def embed(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        h = self.tok_embeddings(tokens)
+        if self.pos_embeddings is not None:
+            pos = torch.arange(start_pos, start_pos + tokens.shape[1], device=tokens.device)
+            h = h + self.pos_embeddings(pos)
+        return h
+
+    def forward(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        h = self.embed(tokens, start_pos)
+        for layer in self.layers:
+            h = layer(h, start_pos)
+        return self.output(self.norm(h))
+
+    # ---- generation ---------------------------------------------------------------------------
+    def setup_cache(self, batch: int, max_len: int) -> None:
+        """Allocate a KV cache of max_len positions per layer (n_kv_heads heads: GQA shrinks it)."""
+        p = self.output.weight
+        for layer in self.layers:
+            att = layer.attention
+            shape = (batch, att.n_kv_heads, max_len, att.head_dim)
+            att.cache_k = torch.zeros(shape, dtype=p.dtype, device=p.device)
+            att.cache_v = torch.zeros(shape, dtype=p.dtype, device=p.device)
+
+    def clear_cache(self) -> None:
+        for layer in self.layers:
+            layer.attention.cache_k = layer.attention.cache_v = None
+
+    @torch.no_grad()
+    def generate(self, tokens: torch.Tensor, max_new_tokens: int, temperature: float = 0.8,
+                 top_k: int | None = 50, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample max_new_tokens after `tokens` (batch, s) with a KV cache: one prefill, then one token a step."""
+        b, s = tokens.shape
+        total = min(s + max_new_tokens, self.max_seq_len)
+        self.setup_cache(b, total)
+        try:
+            logits = self(tokens, 0)[:, -1]
+            out = [tokens]
+            pos = s
+            while pos < total:
+                nxt = sample(logits, temperature, top_k, generator)
+                out.append(nxt)
+                if pos + 1 >= total:
+                    break
+                logits = self(nxt, pos)[:, -1]
+                pos += 1
+            return torch.cat(out, dim=1)
+        finally:
+            self.clear_cache()
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int | None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next token (batch, 1): greedy at temperature 0, else softmax(logits / T) over the top k."""
+    if temperature <= 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+
+
+def build_model(cfg, seed: int | None = None) -> Transformer:
+    """The model of a full Config (cfg.model, cfg.seq_len), initialised from cfg.training.seed."""
+    seed = cfg.training.seed if seed is None else seed
+    torch.manual_seed(seed)
+    return Transformer(cfg.model, max_seq_len=max(cfg.seq_len, 16))
+
+
+def num_params(model: nn.Module) -> int:
+    """Parameters, tied ones counted once."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face interop (transformers.LlamaForCausalLM, no download: local folders only)
+# ---------------------------------------------------------------------------------------------
+
+_HF_LAYER = {
+    "attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj", "attention.wv": "self_attn.v_proj",
+    "attention.wo": "self_attn.o_proj", "feed_forward.w1": "mlp.gate_proj", "feed_forward.w3": "mlp.up_proj",
+    "feed_forward.w2": "mlp.down_proj", "attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+}
+
+
+def _to_hf_name(name: str) -> str:
+    if name.startswith("layers."):
+        _, i, rest = name.split(".", 2)
+        for ours, theirs in _HF_LAYER.items():
+            if rest.startswith(ours + "."):
+                return f"model.layers.{i}.{theirs}{rest[len(ours):]}"
+    return {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+            "output.weight": "lm_head.weight"}[name]
+
+
+def hf_config(cfg: ModelConfig, max_seq_len: int) -> dict:
+    """The config.json of transformers' LlamaConfig for this shape."""
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.dim, "intermediate_size": cfg.ffn_dim,
+        "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads, "head_dim": cfg.dim // cfg.n_heads,
+        "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "max_position_embeddings": max_seq_len, "tie_word_embeddings": cfg.tie_embeddings,
+        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32",
+    }
+
+
+def to_hf(model: Transformer, path: str) -> None:
+    """Write a folder that transformers.LlamaForCausalLM.from_pretrained(path) loads (config + safetensors)."""
+    from safetensors.torch import save_file
+
+    if model.cfg.arch != "llama":
+        raise ValueError("to_hf: only arch 'llama' maps onto transformers' Llama")
+    os.makedirs(path, exist_ok=True)
+    state = {}
+    for name, p in model.state_dict().items():
+        if name == "output.weight" and model.cfg.tie_embeddings:
+            continue
+        state[_to_hf_name(name)] = p.detach().contiguous().cpu()
+    save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(hf_config(model.cfg, model.max_seq_len), f, indent=2)
+
+
+def from_hf(path: str) -> Transformer:
+    """Load a local Hugging Face Llama checkpoint folder (config.json + *.safetensors) into our model."""
+    from safetensors.torch import load_file
+
+    with open(os.path.join(path, "config.json")) as f:
+        hf = json.load(f)
+    if hf.get("model_type", "llama") != "llama":
+        raise ValueError(f"from_hf: model_type {hf.get('model_type')!r} is not llama")
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    if rope.get("rope_type", "default") not in ("default", None):
+        raise ValueError(f"from_hf: rope type {rope.get('rope_type')!r} is not supported (only default RoPE)")
+    theta = hf.get("rope_theta") or rope.get("rope_theta") or 10000.0
+    n_heads = hf["num_attention_heads"]
+    cfg = ModelConfig(preset=None, arch="llama", dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
+                      n_heads=n_heads, n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+                      ffn_dim=hf["intermediate_size"], vocab_size=hf["vocab_size"],
+                      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+                      norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=float(theta))
+    if hf.get("head_dim", cfg.dim // n_heads) != cfg.dim // n_heads:
+        raise ValueError("from_hf: head_dim != hidden_size / num_attention_heads is not supported")
+    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    if not files:
+        raise FileNotFoundError(f"from_hf: no .safetensors files in {path}")
+    tensors = {}
+    for name in files:
+        tensors.update(load_file(os.path.join(path, name)))
+    model = Transformer(cfg, max_seq_len=hf.get("max_position_embeddings", 2048))
+    state = {}
+    for name in model.state_dict():
+        key = _to_hf_name(name)
+        if key == "lm_head.weight" and key not in tensors:
+            key = "model.embed_tokens.weight"
+        state[name] = tensors[key]
+    model.load_state_dict(state)
+    return model
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over every token of the batch, computed in fp32."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
+def model_from_state(cfg, state: dict, compression: dict | None = None) -> nn.Module:
+    """An empty model shaped like `state` (a model.pt state dict), ready for load_state_dict.
+
+    The shapes are read from the tensors themselves, so a pruned or quantized model, or one fine-tuned
+    from it by `train` (whose checkpoints carry no `compression` section), rebuilds without help: wq's
+    rows give each block's query heads, wk's its k/v heads, w1's the FFN width; a `qweight` (int8, or
+    uint8 holding two int4) and its `scale` (one column per group) mark a quantized matrix.
+    Called by checkpoint.load_model."""
+    model = Transformer(cfg.model, max_seq_len=max(cfg.seq_len, 16))
+    hd = cfg.model.dim // cfg.model.n_heads
+    for i, layer in enumerate(model.layers):
+        rows = {name: _out_features(state, f"layers.{i}.{name}") for name in
+                ("attention.wq", "attention.wk", "feed_forward.w1")}
+        if None in rows.values():
+            continue
+        a, k, f = rows["attention.wq"] // hd, rows["attention.wk"] // hd, rows["feed_forward.w1"]
+        if (a, k) != (layer.attention.n_heads, layer.attention.n_kv_heads):
+            layer.attention = Attention(cfg.model, n_heads=a, n_kv_heads=k)
+        if f != layer.feed_forward.w1.out_features:
+            layer.feed_forward = FeedForward(cfg.model, ffn_dim=f)
+    for key, q in state.items():
+        if key.endswith(".qweight"):
+            name = key[: -len(".qweight")]
+            bits = 8 if q.dtype == torch.int8 else 4
+            in_f = q.shape[1] * (1 if bits == 8 else 2)
+            empty_quantized(model, bits, in_f // state[name + ".scale"].shape[1], [name])
+    model.compression = compression
+    return model
+
+
+def _out_features(state: dict, name: str) -> int | None:
+    t = state.get(name + ".weight", state.get(name + ".qweight"))
+    return None if t is None else t.shape[0]

@@ -1,0 +1,111 @@
+"""Run a function on N gloo processes and collect what each rank returns (tests, exercises, labs).
+
+    from llama_course.core.testing import spawn
+    results = spawn(my_module.worker, 2, arg1, arg2, timeout=60)   # [rank0_result, rank1_result]
+
+`fn(rank, world_size, *args)` must be importable by name (a module-level function, not a notebook cell).
+Each process has RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT set and a default gloo process group with a short
+timeout already initialised (call `llama_course.core.distributed.init_distributed(dp, tp, pp)` for subgroups).
+A rank that raises fails the whole call with that rank's traceback; a rank that hangs fails it after
+`timeout` seconds (all processes are killed). Results travel back through a pipe, so keep them small
+(tensors are fine).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import traceback
+from datetime import timedelta
+
+import torch.multiprocessing as mp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(fn, rank, world_size, port, timeout_s, args, conn, env):
+    os.environ.update(env)
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                       "LLAMA_COURSE_TIMEOUT": str(timeout_s), "LLAMA_COURSE_DEVICE": "cpu"})
+    try:
+        import torch
+        import torch.distributed as dist
+
+        torch.set_num_threads(1)
+        if rank == 0:                     # the store listens on 127.0.0.1 only
+            from llama_course.core.distributed import listening_store
+
+            store = listening_store("127.0.0.1", port, world_size, timedelta(seconds=timeout_s))
+        else:
+            store = dist.TCPStore("127.0.0.1", port, world_size, False, timedelta(seconds=timeout_s))
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
+                                timeout=timedelta(seconds=timeout_s))
+        result = fn(rank, world_size, *args)
+        conn.send(("ok", pickle.dumps(result)))
+    except BaseException as e:  # report every failure to the parent, then exit
+        conn.send(("error", f"rank {rank}: {type(e).__name__}: {e}\n{traceback.format_exc()}"))
+    finally:
+        try:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        except Exception:
+            pass
+        conn.close()
+
+
+class SpawnError(RuntimeError):
+    """A rank raised, died or timed out."""
+
+
+def spawn(fn, world_size: int, *args, timeout: float = 120.0, env: dict | None = None, may_die=()) -> list:
+    """Run fn(rank, world_size, *args) on world_size processes; return the list of results by rank.
+    Ranks in `may_die` are expected to die (fault-injection tests): their result is None."""
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    collective_timeout = max(10.0, timeout / 2)
+    pipes, procs = [], []
+    for rank in range(world_size):
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_entry, args=(fn, rank, world_size, port, collective_timeout, args, child,
+                                                env or {}), daemon=True)
+        proc.start()
+        child.close()
+        pipes.append(parent)
+        procs.append(proc)
+    import time
+    from multiprocessing.connection import wait
+
+    deadline = time.monotonic() + timeout
+    results, pending = [None] * world_size, dict(enumerate(pipes))
+    try:
+        while pending:
+            ready = wait(list(pending.values()), timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise SpawnError(f"timed out after {timeout:.0f}s waiting for ranks {sorted(pending)}")
+            for rank in [r for r, pipe in pending.items() if pipe in ready]:
+                pipe = pending.pop(rank)
+                try:
+                    status, payload = pipe.recv()
+                except EOFError:
+                    procs[rank].join(1)
+                    if rank in may_die:
+                        continue
+                    raise SpawnError(f"rank {rank} died (exit code {procs[rank].exitcode})") from None
+                if status != "ok":                 # fail fast: the other ranks are killed below
+                    raise SpawnError(payload)
+                results[rank] = pickle.loads(payload)
+        return results
+    finally:
+        for proc in procs:
+            proc.join(timeout=2)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()

@@ -1,0 +1,51 @@
+"""3-D parallelism: data x tensor x pipeline parallel on one grid of ranks.
+
+Ranks form a (pp, dp, tp) grid with tp fastest (distributed.py): a tensor-parallel group is t neighbouring
+ranks (one node, NVLink), a data-parallel group strides by t, a pipeline by d t (across nodes).
+
+    dp=2, tp=2, pp=2 (8 ranks):    stage 0: [0 1] [2 3]    stage 1: [4 5] [6 7]
+                                           tp    tp                 tp    tp
+    dp groups {0,2} {1,3} {4,6} {5,7}     pp groups {0,4} {1,5} {2,6} {3,7}
+
+One step: each dp replica (a whole pipeline of tp-split stages) runs the pipeline schedule on its share of
+the global batch (pipeline_parallel.py; inside every stage the Megatron layers of tensor_parallel.py), then
+the gradients are averaged over the dp group, one all-reduce of each rank's 1/(t p) of the parameters:
+
+    per step and rank   compute  6 N B s / (d t p)              (+ the pipeline bubble (p-1)/(m+p-1))
+                        tp       4 l/p all-reduces of b s h per micro-batch  (critical path, intra-node)
+                        pp       2 m e b s h sends per stage boundary          (cheap, inter-node)
+                        dp       2 (d-1)/d x 2-4 bytes x N / (t p)             (overlappable)
+    memory per rank     weights + grads + optimizer of N / (t p); activations of the micro-batches in flight
+
+Seed question 22 (how to choose the degrees): t up to the GPUs of a node (tp's all-reduces must ride
+NVLink), p as small as lets the model fit with t (each stage adds bubble), d takes the rest
+(dp = num_gpus / (t p)) and the global batch fixes m = B / (d b). `llama-course plan` searches this with
+the simulator; this module is the real thing it predicts.
+
+There is no separate algorithm here: `build_parallel_3d` picks the pipeline engine (which shards its stages
+with tensor parallelism when tp > 1) or the tensor-parallel engine (pp = 1), and both reduce over dp.
+
+    llama-course train configs/tiny.yaml --set cluster.num_gpus=8 parallel.tp=2 parallel.pp=2 \\
+        parallel.global_batch_size=8 parallel.micro_batch_size=1
+"""
+
+from __future__ import annotations
+
+from llama_course.engine import ENGINES
+from llama_course.parallel.pipeline_parallel import PipelineEngine, TorchPipelineEngine
+from llama_course.parallel.tensor_parallel import TensorParallelEngine, TorchTensorParallelEngine
+
+
+def build_parallel_3d(cfg, ctx, model, tracer=None):
+    """The engine for dp x tp x pp (any two or three > 1), course or torch implementation."""
+    course = cfg.parallel.implementation == "course"
+    if cfg.parallel.pp > 1:
+        cls = PipelineEngine if course else TorchPipelineEngine
+    else:
+        cls = TensorParallelEngine if course else TorchTensorParallelEngine
+    engine = cls(cfg, ctx, model, tracer)
+    engine.name = "parallel_3d"
+    return engine
+
+
+ENGINES["parallel_3d"] = build_parallel_3d

@@ -1,0 +1,445 @@
+"""Tensor parallelism (Megatron-LM): every matmul of a block split over the t ranks of a tp group.
+
+A block has two matmul pairs, and each pair needs one all-reduce forward and one backward:
+
+    attention:  X ─f─> [X Wq_r, X Wk_r, X Wv_r]  heads n_heads/t, kv heads n_kv_heads/t on rank r
+                        softmax(Q_r K_r^T) V_r ─> Y_r Wo_r ─g─> sum_r      Wo split by rows (input features)
+    SwiGLU:     X ─f─> silu(X W1_r) * (X W3_r) ─> H_r W2_r ─g─> sum_r      W1, W3 columns, W2 rows
+
+          W1 (h x f)                    W2 (f x h)
+        ┌─────┬─────┐                 ┌───────────┐
+        │ r0  │ r1  │  column split   │    r0     │  row split: Y = H_0 W2_0 + H_1 W2_1 (all-reduce)
+        └─────┴─────┘                 ├───────────┤
+                                      │    r1     │
+                                      └───────────┘
+
+Grouped-query attention splits query heads and kv heads alike; rank r keeps the kv heads its query heads
+read (contiguous chunks keep head j with kv head j // (n_heads / n_kv_heads)), so tp must divide n_kv_heads.
+The vocabulary is split too: the embedding table by rows (rank r owns tokens [r V/t, (r+1) V/t), a lookup
+outside the range gives zeros, and an all-reduce adds the owners' rows), the head by columns, and the
+cross-entropy runs on the (b, s, V/t) logit shards with three small all-reduces (max, sum of exp, target
+logit): no rank ever holds the full (b, s, V) logits.
+
+Cost per block, forward (backward the same again): 2 all-reduces of b s h elements; on a ring each moves
+2 (t-1)/t b s h e bytes per rank. Weights, gradients and optimizer state per rank: about 1/t of the model.
+Sequence parallelism (`parallel.sequence_parallel`) replaces each all-reduce by a reduce-scatter and an
+all-gather along the sequence, the same bytes, and the norms and residual adds between the regions run on
+s/t tokens: their activations shrink by t. Norm weights then see s/t tokens and their gradients are summed
+over tp after backward.
+
+Seed questions 1 and 9: model parallelism is not one thing. Tensor parallelism splits each layer (fast
+links, every layer communicates); pipeline parallelism (pipeline_parallel.py) splits the layer stack.
+
+    llama-course train configs/tiny.yaml --nproc 2 --set parallel.tp=2 cluster.num_gpus=2
+    llama-course train configs/tiny.yaml --set parallel.tp=2 parallel.sequence_parallel=true
+    llama-course train configs/tiny.yaml --set parallel.tp=2 parallel.implementation=torch   # DTensor
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from llama_course.core.model import Transformer
+from llama_course.engine import ENGINES, Engine
+from llama_course.parallel.activation_checkpointing import apply_activation_checkpointing
+from llama_course.parallel.tensor_parallel_comm import (
+    all_reduce_gradients,
+    enter_region,
+    exit_region,
+    split_to_sp,
+)
+
+# ---------------------------------------------------------------------------------------------
+# split layers
+# ---------------------------------------------------------------------------------------------
+
+COLUMN = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3")
+ROW = ("attention.wo", "feed_forward.w2")
+
+
+def shard_dim(name: str) -> int | None:
+    """Which dim of full parameter `name` is split over tp (None: replicated on every tp rank)."""
+    if name in ("tok_embeddings.weight", "output.weight"):
+        return 0                                             # vocabulary rows
+    for layer in COLUMN:
+        if f".{layer}." in f".{name}":
+            return 0                                         # output features (weight rows, bias)
+    for layer in ROW:
+        if name.endswith(f"{layer}.weight"):
+            return 1                                         # input features
+    return None
+
+
+class ColumnParallelLinear(nn.Linear):
+    """Y_r = X A_r: the rows of nn.Linear's weight (output features) [r out/t, (r+1) out/t).
+
+    The input must already be in the parallel region (f or the sequence all-gather applied once by the
+    block, so q, k and v share one all-reduce in backward).
+    """
+
+    @classmethod
+    def from_full(cls, full: nn.Linear, rank: int, t: int) -> ColumnParallelLinear:
+        w = full.weight.detach().chunk(t, 0)[rank]
+        layer = cls(w.shape[1], w.shape[0], bias=full.bias is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(w)
+            if full.bias is not None:
+                layer.bias.copy_(full.bias.detach().chunk(t, 0)[rank])
+        return layer
+
+
+class RowParallelLinear(nn.Module):
+    """Y = sum_r X_r A_r: weight columns (input features) [r in/t, (r+1) in/t); g (or reduce-scatter) after.
+
+    The bias is added once, after the reduction (it is replicated; with sequence parallelism it sees s/t
+    tokens and is marked for the tp gradient sum).
+    """
+
+    def __init__(self, full: nn.Linear, rank: int, t: int, group, sequence_parallel: bool):
+        super().__init__()
+        self.group, self.sequence_parallel = group, sequence_parallel
+        self.weight = nn.Parameter(full.weight.detach().chunk(t, 1)[rank].clone())
+        self.bias = nn.Parameter(full.bias.detach().clone()) if full.bias is not None else None
+        if self.bias is not None and sequence_parallel:
+            self.bias.sequence_parallel = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = exit_region(F.linear(x, self.weight), self.group, self.sequence_parallel)
+        return y + self.bias if self.bias is not None else y
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Rows [r V/t, (r+1) V/t) of the table; tokens outside give zeros; g (or reduce-scatter) adds the rows."""
+
+    def __init__(self, full: nn.Embedding, rank: int, t: int, group, sequence_parallel: bool):
+        super().__init__()
+        self.group, self.sequence_parallel = group, sequence_parallel
+        self.weight = nn.Parameter(full.weight.detach().chunk(t, 0)[rank].clone())
+        self.vocab_start = rank * self.weight.shape[0]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        local = tokens - self.vocab_start
+        outside = (local < 0) | (local >= self.weight.shape[0])
+        h = F.embedding(local.masked_fill(outside, 0), self.weight)
+        h = h.masked_fill(outside.unsqueeze(-1), 0.0)
+        return exit_region(h, self.group, self.sequence_parallel)
+
+
+class VocabParallelCrossEntropy(torch.autograd.Function):
+    """Per-token cross-entropy from logit shards z_r (N, V/t) without gathering them:
+
+        m = max_r max_j z_r[j]                 all-reduce MAX   (N floats)
+        S = sum_r sum_j exp(z_r[j] - m)        all-reduce SUM   (N floats)
+        z_y = the target's logit - m           all-reduce SUM   (N floats, only its owner adds non-zero)
+        loss = log S - z_y
+    backward: dL/dz_r = dloss * (softmax_r - onehot_r(y)), all local.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, vocab_start, group):
+        logits = logits.float()
+        m = logits.max(-1).values
+        dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
+        z = logits - m.unsqueeze(-1)
+        exp = z.exp()
+        total = exp.sum(-1)
+        dist.all_reduce(total, group=group)
+        local = targets - vocab_start
+        mine = (local >= 0) & (local < logits.shape[-1])
+        local = local.masked_fill(~mine, 0)
+        picked = z.gather(-1, local.unsqueeze(-1)).squeeze(-1).masked_fill(~mine, 0.0)
+        dist.all_reduce(picked, group=group)
+        ctx.save_for_backward(exp.div_(total.unsqueeze(-1)), local, mine)
+        return total.log() - picked
+
+    @staticmethod
+    def backward(ctx, dloss):
+        softmax, local, mine = ctx.saved_tensors
+        grad = softmax.clone()
+        grad.scatter_add_(-1, local.unsqueeze(-1), -mine.to(grad.dtype).unsqueeze(-1))
+        return grad * dloss.unsqueeze(-1), None, None, None
+
+
+def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vocab_start: int, group):
+    """Mean cross-entropy over all tokens from (b, s, V/t) logit shards."""
+    return VocabParallelCrossEntropy.apply(logits.flatten(0, 1), targets.flatten(), vocab_start, group).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# the split model
+# ---------------------------------------------------------------------------------------------
+
+class TensorParallelBlock(nn.Module):
+    """The block of model.py on one tp rank: same submodule names, local heads and MLP width.
+
+        x ─ norm ─ enter ─ attention(local heads) ─ wo (row, exit) ─(+)─ norm ─ enter ─ SwiGLU ─ w2 (row, exit) ─(+)
+    """
+
+    def __init__(self, block: nn.Module, rank: int, t: int, group, sequence_parallel: bool):
+        super().__init__()
+        self.group, self.sequence_parallel = group, sequence_parallel
+        self.attention_norm, self.ffn_norm = block.attention_norm, block.ffn_norm
+        att = block.attention
+        self.attention = att
+        att.n_heads, att.n_kv_heads = att.n_heads // t, att.n_kv_heads // t
+        for name in ("wq", "wk", "wv"):
+            setattr(att, name, ColumnParallelLinear.from_full(getattr(att, name), rank, t))
+        att.wo = RowParallelLinear(att.wo, rank, t, group, sequence_parallel)
+        ff = self.feed_forward = block.feed_forward
+        ff.w1 = ColumnParallelLinear.from_full(ff.w1, rank, t)
+        if ff.w3 is not None:
+            ff.w3 = ColumnParallelLinear.from_full(ff.w3, rank, t)
+        ff.w2 = RowParallelLinear(ff.w2, rank, t, group, sequence_parallel)
+        if sequence_parallel:
+            for p in [*self.attention_norm.parameters(), *self.ffn_norm.parameters()]:
+                p.sequence_parallel = True
+
+    def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        enter = lambda a: enter_region(a, self.group, self.sequence_parallel)
+        h = x + self.attention(enter(self.attention_norm(x)), start_pos)
+        return h + self.feed_forward(enter(self.ffn_norm(h)))
+
+
+class TensorParallelTransformer(nn.Module):
+    """Transformer on one tp rank. forward(tokens) -> (b, s, V/t) logit shard; `loss` -> global mean CE.
+
+    State-dict names are the full model's; `shard_dim(name)` tells how each one maps back.
+    """
+
+    def __init__(self, model: Transformer, group, sequence_parallel: bool = False):
+        super().__init__()
+        t, rank = dist.get_world_size(group), dist.get_rank(group)
+        self.cfg, self.max_seq_len = model.cfg, model.max_seq_len
+        self.group, self.sequence_parallel, self.tp, self.tp_rank = group, sequence_parallel, t, rank
+        tied = model.cfg.tie_embeddings
+        self.tok_embeddings = VocabParallelEmbedding(model.tok_embeddings, rank, t, group, sequence_parallel)
+        self.pos_embeddings = model.pos_embeddings
+        self.layers = nn.ModuleList(TensorParallelBlock(b, rank, t, group, sequence_parallel) for b in model.layers)
+        self.norm = model.norm
+        if sequence_parallel:
+            for p in self.norm.parameters():
+                p.sequence_parallel = True
+        self.output = ColumnParallelLinear.from_full(model.output, rank, t)
+        if tied:
+            self.output.weight = self.tok_embeddings.weight
+        self.vocab_start = rank * self.output.weight.shape[0]
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.tok_embeddings(tokens)
+        if self.pos_embeddings is not None:
+            pos = self.pos_embeddings(torch.arange(tokens.shape[1], device=tokens.device)).unsqueeze(0)
+            h = h + (split_to_sp(pos, self.group) if self.sequence_parallel else pos)
+        return h
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.output(enter_region(self.norm(h), self.group, self.sequence_parallel))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.embed(tokens)
+        for layer in self.layers:
+            h = layer(h)
+        return self.head(h)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return vocab_parallel_cross_entropy(logits, targets, self.vocab_start, self.group)
+
+
+def shard_model(model: Transformer, group, sequence_parallel: bool = False) -> TensorParallelTransformer:
+    """The tp-rank's part of a full model built identically on every rank (same seed): slices, no comms."""
+    return TensorParallelTransformer(model, group, sequence_parallel)
+
+
+def gather_full_tensor(name: str, local: torch.Tensor, group) -> torch.Tensor:
+    """Concatenate a parameter's (or gradient's) shards over the tp group back into the full tensor."""
+    dim = shard_dim(name)
+    t = dist.get_world_size(group) if group is not None else 1
+    if dim is None or t == 1:
+        return local.detach().clone()
+    parts = [torch.empty_like(local) for _ in range(t)]
+    dist.all_gather(parts, local.detach().contiguous(), group=group)
+    return torch.cat(parts, dim)
+
+
+def gather_full_state(ctx, named: dict) -> dict | None:
+    """Tensor shards -> whole tensors (tp all-gather), then every stage's part to rank 0 (a collective)."""
+    whole = {}
+    for name, t in named.items():
+        if hasattr(t, "full_tensor"):
+            t = t.full_tensor()
+        elif ctx.tp > 1:
+            t = gather_full_tensor(name, t, ctx.tp_group)
+        whole[name] = t.detach().cpu().clone()
+    if ctx.world_size == 1:
+        return whole
+    parts = [None] * ctx.world_size if ctx.rank == 0 else None
+    mine = whole if ctx.dp_rank == 0 and ctx.tp_rank == 0 else {}
+    dist.gather_object(mine, parts, dst=0)
+    if ctx.rank != 0:
+        return None
+    out = {}
+    for part in parts:
+        out.update(part)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# engines
+# ---------------------------------------------------------------------------------------------
+
+def refuse_fp16_scaler(cfg, ctx) -> None:
+    """fp16 needs a loss scaler whose overflow check agrees over the model-parallel ranks (Megatron
+    all-reduces found_inf); this version does not do that, so fp16 with tp or pp > 1 is refused on GPUs."""
+    from simulator.config import ConfigError
+
+    if ctx.device.type == "cuda" and cfg.training.precision == "fp16":
+        raise ConfigError("training.precision: fp16 with tp or pp > 1 is not supported (the loss scaler is "
+                          "per rank); use bf16")
+
+
+def model_parallel_grad_norm(module: nn.Module, ctx, sharded) -> torch.Tensor:
+    """||g|| over the whole model: squares of sharded params summed over tp, replicated counted once,
+    then summed over the pipeline stages."""
+    sq = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    seen = set()
+    for name, p in module.named_parameters():
+        if p.grad is None or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if hasattr(p.grad, "placements"):      # DTensor: the gradient's own layout (an embedding's is Replicate,
+            g = p.grad                         # a sequence-parallel norm's Partial until reduced)
+            if any(q.is_partial() for q in g.placements):
+                from torch.distributed.tensor import Replicate
+
+                g = g.redistribute(placements=[Replicate()] * len(g.placements))
+            g, split = g.to_local(), any(q.is_shard() for q in g.placements)
+        else:
+            g, split = p.grad, sharded(name, p)
+        s = g.double().pow(2).sum()
+        sq += s if split or ctx.tp_rank == 0 else 0.0
+    for group, size in ((ctx.tp_group, ctx.tp), (ctx.pp_group, ctx.pp)):
+        if size > 1:
+            dist.all_reduce(sq, group=group)
+    return sq.sqrt().float()
+
+
+class TensorParallelEngine(Engine):
+    """implementation: course. The model is sharded before the optimizer sees it (1/t of the state)."""
+
+    name = "tensor_parallel"
+
+    def __init__(self, cfg, ctx, model, tracer=None):
+        refuse_fp16_scaler(cfg, ctx)
+        model = shard_model(model, ctx.tp_group, cfg.parallel.sequence_parallel)
+        apply_activation_checkpointing(model.layers, cfg.parallel.activation_checkpointing)
+        super().__init__(cfg, ctx, model, tracer)
+
+    def forward_loss(self, x, y):
+        return self.base_model.loss(self.model(x), y)
+
+    def reduce_gradients(self):
+        m = self.base_model
+        if m.sequence_parallel:
+            all_reduce_gradients([p for p in m.parameters() if getattr(p, "sequence_parallel", False)],
+                                 self.ctx.tp_group, average=False)
+        all_reduce_gradients(list(m.parameters()), self.ctx.dp_group if self.ctx.dp > 1 else None)
+
+    def grad_norm(self):
+        return model_parallel_grad_norm(self.base_model, self.ctx, lambda n, p: shard_dim(n) is not None)
+
+    def full_model_state(self):
+        return gather_full_state(self.ctx, self.base_model.state_dict())
+
+    def full_gradients(self):
+        """Every gradient under its full-model name, whole, on rank 0 (tests)."""
+        return gather_full_state(self.ctx, {n: p.grad for n, p in self.base_model.named_parameters()
+                                            if p.grad is not None})
+
+
+class TorchTensorParallelEngine(Engine):
+    """implementation: torch. DTensor `parallelize_module` (ColwiseParallel / RowwiseParallel /
+    SequenceParallel) on the tp dimension of the device mesh, and `loss_parallel` for the vocab-parallel
+    cross-entropy, the plan torchtitan uses for LLaMA."""
+
+    name = "torch_tensor_parallel"
+
+    def __init__(self, cfg, ctx, model, tracer=None):
+        from llama_course.core.distributed import device_mesh
+        from simulator.config import ConfigError
+
+        if cfg.model.tie_embeddings:
+            raise ConfigError("model.tie_embeddings: implementation torch with tp > 1 unties them; use course")
+        refuse_fp16_scaler(cfg, ctx)
+        parallelize_torch(model, device_mesh(ctx)["tp"], cfg.parallel.sequence_parallel)
+        apply_activation_checkpointing(model.layers, cfg.parallel.activation_checkpointing)
+        super().__init__(cfg, ctx, model, tracer)
+
+    def forward_backward(self, micro_batches):
+        from torch.distributed.tensor.parallel import loss_parallel
+
+        with loss_parallel():
+            return super().forward_backward(micro_batches)
+
+    def evaluate(self, batches):
+        from torch.distributed.tensor.parallel import loss_parallel
+
+        with loss_parallel():          # not nested: leaving an inner loss_parallel disables the outer one
+            return super().evaluate(batches)
+
+    def forward_loss(self, x, y):
+        """Call inside loss_parallel(): the logits are a DTensor sharded over the vocabulary."""
+        return F.cross_entropy(self.model(x).flatten(0, 1), y.flatten())
+
+    def reduce_gradients(self):
+        if self.ctx.dp > 1:
+            all_reduce_gradients(list(self.base_model.parameters()), self.ctx.dp_group)
+
+    def grad_norm(self):
+        return model_parallel_grad_norm(self.base_model, self.ctx, lambda n, p: False)
+
+    full_model_state = TensorParallelEngine.full_model_state
+    full_gradients = TensorParallelEngine.full_gradients
+
+
+def parallelize_torch(model: Transformer, tp_mesh, sequence_parallel: bool) -> Transformer:
+    """Apply torchtitan's LLaMA plan with DTensor. Works on a whole model or on a pipeline stage."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        PrepareModuleInput,
+        RowwiseParallel,
+        SequenceParallel,
+        parallelize_module,
+    )
+
+    sp = sequence_parallel
+    act = Shard(1) if sp else Replicate()
+    top = {}
+    if getattr(model, "tok_embeddings", None) is not None:
+        top["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=act)
+    if getattr(model, "output", None) is not None:
+        top["output"] = ColwiseParallel(input_layouts=act, output_layouts=Shard(-1), use_local_output=False)
+        if sp:
+            top["norm"] = SequenceParallel()
+    if top:
+        parallelize_module(model, tp_mesh, top)
+    layers = model.layers.values() if isinstance(model.layers, nn.ModuleDict) else model.layers
+    for block in layers:
+        plan = {"attention.wq": ColwiseParallel(), "attention.wk": ColwiseParallel(),
+                "attention.wv": ColwiseParallel(), "attention.wo": RowwiseParallel(output_layouts=act),
+                "feed_forward.w1": ColwiseParallel(), "feed_forward.w3": ColwiseParallel(),
+                "feed_forward.w2": RowwiseParallel(output_layouts=act)}
+        if sp:
+            plan.update({"attention_norm": SequenceParallel(), "ffn_norm": SequenceParallel(),
+                         "attention": PrepareModuleInput(input_layouts=(Shard(1), None),
+                                                         desired_input_layouts=(Replicate(), None)),
+                         "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),),
+                                                            desired_input_layouts=(Replicate(),))})
+        parallelize_module(block, tp_mesh, plan)
+    return model
+
+
+ENGINES["tensor_parallel"] = TensorParallelEngine
+ENGINES["torch_tensor_parallel"] = TorchTensorParallelEngine
