@@ -16,9 +16,11 @@ also takes `system="deepspeed"`):
                micro-batches, reduced once after the    optimizer; ZeRO-3: each block gathered    engines
                last                                     just in time before its forward and its
                                                         backward (hooks), every micro-batch
-    fsdp2      the same (set_requires_gradient_sync(    ZeRO-1/2 (reshard_after_forward=False):   torch: DDP,
-               False) keeps whole unsharded gradients   each block gathered before its forward,   FSDP2
-               until the last micro-batch)              every micro-batch (under a pipeline only
+    fsdp2      reduce-scattered after every micro-      ZeRO-1/2 (reshard_after_forward=False):   torch: DDP,
+               batch's backward (FSDP's default, as     each block gathered before its forward,   FSDP2
+               torchtitan and Composer run it); under   every micro-batch (under a pipeline only
+               a pipeline accumulated whole and
+               reduced once (torch's schedules)
                                                         the first's: torch's schedules keep them
                                                         gathered); ZeRO-3: also before its
                                                         backward; the next block's gather is
@@ -28,7 +30,9 @@ also takes `system="deepspeed"`):
                ZeRO-1 all-reduces once
 
 So ZeRO-2/3 cannot have both cheap sides under accumulation: one reduction per step holds whole gradients
-(memory.py counts them), sharded gradients cost m reductions.
+(memory.py counts them), sharded gradients cost m reductions. (This package's own FSDP2 engine calls
+set_requires_gradient_sync(False) until the last micro-batch, the no-sync variant; `system="fsdp2"` prices
+FSDP as real runs use it, the course's engines are `system="course"`.)
 
 One overlap rule for every collective: a collective runs on the rank's comm stream beside the compute
 stream and hides behind the compute issued while it runs; what it outlasts is exposed. Gradient buckets
@@ -67,10 +71,15 @@ class ZeroSemantics:
                                     # weights are all-gathered (forward: in every micro-batch's)
     prefetch: bool                  # gathers issued one block ahead (True) or just in time
 
+    def shards_grads(self, zero_stage: int) -> bool:
+        """Gradients kept as this rank's shard between steps: ZeRO-2/3, and FSDP2's ZeRO-1 (FSDP shards
+        gradients whatever it does with the weights)."""
+        return zero_stage >= 2 or (zero_stage == 1 and self.system == "fsdp2")
+
     def holds_whole_grads(self, zero_stage: int, n_micro: int) -> bool:
         """A sharded-gradient stage that still holds every gradient unsharded during the step: it
         accumulates over several micro-batches before its one reduction."""
-        return zero_stage >= 2 and not self.reduce_every_micro_batch and n_micro > 1
+        return self.shards_grads(zero_stage) and not self.reduce_every_micro_batch and n_micro > 1
 
 
 def zero_semantics(cfg, system: str | None = None) -> ZeroSemantics:
@@ -84,10 +93,12 @@ def zero_semantics(cfg, system: str | None = None) -> ZeroSemantics:
     if z == 0 or (p.dp or 1) <= 1:
         return ZeroSemantics(system, "all_reduce", False, "none", False)
     if system == "fsdp2":
-        # ZeRO-1/2 under a pipeline: torch.distributed.pipelining keeps the weights gathered from the first
-        # micro-batch's forward to the last one's backward (set_reshard_after_backward(False) between them)
-        once = "first_forward" if p.pp > 1 else "forward"
-        return ZeroSemantics(system, "reduce_scatter", False, "forward_backward" if z == 3 else once, True)
+        # FSDP syncs gradients in every backward (torchtitan, Composer: sharded accumulation); under a
+        # pipeline torch.distributed.pipelining accumulates them unsharded and keeps the weights gathered
+        # from the first micro-batch's forward to the last one's backward, reducing once
+        piped = p.pp > 1
+        once = "first_forward" if piped else "forward"
+        return ZeroSemantics(system, "reduce_scatter", not piped, "forward_backward" if z == 3 else once, True)
     if system == "deepspeed":
         if z == 1:
             return ZeroSemantics(system, "all_reduce", False, "after_step", False)

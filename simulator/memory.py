@@ -9,7 +9,7 @@ For pipeline rank r holding virtual stages k = c p + r with L_k blocks each:
                    ZeRO-2/3 add whole gradients beside their shard: all of them while accumulating
                    micro-batches before one reduction (course, FSDP2), one block's before its reduce-
                    scatter otherwise; ZeRO-3 adds the weights of the blocks gathered at once (one just in
-                   time, two with prefetching)
+                   time, two with prefetching); FSDP's ZeRO-3 keeps no 16-bit shard beside its fp32 master
     activations  = (most blocks' worth of micro-batches in flight under the schedule)
                    x activation_bytes_per_layer (Korthikanti et al. 2022)
                    + one block's full activations during its backward under full recomputation
@@ -79,14 +79,19 @@ def rank_memory(cfg, rank: int, layers: list, n_micro: int, system: str | None =
     chunks = [c * pp + rank for c in range(v)]
     psi = sum(psi_virtual[k] for k in chunks)
     states = state_bytes(psi, prec, cfg.training.optimizer, p.zero_stage, p.dp, cfg.training.grad_reduce_dtype)
-    if p.zero_stage >= 2 and p.dp > 1:
+    sem = zero_semantics(cfg, system)
+    if sem.shards_grads(p.zero_stage) and p.dp > 1:
         block = layer_params(cfg.model) / t
-        sem = zero_semantics(cfg, system)
+        states["grads"] = psi * grad_bytes_per_param(cfg) / p.dp
         # gradients beside the shard: every one of them, whole, while accumulating without a reduction
         # (course, FSDP2's no-sync); else the block whose backward just ended, before its reduce-scatter
         whole = psi if sem.holds_whole_grads(p.zero_stage, n_micro) else block
         states["grads"] += whole * grad_bytes_per_param(cfg)
         if p.zero_stage == 3:   # the whole weights of the blocks gathered at once
+            if sem.system == "fsdp2" and prec != "fp32":
+                # FSDP's shard is the fp32 master (counted in `optimizer`), cast to bf16 as it is gathered:
+                # no 16-bit copy of the shard besides it
+                states["params"] = 0.0
             states["params"] += gathered_blocks(cfg, system) * block * DTYPE_BYTES[prec]
     flash = uses_flash(cfg)
     act_args = dict(seq_len=cfg.seq_len, micro_batch=p.micro_batch_size, tp=t,

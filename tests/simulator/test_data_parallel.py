@@ -125,3 +125,28 @@ def test_zero_semantics_per_system():
     assert ds["comm_s"]["dp_total"] == pytest.approx(m * c2["comm_s"]["dp_total"], rel=1e-6)
     rs = comm.time("reduce_scatter", range(64), psi * grad_bytes_per_param(cfg))
     assert c2["comm_s"]["dp_total"] >= rs          # one reduce-scatter of the gradient, in 25 MB buckets
+
+
+def test_fsdp_reduce_scatters_every_micro_batch_without_a_pipeline():
+    """FSDP as torchtitan and Composer run it syncs gradients in every backward and keeps only its shard:
+    m reduce-scatters per step. MosaicML trained MPT-7B this way on 8 A100-80GB (FULL_SHARD, micro-batch 6,
+    batch 96: 2 micro-batches per rank); holding the whole fp32 gradient across them would not fit."""
+    mpt = {"model": {"preset": None, "arch": "gpt", "vocab_size": 50368, "tie_embeddings": True, "dim": 4096,
+                     "n_layers": 32, "n_heads": 32, "n_kv_heads": 32, "ffn_dim": 16384},
+           "seq_len": 2048, "cluster": {"gpu": "a100-80gb", "num_gpus": 8},
+           "training": {"precision": "bf16", "flash_attention": True},
+           "parallel": {"zero_stage": 3, "implementation": "torch", "micro_batch_size": 6, "global_batch_size": 96}}
+    cfg = load_config(mpt)
+    assert cfg.grad_accum_steps == 2 and zero_semantics(cfg).reduce_every_micro_batch
+    fsdp = simulate(cfg)
+    assert fsdp["fits_in_memory"], fsdp["memory_per_gpu_bytes"]
+    no_sync = simulate(cfg, system="course")                   # whole gradients until the last micro-batch
+    psi = sum(virtual_stage_params(cfg, [32]))
+    assert no_sync["memory_per_gpu_bytes"]["grads"] - fsdp["memory_per_gpu_bytes"]["grads"] == pytest.approx(
+        4 * psi - 4 * (virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]), rel=1e-6)
+    assert not no_sync["fits_in_memory"]
+    roomy = load_config(mpt, ["cluster.memory_GB=200"])
+    assert simulate(roomy)["comm_s"]["dp_total"] == pytest.approx(
+        2 * simulate(roomy, system="course")["comm_s"]["dp_total"], rel=1e-6)
+    piped = load_config(mpt, ["parallel.pp=2", "parallel.zero_stage=1", "parallel.global_batch_size=48"])
+    assert not zero_semantics(piped).reduce_every_micro_batch   # torch's pipeline schedules reduce once

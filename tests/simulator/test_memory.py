@@ -44,7 +44,8 @@ def test_default_gradient_buffer_is_fp32_under_bf16():
 
 def test_zero3_holds_gather_buffers():
     """ZeRO-3 shards the weights but a rank holds the whole weights of the blocks gathered at once (one just
-    in time in the course's engine, two with FSDP2's prefetch) and one block's whole gradient."""
+    in time in the course's engine, two with FSDP2's prefetch) and one block's whole gradient. FSDP's shard
+    is the fp32 master itself (in `optimizer`): no 16-bit shard beside it."""
 
     def mem(impl):
         cfg = load_config({"model": {"preset": "llama-7b"}, "cluster": {"gpu": "a100-80gb", "num_gpus": 8},
@@ -55,7 +56,8 @@ def test_zero3_holds_gather_buffers():
     _, torch = mem("torch")
     psi, block = sum(virtual_stage_params(cfg, [32])), layer_params(cfg.model)
     assert course["params"] == pytest.approx(2 * psi / 8 + 2 * block)
-    assert torch["params"] == pytest.approx(2 * psi / 8 + 2 * 2 * block)
+    assert torch["params"] == pytest.approx(2 * 2 * block)
+    assert torch["optimizer"] == course["optimizer"] == pytest.approx(12 * psi / 8)
     assert course["grads"] == pytest.approx(4 * psi / 8 + 4 * block)
 
 
