@@ -144,15 +144,15 @@ def findings(results: list) -> str:
         out.append(f"- **Llama 3 405B as the schema can express it** is far below the paper: {err(meta):+.0%} for the "
                    f"planner's best, {err(meta, 'paper_layout'):+.0%} for Meta's TP 8 x PP 16 x DP 128 with plain "
                    "1F1B (16 micro-batches per pipeline: a ~48% bubble). Its 126 layers do not split into 16 x v "
-                   "equal virtual stages, which `parallel.vpp` requires; Meta interleaved anyway, with one layer "
-                   "fewer on the first and last stage.")
+                   "equal virtual stages; Meta interleaved anyway, with one layer fewer on the first and last stage, "
+                   "which the schema now says with `parallel.first_stage_layers` / `last_stage_layers` "
+                   "(docs/simulator/validation.md) but the planner does not search yet.")
     if whatif:
         p = whatif["plan"]["parallel"]
         out.append(f"- **With 128 layers** (the what-if row: equal stages, so interleaving is allowed) the planner "
                    f"finds dp {p['dp']} x tp {p['tp']} x pp {p['pp']} interleaved (v {p['vpp']}) at "
-                   f"{whatif['plan']['mfu']:.1%} MFU against Meta's 40.4% ({err(whatif):+.0%}). Allowing uneven "
-                   "virtual stages in the schema (the runtime's partitioner already handles them) would let the "
-                   "planner search Meta's own layout.")
+                   f"{whatif['plan']['mfu']:.1%} MFU against Meta's 40.4% ({err(whatif):+.0%}). Searching "
+                   "first/last stage layer counts would let the planner find Meta's own layout.")
     return "\n".join(out)
 
 
