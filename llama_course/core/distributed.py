@@ -25,6 +25,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from llama_course.core import wire
+
 
 def default_timeout() -> timedelta:
     return timedelta(seconds=float(os.environ.get("LLAMA_COURSE_TIMEOUT", "60")))
@@ -107,6 +109,8 @@ def init_distributed(dp: int = 1, tp: int = 1, pp: int = 1, timeout: timedelta |
     else:
         device, backend = torch.device("cpu"), "gloo"
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    wire.install()                 # the wire recorder and strict mode (core/wire.py)
+    wire.set_device(device)
     if not dist.is_initialized():
         if "MASTER_ADDR" in os.environ and world > 1:
             host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])

@@ -46,6 +46,10 @@ def _entry(fn, rank, world_size, port, timeout_s, args, conn, env):
             store = dist.TCPStore("127.0.0.1", port, world_size, False, timedelta(seconds=timeout_s))
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=timeout_s))
+        from llama_course.core import wire
+
+        wire.install()                    # recorder and strict mode (LLAMA_COURSE_STRICT), as init_distributed does
+        wire.set_device("cpu")
         result = fn(rank, world_size, *args)
         conn.send(("ok", pickle.dumps(result)))
     except BaseException as e:  # report every failure to the parent, then exit
