@@ -40,6 +40,15 @@ def test_bytes_by_kind_equal_the_closed_forms(recorded):
         assert r["received"] == [2.0 * (1 - rank)] * N          # x = all_reduce(ones) = 2, times the sender's rank
 
 
+def test_the_course_ring_shows_as_its_point_to_point_chunks(recorded):
+    """A ring all-reduce of n elements over N ranks sends and receives 2 (N - 1) / N n e bytes per rank."""
+    for r in recorded:
+        expect = 2 * (2 - 1) / 2 * N * F32
+        assert r["ring"]["send"] == expect and r["ring"]["recv"] == expect
+        assert r["ring"]["all_reduce"] == 0
+        assert {c.op for c in r["ring_calls"]} == {"batch_isend_irecv"}
+
+
 def test_rpc_counts_the_tensor_bytes_of_its_arguments_and_refuses_device_tensors(recorded):
     for r in recorded:
         assert r["rpc"]["rpc"] == N * F32 + 3 * F64
