@@ -50,10 +50,10 @@ import json
 import os
 import sys
 import threading
+import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -238,8 +238,8 @@ def _wrap_distributed(name: str, fn):
                 _record(WireCall(kind, name, str(o.tensor.dtype), _nbytes(o.tensor), size, int(o.peer)))
             if strict:
                 _check_device(name, [o.tensor for o in ops])
-                if not _trusted(caller):
-                    _rendezvous(ops)
+                if ops and not _trusted(caller) and dist.get_backend(ops[0].group) != "nccl":
+                    return _strict_batch(ops)       # NCCL's rendezvous is the real thing
         elif name in _P2P:
             peer = _global_peer(a, name)
             tensor = a["tensor"]
@@ -370,64 +370,79 @@ def _timeout_s() -> float:
     return float(os.environ.get("LLAMA_COURSE_TIMEOUT", "60"))
 
 
-def _rendezvous(ops: list) -> None:
-    """Announce this batch's operations to each peer, then wait until each has posted their counterparts."""
+def _strict_batch(ops: list) -> list:
+    """batch_isend_irecv with NCCL's rendezvous: announce every operation to its peer in the rendezvous
+    store, post the sends, and return once every peer has posted the counterparts (each receive is posted
+    as soon as its matching send is seen: gloo aborts a process whose receive is smaller than the send)."""
     group = ops[0].group or dist.group.WORLD
-    if dist.get_backend(group) == "nccl":             # NCCL's rendezvous is the real thing
-        return
     store = dist.distributed_c10d._get_default_store()
     name, me = group.group_name, dist.get_rank()
+    works: list = [None] * len(ops)
     by_peer: dict = {}
-    for o in ops:
+    for index, o in enumerate(ops):
         direction = "send" if o.op in (_ORIGINAL.get("isend"), dist.isend) else "recv"
-        by_peer.setdefault(int(o.peer), []).append((direction, o.tensor.numel(), str(o.tensor.dtype), int(o.tag)))
+        by_peer.setdefault(int(o.peer), []).append(
+            (direction, (o.tensor.numel(), str(o.tensor.dtype), int(o.tag)), index))
     for peer, mine in by_peer.items():
         state = _PEERS.setdefault((name, peer), _Peer())
         with state.lock:
-            store.set(_key(name, me, peer, state.posted), json.dumps(mine))
+            store.set(_key(name, me, peer, state.posted), json.dumps([(d, *desc) for d, desc, _ in mine]))
             state.posted += 1
-            for direction, *desc in mine:
-                state.mine[direction].append(tuple(desc))
+            for direction, desc, index in mine:
+                state.mine[direction].append((desc, index))
+
+    def post(index: int) -> None:
+        o = ops[index]
+        if o.op in (_ORIGINAL.get("isend"), dist.isend):
+            works[index] = _ORIGINAL["isend"](o.tensor, group=o.group, tag=o.tag, group_dst=o.group_peer)
+        else:
+            works[index] = _ORIGINAL["irecv"](o.tensor, group=o.group, tag=o.tag, group_src=o.group_peer)
+
+    for index, o in enumerate(ops):
+        if o.op in (_ORIGINAL.get("isend"), dist.isend):
+            post(index)
     for peer in by_peer:
-        _await_counterparts(store, name, me, peer, _PEERS[(name, peer)])
+        _await_counterparts(store, name, me, peer, _PEERS[(name, peer)], post)
+    return [w for w in works if w is not None]
 
 
 def _key(group: str, src: int, dst: int, index: int) -> str:
     return f"llama_course/strict/{group}/{src}>{dst}/{index}"
 
 
-def _await_counterparts(store, group: str, me: int, peer: int, state: _Peer) -> None:
-    """Read the peer's announcements until each of my posted operations has its counterpart; raise on a
-    disagreement, on a deadlock (the peer waits for an operation of mine I have not posted) or a timeout."""
-    deadline_s, waited, poll = _timeout_s(), 0.0, 0.01
+def _await_counterparts(store, group: str, me: int, peer: int, state: _Peer, post) -> None:
+    """Read the peer's announcements until each of my posted operations has its counterpart (posting each
+    receive once its send is seen); raise on a disagreement, on a deadlock (the peer waits for an
+    operation of mine that I have not posted) or after the timeout."""
+    deadline, poll = time.monotonic() + _timeout_s(), 0.001
     with state.lock:
         while True:
             for direction in ("send", "recv"):        # match in posting order, both ways
                 mine, theirs = state.mine[direction], state.theirs[_OPPOSITE[direction]]
                 while mine and theirs:
-                    a, b = mine.popleft(), theirs.popleft()
+                    (a, index), b = mine.popleft(), theirs.popleft()
                     if a != b:
                         raise StrictModeError(
                             f"strict mode (NCCL matches the messages between two ranks in posting order): my "
                             f"{direction} {'to' if direction == 'send' else 'from'} rank {peer} is {_describe(a)} "
                             f"but rank {peer}'s matching {_OPPOSITE[direction]} is {_describe(b)}")
+                    if direction == "recv":
+                        post(index)
             if not state.mine["send"] and not state.mine["recv"]:
                 return
             key = _key(group, peer, me, state.read)
-            try:
-                store.wait([key], timedelta(seconds=poll))
-            except dist.DistStoreError:
+            if not store.check([key]):
                 if state.theirs["send"] or state.theirs["recv"]:
                     raise StrictModeError(
                         f"strict mode (NCCL rendezvous): deadlock with rank {peer}: each of us posted a batch that "
                         f"waits for the other (rank {peer} posted {_pending(state)}; I wait for its counterpart of "
                         f"{_pending(state, mine=True)}): pair each send with the peer's receive in one "
-                        "batch_isend_irecv") from None
-                waited += poll
-                if waited > deadline_s:
+                        "batch_isend_irecv")
+                if time.monotonic() > deadline:
                     raise StrictModeError(f"strict mode (NCCL rendezvous): rank {peer} posted no matching "
-                                          f"operation within {deadline_s:g} s; on NCCL this batch would hang") from None
-                poll = min(2 * poll, 0.2)
+                                          f"operation within {_timeout_s():g} s; on NCCL this batch would hang")
+                time.sleep(poll)
+                poll = min(2 * poll, 0.05)
                 continue
             for direction, *desc in json.loads(store.get(key)):
                 state.theirs[direction].append(tuple(desc))
@@ -441,5 +456,6 @@ def _describe(desc: tuple) -> str:
 
 
 def _pending(state: _Peer, mine: bool = False) -> str:
-    ops = state.mine if mine else state.theirs
-    return ", ".join(f"{d} {_describe(x)}" for d in ("send", "recv") for x in ops[d])
+    if mine:
+        return ", ".join(f"{d} {_describe(x)}" for d in ("send", "recv") for x, _ in state.mine[d])
+    return ", ".join(f"{d} {_describe(x)}" for d in ("send", "recv") for x in state.theirs[d])
