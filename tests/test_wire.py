@@ -123,3 +123,46 @@ def test_paired_and_one_way_batches_complete(strict):
         assert r["paired"] == "" and r["paired_received"] == [float(1 - rank)] * 3
         assert r["one_way"] == ""
     assert strict[1]["one_way_received"] == [7.0, 7.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# the device rule, statically: on CPU every tensor is on the CPU, so run time cannot show a mix
+# ---------------------------------------------------------------------------------------------
+
+FACTORIES = {"tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange", "linspace", "eye", "rand", "randn",
+             "randint", "randperm", "empty_strided", "scalar_tensor"}
+
+
+def distributed_modules() -> list:
+    """The modules whose tensors may reach a collective or RPC: engines, strategies, their communication."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "llama_course"
+    return sorted([root / "core" / "distributed.py", root / "core" / "checkpoint.py", root / "core" / "wire.py",
+                   root / "engine.py", root / "trainer.py", *(root / "parallel").glob("*.py"),
+                   *(root / "coordination").glob("*.py")])
+
+
+def factories_without_device(path) -> list:
+    """`torch.<factory>(...)` calls in a module that do not say device= (`*_like` calls inherit theirs)."""
+    import ast
+
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in FACTORIES
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"
+                and not any(k.arg == "device" for k in node.keywords)):
+            out.append(f"{path.name}:{node.lineno} torch.{node.func.attr}")
+    return out
+
+
+def test_distributed_modules_build_every_tensor_on_an_explicit_device():
+    """NCCL needs every tensor of a collective on the GPU: a factory without device= builds on the CPU."""
+    offenders = [o for path in distributed_modules() for o in factories_without_device(path)]
+    assert offenders == []
+
+
+def test_the_static_check_finds_a_factory_without_device(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("import torch\nx = torch.zeros(3)\ny = torch.zeros(3, device=d)\nz = torch.zeros_like(x)\n")
+    assert factories_without_device(module) == ["m.py:2 torch.zeros"]
