@@ -186,3 +186,42 @@ def report_lines(raw: dict, prof: dict, path: str) -> list:
     lines.append(f"launch 2 processes:      {raw['launch_2_processes_s']:.1f} s")
     lines.append(f"profile written to {path} (peak {prof['peak_tflops']['fp32'] * 1e3:.0f} GFLOP/s fp32 per process)")
     return lines
+
+
+def calibrate_gpu_profile(preset: str, runs: list, matmul_tflops: float | None = None,
+                          copy_GBps: float | None = None, date: str | None = None) -> dict | None:
+    """A GPU profile for `preset` from measured runs (`scripts/gpu_check.sh`): the matmul efficiency e for
+    which the simulator's step time of the fastest ~1B-parameter run equals the measured step (bisection;
+    step time falls as e rises), with the measured copy bandwidth. One number per GPU type, from one run.
+    runs: [{"name", "overrides", "step_time_s"} | {"name", "error"}]; None when no ~1B run succeeded."""
+    from simulator.config import load_config
+    from simulator.simulate import simulate
+
+    usable = [r for r in runs if "error" not in r and "llama-1b" in r["name"] and r.get("step_time_s")]
+    if not usable:
+        return None
+    best = min(usable, key=lambda r: r["step_time_s"])
+    base = best["overrides"] + [f"cluster.gpu={preset}", "cluster.num_gpus=1"]
+    if copy_GBps:
+        base.append(f"cluster.memory_bandwidth_GBps={copy_GBps}")
+
+    def step(e):
+        return simulate(load_config(None, base + [f"cluster.compute_efficiency={e}"]))["step_time_s"]
+
+    lo, hi = 0.05, 1.0
+    if step(hi) > best["step_time_s"]:
+        lo = hi                                   # faster than the model allows even at e = 1
+    elif step(lo) < best["step_time_s"]:
+        hi = lo
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if step(mid) < best["step_time_s"] else (mid, hi)
+    e = round((lo + hi) / 2, 4)
+    profile = {"name": preset, "matmul_efficiency": e,
+               "note": f"calibrated by scripts/gpu_check.sh on {date or time.strftime('%Y-%m-%d')} from "
+                       f"'{best['name']}' ({best['step_time_s'] * 1e3:.1f} ms per step)"}
+    if copy_GBps:
+        profile["memory_bandwidth_GBps"] = copy_GBps
+    if matmul_tflops:
+        profile["measured_matmul_tflops"] = matmul_tflops
+    return profile
