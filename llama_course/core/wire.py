@@ -303,9 +303,14 @@ def install() -> None:
     destroy = c10d.destroy_process_group
     if not getattr(destroy, "__llama_course_wire__", False):
         @functools.wraps(destroy)
-        def destroy_process_group(*args, **kwargs):
-            _PEERS.clear()
-            return destroy(*args, **kwargs)
+        def destroy_process_group(group=None):
+            """Forget strict mode's matching state of the group (of every group with the default one)."""
+            if group is None or group is dist.group.WORLD:
+                _PEERS.clear()
+            else:
+                for key in [k for k in _PEERS if k[0] == group.group_name]:
+                    del _PEERS[key]
+            return destroy(group)
 
         destroy_process_group.__llama_course_wire__ = True
         c10d.destroy_process_group = dist.destroy_process_group = destroy_process_group
