@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from llama_course.core import wire
+from simulator.config import ConfigError
 
 
 def default_timeout() -> timedelta:
@@ -101,8 +102,6 @@ def choose_device(local_rank: int, local_world: int, preference: str, cuda_avail
     process gets its own GPU, and otherwise falls back to the CPU with gloo, saying so in `note` (one line:
     the 2-process demo on a one-GPU laptop); `cuda` refuses that fallback with a ConfigError naming
     --nproc and the GPUs found (the CLI exits 2); `cpu` always takes the CPU."""
-    from simulator.config import ConfigError
-
     if preference not in ("auto", "cuda", "cpu"):
         raise ConfigError(f"LLAMA_COURSE_DEVICE: auto, cuda or cpu, got {preference!r}")
     enough = cuda_available and gpu_count >= local_world
