@@ -2,8 +2,8 @@
 # One prepared GPU check, at most 8 minutes on one H100 or H200; exits non-zero as soon as a run fails:
 #   bash scripts/gpu_check.sh [OUT_DIR] [--quick] [--dry-run] [--fail-at STEP]
 # OUT_DIR defaults to $OUT, else runs/gpu_check. Steps (llama_course/commands/gpu_check.py): device,
-# numerics (GPU vs CPU), engines (one rank, strict mode), models (small + ~1B bf16, eager and compiled, with
-# the simulator's prediction), calibration (writes <preset>_profile.json), two_ranks (>= 2 GPUs: every
+# numerics (GPU vs CPU), models (small + ~1B bf16, eager and compiled, with the simulator's prediction),
+# calibration (writes <preset>_profile.json), engines (one rank, strict mode), two_ranks (>= 2 GPUs: every
 # engine on NCCL). --dry-run runs the cheap steps on the CPU; --fail-at STEP proves the check can fail.
 # Uses $PY if set, else .venv if present, else the machine's python3 (a GPU image with torch). Packages missing there
 # (simpy) can be carried as wheels in .whl/ (see docs/gpu.md); they are installed to /tmp/site first.

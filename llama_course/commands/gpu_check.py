@@ -8,23 +8,23 @@ writing what it had measured so far:
 
 1. device: name, memory, a bf16 matmul at 8192^3 and an HBM copy (the GPU's own bench);
 2. numerics: the tiny model in fp32 for 5 steps on the CPU and on the GPU: the same losses to 1e-4;
-3. engines: every engine path that runs with one rank on CUDA (single fp32/bf16/fp16, course ZeRO-1/2/3,
-   FSDP2, activation checkpointing, torch.compile), in strict mode (core/wire.py: a tensor handed to a
-   collective on another device raises), each with the step-1 loss of the one-process run;
-4. models: the `small` preset and a ~1.1B-parameter LLaMA (`llama-1b`, seq 2048) in bf16 with SDPA, eager
+3. models: the `small` preset and a ~1.1B-parameter LLaMA (`llama-1b`, seq 2048) in bf16 with SDPA, eager
    and with torch.compile: tokens/s, MFU (goal for the 1B model: 50% on an H100 or H200) and peak memory,
    beside the simulator's prediction for the same config;
-5. calibration: the matmul efficiency that makes the simulator's step of the fastest 1B run equal the
+4. calibration: the matmul efficiency that makes the simulator's step of the fastest 1B run equal the
    measured one (`simulator.calibration.calibrate_gpu_profile`), written as `<preset>_profile.json`:
 
        LLAMA_COURSE_GPU_PROFILE=OUT_DIR/h100-sxm_profile.json llama-course simulate CONFIG --set cluster.gpu=h100-sxm
 
+5. engines: every engine path that runs with one rank on CUDA (single fp32/bf16/fp16, course ZeRO-1/2/3,
+   FSDP2, activation checkpointing, torch.compile), in strict mode (core/wire.py: a tensor handed to a
+   collective on another device raises), each with the step-1 loss of the one-process run;
 6. two ranks: with >= 2 GPUs, every engine with 2 ranks on NCCL in strict mode (one torchrun launch runs
    them all), each with the one-process step-1 loss; with one GPU, said and skipped.
 
 Writes gpu_check.json and gpu_check.md (a summary to paste into docs/gpu.md) under --out.
 `--fail-at STEP` (or LLAMA_COURSE_GPU_CHECK_FAIL=STEP) makes that step fail: the test that the check
-can fail. `--dry-run` runs steps 2, 3 and 6 on the CPU with tiny settings (gloo for the two ranks).
+can fail. `--dry-run` runs steps 2, 5 and 6 on the CPU with tiny settings (gloo for the two ranks).
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ import subprocess
 import sys
 import time
 
-STEPS = ("device", "numerics", "engines", "models", "calibration", "two_ranks")
+STEPS = ("device", "numerics", "models", "calibration", "engines", "two_ranks")
+"""In this order: the measurements (models, calibration) are recorded before the engine paths can stop the check."""
 
 BASE = ["model.preset=tiny", "seq_len=64", "parallel.global_batch_size=4", "parallel.micro_batch_size=1",
         "training.precision=fp32", "training.warmup_steps=1", "training.eval_every=0", "training.eval_batches=1",
