@@ -24,7 +24,8 @@ writing what it had measured so far:
 
 Writes gpu_check.json and gpu_check.md (a summary to paste into docs/gpu.md) under --out.
 `--fail-at STEP` (or LLAMA_COURSE_GPU_CHECK_FAIL=STEP) makes that step fail: the test that the check
-can fail. `--dry-run` runs steps 2, 5 and 6 on the CPU with tiny settings (gloo for the two ranks).
+can fail. `--dry-run` runs steps 2, 5 and 6 on the CPU with tiny settings (gloo for the two ranks; three
+two-rank layouts, or all of them with `--all-layouts`).
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/gpu_check")
     ap.add_argument("--quick", action="store_true", help="fewer steps in the timed runs (a smoke test)")
     ap.add_argument("--dry-run", action="store_true", help="the cheap steps on the CPU (no GPU needed)")
+    ap.add_argument("--all-layouts", action="store_true",
+                    help="with --dry-run: every two-rank layout on the CPU, not three")
     ap.add_argument("--fail-at", choices=STEPS, default=os.environ.get("LLAMA_COURSE_GPU_CHECK_FAIL") or None,
                     help="make this step fail (tests that the check can fail)")
     ap.add_argument("--two-rank-worker", nargs=2, metavar=("OUT", "LAYOUTS"), help=argparse.SUPPRESS)
@@ -203,7 +206,7 @@ def two_ranks_step(report: dict, args) -> None:
     if not args.dry_run and gpus < 2:
         print(f"two ranks: {gpus} GPU here; the 2-rank NCCL runs need 2 (skipped)", flush=True)
         return
-    layouts = TWO_RANKS[:2] + TWO_RANKS[-1:] if args.dry_run else TWO_RANKS
+    layouts = TWO_RANKS[:2] + TWO_RANKS[-1:] if args.dry_run and not args.all_layouts else TWO_RANKS
     out = os.path.join(args.out, "two_ranks.json")
     env = {**os.environ, "LLAMA_COURSE_STRICT": "1", "OMP_NUM_THREADS": "1", "LOGLEVEL": "ERROR",
            "LLAMA_COURSE_DEVICE": "cpu" if args.dry_run else "cuda"}
