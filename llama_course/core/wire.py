@@ -30,9 +30,9 @@ course's engines uses them for training traffic).
    one peer run in order on one stream, so two ranks that each receive before they send wait forever;
    post sends and receives together with `batch_isend_irecv`, as Megatron-LM does;
 2. a `batch_isend_irecv` completes only once every peer has posted the matching operations (NCCL's
-   rendezvous): each batch announces its operations in the rendezvous store and waits for the peer's
-   counterparts, which must agree in size, dtype and tag, in order (NCCL ignores tags and matches messages
-   between two ranks in the order they were posted). A disagreement, or two ranks each waiting for the
+   rendezvous, emulated in core/wire_rendezvous.py): each batch announces its operations in the
+   rendezvous store and waits for the peer's counterparts, which must agree in size, dtype and tag, in
+   order (NCCL ignores tags and matches messages between two ranks in the order they were posted). A disagreement, or two ranks each waiting for the
    other, fails at once with an error naming the peer; a peer that never posts fails at the timeout;
 3. a tensor handed to a collective on another device than the engine's raises (`set_device`, called by
    `init_distributed`), and RPC arguments must be CPU tensors (stage them through CPU: no device maps).
@@ -46,17 +46,19 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import os
 import sys
 import threading
-import time
-from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+
+from llama_course.core.wire_rendezvous import StrictModeError, forget_group, strict_batch
+
+__all__ = ["KINDS", "WireCall", "WireLog", "StrictModeError", "install", "recording", "strict_enabled", "set_strict",
+           "set_device", "watch_ddp"]
 
 KINDS = ("all_reduce", "reduce_scatter", "all_gather", "broadcast", "send", "recv", "all_to_all", "rpc")
 
@@ -94,10 +96,6 @@ class WireLog:
 
     def clear(self) -> None:
         self.calls.clear()
-
-
-class StrictModeError(RuntimeError):
-    """A call that would hang or misbehave on NCCL (strict mode); the message names the rule broken."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,7 +237,7 @@ def _wrap_distributed(name: str, fn):
             if strict:
                 _check_device(name, [o.tensor for o in ops])
                 if ops and not _trusted(caller) and dist.get_backend(ops[0].group) != "nccl":
-                    return _strict_batch(ops)       # NCCL's rendezvous is the real thing
+                    return strict_batch(ops, _ORIGINAL["isend"], _ORIGINAL["irecv"])   # NCCL's: the real one
         elif name in _P2P:
             peer = _global_peer(a, name)
             tensor = a["tensor"]
@@ -305,11 +303,7 @@ def install() -> None:
         @functools.wraps(destroy)
         def destroy_process_group(group=None):
             """Forget strict mode's matching state of the group (of every group with the default one)."""
-            if group is None or group is dist.group.WORLD:
-                _PEERS.clear()
-            else:
-                for key in [k for k in _PEERS if k[0] == group.group_name]:
-                    del _PEERS[key]
+            forget_group(None if group is None or group is dist.group.WORLD else group.group_name)
             return destroy(group)
 
         destroy_process_group.__llama_course_wire__ = True
@@ -349,118 +343,3 @@ def watch_ddp(model) -> None:
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
     model.register_comm_hook(model.process_group, allreduce_hook)
-
-
-# ---------------------------------------------------------------------------------------------
-# strict mode: NCCL's rendezvous emulated on gloo through the rendezvous store
-# ---------------------------------------------------------------------------------------------
-
-@dataclass
-class _Peer:
-    """What this process knows of one peer on one group: operations posted both ways and not yet matched
-    (each (numel, dtype, tag)), matched in posting order."""
-
-    posted: int = 0                                   # announcements this process made to the peer
-    read: int = 0                                     # announcements of the peer read so far
-    mine: dict = field(default_factory=lambda: {"send": deque(), "recv": deque()})
-    theirs: dict = field(default_factory=lambda: {"send": deque(), "recv": deque()})
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-_PEERS: dict = {}                    # (group name, peer) -> _Peer
-_OPPOSITE = {"send": "recv", "recv": "send"}
-
-
-def _timeout_s() -> float:
-    return float(os.environ.get("LLAMA_COURSE_TIMEOUT", "60"))
-
-
-def _strict_batch(ops: list) -> list:
-    """batch_isend_irecv with NCCL's rendezvous: announce every operation to its peer in the rendezvous
-    store, post the sends, and return once every peer has posted the counterparts (each receive is posted
-    as soon as its matching send is seen: gloo aborts a process whose receive is smaller than the send)."""
-    group = ops[0].group or dist.group.WORLD
-    store = dist.distributed_c10d._get_default_store()
-    name, me = group.group_name, dist.get_rank()
-    works: list = [None] * len(ops)
-    by_peer: dict = {}
-    for index, o in enumerate(ops):
-        direction = "send" if o.op in (_ORIGINAL.get("isend"), dist.isend) else "recv"
-        by_peer.setdefault(int(o.peer), []).append(
-            (direction, (o.tensor.numel(), str(o.tensor.dtype), int(o.tag)), index))
-    for peer, mine in by_peer.items():
-        state = _PEERS.setdefault((name, peer), _Peer())
-        with state.lock:
-            store.set(_key(name, me, peer, state.posted), json.dumps([(d, *desc) for d, desc, _ in mine]))
-            state.posted += 1
-            for direction, desc, index in mine:
-                state.mine[direction].append((desc, index))
-
-    def post(index: int) -> None:
-        o = ops[index]
-        if o.op in (_ORIGINAL.get("isend"), dist.isend):
-            works[index] = _ORIGINAL["isend"](o.tensor, group=o.group, tag=o.tag, group_dst=o.group_peer)
-        else:
-            works[index] = _ORIGINAL["irecv"](o.tensor, group=o.group, tag=o.tag, group_src=o.group_peer)
-
-    for index, o in enumerate(ops):
-        if o.op in (_ORIGINAL.get("isend"), dist.isend):
-            post(index)
-    for peer in by_peer:
-        _await_counterparts(store, name, me, peer, _PEERS[(name, peer)], post)
-    return [w for w in works if w is not None]
-
-
-def _key(group: str, src: int, dst: int, index: int) -> str:
-    return f"llama_course/strict/{group}/{src}>{dst}/{index}"
-
-
-def _await_counterparts(store, group: str, me: int, peer: int, state: _Peer, post) -> None:
-    """Read the peer's announcements until each of my posted operations has its counterpart (posting each
-    receive once its send is seen); raise on a disagreement, on a deadlock (the peer waits for an
-    operation of mine that I have not posted) or after the timeout."""
-    deadline, poll = time.monotonic() + _timeout_s(), 0.001
-    with state.lock:
-        while True:
-            for direction in ("send", "recv"):        # match in posting order, both ways
-                mine, theirs = state.mine[direction], state.theirs[_OPPOSITE[direction]]
-                while mine and theirs:
-                    (a, index), b = mine.popleft(), theirs.popleft()
-                    if a != b:
-                        raise StrictModeError(
-                            f"strict mode (NCCL matches the messages between two ranks in posting order): my "
-                            f"{direction} {'to' if direction == 'send' else 'from'} rank {peer} is {_describe(a)} "
-                            f"but rank {peer}'s matching {_OPPOSITE[direction]} is {_describe(b)}")
-                    if direction == "recv":
-                        post(index)
-            if not state.mine["send"] and not state.mine["recv"]:
-                return
-            key = _key(group, peer, me, state.read)
-            if not store.check([key]):
-                if state.theirs["send"] or state.theirs["recv"]:
-                    raise StrictModeError(
-                        f"strict mode (NCCL rendezvous): deadlock with rank {peer}: each of us posted a batch that "
-                        f"waits for the other (rank {peer} posted {_pending(state)}; I wait for its counterpart of "
-                        f"{_pending(state, mine=True)}): pair each send with the peer's receive in one "
-                        "batch_isend_irecv")
-                if time.monotonic() > deadline:
-                    raise StrictModeError(f"strict mode (NCCL rendezvous): rank {peer} posted no matching "
-                                          f"operation within {_timeout_s():g} s; on NCCL this batch would hang")
-                time.sleep(poll)
-                poll = min(2 * poll, 0.05)
-                continue
-            for direction, *desc in json.loads(store.get(key)):
-                state.theirs[direction].append(tuple(desc))
-            store.delete_key(key)
-            state.read += 1
-
-
-def _describe(desc: tuple) -> str:
-    numel, dtype, tag = desc
-    return f"{numel} x {dtype} (tag {tag})"
-
-
-def _pending(state: _Peer, mine: bool = False) -> str:
-    if mine:
-        return ", ".join(f"{d} {_describe(x)}" for d in ("send", "recv") for x, _ in state.mine[d])
-    return ", ".join(f"{d} {_describe(x)}" for d in ("send", "recv") for x in state.theirs[d])
