@@ -1,11 +1,21 @@
 # llama-course: the two commands of the Quickstart, and the helpers behind them.
 #   make demo   set up .venv (if missing) and train the tiny model with 2 gloo processes
 #   make test   set up .venv (if missing) and run every test
-# On a CUDA machine, override the torch pin:  make venv TORCH_SPEC='torch==2.13.0 --index-url ...'
+# torch: the CPU build where nvidia-smi sees no GPU (PyTorch's CPU wheel, ~200 MB, not the multi-GB CUDA
+# build the plain package index would pull), the index's default CUDA build where it sees one. Override the
+# pin as before, e.g. on a CUDA machine:  make venv TORCH_SPEC='torch==2.13.0 --index-url ...'
 
 PYTHON ?= python3
 VENV ?= .venv
-TORCH_SPEC ?= torch==2.13.0
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+HAS_NVIDIA_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+TORCH_CPU_SPEC := torch==$(TORCH_VERSION)+cpu
+TORCH_SPEC ?= $(if $(HAS_NVIDIA_GPU),torch==$(TORCH_VERSION),$(TORCH_CPU_SPEC))
+TORCH_INSTALL = $(PY) -m pip install --quiet $(TORCH_SPEC)
+# the CPU build from the sources pip already knows (a local wheel, a mirror), else from PyTorch's CPU index
+TORCH_INSTALL_CMD = $(if $(filter $(TORCH_CPU_SPEC),$(TORCH_SPEC)),$(TORCH_INSTALL) 2>/dev/null || $(TORCH_INSTALL) \
+	--extra-index-url $(TORCH_CPU_INDEX),$(TORCH_INSTALL))
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -16,7 +26,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(TORCH_INSTALL_CMD)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
