@@ -2,12 +2,23 @@
 #   make demo   set up .venv with what the demo needs (if missing) and train the tiny model with 2 gloo processes
 #   make test   add the development tools to .venv (tests, labs, docs) and run every test
 #   make serve  build the docs' generated pages and serve the site at http://127.0.0.1:8000
-# On a CUDA machine, override the torch pin:  make venv TORCH_SPEC='torch==2.13.0 --index-url ...'
+# torch: the CPU build where nvidia-smi sees no GPU (PyTorch's CPU wheel, ~200 MB, not the multi-GB CUDA
+# build the plain package index would pull), the index's default CUDA build where it sees one. Override the
+# pin as before, e.g. on a CUDA machine:  make venv TORCH_SPEC='torch==2.13.0 --index-url ...'
 
 PYTHON ?= python3
 VENV ?= .venv
-TORCH_SPEC ?= torch==2.13.0
 DEMO_ARGS ?=
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+HAS_NVIDIA_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+TORCH_CPU_SPEC := torch==$(TORCH_VERSION)+cpu
+TORCH_SPEC ?= $(if $(HAS_NVIDIA_GPU),torch==$(TORCH_VERSION),$(TORCH_CPU_SPEC))
+TORCH_INSTALL = $(PIP) $(TORCH_SPEC)
+# the CPU build from the sources pip already knows (a local wheel, a mirror; pip's "not found" hidden), else
+# from PyTorch's CPU index
+TORCH_INSTALL_CMD = $(if $(filter $(TORCH_CPU_SPEC),$(TORCH_SPEC)),$(TORCH_INSTALL) 2>/dev/null || $(TORCH_INSTALL) \
+	--extra-index-url $(TORCH_CPU_INDEX),$(TORCH_INSTALL))
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
@@ -23,7 +34,7 @@ venv-dev: $(DEV_STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || { echo "== [1/3] creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
 	@echo "== [2/3] installing torch ($(TORCH_SPEC))"
-	$(PIP) $(TORCH_SPEC)
+	$(TORCH_INSTALL_CMD)
 	@echo "== [3/3] installing llama-course (editable) and its runtime dependencies"
 	$(PIP) -e .
 	@touch $(STAMP)
@@ -38,12 +49,15 @@ $(DEV_STAMP): $(STAMP)
 demo: venv
 	$(PY) -m llama_course.commands.demo $(DEMO_ARGS)
 
-# Debian's headless Chromium for the docs rendering test (best effort: needs root and apt; without it
-# that one test reports the missing browser)
+# Debian's headless Chromium and a CJK font (WenQuanYi Zen Hei) for the docs rendering tests: the site in a
+# browser, and the Chinese interview page in real glyphs rather than boxes (best effort: needs root and apt;
+# without them those tests report what is missing)
+SYSTEM_PACKAGES := chromium fonts-wqy-zenhei
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-	  || echo "note: chromium not installed; the docs screenshot test will say so"; }
+	@{ command -v chromium >/dev/null 2>&1 && fc-list :lang=zh 2>/dev/null | grep -q . ; } || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null) \
+	  || echo "note: $(SYSTEM_PACKAGES) not installed; the docs rendering tests will say so"; }
 
 test: venv-dev system-deps
 	$(PY) -m pytest -q tests

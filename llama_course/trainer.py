@@ -325,6 +325,7 @@ def cli(args) -> int:
         sys.stderr.flush()
         os._exit(0)
     from llama_course.core.data import load_tokens
+    from llama_course.core.distributed import launcher_env
 
     load_tokens(cfg)                          # check data.corpus and build the tokenizer cache once, here
     nproc = cfg.world_size
@@ -347,7 +348,7 @@ def cli(args) -> int:
             argv += [flag, os.path.abspath(value)]
     if args.quiet:
         argv.append("--quiet")
-    code = launch(argv, nproc, args.max_restarts)
+    code = launch(argv, nproc, args.max_restarts, {**os.environ, **launcher_env(nproc)})   # fewer GPUs: CPU
     if code:
         print(f"error: training failed (exit code {code}); see the worker output above", file=sys.stderr)
     return code

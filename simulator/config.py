@@ -61,6 +61,7 @@ CHOICES = {
     "parallel.aggregation": AGGREGATIONS,
     "parallel.zero_stage": (0, 1, 2, 3),
     "training.precision": PRECISIONS,
+    "training.grad_reduce_dtype": PRECISIONS,
     "training.optimizer": OPTIMIZERS,
     "training.on_nonfinite": NONFINITE,
     "load_balance.policy": POLICIES,
@@ -135,6 +136,10 @@ class ClusterConfig:
     """Override device memory in GB."""
     memory_bandwidth_GBps: float | None = None
     """Override device memory (HBM) bandwidth in GB/s."""
+    memory_reserve_GB: float | None = None
+    """Simulator: GB of each device's memory the run cannot use for its tensors: CUDA context and library
+    workspaces, NCCL buffers, the caching allocator's fragmentation. None = the preset's (GPUs: 2 GB + 5% of
+    device memory, 6.3 GB of an A100-80GB; cpu: 0)."""
     compute_efficiency: float | None = None
     """Override the calibrated fraction of peak that large matmuls reach (0..1]."""
 
@@ -151,6 +156,14 @@ class ParallelConfig:
     """Virtual stages per pipeline rank (interleaved 1F1B)."""
     schedule: str = "1f1b"
     """Pipeline schedule: gpipe | 1f1b | interleaved_1f1b."""
+    first_stage_layers: int | None = None
+    """Transformer layers on the first pipeline stage (it also holds the embedding); null = an even split.
+    The layers the first and last stage do not take are split evenly over the middle stages; with vpp > 1
+    a stage's layers are dealt over its chunks, which may then be uneven (Llama 3 405B: 126 layers on pp 16
+    x vpp 8 with 7 on the first and last stage, whose outer chunks hold only the embedding and the head)."""
+    last_stage_layers: int | None = None
+    """Transformer layers on the last pipeline stage (it also holds the output head and the loss); null =
+    an even split. See first_stage_layers."""
     zero_stage: int = 0
     """0 none, 1 optimizer state sharded, 2 + gradients, 3 + parameters (FSDP)."""
     sequence_parallel: bool = False
@@ -198,6 +211,12 @@ class ParallelConfig:
 class TrainingConfig:
     precision: str = "bf16"
     """fp32 | fp16 | bf16. The runtime uses autocast on GPU and computes in fp32 on CPU."""
+    grad_reduce_dtype: str | None = None
+    """Dtype of the data-parallel gradient reduction (all-reduce, reduce-scatter) and of the gradient buffer
+    it reduces: fp32 | bf16 | fp16. null = fp32: for bf16/fp16 training the fp32 main gradients of Megatron-LM
+    (Llama 3 reduces in fp32 too), for fp32 training the training precision; filled in when the config is
+    loaded. bf16 halves the bytes (and loses precision in the sum over ranks).
+    The simulator prices its bytes on the wire and in memory; the runtime reads the same field."""
     optimizer: str = "adamw"
     """sgd (with momentum) | adamw | lars | lamb."""
     lr: float = 3.0e-4
@@ -560,6 +579,8 @@ def resolve(cfg: Config) -> Config:
     for name in ("peak_tflops", "memory_GB", "memory_bandwidth_GBps"):
         if getattr(c, name) is not None:
             _positive(f"cluster.{name}", getattr(c, name))
+    if c.memory_reserve_GB is not None:
+        _non_negative("cluster.memory_reserve_GB", c.memory_reserve_GB)
     if c.compute_efficiency is not None and not 0 < c.compute_efficiency <= 1:
         raise ConfigError(f"cluster.compute_efficiency: {c.compute_efficiency} must be in (0, 1]")
 
@@ -573,11 +594,18 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"parallel.tp: {p.tp} does not divide model.vocab_size {m.vocab_size}")
     if p.sequence_parallel and cfg.seq_len % p.tp:
         raise ConfigError(f"parallel.sequence_parallel: tp {p.tp} does not divide seq_len {cfg.seq_len}")
-    if p.pp * p.vpp > m.n_layers:
+    uneven = p.first_stage_layers is not None or p.last_stage_layers is not None
+    if uneven:
+        _check_stage_layers(m.n_layers, p)
+        if cfg.load_balance.policy == "balanced_stages":
+            raise ConfigError("parallel.first_stage_layers: load_balance.policy balanced_stages chooses every "
+                              "stage's layers itself; set one or the other")
+    elif p.pp * p.vpp > m.n_layers:
         raise ConfigError(f"parallel.pp: {p.pp} x vpp {p.vpp} stages is more than model.n_layers {m.n_layers}")
-    if p.vpp > 1 and m.n_layers % (p.pp * p.vpp):
+    elif p.vpp > 1 and m.n_layers % (p.pp * p.vpp):
         raise ConfigError(f"parallel.vpp: {p.vpp} does not divide the {m.n_layers // p.pp if m.n_layers % p.pp == 0 else m.n_layers / p.pp:g} "
-                          f"layers per stage (n_layers {m.n_layers}, pp {p.pp})")
+                          f"layers per stage (n_layers {m.n_layers}, pp {p.pp}); or set parallel.first_stage_layers / "
+                          f"last_stage_layers for uneven chunks")
     if p.vpp > 1 and p.schedule != "interleaved_1f1b":
         raise ConfigError(f"parallel.vpp: {p.vpp} needs parallel.schedule interleaved_1f1b, not {p.schedule}")
     per_step = p.dp * p.micro_batch_size
@@ -589,9 +617,11 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"parallel.global_batch_size: {p.schedule} needs at least pp = {p.pp} micro-batches "
                           f"per pipeline, got {n_micro} (global_batch_size / (dp x micro_batch_size)); "
                           f"use more, or schedule gpipe")
-    if p.schedule == "interleaved_1f1b" and p.pp > 1 and n_micro % p.pp:
-        raise ConfigError(f"parallel.global_batch_size: interleaved 1F1B needs micro-batches per pipeline "
-                          f"({n_micro}) divisible by pp {p.pp}")
+    rounds = max(1, n_micro // p.pp)
+    if p.schedule == "interleaved_1f1b" and p.pp > 1 and n_micro % rounds:
+        raise ConfigError(f"parallel.global_batch_size: interleaved 1F1B runs the micro-batches of a pipeline in "
+                          f"m // pp equal rounds (torch, Megatron-Core); {n_micro} micro-batches do not split into "
+                          f"{rounds} rounds (use {n_micro - n_micro % rounds} or {n_micro - n_micro % rounds + rounds})")
     if p.strategy == "parameter_server" and (p.tp > 1 or p.pp > 1):
         raise ConfigError("parallel.strategy: parameter_server runs data parallel only (tp = pp = 1)")
     if p.sync != "bsp" and p.strategy != "parameter_server" and p.sync != "local_sgd":
@@ -605,6 +635,8 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"parallel.lock_free: Hogwild updates need training.optimizer sgd, not {t.optimizer} "
                           "(Adam's moments updated by two threads at once race)")
 
+    if t.grad_reduce_dtype is None:
+        t.grad_reduce_dtype = "fp32"        # bf16/fp16 training reduces fp32 main gradients; fp32 is fp32
     _positive("training.lr", t.lr)
     if t.min_lr is None:
         t.min_lr = t.lr / 10
@@ -650,6 +682,27 @@ def resolve(cfg: Config) -> Config:
     if cfg.checkpoint.write_GBps is not None:
         _positive("checkpoint.write_GBps", cfg.checkpoint.write_GBps)
     return cfg
+
+
+def _check_stage_layers(n_layers: int, p: ParallelConfig) -> None:
+    """Uneven pipeline stages: each of first/last at least one layer, and every middle stage too."""
+    for name in ("first_stage_layers", "last_stage_layers"):
+        value = getattr(p, name)
+        if value is None:
+            continue
+        if p.pp < 2:
+            raise ConfigError(f"parallel.{name}: needs pp >= 2 (a one-stage pipeline has no first and last stage)")
+        if value < 1:
+            raise ConfigError(f"parallel.{name}: must be at least 1, got {value}")
+    given = [v for v in (p.first_stage_layers, p.last_stage_layers) if v is not None]
+    middle, rest = p.pp - len(given), n_layers - sum(given)
+    name = "last_stage_layers" if p.last_stage_layers is not None else "first_stage_layers"
+    if middle == 0 and rest != 0:
+        raise ConfigError(f"parallel.{name}: first {p.first_stage_layers} + last {p.last_stage_layers} layers "
+                          f"must add up to model.n_layers {n_layers} on pp 2")
+    if rest < middle:
+        raise ConfigError(f"parallel.{name}: leaves {rest} of model.n_layers {n_layers} for {middle} middle "
+                          f"stages; each needs at least one")
 
 
 def _get(cfg: Any, dotted: str) -> Any:
