@@ -104,7 +104,8 @@ def fresh_venv(tree: Path) -> None:
         module, func = target.split(":")
         script = venv / "bin" / name
         script.write_text(f"#!{venv / 'bin' / 'python'}\nimport sys\nfrom {module} import {func}\n"
-                          f"sys.exit({func}())\n")
+                          f"if __name__ == '__main__':\n    sys.exit({func}())\n")   # as pip writes it: spawned
+        # children import the script as __mp_main__ and must not run the command again
         script.chmod(0o755)
     for stamp in (".installed", ".installed-dev"):
         (venv / stamp).touch()
