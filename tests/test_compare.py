@@ -1,12 +1,16 @@
 """`compare` and `bench`: both engines on one config, the error computed from what each reports."""
 
+import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from llama_course.commands.compare import _merge, _minus, measured_components
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_interval_arithmetic():
@@ -71,3 +75,40 @@ def test_bench_times_a_parameter_server_round_trip_over_rpc():
     assert all(0 < t < 1 for _, t in curves[0])
     with pytest.raises(ValueError):
         launched("os.system", 1)
+
+
+def _suite_row(name, p_step, m_step, p_parts, m_parts, uncal_step=None):
+    row = {"name": name, "ok": True, "load": 1.0,
+           "predicted": {"step_time_s": p_step, "breakdown_s": p_parts},
+           "measured": {"step_time_s": m_step, "breakdown_s": m_parts},
+           "relative_error": {"step_time_s": (p_step - m_step) / m_step}}
+    if uncal_step is not None:
+        row["speed_factor"] = 1.5
+        row["uncalibrated"] = {"predicted": {"step_time_s": uncal_step, "breakdown_s": p_parts},
+                               "relative_error": {"step_time_s": (uncal_step - m_step) / m_step}}
+    return row
+
+
+def test_compare_suite_held_out_is_judged_uncalibrated_with_its_components():
+    """benchmarks/compare_suite.py's held-out goal (issue 17 item 7): the uncalibrated error, not the
+    calibrated one; components below 10% of the step, ZeRO-3's and tp's are not held to 25%; a pipeline's
+    receive wait counts as communication + bubble on both sides."""
+    spec = importlib.util.spec_from_file_location("compare_suite", ROOT / "benchmarks" / "compare_suite.py")
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    parts = {"compute": 0.08, "exposed_comm": 0.02, "bubble": 0.0, "optimizer": 0.005}
+    good = _suite_row("dp 3 bucketed", 0.1, 0.1, parts, parts, uncal_step=0.11)
+    assert suite.held_out_summary([good])["goal_met"]
+    calibrated_only = _suite_row("dp 3 bucketed", 0.1, 0.1, parts, parts, uncal_step=0.14)   # +40% uncalibrated
+    h = suite.held_out_summary([calibrated_only])
+    assert not h["goal_met"] and abs(h["mean_abs_error"] - 0.4) < 1e-9
+    wrong_comm = _suite_row("dp 2 naive, seq 64", 0.1, 0.1, dict(parts, exposed_comm=0.05), parts)
+    assert suite.component_errors(wrong_comm) == {"compute": 0.0, "exposed_comm": pytest.approx(1.5)}
+    assert not suite.held_out_summary([wrong_comm])["goal_met"]
+    assert suite.component_errors(dict(wrong_comm, name="dp 2 ZeRO-3")) == {}
+    tiny_comm = dict(parts, exposed_comm=0.005)            # 5% of the step: below the floor, not judged
+    assert set(suite.component_errors(_suite_row("dp 2", 0.1, 0.1, dict(tiny_comm, exposed_comm=0.02),
+                                                 tiny_comm))) == {"compute"}
+    pipe = _suite_row("small model pp 2 1F1B", 0.1, 0.1, {"compute": 0.06, "exposed_comm": 0.0, "bubble": 0.03},
+                      {"compute": 0.06, "exposed_comm": 0.02, "bubble": 0.01})
+    assert suite.component_errors(pipe) == {"compute": 0.0, "exposed_comm": 0.0}
