@@ -5,14 +5,16 @@ Keeps the model, cluster, sequence length, global batch and precision of the con
     tp          powers of two up to a node (tensor parallelism wants NVLink), dividing heads and kv heads
     pp          divisors of num_gpus / tp, at most the layers (uneven stages allowed, as Llama 3's 126 / 16)
     schedule    gpipe, 1f1b, and interleaved_1f1b with vpp in 2, 3, 4, 6, 8 (vpp dividing layers / pp)
-    zero_stage  0-3 (2 and 3 only without pipeline parallelism, as Megatron-LM and DeepSpeed allow)
+    zero_stage  0-3, where the capability table (capabilities.py) says the runtime runs it for the layout
     micro_batch 1, 2, 4, 8, 16 sequences
     recompute   none, selective (only without a fused attention kernel), full
     sequence parallelism whenever tp > 1
 
 Search (branch and bound, hundreds to thousands of layouts in seconds):
 
-  1. every candidate is validated by the schema and checked for memory with the closed forms of
+  1. only layouts the runtime runs are candidates (the capability table, with the config's strategy,
+     implementation, compression, policy and precision); every candidate is validated and checked for
+     memory with the closed forms of
      `memory.py` (no simulation); what does not fit is dropped, and only the lightest recomputation that
      fits is kept (more recomputation is never faster);
   2. each survivor gets a cheap lower bound on its step time: its fullest pipeline rank's compute,
@@ -40,6 +42,7 @@ import json
 import math
 import time
 
+from simulator import capabilities
 from simulator.collectives import CommModel
 from simulator.compute import block_times, optimizer_time
 from simulator.config import ConfigError, load_config, resolve
@@ -103,7 +106,8 @@ class PlanComm(CommModel):
 
 
 def candidates(cfg) -> list:
-    """Parallel sections to try (dicts of PLAN_FIELDS), before validation and memory checks."""
+    """Parallel sections to try (dicts of PLAN_FIELDS): layouts the capability table allows with the config's
+    other fields, before validation and memory checks."""
     n = cfg.cluster.num_gpus
     gpn = cfg.cluster.gpus_per_node or (n if cfg.cluster.gpu == "cpu" else 8)
     m = cfg.model
@@ -124,9 +128,11 @@ def candidates(cfg) -> list:
                     schedules = [("gpipe", 1)] + (schedules if n_micro >= pp else [])
                     schedules += [("interleaved_1f1b", v) for v in VIRTUAL_STAGES
                                   if m.n_layers % (pp * v) == 0 and n_micro % pp == 0]
-                zeros = (0, 1, 2, 3) if pp == 1 else (0, 1)
                 for schedule, vpp in schedules:
-                    for zero in zeros if dp > 1 else (0,):
+                    for zero in (0, 1, 2, 3) if dp > 1 else (0,):
+                        if not capabilities.supported(capabilities.key(cfg, dp=dp, tp=tp, pp=pp, zero_stage=zero,
+                                                                       schedule=schedule)):
+                            continue
                         for recompute in recomputes:
                             out.append(dict(dp=dp, tp=tp, pp=pp, vpp=vpp, schedule=schedule, zero_stage=zero,
                                             micro_batch_size=mb, activation_checkpointing=recompute,

@@ -44,7 +44,7 @@ def compare(rows=None, overrides=None) -> list:
 
     out = []
     for name, raw, published in rows or load_rows():
-        cfg = load_config(raw, overrides or [])
+        cfg = load_config(raw, overrides or [], runtime=False)     # Megatron-LM's runs, not the course runtime's
         r = simulate(cfg)
         pred = r["hardware_tflops_per_gpu"]
         p = cfg.parallel

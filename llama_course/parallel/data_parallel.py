@@ -61,7 +61,6 @@ from llama_course.core.optimizers import optimizer_for_groups
 from llama_course.engine import ENGINES, Engine
 from llama_course.parallel import collectives as C
 from llama_course.parallel.communication_compression import build_compressor
-from simulator.config import ConfigError
 
 
 class Unit:
@@ -411,8 +410,6 @@ class FSDP2Engine(Engine):
         from torch.distributed.fsdp import fully_shard
 
         c = self.ctx
-        if c.tp * c.pp != 1:
-            raise ConfigError("parallel: the fsdp2 engine runs data parallel only (tp = pp = 1)")
         mesh = init_device_mesh(c.device_type, (c.dp,))
         reshard = self.cfg.parallel.zero_stage >= 3
         for layer in getattr(model, "layers", []):

@@ -289,16 +289,6 @@ def gather_full_state(ctx, named: dict) -> dict | None:
 # engines
 # ---------------------------------------------------------------------------------------------
 
-def refuse_fp16_scaler(cfg, ctx) -> None:
-    """fp16 needs a loss scaler whose overflow check agrees over the model-parallel ranks (Megatron
-    all-reduces found_inf); this version does not do that, so fp16 with tp or pp > 1 is refused on GPUs."""
-    from simulator.config import ConfigError
-
-    if ctx.device.type == "cuda" and cfg.training.precision == "fp16":
-        raise ConfigError("training.precision: fp16 with tp or pp > 1 is not supported (the loss scaler is "
-                          "per rank); use bf16")
-
-
 def model_parallel_grad_norm(module: nn.Module, ctx, sharded) -> torch.Tensor:
     """||g|| over the whole model: squares of sharded params summed over tp, replicated counted once,
     then summed over the pipeline stages."""
@@ -331,7 +321,6 @@ class TensorParallelEngine(Engine):
     name = "tensor_parallel"
 
     def __init__(self, cfg, ctx, model, tracer=None):
-        refuse_fp16_scaler(cfg, ctx)
         model = shard_model(model, ctx.tp_group, cfg.parallel.sequence_parallel)
         apply_activation_checkpointing(model.layers, cfg.parallel.activation_checkpointing)
         super().__init__(cfg, ctx, model, tracer)
@@ -367,11 +356,9 @@ class TorchTensorParallelEngine(Engine):
 
     def __init__(self, cfg, ctx, model, tracer=None):
         from llama_course.core.distributed import device_mesh
-        from simulator.config import ConfigError
 
-        if cfg.model.tie_embeddings:
-            raise ConfigError("model.tie_embeddings: implementation torch with tp > 1 unties them; use course")
-        refuse_fp16_scaler(cfg, ctx)
+        # the capability table refuses tied embeddings here (DTensor's plan would untie them) and fp16 under
+        # model parallelism (its loss scaler would need an overflow check agreed over tp and pp)
         parallelize_torch(model, device_mesh(ctx)["tp"], cfg.parallel.sequence_parallel)
         apply_activation_checkpointing(model.layers, cfg.parallel.activation_checkpointing)
         super().__init__(cfg, ctx, model, tracer)

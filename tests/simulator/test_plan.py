@@ -118,10 +118,12 @@ def test_affine_collectives_match_the_simulation():
 
 def test_a_large_cluster_is_searched_by_simulating_few_layouts():
     """The runtime bound, counted in simulations rather than seconds (DESIGN: no timed assertions):
-    LLaMA-65B on 2048 A100 has hundreds of layouts that fit; the bound leaves a small share to simulate."""
+    LLaMA-65B on 2048 A100 has hundreds of layouts that fit; the bound leaves a small share to simulate.
+    (The config's own ZeRO-1 under tp x pp is not in the runtime yet: loaded outside the capability table, the
+    planner still only searches what the table allows.)"""
     stats = {}
-    entries = plan(load_config("configs/llama-65b-a100.yaml"), top=3, stats=stats)
-    assert entries and stats["candidates"] >= 500 and stats["viable"] >= 200
+    entries = plan(load_config("configs/llama-65b-a100.yaml", runtime=False), top=3, stats=stats)
+    assert entries and stats["candidates"] >= 400 and stats["viable"] >= 150 and stats["invalid"] == 0
     assert stats["simulated"] <= stats["viable"] / 3
 
 

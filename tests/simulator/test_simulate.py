@@ -70,7 +70,8 @@ def test_recomputation_zero_and_sequence_parallel_save_memory():
     full = simulate(load_config(_cfg(activation_checkpointing="full")))
     assert full["memory_per_gpu_bytes"]["activations"] < base["activations"] / 5
     assert full["hardware_tflops_per_gpu"] > full["model_tflops_per_gpu"] * 1.2
-    zero = [simulate(load_config(_cfg(zero_stage=z)))["memory_per_gpu_bytes"]["total"] for z in range(4)]
+    dp_only = dict(tp=1, pp=1, num_gpus=64, global_batch_size=64)      # ZeRO shards over dp (data_parallel)
+    zero = [simulate(load_config(_cfg(zero_stage=z, **dp_only)))["memory_per_gpu_bytes"]["total"] for z in range(4)]
     assert zero[0] > zero[1] > zero[2] > zero[3]
     sp = simulate(load_config(_cfg(sequence_parallel=True)))["memory_per_gpu_bytes"]["activations"]
     assert sp < base["activations"]
@@ -103,7 +104,9 @@ def test_a_straggler_slows_the_step():
 
 def test_trace_is_chrome_format(tmp_path):
     path = tmp_path / "t.json"
-    simulate(load_config(_cfg(zero_stage=1)), trace_path=str(path))
+    # ZeRO-1 under a pipeline (Megatron-LM's distributed optimizer): a run the simulator describes that the
+    # course runtime does not run yet, so it is loaded outside the capability table
+    simulate(load_config(_cfg(zero_stage=1), runtime=False), trace_path=str(path))
     events = json.loads(path.read_text())["traceEvents"]
     xs = [e for e in events if e["ph"] == "X"]
     assert {e["tid"] for e in xs} <= {"compute", "comm", "bubble"}
