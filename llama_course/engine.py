@@ -34,6 +34,7 @@ from llama_course.core.distributed import Context, all_reduce_mean
 from llama_course.core.model import cross_entropy  # noqa: F401  (engines and tests import it from here)
 from llama_course.core.optimizers import build_optimizer
 from llama_course.core.profiling import Tracer
+from simulator import spec
 from simulator.capabilities import engine_for
 from simulator.config import ConfigError
 
@@ -132,7 +133,7 @@ class Engine:
         """One optimizer step over this rank's micro-batches. Returns loss (global mean), grad_norm, skipped."""
         self.optimizer.zero_grad(set_to_none=True)
         local_loss = self.forward_backward(micro_batches)
-        with self.tracer.span("all_reduce", "comm"):
+        with self.tracer.span(spec.gradient_sync_event(self.cfg.parallel.zero_stage), "comm"):
             self.reduce_gradients()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -189,7 +190,7 @@ class Engine:
     def checkpoint_source_rank(self) -> int:
         """Which rank's saved state this rank loads on resume (its replica that wrote it)."""
         c = self.ctx
-        return (c.pp_rank * c.dp + 0) * c.tp + c.tp_rank
+        return spec.rank_of(c.pp_rank, 0, c.tp_rank, c.dp, c.tp)
 
     def checkpoint_group(self) -> tuple:
         """(process group, ranks) a checkpoint is collective over: (None, None) means every rank."""

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from simulator import spec
 from simulator.collectives import CommModel
 from simulator.compute import block_times, embedding_times, head_times, optimizer_time
 from simulator.data_parallel import (
+    bucket_sizes,
     buckets_ready,
     compression_factor,
     grad_bytes_per_param,
@@ -53,7 +55,7 @@ class Layout:
     vpp: int
 
     def rank(self, tp_index: int, dp_index: int, pp_index: int) -> int:
-        return tp_index + self.tp * (dp_index + self.dp * pp_index)
+        return spec.rank_of(pp_index, dp_index, tp_index, self.dp, self.tp)
 
     def tp_group(self, dp_index: int = 0, pp_index: int = 0) -> list:
         return [self.rank(i, dp_index, pp_index) for i in range(self.tp)]
@@ -65,10 +67,9 @@ class Layout:
         return [self.rank(tp_index, dp_index, i) for i in range(self.pp)]
 
     def coords(self, rank: int) -> tuple:
-        """(tp_index, dp_index, pp_index) of a global rank."""
-        tp_index = rank % self.tp
-        dp_index = (rank // self.tp) % self.dp
-        return tp_index, dp_index, rank // (self.tp * self.dp)
+        """(tp_index, dp_index, pp_index) of a global rank (simulator/spec.py: the runtime's grid)."""
+        pp_index, dp_index, tp_index = spec.coords(rank, self.dp, self.tp, self.pp)
+        return tp_index, dp_index, pp_index
 
 
 @dataclass
@@ -207,6 +208,9 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False) -> Step:
     psi_virtual = virtual_stage_params(cfg, layers)
     grad_wire = grad_bytes_per_param(cfg) * compression_factor(cfg)
     dp_group = layout.dp_group()
+    n_virtual = len(layers)
+    stage_tensors = [spec.stage_tensor_numels(cfg.model, cfg.seq_len, n, k == 0, k == n_virtual - 1, p.tp)
+                     for k, n in enumerate(layers)]
     # ZeRO-2/3 (and torch's ZeRO-1, which is FSDP2's ZeRO-2) reduce-scatter the gradients; the course's
     # ZeRO-1 all-reduces them, then each rank updates its shard
     kind = "all_reduce" if p.zero_stage == 0 or (p.zero_stage == 1 and p.implementation == "course") \
@@ -221,8 +225,10 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False) -> Step:
                 k = c * p.pp + r
                 if layout.dp == 1:
                     continue
-                ready += buckets_ready(run.last_backward[(r, c)], psi_virtual[k] * grad_wire, p.bucket_mb,
-                                       tensors=9 * layers[k] + 1)
+                # the runtime's buckets over this chunk's tensors, scaled to the bytes on the wire
+                plan = bucket_sizes(stage_tensors[k], p.bucket_mb)
+                scale = psi_virtual[k] * grad_wire / sum(plan)
+                ready += buckets_ready(run.last_backward[(r, c)], [b * scale for b in plan])
             ready.sort()
             dp_end, dp_busy, spans = gradient_sync(
                 ready, p.overlap and p.bucket_mb > 0,
@@ -230,7 +236,7 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False) -> Step:
             psi_r = sum(psi_virtual[c * p.pp + r] for c in range(p.vpp))
             psi_opt = psi_r / layout.dp if p.zero_stage >= 1 else psi_r
             opt = optimizer_time(psi_opt, cfg.training.precision, cfg.training.optimizer, hw,
-                                 tensors=9 * sum(layers[c * p.pp + r] for c in range(p.vpp)) + 3)
+                                 tensors=sum(len(stage_tensors[c * p.pp + r]) for c in range(p.vpp)))
             gather = 0.0
             if p.zero_stage in (1, 2) and layout.dp > 1:
                 gather = comm.time("all_gather", dp_group, psi_r * weight_bytes_per_param(cfg))

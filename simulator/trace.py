@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 
+from simulator import spec
+
 US = 1e6
 
 
@@ -25,7 +27,7 @@ def trace_events(step, layout, cfg) -> list:
     """The traceEvents of one simulated step."""
     run = step.pipeline
     pids = layout.pp_group()
-    dp_name = "reduce_scatter" if cfg.parallel.zero_stage == 1 else "all_reduce"
+    dp_name = spec.gradient_sync_event(cfg.parallel.zero_stage)      # the runtime's name (simulator/spec.py)
     events = [{"name": "process_name", "ph": "M", "pid": pids[r], "args": {"name": f"rank {pids[r]} (stage {r})"}}
               for r in range(layout.pp)]
     by_rank: dict = {r: [] for r in range(layout.pp)}

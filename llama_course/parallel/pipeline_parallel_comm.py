@@ -26,6 +26,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from simulator import spec
+
 
 class PipelineComm:
     """send/recv of one rank to its pipeline neighbours over ctx.pp_group (global ranks computed here)."""
@@ -37,7 +39,7 @@ class PipelineComm:
 
     def global_rank(self, pp_rank: int) -> int:
         c = self.ctx
-        return (pp_rank * c.dp + c.dp_rank) * c.tp + c.tp_rank
+        return spec.rank_of(pp_rank, c.dp_rank, c.tp_rank, c.dp, c.tp)
 
     def tag(self, kind: str, micro_batch: int, stage: int) -> int:
         """Unique per message of a step: stage is the receiving virtual stage."""

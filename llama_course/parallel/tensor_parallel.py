@@ -51,26 +51,16 @@ from llama_course.parallel.tensor_parallel_comm import (
     exit_region,
     split_to_sp,
 )
+from simulator import spec
 
 # ---------------------------------------------------------------------------------------------
 # split layers
 # ---------------------------------------------------------------------------------------------
 
-COLUMN = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3")
-ROW = ("attention.wo", "feed_forward.w2")
-
-
-def shard_dim(name: str) -> int | None:
-    """Which dim of full parameter `name` is split over tp (None: replicated on every tp rank)."""
-    if name in ("tok_embeddings.weight", "output.weight"):
-        return 0                                             # vocabulary rows
-    for layer in COLUMN:
-        if f".{layer}." in f".{name}":
-            return 0                                         # output features (weight rows, bias)
-    for layer in ROW:
-        if name.endswith(f"{layer}.weight"):
-            return 1                                         # input features
-    return None
+COLUMN, ROW = spec.COLUMN_SPLIT, spec.ROW_SPLIT
+shard_dim = spec.shard_dim
+"""Which dim of full parameter `name` is split over tp (None: replicated): simulator/spec.py, shared with
+the simulator's parameter and byte counts."""
 
 
 class ColumnParallelLinear(nn.Linear):

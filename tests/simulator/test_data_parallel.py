@@ -4,13 +4,18 @@ from simulator.config import load_config
 from simulator.data_parallel import bucket_sizes, buckets_ready, compression_factor, gradient_sync
 
 
-def test_buckets_split_the_bytes():
-    assert sum(bucket_sizes(100e6, 25, 10)) == pytest.approx(100e6) and len(bucket_sizes(100e6, 25, 10)) == 4
-    assert len(bucket_sizes(100e6, 0, 10)) == 10
+def test_buckets_follow_the_runtime_plan():
+    """MiB caps over the tensors in backward order, the first bucket at most 1 MiB (simulator/spec.py)."""
+    mib = 2 ** 20 // 4                                        # fp32 elements in one MiB
+    sizes = bucket_sizes([mib // 2] + [5 * mib] * 10, 25)    # registration order: a small tensor first
+    assert sum(sizes) == 4 * (mib // 2 + 50 * mib)
+    assert sizes[0] == 5 * 2 ** 20                           # one tensor alone passes the 1 MiB first bucket
+    assert sizes[1:] == [25 * 2 ** 20, 20 * 2 ** 20 + 2 ** 19]   # then 25 MiB caps; the small tensor comes last
+    assert len(bucket_sizes([mib] * 10, 0)) == 10            # bucket_mb 0: one tensor per bucket
 
 
 def test_overlap_hides_all_but_the_last_bucket():
-    ready = buckets_ready((0.0, 1.0), 100e6, 25, 1)        # ready at 0.25, 0.5, 0.75, 1.0
+    ready = buckets_ready((0.0, 1.0), [25e6] * 4)        # ready at 0.25, 0.5, 0.75, 1.0
     comm = lambda n, chained: 0.1                           # noqa: E731
     end, busy, spans = gradient_sync(ready, True, comm, 1.0)
     assert end == pytest.approx(1.1) and busy == pytest.approx(0.4)
@@ -21,7 +26,7 @@ def test_overlap_hides_all_but_the_last_bucket():
 
 
 def test_a_collective_right_after_another_is_priced_back_to_back():
-    ready = buckets_ready((0.0, 1.0), 100e6, 25, 1)
+    ready = buckets_ready((0.0, 1.0), [25e6] * 4)
     calls = []
 
     def comm(n, chained):

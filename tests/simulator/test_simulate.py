@@ -84,7 +84,9 @@ def test_overlap_hides_gradient_communication():
     assert off["comm_s"]["dp_exposed"] > on["comm_s"]["dp_exposed"]
     assert off["step_time_s"] > on["step_time_s"]
     comp = simulate(load_config(_cfg(overlap=False, compression="powersgd", **small)))
-    assert comp["comm_s"]["dp_total"] < off["comm_s"]["dp_total"] / 10
+    # PowerSGD's buckets are latency bound: the runtime's plan (25 MiB of fp32 gradients per bucket, closed at
+    # tensor boundaries: 113 buckets here) pays more latencies than an even split of the bf16 bytes did (88)
+    assert comp["comm_s"]["dp_total"] < off["comm_s"]["dp_total"] / 5
 
 
 def test_more_micro_batches_shrink_the_bubble_and_interleaving_more():
