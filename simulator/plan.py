@@ -129,7 +129,7 @@ def candidates(cfg) -> list:
                     schedules += [("interleaved_1f1b", v) for v in VIRTUAL_STAGES
                                   if m.n_layers % (pp * v) == 0 and n_micro % pp == 0]
                 for schedule, vpp in schedules:
-                    for zero in (0, 1, 2, 3) if dp > 1 else (0,):
+                    for zero in (0, 1, 2, 3):
                         if not capabilities.supported(capabilities.key(cfg, dp=dp, tp=tp, pp=pp, zero_stage=zero,
                                                                        schedule=schedule)):
                             continue
