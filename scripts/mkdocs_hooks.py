@@ -10,6 +10,8 @@
   concept page and exercises, as they exist at build time.
 - Result pages in docs/benchmarks/*.md join the nav's "Benchmarks" section; `<!-- benchmark-pages -->` in
   docs/benchmarks.md becomes a list of them.
+- docs/design.md's `<!-- capability-table -->` becomes the capability table (simulator/capabilities.py) as
+  the code has it, so the page never lags behind a new combination.
 - A concept page's `<!-- concept-links -->` (docs/concepts/<concept>.md) becomes its links: lab, exercises,
   runtime and simulator API pages, interview questions; only to what exists, so the links never dangle.
 """
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib
 import json
 import re
+import sys
 from pathlib import Path
 
 import yaml
@@ -204,12 +208,22 @@ def concept_links(concept: str) -> str:
     return "\n".join(lines)
 
 
+def capability_table() -> str:
+    """simulator/capabilities.py's table as this tree has it, in Markdown (torch-free, imported from ROOT)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    capabilities = importlib.import_module("simulator.capabilities")
+    return capabilities.format_table()
+
+
 def on_page_markdown(markdown, page, config, files):
     if "<!-- labs-table -->" in markdown:
         markdown = markdown.replace("<!-- labs-table -->", labs_table())
     if "<!-- benchmark-pages -->" in markdown:
         pages = "\n".join(f"- [{_md_title(p)}](benchmarks/{p.name})" for p in benchmark_pages())
         markdown = markdown.replace("<!-- benchmark-pages -->", pages or "*(no results yet)*")
+    if "<!-- capability-table -->" in markdown:
+        markdown = markdown.replace("<!-- capability-table -->", capability_table())
     if "<!-- concept-links -->" in markdown:
         concept = Path(page.file.src_uri).stem
         if concept in CONCEPTS:

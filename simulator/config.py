@@ -15,13 +15,10 @@ configs here, so they accept and refuse alike.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
-import inspect
 import math
 import os
-import textwrap
 import types
 import typing
 from typing import Any
@@ -58,6 +55,8 @@ from simulator.schema import (  # noqa: F401  (the schema's names are imported f
     ModelConfig,
     ParallelConfig,
     TrainingConfig,
+    field_docs,
+    yaml_name,
 )
 
 MAX_GPUS = 1 << 20
@@ -147,19 +146,12 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             raise ConfigError(f"{where}: keys must be names, got {key!r}")
         attr = YAML_ALIASES.get((section, key), key)
         if attr not in names:
-            visible = [_yaml_name(section, n) for n in names]
+            visible = [yaml_name(section, n) for n in names]
             close = difflib.get_close_matches(key, visible, n=1, cutoff=0.6)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(sorted(visible))})"
             raise ConfigError(f"unknown key '{prefix}{key}'{hint}")
         kwargs[attr] = _coerce(hints[attr], value, f"{prefix}{key}")
     return cls(**kwargs)
-
-
-def _yaml_name(section: str, attr: str) -> str:
-    for (sec, key), a in YAML_ALIASES.items():
-        if sec == section and a == attr:
-            return key
-    return attr
 
 
 def _coerce(tp: Any, value: Any, name: str) -> Any:
@@ -395,23 +387,3 @@ def _positive(name: str, value: Any) -> None:
 def _non_negative(name: str, value: Any) -> None:
     if value is None or value < 0:
         raise ConfigError(f"{name}: must not be negative, got {value}")
-
-
-def field_docs(cls: type = Config) -> dict:
-    """Map 'section.field' -> docstring, read from the attribute docstrings of the dataclasses (for --help and docs)."""
-    out = {}
-
-    def walk(klass: type, prefix: str) -> None:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        body = tree.body[0].body
-        for node, nxt in zip(body, body[1:]):
-            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-                name = node.target.id
-                out[prefix + _yaml_name(prefix.rstrip("."), name)] = " ".join(str(nxt.value.value).split())
-        for f in dataclasses.fields(klass):
-            sub = typing.get_type_hints(klass)[f.name]
-            if dataclasses.is_dataclass(sub):
-                walk(sub, prefix + f.name + ".")
-
-    walk(cls, "")
-    return out

@@ -8,7 +8,11 @@ fields are in config.py; which combinations the runtime can run is in capabiliti
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import textwrap
+import typing
 from dataclasses import dataclass, field
 
 
@@ -316,3 +320,31 @@ class Config:
 
 # YAML keys that differ from the Python attribute (a keyword in Python)
 YAML_ALIASES = {("checkpoint", "async"): "async_save"}
+
+
+def yaml_name(section: str, attr: str) -> str:
+    """The YAML key of a dataclass attribute (`async` for checkpoint.async_save: a Python keyword)."""
+    for (sec, key), a in YAML_ALIASES.items():
+        if sec == section and a == attr:
+            return key
+    return attr
+
+
+def field_docs(cls: type = Config) -> dict:
+    """Map 'section.field' -> docstring, read from the attribute docstrings of the dataclasses (for --help and docs)."""
+    out = {}
+
+    def walk(klass: type, prefix: str) -> None:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                name = node.target.id
+                out[prefix + yaml_name(prefix.rstrip("."), name)] = " ".join(str(nxt.value.value).split())
+        for f in dataclasses.fields(klass):
+            sub = typing.get_type_hints(klass)[f.name]
+            if dataclasses.is_dataclass(sub):
+                walk(sub, prefix + f.name + ".")
+
+    walk(cls, "")
+    return out

@@ -3,7 +3,7 @@
     llama-course simulate configs/llama-7b-a100.yaml [--set parallel.tp=2] [--json] [--trace step.json]
     python -m simulator configs/llama-7b-a100.yaml --json          (no torch needed)
 
-What it reports (DESIGN.md, `simulate --json`):
+What it reports (docs/design.md, "JSON outputs"):
 
     step_time_s            one optimizer step of the slowest replica
     tokens_per_s           tokens_per_step / step_time_s             (tokens_per_s_per_gpu: / num_gpus)

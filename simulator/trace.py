@@ -1,6 +1,6 @@
 """Trace: a simulated step as a Chrome trace (opens in Perfetto or chrome://tracing).
 
-Format (DESIGN.md): {"traceEvents": [...]} of complete events `ph: "X"` with `ts`/`dur` in microseconds,
+Format (docs/design.md, "Traces"): {"traceEvents": [...]} of complete events `ph: "X"` with `ts`/`dur` in microseconds,
 `pid` = global rank, `tid` = "compute" | "comm" | "bubble". Event names are the runtime's: forward,
 backward, send, recv, all_reduce (reduce_scatter, all_gather under ZeRO), optimizer, bubble, so a simulated
 and a measured step can be laid side by side. One row per simulated rank: the p ranks of one pipeline

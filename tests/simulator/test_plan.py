@@ -40,7 +40,7 @@ def test_plan_ranks_fitting_layouts_best_first():
 
 
 def test_plan_cli_json_contract(capsys):
-    """DESIGN.md: a JSON list, best first; each entry the chosen parallel fields and simulate's fields."""
+    """docs/design.md: a JSON list, best first; each entry the chosen parallel fields and simulate's fields."""
     args = argparse.Namespace(config=None, overrides=["model.preset=llama-1b", "seq_len=2048", "cluster.gpu=a100-40gb",
                                                       "cluster.num_gpus=16", "parallel.global_batch_size=64"],
                               top=3, json=True)
@@ -117,7 +117,7 @@ def test_affine_collectives_match_the_simulation():
 
 
 def test_a_large_cluster_is_searched_by_simulating_few_layouts():
-    """The runtime bound, counted in simulations rather than seconds (DESIGN: no timed assertions):
+    """The runtime bound, counted in simulations rather than seconds (docs/design.md: no timed assertions):
     LLaMA-65B on 2048 A100 has hundreds of layouts that fit; the bound leaves a small share to simulate.
     (The config's own ZeRO-1 under tp x pp is not in the runtime yet: loaded outside the capability table, the
     planner still only searches what the table allows.)"""
