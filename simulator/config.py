@@ -296,11 +296,18 @@ def resolve(cfg: Config, runtime: bool = True) -> Config:
         raise ConfigError(f"parallel.tp: {p.tp} does not divide model.vocab_size {m.vocab_size}")
     if p.sequence_parallel and cfg.seq_len % p.tp:
         raise ConfigError(f"parallel.sequence_parallel: tp {p.tp} does not divide seq_len {cfg.seq_len}")
-    if p.pp * p.vpp > m.n_layers:
+    uneven = p.first_stage_layers is not None or p.last_stage_layers is not None
+    if uneven:
+        _check_stage_layers(m.n_layers, p)
+        if cfg.load_balance.policy == "balanced_stages":
+            raise ConfigError("parallel.first_stage_layers: load_balance.policy balanced_stages chooses every "
+                              "stage's layers itself; set one or the other")
+    elif p.pp * p.vpp > m.n_layers:
         raise ConfigError(f"parallel.pp: {p.pp} x vpp {p.vpp} stages is more than model.n_layers {m.n_layers}")
-    if p.vpp > 1 and m.n_layers % (p.pp * p.vpp):
+    elif p.vpp > 1 and m.n_layers % (p.pp * p.vpp):
         raise ConfigError(f"parallel.vpp: {p.vpp} does not divide the {m.n_layers // p.pp if m.n_layers % p.pp == 0 else m.n_layers / p.pp:g} "
-                          f"layers per stage (n_layers {m.n_layers}, pp {p.pp})")
+                          f"layers per stage (n_layers {m.n_layers}, pp {p.pp}); or set parallel.first_stage_layers / "
+                          f"last_stage_layers for uneven chunks")
     if p.vpp > 1 and p.schedule != "interleaved_1f1b":
         raise ConfigError(f"parallel.vpp: {p.vpp} needs parallel.schedule interleaved_1f1b, not {p.schedule}")
     per_step = p.dp * p.micro_batch_size
@@ -312,9 +319,11 @@ def resolve(cfg: Config, runtime: bool = True) -> Config:
         raise ConfigError(f"parallel.global_batch_size: {p.schedule} needs at least pp = {p.pp} micro-batches "
                           f"per pipeline, got {n_micro} (global_batch_size / (dp x micro_batch_size)); "
                           f"use more, or schedule gpipe")
-    if p.schedule == "interleaved_1f1b" and p.pp > 1 and n_micro % p.pp:
-        raise ConfigError(f"parallel.global_batch_size: interleaved 1F1B needs micro-batches per pipeline "
-                          f"({n_micro}) divisible by pp {p.pp}")
+    rounds = max(1, n_micro // p.pp)
+    if p.schedule == "interleaved_1f1b" and p.pp > 1 and n_micro % rounds:
+        raise ConfigError(f"parallel.global_batch_size: interleaved 1F1B runs the micro-batches of a pipeline in "
+                          f"m // pp equal rounds (torch, Megatron-Core); {n_micro} micro-batches do not split into "
+                          f"{rounds} rounds (use {n_micro - n_micro % rounds} or {n_micro - n_micro % rounds + rounds})")
     _positive("parallel.outer_lr", p.outer_lr)
     if not 0 <= p.outer_momentum < 1:
         raise ConfigError(f"parallel.outer_momentum: {p.outer_momentum} must be in [0, 1)")
@@ -371,6 +380,27 @@ def resolve(cfg: Config, runtime: bool = True) -> Config:
     if runtime:
         capabilities.check(cfg)
     return cfg
+
+
+def _check_stage_layers(n_layers: int, p: ParallelConfig) -> None:
+    """Uneven pipeline stages: each of first/last at least one layer, and every middle stage too."""
+    for name in ("first_stage_layers", "last_stage_layers"):
+        value = getattr(p, name)
+        if value is None:
+            continue
+        if p.pp < 2:
+            raise ConfigError(f"parallel.{name}: needs pp >= 2 (a one-stage pipeline has no first and last stage)")
+        if value < 1:
+            raise ConfigError(f"parallel.{name}: must be at least 1, got {value}")
+    given = [v for v in (p.first_stage_layers, p.last_stage_layers) if v is not None]
+    middle, rest = p.pp - len(given), n_layers - sum(given)
+    name = "last_stage_layers" if p.last_stage_layers is not None else "first_stage_layers"
+    if middle == 0 and rest != 0:
+        raise ConfigError(f"parallel.{name}: first {p.first_stage_layers} + last {p.last_stage_layers} layers "
+                          f"must add up to model.n_layers {n_layers} on pp 2")
+    if rest < middle:
+        raise ConfigError(f"parallel.{name}: leaves {rest} of model.n_layers {n_layers} for {middle} middle "
+                          f"stages; each needs at least one")
 
 
 def _get(cfg: Any, dotted: str) -> Any:

@@ -19,7 +19,7 @@ p micro-batches on the first stage of 1F1B, m with GPipe, p (1 + (p-1)/(p v)) in
 
 from __future__ import annotations
 
-from simulator.pipeline_parallel import peak_in_flight, schedule_order
+from simulator.pipeline_parallel import partition_layers, peak_in_flight, schedule_order
 from simulator.workload import DTYPE_BYTES, activation_bytes_per_layer, layer_params, state_bytes
 
 GB = 1e9
@@ -34,6 +34,14 @@ def layers_per_virtual_stage(n_layers: int, n_virtual: int) -> list:
     """Blocks of each virtual stage; when they do not divide evenly the first stages take one more."""
     base, extra = divmod(n_layers, n_virtual)
     return [base + (1 if k < extra else 0) for k in range(n_virtual)]
+
+
+def stage_layers(cfg) -> list:
+    """Blocks of each virtual stage k = c pp + r of a config: `pipeline_parallel.partition_layers` with
+    its first/last stage layer counts (the one partition both engines use)."""
+    p = cfg.parallel
+    return [len(r) for r in partition_layers(cfg.model.n_layers, p.pp, p.vpp, p.first_stage_layers,
+                                             p.last_stage_layers)]
 
 
 def virtual_stage_params(cfg, layers: list) -> list:

@@ -40,7 +40,7 @@ from simulator.data_parallel import (
     gradient_sync,
     zero3_exposed,
 )
-from simulator.memory import layers_per_virtual_stage, uses_flash, virtual_stage_params
+from simulator.memory import stage_layers, uses_flash, virtual_stage_params
 from simulator.model_compression import weight_bytes_per_param
 from simulator.pipeline_parallel import simulate_pipeline
 from simulator.tensor_parallel import tp_comm
@@ -188,7 +188,7 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False) -> Step:
     p = cfg.parallel
     layout = Layout(p.tp, p.dp, p.pp, p.vpp)
     n_micro = cfg.grad_accum_steps
-    layers = layers_per_virtual_stage(cfg.model.n_layers, p.pp * p.vpp)
+    layers = stage_layers(cfg)
     fwd, bwd, blk = stage_costs(cfg, hw, comm, layout, layers)
     send = p2p_time(cfg, comm, layout)
     fwd_t, bwd_t = [c.total for c in fwd], [c.total for c in bwd]

@@ -140,6 +140,14 @@ class ParallelConfig:
     """Virtual stages per pipeline rank (interleaved 1F1B)."""
     schedule: str = "1f1b"
     """Pipeline schedule: gpipe | 1f1b | interleaved_1f1b."""
+    first_stage_layers: int | None = None
+    """Transformer layers on the first pipeline stage (it also holds the embedding); null = an even split.
+    The layers the first and last stage do not take are split evenly over the middle stages; with vpp > 1
+    a stage's layers are dealt over its chunks, which may then be uneven (Llama 3 405B: 126 layers on pp 16
+    x vpp 8 with 7 on the first and last stage, whose outer chunks hold only the embedding and the head)."""
+    last_stage_layers: int | None = None
+    """Transformer layers on the last pipeline stage (it also holds the output head and the loss); null =
+    an even split. See first_stage_layers."""
     zero_stage: int = 0
     """0 none, 1 optimizer state sharded, 2 + gradients, 3 + parameters (FSDP)."""
     sequence_parallel: bool = False

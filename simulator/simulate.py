@@ -36,7 +36,7 @@ from simulator.collectives import CommModel
 from simulator.config import Config, ConfigError, load_config
 from simulator.data_parallel import compression_factor, grad_bytes_per_param
 from simulator.hardware import device_memory, hardware_for
-from simulator.memory import layers_per_virtual_stage, layout_memory, virtual_stage_params
+from simulator.memory import layout_memory, stage_layers, virtual_stage_params
 from simulator.parallel_3d import Layout, simulate_step
 from simulator.topology import Cluster
 from simulator.workload import DTYPE_BYTES, model_flops_per_token
@@ -76,7 +76,7 @@ def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None) 
     p = cfg.parallel
     n_gpus = cfg.cluster.num_gpus
     n_micro = cfg.grad_accum_steps
-    layers = layers_per_virtual_stage(cfg.model.n_layers, p.pp * p.vpp)
+    layers = stage_layers(cfg)
     mem, mem_rank = layout_memory(cfg, layers, n_micro)
     mem, compression = model_compression.adjust_memory(cfg, mem)    # model compression: low-bit weights
     capacity = device_memory(hw)
