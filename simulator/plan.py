@@ -177,7 +177,7 @@ def plan(cfg, top: int = 5, stats: dict | None = None) -> list:
 
     `stats` (a dict, optional) receives the search's counts and the explanation of the winner."""
     if not isinstance(cfg, type(load_config())):
-        cfg = load_config(cfg)
+        cfg = load_config(cfg, runtime=False)               # the layout is what the search chooses
     t0 = time.perf_counter()
     stats = {} if stats is None else stats
     by_goodput = cfg.faults.gpu_mtbf_hours is not None
@@ -185,6 +185,8 @@ def plan(cfg, top: int = 5, stats: dict | None = None) -> list:
     capacity = device_memory(hw)
     comm = PlanComm(Cluster(hw, cfg.cluster.num_gpus))      # one collective cache for the whole search
     cands = candidates(cfg)
+    if not cands and not capabilities.supported(capabilities.key(cfg)):
+        raise ConfigError(capabilities.refusal(capabilities.key(cfg)))   # no layout of it runs: say why
     fitted: set = set()
     excluded: list = []         # (excess bytes, candidate) of layouts that do not fit
     viable: list = []           # (bound, index, cfg, candidate)
@@ -313,8 +315,10 @@ def format_plan(entries: list, stats: dict | None = None) -> str:
 
 
 def cli(args) -> int:
-    """`llama-course plan CONFIG [--top K] [--json]`."""
-    cfg = load_config(args.config, getattr(args, "overrides", None) or [])
+    """`llama-course plan CONFIG [--top K] [--json]`. The config's own layout (dp, tp, pp, zero_stage, ...)
+    is only where the search starts, so the capability table judges the layouts searched, not it; a config
+    none of whose layouts the runtime runs (say, compression with implementation torch) is refused."""
+    cfg = load_config(args.config, getattr(args, "overrides", None) or [], runtime=False)
     stats: dict = {}
     entries = plan(cfg, top=max(1, getattr(args, "top", 5) or 5), stats=stats)
     print(json.dumps(entries, indent=2) if getattr(args, "json", False) else format_plan(entries, stats))
