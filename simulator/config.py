@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from simulator import capabilities
+from simulator.pipeline_parallel import check_stage_layers
 from simulator.presets import MODEL_PRESETS, model_preset
 from simulator.schema import (  # noqa: F401  (the schema's names are imported from here throughout)
     AGGREGATIONS,
@@ -298,7 +299,7 @@ def resolve(cfg: Config, runtime: bool = True) -> Config:
         raise ConfigError(f"parallel.sequence_parallel: tp {p.tp} does not divide seq_len {cfg.seq_len}")
     uneven = p.first_stage_layers is not None or p.last_stage_layers is not None
     if uneven:
-        _check_stage_layers(m.n_layers, p)
+        check_stage_layers(m.n_layers, p)
         if cfg.load_balance.policy == "balanced_stages":
             raise ConfigError("parallel.first_stage_layers: load_balance.policy balanced_stages chooses every "
                               "stage's layers itself; set one or the other")
@@ -380,27 +381,6 @@ def resolve(cfg: Config, runtime: bool = True) -> Config:
     if runtime:
         capabilities.check(cfg)
     return cfg
-
-
-def _check_stage_layers(n_layers: int, p: ParallelConfig) -> None:
-    """Uneven pipeline stages: each of first/last at least one layer, and every middle stage too."""
-    for name in ("first_stage_layers", "last_stage_layers"):
-        value = getattr(p, name)
-        if value is None:
-            continue
-        if p.pp < 2:
-            raise ConfigError(f"parallel.{name}: needs pp >= 2 (a one-stage pipeline has no first and last stage)")
-        if value < 1:
-            raise ConfigError(f"parallel.{name}: must be at least 1, got {value}")
-    given = [v for v in (p.first_stage_layers, p.last_stage_layers) if v is not None]
-    middle, rest = p.pp - len(given), n_layers - sum(given)
-    name = "last_stage_layers" if p.last_stage_layers is not None else "first_stage_layers"
-    if middle == 0 and rest != 0:
-        raise ConfigError(f"parallel.{name}: first {p.first_stage_layers} + last {p.last_stage_layers} layers "
-                          f"must add up to model.n_layers {n_layers} on pp 2")
-    if rest < middle:
-        raise ConfigError(f"parallel.{name}: leaves {rest} of model.n_layers {n_layers} for {middle} middle "
-                          f"stages; each needs at least one")
 
 
 def _get(cfg: Any, dotted: str) -> Any:
