@@ -15,7 +15,10 @@ import os
 import time
 from contextlib import contextmanager
 
-STREAMS = ("compute", "comm", "bubble")
+from simulator import spec
+
+STREAMS = spec.STREAMS
+"""compute | comm | bubble: the trace `tid`s both engines use (simulator/spec.py)."""
 
 
 class Tracer:
