@@ -252,8 +252,8 @@ def _log_main(ctx):
 
 
 def _write_traces(path, ctx, tracer, write_trace, comm_log: list) -> None:
-    """Every training rank's spans in one Chrome trace; its metadata holds `comm_bytes`, [rank][step] ->
-    bytes by kind, as the wire recorder counted them (compare reads it)."""
+    """Every training rank's spans in one Chrome trace; its metadata holds `comm_bytes`,
+    `[rank][step] -> bytes by kind`, as the wire recorder counted them (compare reads it)."""
     import torch.distributed as dist
 
     events, comm = tracer.events, [comm_log]

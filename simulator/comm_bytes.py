@@ -59,7 +59,7 @@ def unpredicted(cfg) -> str | None:
 
 
 def comm_bytes(cfg, steps: int | None = None) -> list:
-    """[rank][step] -> {kind: bytes} for the ranks that train (parameter servers excluded), steps 1..steps
+    """`[rank][step] -> {kind: bytes}` for the ranks that train (parameter servers excluded), steps 1..steps
     (default training.steps). Raises ValueError when `unpredicted(cfg)` says why it cannot."""
     why = unpredicted(cfg)
     if why:

@@ -177,7 +177,7 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
 
 
 def comm_bytes_report(cfg, measured_trace: str) -> tuple:
-    """(predicted, measured, equal, note): [rank][step] -> {kind: bytes} from the simulator and from the
+    """(predicted, measured, equal, note): `[rank][step] -> {kind: bytes}` from the simulator and from the
     measured trace's metadata (written by the trainer from the wire recorder); equal is None when either
     side is missing, and the note says why."""
     with open(measured_trace) as f:
@@ -192,7 +192,7 @@ def comm_bytes_report(cfg, measured_trace: str) -> tuple:
 
 
 def first_difference(predicted: list, measured: list) -> str:
-    """The first rank, step and kind where two [rank][step] -> {kind: bytes} lists disagree."""
+    """The first rank, step and kind where two `[rank][step] -> {kind: bytes}` lists disagree."""
     if len(predicted) != len(measured):
         return f"{len(predicted)} ranks predicted, {len(measured)} measured"
     for rank, (p_steps, m_steps) in enumerate(zip(predicted, measured)):
