@@ -23,12 +23,15 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(PY) -m llama_course.commands.demo
 
-# Debian's headless Chromium for the docs rendering test (best effort: needs root and apt; without it
-# that one test reports the missing browser)
+# Debian's headless Chromium and a CJK font (WenQuanYi Zen Hei) for the docs rendering tests: the site in a
+# browser, and the Chinese interview page in real glyphs rather than boxes (best effort: needs root and apt;
+# without them those tests report what is missing)
+SYSTEM_PACKAGES := chromium fonts-wqy-zenhei
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-	  || echo "note: chromium not installed; the docs screenshot test will say so"; }
+	@{ command -v chromium >/dev/null 2>&1 && fc-list :lang=zh 2>/dev/null | grep -q . ; } || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null) \
+	  || echo "note: $(SYSTEM_PACKAGES) not installed; the docs rendering tests will say so"; }
 
 test: venv system-deps
 	$(PY) -m pytest -q tests

@@ -284,6 +284,8 @@ def resolve(cfg: Config, runtime: bool = True) -> Config:
     for name in ("peak_tflops", "memory_GB", "memory_bandwidth_GBps"):
         if getattr(c, name) is not None:
             _positive(f"cluster.{name}", getattr(c, name))
+    if c.memory_reserve_GB is not None:
+        _non_negative("cluster.memory_reserve_GB", c.memory_reserve_GB)
     if c.compute_efficiency is not None and not 0 < c.compute_efficiency <= 1:
         raise ConfigError(f"cluster.compute_efficiency: {c.compute_efficiency} must be in (0, 1]")
 
@@ -334,6 +336,8 @@ def resolve(cfg: Config, runtime: bool = True) -> Config:
         raise ConfigError(f"parallel.lock_free: Hogwild updates need training.optimizer sgd, not {t.optimizer} "
                           "(Adam's moments updated by two threads at once race)")
 
+    if t.grad_reduce_dtype is None:
+        t.grad_reduce_dtype = "fp32"        # bf16/fp16 training reduces fp32 main gradients; fp32 is fp32
     _positive("training.lr", t.lr)
     if t.min_lr is None:
         t.min_lr = t.lr / 10

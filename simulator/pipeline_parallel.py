@@ -177,6 +177,7 @@ class PipelineRun:
     compute_end: list = field(default_factory=list)     # per rank: end of its last task
     busy: list = field(default_factory=list)            # per rank: seconds of F + B
     last_backward: dict = field(default_factory=dict)   # (rank, chunk) -> (start, end) of its final B
+    backward_spans: dict = field(default_factory=dict)  # (rank, chunk) -> [(start, end)] of every B, in order
     events: int = 0
 
     @property
@@ -242,6 +243,7 @@ def simulate_pipeline(schedule: str, p: int, m: int, v: int, forward, backward, 
                 deliver(r, "B", mb, k, k - 1)
             if kind == "B":
                 run.last_backward[(r, c)] = (start, env.now)
+                run.backward_spans.setdefault((r, c), []).append((start, env.now))
         run.compute_end[r] = env.now
 
     for r in range(p):

@@ -50,6 +50,7 @@ CHOICES = {
     "parallel.aggregation": AGGREGATIONS,
     "parallel.zero_stage": (0, 1, 2, 3),
     "training.precision": PRECISIONS,
+    "training.grad_reduce_dtype": PRECISIONS,
     "training.optimizer": OPTIMIZERS,
     "training.on_nonfinite": NONFINITE,
     "load_balance.policy": POLICIES,
@@ -124,6 +125,10 @@ class ClusterConfig:
     """Override device memory in GB."""
     memory_bandwidth_GBps: float | None = None
     """Override device memory (HBM) bandwidth in GB/s."""
+    memory_reserve_GB: float | None = None
+    """Simulator: GB of each device's memory the run cannot use for its tensors: CUDA context and library
+    workspaces, NCCL buffers, the caching allocator's fragmentation. None = the preset's (GPUs: 2 GB + 5% of
+    device memory, 6.3 GB of an A100-80GB; cpu: 0)."""
     compute_efficiency: float | None = None
     """Override the calibrated fraction of peak that large matmuls reach (0..1]."""
 
@@ -195,6 +200,12 @@ class ParallelConfig:
 class TrainingConfig:
     precision: str = "bf16"
     """fp32 | fp16 | bf16. The runtime uses autocast on GPU and computes in fp32 on CPU."""
+    grad_reduce_dtype: str | None = None
+    """Dtype of the data-parallel gradient reduction (all-reduce, reduce-scatter) and of the gradient buffer
+    it reduces: fp32 | bf16 | fp16. null = fp32: for bf16/fp16 training the fp32 main gradients of Megatron-LM
+    (Llama 3 reduces in fp32 too), for fp32 training the training precision; filled in when the config is
+    loaded. bf16 halves the bytes (and loses precision in the sum over ranks).
+    The simulator prices its bytes on the wire and in memory; the runtime reads the same field."""
     optimizer: str = "adamw"
     """sgd (with momentum) | adamw | lars | lamb."""
     lr: float = 3.0e-4

@@ -33,9 +33,11 @@ def check_all(rank: int, world: int) -> list:
     """Run every collective against torch.distributed's on the world and on a sub-group; return failures."""
     failures = []
     groups = [None]
-    if world == 4:   # a group of ranks {1, 3}: global peers differ from group ranks
+    if world == 4:   # groups of ranks {1, 3} and {0, 1, 3}: global peers differ from group ranks
         sub = dist.new_group([1, 3])
         groups.append(sub if rank in (1, 3) else "skip")
+        sub3 = dist.new_group([0, 1, 3])       # 3 ranks: halving-doubling folds rank 3 (group rank 2) in
+        groups.append(sub3 if rank in (0, 1, 3) else "skip")
     seed = 0
     for group in groups:
         if group == "skip":

@@ -167,7 +167,7 @@ def test_uneven_stages_reach_the_simulator():
     assert layers[0] == 0 and layers[-1] == 0 and sum(layers) == 126
     hw = hardware_for(cfg)
     comm = CommModel(Cluster(hw, cfg.cluster.num_gpus))
-    fwd, _, blk = stage_costs(cfg, hw, comm, Layout(8, 128, 16, 8), layers)
+    fwd, _, blk, _ = stage_costs(cfg, hw, comm, Layout(8, 128, 16, 8), layers)
     assert fwd[0].compute < blk.forward                    # the embedding alone, no block
     assert fwd[1].compute == pytest.approx(blk.forward)    # one block
     assert fwd[-1].compute < blk.forward                   # the head alone
