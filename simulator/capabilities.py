@@ -137,12 +137,18 @@ def mismatches(row: Row, k: dict) -> list:
     return [c for c in COLUMNS if not allows(getattr(row, c), k[c])]
 
 
+_MEMO: dict = {"table": None, "rows": {}}
+"""match()'s answers for the TABLE they were computed from (the planner asks thousands of times)."""
+
+
 def match(k: dict) -> Row | None:
     """The first row that allows every column of `k`, or None."""
-    for row in TABLE:
-        if not mismatches(row, k):
-            return row
-    return None
+    if _MEMO["table"] is not TABLE:                 # a test may swap the table: forget the old answers
+        _MEMO["table"], _MEMO["rows"] = TABLE, {}
+    sig = tuple(k[c] for c in COLUMNS)
+    if sig not in _MEMO["rows"]:
+        _MEMO["rows"][sig] = next((row for row in TABLE if not mismatches(row, k)), None)
+    return _MEMO["rows"][sig]
 
 
 def supported(k: dict) -> bool:
