@@ -149,7 +149,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
 
         start = 0
         if checkpoint_dir:
-            latest = ckpt.find_latest(checkpoint_dir, log=_log_main(ctx))
+            latest = ckpt.resume_point(checkpoint_dir, log=_log_main(ctx))
             if latest is not None:
                 start = ckpt.restore(latest, ctx, engine)["step"]
                 if ctx.is_main and not quiet:
@@ -295,6 +295,7 @@ def launch(argv: list, nproc: int, max_restarts: int = 0, env: dict | None = Non
            f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--local-addr=127.0.0.1", "--monitor-interval=0.2",
            "-m", "llama_course", *argv]
     run_env = dict(os.environ if env is None else env)
+    run_env["LLAMA_COURSE_LAUNCHED"] = "1"            # the launcher printed the banner
     run_env.setdefault("OMP_NUM_THREADS", "1")
     run_env.setdefault("LOGLEVEL", "ERROR")
     run_env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
@@ -313,6 +314,8 @@ def cli(args) -> int:
             overrides += [f"parallel.dp={args.nproc - cfg0.parallel.num_servers}", "cluster.num_gpus=null"]
     cfg = load_config(args.config, overrides)
     if under_launcher():
+        if os.environ.get("RANK") == "0" and not os.environ.get("LLAMA_COURSE_LAUNCHED") and not args.quiet:
+            print(banner(cfg, int(os.environ["WORLD_SIZE"])), flush=True)
         try:
             run_worker(cfg, args.metrics, args.checkpoint_dir, getattr(args, "trace", None), args.quiet)
         except ConfigError:
@@ -331,9 +334,16 @@ def cli(args) -> int:
         sys.stderr.flush()
         os._exit(0)
     from llama_course.core.data import load_tokens
+    from llama_course.core.distributed import launcher_env
 
     load_tokens(cfg)                          # check data.corpus and build the tokenizer cache once, here
     nproc = cfg.world_size
+    start = preflight(cfg, args)
+    if start >= cfg.training.steps:           # --allow-noop
+        print(f"nothing to train: {args.checkpoint_dir} is at step {start}, training.steps is {cfg.training.steps}")
+        return 0
+    if not args.quiet:
+        print(banner(cfg, nproc, start), flush=True)
     if nproc == 1 and not args.max_restarts:
         run_worker(cfg, args.metrics, args.checkpoint_dir, getattr(args, "trace", None), args.quiet)
         return 0
@@ -347,10 +357,35 @@ def cli(args) -> int:
             argv += [flag, os.path.abspath(value)]
     if args.quiet:
         argv.append("--quiet")
-    code = launch(argv, nproc, args.max_restarts)
+    code = launch(argv, nproc, args.max_restarts, {**os.environ, **launcher_env(nproc)})   # fewer GPUs: CPU
     if code:
         print(f"error: training failed (exit code {code}); see the worker output above", file=sys.stderr)
     return code
+
+
+def banner(cfg, nproc: int, start: int = 0) -> str:
+    """The one line `train` prints before the first step: model, layout, engine, device, processes, steps."""
+    import torch
+
+    from llama_course.engine import engine_name
+    from simulator.workload import count_params
+
+    p, m = cfg.parallel, cfg.model
+    cuda = torch.cuda.is_available() and os.environ.get("LLAMA_COURSE_DEVICE", "cuda") == "cuda"
+    device = f"cuda ({torch.cuda.get_device_name()}, nccl)" if cuda else "cpu (gloo)"
+    servers = f" + {p.num_servers} parameter server(s)" if p.strategy == "parameter_server" else ""
+    steps = f"steps {start + 1}-{cfg.training.steps}" + (f" (resuming at step {start})" if start else "")
+    return (f"train: {m.arch} {m.n_layers} layers x dim {m.dim} ({count_params(m, cfg.seq_len) / 1e6:.2f}M "
+            f"parameters) | layout dp {p.dp} x tp {p.tp} x pp {p.pp}{servers} | engine {engine_name(cfg)} "
+            f"({p.implementation}) | device {device} | {nproc} process{'es' if nproc > 1 else ''} | {steps}")
+
+
+def preflight(cfg, args) -> int:
+    """core/preflight.check_run for the CLI's arguments: the step the run resumes from (one-line errors)."""
+    from llama_course.core.preflight import check_run
+
+    return check_run(cfg, args.metrics, getattr(args, "trace", None), args.checkpoint_dir,
+                     getattr(args, "fresh", False), getattr(args, "allow_noop", False))
 
 
 def train(config=None, overrides=(), nproc=None, metrics=None, checkpoint_dir=None, quiet=True,

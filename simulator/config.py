@@ -82,13 +82,19 @@ def load_config(source: Any = None, overrides: list | None = None, runtime: bool
         path = os.fspath(source)
         if not os.path.exists(path):
             raise ConfigError(f"config file not found: {path}")
+        if os.path.isdir(path):
+            raise ConfigError(f"{path} is a folder; give a YAML config file, e.g. configs/tiny.yaml")
         try:
             with open(path) as f:
-                raw = yaml.safe_load(f) or {}
+                raw = yaml.safe_load(f)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark else ""
             raise ConfigError(f"{path}: not valid YAML{where}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read the config ({e.strerror or type(e).__name__})") from None
+        if raw is None:         # an empty file (or only comments) would silently run every default
+            raise ConfigError(f"{path}: the config is empty; start from a complete one, e.g. configs/tiny.yaml")
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for item in overrides or []:

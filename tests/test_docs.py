@@ -205,7 +205,9 @@ def built_site(tmp_path_factory):
     return site
 
 
+# the first test to use built_site pays for executing the 14 labs (cached for tests/test_labs.py): minutes
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_mkdocs_build_strict(built_site):
     site = built_site
     home = re.sub(r"<[^>]+>", "", (site / "index.html").read_text(encoding="utf-8"))
@@ -221,6 +223,7 @@ def test_mkdocs_build_strict(built_site):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_site_has_lab_figures_drawings_math_and_links_offline(built_site):
     """Every lab page carries its executed outputs and figures; concept pages their drawings; MathJax is
     served by the site itself and no page loads a script from the network; citations link to the papers."""

@@ -90,13 +90,15 @@ def measured_components(trace_path: str, steps: int) -> dict:
 
 
 def compare(config, overrides=(), trace_dir: str | None = None, steps: int | None = None, quiet: bool = True,
-            calibrate: bool = False) -> dict:
+            calibrate: bool = False, log=None) -> dict:
     """Simulate and train the same config; {"predicted", "measured", "relative_error", "config", ...}.
 
     `calibrate` (cpu): time the machine's speed probe (`bench.speed_factor`) right before and right after
     training and predict with the profile's compute scaled by their mean ("speed"), because a shared
     machine's speed drifts by more than the model's error between a `bench` and a run. The prediction on
-    the profile as it is stays in "uncalibrated" (predicted, relative_error)."""
+    the profile as it is stays in "uncalibrated" (predicted, relative_error).
+
+    `log` (print-like) is told each stage as it starts and the training's progress (every tenth of the steps)."""
     import torch
 
     from llama_course.trainer import train
@@ -117,10 +119,12 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
     os.makedirs(trace_dir, exist_ok=True)
     predicted_trace = os.path.join(trace_dir, "predicted.json")
     measured_trace = os.path.join(trace_dir, "measured.json")
+    say = log or (lambda msg: None)
     probes = []
     if calibrate:
         from llama_course.commands.bench import speed_factor
 
+        say("compare: timing this machine's speed (the tiny model's forward + backward, one process)")
         probes.append(speed_factor())
 
     # the components are read from the same steps as the step time: the second half of the run
@@ -128,10 +132,12 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
     threads = torch.get_num_threads()
     if cfg.cluster.gpu == "cpu" and cfg.world_size == 1:
         torch.set_num_threads(1)        # as the cpu profile was measured, and as every launched rank runs
+    metrics = os.path.join(trace_dir, "metrics.jsonl")
+    say(f"compare: training {cfg.training.steps} steps on {cfg.world_size} process"
+        f"{'es' if cfg.world_size > 1 else ''} (the step time is the median of the second half)")
     try:
-        with _env("LLAMA_COURSE_TRACE_STEPS", str(traced)):
-            records = train(config, overrides, metrics=os.path.join(trace_dir, "metrics.jsonl"), quiet=quiet,
-                            trace=measured_trace)
+        with _env("LLAMA_COURSE_TRACE_STEPS", str(traced)), _watch(metrics, cfg.training.steps, say):
+            records = train(config, overrides, metrics=metrics, quiet=quiet, trace=measured_trace)
     finally:
         torch.set_num_threads(threads)
     tail = records[len(records) // 2:] or records
@@ -148,6 +154,7 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
                      f"speed (probe before / after training: "
                      + " / ".join(f"{x['measured_s'] * 1e3:.1f} ms" for x in probes)
                      + f", profile {probes[0]['predicted_s'] * 1e3:.1f} ms)")
+    say("compare: simulating the same config")
     raw = simulate(cfg, trace_path=None if speed else predicted_trace)
     pred = raw
     if speed:
@@ -203,6 +210,35 @@ def first_difference(predicted: list, measured: list) -> str:
                 if p[kind] != m.get(kind, 0):
                     return f"rank {rank} step {step} {kind}: predicted {p[kind]:,} B, measured {m.get(kind, 0):,} B"
     return "none"
+
+
+@contextlib.contextmanager
+def _watch(metrics: str, total: int, say):
+    """Context: a thread that reads the metrics file as training writes it and says `step k/total` each
+    tenth of the run (training itself runs quiet: its log lines would mix with compare's output)."""
+    import threading
+
+    stop = threading.Event()
+
+    def run():
+        shown = 0
+        while not stop.wait(0.5):
+            try:
+                with open(metrics) as f:
+                    done = sum(1 for line in f if line.strip())
+            except OSError:
+                continue
+            if done * 10 // max(total, 1) > shown * 10 // max(total, 1):
+                shown = done
+                say(f"compare: step {done}/{total}")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 @contextlib.contextmanager
@@ -262,7 +298,10 @@ def format_report(result: dict) -> str:
 
 
 def cli(args) -> int:
+    import sys
+
     result = compare(args.config, args.overrides, args.trace_dir, quiet=True,
-                     calibrate=getattr(args, "calibrate", False))
+                     calibrate=getattr(args, "calibrate", False),
+                     log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(json.dumps(result) if args.json else format_report(result))
     return 0

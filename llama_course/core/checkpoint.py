@@ -385,6 +385,24 @@ def find_latest(root: str, log=None) -> str | None:
     return None
 
 
+def resume_point(root: str, log=None) -> str | None:
+    """The checkpoint a run with `--checkpoint-dir root` resumes from: the newest intact one, None for an
+    empty folder. When the folder holds checkpoints and none is intact, that is an error (ConfigError), not a
+    silent start from step 1 over them: `llama-course train --fresh` starts over and keeps them aside."""
+    from simulator.config import ConfigError
+
+    notes = []
+    found = find_latest(root, notes.append)
+    if found is None and notes:
+        first = notes[0].removeprefix("checkpoint ").split("; trying")[0]
+        raise ConfigError(f"--checkpoint-dir {root}: no intact checkpoint ({first}"
+                          f"{f' and {len(notes) - 1} more' if len(notes) > 1 else ''}); "
+                          f"--fresh starts from step 0 and moves them aside")
+    for note in notes:                  # fell back to an older intact one: say which were skipped
+        (log or (lambda msg: print(msg, file=sys.stderr)))(note)
+    return found
+
+
 def resolve_path(path: str) -> str:
     """A checkpoint folder from a path that is either a step folder or a --checkpoint-dir root."""
     from simulator.config import ConfigError

@@ -137,7 +137,7 @@ class PowerSGDCompressor(Compressor):
     def _q(self, key, i, cols, r):
         if (key, i) not in self.q:                               # the same random start on every rank
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(key) * 1009 + i)
-            self.q[(key, i)] = torch.randn(cols, r, generator=g).to(self.device)
+            self.q[(key, i)] = torch.randn(cols, r, generator=g, device="cpu").to(self.device)
         return self.q[(key, i)]
 
     @staticmethod
