@@ -33,6 +33,7 @@ import sys
 import time
 import warnings
 
+from llama_course.core import wire
 from llama_course.core.optimizers import lr_at  # noqa: F401  (the schedule lives with the optimizers)
 from simulator.config import ConfigError, load_config
 
@@ -166,14 +167,17 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
         kills = [k for k in cfg.faults.kill if k["rank"] == ctx.rank]
         every = cfg.checkpoint.every_steps
         trace_steps = int(os.environ.get("LLAMA_COURSE_TRACE_STEPS", TRACE_STEPS))   # compare sets it per run
+        wire.install()
+        comm_log = []                 # this rank's bytes by kind, one dict per step (docs/design.md: comm_bytes)
         try:
             for step in range(start, cfg.training.steps):
                 n = step + 1
                 if ctx.restart_count == 0 and any(k["step"] == n for k in kills):
                     print(f"faults.kill: rank {ctx.rank} killed at step {n}", file=sys.stderr, flush=True)
                     os.kill(os.getpid(), signal.SIGKILL)
-                batches = engine.batches_for_step(sampler, train_seqs, step) if hasattr(engine, "batches_for_step") \
-                    else [get_batch(train_seqs, idx) for idx in sampler.shard(step, ctx.dp_rank, ctx.dp, p.micro_batch_size)]
+                with wire.recording() as fetch_log:     # bytes this rank hands to torch.distributed this step
+                    batches = engine.batches_for_step(sampler, train_seqs, step) if hasattr(engine, "batches_for_step") \
+                        else [get_batch(train_seqs, idx) for idx in sampler.shard(step, ctx.dp_rank, ctx.dp, p.micro_batch_size)]
                 lr = lr_at(step, cfg)
                 if trace_path and step <= cfg.training.steps - trace_steps:
                     tracer.clear()            # keep the last TRACE_STEPS steps: steady state, small files
@@ -182,7 +186,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                 t0 = time.perf_counter()
                 if detector:
                     detector.arrive(n)
-                with inject_nan(engine, n == cfg.faults.nan_step):
+                with inject_nan(engine, n == cfg.faults.nan_step), wire.recording() as step_log:
                     try:
                         out = engine.train_step(batches, lr)
                     except RuntimeError as e:
@@ -192,10 +196,12 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                 if sync:
                     sync()
                 dt = time.perf_counter() - t0
+                comm_log.append({k: fetch_log.bytes_by_kind()[k] + v for k, v in step_log.bytes_by_kind().items()})
                 tokens_s = cfg.tokens_per_step / dt
                 rec = {"step": n, "loss": out["loss"], "tokens_per_s": tokens_s, "step_time_s": dt, "lr": lr,
                        "grad_norm": out["grad_norm"], "peak_memory_bytes": peak_memory_bytes(ctx.device),
-                       "mfu": flops_per_token * tokens_s / (devices * peak) if peak else None}
+                       "mfu": flops_per_token * tokens_s / (devices * peak) if peak else None,
+                       "comm_bytes": comm_log[-1]}
                 if out.get("skipped"):
                     rec["skipped"] = True
                 for key in ("staleness", "bytes_sent", "torn_pulls"):
@@ -223,7 +229,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
         if hasattr(engine, "close"):                  # parameter server worker: say goodbye to the servers
             engine.close()
         if trace_path:
-            _write_traces(trace_path, ctx, tracer, write_trace)
+            _write_traces(trace_path, ctx, tracer, write_trace, comm_log)
         return records
     finally:
         cleanup()
@@ -245,10 +251,12 @@ def _log_main(ctx):
     return (lambda msg: print(msg, file=sys.stderr, flush=True)) if ctx.is_main else (lambda msg: None)
 
 
-def _write_traces(path, ctx, tracer, write_trace) -> None:
+def _write_traces(path, ctx, tracer, write_trace, comm_log: list) -> None:
+    """Every training rank's spans in one Chrome trace; its metadata holds `comm_bytes`,
+    `[rank][step] -> bytes by kind`, as the wire recorder counted them (compare reads it)."""
     import torch.distributed as dist
 
-    events = tracer.events
+    events, comm = tracer.events, [comm_log]
     # the ranks that train: everyone, or the workers of a parameter-server run (servers have returned)
     group = ctx.dp_group if ctx.world_size > ctx.dp * ctx.tp * ctx.pp else None
     size = dist.get_world_size(group) if ctx.world_size > 1 else 1
@@ -256,10 +264,11 @@ def _write_traces(path, ctx, tracer, write_trace) -> None:
         gathered = [None] * size
         with warnings.catch_warnings():          # torch warns about its own gloo backend object here
             warnings.simplefilter("ignore", UserWarning)
-            dist.all_gather_object(gathered, events, group=group)
-        events = [e for rank_events in gathered for e in rank_events]
+            dist.all_gather_object(gathered, (events, comm_log), group=group)
+        events = [e for rank_events, _ in gathered for e in rank_events]
+        comm = [rank_comm for _, rank_comm in gathered]
     if ctx.is_main:
-        write_trace(path, events, {"source": "measured"})
+        write_trace(path, events, {"source": "measured", "comm_bytes": comm})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@
   concept page and exercises, as they exist at build time.
 - Result pages in docs/benchmarks/*.md join the nav's "Benchmarks" section; `<!-- benchmark-pages -->` in
   docs/benchmarks.md becomes a list of them.
+- docs/design.md's `<!-- capability-table -->` becomes the capability table (simulator/capabilities.py) as
+  the code has it, so the page never lags behind a new combination.
 - MathJax (2.7, from the jupyter-server-mathjax package) is copied into the site's assets/mathjax/: the
   Markdown pages' `$...$` (pymdownx.arithmatex) and the labs' formulas render offline.
 - Citations ("Touvron et al. 2023") on every page, labs included, link to the paper (docs/papers.yaml);
@@ -21,10 +23,12 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
@@ -206,6 +210,14 @@ def concept_links(concept: str) -> str:
     return "\n".join(lines)
 
 
+def capability_table() -> str:
+    """simulator/capabilities.py's table as this tree has it, in Markdown (torch-free, imported from ROOT)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    capabilities = importlib.import_module("simulator.capabilities")
+    return capabilities.format_table()
+
+
 def papers() -> list:
     """docs/papers.yaml: [{cite, title, url}] for every paper the docs and labs cite."""
     return yaml.safe_load((DOCS / "papers.yaml").read_text(encoding="utf-8"))
@@ -236,6 +248,8 @@ def on_page_markdown(markdown, page, config, files):
     if "<!-- benchmark-pages -->" in markdown:
         pages = "\n".join(f"- [{_md_title(p)}](benchmarks/{p.name})" for p in benchmark_pages())
         markdown = markdown.replace("<!-- benchmark-pages -->", pages or "*(no results yet)*")
+    if "<!-- capability-table -->" in markdown:
+        markdown = markdown.replace("<!-- capability-table -->", capability_table())
     if "<!-- papers -->" in markdown:
         markdown = markdown.replace("<!-- papers -->", references_table())
     markdown = link_citations(markdown)

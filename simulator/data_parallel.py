@@ -55,6 +55,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from simulator import spec
 from simulator.workload import DTYPE_BYTES
 
 SYSTEMS = ("course", "fsdp2", "deepspeed")
@@ -145,15 +146,13 @@ def grad_bytes_per_param(cfg) -> float:
     return float(DTYPE_BYTES[cfg.training.grad_reduce_dtype or "fp32"])
 
 
-def bucket_sizes(total_bytes: float, bucket_mb: float, tensors: int) -> list:
-    """Split a chunk's gradient bytes into buckets (bucket_mb 0: one per tensor)."""
-    if total_bytes <= 0:
-        return []
-    if bucket_mb <= 0:
-        n = max(1, tensors)
-    else:
-        n = max(1, int(-(-total_bytes // (bucket_mb * 1e6))))
-    return [total_bytes / n] * n
+def bucket_sizes(tensor_numels: list, bucket_mb: float, element_bytes: int = 4) -> list:
+    """Bytes of each gradient bucket of a chunk whose parameter tensors have `tensor_numels` elements (in
+    registration order), in the order backward fills them: the runtime's own plan (simulator/spec.py's
+    `bucket_plan`: MiB, a first bucket of at most 1 MiB, bucket_mb 0 one tensor per bucket), over its fp32
+    gradient buffers (element_bytes 4)."""
+    nbytes = [n * element_bytes for n in reversed(tensor_numels)]
+    return [sum(nbytes[i] for i in bucket) for bucket in spec.bucket_plan(nbytes, bucket_mb)]
 
 
 def gradient_sync(ready: list, overlap: bool, comm_time, compute_end: float) -> tuple:
@@ -176,10 +175,11 @@ def gradient_sync(ready: list, overlap: bool, comm_time, compute_end: float) -> 
     return max(now, compute_end), busy, spans
 
 
-def buckets_ready(last_backward: tuple, chunk_bytes: float, bucket_mb: float, tensors: int) -> list:
-    """Buckets of one chunk become ready evenly through the chunk's final backward (last layer first)."""
+def buckets_ready(last_backward: tuple, sizes: list) -> list:
+    """Buckets of one chunk (bytes on the wire, in the order backward fills them) become ready evenly
+    through the chunk's final backward (last layer first)."""
     start, end = last_backward
-    sizes = bucket_sizes(chunk_bytes, bucket_mb, tensors)
+    chunk_bytes = sum(sizes)
     out, done = [], 0.0
     for size in sizes:
         done += size

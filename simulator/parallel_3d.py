@@ -29,9 +29,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from simulator import spec
 from simulator.collectives import CommModel
 from simulator.compute import block_times, embedding_times, head_times, optimizer_time
 from simulator.data_parallel import (
+    bucket_sizes,
     buckets_ready,
     compression_factor,
     exposed_gathers,
@@ -54,7 +56,7 @@ class Layout:
     vpp: int
 
     def rank(self, tp_index: int, dp_index: int, pp_index: int) -> int:
-        return tp_index + self.tp * (dp_index + self.dp * pp_index)
+        return spec.rank_of(pp_index, dp_index, tp_index, self.dp, self.tp)
 
     def tp_group(self, dp_index: int = 0, pp_index: int = 0) -> list:
         return [self.rank(i, dp_index, pp_index) for i in range(self.tp)]
@@ -66,10 +68,9 @@ class Layout:
         return [self.rank(tp_index, dp_index, i) for i in range(self.pp)]
 
     def coords(self, rank: int) -> tuple:
-        """(tp_index, dp_index, pp_index) of a global rank."""
-        tp_index = rank % self.tp
-        dp_index = (rank // self.tp) % self.dp
-        return tp_index, dp_index, rank // (self.tp * self.dp)
+        """(tp_index, dp_index, pp_index) of a global rank (simulator/spec.py: the runtime's grid)."""
+        pp_index, dp_index, tp_index = spec.coords(rank, self.dp, self.tp, self.pp)
+        return tp_index, dp_index, pp_index
 
 
 @dataclass
@@ -184,6 +185,14 @@ def step_scalars(cfg, comm: CommModel, layout: Layout) -> float:
     return sum(comm.time("all_reduce", g, SCALAR_BYTES) for g in groups)
 
 
+def chunk_tensors(cfg, layers: list) -> list:
+    """Elements of each parameter tensor of every virtual stage on one tp rank (simulator/spec.py, from the
+    model definition), in registration order: the runtime's bucket plan and the optimizer's tensor count."""
+    n_virtual = len(layers)
+    return [spec.stage_tensor_numels(cfg.model, cfg.seq_len, n, k == 0, k == n_virtual - 1, cfg.parallel.tp)
+            for k, n in enumerate(layers)]
+
+
 def optimizer_and_gather(cfg, hw, comm: CommModel, layout: Layout, layers: list, r: int, sem, block_forward: float,
                          block_gather: float) -> tuple:
     """(optimizer seconds, exposed weight all-gather seconds) of pipeline rank r after its gradients are
@@ -194,8 +203,14 @@ def optimizer_and_gather(cfg, hw, comm: CommModel, layout: Layout, layers: list,
     psi_virtual = virtual_stage_params(cfg, layers)
     psi_r = sum(psi_virtual[c * p.pp + r] for c in range(p.vpp))
     blocks_r = sum(layers[c * p.pp + r] for c in range(p.vpp))
+    n_virtual = len(layers)
+    # parameter tensors of the rank's chunks: its blocks' and, on the first and last chunk, the embedding's,
+    # the final norm's and the head's (spec.py, from the model definition)
+    ends = sum(len(spec.stage_tensor_numels(cfg.model, cfg.seq_len, 0, k == 0, k == n_virtual - 1, p.tp))
+               for k in (c * p.pp + r for c in range(p.vpp)) if k in (0, n_virtual - 1))
+    tensors = blocks_r * len(spec.block_parameters(cfg.model)) + ends
     opt = optimizer_time(psi_r / layout.dp if p.zero_stage >= 1 else psi_r, cfg.training.precision,
-                         cfg.training.optimizer, hw, tensors=9 * blocks_r + 3)
+                         cfg.training.optimizer, hw, tensors=tensors)
     gather = 0.0
     if sem.gather == "after_step":
         gather = comm.time("all_gather", layout.dp_group(), psi_r * weight_bytes_per_param(cfg))
@@ -254,6 +269,9 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
     psi_virtual = virtual_stage_params(cfg, layers)
     grad_wire = grad_bytes_per_param(cfg) * compression_factor(cfg)
     dp_group = layout.dp_group()
+    stage_tensors = chunk_tensors(cfg, layers)
+    # ZeRO-2/3 (and torch's ZeRO-1, which is FSDP2's ZeRO-2) reduce-scatter the gradients; the course's
+    # ZeRO-1 all-reduces them, then each rank updates its shard (data_parallel.zero_semantics)
     kind = sem.grad_collective
     scalars = step_scalars(cfg, comm, layout)
     best = None
@@ -265,9 +283,13 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
                 k = c * p.pp + r
                 if layout.dp == 1:
                     continue
+                # the runtime's buckets over this chunk's tensors, scaled to the bytes on the wire, after
+                # the last backward (or after every micro-batch's, for systems that reduce each one)
+                plan = bucket_sizes(stage_tensors[k], p.bucket_mb)
+                scale = psi_virtual[k] * grad_wire / sum(plan)
                 backs = run.backward_spans[(r, c)] if sem.reduce_every_micro_batch else [run.last_backward[(r, c)]]
                 for span in backs:
-                    ready += buckets_ready(span, psi_virtual[k] * grad_wire, p.bucket_mb, tensors=9 * layers[k] + 1)
+                    ready += buckets_ready(span, [b * scale for b in plan])
             ready.sort()
             dp_end, dp_busy, spans = gradient_sync(
                 ready, p.overlap and p.bucket_mb > 0,

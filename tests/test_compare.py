@@ -52,6 +52,12 @@ def test_compare_json_contract(tmp_path):
     for name in ("predicted.json", "measured.json"):
         trace = json.loads((tmp_path / name).read_text())
         assert any(e.get("ph") == "X" and e.get("tid") == "compute" for e in trace["traceEvents"])
+    # comm_bytes: [rank][step] -> bytes of every kind; one process hands nothing to torch.distributed
+    kinds = {"all_reduce", "reduce_scatter", "all_gather", "broadcast", "send", "recv", "all_to_all", "rpc"}
+    for side in ("predicted", "measured"):
+        steps = out[side]["comm_bytes"]
+        assert len(steps) == 1 and len(steps[0]) == 6 and all(set(s) == kinds for s in steps[0])
+    assert out["comm_bytes_equal"] is True and out["measured"]["comm_bytes"] == out["predicted"]["comm_bytes"]
 
 
 def test_bench_measures_on_processes_started_as_training_starts_them():

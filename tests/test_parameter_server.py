@@ -1,5 +1,5 @@
 """Parameter server: shard assignment, heartbeats, lock-free cost, and one launch of 2 workers + 2 servers
-whose BSP losses match the single-process run (the all-reduce data-parallel oracle: DESIGN.md)."""
+whose BSP losses match the single-process run (the all-reduce data-parallel oracle: docs/design.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The `llama-course` command line (DESIGN.md, "Command line").
+"""The `llama-course` command line (docs/design.md, "Command line").
 
     llama-course simulate CONFIG [--set k=v ...] [--json] [--trace FILE]
     llama-course train    CONFIG [--set k=v ...] [--nproc N] [--metrics FILE] [--checkpoint-dir DIR]
@@ -63,7 +63,7 @@ def _add_command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("config", nargs=None if required else "?", help="YAML config (DESIGN.md schema); fields default")
+    p.add_argument("config", nargs=None if required else "?", help="YAML config (schema: docs/design.md); fields default")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, value read as YAML: --set parallel.tp=2 (repeatable)")
 

@@ -9,6 +9,12 @@ Components are compared where the runtime can time them: compute (forward + back
 communication (comm spans that no compute overlapped, per rank, averaged), bubble (idle spans of
 pipeline schedules) and optimizer. relative_error = (predicted - measured) / measured.
 Both Chrome traces are written side by side (predicted.json, measured.json): open them in Perfetto.
+
+Timing-free, `comm_bytes` compares what the two engines mean by the config: per rank and optimizer step,
+the bytes of each kind of communication (all_reduce, reduce_scatter, all_gather, broadcast, send, recv,
+all_to_all, rpc), predicted by simulator/comm_bytes.py and counted by the runtime's wire recorder
+(llama_course/core/wire.py) at the torch.distributed calls. `comm_bytes_equal` is true when they agree byte
+for byte on every rank and step (docs/design.md, "comm_bytes").
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ import json
 import os
 import statistics
 import tempfile
+
+from simulator.comm_bytes import comm_bytes as predict_comm_bytes
+from simulator.comm_bytes import unpredicted
 
 COMPONENTS = ("compute", "exposed_comm", "bubble", "optimizer")
 COMPUTE_NAMES = ("forward", "backward", "recompute")
@@ -163,13 +172,44 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
         return rel
 
     predicted = summary(pred)
+    predicted["comm_bytes"], measured["comm_bytes"], equal, note = comm_bytes_report(cfg, measured_trace)
+    notes += [note] if note else []
     out = {"predicted": predicted, "measured": measured, "relative_error": errors(predicted),
-           "traces": {"predicted": predicted_trace, "measured": measured_trace}, "notes": notes,
-           "config": pred.get("config", {})}
+           "comm_bytes_equal": equal, "traces": {"predicted": predicted_trace, "measured": measured_trace},
+           "notes": notes, "config": pred.get("config", {})}
     if speed:
         out["speed"] = speed
         out["uncalibrated"] = {"predicted": summary(raw), "relative_error": errors(summary(raw))}
     return out
+
+
+def comm_bytes_report(cfg, measured_trace: str) -> tuple:
+    """(predicted, measured, equal, note): `[rank][step] -> {kind: bytes}` from the simulator and from the
+    measured trace's metadata (written by the trainer from the wire recorder); equal is None when either
+    side is missing, and the note says why."""
+    with open(measured_trace) as f:
+        measured = json.load(f).get("metadata", {}).get("comm_bytes")
+    why = unpredicted(cfg)
+    predicted = None if why else predict_comm_bytes(cfg, steps=cfg.training.steps)
+    if predicted is None or measured is None:
+        return predicted, measured, None, f"comm_bytes not compared: {why or 'the run recorded none'}"
+    if predicted == measured:
+        return predicted, measured, True, None
+    return predicted, measured, False, f"comm_bytes differ: {first_difference(predicted, measured)}"
+
+
+def first_difference(predicted: list, measured: list) -> str:
+    """The first rank, step and kind where two `[rank][step] -> {kind: bytes}` lists disagree."""
+    if len(predicted) != len(measured):
+        return f"{len(predicted)} ranks predicted, {len(measured)} measured"
+    for rank, (p_steps, m_steps) in enumerate(zip(predicted, measured)):
+        if len(p_steps) != len(m_steps):
+            return f"rank {rank}: {len(p_steps)} steps predicted, {len(m_steps)} measured"
+        for step, (p, m) in enumerate(zip(p_steps, m_steps), 1):
+            for kind in p:
+                if p[kind] != m.get(kind, 0):
+                    return f"rank {rank} step {step} {kind}: predicted {p[kind]:,} B, measured {m.get(kind, 0):,} B"
+    return "none"
 
 
 @contextlib.contextmanager
@@ -245,6 +285,10 @@ def format_report(result: dict) -> str:
             err = r["breakdown_s"].get(c)
             lines.append(f"| {c} (ms) | {p['breakdown_s'][c] * 1e3:.2f} | {m['breakdown_s'][c] * 1e3:.2f} | "
                          f"{'-' if err is None else f'{err:+.1%}'} |")
+    if result.get("comm_bytes_equal") is not None:
+        ranks = len(result["measured"]["comm_bytes"])
+        lines.append(f"comm bytes per rank and step: {'equal' if result['comm_bytes_equal'] else 'DIFFERENT'} "
+                     f"(predicted vs measured at the torch.distributed calls, {ranks} ranks)")
     if "uncalibrated" in result:
         u = result["uncalibrated"]
         lines.append(f"uncalibrated (the profile as it is): step time {u['predicted']['step_time_s'] * 1e3:.2f} ms "

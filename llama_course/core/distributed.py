@@ -1,7 +1,8 @@
 """Process groups: who this process is, and which ranks it talks to for dp, tp and pp.
 
 Ranks are laid out as a (pp, dp, tp) grid with tp fastest, as Megatron-LM does, so the ranks of one
-tensor-parallel group are neighbours (on one node, over NVLink) and pipeline stages are the farthest apart:
+tensor-parallel group are neighbours (on one node, over NVLink) and pipeline stages are the farthest apart
+(simulator/spec.py computes the coordinates and groups, for the runtime and the simulator alike):
 
     rank = (pp_rank * dp + dp_rank) * tp + tp_rank
 
@@ -27,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from llama_course.core import wire
+from simulator import spec
 from simulator.config import ConfigError
 
 
@@ -65,9 +67,8 @@ class Context:
         return self.device.type
 
 
-def grid_coords(rank: int, dp: int, tp: int, pp: int) -> tuple:
-    """(pp_rank, dp_rank, tp_rank) of a global rank in the (pp, dp, tp) grid."""
-    return rank // (dp * tp), (rank // tp) % dp, rank % tp
+grid_coords = spec.coords
+"""(pp_rank, dp_rank, tp_rank) of a global rank in the (pp, dp, tp) grid (simulator/spec.py, shared)."""
 
 
 _LISTENERS: list = []          # sockets that must live as long as their stores
@@ -182,15 +183,9 @@ def init_distributed(dp: int = 1, tp: int = 1, pp: int = 1, timeout: timedelta |
 
 def _grid_groups(ctx: Context, grid: int) -> tuple:
     """new_group for every dp, tp and pp group (all ranks must call new_group for every group, in order)."""
-    dp, tp, pp = ctx.dp, ctx.tp, ctx.pp
     mine = {}
-    ranks_of = {
-        "dp": [[(p * dp + d) * tp + t for d in range(dp)] for p in range(pp) for t in range(tp)],
-        "tp": [[(p * dp + d) * tp + t for t in range(tp)] for p in range(pp) for d in range(dp)],
-        "pp": [[(p * dp + d) * tp + t for p in range(pp)] for d in range(dp) for t in range(tp)],
-    }
-    for name, groups in ranks_of.items():
-        for ranks in groups:
+    for name in spec.GROUP_KINDS:
+        for ranks in spec.groups(name, ctx.dp, ctx.tp, ctx.pp):
             if len(ranks) == ctx.world_size:
                 group = dist.group.WORLD
             else:       # every rank calls new_group for every group, singletons included, in one order

@@ -58,12 +58,12 @@ from llama_course.parallel.pipeline_parallel_comm import (
 from llama_course.parallel.tensor_parallel import (
     gather_full_state,
     model_parallel_grad_norm,
-    refuse_fp16_scaler,
     shard_dim,
     shard_model,
     vocab_parallel_cross_entropy,
 )
 from llama_course.parallel.tensor_parallel_comm import all_reduce_gradients, enter_region, split_to_sp
+from simulator.config import ConfigError
 from simulator.pipeline_parallel import schedule_order
 
 # ---------------------------------------------------------------------------------------------
@@ -146,12 +146,7 @@ class PipelineEngine(Engine):
     """Seconds of sleep per layer in each forward and backward (benchmarks: a noise-free compute stand-in)."""
 
     def __init__(self, cfg, ctx, model, tracer=None):
-        from simulator.config import ConfigError
-
-        if cfg.model.tie_embeddings:
-            raise ConfigError("model.tie_embeddings: the runtime pipeline cannot tie an embedding and a head on "
-                              "different stages (pp > 1); set it false")
-        refuse_fp16_scaler(cfg, ctx)
+        # the capability table refuses tied embeddings (an embedding and a head on different stages) and fp16
         self.v = cfg.parallel.vpp
         self.schedule = cfg.parallel.schedule
         super().__init__(cfg, ctx, build_stages(cfg, ctx, model), tracer)

@@ -33,6 +33,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from simulator import spec
 from simulator.pipeline_parallel import schedule_order
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ class PipelineComm:
 
     def global_rank(self, pp_rank: int) -> int:
         c = self.ctx
-        return (pp_rank * c.dp + c.dp_rank) * c.tp + c.tp_rank
+        return spec.rank_of(pp_rank, c.dp_rank, c.tp_rank, c.dp, c.tp)
 
     def tag(self, label: tuple) -> int:
         """Unique per message of a step: (kind, micro-batch, receiving virtual stage)."""
