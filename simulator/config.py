@@ -116,6 +116,9 @@ class LinkConfig:
     """One-way latency in microseconds. None takes the GPU preset's value."""
     topology: str | None = None
     """Inter-node fabric: `fat_tree` or `rail_optimized` (ignored within a node)."""
+    oversubscription: float | None = None
+    """Simulator: a leaf (or rail) switch's NIC ports over its spine uplinks, >= 1 (null = 1, non-blocking;
+    2 = 2:1, traffic leaving a leaf shares half the bandwidth its NICs have). Ignored within a node."""
 
 
 @dataclass
@@ -570,6 +573,8 @@ def resolve(cfg: Config) -> Config:
             _positive(f"cluster.{link_name}.bandwidth_GBps", link.bandwidth_GBps)
         if link.latency_us is not None:
             _non_negative(f"cluster.{link_name}.latency_us", link.latency_us)
+    if c.inter_node.oversubscription is not None and not c.inter_node.oversubscription >= 1:
+        raise ConfigError(f"cluster.inter_node.oversubscription: {c.inter_node.oversubscription} must be >= 1")
     for name in ("peak_tflops", "memory_GB", "memory_bandwidth_GBps"):
         if getattr(c, name) is not None:
             _positive(f"cluster.{name}", getattr(c, name))

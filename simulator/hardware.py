@@ -109,7 +109,10 @@ class Hardware:
     memory_shared: bool = False
     """True when the devices of a node share one memory (cpu: processes share RAM)."""
     nodes_per_leaf: int = 16
-    """Nodes under one leaf (or rail) switch of the fabric."""
+    """Nodes under one leaf switch of a fat tree; a rail switch of the same ports serves one NIC of
+    nodes_per_leaf x gpus_per_node nodes (topology.py)."""
+    oversubscription: float = 1.0
+    """A leaf (or rail) switch's NIC ports over its spine uplinks (1 = non-blocking; 2 = 2:1)."""
     collective_table: dict | None = None
     """Measured all-reduce (cpu): {processes: [(bytes, seconds)]} of the run's implementation; None = links."""
     collective_curves: dict | None = None
@@ -460,6 +463,7 @@ def hardware_for(cfg) -> Hardware:
         inter_bandwidth=c.inter_node.bandwidth_GBps * G if c.inter_node.bandwidth_GBps is not None else None,
         inter_latency=c.inter_node.latency_us * US if c.inter_node.latency_us is not None else None,
         topology=c.inter_node.topology,
+        oversubscription=c.inter_node.oversubscription,
         gpus_per_node=min(gpn, c.num_gpus) if c.gpu == "cpu" else gpn,
     )
     if hw.cores:

@@ -110,15 +110,15 @@ def test_zero_semantics_per_system():
     assert m == 4
     block = virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]
     first = comm.time("all_gather", range(64), 2 * block)
-    # the first block's gather of every micro-batch's forward is exposed (compute hides the rest here)
-    assert fsdp["breakdown_s"]["exposed_comm"] - course["breakdown_s"]["exposed_comm"] \
-        + course["comm_s"]["zero_gather"] == pytest.approx(m * first, rel=0.05)
+    # the first block's gather of every micro-batch's forward is exposed (compute hides the rest here); it
+    # shares the NIC with the previous micro-batch's last reduce-scatter (contention), so a little more
+    assert m * first * 0.999 <= fsdp["comm_s"]["gather_wait"] <= m * first * 1.15
     assert zero_semantics(cfg).grad_collective == "all_reduce"              # the course's ZeRO-1
     assert zero_semantics(cfg, "fsdp2").grad_collective == "reduce_scatter"
     # ZeRO-3 under FSDP2: the forward gathers of ZeRO-2 plus the same again before each backward
     _, z2 = _zero(2, "fsdp2")
     _, z3 = _zero(3, "fsdp2")
-    assert z3["breakdown_s"]["exposed_comm"] - z2["breakdown_s"]["exposed_comm"] == pytest.approx(m * first, rel=0.05)
+    assert m * first * 0.999 <= z3["comm_s"]["gather_wait"] - z2["comm_s"]["gather_wait"] <= m * first * 1.15
     # DeepSpeed ZeRO-2: m reduce-scatters of the whole gradient per step, the course's one
     _, ds = _zero(2, "deepspeed")
     _, c2 = _zero(2)
