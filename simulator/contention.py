@@ -15,9 +15,11 @@ same moment (`traffic.SymmetricCopies`), and NCCL's kernels take SMs from the ma
   over the activities that share a class with it (a component), once per instant.
 - progress is counted in seconds of the activity's alone time; `Stream` makes a FIFO of communications with
   one traffic pattern (a rank's gradient buckets) one activity whose work grows as items arrive.
-- a compute task on a GPU with communication in flight runs its compute part at 1 - COMM_SM_SHARE of its
+- a compute task on a GPU with a collective in flight runs its compute part at 1 - COMM_SM_SHARE of its
   speed (NCCL runs collectives as kernels on the GPU's SMs, one thread block per channel); the
-  tensor-parallel collectives inside the task, which its compute waits for, are not slowed.
+  tensor-parallel collectives inside the task, which its compute waits for, are not slowed, and neither
+  is it by a pipeline send (NCCL moves a send/recv on NCCL_NCHANNELS_PER_NET_PEER = 2 channels by
+  default: two thread blocks, under 2% of the SMs).
 
 Tensor-parallel collectives inside a node are not put on the links: they run between compute kernels that
 wait for them, and the only traffic that could share an NVLink port with them, a data-parallel ring with
@@ -49,15 +51,16 @@ only 21% of its ideal speedup on MI300X, the interference this share stands for.
 
 class Activity:
     """Work in flight: `total` seconds of alone time, done at `rate` (alone = 1) since `t0` with `progress`
-    seconds done then. A communication has flows ({class: k} moving at most `x` bytes/s each) and holds SMs
-    on `ranks`; a compute task runs on `ranks`, its `compute_share` slowed by communication beside it.
-    `milestones`: [(progress, callback(now))] in order, called as the progress passes them."""
+    seconds done then. A communication has flows ({class: k} moving at most `x` bytes/s each) and, a
+    collective (`holds_sms`), holds SMs on `ranks`; a compute task runs on `ranks`, its `compute_share`
+    slowed by a collective beside it. `milestones`: [(progress, callback(now))] in order, called as the
+    progress passes them."""
 
     __slots__ = ("total", "progress", "rate", "t0", "flows", "x", "ranks", "compute_share", "milestones",
-                 "version", "active", "done", "start", "end")
+                 "version", "active", "done", "start", "end", "holds_sms")
 
     def __init__(self, seconds: float, ranks, flows=None, x: float = 0.0, compute_share: float = 1.0,
-                 milestones=None):
+                 milestones=None, holds_sms: bool = True):
         self.total = float(seconds)
         self.progress = 0.0
         self.rate = 0.0
@@ -67,6 +70,7 @@ class Activity:
         self.ranks = tuple(ranks)
         self.compute_share = compute_share
         self.milestones = list(milestones or [])
+        self.holds_sms = holds_sms
         self.version = 0
         self.active = False
         self.done = None
@@ -103,9 +107,10 @@ class LinkShare:
         else:
             for c in act.flows:
                 self.by_class[c].add(act)
-            for r in act.ranks:
-                self.comm_on[r] += 1
-                self._dirty_ranks.add(r)
+            if act.holds_sms:
+                for r in act.ranks:
+                    self.comm_on[r] += 1
+                    self._dirty_ranks.add(r)
             self._dirty.add(act)
             self._later()
         return act.done
@@ -199,9 +204,10 @@ class LinkShare:
             for c in act.flows:
                 self.by_class[c].discard(act)
                 self._dirty.update(self.by_class[c])
-            for r in act.ranks:
-                self.comm_on[r] -= 1
-                self._dirty_ranks.add(r)
+            if act.holds_sms:
+                for r in act.ranks:
+                    self.comm_on[r] -= 1
+                    self._dirty_ranks.add(r)
             self._later()
         act.done.succeed()
 

@@ -37,6 +37,7 @@ from simulator.data_parallel import (
     exposed_gathers,
     grad_bytes_per_param,
     gradient_sync,
+    reduce_bucket_mb,
     zero_semantics,
 )
 from simulator.memory import stage_layers, uses_flash, virtual_stage_params
@@ -310,17 +311,18 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
     compute = factor * n_micro * sum(fwd[k].compute + bwd[k].compute for k in chunks)
     recompute = factor * n_micro * sum(bwd[k].recompute for k in chunks)
     tp_exposed = factor * n_micro * sum(fwd[k].comm + bwd[k].comm for k in chunks)
-    if contention:      # gathers waited for, and compute slowed by communication beside it, as simulated
-        gathers, slowdown = run.gather_wait[r], run.slowdown[r]
+    if contention:      # gathers and sends waited for, compute slowed by communication beside it, as simulated
+        gathers, slowdown, sends = run.gather_wait[r], run.slowdown[r], run.send_wait[r]
     else:
-        gathers, slowdown = factor * n_micro * sum(fwd[k].gather + bwd[k].gather for k in chunks), 0.0
-    bubble = max(0.0, run.compute_end[r] - compute - recompute - tp_exposed - gathers - slowdown)
+        gathers, slowdown, sends = factor * n_micro * sum(fwd[k].gather + bwd[k].gather for k in chunks), 0.0, 0.0
+    bubble = max(0.0, run.compute_end[r] - compute - recompute - tp_exposed - gathers - slowdown - sends)
     dp_exposed = dp_end - run.compute_end[r]
     breakdown = {"compute": compute, "recompute": recompute,
-                 "exposed_comm": tp_exposed + gathers + slowdown + dp_exposed + scalars + gather, "bubble": bubble,
+                 "exposed_comm": tp_exposed + gathers + slowdown + sends + dp_exposed + scalars + gather, "bubble": bubble,
                  "optimizer": opt}
     comm_detail = {"tp_exposed": tp_exposed, "dp_exposed": dp_exposed, "dp_total": dp_busy,
-                   "zero_gather": gather, "gather_wait": gathers, "pp_send": send, "step_scalars": scalars,
+                   "zero_gather": gather, "gather_wait": gathers, "pp_send": send, "send_wait": sends,
+                   "step_scalars": scalars,
                    "overlap_slowdown": slowdown}
     recompute_per_token = cfg.model.n_layers * blk.recompute_flops * p.tp / (p.micro_batch_size * cfg.seq_len)
     return Step(step_time=end, breakdown=breakdown, comm=comm_detail, critical_rank=r, pipeline=run,
@@ -340,7 +342,8 @@ def stream_plan(cfg, layout: Layout, layers: list, fwd: list, bwd: list, sem, ps
         schedule=p.schedule, p=p.pp, m=cfg.grad_accum_steps, v=p.vpp,
         forward=[(c.compute + c.recompute, c.comm) for c in fwd], backward=[(c.compute + c.recompute, c.comm) for c in bwd],
         layers=layers, grad_bytes=[psi * grad_wire if layout.dp > 1 else 0.0 for psi in psi_virtual],
-        bucket_mb=p.bucket_mb, overlap=p.overlap and p.bucket_mb > 0, every_micro_batch=sem.reduce_every_micro_batch,
+        bucket_mb=reduce_bucket_mb(cfg, sem, psi_block), overlap=p.overlap and p.bucket_mb > 0,
+        every_micro_batch=sem.reduce_every_micro_batch,
         grad_kind=sem.grad_collective, gather=sem.gather, prefetch=sem.prefetch,
         gather_bytes=psi_block * weight_bytes_per_param(cfg) if per_block else 0.0,
-        tensors=[9 * n + 1 for n in layers])
+        tensors=[9 * n + 1 for n in layers], blocking_sends=sem.system == "deepspeed")

@@ -7,15 +7,18 @@ One pipeline of p ranks is simulated (each stands for its dp x tp symmetric copi
     compute stream   its schedule's forward and backward tasks (`pipeline_parallel.schedule_order`); a task
                      whose weights are gathered block by block (ZeRO-3, FSDP) runs block by block, each block
                      waiting for its gather
-    reduce stream    gradient buckets (`data_parallel.bucket_sizes`), each issued when the backward has
-                     produced it: through the chunk's last backward, or every backward when the system reduces
-                     every micro-batch, or after the last task without overlap
+    reduce stream    gradient buckets (`data_parallel.bucket_sizes` of the system's bucket size:
+                     `data_parallel.reduce_bucket_mb`), each issued when the backward has produced it: through
+                     the chunk's last backward, or every backward when the system reduces every micro-batch,
+                     or after the last task without overlap
     gather stream    weight all-gathers, one block ahead of the compute when prefetched
-    sends            each activation or gradient to the next virtual stage, from the end of the task
+    sends            each activation or gradient to the next virtual stage, from the end of the task (the
+                     next task starts beside it, as Megatron-LM's and torch's schedules run; DeepSpeed's
+                     pipeline engine executes its send instruction before the next: `blocking_sends`)
 
 all of them activities of one `contention.LinkShare`: the reduce and gather streams of stage r and the sends
 in and out of it share stage r's NIC classes (with their symmetric copies on the switch uplinks), every
-communication in flight on a rank slows its compute by `contention.COMM_SM_SHARE`, and every rate follows
+collective in flight on a rank slows its compute by `contention.COMM_SM_SHARE`, and every rate follows
 max-min fairness as activities come and go. With nothing overlapping, every activity keeps its alone time
 and the step is the one `simulate_pipeline` + `gradient_sync` give (tests/simulator/test_streams.py).
 """
@@ -41,6 +44,7 @@ class StreamRun(PipelineRun):
     dp_spans: dict = field(default_factory=dict)        # rank -> [(start, end)] per bucket
     gather_wait: list = field(default_factory=list)     # seconds its compute waited for weight gathers
     slowdown: list = field(default_factory=list)        # seconds its compute lost to communication beside it
+    send_wait: list = field(default_factory=list)       # seconds its compute waited for its own sends
     rate_computations: int = 0
 
 
@@ -56,7 +60,7 @@ class StreamPlan:
     backward: list
     layers: list          # blocks per virtual stage
     grad_bytes: list      # gradient bytes each virtual stage reduces over its dp group (0: none)
-    bucket_mb: float
+    bucket_mb: float      # MB per gradient bucket (data_parallel.bucket_sizes; 0 = one per tensor)
     overlap: bool
     every_micro_batch: bool
     grad_kind: str        # all_reduce | reduce_scatter
@@ -64,6 +68,7 @@ class StreamPlan:
     prefetch: bool
     gather_bytes: float   # one block's weights, all-gathered over the dp group
     tensors: list = field(default_factory=list)   # parameter tensors per virtual stage (bucket_mb 0)
+    blocking_sends: bool = False    # the sender's compute waits for its send (DeepSpeed's pipeline engine)
 
 
 def simulate_streams(plan: StreamPlan, comm, layout, p2p_bytes: float, p2p_extra: float, slow=None,
@@ -91,7 +96,7 @@ def simulate_streams(plan: StreamPlan, comm, layout, p2p_bytes: float, p2p_extra
 
     share = LinkShare(env, classes, sm_share)
     run = StreamRun(p, m, v, compute_end=[0.0] * p, busy=[0.0] * p, dp_end=[0.0] * p, dp_busy=[0.0] * p,
-                    gather_wait=[0.0] * p, slowdown=[0.0] * p)
+                    gather_wait=[0.0] * p, slowdown=[0.0] * p, send_wait=[0.0] * p)
     dp_copies = SymmetricCopies(cluster, ((layout.tp, 1),))
     pp_copies = SymmetricCopies(cluster, ((layout.tp, 1), (layout.dp, layout.tp)))
 
@@ -145,8 +150,10 @@ def simulate_streams(plan: StreamPlan, comm, layout, p2p_bytes: float, p2p_extra
         run.events += 1
         if seconds <= 0:
             sent()
-            return
-        share.run(Activity(seconds, [r, r_to], flows, rate)).callbacks.append(sent)
+            return None
+        done = share.run(Activity(seconds, [r, r_to], flows, rate, holds_sms=False))
+        done.callbacks.append(sent)
+        return done
 
     def push_buckets(r, k, fractions_out):
         """Buckets of virtual stage k's gradients: [(fraction of the backward at which it is ready, seconds)]."""
@@ -185,6 +192,12 @@ def simulate_streams(plan: StreamPlan, comm, layout, p2p_bytes: float, p2p_extra
         factor = slow.get(r, 1.0)
         for kind, mb, c in schedule_order(plan.schedule, p, m, v, r):
             k = c * p + r
+            blocks = plan.layers[k]
+            gathered = blocks > 0 and gather_seconds[r] > 0 and (
+                plan.gather == "forward_backward" or (kind == "F" and (
+                    plan.gather == "forward" or (plan.gather == "first_forward" and mb == 0))))
+            # a prefetched first gather is issued while the rank still waits for the task's input
+            pending = gather(r) if gathered and plan.prefetch else None
             if kind == "F" and k > 0:
                 yield inbox("F", mb, k)
             if kind == "B" and k < n_virtual - 1:
@@ -196,15 +209,15 @@ def simulate_streams(plan: StreamPlan, comm, layout, p2p_bytes: float, p2p_extra
             buckets = []
             if kind == "B" and plan.grad_bytes[k] > 0 and plan.overlap and (plan.every_micro_batch or mb == m - 1):
                 push_buckets(r, k, buckets)
-            blocks = plan.layers[k]
-            gathered = blocks > 0 and gather_seconds[r] > 0 and (
-                plan.gather == "forward_backward" or (kind == "F" and (
-                    plan.gather == "forward" or (plan.gather == "first_forward" and mb == 0))))
+                if len(buckets) > 1 and min(b for _, b in buckets) * len(buckets) >= work:
+                    # each bucket takes longer to reduce than the backward to make the next one: the stream is
+                    # never idle from the first bucket on, and one item of all their work ends when they would
+                    buckets = [(buckets[0][0], sum(b for _, b in buckets))]
             if not gathered:
                 act = yield from compute(r, work, f_c, buckets)
                 run.slowdown[r] += (act.end - act.start) - work
             else:
-                pending = gather(r)
+                pending = pending or gather(r)
                 per = work / blocks
                 for b in range(blocks):
                     t0 = env.now
@@ -221,10 +234,15 @@ def simulate_streams(plan: StreamPlan, comm, layout, p2p_bytes: float, p2p_extra
             if record:
                 run.tasks.append(Task(r, kind, mb, c, start, env.now))
             run.events += 1
+            sending = None
             if kind == "F" and k < n_virtual - 1:
-                deliver(r, "F", mb, k, k + 1)
+                sending = deliver(r, "F", mb, k, k + 1)
             elif kind == "B" and k > 0:
-                deliver(r, "B", mb, k, k - 1)
+                sending = deliver(r, "B", mb, k, k - 1)
+            if sending is not None and plan.blocking_sends:
+                t0 = env.now
+                yield sending
+                run.send_wait[r] += env.now - t0
             if kind == "B":
                 run.last_backward[(r, c)] = (start, env.now)
                 run.backward_spans.setdefault((r, c), []).append((start, env.now))

@@ -67,6 +67,17 @@ def test_communication_in_flight_slows_compute_by_the_sm_share():
     assert other[0] == pytest.approx(2.0)                      # communication on another GPU: no slowdown
 
 
+def test_a_pipeline_send_holds_no_sms():
+    """A send/recv runs on NCCL_NCHANNELS_PER_NET_PEER = 2 channels (two thread blocks): the compute beside it
+    keeps its speed (holds_sms=False), where a collective on the same GPU slows it."""
+    send = _run(LinkShare(simpy.Environment(), {"nic": 1.0}, sm_share=0.5),
+                [Activity(2.0, [0]), Activity(1.0, [0], {"nic": 1}, 1.0, holds_sms=False)])
+    collective = _run(LinkShare(simpy.Environment(), {"nic": 1.0}, sm_share=0.5),
+                      [Activity(2.0, [0]), Activity(1.0, [0], {"nic": 1}, 1.0)])
+    assert send[0] == pytest.approx(2.0)
+    assert collective[0] == pytest.approx(1.0 + (2.0 - 0.5))      # half speed for 1 s, then alone
+
+
 def test_a_stream_is_one_activity_whose_work_grows():
     env = simpy.Environment()
     share = LinkShare(env, {"nic": 1.0}, sm_share=0.0)

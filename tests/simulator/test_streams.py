@@ -5,8 +5,10 @@ import pytest
 import simulator.contention as contention
 from simulator.collectives import CommModel
 from simulator.config import load_config
+from simulator.data_parallel import zero_semantics
 from simulator.hardware import hardware_for
 from simulator.parallel_3d import Layout, simulate_step
+from simulator.simulate import simulate
 from simulator.topology import Cluster
 from simulator.traffic import SymmetricCopies
 
@@ -96,3 +98,33 @@ def test_send_copies_count_every_replica_on_the_uplink():
     copies = SymmetricCopies(cl, ((8, 1), (16, 8)))
     lat = cl.path_latency(0, 128)
     assert comm.time_with_copies("send", (0, 128), 1e8, copies) - lat == pytest.approx(2 * (alone - lat), rel=1e-6)
+
+
+def test_deepspeed_sends_block_the_sender(monkeypatch):
+    """DeepSpeed's pipeline engine runs its send instruction before the next one: every send of the rank is
+    waited for (no data parallelism here, so each keeps its alone time); Megatron-LM's and torch's
+    schedules start the next task beside it."""
+    monkeypatch.setattr(contention, "COMM_SM_SHARE", 0.0)
+    cfg = _cfg(tp=8, pp=8, global_batch_size=16)
+    hw = hardware_for(cfg)
+    comm = CommModel(Cluster(hw, 64))
+    plain = simulate_step(cfg, hw, comm, contention=True, record=True)
+    ds = simulate_step(cfg, hw, comm, contention=True, record=True, system="deepspeed")
+    assert plain.comm["send_wait"] == 0.0
+    r = ds.critical_rank
+    mine = [end - start for src, _, _, _, start, end in ds.pipeline.sends if src == r]
+    assert mine and ds.comm["send_wait"] == pytest.approx(sum(mine), rel=1e-9)
+    assert ds.step_time > plain.step_time
+
+
+def test_fsdp_sharded_reduce_scatters_every_micro_batch_under_a_pipeline():
+    """Llama 3's FSDP keeps the weights gathered across micro-batches under its pipeline (as torch's
+    schedules do) but reduce-scatters fp32 gradients after every micro-batch into the shard: m reductions per
+    step and no whole gradient held, where fsdp2 (torch's pipelining) holds them whole and reduces once."""
+    cfg = _cfg(tp=8, pp=4, zero_stage=2, implementation="torch", global_batch_size=32)      # dp 2, m 16
+    assert cfg.grad_accum_steps == 16
+    assert not zero_semantics(cfg, "fsdp2").reduce_every_micro_batch
+    assert zero_semantics(cfg, "fsdp_sharded").reduce_every_micro_batch
+    once, every = simulate(cfg, system="fsdp2"), simulate(cfg, system="fsdp_sharded")
+    assert every["comm_s"]["dp_total"] == pytest.approx(16 * once["comm_s"]["dp_total"], rel=1e-6)
+    assert every["memory_per_gpu_bytes"]["grads"] < once["memory_per_gpu_bytes"]["grads"] / 2
