@@ -91,12 +91,12 @@ def source_sections(rows, results) -> str:
                 f"Stack: {head.stack}. Data: `{file}`. Link: <{head.url}>.", "",
                 "Read from the source: " + "; ".join(head.read) + ".", "",
                 "Assumed: " + "; ".join(f"{k}: {v}" for k, v in head.assumed.items()) + ".", "",
-                f"| run | where | TP/PP/v/DP | GPUs | GPU | ZeRO | published {METRIC_LABEL[metric]} | predicted | error "
-                f"| bubble | exposed comm |", "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+                f"| run | where | TP/PP/v/DP | GPUs | GPU | ZeRO | rules | published {METRIC_LABEL[metric]} | predicted "
+                f"| error | bubble | exposed comm |", "|---|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|"]
         for row, r in pairs:
             layout = r["layout"].replace("|", "\\|")
             out.append(f"| {row.name} | {row.where} | {layout} | {r['gpus']:,} | {r['gpu']} | {r['zero']} | "
-                       f"{_num(metric, r['published'])} | {_num(metric, r['predicted'])} | {_err(r)} | "
+                       f"{r['system']} | {_num(metric, r['published'])} | {_num(metric, r['predicted'])} | {_err(r)} | "
                        f"{_pct(r['bubble'])} | {_pct(r['exposed_comm'])} |")
         notes: dict = {}
         for row, _ in pairs:

@@ -81,6 +81,24 @@ def test_a_source_file_must_say_where_it_comes_from(tmp_path):
         load_source(str(bad))
 
 
+def test_rows_say_whose_rules_price_them():
+    """DeepSpeed's runs are priced with DeepSpeed's rules, torch FSDP's with FSDP's, Llama 3 with its FSDP's."""
+    by_stack = {}
+    for r in load_all():
+        by_stack.setdefault(r.stack, set()).add(r.system)
+    assert by_stack["DeepSpeed ZeRO-3"] == by_stack["DeepSpeed + Megatron-LM"] == {"deepspeed"}
+    assert by_stack["Megatron-DeepSpeed"] == {"deepspeed"}
+    assert by_stack["PyTorch FSDP (Composer)"] == by_stack["PyTorch FSDP2 (torchtitan)"] == {"fsdp2"}
+    assert by_stack["Meta Llama 3 (PyTorch, 4-D parallelism)"] == {"fsdp_sharded"}
+
+
+def test_a_row_with_an_unknown_system_is_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("source: x\nurl: https://x\nstack: y\nsystem: megatron\nrows: [{name: a, published: 1}]\n")
+    with pytest.raises(ValueError, match="system must be one of"):
+        load_source(str(bad))
+
+
 def test_uneven_pipelines_are_in_the_validation_set():
     """BLOOM ran 5 | 6 ... 6 | 5 blocks per stage and Llama 3 405B 7 | 8 ... 8 | 7: both written as they ran."""
     by_name = {r.name: r for r in load_all(role="validation")}
