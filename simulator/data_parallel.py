@@ -60,6 +60,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from simulator import spec
 from simulator.workload import DTYPE_BYTES
 
 SYSTEMS = ("course", "fsdp2", "fsdp_sharded", "deepspeed")
@@ -157,27 +158,26 @@ DEEPSPEED_REDUCE_BUCKET = 5e8
 
 
 def reduce_bucket_mb(cfg, sem, block_params: float) -> float:
-    """MB per gradient collective as the system issues them: DDP and the course's engines in
-    `parallel.bucket_mb` buckets; FSDP (ZeRO >= 1 under fsdp2 / fsdp_sharded) one reduce-scatter per block
-    (an FSDP unit's gradients); DeepSpeed's ZeRO in buckets of DEEPSPEED_REDUCE_BUCKET elements."""
+    """The bucket cap, in MiB of fp32 gradient buffer (`bucket_sizes`), as the system issues its gradient
+    collectives: DDP and the course's engines `parallel.bucket_mb`; FSDP (ZeRO >= 1 under fsdp2 /
+    fsdp_sharded) one reduce-scatter per block (an FSDP unit's gradients); DeepSpeed's ZeRO buckets of
+    DEEPSPEED_REDUCE_BUCKET elements."""
     p = cfg.parallel
     z = p.zero_stage if (p.dp or 1) > 1 else 0
     if z >= 1 and sem.system in ("fsdp2", "fsdp_sharded"):
-        return block_params * grad_bytes_per_param(cfg) * compression_factor(cfg) / 1e6
+        return block_params * 4 / spec.BUCKET_UNIT_BYTES
     if z >= 1 and sem.system == "deepspeed":
-        return DEEPSPEED_REDUCE_BUCKET * grad_bytes_per_param(cfg) * compression_factor(cfg) / 1e6
+        return DEEPSPEED_REDUCE_BUCKET * 4 / spec.BUCKET_UNIT_BYTES
     return p.bucket_mb
 
 
-def bucket_sizes(total_bytes: float, bucket_mb: float, tensors: int) -> list:
-    """Split a chunk's gradient bytes into buckets (bucket_mb 0: one per tensor)."""
-    if total_bytes <= 0:
-        return []
-    if bucket_mb <= 0:
-        n = max(1, tensors)
-    else:
-        n = max(1, int(-(-total_bytes // (bucket_mb * 1e6))))
-    return [total_bytes / n] * n
+def bucket_sizes(tensor_numels: list, bucket_mb: float, element_bytes: int = 4) -> list:
+    """Bytes of each gradient bucket of a chunk whose parameter tensors have `tensor_numels` elements (in
+    registration order), in the order backward fills them: the runtime's own plan (simulator/spec.py's
+    `bucket_plan`: MiB, a first bucket of at most 1 MiB, bucket_mb 0 one tensor per bucket), over its fp32
+    gradient buffers (element_bytes 4)."""
+    nbytes = [n * element_bytes for n in reversed(tensor_numels)]
+    return [sum(nbytes[i] for i in bucket) for bucket in spec.bucket_plan(nbytes, bucket_mb)]
 
 
 def gradient_sync(ready: list, overlap: bool, comm_time, compute_end: float) -> tuple:
@@ -200,10 +200,11 @@ def gradient_sync(ready: list, overlap: bool, comm_time, compute_end: float) -> 
     return max(now, compute_end), busy, spans
 
 
-def buckets_ready(last_backward: tuple, chunk_bytes: float, bucket_mb: float, tensors: int) -> list:
-    """Buckets of one chunk become ready evenly through the chunk's final backward (last layer first)."""
+def buckets_ready(last_backward: tuple, sizes: list) -> list:
+    """Buckets of one chunk (bytes on the wire, in the order backward fills them) become ready evenly
+    through the chunk's final backward (last layer first)."""
     start, end = last_backward
-    sizes = bucket_sizes(chunk_bytes, bucket_mb, tensors)
+    chunk_bytes = sum(sizes)
     out, done = [], 0.0
     for size in sizes:
         done += size

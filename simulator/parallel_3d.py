@@ -29,9 +29,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from simulator import spec
 from simulator.collectives import CommModel
 from simulator.compute import block_times, embedding_times, head_times, optimizer_time
 from simulator.data_parallel import (
+    bucket_sizes,
     buckets_ready,
     compression_factor,
     exposed_gathers,
@@ -56,7 +58,7 @@ class Layout:
     vpp: int
 
     def rank(self, tp_index: int, dp_index: int, pp_index: int) -> int:
-        return tp_index + self.tp * (dp_index + self.dp * pp_index)
+        return spec.rank_of(pp_index, dp_index, tp_index, self.dp, self.tp)
 
     def tp_group(self, dp_index: int = 0, pp_index: int = 0) -> list:
         return [self.rank(i, dp_index, pp_index) for i in range(self.tp)]
@@ -68,10 +70,9 @@ class Layout:
         return [self.rank(tp_index, dp_index, i) for i in range(self.pp)]
 
     def coords(self, rank: int) -> tuple:
-        """(tp_index, dp_index, pp_index) of a global rank."""
-        tp_index = rank % self.tp
-        dp_index = (rank // self.tp) % self.dp
-        return tp_index, dp_index, rank // (self.tp * self.dp)
+        """(tp_index, dp_index, pp_index) of a global rank (simulator/spec.py: the runtime's grid)."""
+        pp_index, dp_index, tp_index = spec.coords(rank, self.dp, self.tp, self.pp)
+        return tp_index, dp_index, pp_index
 
     def stage_of(self, rank: int) -> int:
         """The pipeline stage of a global rank."""
@@ -191,6 +192,28 @@ def step_scalars(cfg, comm: CommModel, layout: Layout) -> float:
     return sum(comm.time("all_reduce", g, SCALAR_BYTES) for g in groups)
 
 
+def chunk_tensors(cfg, layers: list) -> list:
+    """Elements of each parameter tensor of every virtual stage on one tp rank (simulator/spec.py, from the
+    model definition), in registration order: the runtime's bucket plan and the optimizer's tensor count."""
+    n_virtual = len(layers)
+    return [spec.stage_tensor_numels(cfg.model, cfg.seq_len, n, k == 0, k == n_virtual - 1, cfg.parallel.tp)
+            for k, n in enumerate(layers)]
+
+
+def grad_buckets(cfg, sem, layers: list, psi_virtual: list, grad_wire: float) -> list:
+    """Bytes on the wire of each gradient bucket of every virtual stage, in the order backward fills them:
+    the runtime's plan over the chunk's tensors (`chunk_tensors`, `data_parallel.bucket_sizes`) at the
+    system's cap (`data_parallel.reduce_bucket_mb`), scaled from fp32 buffers to the bytes reduced."""
+    psi_block = virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]
+    cap = reduce_bucket_mb(cfg, sem, psi_block)
+    out = []
+    for k, numels in enumerate(chunk_tensors(cfg, layers)):
+        plan = bucket_sizes(numels, cap)
+        scale = psi_virtual[k] * grad_wire / sum(plan) if plan else 0.0
+        out.append([b * scale for b in plan])
+    return out
+
+
 def optimizer_and_gather(cfg, hw, comm: CommModel, layout: Layout, layers: list, r: int, sem, block_forward: float,
                          block_gather: float, in_tasks: bool = False) -> tuple:
     """(optimizer seconds, exposed weight all-gather seconds) of pipeline rank r after its gradients are
@@ -201,8 +224,14 @@ def optimizer_and_gather(cfg, hw, comm: CommModel, layout: Layout, layers: list,
     psi_virtual = virtual_stage_params(cfg, layers)
     psi_r = sum(psi_virtual[c * p.pp + r] for c in range(p.vpp))
     blocks_r = sum(layers[c * p.pp + r] for c in range(p.vpp))
+    n_virtual = len(layers)
+    # parameter tensors of the rank's chunks: its blocks' and, on the first and last chunk, the embedding's,
+    # the final norm's and the head's (spec.py, from the model definition)
+    ends = sum(len(spec.stage_tensor_numels(cfg.model, cfg.seq_len, 0, k == 0, k == n_virtual - 1, p.tp))
+               for k in (c * p.pp + r for c in range(p.vpp)) if k in (0, n_virtual - 1))
+    tensors = blocks_r * len(spec.block_parameters(cfg.model)) + ends
     opt = optimizer_time(psi_r / layout.dp if p.zero_stage >= 1 else psi_r, cfg.training.precision,
-                         cfg.training.optimizer, hw, tensors=9 * blocks_r + 3)
+                         cfg.training.optimizer, hw, tensors=tensors)
     gather = 0.0
     if sem.gather == "after_step":
         gather = comm.time("all_gather", layout.dp_group(), psi_r * weight_bytes_per_param(cfg))
@@ -264,8 +293,9 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
     grad_wire = grad_bytes_per_param(cfg) * compression_factor(cfg)
     scalars = step_scalars(cfg, comm, layout)
     slows = [{}] + ([slow_by_stage] if slow_by_stage else [])
+    buckets = grad_buckets(cfg, sem, layers, psi_virtual, grad_wire) if layout.dp > 1 else [[] for _ in layers]
     if contention:
-        plan = stream_plan(cfg, layout, layers, fwd, bwd, sem, psi_virtual, grad_wire)
+        plan = stream_plan(cfg, layout, layers, fwd, bwd, sem, psi_virtual, grad_wire, buckets)
         a = p.micro_batch_size * cfg.seq_len * cfg.model.dim * DTYPE_BYTES[cfg.training.precision]
         extra = comm.time("all_gather", layout.tp_group(), a) if layout.tp > 1 and not p.sequence_parallel else 0.0
         runs = [simulate_streams(plan, comm, layout, a / layout.tp if layout.pp > 1 else 0.0, extra, slow, record)
@@ -277,6 +307,8 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
 
     # data-parallel gradient sync per pipeline rank (unless the streams ran it), then the optimizer
     dp_group = layout.dp_group()
+    # ZeRO-2/3 (and torch's ZeRO-1, which is FSDP2's ZeRO-2) reduce-scatter the gradients; the course's
+    # ZeRO-1 all-reduces them, then each rank updates its shard (data_parallel.zero_semantics)
     kind = sem.grad_collective
     best = None
     all_spans: dict = {}
@@ -290,9 +322,11 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
                     k = c * p.pp + r
                     if layout.dp == 1:
                         continue
+                    # the system's buckets over this chunk's tensors, after the last backward (or after
+                    # every micro-batch's, for systems that reduce each one)
                     backs = run.backward_spans[(r, c)] if sem.reduce_every_micro_batch else [run.last_backward[(r, c)]]
                     for span in backs:
-                        ready += buckets_ready(span, psi_virtual[k] * grad_wire, p.bucket_mb, tensors=9 * layers[k] + 1)
+                        ready += buckets_ready(span, buckets[k])
                 ready.sort()
                 dp_end, dp_busy, spans = gradient_sync(
                     ready, p.overlap and p.bucket_mb > 0,
@@ -333,7 +367,7 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
 
 
 def stream_plan(cfg, layout: Layout, layers: list, fwd: list, bwd: list, sem, psi_virtual: list,
-                grad_wire: float) -> StreamPlan:
+                grad_wire: float, buckets: list) -> StreamPlan:
     """What each rank's streams move in one step (`streams.StreamPlan`) under the data-parallel rules `sem`."""
     p = cfg.parallel
     per_block = sem.gather in ("first_forward", "forward", "forward_backward") and layout.dp > 1
@@ -342,8 +376,8 @@ def stream_plan(cfg, layout: Layout, layers: list, fwd: list, bwd: list, sem, ps
         schedule=p.schedule, p=p.pp, m=cfg.grad_accum_steps, v=p.vpp,
         forward=[(c.compute + c.recompute, c.comm) for c in fwd], backward=[(c.compute + c.recompute, c.comm) for c in bwd],
         layers=layers, grad_bytes=[psi * grad_wire if layout.dp > 1 else 0.0 for psi in psi_virtual],
-        bucket_mb=reduce_bucket_mb(cfg, sem, psi_block), overlap=p.overlap and p.bucket_mb > 0,
+        buckets=buckets, overlap=p.overlap and p.bucket_mb > 0,
         every_micro_batch=sem.reduce_every_micro_batch,
         grad_kind=sem.grad_collective, gather=sem.gather, prefetch=sem.prefetch,
         gather_bytes=psi_block * weight_bytes_per_param(cfg) if per_block else 0.0,
-        tensors=[9 * n + 1 for n in layers], blocking_sends=sem.system == "deepspeed")
+        blocking_sends=sem.system == "deepspeed")

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 
 import simpy
 
+from simulator.schema import ConfigError
+
 
 def interleave_group(p: int, m: int) -> int:
     """Micro-batches per round N of the interleaved schedule: p when p divides m, else m / (m // p).
@@ -74,6 +76,28 @@ def schedule_order(schedule: str, p: int, m: int, v: int, rank: int) -> list:
     for i in range(total - warm):
         order += [task("F", warm + i), task("B", i)]
     return order + [task("B", k) for k in range(total - warm, total)]
+
+
+def check_stage_layers(n_layers: int, p) -> None:
+    """Config validation of uneven stages (`p`: the parallel section): first and last at least one layer
+    each, and every middle stage too, or ConfigError naming the field."""
+    for name in ("first_stage_layers", "last_stage_layers"):
+        value = getattr(p, name)
+        if value is None:
+            continue
+        if p.pp < 2:
+            raise ConfigError(f"parallel.{name}: needs pp >= 2 (a one-stage pipeline has no first and last stage)")
+        if value < 1:
+            raise ConfigError(f"parallel.{name}: must be at least 1, got {value}")
+    given = [v for v in (p.first_stage_layers, p.last_stage_layers) if v is not None]
+    middle, rest = p.pp - len(given), n_layers - sum(given)
+    name = "last_stage_layers" if p.last_stage_layers is not None else "first_stage_layers"
+    if middle == 0 and rest != 0:
+        raise ConfigError(f"parallel.{name}: first {p.first_stage_layers} + last {p.last_stage_layers} layers "
+                          f"must add up to model.n_layers {n_layers} on pp 2")
+    if rest < middle:
+        raise ConfigError(f"parallel.{name}: leaves {rest} of model.n_layers {n_layers} for {middle} middle "
+                          f"stages; each needs at least one")
 
 
 def rank_layers(n_layers: int, p: int, first_stage_layers: int | None = None,

@@ -5,7 +5,7 @@ Keeps the model, cluster, sequence length, global batch and precision of the con
     tp          powers of two up to a node (tensor parallelism wants NVLink), dividing heads and kv heads
     pp          divisors of num_gpus / tp, at most the layers (uneven stages allowed, as Llama 3's 126 / 16)
     schedule    gpipe, 1f1b, and interleaved_1f1b with vpp in 2, 3, 4, 6, 8 (vpp dividing layers / pp)
-    zero_stage  0-3 (2 and 3 only without pipeline parallelism, as Megatron-LM and DeepSpeed allow)
+    zero_stage  0-3, where the capability table (capabilities.py) says the runtime runs it for the layout
     micro_batch 1, 2, 4, 8, 16 sequences
     recompute   none, selective (only without a fused attention kernel), full
     sequence parallelism whenever tp > 1
@@ -15,7 +15,9 @@ cluster and the batch, and validates each candidate.
 
 Search (branch and bound, hundreds to thousands of layouts in seconds):
 
-  1. every candidate is validated by the schema and checked for memory with the closed forms of
+  1. only layouts the runtime runs are candidates (the capability table, with the config's strategy,
+     implementation, compression, policy and precision); every candidate is validated and checked for
+     memory with the closed forms of
      `memory.py` (no simulation); what does not fit is dropped, and only the lightest recomputation that
      fits is kept (more recomputation is never faster);
   2. each survivor gets a lower bound on its step time without a simulation
@@ -48,6 +50,7 @@ import time
 
 import yaml
 
+from simulator import capabilities
 from simulator.collectives import CommModel, tree_chunks, tree_shape, tree_stages
 from simulator.config import ConfigError, ParallelConfig, apply_override, load_config, resolve
 from simulator.hardware import device_memory, hardware_for
@@ -134,7 +137,8 @@ def load_plan_config(source=None, overrides: list | None = None):
     """The config `plan` searches from: the model, cluster, batch and every other setting of `source` (a
     YAML path, a dict or None) with `overrides`, validated without its layout. The layout (PLAN_FIELDS) is
     what the search chooses, so a default one that cannot run (dp = 2,048 GPUs for a global batch of 1,024
-    sequences) is no reason to stop: every candidate is validated on its own. Raises ConfigError."""
+    sequences) is no reason to stop: every candidate is validated on its own, the capability table included
+    (the stand-in layout is not held to it). Raises ConfigError."""
     if isinstance(source, dict) or source is None:
         raw = copy.deepcopy(source or {})
     else:
@@ -152,7 +156,7 @@ def load_plan_config(source=None, overrides: list | None = None):
         apply_override(raw, item)
     par, cl = raw.get("parallel") or {}, raw.get("cluster") or {}
     if not isinstance(par, dict) or not isinstance(cl, dict):
-        return load_config(raw)                      # the schema says what is wrong
+        return load_config(raw, runtime=False)       # the schema says what is wrong
     n = cl.get("num_gpus")
     if n is None:
         n = 1
@@ -163,7 +167,7 @@ def load_plan_config(source=None, overrides: list | None = None):
     # a stand-in layout that always validates (dp = n, one sequence each), then the real batch
     raw["parallel"] = {**{k: v for k, v in par.items() if k not in PLAN_FIELDS}, "global_batch_size": n}
     raw["cluster"] = {**cl, "num_gpus": n}
-    cfg = load_config(raw)
+    cfg = load_config(raw, runtime=False)            # the capability table judges each candidate instead
     cfg.parallel.global_batch_size = batch
     return cfg
 
@@ -175,7 +179,8 @@ def _count(name: str, value) -> int:
 
 
 def candidates(cfg) -> list:
-    """Parallel sections to try (dicts of PLAN_FIELDS), before validation and memory checks."""
+    """Parallel sections to try (dicts of PLAN_FIELDS): layouts the capability table allows with the config's
+    other fields, before validation and memory checks."""
     n = cfg.cluster.num_gpus
     gpn = cfg.cluster.gpus_per_node or (n if cfg.cluster.gpu == "cpu" else 8)
     m = cfg.model
@@ -196,9 +201,11 @@ def candidates(cfg) -> list:
                     schedules = [("gpipe", 1)] + (schedules if n_micro >= pp else [])
                     schedules += [("interleaved_1f1b", v) for v in VIRTUAL_STAGES
                                   if m.n_layers % (pp * v) == 0 and n_micro % pp == 0]
-                zeros = (0, 1, 2, 3) if pp == 1 else (0, 1)
                 for schedule, vpp in schedules:
-                    for zero in zeros if dp > 1 else (0,):
+                    for zero in (0, 1, 2, 3):
+                        if not capabilities.supported(capabilities.key(cfg, dp=dp, tp=tp, pp=pp, zero_stage=zero,
+                                                                       schedule=schedule)):
+                            continue
                         for recompute in recomputes:
                             out.append(dict(dp=dp, tp=tp, pp=pp, vpp=vpp, schedule=schedule, zero_stage=zero,
                                             micro_batch_size=mb, activation_checkpointing=recompute,
@@ -230,6 +237,8 @@ def plan(cfg, top: int = 5, stats: dict | None = None, progress=None) -> list:
     capacity = device_memory(hw)
     comm = PlanComm(Cluster(hw, cfg.cluster.num_gpus))      # one collective cache for the whole search
     cands = candidates(cfg)
+    if not cands and not capabilities.supported(capabilities.key(cfg)):
+        raise ConfigError(capabilities.refusal(capabilities.key(cfg)))   # no layout of it runs: say why
     fitted: set = set()
     excluded: list = []         # (excess bytes, candidate) of layouts that do not fit
     viable: list = []           # (bound, index, cfg, candidate)
@@ -318,7 +327,9 @@ def plan(cfg, top: int = 5, stats: dict | None = None, progress=None) -> list:
 
 
 def cli(args) -> int:
-    """`llama-course plan CONFIG [--top K] [--json]`."""
+    """`llama-course plan CONFIG [--top K] [--json]`. The config's own layout (dp, tp, pp, zero_stage, ...)
+    is only where the search starts, so the capability table judges the layouts searched, not it; a config
+    none of whose layouts the runtime runs (say, compression with implementation torch) is refused."""
     cfg = load_plan_config(args.config, getattr(args, "overrides", None) or [])
     stats: dict = {}
     entries = plan(cfg, top=max(1, getattr(args, "top", 5) or 5), stats=stats, progress=_stderr_progress())

@@ -7,8 +7,8 @@ One pipeline of p ranks is simulated (each stands for its dp x tp symmetric copi
     compute stream   its schedule's forward and backward tasks (`pipeline_parallel.schedule_order`); a task
                      whose weights are gathered block by block (ZeRO-3, FSDP) runs block by block, each block
                      waiting for its gather
-    reduce stream    gradient buckets (`data_parallel.bucket_sizes` of the system's bucket size:
-                     `data_parallel.reduce_bucket_mb`), each issued when the backward has produced it: through
+    reduce stream    gradient buckets (`parallel_3d.grad_buckets`: the runtime's plan at the system's
+                     cap, `data_parallel.reduce_bucket_mb`), each issued when the backward has produced it: through
                      the chunk's last backward, or every backward when the system reduces every micro-batch,
                      or after the last task without overlap
     gather stream    weight all-gathers, one block ahead of the compute when prefetched
@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 import simpy
 
 from simulator.contention import Activity, LinkShare, Stream
-from simulator.data_parallel import bucket_sizes
 from simulator.pipeline_parallel import PipelineRun, Task, schedule_order
 from simulator.traffic import SymmetricCopies, folded, traffic
 
@@ -60,14 +59,13 @@ class StreamPlan:
     backward: list
     layers: list          # blocks per virtual stage
     grad_bytes: list      # gradient bytes each virtual stage reduces over its dp group (0: none)
-    bucket_mb: float      # MB per gradient bucket (data_parallel.bucket_sizes; 0 = one per tensor)
+    buckets: list         # bytes on the wire of each gradient bucket per virtual stage (parallel_3d.grad_buckets)
     overlap: bool
     every_micro_batch: bool
     grad_kind: str        # all_reduce | reduce_scatter
     gather: str           # none | after_step | first_forward | forward | forward_backward
     prefetch: bool
     gather_bytes: float   # one block's weights, all-gathered over the dp group
-    tensors: list = field(default_factory=list)   # parameter tensors per virtual stage (bucket_mb 0)
     blocking_sends: bool = False    # the sender's compute waits for its send (DeepSpeed's pipeline engine)
 
 
@@ -105,7 +103,7 @@ def simulate_streams(plan: StreamPlan, comm, layout, p2p_bytes: float, p2p_extra
     for r in range(p):
         group = layout.dp_group(0, r if blocking else 0)
         sizes = {round(b, 6) for k in range(r, n_virtual, p)
-                 for b in bucket_sizes(plan.grad_bytes[k], plan.bucket_mb, plan.tensors[k] if plan.tensors else 1)}
+                 for b in plan.buckets[k]}
         secs = {b: traffic(comm, plan.grad_kind, group, b, dp_copies) for b in sizes}
         rate, flows = fold(next(iter(secs.values())), r) if secs else (0.0, {})
         reducers.append(Stream(share, [r], rate, flows))
@@ -157,9 +155,8 @@ def simulate_streams(plan: StreamPlan, comm, layout, p2p_bytes: float, p2p_extra
 
     def push_buckets(r, k, fractions_out):
         """Buckets of virtual stage k's gradients: [(fraction of the backward at which it is ready, seconds)]."""
-        sizes = bucket_sizes(plan.grad_bytes[k], plan.bucket_mb, plan.tensors[k] if plan.tensors else 1)
-        total, done = plan.grad_bytes[k], 0.0
-        for b in sizes:
+        total, done = sum(plan.buckets[k]), 0.0
+        for b in plan.buckets[k]:
             done += b
             fractions_out.append((done / total, bucket_seconds[r][round(b, 6)]))
 

@@ -150,7 +150,7 @@ def error(metric: str, predicted: float, published: float) -> float:
 
 def evaluate(row: Row, overrides=None) -> dict:
     """Simulate one row: {name, layout, gpus, published, predicted, error, fits, memory_GB, ...}."""
-    cfg = load_config(row.config, overrides or [])
+    cfg = load_config(row.config, overrides or [], runtime=False)   # other systems' runs, not the course runtime's
     r = simulate(cfg, system=row.system)
     p = cfg.parallel
     pred = r[row.metric]

@@ -15,18 +15,23 @@ from simulator.data_parallel import (
 )
 from simulator.hardware import hardware_for
 from simulator.memory import layers_per_virtual_stage, virtual_stage_params
-from simulator.parallel_3d import simulate_step
+from simulator.parallel_3d import chunk_tensors, simulate_step
 from simulator.simulate import simulate
 from simulator.topology import Cluster
 
 
-def test_buckets_split_the_bytes():
-    assert sum(bucket_sizes(100e6, 25, 10)) == pytest.approx(100e6) and len(bucket_sizes(100e6, 25, 10)) == 4
-    assert len(bucket_sizes(100e6, 0, 10)) == 10
+def test_buckets_follow_the_runtime_plan():
+    """MiB caps over the tensors in backward order, the first bucket at most 1 MiB (simulator/spec.py)."""
+    mib = 2 ** 20 // 4                                        # fp32 elements in one MiB
+    sizes = bucket_sizes([mib // 2] + [5 * mib] * 10, 25)    # registration order: a small tensor first
+    assert sum(sizes) == 4 * (mib // 2 + 50 * mib)
+    assert sizes[0] == 5 * 2 ** 20                           # one tensor alone passes the 1 MiB first bucket
+    assert sizes[1:] == [25 * 2 ** 20, 20 * 2 ** 20 + 2 ** 19]   # then 25 MiB caps; the small tensor comes last
+    assert len(bucket_sizes([mib] * 10, 0)) == 10            # bucket_mb 0: one tensor per bucket
 
 
 def test_overlap_hides_all_but_the_last_bucket():
-    ready = buckets_ready((0.0, 1.0), 100e6, 25, 1)        # ready at 0.25, 0.5, 0.75, 1.0
+    ready = buckets_ready((0.0, 1.0), [25e6] * 4)        # ready at 0.25, 0.5, 0.75, 1.0
     comm = lambda n, chained: 0.1                           # noqa: E731
     end, busy, spans = gradient_sync(ready, True, comm, 1.0)
     assert end == pytest.approx(1.1) and busy == pytest.approx(0.4)
@@ -37,7 +42,7 @@ def test_overlap_hides_all_but_the_last_bucket():
 
 
 def test_a_collective_right_after_another_is_priced_back_to_back():
-    ready = buckets_ready((0.0, 1.0), 100e6, 25, 1)
+    ready = buckets_ready((0.0, 1.0), [25e6] * 4)
     calls = []
 
     def comm(n, chained):
@@ -76,7 +81,8 @@ def test_gradients_are_reduced_in_fp32_by_default_under_bf16():
     alpha, bw = cl.path_latency(0, 1), cl.bottleneck(0, 1)
     for dtype, e in (("fp32", 4), ("bf16", 2)):
         r = simulate(load_config(base, [f"training.grad_reduce_dtype={dtype}"]))
-        closed = sum(2 * 7 * (alpha + s / (8 * bw)) for s in bucket_sizes(psi * e, 25, 1))
+        plan = bucket_sizes(chunk_tensors(cfg, [cfg.model.n_layers])[0], 25)       # the runtime's buckets
+        closed = sum(2 * 7 * (alpha + s * psi * e / sum(plan) / (8 * bw)) for s in plan)
         assert r["comm_s"]["dp_total"] == pytest.approx(closed, rel=1e-6), dtype
 
 
@@ -123,6 +129,9 @@ def test_zero_semantics_per_system():
     # shared links it also shares the NIC with the previous micro-batch's last reduce-scatter (contention)
     assert _plain(cfg, "fsdp2").comm["gather_wait"] == pytest.approx(m * first, rel=0.05)
     assert fsdp["comm_s"]["gather_wait"] >= m * first * 0.999
+    # what follows the last backward: its last bucket (the runtime's plan: the embedding's gradient alone),
+    # all-reduced by the course's ZeRO-1, reduce-scattered by FSDP2 (half the ring's steps)
+    assert fsdp["comm_s"]["dp_exposed"] == pytest.approx(course["comm_s"]["dp_exposed"] / 2, rel=0.05)
     assert zero_semantics(cfg).grad_collective == "all_reduce"              # the course's ZeRO-1
     assert zero_semantics(cfg, "fsdp2").grad_collective == "reduce_scatter"
     # ZeRO-3 under FSDP2: the forward gathers of ZeRO-2 plus the same again before each backward
@@ -130,16 +139,20 @@ def test_zero_semantics_per_system():
     z3, _ = _zero(3)
     assert _plain(z3, "fsdp2").comm["gather_wait"] - _plain(z2, "fsdp2").comm["gather_wait"] == pytest.approx(
         m * first, rel=0.05)
-    # DeepSpeed ZeRO-2: m reduce-scatters of the whole gradient per step, in its 500M-element buckets; the
-    # course's one, in 25 MB buckets
+    # DeepSpeed ZeRO-2: m reduce-scatters of the whole gradient per step, in its 500M-element buckets (the
+    # runtime's plan over the model's tensors at that cap); the course's one, in its 25 MiB buckets
     _, ds = _zero(2, "deepspeed")
     _, c2 = _zero(2)
-    grads = psi * grad_bytes_per_param(cfg)
-    ds_buckets = bucket_sizes(grads, DEEPSPEED_REDUCE_BUCKET * grad_bytes_per_param(cfg) / 1e6, 1)
-    assert ds["comm_s"]["dp_total"] == pytest.approx(
-        m * sum(comm.time("reduce_scatter", range(64), b) for b in ds_buckets), rel=1e-6)
-    assert c2["comm_s"]["dp_total"] == pytest.approx(
-        sum(comm.time("reduce_scatter", range(64), b) for b in bucket_sizes(grads, 25, 1)), rel=1e-6)
+    tensors = chunk_tensors(cfg, [32])[0]
+    wire = psi * grad_bytes_per_param(cfg)
+
+    def reduce_scatters(cap):
+        plan = bucket_sizes(tensors, cap)
+        return sum(comm.time("reduce_scatter", range(64), b * wire / sum(plan)) for b in plan)
+
+    assert ds["comm_s"]["dp_total"] == pytest.approx(m * reduce_scatters(DEEPSPEED_REDUCE_BUCKET * 4 / 2**20), rel=1e-6)
+    assert c2["comm_s"]["dp_total"] == pytest.approx(reduce_scatters(25), rel=1e-6)
+    assert ds["comm_s"]["dp_total"] > 2 * c2["comm_s"]["dp_total"]         # m = 4 reductions, not one
 
 
 def test_fsdp_reduce_scatters_every_micro_batch_without_a_pipeline():
@@ -165,6 +178,7 @@ def test_fsdp_reduce_scatters_every_micro_batch_without_a_pipeline():
     assert simulate(roomy)["comm_s"]["dp_total"] == pytest.approx(2 * simulate(one)["comm_s"]["dp_total"], rel=1e-6)
     # one reduce-scatter per block (an FSDP unit), not per 25 MB bucket
     block = virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]
-    assert reduce_bucket_mb(cfg, zero_semantics(cfg), block) == pytest.approx(4 * block / 1e6)
-    piped = load_config(mpt, ["parallel.pp=2", "parallel.zero_stage=1", "parallel.global_batch_size=48"])
+    assert reduce_bucket_mb(cfg, zero_semantics(cfg), block) == pytest.approx(4 * block / 2**20)
+    piped = load_config(mpt, ["parallel.pp=2", "parallel.zero_stage=1", "parallel.global_batch_size=48"],
+                        runtime=False)                          # torch's FSDP under a pipeline: not in our runtime
     assert not zero_semantics(piped).reduce_every_micro_batch   # torch's pipeline schedules reduce once

@@ -21,11 +21,11 @@ def _cfg(**extra):
                         **extra})
 
 
-def _layout(cfg, cand):
+def _layout(cfg, cand, runtime=True):
     c = copy.deepcopy(cfg)
     for k, v in cand.items():
         setattr(c.parallel, k, v)
-    resolve(c)
+    resolve(c, runtime=runtime)
     return c
 
 
@@ -40,7 +40,7 @@ def test_plan_ranks_fitting_layouts_best_first():
 
 
 def test_plan_cli_json_contract(capsys):
-    """DESIGN.md: a JSON list, best first; each entry the chosen parallel fields and simulate's fields."""
+    """docs/design.md: a JSON list, best first; each entry the chosen parallel fields and simulate's fields."""
     args = argparse.Namespace(config=None, overrides=["model.preset=llama-1b", "seq_len=2048", "cluster.gpu=a100-40gb",
                                                       "cluster.num_gpus=16", "parallel.global_batch_size=64"],
                               top=3, json=True)
@@ -90,7 +90,8 @@ def test_lower_bound_holds_for_uneven_stages():
     coming first, idle less than (p - 1)(F + B) of the lightest stage; the bound charges rank r only r."""
     cfg = load_plan_config("configs/llama2-70b-a100.yaml", ["parallel.implementation=course"])
     c = _layout(cfg, dict(dp=8, tp=1, pp=64, vpp=1, schedule="1f1b", zero_stage=1, micro_batch_size=2,
-                          activation_checkpointing="full", sequence_parallel=False))
+                          activation_checkpointing="full", sequence_parallel=False),
+                runtime=False)                      # ZeRO-1 under a pipeline: simulated, not run by the runtime
     assert lower_bound(c, hardware_for(c)) <= simulate(c)["step_time_s"]
 
 
@@ -130,11 +131,13 @@ def test_affine_collectives_match_the_simulation():
 
 
 def test_a_large_cluster_is_searched_by_simulating_few_layouts():
-    """The runtime bound, counted in simulations rather than seconds (DESIGN: no timed assertions):
-    LLaMA-65B on 2048 A100 has hundreds of layouts that fit; the bound leaves a small share to simulate."""
+    """The runtime bound, counted in simulations rather than seconds (docs/design.md: no timed assertions):
+    LLaMA-65B on 2048 A100 has hundreds of layouts that fit; the bound leaves a small share to simulate.
+    (The config's own ZeRO-1 under tp x pp is not in the runtime yet: loaded outside the capability table, the
+    planner still only searches what the table allows.)"""
     stats = {}
-    entries = plan(load_config("configs/llama-65b-a100.yaml"), top=3, stats=stats)
-    assert entries and stats["candidates"] >= 500 and stats["viable"] >= 200
+    entries = plan(load_config("configs/llama-65b-a100.yaml", runtime=False), top=3, stats=stats)
+    assert entries and stats["candidates"] >= 400 and stats["viable"] >= 150 and stats["invalid"] == 0
     assert stats["simulated"] <= stats["viable"] / 3
 
 
