@@ -56,9 +56,20 @@ import os
 from dataclasses import dataclass
 
 from simulator.config import ConfigError
-
-PROFILE_DIR = os.path.join(os.path.dirname(__file__), "profiles")
-CPU_PROFILE = os.path.join(PROFILE_DIR, "cpu.json")
+from simulator.cpu_profile import (  # noqa: F401  (CPU_PROFILE, PROFILE_DIR ... are read from here too)
+    CPU_PROFILE,
+    DEFAULT_CPU_PROFILE,
+    PROFILE_DIR,
+    between_counts,
+    collective_curves_of,
+    cpu_profile_path,
+    interpolate,
+    measured_curve,
+    rpc_curves_of,
+    saturating,
+    user_cpu_profile_path,
+    write_cpu_profile,
+)
 
 # Fraction of dense peak a large, well-shaped fp16/bf16 GEMM reaches in training; a GEMM's own shape (waves
 # and tiles over the SMs) scales it down from there (compute.gemm_efficiency). One per GPU generation, each
@@ -163,11 +174,11 @@ class Hardware:
         curve at 0 bytes) once, plus half the rest. Between measured
         process counts the curves are interpolated; outside them, scaled by (n - 1)."""
         if kind == "send" and self.p2p_curve and n == 2:
-            return _interpolate(self.p2p_curve, nbytes)
+            return interpolate(self.p2p_curve, nbytes)
         if not self.collective_table or kind == "send" or n <= 1:
             return None
         table = (self.back_to_back_table if back_to_back and self.back_to_back_table else self.collective_table)
-        t = _between_counts(table, n, nbytes, lambda n, ref: (n - 1) / max(1, ref - 1))
+        t = between_counts(table, n, nbytes, lambda n, ref: (n - 1) / max(1, ref - 1))
         if kind == "all_reduce":
             return t
         # reduce-scatter, all-gather, all-to-all: half the steps and bytes of an all-reduce, but the fixed
@@ -181,20 +192,20 @@ class Hardware:
         the time grows with the workers it answers (scaled by workers / measured)."""
         if not self.rpc_curves:
             return None
-        return _between_counts(self.rpc_curves, workers, nbytes, lambda n, ref: max(1.0, n / ref))
+        return between_counts(self.rpc_curves, workers, nbytes, lambda n, ref: max(1.0, n / ref))
 
     def straggle_factor(self, k: float) -> float:
         """1 + how far the slowest of k processes computing together falls behind their mean (cpu; 1 on GPUs)."""
         if not self.cores or not self.straggle or k <= 1:
             return 1.0
-        return 1.0 + max(0.0, _saturating({1: 0.0, **self.straggle}, k))
+        return 1.0 + max(0.0, saturating({1: 0.0, **self.straggle}, k))
 
     def sharing_slowdown(self, k: float) -> float:
         """How many times slower each of k processes computing at once runs than one alone (cpu; 1 on GPUs)."""
         if not self.cores or k <= 1:
             return 1.0
         if self.effective_cores:
-            return max(1.0, k / _saturating(self.effective_cores, k))
+            return max(1.0, k / saturating(self.effective_cores, k))
         return max(1.0, k / self.cores)
 
     def with_overrides(self, **changes) -> Hardware:
@@ -237,39 +248,6 @@ GPU_PRESETS = {
     "h100-sxm": lambda: _gpu("h100-sxm", 989, 67, 80, 3.35, 450, 50, 370 / 450, 132, H100_MATMUL_EFFICIENCY),
     "h200": lambda: _gpu("h200", 989, 67, 141, 4.8, 450, 50, 370 / 450, 132, H100_MATMUL_EFFICIENCY),
 }
-
-DEFAULT_CPU_PROFILE = {
-    "name": "cpu",
-    "note": "default profile: 2-core machine, gloo over shared memory (../shared/reference/cpu-gloo-notes.md); "
-            "`llama-course bench` overwrites it with measurements",
-    "peak_tflops": {"fp32": 0.05, "bf16": 0.01, "fp16": 0.005},
-    "matmul_efficiency": 0.6,
-    "memory_GB": 24,
-    "memory_shared": True,
-    "memory_bandwidth_GBps": 10,
-    "memory_efficiency": 0.5,
-    "kernel_overhead_us": 20,
-    "intra_node": {"bandwidth_GBps": 0.9, "latency_us": 1200},
-    "inter_node": {"bandwidth_GBps": 0.1, "latency_us": 2000},
-    "link_efficiency": 1.0,
-}
-
-
-def user_cpu_profile_path() -> str:
-    """Where `llama-course bench` writes this machine's profile: $LLAMA_COURSE_CPU_PROFILE, else
-    $LLAMA_COURSE_CACHE/cpu_profile.json (default ~/.cache/llama-course/cpu_profile.json)."""
-    env = os.environ.get("LLAMA_COURSE_CPU_PROFILE")
-    if env:
-        return env
-    cache = os.environ.get("LLAMA_COURSE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "llama-course")
-    return os.path.join(cache, "cpu_profile.json")
-
-
-def cpu_profile_path() -> str:
-    """The `cpu` profile in use: the one `bench` wrote for this machine if there is one, else the shipped one."""
-    user = user_cpu_profile_path()
-    return user if os.path.exists(user) else CPU_PROFILE
-
 
 def gpu_preset(name: str, profile_path: str | None = None) -> Hardware:
     """The Hardware of a named preset (`cpu` reads the profile `bench` measured, else the shipped one).
@@ -349,13 +327,13 @@ def cpu_from_profile(path: str) -> Hardware:
             link_efficiency=float(prof.get("link_efficiency", 1.0)),
             kernel_overhead=float(prof.get("kernel_overhead_us", 0.0)) * US,
             memory_shared=bool(prof.get("memory_shared", True)),
-            collective_curves=_collective_curves(prof) or None,
-            back_to_back_curves=_collective_curves(prof, "all_reduce_back_to_back_seconds") or None,
-            collective_table=(lambda c: c.get("gloo") or next(iter(c.values()), None))(_collective_curves(prof)),
+            collective_curves=collective_curves_of(prof) or None,
+            back_to_back_curves=collective_curves_of(prof, "all_reduce_back_to_back_seconds") or None,
+            collective_table=(lambda c: c.get("gloo") or next(iter(c.values()), None))(collective_curves_of(prof)),
             cores=int(prof["cores"]) if prof.get("cores") else None,
             effective_cores=prof.get("effective_cores") or None,
-            p2p_curve=_curve(prof.get("p2p_in_situ_seconds")),
-            rpc_curves=_rpc_curves(prof.get("rpc_round_trip_seconds")),
+            p2p_curve=measured_curve(prof.get("p2p_in_situ_seconds")),
+            rpc_curves=rpc_curves_of(prof.get("rpc_round_trip_seconds")),
             speed_factor=float(prof.get("speed_factor", 1.0)),
             straggle=prof.get("straggle") or None,
             optimizer_per_tensor=float(prof.get("optimizer_us_per_tensor", 0.0)) * US,
@@ -363,85 +341,6 @@ def cpu_from_profile(path: str) -> Hardware:
                                  if prof.get("optimizer_ns_per_param") is not None else None))
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"cpu profile {path}: bad or missing field {e}") from None
-
-
-def _curve(points) -> list | None:
-    """Sorted [(bytes, seconds)] of a measured curve in a profile, or None."""
-    return sorted((float(b), float(t)) for b, t in points) if points else None
-
-
-def _rpc_curves(value) -> dict | None:
-    """{workers: curve} from a profile's rpc_round_trip_seconds ({"1": [...], "2": [...]}, or one curve)."""
-    if not value:
-        return None
-    if isinstance(value, list):
-        return {1: _curve(value)}
-    return {int(k): _curve(v) for k, v in value.items() if v} or None
-
-
-def _saturating(points: dict, k: float) -> float:
-    """{processes: value} measured at a few process counts, interpolated at k and held beyond the last."""
-    pts = sorted((float(n), float(v)) for n, v in points.items())
-    return _interpolate(pts, k) if k <= pts[-1][0] else pts[-1][1]
-
-
-def _between_counts(curves: dict, n: float, x: float, scale) -> float:
-    """A measured {process count: [(x, seconds)]} table read at x for n processes: interpolated between the
-    two nearest counts; outside them, the nearest count's curve times scale(n, that count)."""
-    counts = sorted(curves)
-    if n <= counts[0] or n >= counts[-1]:
-        ref = counts[0] if n <= counts[0] else counts[-1]
-        return _interpolate(curves[ref], x) * scale(n, ref)
-    hi = next(k for k in counts if k >= n)
-    lo = max(k for k in counts if k <= n)
-    t0, t1 = _interpolate(curves[lo], x), _interpolate(curves[hi], x)
-    return t0 if hi == lo else t0 + (n - lo) / (hi - lo) * (t1 - t0)
-
-
-def _interpolate(curve: list, x: float) -> float:
-    """Piecewise-linear y(x) through sorted [(x, y)] points; the end segments continue beyond them."""
-    if len(curve) == 1:
-        return curve[0][1]
-    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
-        if x <= x1 or (x1, y1) == curve[-1]:
-            return max(0.0, y0 + (y1 - y0) * (x - x0) / (x1 - x0))
-    return curve[-1][1]
-
-
-def _collective_curves(prof: dict, key: str = "all_reduce_seconds") -> dict:
-    """{implementation: {n: [(bytes, seconds)]}} from a profile: the measured all-reduce curves
-    (`key`), else the alpha-beta pair of "allreduce" (latency_us_N, busbw_GBps_N) as a line."""
-    curves = {}
-    for impl, by_n in (prof.get(key) or {}).items():
-        table = {int(n): sorted((float(b), float(t)) for b, t in pts) for n, pts in by_n.items() if pts}
-        if table:
-            curves[impl] = table
-    if not curves and prof.get("allreduce") and key == "all_reduce_seconds":
-        entries, table = prof["allreduce"], {}
-        for key, value in entries.items():
-            if key.startswith("latency_us_"):
-                n = int(key.rsplit("_", 1)[1])
-                bw = entries.get(f"busbw_GBps_{n}")
-                if bw:
-                    lat, big = float(value) * US, 1e9
-                    table[n] = [(0.0, lat), (big, lat + 2 * (n - 1) / n * big / (float(bw) * G))]
-        if table:
-            curves["gloo"] = table
-    return curves
-
-
-def write_cpu_profile(values: dict, path: str = CPU_PROFILE) -> str:
-    """Write (or extend) the cpu profile; `llama-course bench` calls this with what it measured."""
-    prof = dict(DEFAULT_CPU_PROFILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            prof.update(json.load(f))
-    prof.update(values)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(prof, f, indent=2)
-        f.write("\n")
-    return path
 
 
 def hardware_for(cfg) -> Hardware:
