@@ -75,7 +75,7 @@ from simulator.cpu_profile import (  # noqa: F401  (CPU_PROFILE, PROFILE_DIR ...
 # and tiles over the SMs) scales it down from there (compute.gemm_efficiency). One per GPU generation, each
 # fitted once on its calibration rows (benchmarks/simulator_validation.py prints both scans): A100 on
 # Megatron-LM 2021 Table 1, H100 / H200 on LLM Foundry's MPT H100 rows.
-MATMUL_EFFICIENCY = 0.71
+MATMUL_EFFICIENCY = 0.705
 H100_MATMUL_EFFICIENCY = 0.525
 # Fraction of HBM bandwidth a fused element-wise kernel (norm, softmax, GeLU, dropout) reaches.
 MEMORY_EFFICIENCY = 0.80
