@@ -350,7 +350,7 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
     else:
         gathers, slowdown, sends = factor * n_micro * sum(fwd[k].gather + bwd[k].gather for k in chunks), 0.0, 0.0
     bubble = max(0.0, run.compute_end[r] - compute - recompute - tp_exposed - gathers - slowdown - sends)
-    dp_exposed = dp_end - run.compute_end[r]
+    dp_exposed = max(0.0, dp_end - run.compute_end[r])
     breakdown = {"compute": compute, "recompute": recompute,
                  "exposed_comm": tp_exposed + gathers + slowdown + sends + dp_exposed + scalars + gather, "bubble": bubble,
                  "optimizer": opt}

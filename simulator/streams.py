@@ -212,7 +212,7 @@ def simulate_streams(plan: StreamPlan, comm, layout, p2p_bytes: float, p2p_extra
                     buckets = [(buckets[0][0], sum(b for _, b in buckets))]
             if not gathered:
                 act = yield from compute(r, work, f_c, buckets)
-                run.slowdown[r] += (act.end - act.start) - work
+                run.slowdown[r] += max(0.0, (act.end - act.start) - work)     # no rounding below 0
             else:
                 pending = pending or gather(r)
                 per = work / blocks
@@ -224,7 +224,7 @@ def simulate_streams(plan: StreamPlan, comm, layout, p2p_bytes: float, p2p_extra
                         pending = gather(r) if plan.prefetch else None
                     part = [((f * blocks - b), s) for f, s in buckets if b < f * blocks <= b + 1 + 1e-12]
                     act = yield from compute(r, per, f_c, part)
-                    run.slowdown[r] += (act.end - act.start) - per
+                    run.slowdown[r] += max(0.0, (act.end - act.start) - per)
                     if b + 1 < blocks and pending is None:
                         pending = gather(r)
             run.busy[r] += env.now - start
