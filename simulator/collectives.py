@@ -195,26 +195,30 @@ def stages_for(kind: str, algorithm: str, ranks, nbytes: float, cluster: Cluster
 # running them
 # ---------------------------------------------------------------------------------------------
 
-def collective_process(env: simpy.Environment, net: Network, stages: list, exact: bool = False):
-    """SimPy process: run the stages' steps one after the other (each step: all its flows, then a barrier)."""
+def collective_process(env: simpy.Environment, net: Network, stages: list, exact: bool = False, router=None):
+    """SimPy process: run the stages' steps one after the other (each step: all its flows, then a barrier).
+
+    `router(flows)` -> [(links, weights)] per flow routes a step's flows among its symmetric copies
+    (`contention.SymmetricCopies`); None = each flow alone on its own path."""
     for flows, repeat in stages:
+        routes = router(flows) if router else [(None, None)] * len(flows)
         for _ in range(repeat if exact else 1):
             start = env.now
-            yield env.all_of([net.transfer(s, d, b) for s, d, b in flows])
+            yield env.all_of([net.transfer(s, d, b, w, links) for (s, d, b), (links, w) in zip(flows, routes)])
             if not exact and repeat > 1:
                 yield env.timeout((env.now - start) * (repeat - 1))
 
 
 def run_collective(cluster: Cluster, kind: str, ranks, nbytes: float, algorithm: str = "ring",
-                   exact: bool = False) -> float:
-    """Seconds one collective takes on an otherwise idle network."""
+                   exact: bool = False, router=None) -> float:
+    """Seconds one collective takes on a network that only it (and, with `router`, its symmetric copies) uses."""
     ranks = list(ranks)
     if len(ranks) <= 1 or nbytes <= 0:
         return 0.0
     cluster.add_ranks(ranks)
     env = simpy.Environment()
     net = Network(env, cluster)
-    env.process(collective_process(env, net, stages_for(kind, algorithm, ranks, nbytes, cluster), exact))
+    env.process(collective_process(env, net, stages_for(kind, algorithm, ranks, nbytes, cluster), exact, router))
     env.run()
     return env.now
 
@@ -231,6 +235,8 @@ class CommModel:
         self.cluster = cluster
         self.exact = exact
         self._cache: dict = {}
+        self._runs: dict = {}        # (kind, ranks, bytes, algorithm, copies) -> seconds
+        self.patterns: dict = {}     # contention.traffic: each collective's flows per link, by group
 
     def time(self, kind: str, ranks, nbytes: float, algorithm: str = "auto", back_to_back: bool = False) -> float:
         """Seconds of one collective; `back_to_back`: issued right after another (matters on cpu only)."""
@@ -242,10 +248,32 @@ class CommModel:
         if t is None:       # cpu: gloo as measured
             t = self.cluster.hw.measured_collective(kind, len(ranks), nbytes, back_to_back)
         if t is None:
-            t = min(run_collective(self.cluster, kind, ranks, nbytes, a, self.exact)
-                    for a in self.candidates(kind, ranks, algorithm))
+            t = min(self._run(kind, ranks, nbytes, a) for a in self.candidates(kind, ranks, algorithm))
             self._cache[key] = t
         return t
+
+    def _run(self, kind: str, ranks: tuple, nbytes: float, algorithm: str, router=None) -> float:
+        key = (kind, ranks, float(nbytes), algorithm, router)
+        t = self._runs.get(key)
+        if t is None:
+            t = self._runs[key] = run_collective(self.cluster, kind, ranks, nbytes, algorithm, self.exact, router)
+        return t
+
+    def algorithm(self, kind: str, ranks, nbytes: float) -> str:
+        """The algorithm `time(..., "auto")` takes for this collective (the fastest candidate)."""
+        ranks = tuple(ranks)
+        algs = self.candidates(kind, ranks, "auto")
+        return algs[0] if len(algs) == 1 else min(algs, key=lambda a: self.time(kind, ranks, nbytes, a))
+
+    def time_with_copies(self, kind: str, ranks, nbytes: float, copies) -> float:
+        """Seconds of one collective while its symmetric copies (`contention.SymmetricCopies`: the same
+        collective on every tensor-parallel rank's group, a send on every replica) run beside it and share
+        the switch uplinks: `time()` when the fabric has no uplink any copy could saturate."""
+        ranks = tuple(ranks)
+        if copies is None or not copies.matter(ranks) or len(ranks) <= 1 or nbytes <= 0:
+            return self.time(kind, ranks, nbytes)
+        alg = self.algorithm(kind, ranks, nbytes)
+        return self._run(kind, ranks, nbytes, alg, copies)
 
     def candidates(self, kind: str, ranks, algorithm: str) -> list:
         if algorithm != "auto" or kind in ("send", "all_to_all"):

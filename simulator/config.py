@@ -287,6 +287,8 @@ def resolve(cfg: Config, runtime: bool = True) -> Config:
             _positive(f"cluster.{link_name}.bandwidth_GBps", link.bandwidth_GBps)
         if link.latency_us is not None:
             _non_negative(f"cluster.{link_name}.latency_us", link.latency_us)
+    if c.inter_node.oversubscription is not None and not c.inter_node.oversubscription >= 1:
+        raise ConfigError(f"cluster.inter_node.oversubscription: {c.inter_node.oversubscription} must be >= 1")
     for name in ("peak_tflops", "memory_GB", "memory_bandwidth_GBps"):
         if getattr(c, name) is not None:
             _positive(f"cluster.{name}", getattr(c, name))

@@ -9,7 +9,7 @@ g bytes per gradient element (`training.grad_reduce_dtype`, fp32 by default), e 
                      and the new weights all-gathered: when and how often is what the systems differ in.
 
 Which system's rules (`zero_semantics`; `parallel.implementation` picks course or fsdp2, the Python API
-also takes `system="deepspeed"`):
+also takes `system="deepspeed"` or `"fsdp_sharded"`, and so does a validation row: configs/validation/):
 
     system     gradients under accumulation             weights                                  sees
     course     accumulated whole (p.grad) over the m    ZeRO-1/2: all-gather of Psi e after the  this package's
@@ -25,9 +25,14 @@ also takes `system="deepspeed"`):
                                                         gathered); ZeRO-3: also before its
                                                         backward; the next block's gather is
                                                         prefetched
+    fsdp_      reduce-scattered after every micro-      as fsdp2 (under a pipeline gathered in    FSDP with
+    sharded    batch's backward, under a pipeline too   the first micro-batch's forward and       sharded
+               (FSDP's sharded accumulation: Llama 3's  kept, Llama 3's "no reshard after        accumulation
+               fp32 reduce-scatter per micro-batch)     forward")                                 (Llama 3)
     deepspeed  reduce-scattered after every micro-      ZeRO-1/2: all-gather after the optimizer; DeepSpeed
-               batch into the rank's shard (ZeRO-2/3);  ZeRO-3: gathered per block, prefetched
-               ZeRO-1 all-reduces once
+               batch into the rank's shard (ZeRO-2/3);  ZeRO-3: gathered per block, prefetched;
+               ZeRO-1 all-reduces once                  its pipeline engine's sends block the
+                                                        sender (`streams`)
 
 So ZeRO-2/3 cannot have both cheap sides under accumulation: one reduction per step holds whole gradients
 (memory.py counts them), sharded gradients cost m reductions. (This package's own FSDP2 engine calls
@@ -58,7 +63,7 @@ from dataclasses import dataclass
 from simulator import spec
 from simulator.workload import DTYPE_BYTES
 
-SYSTEMS = ("course", "fsdp2", "deepspeed")
+SYSTEMS = ("course", "fsdp2", "fsdp_sharded", "deepspeed")
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class ZeroSemantics:
     def shards_grads(self, zero_stage: int) -> bool:
         """Gradients kept as this rank's shard between steps: ZeRO-2/3, and FSDP2's ZeRO-1 (FSDP shards
         gradients whatever it does with the weights)."""
-        return zero_stage >= 2 or (zero_stage == 1 and self.system == "fsdp2")
+        return zero_stage >= 2 or (zero_stage == 1 and self.system in ("fsdp2", "fsdp_sharded"))
 
     def holds_whole_grads(self, zero_stage: int, n_micro: int) -> bool:
         """A sharded-gradient stage that still holds every gradient unsharded during the step: it
@@ -93,13 +98,15 @@ def zero_semantics(cfg, system: str | None = None) -> ZeroSemantics:
     z = p.zero_stage
     if z == 0 or (p.dp or 1) <= 1:
         return ZeroSemantics(system, "all_reduce", False, "none", False)
-    if system == "fsdp2":
+    if system in ("fsdp2", "fsdp_sharded"):
         # FSDP syncs gradients in every backward (torchtitan, Composer: sharded accumulation); under a
         # pipeline torch.distributed.pipelining accumulates them unsharded and keeps the weights gathered
-        # from the first micro-batch's forward to the last one's backward, reducing once
+        # from the first micro-batch's forward to the last one's backward, reducing once (fsdp2), where
+        # Llama 3's FSDP keeps the weights so but still reduce-scatters every micro-batch (fsdp_sharded)
         piped = p.pp > 1
         once = "first_forward" if piped else "forward"
-        return ZeroSemantics(system, "reduce_scatter", not piped, "forward_backward" if z == 3 else once, True)
+        every = not piped or system == "fsdp_sharded"
+        return ZeroSemantics(system, "reduce_scatter", every, "forward_backward" if z == 3 else once, True)
     if system == "deepspeed":
         if z == 1:
             return ZeroSemantics(system, "all_reduce", False, "after_step", False)
@@ -144,6 +151,24 @@ def grad_bytes_per_param(cfg) -> float:
     """Bytes per gradient element of the reduction, before compression: `training.grad_reduce_dtype`
     (4 for fp32, the default, also under bf16/fp16 training; 2 for bf16/fp16)."""
     return float(DTYPE_BYTES[cfg.training.grad_reduce_dtype or "fp32"])
+
+
+DEEPSPEED_REDUCE_BUCKET = 5e8
+"""Elements per DeepSpeed ZeRO reduce bucket (its `reduce_bucket_size` default, 500M)."""
+
+
+def reduce_bucket_mb(cfg, sem, block_params: float) -> float:
+    """The bucket cap, in MiB of fp32 gradient buffer (`bucket_sizes`), as the system issues its gradient
+    collectives: DDP and the course's engines `parallel.bucket_mb`; FSDP (ZeRO >= 1 under fsdp2 /
+    fsdp_sharded) one reduce-scatter per block (an FSDP unit's gradients); DeepSpeed's ZeRO buckets of
+    DEEPSPEED_REDUCE_BUCKET elements."""
+    p = cfg.parallel
+    z = p.zero_stage if (p.dp or 1) > 1 else 0
+    if z >= 1 and sem.system in ("fsdp2", "fsdp_sharded"):
+        return block_params * 4 / spec.BUCKET_UNIT_BYTES
+    if z >= 1 and sem.system == "deepspeed":
+        return DEEPSPEED_REDUCE_BUCKET * 4 / spec.BUCKET_UNIT_BYTES
+    return p.bucket_mb
 
 
 def bucket_sizes(tensor_numels: list, bucket_mb: float, element_bytes: int = 4) -> list:

@@ -12,8 +12,10 @@ reach. e_mm and e_mem are calibrated ONCE per GPU type (never per run):
 
 - A100: e_mm fitted on Megatron-LM 2021 Table 1 (one number for all ten rows, docs/simulator/validation.md),
   with the shape model in place;
-- H100 / H200: the same e_mm (transformer GEMMs reach a similar share of peak on Hopper in published GEMM
-  sweeps); not fitted to any training run, so every H100 run is out of sample;
+- H100 / H200: their own e_mm, fitted on the four H100 rows of LLM Foundry's MPT benchmarks (designated
+  calibration rows, configs/validation/llm-foundry-mpt-h100.yaml): with the A100's, every H100 run was 14%
+  to 43% too fast. Hopper's dense peak (989 TFLOP/s) is 3.2x the A100's, the published H100/A100 throughput
+  of the same runs 2.1-2.5x; every other H100 run is out of sample;
 - link efficiency: the share of NVLink bandwidth a ring reaches, from the nccl-tests busbw figures
   (230 GB/s of 300 on 8 x A100, 370 of 450 on 8 x H100); NIC efficiency: the share of InfiniBand line
   rate NCCL reaches (NIC_EFFICIENCY, 0.92), so no link runs at 100% of its datasheet rate.
@@ -54,15 +56,27 @@ import os
 from dataclasses import dataclass
 
 from simulator.config import ConfigError
+from simulator.cpu_profile import (  # noqa: F401  (CPU_PROFILE, PROFILE_DIR ... are read from here too)
+    CPU_PROFILE,
+    DEFAULT_CPU_PROFILE,
+    PROFILE_DIR,
+    between_counts,
+    collective_curves_of,
+    cpu_profile_path,
+    interpolate,
+    measured_curve,
+    rpc_curves_of,
+    saturating,
+    user_cpu_profile_path,
+    write_cpu_profile,
+)
 
-PROFILE_DIR = os.path.join(os.path.dirname(__file__), "profiles")
-CPU_PROFILE = os.path.join(PROFILE_DIR, "cpu.json")
-
-# One calibration for every Ampere/Hopper GPU: fraction of dense peak a large, well-shaped fp16/bf16 GEMM
-# reaches in training; a GEMM's own shape (waves and tiles over the SMs) scales it down from there
-# (compute.gemm_efficiency). Fitted once on Megatron-LM 2021 Table 1 (benchmarks/simulator_validation.py
-# --fit prints the scan).
-MATMUL_EFFICIENCY = 0.70
+# Fraction of dense peak a large, well-shaped fp16/bf16 GEMM reaches in training; a GEMM's own shape (waves
+# and tiles over the SMs) scales it down from there (compute.gemm_efficiency). One per GPU generation, each
+# fitted once on its calibration rows (benchmarks/simulator_validation.py prints both scans): A100 on
+# Megatron-LM 2021 Table 1, H100 / H200 on LLM Foundry's MPT H100 rows.
+MATMUL_EFFICIENCY = 0.705
+H100_MATMUL_EFFICIENCY = 0.525
 # Fraction of HBM bandwidth a fused element-wise kernel (norm, softmax, GeLU, dropout) reaches.
 MEMORY_EFFICIENCY = 0.80
 
@@ -109,7 +123,10 @@ class Hardware:
     memory_shared: bool = False
     """True when the devices of a node share one memory (cpu: processes share RAM)."""
     nodes_per_leaf: int = 16
-    """Nodes under one leaf (or rail) switch of the fabric."""
+    """Nodes under one leaf switch of a fat tree; a rail switch of the same ports serves one NIC of
+    nodes_per_leaf x gpus_per_node nodes (topology.py)."""
+    oversubscription: float = 1.0
+    """A leaf (or rail) switch's NIC ports over its spine uplinks (1 = non-blocking; 2 = 2:1)."""
     collective_table: dict | None = None
     """Measured all-reduce (cpu): {processes: [(bytes, seconds)]} of the run's implementation; None = links."""
     collective_curves: dict | None = None
@@ -157,11 +174,11 @@ class Hardware:
         curve at 0 bytes) once, plus half the rest. Between measured
         process counts the curves are interpolated; outside them, scaled by (n - 1)."""
         if kind == "send" and self.p2p_curve and n == 2:
-            return _interpolate(self.p2p_curve, nbytes)
+            return interpolate(self.p2p_curve, nbytes)
         if not self.collective_table or kind == "send" or n <= 1:
             return None
         table = (self.back_to_back_table if back_to_back and self.back_to_back_table else self.collective_table)
-        t = _between_counts(table, n, nbytes, lambda n, ref: (n - 1) / max(1, ref - 1))
+        t = between_counts(table, n, nbytes, lambda n, ref: (n - 1) / max(1, ref - 1))
         if kind == "all_reduce":
             return t
         # reduce-scatter, all-gather, all-to-all: half the steps and bytes of an all-reduce, but the fixed
@@ -175,20 +192,20 @@ class Hardware:
         the time grows with the workers it answers (scaled by workers / measured)."""
         if not self.rpc_curves:
             return None
-        return _between_counts(self.rpc_curves, workers, nbytes, lambda n, ref: max(1.0, n / ref))
+        return between_counts(self.rpc_curves, workers, nbytes, lambda n, ref: max(1.0, n / ref))
 
     def straggle_factor(self, k: float) -> float:
         """1 + how far the slowest of k processes computing together falls behind their mean (cpu; 1 on GPUs)."""
         if not self.cores or not self.straggle or k <= 1:
             return 1.0
-        return 1.0 + max(0.0, _saturating({1: 0.0, **self.straggle}, k))
+        return 1.0 + max(0.0, saturating({1: 0.0, **self.straggle}, k))
 
     def sharing_slowdown(self, k: float) -> float:
         """How many times slower each of k processes computing at once runs than one alone (cpu; 1 on GPUs)."""
         if not self.cores or k <= 1:
             return 1.0
         if self.effective_cores:
-            return max(1.0, k / _saturating(self.effective_cores, k))
+            return max(1.0, k / saturating(self.effective_cores, k))
         return max(1.0, k / self.cores)
 
     def with_overrides(self, **changes) -> Hardware:
@@ -213,13 +230,13 @@ RESERVE_SHARE = 0.05
 NIC_EFFICIENCY = 0.92
 
 
-def _gpu(name, bf16, fp32, mem_gb, hbm_tbps, nvlink_gbps, nic_gbps, link_eff, sms):
+def _gpu(name, bf16, fp32, mem_gb, hbm_tbps, nvlink_gbps, nic_gbps, link_eff, sms, e_mm=MATMUL_EFFICIENCY):
     return Hardware(name=name, peak_flops={"fp32": fp32 * T, "fp16": bf16 * T, "bf16": bf16 * T},
                     memory_bytes=mem_gb * GIB, memory_reserve=RESERVE_FIXED + RESERVE_SHARE * mem_gb * GIB,
                     memory_bandwidth=hbm_tbps * 1e12,
                     intra_bandwidth=nvlink_gbps * G, intra_latency=2 * US,
                     inter_bandwidth=nic_gbps * G, inter_latency=5 * US, link_efficiency=link_eff,
-                    nic_efficiency=NIC_EFFICIENCY, sm_count=sms,
+                    nic_efficiency=NIC_EFFICIENCY, sm_count=sms, matmul_efficiency=e_mm,
                     kernel_overhead=4 * US)
 
 
@@ -228,42 +245,9 @@ GPU_PRESETS = {
     # NVLink per direction = half the datasheet's both-directions figure; link_eff = nccl-tests busbw / NVLink.
     "a100-40gb": lambda: _gpu("a100-40gb", 312, 19.5, 40, 1.555, 300, 25, 230 / 300, 108),
     "a100-80gb": lambda: _gpu("a100-80gb", 312, 19.5, 80, 2.039, 300, 25, 230 / 300, 108),
-    "h100-sxm": lambda: _gpu("h100-sxm", 989, 67, 80, 3.35, 450, 50, 370 / 450, 132),
-    "h200": lambda: _gpu("h200", 989, 67, 141, 4.8, 450, 50, 370 / 450, 132),
+    "h100-sxm": lambda: _gpu("h100-sxm", 989, 67, 80, 3.35, 450, 50, 370 / 450, 132, H100_MATMUL_EFFICIENCY),
+    "h200": lambda: _gpu("h200", 989, 67, 141, 4.8, 450, 50, 370 / 450, 132, H100_MATMUL_EFFICIENCY),
 }
-
-DEFAULT_CPU_PROFILE = {
-    "name": "cpu",
-    "note": "default profile: 2-core machine, gloo over shared memory (../shared/reference/cpu-gloo-notes.md); "
-            "`llama-course bench` overwrites it with measurements",
-    "peak_tflops": {"fp32": 0.05, "bf16": 0.01, "fp16": 0.005},
-    "matmul_efficiency": 0.6,
-    "memory_GB": 24,
-    "memory_shared": True,
-    "memory_bandwidth_GBps": 10,
-    "memory_efficiency": 0.5,
-    "kernel_overhead_us": 20,
-    "intra_node": {"bandwidth_GBps": 0.9, "latency_us": 1200},
-    "inter_node": {"bandwidth_GBps": 0.1, "latency_us": 2000},
-    "link_efficiency": 1.0,
-}
-
-
-def user_cpu_profile_path() -> str:
-    """Where `llama-course bench` writes this machine's profile: $LLAMA_COURSE_CPU_PROFILE, else
-    $LLAMA_COURSE_CACHE/cpu_profile.json (default ~/.cache/llama-course/cpu_profile.json)."""
-    env = os.environ.get("LLAMA_COURSE_CPU_PROFILE")
-    if env:
-        return env
-    cache = os.environ.get("LLAMA_COURSE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "llama-course")
-    return os.path.join(cache, "cpu_profile.json")
-
-
-def cpu_profile_path() -> str:
-    """The `cpu` profile in use: the one `bench` wrote for this machine if there is one, else the shipped one."""
-    user = user_cpu_profile_path()
-    return user if os.path.exists(user) else CPU_PROFILE
-
 
 def gpu_preset(name: str, profile_path: str | None = None) -> Hardware:
     """The Hardware of a named preset (`cpu` reads the profile `bench` measured, else the shipped one).
@@ -343,13 +327,13 @@ def cpu_from_profile(path: str) -> Hardware:
             link_efficiency=float(prof.get("link_efficiency", 1.0)),
             kernel_overhead=float(prof.get("kernel_overhead_us", 0.0)) * US,
             memory_shared=bool(prof.get("memory_shared", True)),
-            collective_curves=_collective_curves(prof) or None,
-            back_to_back_curves=_collective_curves(prof, "all_reduce_back_to_back_seconds") or None,
-            collective_table=(lambda c: c.get("gloo") or next(iter(c.values()), None))(_collective_curves(prof)),
+            collective_curves=collective_curves_of(prof) or None,
+            back_to_back_curves=collective_curves_of(prof, "all_reduce_back_to_back_seconds") or None,
+            collective_table=(lambda c: c.get("gloo") or next(iter(c.values()), None))(collective_curves_of(prof)),
             cores=int(prof["cores"]) if prof.get("cores") else None,
             effective_cores=prof.get("effective_cores") or None,
-            p2p_curve=_curve(prof.get("p2p_in_situ_seconds")),
-            rpc_curves=_rpc_curves(prof.get("rpc_round_trip_seconds")),
+            p2p_curve=measured_curve(prof.get("p2p_in_situ_seconds")),
+            rpc_curves=rpc_curves_of(prof.get("rpc_round_trip_seconds")),
             speed_factor=float(prof.get("speed_factor", 1.0)),
             straggle=prof.get("straggle") or None,
             optimizer_per_tensor=float(prof.get("optimizer_us_per_tensor", 0.0)) * US,
@@ -357,85 +341,6 @@ def cpu_from_profile(path: str) -> Hardware:
                                  if prof.get("optimizer_ns_per_param") is not None else None))
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"cpu profile {path}: bad or missing field {e}") from None
-
-
-def _curve(points) -> list | None:
-    """Sorted [(bytes, seconds)] of a measured curve in a profile, or None."""
-    return sorted((float(b), float(t)) for b, t in points) if points else None
-
-
-def _rpc_curves(value) -> dict | None:
-    """{workers: curve} from a profile's rpc_round_trip_seconds ({"1": [...], "2": [...]}, or one curve)."""
-    if not value:
-        return None
-    if isinstance(value, list):
-        return {1: _curve(value)}
-    return {int(k): _curve(v) for k, v in value.items() if v} or None
-
-
-def _saturating(points: dict, k: float) -> float:
-    """{processes: value} measured at a few process counts, interpolated at k and held beyond the last."""
-    pts = sorted((float(n), float(v)) for n, v in points.items())
-    return _interpolate(pts, k) if k <= pts[-1][0] else pts[-1][1]
-
-
-def _between_counts(curves: dict, n: float, x: float, scale) -> float:
-    """A measured {process count: [(x, seconds)]} table read at x for n processes: interpolated between the
-    two nearest counts; outside them, the nearest count's curve times scale(n, that count)."""
-    counts = sorted(curves)
-    if n <= counts[0] or n >= counts[-1]:
-        ref = counts[0] if n <= counts[0] else counts[-1]
-        return _interpolate(curves[ref], x) * scale(n, ref)
-    hi = next(k for k in counts if k >= n)
-    lo = max(k for k in counts if k <= n)
-    t0, t1 = _interpolate(curves[lo], x), _interpolate(curves[hi], x)
-    return t0 if hi == lo else t0 + (n - lo) / (hi - lo) * (t1 - t0)
-
-
-def _interpolate(curve: list, x: float) -> float:
-    """Piecewise-linear y(x) through sorted [(x, y)] points; the end segments continue beyond them."""
-    if len(curve) == 1:
-        return curve[0][1]
-    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
-        if x <= x1 or (x1, y1) == curve[-1]:
-            return max(0.0, y0 + (y1 - y0) * (x - x0) / (x1 - x0))
-    return curve[-1][1]
-
-
-def _collective_curves(prof: dict, key: str = "all_reduce_seconds") -> dict:
-    """{implementation: {n: [(bytes, seconds)]}} from a profile: the measured all-reduce curves
-    (`key`), else the alpha-beta pair of "allreduce" (latency_us_N, busbw_GBps_N) as a line."""
-    curves = {}
-    for impl, by_n in (prof.get(key) or {}).items():
-        table = {int(n): sorted((float(b), float(t)) for b, t in pts) for n, pts in by_n.items() if pts}
-        if table:
-            curves[impl] = table
-    if not curves and prof.get("allreduce") and key == "all_reduce_seconds":
-        entries, table = prof["allreduce"], {}
-        for key, value in entries.items():
-            if key.startswith("latency_us_"):
-                n = int(key.rsplit("_", 1)[1])
-                bw = entries.get(f"busbw_GBps_{n}")
-                if bw:
-                    lat, big = float(value) * US, 1e9
-                    table[n] = [(0.0, lat), (big, lat + 2 * (n - 1) / n * big / (float(bw) * G))]
-        if table:
-            curves["gloo"] = table
-    return curves
-
-
-def write_cpu_profile(values: dict, path: str = CPU_PROFILE) -> str:
-    """Write (or extend) the cpu profile; `llama-course bench` calls this with what it measured."""
-    prof = dict(DEFAULT_CPU_PROFILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            prof.update(json.load(f))
-    prof.update(values)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(prof, f, indent=2)
-        f.write("\n")
-    return path
 
 
 def hardware_for(cfg) -> Hardware:
@@ -460,6 +365,7 @@ def hardware_for(cfg) -> Hardware:
         inter_bandwidth=c.inter_node.bandwidth_GBps * G if c.inter_node.bandwidth_GBps is not None else None,
         inter_latency=c.inter_node.latency_us * US if c.inter_node.latency_us is not None else None,
         topology=c.inter_node.topology,
+        oversubscription=c.inter_node.oversubscription,
         gpus_per_node=min(gpn, c.num_gpus) if c.gpu == "cpu" else gpn,
     )
     if hw.cores:

@@ -88,7 +88,7 @@ def rank_memory(cfg, rank: int, layers: list, n_micro: int, system: str | None =
         whole = psi if sem.holds_whole_grads(p.zero_stage, n_micro) else block
         states["grads"] += whole * grad_bytes_per_param(cfg)
         if p.zero_stage == 3:   # the whole weights of the blocks gathered at once
-            if sem.system == "fsdp2" and prec != "fp32":
+            if sem.system in ("fsdp2", "fsdp_sharded") and prec != "fp32":
                 # FSDP's shard is the fp32 master (counted in `optimizer`), cast to bf16 as it is gathered:
                 # no 16-bit copy of the shard besides it
                 states["params"] = 0.0

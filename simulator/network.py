@@ -10,6 +10,11 @@ into one link take n times longer each.
     env = simpy.Environment(); net = Network(env, cluster)
     env.process(...yield net.transfer(0, 8, 1 << 20)...); env.run()
 
+Symmetric copies: a flow may stand for several identical flows that share some of its links (the same ring
+run by every tensor-parallel rank's data-parallel group crosses one leaf uplink eight times): `Flow.weights`
+gives, per link, how many flows it counts for there, and max-min fairness divides that link among all of
+them, so a link crossed by k copies gives each 1/k of what it has left.
+
 Cost: one rate computation per flow arrival or departure; flows that finish together are retired together,
 and flows that start together are added together, so a symmetric collective step (n equal flows) costs
 one computation, not n.
@@ -25,22 +30,24 @@ _EPS = 1e-12
 
 
 class Flow:
-    __slots__ = ("links", "remaining", "rate", "done", "size")
+    __slots__ = ("links", "remaining", "rate", "done", "size", "weights")
 
-    def __init__(self, links, size, done):
+    def __init__(self, links, size, done, weights=None):
         self.links = links
         self.size = size
         self.remaining = float(size)
         self.rate = 0.0
         self.done = done
+        self.weights = weights or {}    # link -> flows this one stands for on it (symmetric copies), default 1
 
 
 def max_min_rates(flows, capacity: dict) -> None:
-    """Set `flow.rate` for every flow by progressive filling over the links' capacities."""
+    """Set `flow.rate` for every flow by progressive filling over the links' capacities (a flow counts
+    `flow.weights[link]` times on a link where it stands for several symmetric copies)."""
     count: dict = {}
     for f in flows:
         for link in f.links:
-            count[link] = count.get(link, 0) + 1
+            count[link] = count.get(link, 0) + f.weights.get(link, 1)
     cap = {link: capacity[link] for link in count}
     unfixed = set(range(len(flows)))
     by_link: dict = {}
@@ -48,16 +55,17 @@ def max_min_rates(flows, capacity: dict) -> None:
         for link in f.links:
             by_link.setdefault(link, []).append(i)
     while unfixed:
-        share = min(cap[link] / n for link, n in count.items() if n > 0)
-        tight = [link for link, n in count.items() if n > 0 and cap[link] / n <= share * (1 + 1e-9)]
+        share = min(cap[link] / n for link, n in count.items() if n > 1e-9)
+        tight = [link for link, n in count.items() if n > 1e-9 and cap[link] / n <= share * (1 + 1e-9)]
         for link in tight:
             for i in by_link[link]:
                 if i in unfixed:
                     unfixed.discard(i)
                     flows[i].rate = share
                     for other in flows[i].links:
-                        cap[other] -= share
-                        count[other] -= 1
+                        w = flows[i].weights.get(other, 1)
+                        cap[other] -= share * w
+                        count[other] -= w
 
 
 class Network:
@@ -73,12 +81,14 @@ class Network:
         self.bytes_sent = 0.0
         self.rate_computations = 0
 
-    def transfer(self, src: int, dst: int, nbytes: float) -> simpy.Process:
-        """A SimPy process that ends when `nbytes` from GPU src have arrived at GPU dst."""
-        return self.env.process(self._transfer(src, dst, nbytes))
+    def transfer(self, src: int, dst: int, nbytes: float, weights=None, links=None) -> simpy.Process:
+        """A SimPy process that ends when `nbytes` from GPU src have arrived at GPU dst; `weights`: {link:
+        symmetric copies of this flow on that link} (see the module docstring); `links`: the route, when it
+        is not the cluster's own path (a copy's switch links standing for the representative's)."""
+        return self.env.process(self._transfer(src, dst, nbytes, weights, links))
 
-    def _transfer(self, src, dst, nbytes):
-        path = self.cluster.path(src, dst)
+    def _transfer(self, src, dst, nbytes, weights=None, links=None):
+        path = self.cluster.path(src, dst) if links is None else links
         latency = sum(self.cluster.latency[e] for e in path)
         if latency > 0:
             yield self.env.timeout(latency)
@@ -86,7 +96,7 @@ class Network:
             return
         done = self.env.event()
         self._advance()
-        self.flows.append(Flow(path, nbytes, done))
+        self.flows.append(Flow(path, nbytes, done, weights))
         self.bytes_sent += nbytes
         if not self._pending:           # flows arriving at the same instant share one rate computation
             self._pending = True

@@ -39,11 +39,13 @@ from simulator.data_parallel import (
     exposed_gathers,
     grad_bytes_per_param,
     gradient_sync,
+    reduce_bucket_mb,
     zero_semantics,
 )
 from simulator.memory import stage_layers, uses_flash, virtual_stage_params
 from simulator.model_compression import weight_bytes_per_param
 from simulator.pipeline_parallel import simulate_pipeline
+from simulator.streams import StreamPlan, simulate_streams
 from simulator.tensor_parallel import tp_comm
 from simulator.workload import DTYPE_BYTES
 
@@ -72,6 +74,10 @@ class Layout:
         pp_index, dp_index, tp_index = spec.coords(rank, self.dp, self.tp, self.pp)
         return tp_index, dp_index, pp_index
 
+    def stage_of(self, rank: int) -> int:
+        """The pipeline stage of a global rank."""
+        return rank // (self.tp * self.dp)
+
 
 @dataclass
 class StageCost:
@@ -79,11 +85,12 @@ class StageCost:
 
     compute: float = 0.0
     recompute: float = 0.0
-    comm: float = 0.0
+    comm: float = 0.0       # tensor-parallel collectives (exposed)
+    gather: float = 0.0     # ZeRO-3 / FSDP weight gathers left exposed (`exposed_gathers`, alone)
 
     @property
     def total(self) -> float:
-        return self.compute + self.recompute + self.comm
+        return self.compute + self.recompute + self.comm + self.gather
 
 
 @dataclass
@@ -126,10 +133,10 @@ def stage_costs(cfg, hw, comm: CommModel, layout: Layout, layers: list, system: 
     n_virtual = len(layers)
     fwd, bwd = [], []
     for k, n_blocks in enumerate(layers):
-        f = StageCost(n_blocks * blk.forward, 0.0, n_blocks * tpc.block_forward
-                      + gathers(n_blocks, blk.forward, ("forward", "forward_backward")))
-        g = StageCost(n_blocks * blk.backward, n_blocks * blk.recompute, n_blocks * (tpc.block_backward + re_comm)
-                      + gathers(n_blocks, blk.backward + blk.recompute, ("forward_backward",)))
+        f = StageCost(n_blocks * blk.forward, 0.0, n_blocks * tpc.block_forward,
+                      gathers(n_blocks, blk.forward, ("forward", "forward_backward")))
+        g = StageCost(n_blocks * blk.backward, n_blocks * blk.recompute, n_blocks * (tpc.block_backward + re_comm),
+                      gathers(n_blocks, blk.backward + blk.recompute, ("forward_backward",)))
         if k == 0:
             f.compute += emb_f
             f.comm += tpc.embedding_forward
@@ -193,12 +200,26 @@ def chunk_tensors(cfg, layers: list) -> list:
             for k, n in enumerate(layers)]
 
 
+def grad_buckets(cfg, sem, layers: list, psi_virtual: list, grad_wire: float) -> list:
+    """Bytes on the wire of each gradient bucket of every virtual stage, in the order backward fills them:
+    the runtime's plan over the chunk's tensors (`chunk_tensors`, `data_parallel.bucket_sizes`) at the
+    system's cap (`data_parallel.reduce_bucket_mb`), scaled from fp32 buffers to the bytes reduced."""
+    psi_block = virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]
+    cap = reduce_bucket_mb(cfg, sem, psi_block)
+    out = []
+    for k, numels in enumerate(chunk_tensors(cfg, layers)):
+        plan = bucket_sizes(numels, cap)
+        scale = psi_virtual[k] * grad_wire / sum(plan) if plan else 0.0
+        out.append([b * scale for b in plan])
+    return out
+
+
 def optimizer_and_gather(cfg, hw, comm: CommModel, layout: Layout, layers: list, r: int, sem, block_forward: float,
-                         block_gather: float) -> tuple:
+                         block_gather: float, in_tasks: bool = False) -> tuple:
     """(optimizer seconds, exposed weight all-gather seconds) of pipeline rank r after its gradients are
     reduced: the optimizer steps its shard (ZeRO-1+), then the new weights are gathered after it (course,
     DeepSpeed ZeRO-1/2: nothing to hide behind) or block by block, prefetched, in the first micro-batch
-    (FSDP2's ZeRO-1/2 under a pipeline)."""
+    (FSDP2's ZeRO-1/2 under a pipeline; `in_tasks`: the streams simulate those, none is added here)."""
     p = cfg.parallel
     psi_virtual = virtual_stage_params(cfg, layers)
     psi_r = sum(psi_virtual[c * p.pp + r] for c in range(p.vpp))
@@ -214,7 +235,7 @@ def optimizer_and_gather(cfg, hw, comm: CommModel, layout: Layout, layers: list,
     gather = 0.0
     if sem.gather == "after_step":
         gather = comm.time("all_gather", layout.dp_group(), psi_r * weight_bytes_per_param(cfg))
-    elif sem.gather == "first_forward":
+    elif sem.gather == "first_forward" and not in_tasks:
         gather = exposed_gathers(blocks_r, block_forward, block_gather, sem.prefetch)
     return opt, gather
 
@@ -243,8 +264,16 @@ def step_lower_bound(cfg, hw, comm: CommModel, system: str | None = None) -> flo
     return makespan + step_scalars(cfg, comm, layout) + tail
 
 
-def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | None = None) -> Step:
-    """One step of the config's layout; `system` picks the data-parallel rules (data_parallel.zero_semantics)."""
+def on_links(hw) -> bool:
+    """Whether the step runs on the cluster's links with contention (`streams`): every GPU. A `cpu` profile's
+    collectives are gloo's measured curves, so there it is the pipeline, then each rank's buckets alone."""
+    return hw.sm_count is not None and hw.collective_table is None
+
+
+def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | None = None,
+                  contention: bool | None = None) -> Step:
+    """One step of the config's layout; `system` picks the data-parallel rules (data_parallel.zero_semantics);
+    `contention` (default: `on_links(hw)`) runs every rank's streams on shared links (`streams`)."""
     p = cfg.parallel
     layout = Layout(p.tp, p.dp, p.pp, p.vpp)
     n_micro = cfg.grad_accum_steps
@@ -252,7 +281,7 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
     sem = zero_semantics(cfg, system)
     fwd, bwd, blk, block_gather = stage_costs(cfg, hw, comm, layout, layers, system)
     send = p2p_time(cfg, comm, layout)
-    fwd_t, bwd_t = [c.total for c in fwd], [c.total for c in bwd]
+    contention = on_links(hw) if contention is None else contention
 
     # stragglers: a slowed rank slows its pipeline rank in one replica; simulate that replica too
     slow_by_stage: dict = {}
@@ -260,62 +289,95 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
         if rank < layout.tp * layout.dp * layout.pp:
             stage = layout.coords(rank)[2]
             slow_by_stage[stage] = max(slow_by_stage.get(stage, 1.0), float(factor))
-    runs = [(simulate_pipeline(p.schedule, p.pp, n_micro, p.vpp, fwd_t, bwd_t, send, record=record), {})]
-    if slow_by_stage:
-        runs.append((simulate_pipeline(p.schedule, p.pp, n_micro, p.vpp, fwd_t, bwd_t, send,
-                                       slow=slow_by_stage, record=record), slow_by_stage))
-
-    # data-parallel gradient sync per pipeline rank, then the optimizer
     psi_virtual = virtual_stage_params(cfg, layers)
     grad_wire = grad_bytes_per_param(cfg) * compression_factor(cfg)
+    scalars = step_scalars(cfg, comm, layout)
+    slows = [{}] + ([slow_by_stage] if slow_by_stage else [])
+    buckets = grad_buckets(cfg, sem, layers, psi_virtual, grad_wire) if layout.dp > 1 else [[] for _ in layers]
+    if contention:
+        plan = stream_plan(cfg, layout, layers, fwd, bwd, sem, psi_virtual, grad_wire, buckets)
+        a = p.micro_batch_size * cfg.seq_len * cfg.model.dim * DTYPE_BYTES[cfg.training.precision]
+        extra = comm.time("all_gather", layout.tp_group(), a) if layout.tp > 1 and not p.sequence_parallel else 0.0
+        runs = [simulate_streams(plan, comm, layout, a / layout.tp if layout.pp > 1 else 0.0, extra, slow, record)
+                for slow in slows]
+    else:
+        fwd_t, bwd_t = [c.total for c in fwd], [c.total for c in bwd]
+        runs = [simulate_pipeline(p.schedule, p.pp, n_micro, p.vpp, fwd_t, bwd_t, send, slow=slow, record=record)
+                for slow in slows]
+
+    # data-parallel gradient sync per pipeline rank (unless the streams ran it), then the optimizer
     dp_group = layout.dp_group()
-    stage_tensors = chunk_tensors(cfg, layers)
     # ZeRO-2/3 (and torch's ZeRO-1, which is FSDP2's ZeRO-2) reduce-scatter the gradients; the course's
     # ZeRO-1 all-reduces them, then each rank updates its shard (data_parallel.zero_semantics)
     kind = sem.grad_collective
-    scalars = step_scalars(cfg, comm, layout)
     best = None
     all_spans: dict = {}
-    for i, (run, _slow) in enumerate(runs):
+    for i, run in enumerate(runs):
         for r in range(p.pp):
-            ready = []
-            for c in range(p.vpp):
-                k = c * p.pp + r
-                if layout.dp == 1:
-                    continue
-                # the runtime's buckets over this chunk's tensors, scaled to the bytes on the wire, after
-                # the last backward (or after every micro-batch's, for systems that reduce each one)
-                plan = bucket_sizes(stage_tensors[k], p.bucket_mb)
-                scale = psi_virtual[k] * grad_wire / sum(plan)
-                backs = run.backward_spans[(r, c)] if sem.reduce_every_micro_batch else [run.last_backward[(r, c)]]
-                for span in backs:
-                    ready += buckets_ready(span, [b * scale for b in plan])
-            ready.sort()
-            dp_end, dp_busy, spans = gradient_sync(
-                ready, p.overlap and p.bucket_mb > 0,
-                lambda n, chained: comm.time(kind, dp_group, n, back_to_back=chained), run.compute_end[r])
-            opt, gather = optimizer_and_gather(cfg, hw, comm, layout, layers, r, sem, blk.forward, block_gather)
+            if contention:
+                dp_end, dp_busy, spans = run.dp_end[r], run.dp_busy[r], run.dp_spans.get(r, [])
+            else:
+                ready = []
+                for c in range(p.vpp):
+                    k = c * p.pp + r
+                    if layout.dp == 1:
+                        continue
+                    # the system's buckets over this chunk's tensors, after the last backward (or after
+                    # every micro-batch's, for systems that reduce each one)
+                    backs = run.backward_spans[(r, c)] if sem.reduce_every_micro_batch else [run.last_backward[(r, c)]]
+                    for span in backs:
+                        ready += buckets_ready(span, buckets[k])
+                ready.sort()
+                dp_end, dp_busy, spans = gradient_sync(
+                    ready, p.overlap and p.bucket_mb > 0,
+                    lambda n, chained: comm.time(kind, dp_group, n, back_to_back=chained), run.compute_end[r])
+            opt, gather = optimizer_and_gather(cfg, hw, comm, layout, layers, r, sem, blk.forward, block_gather,
+                                               in_tasks=contention)
             end = dp_end + scalars + opt + gather
             all_spans[(i, r)] = (spans, (dp_end + scalars, dp_end + scalars + opt), (dp_end + scalars + opt, end))
             if best is None or end > best[0]:
                 best = (end, r, i, dp_end, dp_busy, opt, gather)
     end, r, i, dp_end, dp_busy, opt, gather = best
-    run, slow = runs[i]
+    run, slow = runs[i], slows[i]
     factor = slow.get(r, 1.0)
 
     chunks = [c * p.pp + r for c in range(p.vpp)]
     compute = factor * n_micro * sum(fwd[k].compute + bwd[k].compute for k in chunks)
     recompute = factor * n_micro * sum(bwd[k].recompute for k in chunks)
     tp_exposed = factor * n_micro * sum(fwd[k].comm + bwd[k].comm for k in chunks)
-    bubble = max(0.0, run.compute_end[r] - compute - recompute - tp_exposed)
-    dp_exposed = dp_end - run.compute_end[r]
+    if contention:      # gathers and sends waited for, compute slowed by communication beside it, as simulated
+        gathers, slowdown, sends = run.gather_wait[r], run.slowdown[r], run.send_wait[r]
+    else:
+        gathers, slowdown, sends = factor * n_micro * sum(fwd[k].gather + bwd[k].gather for k in chunks), 0.0, 0.0
+    bubble = max(0.0, run.compute_end[r] - compute - recompute - tp_exposed - gathers - slowdown - sends)
+    dp_exposed = max(0.0, dp_end - run.compute_end[r])
     breakdown = {"compute": compute, "recompute": recompute,
-                 "exposed_comm": tp_exposed + dp_exposed + scalars + gather, "bubble": bubble, "optimizer": opt}
+                 "exposed_comm": tp_exposed + gathers + slowdown + sends + dp_exposed + scalars + gather, "bubble": bubble,
+                 "optimizer": opt}
     comm_detail = {"tp_exposed": tp_exposed, "dp_exposed": dp_exposed, "dp_total": dp_busy,
-                   "zero_gather": gather, "pp_send": send, "step_scalars": scalars}
+                   "zero_gather": gather, "gather_wait": gathers, "pp_send": send, "send_wait": sends,
+                   "step_scalars": scalars,
+                   "overlap_slowdown": slowdown}
     recompute_per_token = cfg.model.n_layers * blk.recompute_flops * p.tp / (p.micro_batch_size * cfg.seq_len)
     return Step(step_time=end, breakdown=breakdown, comm=comm_detail, critical_rank=r, pipeline=run,
                 forward=fwd, backward=bwd,
                 dp_spans={rr: v[0] for (ii, rr), v in all_spans.items() if ii == i},
                 optimizer_spans={rr: v[1:] for (ii, rr), v in all_spans.items() if ii == i},
                 recompute_flops_per_token=recompute_per_token, layers=layers)
+
+
+def stream_plan(cfg, layout: Layout, layers: list, fwd: list, bwd: list, sem, psi_virtual: list,
+                grad_wire: float, buckets: list) -> StreamPlan:
+    """What each rank's streams move in one step (`streams.StreamPlan`) under the data-parallel rules `sem`."""
+    p = cfg.parallel
+    per_block = sem.gather in ("first_forward", "forward", "forward_backward") and layout.dp > 1
+    psi_block = virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]
+    return StreamPlan(
+        schedule=p.schedule, p=p.pp, m=cfg.grad_accum_steps, v=p.vpp,
+        forward=[(c.compute + c.recompute, c.comm) for c in fwd], backward=[(c.compute + c.recompute, c.comm) for c in bwd],
+        layers=layers, grad_bytes=[psi * grad_wire if layout.dp > 1 else 0.0 for psi in psi_virtual],
+        buckets=buckets, overlap=p.overlap and p.bucket_mb > 0,
+        every_micro_batch=sem.reduce_every_micro_batch,
+        grad_kind=sem.grad_collective, gather=sem.gather, prefetch=sem.prefetch,
+        gather_bytes=psi_block * weight_bytes_per_param(cfg) if per_block else 0.0,
+        blocking_sends=sem.system == "deepspeed")

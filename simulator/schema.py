@@ -105,6 +105,9 @@ class LinkConfig:
     """One-way latency in microseconds. None takes the GPU preset's value."""
     topology: str | None = None
     """Inter-node fabric: `fat_tree` or `rail_optimized` (ignored within a node)."""
+    oversubscription: float | None = None
+    """Simulator: a leaf (or rail) switch's NIC ports over its spine uplinks, >= 1 (null = 1, non-blocking;
+    2 = 2:1, traffic leaving a leaf shares half the bandwidth its NICs have). Ignored within a node."""
 
 
 @dataclass

@@ -3,17 +3,26 @@
     node n:   gpu(8n+i) <-> nvswitch(n)            NVLink, intra_bandwidth x link_efficiency per direction
               gpu(8n+i) <-> nic(8n+i)              PCIe to the GPU's own NIC (one NIC per GPU, as DGX)
     fabric:   nic <-> leaf switch                  inter_bandwidth x nic_efficiency, inter_latency
-              leaf <-> spine                       non-blocking: the leaf's total NIC bandwidth
+              leaf <-> spine                       the leaf's NIC ports x their rate / oversubscription
     fat_tree:       a leaf serves `nodes_per_leaf` whole nodes (all 8 NICs of a node on one leaf)
-    rail_optimized: a rail switch serves NIC i of every node of the group (rail i); crossing rails goes
-                    through the spine
+    rail_optimized: a rail switch with as many ports serves NIC i of nodes_per_leaf x 8 nodes (rail i of
+                    its group); traffic between rails, or between groups, goes through the spine
+
+So with the same switches, GPU i of node a and GPU i of node b (a data-parallel ring, a pipeline send under
+Megatron's rank order) meet on one rail switch when a and b are among 128 nodes, but cross the spine in a
+fat tree as soon as they sit under different 16-node leaves. The spine is one node: the core is
+non-blocking, and `cluster.inter_node.oversubscription` (R) shrinks each leaf's uplink to 1/R of its NIC
+ports' bandwidth (2:1 is common). At R = 1 the uplink carries whatever its NICs send, so it never limits a
+flow; at R = 2 the 128 NICs of a leaf sending out of it at once get half their rate each.
 
 Edges are directed (full duplex: each direction has its own capacity). A message's path is
 GPU -> NVSwitch -> GPU within a node, GPU -> NIC -> switch(es) -> NIC -> GPU between nodes, and its
 latency is the sum of the latencies on the path (intra_latency within a node, inter_latency between).
 
 Only the nodes that the simulated groups touch are built (`Cluster.add_ranks`): the rest of a 16,384-GPU
-cluster is symmetric to them, so building it would cost time and change nothing.
+cluster is symmetric to them, so building it would cost time and change nothing. `fabric_links` names the
+switch-to-spine links of any path without building anything, to count how many of a collective's
+symmetric copies share a link (`collectives.CommModel`).
 
     python -c "from simulator.topology import demo; demo()"
 """
@@ -64,17 +73,24 @@ class Cluster:
             self.latency[(a, b)] = latency
 
     def _switch_of(self, rank: int):
-        group = self.node_of(rank) // self.hw.nodes_per_leaf
+        """The leaf (fat tree) or rail switch (rail-optimized) that GPU `rank`'s NIC plugs into."""
         if self.topology == "rail_optimized":
-            return ("rail", group, self.local_of(rank))
-        return ("leaf", group)
+            return ("rail", self.node_of(rank) // (self.hw.nodes_per_leaf * self.gpus_per_node), self.local_of(rank))
+        return ("leaf", self.node_of(rank) // self.hw.nodes_per_leaf)
+
+    def uplink_bandwidth(self) -> float:
+        """Bytes/s of a leaf's (or rail switch's) link to the spine: its NIC ports at the fabric's data rate
+        over the oversubscription (each switch has nodes_per_leaf x gpus_per_node NIC ports)."""
+        hw = self.hw
+        ports = hw.nodes_per_leaf * self.gpus_per_node
+        return ports * hw.inter_bandwidth * hw.nic_efficiency / max(1.0, hw.oversubscription or 1.0)
 
     def _add_node(self, n: int) -> None:
         hw, g = self.hw, self.gpus_per_node
         self._nodes.add(n)
         nvs = ("nvswitch", n)
         nvlink = hw.intra_bandwidth * hw.link_efficiency
-        leaf_up = hw.nodes_per_leaf * (g if self.topology == "fat_tree" else 1) * hw.inter_bandwidth
+        leaf_up = self.uplink_bandwidth()
         for i in range(g):
             r = n * g + i
             if r >= self.num_gpus:
@@ -111,6 +127,14 @@ class Cluster:
             p = ((a, na), (na, sa)) + mid + ((sb, nb), (nb, b))
         self._paths[key] = p
         return p
+
+    def fabric_links(self, src: int, dst: int) -> tuple:
+        """The switch <-> spine links of the path from `src` to `dst` (the only links GPUs share beyond their
+        own NVLink port and NIC), without building any node: () within a node or under one switch."""
+        if self.node_of(src) == self.node_of(dst):
+            return ()
+        sa, sb = self._switch_of(src), self._switch_of(dst)
+        return () if sa == sb else ((sa, ("spine",)), (("spine",), sb))
 
     def path_latency(self, src: int, dst: int) -> float:
         return sum(self.latency[e] for e in self.path(src, dst))

@@ -5,6 +5,9 @@ Every file in `configs/validation/` is one source (a paper table, a repository's
 one A100 matmul efficiency was chosen) or never looked at it (`validation`). A file holds
 
     source, url, stack, role      where the numbers come from, and which software produced them
+    system                        (optional) whose data-parallel and pipeline rules price the run
+                                  (`data_parallel.SYSTEMS`: deepspeed for DeepSpeed's runs, fsdp2 for
+                                  torch FSDP, ...; default: the config's parallel.implementation)
     metric                        the published quantity, compared with the `simulate` field of that name
     read / assumed                the settings read from the source, and those it does not give (with why)
     diagnosis                     (optional) what the simulator misses on these rows, in words
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from simulator.config import load_config
+from simulator.data_parallel import SYSTEMS
 from simulator.simulate import simulate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +65,7 @@ class Row:
     assumed: dict = field(default_factory=dict)
     diagnosis: str = ""
     file: str = ""
+    system: str | None = None
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -108,6 +113,9 @@ def load_source(path: str) -> list:
         metric = row.get("metric", data.get("metric", "hardware_tflops_per_gpu"))
         if metric not in METRICS:
             raise ValueError(f"{path}: metric must be one of {METRICS}, got {metric!r}")
+        system = row.get("system", data.get("system"))
+        if system is not None and system not in SYSTEMS:
+            raise ValueError(f"{path}: system must be one of {SYSTEMS}, got {system!r}")
         published = row.get("published", row.get("published_tflops"))
         name = row.get("name") or row["model"]
         out.append(Row(name=name, config=_row_config(data.get("common") or {}, row), published=float(published),
@@ -115,7 +123,8 @@ def load_source(path: str) -> list:
                        stack=row.get("stack", data["stack"]), where=row.get("where", data.get("where", "")),
                        url=data["url"], read=list(data.get("read", [])) + list(read),
                        assumed={**(data.get("assumed") or {}), **assumed},
-                       diagnosis=row.get("diagnosis", data.get("diagnosis", "")), file=os.path.relpath(path, ROOT)))
+                       diagnosis=row.get("diagnosis", data.get("diagnosis", "")), file=os.path.relpath(path, ROOT),
+                       system=system))
     return out
 
 
@@ -142,7 +151,7 @@ def error(metric: str, predicted: float, published: float) -> float:
 def evaluate(row: Row, overrides=None) -> dict:
     """Simulate one row: {name, layout, gpus, published, predicted, error, fits, memory_GB, ...}."""
     cfg = load_config(row.config, overrides or [], runtime=False)   # other systems' runs, not the course runtime's
-    r = simulate(cfg)
+    r = simulate(cfg, system=row.system)
     p = cfg.parallel
     pred = r[row.metric]
     layout = f"{p.tp}/{p.pp}/{p.vpp}/{p.dp}"
@@ -152,6 +161,7 @@ def evaluate(row: Row, overrides=None) -> dict:
             "file": row.file, "diagnosis": row.diagnosis,
             "where": row.where, "metric": row.metric, "layout": layout, "gpus": cfg.cluster.num_gpus,
             "gpu": cfg.cluster.gpu, "zero": p.zero_stage, "published": row.published, "predicted": pred,
+            "system": r["config"]["data_parallel_system"],
             "error": error(row.metric, pred, row.published) if pred else None, "fits": r["fits_in_memory"],
             "mfu": r["mfu"], "memory_GB": r["memory_per_gpu_bytes"]["total"] / 1e9,
             "capacity_GB": r["memory_capacity_bytes"] / 1e9,

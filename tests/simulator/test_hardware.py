@@ -3,7 +3,15 @@ import json
 import pytest
 
 from simulator.config import ConfigError, load_config
-from simulator.hardware import GIB, cpu_from_profile, gpu_preset, hardware_for, write_cpu_profile
+from simulator.hardware import (
+    GIB,
+    H100_MATMUL_EFFICIENCY,
+    MATMUL_EFFICIENCY,
+    cpu_from_profile,
+    gpu_preset,
+    hardware_for,
+    write_cpu_profile,
+)
 
 
 def test_presets_match_datasheets():
@@ -15,8 +23,10 @@ def test_presets_match_datasheets():
     assert h100.peak("bf16") == h200.peak("bf16") == 989e12
     assert h200.memory_bytes > h100.memory_bytes
     assert h200.memory_bandwidth > h100.memory_bandwidth > a100.memory_bandwidth
-    # one calibration for every GPU type: the same matmul efficiency, not a per-row fit
-    assert a100.matmul_efficiency == h100.matmul_efficiency == gpu_preset("a100-40gb").matmul_efficiency
+    # one calibration per GPU generation (A100 on Megatron-LM Table 1, H100/H200 on the MPT H100 rows), not a
+    # per-row fit
+    assert a100.matmul_efficiency == gpu_preset("a100-40gb").matmul_efficiency == MATMUL_EFFICIENCY
+    assert h100.matmul_efficiency == h200.matmul_efficiency == H100_MATMUL_EFFICIENCY
     assert (a100.sm_count, h100.sm_count, h200.sm_count) == (108, 132, 132)          # datasheets
 
 
@@ -117,7 +127,7 @@ def test_a_measured_gpu_profile_calibrates_only_its_preset(tmp_path, monkeypatch
     h200 = gpu_preset("h200")
     assert h200.matmul_efficiency == 0.55 and h200.memory_bandwidth == 4000e9
     assert h200.peak("bf16") == 989e12                              # what the profile does not say stays
-    assert gpu_preset("h100-sxm").matmul_efficiency == gpu_preset("a100-80gb").matmul_efficiency != 0.55
+    assert gpu_preset("h100-sxm").matmul_efficiency == H100_MATMUL_EFFICIENCY != 0.55
     monkeypatch.delenv("LLAMA_COURSE_GPU_PROFILE")
     assert gpu_preset("h200").matmul_efficiency != 0.55
 

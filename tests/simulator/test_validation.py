@@ -1,8 +1,9 @@
 """The validation data (configs/validation/) and the simulator's error on it.
 
 Two sets, never mixed:
-- CALIBRATION, IN SAMPLE: Megatron-LM 2021 Table 1. The one A100 matmul efficiency was chosen on these ten rows,
-  so their small errors show that the fit worked, not that the simulator predicts anything.
+- CALIBRATION, IN SAMPLE: Megatron-LM 2021 Table 1 (the A100 matmul efficiency was chosen on these ten rows) and
+  LLM Foundry's four MPT H100 rows (the H100's), so their small errors show that the fits worked, not that the
+  simulator predicts anything.
 - VALIDATION, OUT OF SAMPLE: every other file. Its accuracy is what docs/simulator/validation.md reports
   (`python benchmarks/simulator_validation.py --write docs/simulator/validation.md`); here it is asserted only as
   the issue-17 goal, marked as an expected failure while the goal is not met.
@@ -16,21 +17,23 @@ from simulator.validation import compare, error, load_all, load_rows, load_sourc
 
 @pytest.fixture(scope="module")
 def calibration_in_sample():
-    return compare()
+    return compare(load_all(role="calibration"))
 
 
-def test_calibration_in_sample_within_ten_percent(calibration_in_sample):
-    """IN SAMPLE: the rows the constant was fitted on. Not a measure of accuracy."""
-    assert len(calibration_in_sample) == 10
+def test_calibration_in_sample_within_the_fit(calibration_in_sample):
+    """IN SAMPLE: the rows the constants were fitted on (A100 within 10%, H100 within 15%). Not a measure of
+    accuracy."""
+    assert len(calibration_in_sample) == 14
     for row in calibration_in_sample:
         assert row["role"] == "calibration"
         assert row["fits"], row
-        assert abs(row["error"]) < 0.10, row
+        assert abs(row["error"]) < (0.15 if row["gpu"].startswith("h100") else 0.10), row
 
 
 def test_calibration_in_sample_errors_are_not_one_sided(calibration_in_sample):
-    errs = [r["error"] for r in calibration_in_sample]
-    assert min(errs) < 0 < max(errs)                # a calibrated model, not a biased one
+    for gpu in ("a100", "h100"):
+        errs = [r["error"] for r in calibration_in_sample if r["gpu"].startswith(gpu)]
+        assert min(errs) < 0 < max(errs), gpu      # a calibrated model, not a biased one
 
 
 def test_rows_follow_the_published_table():
@@ -47,7 +50,7 @@ def _key(raw: dict) -> str:
 
 def test_validation_set_is_broad_sourced_and_apart_from_calibration():
     calibration, validation = load_all(role="calibration"), load_all(role="validation")
-    assert {r.source for r in calibration} == {calibration[0].source} and len(calibration) == 10
+    assert len({r.source for r in calibration}) == 2 and len(calibration) == 14
     assert len(validation) >= 20
     assert len({r.stack for r in validation}) >= 4
     assert not {_key(r.config) for r in calibration} & {_key(r.config) for r in validation}
@@ -78,6 +81,24 @@ def test_a_source_file_must_say_where_it_comes_from(tmp_path):
         load_source(str(bad))
     bad.write_text("source: x\nurl: https://x\nstack: y\nread: [shape: 1]\nrows: [{name: a, published: 1}]\n")
     with pytest.raises(ValueError, match="plain strings"):
+        load_source(str(bad))
+
+
+def test_rows_say_whose_rules_price_them():
+    """DeepSpeed's runs are priced with DeepSpeed's rules, torch FSDP's with FSDP's, Llama 3 with its FSDP's."""
+    by_stack = {}
+    for r in load_all():
+        by_stack.setdefault(r.stack, set()).add(r.system)
+    assert by_stack["DeepSpeed ZeRO-3"] == by_stack["DeepSpeed + Megatron-LM"] == {"deepspeed"}
+    assert by_stack["Megatron-DeepSpeed"] == {"deepspeed"}
+    assert by_stack["PyTorch FSDP (Composer)"] == by_stack["PyTorch FSDP2 (torchtitan)"] == {"fsdp2"}
+    assert by_stack["Meta Llama 3 (PyTorch, 4-D parallelism)"] == {"fsdp_sharded"}
+
+
+def test_a_row_with_an_unknown_system_is_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("source: x\nurl: https://x\nstack: y\nsystem: megatron\nrows: [{name: a, published: 1}]\n")
+    with pytest.raises(ValueError, match="system must be one of"):
         load_source(str(bad))
 
 
