@@ -61,6 +61,7 @@ CHOICES = {
     "parallel.aggregation": AGGREGATIONS,
     "parallel.zero_stage": (0, 1, 2, 3),
     "training.precision": PRECISIONS,
+    "training.grad_reduce_dtype": PRECISIONS,
     "training.optimizer": OPTIMIZERS,
     "training.on_nonfinite": NONFINITE,
     "load_balance.policy": POLICIES,
@@ -198,6 +199,12 @@ class ParallelConfig:
 class TrainingConfig:
     precision: str = "bf16"
     """fp32 | fp16 | bf16. The runtime uses autocast on GPU and computes in fp32 on CPU."""
+    grad_reduce_dtype: str | None = None
+    """Dtype of the data-parallel gradient reduction (all-reduce, reduce-scatter) and of the gradient buffer
+    it reduces: fp32 | bf16 | fp16. null = fp32: for bf16/fp16 training the fp32 main gradients of Megatron-LM
+    (Llama 3 reduces in fp32 too), for fp32 training the training precision; filled in when the config is
+    loaded. bf16 halves the bytes (and loses precision in the sum over ranks).
+    The simulator prices its bytes on the wire and in memory; the runtime reads the same field."""
     optimizer: str = "adamw"
     """sgd (with momentum) | adamw | lars | lamb."""
     lr: float = 3.0e-4
@@ -599,6 +606,8 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"parallel.lock_free: Hogwild updates need training.optimizer sgd, not {t.optimizer} "
                           "(Adam's moments updated by two threads at once race)")
 
+    if t.grad_reduce_dtype is None:
+        t.grad_reduce_dtype = "fp32"        # bf16/fp16 training reduces fp32 main gradients; fp32 is fp32
     _positive("training.lr", t.lr)
     if t.min_lr is None:
         t.min_lr = t.lr / 10
