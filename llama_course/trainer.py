@@ -115,8 +115,9 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
     import torch
 
     from llama_course.coordination.fault_tolerance import FailureDetector, inject_nan
+    from llama_course.coordination.parameter_server import serve, server_ranks
     from llama_course.core import checkpoint as ckpt
-    from llama_course.core.data import BatchSampler, get_batch, load_tokens, pack, val_batches
+    from llama_course.core.data import BatchSampler, load_tokens, pack, val_batches
     from llama_course.core.distributed import cleanup, init_distributed
     from llama_course.core.model import build_model
     from llama_course.core.profiling import Tracer, write_trace
@@ -141,10 +142,10 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
             from llama_course.compression.model_compression import load_for_training
 
             model = load_for_training(cfg.training.init_from, cfg)
-        engine = build_engine(cfg, ctx, model, tracer)
-        if getattr(engine, "is_server", False):      # parameter server rank: serve the workers, train nothing
-            engine.run_server()
+        if ctx.rank in server_ranks(cfg):              # a parameter server: serve the workers, train nothing
+            serve(cfg, ctx, model.to(ctx.device))
             return []
+        engine = build_engine(cfg, ctx, model, tracer)
 
         start = 0
         if checkpoint_dir:
@@ -172,8 +173,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                 if ctx.restart_count == 0 and any(k["step"] == n for k in kills):
                     print(f"faults.kill: rank {ctx.rank} killed at step {n}", file=sys.stderr, flush=True)
                     os.kill(os.getpid(), signal.SIGKILL)
-                batches = engine.batches_for_step(sampler, train_seqs, step) if hasattr(engine, "batches_for_step") \
-                    else [get_batch(train_seqs, idx) for idx in sampler.shard(step, ctx.dp_rank, ctx.dp, p.micro_batch_size)]
+                batches = engine.batches_for_step(sampler, train_seqs, step)
                 lr = lr_at(step, cfg)
                 if trace_path and step <= cfg.training.steps - trace_steps:
                     tracer.clear()            # keep the last TRACE_STEPS steps: steady state, small files
@@ -220,8 +220,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
             progress.close()
             if metrics_file:
                 metrics_file.close()
-        if hasattr(engine, "close"):                  # parameter server worker: say goodbye to the servers
-            engine.close()
+        engine.close()                                # a parameter-server worker says goodbye to the servers
         if trace_path:
             _write_traces(trace_path, ctx, tracer, write_trace)
         return records

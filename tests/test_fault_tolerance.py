@@ -16,7 +16,7 @@ import torch
 from llama_course.coordination.fault_tolerance import read_metrics, supervise
 from llama_course.core import checkpoint as ckpt
 from llama_course.core.testing import spawn
-from llama_course.engine import ENGINES, NonFiniteError, engine_name
+from llama_course.engine import NonFiniteError
 from llama_course.trainer import run_worker
 from simulator.config import load_config
 
@@ -45,25 +45,6 @@ def _train(tmp_path, overrides, env=None):
         return proc, [json.loads(line) for line in f]
 
 
-def _available(overrides) -> str | None:
-    """Why a layout cannot be tested in this checkout (reported as MISSING, not silently skipped), or None."""
-    import importlib
-
-    name = engine_name(load_config(TINY, BASE + overrides))
-    module = {"fsdp2": "data_parallel", "torch_pipeline": "pipeline_parallel",
-              "torch_tensor_parallel": "tensor_parallel"}.get(name, name)
-    try:
-        importlib.import_module(f"llama_course.{module}")
-    except ModuleNotFoundError:
-        pass
-    if name not in ENGINES:
-        return f"engine '{name}' does not exist in this checkout yet"
-    if "state_dict" not in vars(ENGINES[name]) and name not in ("ddp", "data_parallel", "tensor_parallel", "pipeline_parallel",
-                                                                "fsdp2", "parallel_3d"):
-        return f"engine '{name}' has no checkpoint state yet (its state_dict is Engine's), so it cannot resume"
-    return None
-
-
 LAYOUTS = {
     # torch DDP, a rank SIGKILLed in the middle of the run
     "ddp": (["parallel.implementation=torch", "faults.kill=[{rank: 1, step: 5}]"], {}),
@@ -83,9 +64,6 @@ LAYOUTS = {
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_killed_rank_resumes_and_matches_the_uninterrupted_run(layout, tmp_path, single):
     overrides, env = LAYOUTS[layout]
-    missing = _available(overrides)
-    if missing:
-        pytest.xfail(f"MISSING: {missing}")
     proc, records = _train(tmp_path, BASE + overrides, env)
     assert "killed" in proc.stderr
     assert [r["step"] for r in records] == list(range(1, 7))

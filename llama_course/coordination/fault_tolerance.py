@@ -127,7 +127,7 @@ def run_replica(cfg, replica_id: int, host: str, port: int, out_dir: str) -> Non
     from llama_course.core.distributed import Context
     from llama_course.core.model import build_model
     from llama_course.core.optimizers import lr_at
-    from llama_course.engine import Engine
+    from llama_course.core.train_step import Engine
 
     torch.set_num_threads(1)
     incarnation = incarnation_from_env()

@@ -117,7 +117,7 @@ def save(root: str, step: int, ctx, engine, config: dict, tokenizer=None, keep: 
 
 def _group(engine):
     """The process group checkpoints of this engine are collective over (None: the default group)."""
-    return getattr(engine, "checkpoint_group", lambda: (None, None))()[0]
+    return engine.checkpoint_group()[0]
 
 
 def snapshot(step: int, ctx, engine, extra: dict | None = None) -> dict | None:

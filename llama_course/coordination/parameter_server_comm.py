@@ -1,0 +1,164 @@
+"""Parameter-server communication: RPC calls between workers and servers, heartbeats, membership.
+
+parameter_server.py holds the algorithm (a server's shard, its update rule, a worker's push/pull); this
+module holds how the processes reach each other:
+
+    worker -> server   push(worker, version, grads, norm, loss, lr) -> (version, weights, norm, loss, ...)
+                       one `rpc_async` per server and step: the reply carries the updated shard back, so
+                       push and pull are one round trip (TensorPipe over TCP; 1-3 ms on CPU)
+                       heartbeat(worker) every `heartbeat_s`; finish(worker) at the end; settled() waits
+                       until every worker finished or was declared dead
+    worker 0 -> server get_state / set_state for checkpoints; staleness() for the histogram
+
+RPC handlers run on the server's thread pool and are module functions (RPC pickles them by name): they
+reach this process's shard through `SERVER[0]`, set by `parameter_server.serve`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.distributed.rpc as rpc
+
+HEARTBEAT_S = float(os.environ.get("LLAMA_COURSE_HEARTBEAT_S", "0.5"))
+DEAD_AFTER_S = float(os.environ.get("LLAMA_COURSE_DEAD_AFTER_S", "5"))
+
+SERVER: list = [None]
+"""This process's ShardServer (servers only): the RPC handlers below call it."""
+
+
+class HeartbeatMonitor:
+    """Last time each worker was heard from; `dead()` lists those silent for more than `timeout` seconds.
+    Finished workers (they said goodbye) are never declared dead. `clock` is injectable for tests."""
+
+    def __init__(self, workers, timeout: float, clock=time.monotonic):
+        self.clock, self.timeout = clock, timeout
+        self.last = {w: clock() for w in workers}
+        self.finished: set = set()
+        self.declared: set = set()
+        self.declared_at: dict = {}       # worker -> clock() when declared dead
+
+    def beat(self, worker: int) -> None:
+        self.last[worker] = self.clock()
+
+    def finish(self, worker: int) -> None:
+        self.finished.add(worker)
+
+    def newly_dead(self) -> list:
+        now = self.clock()
+        new = [w for w, t in self.last.items()
+               if w not in self.finished and w not in self.declared and now - t > self.timeout]
+        self.declared.update(new)
+        self.declared_at.update({w: now for w in new})
+        return new
+
+    def settled(self) -> bool:
+        """Every worker has either said goodbye or been declared dead: nobody is left to wait for."""
+        return all(w in self.finished or w in self.declared for w in self.last)
+
+
+class Membership:
+    """A ShardServer's bookkeeping of who is alive (mixed into it): heartbeats, goodbyes, the dead.
+    Uses the server's lock, monitor, clocks and its version/parking rules."""
+
+    def heartbeat(self, worker: int) -> None:
+        self.monitor.beat(worker)
+
+    def finish(self, worker: int) -> None:
+        with self.lock:
+            self.monitor.finish(worker)
+            self.clocks.finish(worker)
+            self._release_parked()
+            self._maybe_settle()
+
+    def wait_settled(self):
+        """A future of the workers declared dead, resolved once every worker finished or was declared."""
+        fut = torch.futures.Future()
+        with self.lock:
+            self.settled_waiters.append(fut)
+            self._maybe_settle()
+        return fut
+
+    def _maybe_settle(self) -> None:
+        if self.monitor.settled():
+            dead = sorted(self.monitor.declared)
+            for fut in self.settled_waiters:
+                fut.set_result(dead)
+            self.settled_waiters = []
+            self.settled.set()
+
+    def check_heartbeats(self) -> None:
+        dead = self.monitor.newly_dead()
+        if dead:
+            print(f"parameter server {self.index}: worker(s) {dead} silent for more than {DEAD_AFTER_S:g} s: "
+                  "declared dead; continuing without them", file=sys.stderr, flush=True)
+            with self.lock:
+                for w in dead:
+                    self.clocks.finish(w)
+                if self.sync == "bsp":
+                    self._maybe_finish_version()
+                self._release_parked()
+                self._maybe_settle()
+
+
+# ---- RPC entry points (run on the server's RPC threads) ----------------------------------------------
+@rpc.functions.async_execution
+def push(worker, version, grads, norm, loss, lr):
+    return SERVER[0].push(worker, version, grads, norm, loss, lr)
+
+
+def heartbeat(worker):
+    SERVER[0].heartbeat(worker)
+
+
+def finish(worker):
+    SERVER[0].finish(worker)
+
+
+@rpc.functions.async_execution
+def settled():
+    return SERVER[0].wait_settled()
+
+
+def staleness():
+    return dict(SERVER[0].staleness)
+
+
+def get_state():
+    return SERVER[0].state_dict()
+
+
+def set_state(state):
+    SERVER[0].load_state_dict(state)
+
+
+def init_rpc(name: str, rank: int, world_size: int) -> None:
+    """RPC over the run's own (loopback) store: no second rendezvous port.
+
+    `tcp://` rendezvous would start a TCPStore on rank 0 that listens on every interface; instead a
+    `llamacourse://` handler hands RPC a prefix of the process group's store (already bound to
+    MASTER_ADDR, 127.0.0.1 by default), and TensorPipe's own sockets stay on loopback (TP_SOCKET_IFNAME=lo)
+    unless MASTER_ADDR names another host (multi-node)."""
+    host = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    if host in ("127.0.0.1", "localhost"):
+        os.environ.setdefault("TP_SOCKET_IFNAME", "lo")
+    restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+
+    def handler(url, **kwargs):
+        store = dist.PrefixStore(f"llama_course/rpc_{restarts}", dist.distributed_c10d._get_default_store())
+        yield store, rank, world_size
+
+    # (re)register: an earlier run in this process registered its own store's handler
+    importlib.import_module("torch.distributed.rendezvous")._rendezvous_handlers["llamacourse"] = handler
+    timeout = float(os.environ.get("LLAMA_COURSE_TIMEOUT", "60"))
+    # TensorPipe's shared-memory transport busy-polls a core per process: on a CPU machine that steals the
+    # cores from training (a 2-worker step took 2x as long). libuv's TCP transport waits on epoll instead.
+    options = rpc.TensorPipeRpcBackendOptions(init_method="llamacourse://", rpc_timeout=timeout,
+                                              num_worker_threads=max(8, 2 * world_size),
+                                              _transports=["uv"], _channels=["basic"])
+    rpc.init_rpc(name, rank=rank, world_size=world_size, rpc_backend_options=options)
