@@ -198,7 +198,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                        "mfu": flops_per_token * tokens_s / (devices * peak) if peak else None}
                 if out.get("skipped"):
                     rec["skipped"] = True
-                for key in ("staleness", "bytes_sent", "torn_pulls"):
+                for key in ("staleness", "bytes_sent", "torn_pulls", "loss_scale"):
                     if key in out:
                         rec[key] = out[key]
                 if (cfg.training.eval_every and n % cfg.training.eval_every == 0) or n == cfg.training.steps:

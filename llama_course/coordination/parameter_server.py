@@ -59,7 +59,12 @@ import torch.distributed as dist
 import torch.distributed.rpc as rpc
 
 from llama_course.coordination import parameter_server_comm as comm
-from llama_course.coordination.parameter_server_comm import DEAD_AFTER_S, HEARTBEAT_S, HeartbeatMonitor  # noqa: F401
+from llama_course.coordination.parameter_server_comm import (  # noqa: F401  (init_rpc: bench uses it from here)
+    DEAD_AFTER_S,
+    HEARTBEAT_S,
+    HeartbeatMonitor,
+    init_rpc,
+)
 from llama_course.coordination.sync_async import Clocks
 from llama_course.coordination.sync_async import staleness_summary as summary
 from llama_course.core.engine_protocol import GradientSync

@@ -144,11 +144,10 @@ class Engine:
         skipped, forward_backward_s and the sync's metrics (bytes_sent, staleness, ...)."""
         ctx, training = self.ctx, self.cfg.training
         self.sync.begin_step()
-        weights = self.plan.weights(self, micro_batches)
         start, abandoned = time.perf_counter(), False
         with self.loss_contexts():
             try:
-                local = self.forward_backward(micro_batches, weights)
+                local = self.forward_backward(micro_batches)
             except Abandon:
                 local, abandoned = 0.0, True
         seconds = time.perf_counter() - start
