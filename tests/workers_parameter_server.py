@@ -26,14 +26,14 @@ def run_configs(rank, world, cfg_dicts, overrides_list):
     return out
 
 
-def run_with_a_death(rank, world, cfg_dict, overrides):
+def run_with_a_death(rank, world, cfg_dict, overrides, heartbeats: dict):
     """One run in which a worker is SIGKILLed (faults.kill); a server returns who it declared dead and how
-    long after that worker's last heartbeat it did so."""
+    long after that worker's last heartbeat it did so. `heartbeats`: the Run's heartbeat_s, dead_after_s."""
     from llama_course.coordination import parameter_server_comm as ps
-    from llama_course.trainer import run_worker
+    from llama_course.trainer import Run, run_worker
     from simulator.config import load_config
 
-    records = run_worker(load_config(cfg_dict, overrides), quiet=True)
+    records = run_worker(load_config(cfg_dict, overrides), run=Run(quiet=True, **heartbeats))
     if ps.SERVER[0] is None:
         return records
     mon = ps.SERVER[0].monitor

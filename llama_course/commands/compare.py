@@ -120,9 +120,8 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
     if cfg.cluster.gpu == "cpu" and cfg.world_size == 1:
         torch.set_num_threads(1)        # as the cpu profile was measured, and as every launched rank runs
     try:
-        with _env("LLAMA_COURSE_TRACE_STEPS", str(traced)):
-            records = train(config, overrides, metrics=os.path.join(trace_dir, "metrics.jsonl"), quiet=quiet,
-                            trace=measured_trace)
+        records = train(config, overrides, metrics=os.path.join(trace_dir, "metrics.jsonl"), quiet=quiet,
+                        trace=measured_trace, trace_steps=traced)
     finally:
         torch.set_num_threads(threads)
     tail = records[len(records) // 2:] or records

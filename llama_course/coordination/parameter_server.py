@@ -31,8 +31,8 @@ an update holds the shard's lock; `parallel.lock_free: true` (ASP/SSP with SGD) 
 updates interleave element by element, a reply may copy a half-updated shard (counted as `torn_pulls`),
 and `lock_free_cost()` measures what that costs: lost increments and torn snapshots.
 
-Failure detection: every worker sends a heartbeat every HEARTBEAT_S; a server that hears nothing from a
-worker for DEAD_AFTER_S declares it dead (one line on stderr) and, in BSP, completes versions without it
+Failure detection: every worker sends a heartbeat every `Heartbeats.interval_s`; a server that hears
+nothing from a worker for `dead_after_s` declares it dead (one line on stderr) and, in BSP, completes versions without it
 (the mean is then over the live workers). Restarting it is fault tolerance's job (checkpoint.py).
 
 In the runtime a server is a role, not an engine: the trainer runs `serve(cfg, ctx, model)` on ranks
@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from contextlib import nullcontext
 from datetime import timedelta
 
@@ -59,11 +58,11 @@ import torch.distributed as dist
 import torch.distributed.rpc as rpc
 
 from llama_course.coordination import parameter_server_comm as comm
-from llama_course.coordination.parameter_server_comm import (  # noqa: F401  (init_rpc: bench uses it from here)
-    DEAD_AFTER_S,
-    HEARTBEAT_S,
+from llama_course.coordination.parameter_server_comm import (  # noqa: F401  (bench and the lab import init_rpc, lock_free_cost from here)
     HeartbeatMonitor,
+    Heartbeats,
     init_rpc,
+    lock_free_cost,
 )
 from llama_course.coordination.sync_async import Clocks
 from llama_course.coordination.sync_async import staleness_summary as summary
@@ -75,7 +74,7 @@ from simulator.parameter_server import assign_shards
 class ShardServer(comm.Membership):
     """One server: its tensors of the model, their optimizer, the version counter and the sync rule."""
 
-    def __init__(self, cfg, model, index: int, owner: list, n_workers: int, server_group):
+    def __init__(self, cfg, model, index: int, owner: list, n_workers: int, server_group, dead_after_s: float = 5.0):
         p = cfg.parallel
         self.cfg, self.index, self.n_workers, self.group = cfg, index, n_workers, server_group
         named = [(n, q) for n, q in model.named_parameters()]
@@ -91,7 +90,7 @@ class ShardServer(comm.Membership):
         self.version = 0
         self.lock = threading.Lock()
         self.clocks = Clocks(range(n_workers), p.staleness if p.sync == "ssp" else None)
-        self.monitor = HeartbeatMonitor(range(n_workers), DEAD_AFTER_S)
+        self.monitor = HeartbeatMonitor(range(n_workers), dead_after_s)
         self.pending: dict = {}          # BSP: worker -> (grads, loss, lr, future) of the current version
         self.parked: list = []           # SSP: (worker, future, reply) held until the worker may proceed
         self.recent_losses: list = []
@@ -236,17 +235,18 @@ def _server_group(cfg):
     return dist.new_group(ranks) if len(ranks) > 1 else None
 
 
-def serve(cfg, ctx, model) -> None:
+def serve(cfg, ctx, model, heartbeats: Heartbeats = Heartbeats()) -> None:
     """A server rank's whole run: hold shard ctx.rank - dp of `model`, answer pushes until every worker has
     said goodbye or been declared dead (heartbeats checked meanwhile), then leave RPC."""
     p = cfg.parallel
     owner = assign_shards([q.numel() for q in model.parameters()], p.num_servers)
-    server = comm.SERVER[0] = ShardServer(cfg, model, ctx.rank - p.dp, owner, p.dp, _server_group(cfg))
+    server = comm.SERVER[0] = ShardServer(cfg, model, ctx.rank - p.dp, owner, p.dp, _server_group(cfg),
+                                          heartbeats.dead_after_s)
     comm.init_rpc(f"server{ctx.rank - p.dp}", ctx.rank, ctx.world_size)
     stop = threading.Event()
 
     def watch():
-        while not stop.wait(HEARTBEAT_S / 2):
+        while not stop.wait(heartbeats.interval_s / 2):
             server.check_heartbeats()
 
     threading.Thread(target=watch, daemon=True).start()
@@ -255,7 +255,7 @@ def serve(cfg, ctx, model) -> None:
     if dead:          # the survivors got their answer from settled() and said so in the store
         try:
             _store(ctx).wait([f"closed_{w}" for w in range(p.dp) if w not in dead],
-                             timedelta(seconds=DEAD_AFTER_S + 30))
+                             timedelta(seconds=heartbeats.dead_after_s + 30))
         except Exception:       # the store went with worker 0's exit: they are gone, either way
             pass
     rpc.shutdown(graceful=not dead)     # graceful waits for every RPC peer, which a dead worker never answers
@@ -274,8 +274,8 @@ class ParameterServerSync(GradientSync):
     span = "push"
     owns_optimizer = False
 
-    def __init__(self, cfg, ctx):
-        self.cfg, self.ctx = cfg, ctx
+    def __init__(self, cfg, ctx, heartbeats: Heartbeats = Heartbeats()):
+        self.cfg, self.ctx, self.heartbeats = cfg, ctx, heartbeats
         self.n_workers, self.k = cfg.parallel.dp, cfg.parallel.num_servers
 
     def wrap(self, model):
@@ -317,7 +317,7 @@ class ParameterServerSync(GradientSync):
         return local
 
     def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
+        while not self._stop.wait(self.heartbeats.interval_s):
             for j in range(self.k):
                 try:
                     rpc.rpc_async(f"server{j}", comm.heartbeat, args=(self.ctx.rank,))
@@ -375,46 +375,3 @@ class ParameterServerSync(GradientSync):
     def checkpoint_group(self) -> tuple:
         """Checkpoints are collective over the workers only (servers sit in their RPC loop)."""
         return self.ctx.dp_group, list(range(self.n_workers))
-
-
-def lock_free_cost(threads: int = 2, updates: int = 200, size: int = 1 << 18) -> dict:
-    """What dropping the lock costs, measured: `threads` threads each add 1 to every element of one shared
-    tensor `updates` times (one 'gradient push' each), with and without a lock, while a reader takes
-    snapshots. Returns, per mode, the share of increments lost (read-modify-write races) and the share of
-    snapshots that mix two versions (torn reads), and the time taken."""
-    out = {}
-    for mode in ("lock", "lock_free"):
-        w = torch.zeros(size)
-        lock = threading.Lock() if mode == "lock" else None
-        torn, snaps = [0], [0]
-        done = threading.Event()
-
-        def writer(w=w, lock=lock):       # bound now: threads run within this iteration
-            for _ in range(updates):
-                with lock if lock else nullcontext():
-                    w.add_(1.0)
-
-        def reader(w=w, lock=lock, done=done, snaps=snaps, torn=torn):
-            while not done.is_set():
-                with lock if lock else nullcontext():
-                    s = w.clone()
-                snaps[0] += 1
-                torn[0] += int(s[0] != s[-1] or s.min() != s.max())
-
-        start = time.perf_counter()
-        workers = [threading.Thread(target=writer) for _ in range(threads)]
-        r = threading.Thread(target=reader)
-        r.start()
-        for t in workers:
-            t.start()
-        for t in workers:
-            t.join()
-        done.set()
-        r.join()
-        expected = threads * updates * size
-        out[mode] = {"lost_updates": 1 - float(w.double().sum()) / expected,
-                     "torn_snapshots": torn[0] / max(snaps[0], 1), "snapshots": snaps[0],
-                     "seconds": time.perf_counter() - start}
-    return out
-
-
