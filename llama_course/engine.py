@@ -29,6 +29,7 @@ from torch import nn
 
 from llama_course.coordination.load_balancing import LoadBalancedPlan
 from llama_course.coordination.parameter_server import ParameterServerSync
+from llama_course.coordination.parameter_server_comm import Heartbeats
 from llama_course.coordination.sync_async import LocalSGDSync
 from llama_course.core.distributed import Context
 from llama_course.core.engine_protocol import EngineParts
@@ -65,8 +66,8 @@ def engine_name(cfg) -> str:
     return "single"
 
 
-def engine_parts(cfg, ctx: Context) -> EngineParts:
-    """The pieces of this config's engine."""
+def engine_parts(cfg, ctx: Context, heartbeats: Heartbeats = Heartbeats()) -> EngineParts:
+    """The pieces of this config's engine (`heartbeats`: a parameter-server worker's failure detection)."""
     p = cfg.parallel
     refuse_unsupported(cfg)
     plan = LoadBalancedPlan(cfg, ctx) if cfg.load_balance.policy in ("dynamic_batch", "backup_workers") \
@@ -75,19 +76,22 @@ def engine_parts(cfg, ctx: Context) -> EngineParts:
     if p.pp > 1:
         schedule = PipelineSchedule(cfg, ctx) if p.implementation == "course" else TorchPipelineSchedule(cfg, ctx)
     return EngineParts(name=engine_name(cfg), transforms=model_transforms(cfg, ctx), schedule=schedule,
-                       sync=gradient_sync(cfg, ctx, plan), plan=plan)
+                       sync=gradient_sync(cfg, ctx, plan, heartbeats), plan=plan)
 
 
-def gradient_sync(cfg, ctx: Context, plan):
+def gradient_sync(cfg, ctx: Context, plan, heartbeats: Heartbeats = Heartbeats()):
     """The gradient sync of a config (None: the single replica's, no communication)."""
     p = cfg.parallel
     if p.strategy == "parameter_server":
-        return ParameterServerSync(cfg, ctx)
+        return ParameterServerSync(cfg, ctx, heartbeats)
     if p.sync == "local_sgd":
         return LocalSGDSync(cfg, ctx)
     if p.dp == 1 and p.zero_stage == 0:
         return None
-    deferred = plan is not None and plan.deferred
+    # reduce only after backward when a gradient changes after it or a rank may compute nothing: a
+    # load-balanced plan (a share of 0 sequences, a late backup worker weighted 0), or sequence
+    # parallelism, which sums the norms' gradients over tp first
+    deferred = plan is not None or p.tp > 1 and p.sequence_parallel
     if p.implementation == "course":
         return DataParallelSync(cfg, ctx, build_compressor(cfg), deferred)
     if p.zero_stage >= 1:
@@ -125,9 +129,10 @@ def refuse_unsupported(cfg) -> None:
                           "(use fp16/bf16, or zero_stage 0)")
 
 
-def build_engine(cfg, ctx: Context, model: nn.Module, tracer: Tracer | None = None) -> Engine:
+def build_engine(cfg, ctx: Context, model: nn.Module, tracer: Tracer | None = None,
+                 heartbeats: Heartbeats = Heartbeats()) -> Engine:
     """The engine for this config."""
-    return Engine(cfg, ctx, model, tracer, engine_parts(cfg, ctx))
+    return Engine(cfg, ctx, model, tracer, engine_parts(cfg, ctx, heartbeats))
 
 
 def barrier(ctx: Context) -> None:

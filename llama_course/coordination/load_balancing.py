@@ -73,11 +73,6 @@ class LoadBalancedPlan(BatchPlan):
         self.step_index = 0
         self.shares_log: list = []
 
-    @property
-    def deferred(self) -> bool:
-        """Whether the gradient's weight is known only after backward (the sync must wait for it)."""
-        return self.policy == "backup_workers"
-
     def batches(self, engine, sampler, sequences, step: int) -> list:
         if self.policy != "dynamic_batch":
             return super().batches(engine, sampler, sequences, step)

@@ -58,34 +58,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from llama_course.core.distributed import default_timeout
 from llama_course.core.engine_protocol import GradientSync
 from llama_course.parallel import collectives as C
-
-
-class Unit:
-    """Parameters flattened into one buffer: a gradient bucket (stages 0-2) or one layer (stage 3).
-    Rank r owns elements [lo, hi) = chunk r of the flat buffer (collectives.chunk_range)."""
-
-    def __init__(self, index: int, params: list, n_ranks: int, rank: int):
-        self.index, self.params = index, params
-        self.offsets, o = [], 0
-        for p in params:
-            self.offsets.append(o)
-            o += p.numel()
-        self.numel = o
-        self.lo, self.hi = C.chunk_range(o, n_ranks, rank)
-        self.layout = [(off, tuple(p.shape)) for off, p in zip(self.offsets, params)]
-        self.dtype, self.device = params[0].dtype, params[0].device
-        self.flat = self.shard = self.grad_flat = self.grad_shard = None
-        self.ready: set = set()          # ids of params whose gradient of this backward has arrived
-        self.launched = self.packed = False
-        self.unused: set = set()          # ids of params no rank used this step (grad stays None)
-        self.gathered = True
-
-    def slices(self):
-        for p, off in zip(self.params, self.offsets):
-            yield p, off, off + p.numel()
+from llama_course.parallel.data_parallel_comm import Unit, _copy_of_dp_group, bucket_plan
 
 
 class DataParallelSync(GradientSync):
@@ -149,20 +124,8 @@ class DataParallelSync(GradientSync):
             optimizer.layer_norms = self._layer_norms
 
     def _buckets(self, trainable: list) -> list:
-        """Reverse registration order ~ the order backward produces gradients; ~bucket_mb each (0: per tensor).
-        The first bucket is at most 1 MiB, as in DDP, so communication starts early in backward."""
-        cap = self.cfg.parallel.bucket_mb * 2**20
-        units, current, size = [], [], 0
-        for q in reversed(trainable):
-            limit = min(cap, 2**20) if not units else cap
-            if current and (cap <= 0 or size + q.numel() * q.element_size() > limit):
-                units.append(current)
-                current, size = [], 0
-            current.append(q)
-            size += q.numel() * q.element_size()
-        if current:
-            units.append(current)
-        return [Unit(i, ps, self.n_ranks, self.rank) for i, ps in enumerate(units)]
+        return [Unit(i, ps, self.n_ranks, self.rank)
+                for i, ps in enumerate(bucket_plan(trainable, self.cfg.parallel.bucket_mb))]
 
     def _layer_units(self, model: nn.Module, trainable: list) -> list:
         """ZeRO-3: one unit per transformer block (last block first) and a root unit for the rest."""
@@ -300,9 +263,10 @@ class DataParallelSync(GradientSync):
 
     def reduce(self) -> None:
         # parameters that never fired this backward: gradient from earlier micro-batches, or unused (zeros)
+        unused = self._unused_everywhere() if self.deferred else None
         for u in self.units:
             if not u.launched and not u.packed:
-                u.unused = {id(q) for q in u.params if q.grad is None}
+                u.unused = {id(q) for q in u.params if q.grad is None} if unused is None else unused & set(u.ids)
                 self._pack(u)
             if self.stage == 3 and u.gathered:
                 self._free(u)
@@ -317,6 +281,16 @@ class DataParallelSync(GradientSync):
         for piece, u, q, a in self.pieces:
             piece.grad = None if id(q) in u.unused else (
                 u.grad_flat[a:a + piece.numel()] if self.stage == 1 else u.grad_shard[a - u.lo: a - u.lo + piece.numel()])
+
+    def _unused_everywhere(self) -> set:
+        """Ids of the parameters no rank of the dp group gave a gradient this step (one all-reduce of a flag
+        per parameter). A deferred reduction may follow a rank that computed nothing (a load-balanced share
+        of 0 sequences, an abandoned backup worker): its missing gradients are zeros, not 'unused'."""
+        params = [q for u in self.units for q in u.params]
+        used = torch.tensor([float(q.grad is not None) for q in params], device=self.ctx.device)
+        if self.n_ranks > 1:
+            dist.all_reduce(used, op=dist.ReduceOp.MAX, group=self.group)
+        return {id(q) for q, flag in zip(params, used.tolist()) if not flag}
 
     # ---- what the optimizer reads, norms, the step ---------------------------------------------------
     def grads(self) -> list:
@@ -417,16 +391,3 @@ class DataParallelSync(GradientSync):
                 [u.grad_shard for u in self.units]
         state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
         return {"params": total(params), "grads": total(grads), "optimizer": total(state)}
-
-
-def _copy_of_dp_group(ctx):
-    """A second process group over this rank's dp group (every rank creates every dp group, in order)."""
-    dp, tp, pp = ctx.dp, ctx.tp, ctx.pp
-    mine = None
-    for p in range(pp):
-        for t in range(tp):
-            ranks = [(p * dp + d) * tp + t for d in range(dp)]
-            group = dist.new_group(ranks, timeout=default_timeout())
-            if ctx.rank in ranks:
-                mine = group
-    return mine

@@ -59,7 +59,10 @@ class DDPSync(GradientSync):
         if p.compression == "powersgd":
             self.hook_state = powerSGD_hook.PowerSGDState(group, matrix_approximation_rank=p.powersgd_rank,
                                                           start_powerSGD_iter=2, random_seed=self.cfg.training.seed)
-            self.ddp.register_comm_hook(self.hook_state, powerSGD_hook.powerSGD_hook)
+            hook = powerSGD_hook.powerSGD_hook
+            if ctx.backend == "gloo":       # its callbacks issue all-reduces from gloo's threads while the next
+                hook = _one_at_a_time(hook)  # bucket's hook issues its own: the order would differ by rank
+            self.ddp.register_comm_hook(self.hook_state, hook)
         elif p.compression in ("fp16", "bf16") or p.compression == "none" and reduce_dtype in ("fp16", "bf16"):
             kind = p.compression if p.compression != "none" else reduce_dtype
             hook = default_hooks.fp16_compress_hook if kind == "fp16" else default_hooks.bf16_compress_hook
@@ -85,29 +88,21 @@ class DDPSync(GradientSync):
     def metrics(self) -> dict:
         return {"bytes_sent": self.wire.take()} if self.cfg.parallel.compression == "topk" else {}
 
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        state["compression"] = self.compressor.state_dict()
-        if self.hook_state is not None:       # PowerSGD's error feedback, warm-started Q and iteration
-            state["comm_hook"] = {k: getattr(self.hook_state, k) for k in self.hook_state.__slots__
-                                  if k != "process_group"}
-        return state
+    # No compression state in checkpoints: DDP puts every parameter in one bucket for its first iteration
+    # and rebuilds the buckets after it, in every process, so hook state keyed by bucket (error feedback,
+    # PowerSGD's Q) cannot carry over a restart: a resumed DDP run starts its compression afresh. The
+    # course's engines (data_parallel.py) and TorchAllReduceSync keep theirs and resume bit-exactly (except
+    # under DTensor tensor parallelism: its DCP checkpoints carry the model and the optimizer only).
 
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.compressor.load_state_dict(state.get("compression", {}))
-        for k, v in state.get("comm_hook", {}).items():
-            setattr(self.hook_state, k, v)
 
-    def checkpoint_writer(self) -> bool:
-        return self.ctx.dp_rank == 0 or self.per_rank_state()
-
-    def checkpoint_source_rank(self) -> int:
-        return self.ctx.rank if self.per_rank_state() else super().checkpoint_source_rank()
-
-    def per_rank_state(self) -> bool:
-        """Error feedback is each rank's own: every rank saves and reloads its state."""
-        return self.cfg.parallel.compression in ("topk", "powersgd")
+def _one_at_a_time(hook):
+    """A comm hook that finishes (callbacks included) before DDP calls the next one."""
+    def run(state, bucket):
+        result = hook(state, bucket).wait()
+        fut = torch.futures.Future()
+        fut.set_result(result)
+        return fut
+    return run
 
 
 class FSDP2Sync(GradientSync):
