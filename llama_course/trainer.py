@@ -42,11 +42,13 @@ from llama_course.coordination.fault_tolerance import FailureDetector, inject_na
 from llama_course.coordination.parameter_server import serve, server_ranks
 from llama_course.coordination.parameter_server_comm import Heartbeats
 from llama_course.core import checkpoint as ckpt
+from llama_course.core import wire
 from llama_course.core.data import BatchSampler, load_tokens, pack, val_batches
-from llama_course.core.distributed import cleanup, init_distributed
+from llama_course.core.distributed import cleanup, init_distributed, launcher_env
 from llama_course.core.launch import free_port, torchrun, under_launcher  # noqa: F401  (tests use free_port)
 from llama_course.core.model import build_model
 from llama_course.core.optimizers import lr_at
+from llama_course.core.preflight import banner, check_run
 from llama_course.core.profiling import Tracer, write_trace
 from llama_course.engine import NonFiniteError, build_engine
 from simulator.config import ConfigError, load_config
@@ -141,7 +143,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
 
         start = 0
         if checkpoint_dir:
-            latest = ckpt.find_latest(checkpoint_dir, log=_log_main(ctx))
+            latest = ckpt.resume_point(checkpoint_dir, log=_log_main(ctx))
             if latest is not None:
                 start = ckpt.restore(latest, ctx, engine)["step"]
                 if ctx.is_main and not quiet:
@@ -159,13 +161,16 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
         kills = [k for k in cfg.faults.kill if k["rank"] == ctx.rank]
         every = cfg.checkpoint.every_steps
         kill_at = tuple(run.kill_in_checkpoint) if run.kill_in_checkpoint else None
+        wire.install()
+        comm_log = []                 # this rank's bytes by kind, one dict per step (docs/design.md: comm_bytes)
         try:
             for step in range(start, cfg.training.steps):
                 n = step + 1
                 if ctx.restart_count == 0 and any(k["step"] == n for k in kills):
                     print(f"faults.kill: rank {ctx.rank} killed at step {n}", file=sys.stderr, flush=True)
                     os.kill(os.getpid(), signal.SIGKILL)
-                batches = engine.batches_for_step(sampler, train_seqs, step)
+                with wire.recording() as fetch_log:     # bytes this rank hands to torch.distributed this step
+                    batches = engine.batches_for_step(sampler, train_seqs, step)
                 lr = lr_at(step, cfg)
                 if trace_path and step <= cfg.training.steps - run.trace_steps:
                     tracer.clear()            # keep the last trace_steps steps: steady state, small files
@@ -174,7 +179,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                 t0 = time.perf_counter()
                 if detector:
                     detector.arrive(n)
-                with inject_nan(engine, n == cfg.faults.nan_step):
+                with inject_nan(engine, n == cfg.faults.nan_step), wire.recording() as step_log:
                     try:
                         out = engine.train_step(batches, lr)
                     except RuntimeError as e:
@@ -184,10 +189,12 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                 if sync:
                     sync()
                 dt = time.perf_counter() - t0
+                comm_log.append({k: fetch_log.bytes_by_kind()[k] + v for k, v in step_log.bytes_by_kind().items()})
                 tokens_s = cfg.tokens_per_step / dt
                 rec = {"step": n, "loss": out["loss"], "tokens_per_s": tokens_s, "step_time_s": dt, "lr": lr,
                        "grad_norm": out["grad_norm"], "peak_memory_bytes": peak_memory_bytes(ctx.device),
-                       "mfu": flops_per_token * tokens_s / (devices * peak) if peak else None}
+                       "mfu": flops_per_token * tokens_s / (devices * peak) if peak else None,
+                       "comm_bytes": comm_log[-1]}
                 if out.get("skipped"):
                     rec["skipped"] = True
                 for key in ("staleness", "bytes_sent", "torn_pulls", "loss_scale"):
@@ -216,7 +223,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                 metrics_file.close()
         engine.close()                                # a parameter-server worker says goodbye to the servers
         if trace_path:
-            _write_traces(trace_path, ctx, tracer)
+            _write_traces(trace_path, ctx, tracer, comm_log)
         return records
     finally:
         cleanup()
@@ -238,8 +245,10 @@ def _log_main(ctx):
     return (lambda msg: print(msg, file=sys.stderr, flush=True)) if ctx.is_main else (lambda msg: None)
 
 
-def _write_traces(path, ctx, tracer) -> None:
-    events = tracer.events
+def _write_traces(path, ctx, tracer, comm_log: list) -> None:
+    """Every training rank's spans in one Chrome trace; its metadata holds `comm_bytes`,
+    `[rank][step] -> bytes by kind`, as the wire recorder counted them (compare reads it)."""
+    events, comm = tracer.events, [comm_log]
     # the ranks that train: everyone, or the workers of a parameter-server run (servers have returned)
     group = ctx.dp_group if ctx.world_size > ctx.dp * ctx.tp * ctx.pp else None
     size = dist.get_world_size(group) if ctx.world_size > 1 else 1
@@ -247,10 +256,11 @@ def _write_traces(path, ctx, tracer) -> None:
         gathered = [None] * size
         with warnings.catch_warnings():          # torch warns about its own gloo backend object here
             warnings.simplefilter("ignore", UserWarning)
-            dist.all_gather_object(gathered, events, group=group)
-        events = [e for rank_events in gathered for e in rank_events]
+            dist.all_gather_object(gathered, (events, comm_log), group=group)
+        events = [e for rank_events, _ in gathered for e in rank_events]
+        comm = [rank_comm for _, rank_comm in gathered]
     if ctx.is_main:
-        write_trace(path, events, {"source": "measured"})
+        write_trace(path, events, {"source": "measured", "comm_bytes": comm})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,7 +318,8 @@ def launch_run(cfg, run: Run) -> int:
         path = os.path.join(tmp, "run.yaml")
         with open(path, "w") as f:            # YAML keeps faults.slow's integer keys
             yaml.safe_dump({"config": cfg.to_dict(), "run": asdict(run)}, f)
-        code = torchrun(["-m", "llama_course.trainer", "--run-file", path], cfg.world_size, run.max_restarts)
+        code = torchrun(["-m", "llama_course.trainer", "--run-file", path], cfg.world_size, run.max_restarts,
+                        {**os.environ, **launcher_env(cfg.world_size)})     # fewer GPUs than processes: CPU
     if code:
         print(f"error: training failed (exit code {code}); see the worker output above", file=sys.stderr)
     return code
@@ -342,7 +353,21 @@ def cli(args) -> int:
               trace=_absolute(args.trace), trace_steps=args.trace_steps, quiet=args.quiet,
               max_restarts=args.max_restarts)
     if under_launcher():                      # torchrun -m llama_course train CONFIG (many nodes)
+        if os.environ.get("RANK") == "0" and not args.quiet:
+            print(banner(cfg, int(os.environ["WORLD_SIZE"])), flush=True)
         return worker_main(cfg, run)
+    return checked_launch(cfg, run, getattr(args, "fresh", False), getattr(args, "allow_noop", False))
+
+
+def checked_launch(cfg, run: Run, fresh: bool = False, allow_noop: bool = False) -> int:
+    """core/preflight's checks (one-line errors before any process starts; `fresh` sets old checkpoints
+    aside), the banner, then launch_run. The CLI and train() both start here."""
+    start = check_run(cfg, run.metrics, run.trace, run.checkpoint_dir, fresh, allow_noop)
+    if start >= cfg.training.steps:           # --allow-noop
+        print(f"nothing to train: {run.checkpoint_dir} is at step {start}, training.steps is {cfg.training.steps}")
+        return 0
+    if not run.quiet:
+        print(banner(cfg, cfg.world_size, start), flush=True)
     return launch_run(cfg, run)
 
 
@@ -357,7 +382,7 @@ def train(config=None, overrides=(), nproc=None, metrics=None, checkpoint_dir=No
     run = Run(metrics=_absolute(metrics), checkpoint_dir=_absolute(checkpoint_dir), trace=_absolute(trace),
               trace_steps=trace_steps, quiet=quiet, max_restarts=max_restarts,
               kill_in_checkpoint=list(kill_in_checkpoint) if kill_in_checkpoint else None)
-    code = launch_run(cfg, run)
+    code = checked_launch(cfg, run)
     if code:
         raise RuntimeError(f"training failed with exit code {code}")
     with open(metrics) as f:

@@ -67,17 +67,22 @@ def ps_sgd_round(weights, grad, lr, server=0, group=None):
     me = dist.get_rank(group)
     to_global = (lambda r: r) if group is None else (lambda r: dist.get_global_rank(group, r))
     workers = [r for r in range(n) if r != server]
+
+    def p2p(op, tensor, peer):                              # one message as a batch of one (NCCL's rules)
+        for work in dist.batch_isend_irecv([dist.P2POp(op, tensor, peer)]):
+            work.wait()
+
     if me == server:
         total = torch.zeros_like(weights)
         buf = torch.empty_like(weights)
         for r in workers:                                   # push: one gradient from every worker
-            dist.recv(buf, src=to_global(r))
+            p2p(dist.irecv, buf, to_global(r))
             total += buf
         new = weights - lr * total / len(workers)
         for r in workers:                                   # pull: the new weights to every worker
-            dist.send(new, dst=to_global(r))
+            p2p(dist.isend, new, to_global(r))
         return new
-    dist.send(grad.contiguous(), dst=to_global(server))
+    p2p(dist.isend, grad.contiguous(), to_global(server))
     new = torch.empty_like(weights)
-    dist.recv(new, src=to_global(server))
+    p2p(dist.irecv, new, to_global(server))
     return new

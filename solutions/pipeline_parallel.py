@@ -84,7 +84,8 @@ def pipeline_step(stage, inputs: list, targets: list, rank: int, world_size: int
     activation (float32, `shape`) from rank - 1 and mark it requires_grad; the last rank computes
     loss_fn(out, targets[i]) / m. Backward: the last rank backpropagates its loss; the others receive
     d(out) from rank + 1 and call out.backward(grad); every rank but 0 sends the gradient of its input back.
-    Sends are isend (waited at the end), receives blocking. Returns the sum of the m losses on the last
+    Sends are held and posted with the next task's receive in one batch_isend_irecv (Megatron's
+    send_forward_recv_backward), the last ones at the end. Returns the sum of the m losses on the last
     rank, 0.0 elsewhere.
     """
     import torch
@@ -94,33 +95,39 @@ def pipeline_step(stage, inputs: list, targets: list, rank: int, world_size: int
     first, last = rank == 0, rank == world_size - 1
     held_in, held_out, pending = {}, {}, []
     total = 0.0
+
+    def exchange(recv=None):                                # held sends + this task's receive, one batch
+        ops = pending + ([recv] if recv else [])
+        pending.clear()
+        for work in dist.batch_isend_irecv(ops) if ops else []:
+            work.wait()
+
     for kind, i in one_f_one_b_order(world_size, m, rank):
         if kind == "F":
             if first:
+                exchange()
                 x = inputs[i]
             else:
                 x = torch.empty(shape)
-                dist.recv(x, src=rank - 1)
+                exchange(dist.P2POp(dist.irecv, x, rank - 1))
                 x.requires_grad_()
             out = stage(x)
             if last:
                 out = loss_fn(out, targets[i]) / m
                 total += float(out) * m
             else:
-                msg = out.detach().contiguous()
-                pending.append((dist.isend(msg, dst=rank + 1), msg))      # keep the buffer until waited
+                pending.append(dist.P2POp(dist.isend, out.detach().contiguous(), rank + 1))
             held_in[i], held_out[i] = x, out
         else:
             x, out = held_in.pop(i), held_out.pop(i)
             if last:
+                exchange()
                 out.backward()
             else:
                 grad = torch.empty(shape)
-                dist.recv(grad, src=rank + 1)
+                exchange(dist.P2POp(dist.irecv, grad, rank + 1))
                 out.backward(grad)
             if not first:
-                msg = x.grad.contiguous()
-                pending.append((dist.isend(msg, dst=rank - 1), msg))
-    for work, _ in pending:
-        work.wait()
+                pending.append(dist.P2POp(dist.isend, x.grad.contiguous(), rank - 1))
+    exchange()
     return total

@@ -78,13 +78,16 @@ def ps_sgd_round(weights, grad, lr: float, server: int = 0, group=None):
 
     Every rank of the group calls this at once. `server` (a rank of the group) owns the weights; every other
     rank is a worker with its own gradient `grad` (same shape as `weights`; the server's `grad` is
-    ignored). Workers push their gradients to the server (`dist.send`), the server receives one from every
-    worker (`dist.recv(buf, src=...)`), averages them over the workers, steps w <- w - lr x mean, and sends
+    ignored). Workers push their gradients to the server, the server receives one from every worker,
+    averages them over the workers, steps w <- w - lr x mean, and sends
     the new weights back to every worker (the pull). Return the new weights on every rank (a new tensor;
     the server's copy and every worker's copy must be identical).
 
     Only point-to-point calls are allowed (the collectives are switched off in the graded test: that is
     the difference between a parameter server and all-reduce). `group=None` is the default group; with a
-    group, pass global ranks to send/recv (`dist.get_global_rank(group, r)`).
+    group, pass global ranks to send/recv (`dist.get_global_rank(group, r)`). Send and receive as NCCL
+    wants (the graded test runs in strict mode, llama_course/core/wire.py): each message through
+    `dist.batch_isend_irecv([dist.P2POp(dist.isend, tensor, peer)])` (or `dist.irecv`), waiting for the
+    requests it returns; a batch of one is fine where only one side sends.
     """
     raise NotImplementedError("Exercise 7.5: ps_sgd_round")

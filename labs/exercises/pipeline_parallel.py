@@ -72,8 +72,12 @@ def pipeline_step(stage, inputs: list, targets: list, rank: int, world_size: int
     Gradients accumulate in the stage's parameters (do not zero them). Return the sum of the m losses
     (not divided by m) on the last rank and 0.0 on the others.
 
-    Use dist.isend for sends (keep each tensor and its work handle; wait for all of them at the end) and
-    dist.recv for receives: why would a blocking send deadlock 1F1B? On every link the messages of one kind
-    arrive in the order they are sent, so no tags are needed.
+    Pair sends with receives as Megatron-LM does (the graded test runs in strict mode, NCCL's rules on
+    gloo: llama_course/core/wire.py): hold each send as a `dist.P2POp(dist.isend, tensor, peer)`; before
+    every task post the held sends together with that task's receive (if any) in one
+    `dist.batch_isend_irecv(ops)` and wait for its requests; post what is still held at the end. Why does
+    sending each message on its own deadlock 1F1B on NCCL (p = 2, m = 4: after F1 rank 0 sends F1 while
+    rank 1, after B0, sends B0)? On every link the messages arrive in the order they are sent, so no tags
+    are needed.
     """
     raise NotImplementedError("Exercise 5.5: pipeline_step")

@@ -153,7 +153,7 @@ class QuorumSync(GradientSync):
             offset += q.numel()
 
     def mean_loss(self, local: float) -> float:
-        t = torch.tensor([local], dtype=torch.float32)
+        t = torch.tensor([local], dtype=torch.float32, device=self.engine.ctx.device)   # beside the gradients
         return float(self._sum(t)) / self.size
 
     def _sum(self, t: torch.Tensor) -> torch.Tensor:

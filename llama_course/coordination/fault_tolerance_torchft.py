@@ -124,7 +124,7 @@ class TorchftSync(GradientSync):
             offset += q.numel()
 
     def mean_loss(self, local: float) -> float:
-        t = torch.tensor([local], dtype=torch.float32)
+        t = torch.tensor([local], dtype=torch.float32, device=self.engine.ctx.device)   # beside the gradients
         self.manager.allreduce(t).wait()
         return float(t)
 

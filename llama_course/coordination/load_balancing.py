@@ -76,10 +76,10 @@ class LoadBalancedPlan(BatchPlan):
     def batches(self, engine, sampler, sequences, step: int) -> list:
         if self.policy != "dynamic_batch":
             return super().batches(engine, sampler, sequences, step)
-        speeds = torch.zeros(self.ctx.dp, dtype=torch.float64)
+        speeds = torch.zeros(self.ctx.dp, dtype=torch.float64, device=self.ctx.device)   # NCCL: on the GPU
         speeds[self.ctx.dp_rank] = self.speed
         dist.all_reduce(speeds, group=self.ctx.dp_group)
-        self.weights_of_ranks = speeds.numpy()
+        self.weights_of_ranks = speeds.cpu().numpy()
         shares = sampler.shares(step, self.weights_of_ranks)
         self.shares_log.append([len(s) for s in shares])
         mine = shares[self.ctx.dp_rank]
@@ -183,7 +183,7 @@ def _time_work(model, work: list) -> float:
     vocab = model.output.weight.shape[0] if hasattr(model, "output") else 512
     start = time.perf_counter()
     for b, n in work:
-        x = torch.randint(0, vocab, (b, max(n, 2)))
+        x = torch.randint(0, vocab, (b, max(n, 2)), device=next(model.parameters()).device)
         logits = model(x)
         logits.float().mean().backward()
     model.zero_grad(set_to_none=True)

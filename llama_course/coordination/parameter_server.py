@@ -10,6 +10,9 @@ The parameters are split tensor by tensor over k servers by a size-balanced assi
 server's link carries f_j of the traffic; the largest tensor (the embedding) bounds how even it can be.
 Transport is `torch.distributed.rpc` (TensorPipe; 1-3 ms a round trip on CPU): each push is one
 `rpc_async` per server, and the reply carries the updated shard back, so push and pull are one round trip.
+Tensors cross RPC on CPU, staged explicitly: a worker pushes `g.cpu()`, a server moves them to its
+shard's device (the engine's: a GPU under NCCL), updates there, all-reduces its norm over the server group
+there, and replies with CPU copies; TensorPipe then needs no device maps (strict mode checks it).
 
 Cost per step (g bytes per gradient, e per weight; simulator/parameter_server.py times it):
 worker sends Psi g and receives Psi e; server j receives N f_j Psi g and sends N f_j Psi e; server j stores
@@ -74,11 +77,16 @@ from simulator.parameter_server import assign_shards
 class ShardServer(comm.Membership):
     """One server: its tensors of the model, their optimizer, the version counter and the sync rule."""
 
-    def __init__(self, cfg, model, index: int, owner: list, n_workers: int, server_group, dead_after_s: float = 5.0):
+    def __init__(self, cfg, model, index: int, owner: list, n_workers: int, server_group, dead_after_s: float = 5.0,
+                 device=None):
         p = cfg.parallel
         self.cfg, self.index, self.n_workers, self.group = cfg, index, n_workers, server_group
+        self.device = torch.device(device or "cpu")
+        """The engine's device: the shard, its optimizer and the servers' all-reduce live there; tensors
+        cross RPC on CPU (pushed gradients arrive as CPU tensors, replies carry CPU copies)."""
         named = [(n, q) for n, q in model.named_parameters()]
-        self.params = [torch.nn.Parameter(q.detach().clone()) for (n, q), j in zip(named, owner) if j == index]
+        self.params = [torch.nn.Parameter(q.detach().to(self.device, copy=True))
+                       for (n, q), j in zip(named, owner) if j == index]
         decay = [q for q in self.params if q.dim() >= 2]
         no_decay = [q for q in self.params if q.dim() < 2]
         groups = [{"params": decay, "weight_decay": cfg.training.weight_decay},
@@ -104,6 +112,7 @@ class ShardServer(comm.Membership):
     # ---- pushes -----------------------------------------------------------------------------------
     def push(self, worker: int, version: int, grads: list, norm: float, loss: float, lr: float):
         fut = torch.futures.Future()
+        grads = [g.to(self.device) for g in grads]            # from CPU (RPC) to the shard's device
         self.monitor.beat(worker)
         if self.sync == "bsp":
             with self.lock:
@@ -134,7 +143,8 @@ class ShardServer(comm.Membership):
         summed = [torch.stack([g[i] for g in grads]).sum(0) if len(grads) > 1 else grads[0][i]
                   for i in range(len(grads[0]))]
         agg = [s / len(workers) for s in summed] if self.aggregation != "sum" else summed
-        sq = torch.tensor([float(sum(a.double().pow(2).sum() for a in agg))], dtype=torch.float64)
+        sq = torch.tensor([float(sum(a.double().pow(2).sum() for a in agg))], dtype=torch.float64,
+                          device=self.device)                # the server group's all-reduce: NCCL on GPUs
         if self.group is not None:
             dist.all_reduce(sq, group=self.group)
         norm = float(sq.sqrt())
@@ -187,7 +197,7 @@ class ShardServer(comm.Membership):
 
     def _reply(self, norm: float, loss: float, stale: int) -> tuple:
         self.torn_pulls += int(self.in_flight > 0)        # another push is mid-update: a mixed snapshot
-        weights = [q.detach().clone() for q in self.params]
+        weights = [q.detach().to("cpu", copy=True) for q in self.params]      # replies cross RPC on CPU
         return (self.version, weights, norm, loss, stale, self.torn_pulls)
 
     def _release_parked(self) -> None:
@@ -218,7 +228,9 @@ class ShardServer(comm.Membership):
                     q.copy_(w)
             if self.optimizer is not None:
                 self.optimizer.load_state_dict(state["optimizer"])
-            self.version, self.ema, self.momentum = state["version"], state["ema"], state["momentum"]
+            self.version = state["version"]
+            self.ema = comm.to_device(state["ema"], self.device)
+            self.momentum = comm.to_device(state["momentum"], self.device)
             self.clocks.clock.update({int(w): c for w, c in state["clock"].items()})
             self.staleness = {int(s): c for s, c in state["staleness"].items()}
 
@@ -241,7 +253,7 @@ def serve(cfg, ctx, model, heartbeats: Heartbeats = Heartbeats()) -> None:
     p = cfg.parallel
     owner = assign_shards([q.numel() for q in model.parameters()], p.num_servers)
     server = comm.SERVER[0] = ShardServer(cfg, model, ctx.rank - p.dp, owner, p.dp, _server_group(cfg),
-                                          heartbeats.dead_after_s)
+                                          heartbeats.dead_after_s, ctx.device)
     comm.init_rpc(f"server{ctx.rank - p.dp}", ctx.rank, ctx.world_size)
     stop = threading.Event()
 
@@ -295,8 +307,8 @@ class ParameterServerSync(GradientSync):
         params = list(self.engine.base_model.parameters())
         grads = [q.grad if q.grad is not None else torch.zeros_like(q) for q in params]
         with self.engine.tracer.span("push", "comm"):
-            futures = [rpc.rpc_async(f"server{j}", comm.push, args=(
-                self.ctx.rank, self.versions[j], [g for g, o in zip(grads, self.owner) if o == j], norm,
+            futures = [rpc.rpc_async(f"server{j}", comm.push, args=(     # gradients staged through CPU
+                self.ctx.rank, self.versions[j], [g.cpu() for g, o in zip(grads, self.owner) if o == j], norm,
                 self.local_loss, lr)) for j in range(self.k)]
             replies = [f.wait() for f in futures]
         with torch.no_grad():
@@ -362,7 +374,7 @@ class ParameterServerSync(GradientSync):
         self.versions = list(state["versions"])
         if self.ctx.rank == 0:
             for j, server_state in enumerate(state["servers"]):
-                rpc.rpc_sync(f"server{j}", comm.set_state, args=(server_state,))
+                rpc.rpc_sync(f"server{j}", comm.set_state, args=(comm.to_device(server_state, "cpu"),))
         if self.n_workers > 1:
             dist.barrier(group=self.ctx.dp_group)
 

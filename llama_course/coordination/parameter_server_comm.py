@@ -143,7 +143,7 @@ def staleness():
 
 
 def get_state():
-    return SERVER[0].state_dict()
+    return to_device(SERVER[0].state_dict(), "cpu")              # the reply crosses RPC on CPU
 
 
 def set_state(state):
@@ -184,7 +184,7 @@ def lock_free_cost(threads: int = 2, updates: int = 200, size: int = 1 << 18) ->
     snapshots that mix two versions (torn reads), and the time taken."""
     out = {}
     for mode in ("lock", "lock_free"):
-        w = torch.zeros(size)
+        w = torch.zeros(size, device="cpu")
         lock = threading.Lock() if mode == "lock" else None
         torn, snaps = [0], [0]
         done = threading.Event()
@@ -218,3 +218,12 @@ def lock_free_cost(threads: int = 2, updates: int = 200, size: int = 1 << 18) ->
     return out
 
 
+def to_device(obj, device):
+    """`obj` with every tensor inside (dicts, lists, tuples) moved to `device`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj

@@ -61,6 +61,7 @@ from torch import nn
 from llama_course.core.engine_protocol import GradientSync
 from llama_course.parallel import collectives as C
 from llama_course.parallel.data_parallel_comm import Unit, _copy_of_dp_group, bucket_plan
+from simulator import spec
 
 
 class DataParallelSync(GradientSync):
@@ -74,7 +75,7 @@ class DataParallelSync(GradientSync):
         p = cfg.parallel
         self.cfg, self.ctx, self.compressor = cfg, ctx, compressor
         self.stage, self.group = p.zero_stage, ctx.dp_group
-        self.span = "all_reduce" if self.stage <= 1 else "reduce_scatter"
+        self.span = spec.gradient_sync_event(self.stage)
         self.deferred = deferred                           # reduce only after backward (a plan drops gradients)
         self.overlap = p.overlap and (p.bucket_mb > 0 or self.stage == 3) and not deferred
         self.wire = C.WireCounter()

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from llama_course.core.distributed import default_timeout
 from llama_course.parallel import collectives as C
+from simulator import spec
 
 
 class Unit:
@@ -48,29 +49,19 @@ class Unit:
 
 
 def bucket_plan(trainable: list, bucket_mb: float) -> list:
-    """Lists of parameters, one per bucket, in the order backward produces their gradients."""
-    cap = bucket_mb * 2**20
-    units, current, size = [], [], 0
-    for q in reversed(trainable):
-        limit = min(cap, 2**20) if not units else cap
-        if current and (cap <= 0 or size + q.numel() * q.element_size() > limit):
-            units.append(current)
-            current, size = [], 0
-        current.append(q)
-        size += q.numel() * q.element_size()
-    if current:
-        units.append(current)
-    return units
+    """Lists of parameters, one per bucket, in the order backward produces their gradients (reverse
+    registration order); ~bucket_mb MiB each (0: per tensor), the first at most 1 MiB, as in DDP: the plan
+    of simulator/spec.py, which the simulator uses."""
+    order = list(reversed(trainable))
+    plan = spec.bucket_plan([q.numel() * q.element_size() for q in order], bucket_mb)
+    return [[order[j] for j in ids] for ids in plan]
 
 
 def _copy_of_dp_group(ctx):
     """A second process group over this rank's dp group (every rank creates every dp group, in order)."""
-    dp, tp, pp = ctx.dp, ctx.tp, ctx.pp
     mine = None
-    for p in range(pp):
-        for t in range(tp):
-            ranks = [(p * dp + d) * tp + t for d in range(dp)]
-            group = dist.new_group(ranks, timeout=default_timeout())
-            if ctx.rank in ranks:
-                mine = group
+    for ranks in spec.groups("dp", ctx.dp, ctx.tp, ctx.pp):
+        group = dist.new_group(ranks, timeout=default_timeout())
+        if ctx.rank in ranks:
+            mine = group
     return mine

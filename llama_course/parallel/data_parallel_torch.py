@@ -35,6 +35,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
+from llama_course.core import wire
 from llama_course.core.distributed import device_mesh
 from llama_course.core.engine_protocol import GradientSync
 from llama_course.core.mixed_precision import DTYPES
@@ -69,6 +70,8 @@ class DDPSync(GradientSync):
             self.ddp.register_comm_hook(group, hook)
         elif p.compression == "topk":
             self.ddp.register_comm_hook(group, self._course_hook)
+        else:                       # DDP's own all-reduce through Python (the C++ reducer's is unseen by the
+            wire.watch_ddp(self.ddp)  # wire recorder: compare's comm_bytes and strict mode need to see it)
         return self.ddp
 
     def _course_hook(self, group, bucket):

@@ -46,7 +46,7 @@ def model_transforms(cfg, ctx) -> list:
     out = []
     if p.tp > 1:
         out.append(TensorParallel(ctx, p.sequence_parallel) if p.implementation == "course"
-                   else TorchTensorParallel(ctx, p.sequence_parallel, cfg.model.tie_embeddings))
+                   else TorchTensorParallel(ctx, p.sequence_parallel))
     if p.activation_checkpointing != "none":
         out.append(ActivationCheckpointing(p.activation_checkpointing))
     if p.pp > 1:

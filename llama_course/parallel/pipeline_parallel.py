@@ -54,7 +54,12 @@ from llama_course.parallel.balanced_stages import (  # noqa: F401  (re-exported:
     partition_stages,
     stage_layers,
 )
-from llama_course.parallel.pipeline_parallel_comm import PipelineComm
+from llama_course.parallel.pipeline_parallel_comm import (
+    PipelineComm,
+    p2p_plan,
+    rendezvous_check,
+    schedule_plan,
+)
 from llama_course.parallel.tensor_parallel import vocab_parallel_cross_entropy
 from llama_course.parallel.tensor_parallel_comm import enter_region, split_to_sp
 from simulator.config import ConfigError
@@ -115,9 +120,7 @@ class PipelineSplit(ModelTransform):
     name = "pipeline_parallel"
 
     def __init__(self, cfg, ctx):
-        if cfg.model.tie_embeddings:
-            raise ConfigError("model.tie_embeddings: the runtime pipeline cannot tie an embedding and a head on "
-                              "different stages (pp > 1); set it false")
+        # the capability table refuses tied embeddings here (an embedding and a head on different stages)
         self.cfg, self.ctx = cfg, ctx
 
     def apply(self, model: nn.Module) -> nn.Module:
@@ -143,11 +146,13 @@ def full_name(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# the course's schedule: send/recv task by task
+# the course's schedule: task by task, each task's messages paired in one batch
 # ---------------------------------------------------------------------------------------------
 
 class PipelineSchedule(Schedule):
-    """implementation: course. Runs `schedule_order` task by task on this rank's chunks."""
+    """implementation: course. Runs `schedule_order` task by task on this rank's chunks; before each task
+    one batch posts the sends queued by earlier tasks together with this task's receive
+    (pipeline_parallel_comm.p2p_plan: Megatron's send_forward_recv_backward pairing, which NCCL needs)."""
 
     compute_delay: tuple = (0.0, 0.0)
     """Seconds of sleep per layer in each forward and backward (benchmarks: a noise-free compute stand-in)."""
@@ -159,6 +164,14 @@ class PipelineSchedule(Schedule):
     def attach(self, engine) -> None:
         ctx = self.ctx
         self.comm = PipelineComm(ctx, engine.tracer, ctx.pp * self.v)
+        self._plans: dict = {}
+        if ctx.backend == "nccl" and self.cfg.parallel.implementation == "course":
+            m = self.cfg.grad_accum_steps
+            trouble = rendezvous_check([schedule_plan(self.name, ctx.pp, m, self.v, r) for r in range(ctx.pp)])
+            if trouble:
+                raise ConfigError(f"parallel.schedule: {self.name} with pp {ctx.pp}, vpp {self.v} and {m} "
+                                  f"micro-batches cannot pair its sends on NCCL ({trouble.split(':')[0]}); use "
+                                  "parallel.implementation=torch or another schedule")
         if self.cfg.load_balance.policy == "balanced_stages" and ctx.rank == 0:
             r = balance_report(self.cfg)
             print(f"balanced_stages: naive {r['naive']} slowest {r['naive_slowest']:.3g} FLOP/token, "
@@ -182,17 +195,20 @@ class PipelineSchedule(Schedule):
         chunks = engine.base_model.chunks
         micro_batches = [(x.to(ctx.device), y.to(ctx.device)) for x, y in micro_batches]
         shape = self.activation_shape(micro_batches[0][0])
+        dtype = next(engine.base_model.parameters()).dtype  # activations and gradients cross in it (fp32)
         inputs, outputs, total = {}, {}, torch.zeros((), dtype=torch.float64, device=ctx.device)
         if tracer.enabled and p > 1:
             dist.barrier(group=ctx.pp_group)
         step_start = time.perf_counter()
         n_events = len(tracer.events)
-        for kind, i, c in schedule_order(self.name, p, m, v, r):
+        plan = self.comm_plan(m)                      # sends paired with receives (NCCL's rule)
+        for t, (kind, i, c) in enumerate(schedule_order(self.name, p, m, v, r)):
             k = c * p + r
             x, y = micro_batches[i]
+            self.comm.exchange(plan[t], shape, dtype)
             if kind == "F":
                 if k > 0:
-                    x = self.comm.recv(shape, torch.float32, k - 1, k, "F", i).requires_grad_()
+                    x = self.comm.take(("F", i, k)).requires_grad_()
                     inputs[(i, c)] = x
                 start = time.perf_counter()
                 with tracer.span("forward", "compute", micro_batch=i, chunk=c):
@@ -203,27 +219,33 @@ class PipelineSchedule(Schedule):
                         total += weights[i] * loss.detach().double()
                         out = engine.precision.scale(loss * weights[i])
                     else:
-                        out = out.float()              # stages exchange fp32 activations (autocast may not)
+                        out = out.to(dtype)            # stages exchange activations in the weights' dtype
                     self.delay(chunks[c], False)
                 engine.plan.stretch(engine, time.perf_counter() - start)
                 if k < last_stage:
-                    self.comm.send(out, k + 1, "F", i)
+                    self.comm.queue_send(("F", i, k + 1), out, dtype)
                 outputs[(i, c)] = out
             else:
                 out = outputs.pop((i, c))
-                grad = None if k == last_stage else self.comm.recv(out.shape, out.dtype, k + 1, k, "B", i)
+                grad = None if k == last_stage else self.comm.take(("B", i, k))
                 start = time.perf_counter()
                 with tracer.span("backward", "compute", micro_batch=i, chunk=c):
                     torch.autograd.backward(out, grad)
                     self.delay(chunks[c], True)
                 engine.plan.stretch(engine, time.perf_counter() - start)
                 if k > 0:
-                    self.comm.send(inputs.pop((i, c)).grad, k - 1, "B", i)
-        self.comm.wait_all()
+                    self.comm.queue_send(("B", i, k - 1), inputs.pop((i, c)).grad, dtype)
+        self.comm.exchange(plan[-1], shape, dtype)
         self.record_bubbles(tracer, step_start, n_events)
         if p > 1:
             dist.all_reduce(total, group=ctx.pp_group)        # only the last stage adds non-zero
         return float(total)
+
+    def comm_plan(self, m: int) -> list:
+        """This rank's batches for a step of m micro-batches (pipeline_parallel_comm.p2p_plan), cached."""
+        if m not in self._plans:
+            self._plans[m] = schedule_plan(self.name, self.ctx.pp, m, self.v, self.ctx.pp_rank)
+        return self._plans[m]
 
     def record_bubbles(self, tracer, step_start: float, first_event: int) -> None:
         """Idle gaps between this rank's compute spans, from the step's start, as `bubble` spans."""
@@ -246,20 +268,22 @@ class PipelineSchedule(Schedule):
         total = torch.zeros((), device=ctx.device)
         engine.base_model.eval()
         try:
-            for i, (x, y) in enumerate(batches):
-                x, y = x.to(ctx.device), y.to(ctx.device)
-                h = x
-                for k in range(r, p * v, p):
-                    if k > 0:
-                        h = self.comm.recv(self.activation_shape(x), torch.float32, k - 1, k, "F", i)
-                    with engine.precision.autocast():
-                        h = chunks[k // p](h)
-                    if k == p * v - 1:
-                        loss = chunks[k // p].loss(h, y)
-                        total += (loss.full_tensor() if hasattr(loss, "full_tensor") else loss).float()
-                    else:
-                        self.comm.send(h.float(), k + 1, "F", i)
-                self.comm.wait_all()
+            order = [("F", i, c) for i in range(len(batches)) for c in range(v)]
+            plan = p2p_plan(order, p, v, r)
+            dtype = next(engine.base_model.parameters()).dtype
+            for t, (_, i, c) in enumerate(order):
+                x, y = batches[i]
+                k = c * p + r
+                self.comm.exchange(plan[t], self.activation_shape(x), dtype)
+                h = self.comm.take(("F", i, k)) if k > 0 else x.to(ctx.device)
+                with engine.precision.autocast():
+                    h = chunks[c](h)
+                if k == p * v - 1:
+                    loss = chunks[c].loss(h, y.to(ctx.device))
+                    total += (loss.full_tensor() if hasattr(loss, "full_tensor") else loss).float()
+                else:
+                    self.comm.queue_send(("F", i, k + 1), h, dtype)
+            self.comm.exchange(plan[-1], None, dtype)
         finally:
             engine.base_model.train()
         if p > 1:

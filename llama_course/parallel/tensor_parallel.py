@@ -65,28 +65,16 @@ from llama_course.parallel.tensor_parallel_comm import (
     exit_region,
     split_to_sp,
 )
-from simulator.config import ConfigError
+from simulator import spec
 
 # ---------------------------------------------------------------------------------------------
 # split layers
 # ---------------------------------------------------------------------------------------------
 
-COLUMN = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3")
-ROW = ("attention.wo", "feed_forward.w2")
-
-
-def shard_dim(name: str) -> int | None:
-    """Which dim of full parameter `name` is split over tp (None: replicated on every tp rank)."""
-    if name in ("tok_embeddings.weight", "output.weight"):
-        return 0                                             # vocabulary rows
-    for layer in COLUMN:
-        if f".{layer}." in f".{name}":
-            return 0                                         # output features (weight rows, bias)
-    for layer in ROW:
-        if name.endswith(f"{layer}.weight"):
-            return 1                                         # input features
-    return None
-
+COLUMN, ROW = spec.COLUMN_SPLIT, spec.ROW_SPLIT
+shard_dim = spec.shard_dim
+"""Which dim of full parameter `name` is split over tp (None: replicated): simulator/spec.py, shared with
+the simulator's parameter and byte counts."""
 
 class ColumnParallelLinear(nn.Linear):
     """Y_r = X A_r: the rows of nn.Linear's weight (output features) [r out/t, (r+1) out/t).
@@ -319,9 +307,8 @@ class TorchTensorParallel(ModelTransform):
     name = "torch_tensor_parallel"
     provides_loss = True
 
-    def __init__(self, ctx, sequence_parallel: bool, tie_embeddings: bool):
-        if tie_embeddings:
-            raise ConfigError("model.tie_embeddings: implementation torch with tp > 1 unties them; use course")
+    def __init__(self, ctx, sequence_parallel: bool):
+        # the capability table refuses tied embeddings here (DTensor's plan would untie them)
         self.ctx, self.sequence_parallel = ctx, sequence_parallel
 
     def apply(self, model: nn.Module) -> nn.Module:
