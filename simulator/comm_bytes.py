@@ -19,9 +19,11 @@ another (collectives.py `chunk_sizes`: n // N elements, one more for the first n
     ring all-reduce       the two in a row
 
 Predicted for the course's engines (single, data_parallel, tensor_parallel, pipeline_parallel,
-parallel_3d, local_sgd, load_balancing, the parameter server's workers) on CPU, where every tensor is fp32;
-the torch implementations (DDP, FSDP2, DTensor, torch.distributed.pipelining) communicate inside torch and
-are not predicted (`unpredicted` says why).
+parallel_3d, local_sgd, load_balancing, the parameter server's workers) on CPU, where every tensor is fp32,
+and for torch DDP without compression (its Python all-reduce hook, core/wire.watch_ddp: one all-reduce of
+every gradient, whatever DDP's buckets); the other torch implementations (FSDP2, DTensor,
+torch.distributed.pipelining, DDP's compression hooks) communicate inside torch and are not predicted
+(`unpredicted` says why).
 
     python -c "from simulator.comm_bytes import comm_bytes; from simulator.config import load_config; \\
         print(comm_bytes(load_config('configs/tiny.yaml', ['parallel.zero_stage=3']), steps=2))"
@@ -47,8 +49,11 @@ def unpredicted(cfg) -> str | None:
     """Why comm_bytes(cfg) cannot be predicted, or None when it can."""
     engine = engine_for(cfg)
     p = cfg.parallel
+    if engine == "ddp" and p.compression == "none" and cfg.training.grad_reduce_dtype == "fp32":
+        return None
     if p.implementation == "torch" and engine != "single":
-        return "implementation torch: DDP, FSDP2, DTensor and torch.distributed.pipelining communicate inside torch"
+        return "implementation torch: FSDP2, DTensor, torch.distributed.pipelining and DDP's compression hooks " \
+               "communicate inside torch"
     if engine not in COURSE_ENGINES:
         return f"engine {engine} is not modelled"
     if cfg.cluster.gpu != "cpu" and (p.tp > 1 or p.pp > 1):
@@ -120,6 +125,9 @@ def _step(cfg, engine: str, rank: int) -> dict:
         return out
     if engine == "data_parallel":
         return _data_parallel(cfg, rank, out)
+    if engine == "ddp":                                  # every gradient once (DDP's buckets), then the loss
+        out["all_reduce"] += FP32 * _total(cfg) + FP64
+        return out
     if engine == "load_balancing":
         if cfg.load_balance.policy == "dynamic_batch":
             out["all_reduce"] += FP64 * p.dp             # every rank's measured speed
