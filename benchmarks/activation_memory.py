@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/activation_memory.py --write docs/benchmarks/activation_checkpointing.md
 
 For each layout (tp = 1; tp = 2; tp = 2 with sequence parallelism) and each activation_checkpointing mode
-the real engine (Engine or TensorParallelEngine) runs one forward of a 1-layer and a 3-layer model under
+the real engine (one replica, or the TensorParallel transform) runs one forward of a 1-layer and a 3-layer model under
 `measure_saved_bytes` (bytes of tensors created by the forward and still alive when it returns: what
 backward will read); half the difference is one layer's activations on one rank. The model column is
 `simulator.workload.activation_bytes_per_layer` for the same shape (fp32, fused attention kernel: the CPU

@@ -7,7 +7,7 @@ The course's pipeline engine (llama_course/parallel/pipeline_parallel.py) runs o
 cut into p equal stages (2 layers each) on p gloo processes, for m micro-batches. CPU compute on a shared
 2-core machine is too noisy and too small to show a bubble (p processes fight for 2 cores, so a "waiting"
 rank speeds up the others), so each layer adds a fixed sleep of --forward-ms in forward and twice that in
-backward (`PipelineEngine.compute_delay`): the stages then take t_f = 2 x forward-ms and t_b = 2 t_f, like
+backward (`PipelineSchedule.compute_delay`): the stages then take t_f = 2 x forward-ms and t_b = 2 t_f, like
 real stages, and the real sends, receives and the schedule's waits are what is measured.
 
 Measured bubble of a rank = 1 - (its forward + backward time) / (the step's span, from a pp barrier to the
@@ -53,7 +53,7 @@ def worker(rank: int, world: int, ms: list, forward_s: float, steps: int) -> lis
             ctx = ctx or init_distributed(1, 1, world)
             tracer = Tracer(enabled=True, rank=rank)
             engine = build_engine(cfg, ctx, build_model(cfg), tracer)
-            engine.compute_delay = (forward_s, 2 * forward_s)
+            engine.schedule.compute_delay = (forward_s, 2 * forward_s)
             g = torch.Generator().manual_seed(0)
             per_step = []
             for _ in range(steps):
@@ -148,7 +148,7 @@ Measured on {date} with
 ```
 
 Each stage holds 2 layers of a small LLaMA; every layer sleeps {forward:g} ms in forward and twice that in
-backward (`PipelineEngine.compute_delay`), because raw compute on this shared 2-core CPU machine is too
+backward (`PipelineSchedule.compute_delay`), because raw compute on this shared 2-core CPU machine is too
 small and too noisy to show a bubble (p processes share 2 cores). Sends, receives and the schedule's waits
 are real (gloo, `llama_course/parallel/pipeline_parallel.py`). Measured bubble = 1 - busy / step span per rank,
 averaged over ranks; simulated = `simulator.pipeline_parallel.simulate_pipeline` with the same stage times

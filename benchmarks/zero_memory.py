@@ -4,7 +4,7 @@ data-parallel engines) against the simulator's memory model (`simulator.workload
     .venv/bin/python benchmarks/zero_memory.py            # prints a markdown table, 2 and 4 processes
 
 Each rank builds the engine for the `small` LLaMA (fp32, AdamW), takes one optimizer step (so gradients
-and optimizer state exist) and reports `engine.memory_bytes()`: the bytes of the tensors it holds.
+and optimizer state exist) and reports `engine.sync.memory_bytes()`: the bytes of the tensors it holds.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def worker(rank: int, world: int) -> dict:
         idx = BatchSampler(len(seqs), cfg.parallel.global_batch_size, 0).shard(0, ctx.dp_rank, ctx.dp, 1)
         engine = build_engine(cfg, ctx, build_model(cfg), None)
         engine.train_step([get_batch(seqs, i) for i in idx], 1e-4)
-        out[stage] = engine.memory_bytes()
+        out[stage] = engine.sync.memory_bytes()
     return out
 
 

@@ -27,21 +27,33 @@ import json
 import os
 import resource
 import signal
-import socket
-import subprocess
 import sys
+import tempfile
 import time
 import warnings
+from dataclasses import asdict, dataclass
 
+import torch
+import torch.distributed as dist
+import yaml
+
+from llama_course.compression.model_compression import load_for_training
+from llama_course.coordination.fault_tolerance import FailureDetector, inject_nan
+from llama_course.coordination.parameter_server import serve, server_ranks
+from llama_course.coordination.parameter_server_comm import Heartbeats
+from llama_course.core import checkpoint as ckpt
 from llama_course.core import wire
-from llama_course.core.optimizers import lr_at  # noqa: F401  (the schedule lives with the optimizers)
+from llama_course.core.data import BatchSampler, load_tokens, pack, val_batches
+from llama_course.core.distributed import cleanup, init_distributed, launcher_env
+from llama_course.core.launch import free_port, torchrun, under_launcher  # noqa: F401  (tests use free_port)
+from llama_course.core.model import build_model
+from llama_course.core.optimizers import lr_at
+from llama_course.core.preflight import banner, check_run
+from llama_course.core.profiling import Tracer, write_trace
+from llama_course.engine import NonFiniteError, build_engine
 from simulator.config import ConfigError, load_config
-
-# ---------------------------------------------------------------------------------------------
-# learning rate
-# ---------------------------------------------------------------------------------------------
-
-
+from simulator.hardware import gpu_preset
+from simulator.workload import model_flops_per_token
 
 # ---------------------------------------------------------------------------------------------
 # metrics
@@ -50,11 +62,7 @@ from simulator.config import ConfigError, load_config
 def peak_flops_per_device(cfg, device_type: str) -> float | None:
     """Dense peak FLOP/s of one device for the run's precision (the simulator's hardware presets)."""
     try:
-        from simulator.hardware import gpu_preset
-
         if device_type == "cuda":
-            import torch
-
             name = torch.cuda.get_device_name().lower()
             gpu = next((g for key, g in (("h200", "h200"), ("h100", "h100-sxm"), ("a100", "a100-80gb")) if key in name),
                        None)
@@ -66,8 +74,6 @@ def peak_flops_per_device(cfg, device_type: str) -> float | None:
 
 def peak_memory_bytes(device) -> int:
     if device.type == "cuda":
-        import torch
-
         return int(torch.cuda.max_memory_allocated(device))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
@@ -107,23 +113,13 @@ class Progress:
 # one worker
 # ---------------------------------------------------------------------------------------------
 
-TRACE_STEPS = int(os.environ.get("LLAMA_COURSE_TRACE_STEPS", "3"))
-"""`--trace` records the last this-many steps of the run."""
-
-
-def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, quiet=False) -> list:
-    """Train on this process (one rank of the run). Returns rank 0's metric records."""
-    import torch
-
-    from llama_course.coordination.fault_tolerance import FailureDetector, inject_nan
-    from llama_course.core import checkpoint as ckpt
-    from llama_course.core.data import BatchSampler, get_batch, load_tokens, pack, val_batches
-    from llama_course.core.distributed import cleanup, init_distributed
-    from llama_course.core.model import build_model
-    from llama_course.core.profiling import Tracer, write_trace
-    from llama_course.engine import NonFiniteError, build_engine
-    from simulator.workload import model_flops_per_token
-
+def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, quiet=False, run: Run | None = None) -> list:
+    """Train on this process (one rank of the run). Returns rank 0's metric records. `run` carries the
+    rest of the run's settings (trace_steps, kill_in_checkpoint, heartbeats); the paths may be given
+    either way."""
+    run = run or Run(metrics=metrics_path, checkpoint_dir=checkpoint_dir, trace=trace_path, quiet=quiet)
+    metrics_path, checkpoint_dir, trace_path, quiet = run.metrics, run.checkpoint_dir, run.trace, run.quiet
+    heartbeats = Heartbeats(run.heartbeat_s, run.dead_after_s)
     p = cfg.parallel
     ctx = init_distributed(p.dp, p.tp, p.pp, mesh_world=p.dp * p.tp * p.pp)     # parameter servers: ranks beyond
     try:
@@ -139,13 +135,11 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
         tracer = Tracer(enabled=bool(trace_path), rank=ctx.rank, sync=sync)
         model = build_model(cfg)
         if cfg.training.init_from:      # fine-tune a checkpoint, e.g. a compressed one (model_compression.py)
-            from llama_course.compression.model_compression import load_for_training
-
             model = load_for_training(cfg.training.init_from, cfg)
-        engine = build_engine(cfg, ctx, model, tracer)
-        if getattr(engine, "is_server", False):      # parameter server rank: serve the workers, train nothing
-            engine.run_server()
+        if ctx.rank in server_ranks(cfg):              # a parameter server: serve the workers, train nothing
+            serve(cfg, ctx, model.to(ctx.device), heartbeats)
             return []
+        engine = build_engine(cfg, ctx, model, tracer, heartbeats)
 
         start = 0
         if checkpoint_dir:
@@ -166,7 +160,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
         progress = Progress(cfg.training.steps, start, enabled=ctx.is_main and not quiet)
         kills = [k for k in cfg.faults.kill if k["rank"] == ctx.rank]
         every = cfg.checkpoint.every_steps
-        trace_steps = int(os.environ.get("LLAMA_COURSE_TRACE_STEPS", TRACE_STEPS))   # compare sets it per run
+        kill_at = tuple(run.kill_in_checkpoint) if run.kill_in_checkpoint else None
         wire.install()
         comm_log = []                 # this rank's bytes by kind, one dict per step (docs/design.md: comm_bytes)
         try:
@@ -176,11 +170,10 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                     print(f"faults.kill: rank {ctx.rank} killed at step {n}", file=sys.stderr, flush=True)
                     os.kill(os.getpid(), signal.SIGKILL)
                 with wire.recording() as fetch_log:     # bytes this rank hands to torch.distributed this step
-                    batches = engine.batches_for_step(sampler, train_seqs, step) if hasattr(engine, "batches_for_step") \
-                        else [get_batch(train_seqs, idx) for idx in sampler.shard(step, ctx.dp_rank, ctx.dp, p.micro_batch_size)]
+                    batches = engine.batches_for_step(sampler, train_seqs, step)
                 lr = lr_at(step, cfg)
-                if trace_path and step <= cfg.training.steps - trace_steps:
-                    tracer.clear()            # keep the last TRACE_STEPS steps: steady state, small files
+                if trace_path and step <= cfg.training.steps - run.trace_steps:
+                    tracer.clear()            # keep the last trace_steps steps: steady state, small files
                 if sync:
                     sync()
                 t0 = time.perf_counter()
@@ -204,16 +197,18 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                        "comm_bytes": comm_log[-1]}
                 if out.get("skipped"):
                     rec["skipped"] = True
-                for key in ("staleness", "bytes_sent", "torn_pulls"):
+                for key in ("staleness", "bytes_sent", "torn_pulls", "loss_scale"):
                     if key in out:
                         rec[key] = out[key]
                 if (cfg.training.eval_every and n % cfg.training.eval_every == 0) or n == cfg.training.steps:
                     rec["val_loss"] = engine.evaluate(val)
                 if every and n % every == 0 or checkpoint_dir and n == cfg.training.steps:
                     if saver:
-                        saver.save(checkpoint_dir, n, engine, cfg.to_dict(), data.tokenizer, cfg.checkpoint.keep)
+                        saver.save(checkpoint_dir, n, engine, cfg.to_dict(), data.tokenizer, cfg.checkpoint.keep,
+                                   kill_at=kill_at)
                     elif checkpoint_dir:
-                        ckpt.save(checkpoint_dir, n, ctx, engine, cfg.to_dict(), data.tokenizer, cfg.checkpoint.keep)
+                        ckpt.save(checkpoint_dir, n, ctx, engine, cfg.to_dict(), data.tokenizer, cfg.checkpoint.keep,
+                                  kill_at=kill_at)
                 if ctx.is_main:
                     records.append(rec)
                     if metrics_file:
@@ -226,10 +221,9 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
             progress.close()
             if metrics_file:
                 metrics_file.close()
-        if hasattr(engine, "close"):                  # parameter server worker: say goodbye to the servers
-            engine.close()
+        engine.close()                                # a parameter-server worker says goodbye to the servers
         if trace_path:
-            _write_traces(trace_path, ctx, tracer, write_trace, comm_log)
+            _write_traces(trace_path, ctx, tracer, comm_log)
         return records
     finally:
         cleanup()
@@ -251,11 +245,9 @@ def _log_main(ctx):
     return (lambda msg: print(msg, file=sys.stderr, flush=True)) if ctx.is_main else (lambda msg: None)
 
 
-def _write_traces(path, ctx, tracer, write_trace, comm_log: list) -> None:
+def _write_traces(path, ctx, tracer, comm_log: list) -> None:
     """Every training rank's spans in one Chrome trace; its metadata holds `comm_bytes`,
     `[rank][step] -> bytes by kind`, as the wire recorder counted them (compare reads it)."""
-    import torch.distributed as dist
-
     events, comm = tracer.events, [comm_log]
     # the ranks that train: everyone, or the workers of a parameter-server run (servers have returned)
     group = ctx.dp_group if ctx.world_size > ctx.dp * ctx.tp * ctx.pp else None
@@ -272,155 +264,145 @@ def _write_traces(path, ctx, tracer, write_trace, comm_log: list) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# launching
+# launching: one path for the CLI, train(), compare and bench (core/launch.py starts the processes)
 # ---------------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@dataclass
+class Run:
+    """Everything a training run needs besides its config. The launcher writes it, with the resolved
+    config, into a run file the workers read (`python -m llama_course.trainer --run-file PATH`)."""
+
+    metrics: str | None = None
+    """One JSON line per step (rank 0)."""
+    checkpoint_dir: str | None = None
+    """Save checkpoints here and resume from the newest intact one."""
+    trace: str | None = None
+    """Chrome trace of the measured steps."""
+    trace_steps: int = 3
+    """The trace keeps the last this-many steps (compare asks for the second half of the run)."""
+    quiet: bool = False
+    """No progress bar or log lines."""
+    max_restarts: int = 0
+    """Restart every worker after a failure, up to this many times (torchrun --max-restarts)."""
+    kill_in_checkpoint: list | None = None
+    """[rank, step]: that rank writes half of its checkpoint file at that step and dies (tests)."""
+    heartbeat_s: float = 0.5
+    """Parameter-server workers beat this often."""
+    dead_after_s: float = 5.0
+    """A server declares a worker silent this long dead."""
 
 
-def under_launcher() -> bool:
-    """True inside a torchrun-started worker."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
-
-
-def launch(argv: list, nproc: int, max_restarts: int = 0, env: dict | None = None) -> int:
-    """Start `nproc` workers of `python -m llama_course <argv>` with torch's own launcher on 127.0.0.1
-    (through fault_tolerance.torchrun_on_loopback, so its stores listen on 127.0.0.1 only, not on every
-    interface as TCPStore does by default)."""
-    cmd = [sys.executable, "-m", "llama_course.coordination.fault_tolerance", "--torchrun", "--nnodes=1", f"--nproc-per-node={nproc}",
-           f"--max-restarts={max_restarts}", "--rdzv-backend=c10d",
-           f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--local-addr=127.0.0.1", "--monitor-interval=0.2",
-           "-m", "llama_course", *argv]
-    run_env = dict(os.environ if env is None else env)
-    run_env["LLAMA_COURSE_LAUNCHED"] = "1"            # the launcher printed the banner
-    run_env.setdefault("OMP_NUM_THREADS", "1")
-    run_env.setdefault("LOGLEVEL", "ERROR")
-    run_env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    return subprocess.call(cmd, env=run_env)
-
-
-def cli(args) -> int:
-    overrides = list(args.overrides)
-    if args.nproc is not None:
-        if args.nproc < 1:
-            raise ConfigError(f"--nproc: must be positive, got {args.nproc}")
-        cfg0 = load_config(args.config, overrides)
-        if cfg0.parallel.strategy == "collective":
-            overrides += [f"cluster.num_gpus={args.nproc}", "parallel.dp=null"]
+def resolve_config(config, overrides=(), nproc: int | None = None):
+    """The validated config of a run: a YAML path, a dict or None (defaults), `k=v` overrides, and
+    `--nproc` (data-parallel workers: cluster.num_gpus, or parallel.dp plus the parameter servers)."""
+    overrides = list(overrides)
+    if nproc is not None:
+        if nproc < 1:
+            raise ConfigError(f"--nproc: must be positive, got {nproc}")
+        if load_config(config, overrides).parallel.strategy == "collective":
+            overrides += [f"cluster.num_gpus={nproc}", "parallel.dp=null"]
         else:
-            overrides += [f"parallel.dp={args.nproc - cfg0.parallel.num_servers}", "cluster.num_gpus=null"]
-    cfg = load_config(args.config, overrides)
-    if under_launcher():
-        if os.environ.get("RANK") == "0" and not os.environ.get("LLAMA_COURSE_LAUNCHED") and not args.quiet:
-            print(banner(cfg, int(os.environ["WORLD_SIZE"])), flush=True)
-        try:
-            run_worker(cfg, args.metrics, args.checkpoint_dir, getattr(args, "trace", None), args.quiet)
-        except ConfigError:
-            raise
-        except Exception as e:      # one line per failed rank; LLAMA_COURSE_DEBUG=1 for the traceback
-            if os.environ.get("LLAMA_COURSE_DEBUG"):
-                raise
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            print(f"rank {os.environ.get('RANK')}: {type(e).__name__}: {first[:300]}", file=sys.stderr, flush=True)
-            return 1
-        # The run is complete: metrics closed, checkpoints fsynced, process group destroyed. Skip the
-        # interpreter teardown: there torch's RPC agent and gloo's threads can abort the process ("terminate
-        # called without an active exception", seen about once in 6-20 four-rank runs), which would fail a
-        # finished run and make torchrun restart it.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    from llama_course.core.data import load_tokens
-    from llama_course.core.distributed import launcher_env
+            num_servers = load_config(config, overrides).parallel.num_servers
+            overrides += [f"parallel.dp={nproc - num_servers}", "cluster.num_gpus=null"]
+    return load_config(config, overrides)
 
+
+def launch_run(cfg, run: Run) -> int:
+    """Train `cfg`: in this process when it needs one rank (and no restarts), else on cfg.world_size
+    workers started by torch's launcher, which read the config and `run` from a run file."""
     load_tokens(cfg)                          # check data.corpus and build the tokenizer cache once, here
-    nproc = cfg.world_size
-    start = preflight(cfg, args)
-    if start >= cfg.training.steps:           # --allow-noop
-        print(f"nothing to train: {args.checkpoint_dir} is at step {start}, training.steps is {cfg.training.steps}")
+    if cfg.world_size == 1 and not run.max_restarts:
+        run_worker(cfg, run=run)
         return 0
-    if not args.quiet:
-        print(banner(cfg, nproc, start), flush=True)
-    if nproc == 1 and not args.max_restarts:
-        run_worker(cfg, args.metrics, args.checkpoint_dir, getattr(args, "trace", None), args.quiet)
-        return 0
-    argv = ["train", os.path.abspath(args.config) if args.config else None]
-    argv = [a for a in argv if a]
-    for item in overrides:
-        argv += ["--set", item]
-    for flag, value in (("--metrics", args.metrics), ("--checkpoint-dir", args.checkpoint_dir),
-                        ("--trace", getattr(args, "trace", None))):
-        if value:
-            argv += [flag, os.path.abspath(value)]
-    if args.quiet:
-        argv.append("--quiet")
-    code = launch(argv, nproc, args.max_restarts, {**os.environ, **launcher_env(nproc)})   # fewer GPUs: CPU
+    with tempfile.TemporaryDirectory(prefix="llama-course-run-") as tmp:
+        path = os.path.join(tmp, "run.yaml")
+        with open(path, "w") as f:            # YAML keeps faults.slow's integer keys
+            yaml.safe_dump({"config": cfg.to_dict(), "run": asdict(run)}, f)
+        code = torchrun(["-m", "llama_course.trainer", "--run-file", path], cfg.world_size, run.max_restarts,
+                        {**os.environ, **launcher_env(cfg.world_size)})     # fewer GPUs than processes: CPU
     if code:
         print(f"error: training failed (exit code {code}); see the worker output above", file=sys.stderr)
     return code
 
 
-def banner(cfg, nproc: int, start: int = 0) -> str:
-    """The one line `train` prints before the first step: model, layout, engine, device, processes, steps."""
-    import torch
+def worker_main(cfg, run: Run) -> int:
+    """One launched worker: train, one line per failed rank (LLAMA_COURSE_DEBUG=1 for the traceback)."""
+    try:
+        run_worker(cfg, run=run)
+    except ConfigError:
+        raise
+    except Exception as e:
+        if os.environ.get("LLAMA_COURSE_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"rank {os.environ.get('RANK')}: {type(e).__name__}: {first[:300]}", file=sys.stderr, flush=True)
+        return 1
+    # The run is complete: metrics closed, checkpoints fsynced, process group destroyed. Skip the
+    # interpreter teardown: there torch's RPC agent and gloo's threads can abort the process ("terminate
+    # called without an active exception", seen about once in 6-20 four-rank runs), which would fail a
+    # finished run and make torchrun restart it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
-    from llama_course.engine import engine_name
-    from simulator.workload import count_params
 
-    p, m = cfg.parallel, cfg.model
-    cuda = torch.cuda.is_available() and os.environ.get("LLAMA_COURSE_DEVICE", "cuda") == "cuda"
-    device = f"cuda ({torch.cuda.get_device_name()}, nccl)" if cuda else "cpu (gloo)"
-    servers = f" + {p.num_servers} parameter server(s)" if p.strategy == "parameter_server" else ""
-    steps = f"steps {start + 1}-{cfg.training.steps}" + (f" (resuming at step {start})" if start else "")
-    return (f"train: {m.arch} {m.n_layers} layers x dim {m.dim} ({count_params(m, cfg.seq_len) / 1e6:.2f}M "
-            f"parameters) | layout dp {p.dp} x tp {p.tp} x pp {p.pp}{servers} | engine {engine_name(cfg)} "
-            f"({p.implementation}) | device {device} | {nproc} process{'es' if nproc > 1 else ''} | {steps}")
+def cli(args) -> int:
+    """`llama-course train`: launch the run, or be one worker of it under torchrun."""
+    cfg = resolve_config(args.config, args.overrides, args.nproc)
+    run = Run(metrics=_absolute(args.metrics), checkpoint_dir=_absolute(args.checkpoint_dir),
+              trace=_absolute(args.trace), trace_steps=args.trace_steps, quiet=args.quiet,
+              max_restarts=args.max_restarts)
+    if under_launcher():                      # torchrun -m llama_course train CONFIG (many nodes)
+        if os.environ.get("RANK") == "0" and not args.quiet:
+            print(banner(cfg, int(os.environ["WORLD_SIZE"])), flush=True)
+        return worker_main(cfg, run)
+    return checked_launch(cfg, run, getattr(args, "fresh", False), getattr(args, "allow_noop", False))
 
 
-def preflight(cfg, args) -> int:
-    """core/preflight.check_run for the CLI's arguments: the step the run resumes from (one-line errors)."""
-    from llama_course.core.preflight import check_run
-
-    return check_run(cfg, args.metrics, getattr(args, "trace", None), args.checkpoint_dir,
-                     getattr(args, "fresh", False), getattr(args, "allow_noop", False))
+def checked_launch(cfg, run: Run, fresh: bool = False, allow_noop: bool = False) -> int:
+    """core/preflight's checks (one-line errors before any process starts; `fresh` sets old checkpoints
+    aside), the banner, then launch_run. The CLI and train() both start here."""
+    start = check_run(cfg, run.metrics, run.trace, run.checkpoint_dir, fresh, allow_noop)
+    if start >= cfg.training.steps:           # --allow-noop
+        print(f"nothing to train: {run.checkpoint_dir} is at step {start}, training.steps is {cfg.training.steps}")
+        return 0
+    if not run.quiet:
+        print(banner(cfg, cfg.world_size, start), flush=True)
+    return launch_run(cfg, run)
 
 
 def train(config=None, overrides=(), nproc=None, metrics=None, checkpoint_dir=None, quiet=True,
-          max_restarts=0, trace=None) -> list:
-    """Python entry point (labs): train like the CLI and return the per-step records of rank 0."""
-    import argparse
-    import tempfile
-
-    from llama_course.commands.cli import build_parser
-
-    tmp = None
+          max_restarts=0, trace=None, trace_steps: int = 3, kill_in_checkpoint=None) -> list:
+    """Python entry point (labs, compare): train like the CLI and return the per-step records of rank 0.
+    `config`: a YAML path, a dict or None; values pass straight to the launcher (no command line)."""
+    cfg = resolve_config(config, overrides, nproc)
     if metrics is None:
-        tmp = tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False)
-        metrics = tmp.name
-    config_path = config
-    if isinstance(config, dict):
-        import yaml
-
-        fd = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-        yaml.safe_dump(config, fd)
-        fd.close()
-        config_path = fd.name
-    argv = ["train"] + ([str(config_path)] if config_path else []) + [x for o in overrides for x in ("--set", o)]
-    argv += ["--metrics", str(metrics), "--max-restarts", str(max_restarts)]
-    if nproc:
-        argv += ["--nproc", str(nproc)]
-    if checkpoint_dir:
-        argv += ["--checkpoint-dir", str(checkpoint_dir)]
-    if trace:
-        argv += ["--trace", str(trace)]
-    if quiet:
-        argv.append("--quiet")
-    args: argparse.Namespace = build_parser().parse_args(argv)
-    code = cli(args)
+        fd, metrics = tempfile.mkstemp(prefix="llama-course-metrics-", suffix=".jsonl")
+        os.close(fd)
+    run = Run(metrics=_absolute(metrics), checkpoint_dir=_absolute(checkpoint_dir), trace=_absolute(trace),
+              trace_steps=trace_steps, quiet=quiet, max_restarts=max_restarts,
+              kill_in_checkpoint=list(kill_in_checkpoint) if kill_in_checkpoint else None)
+    code = checked_launch(cfg, run)
     if code:
         raise RuntimeError(f"training failed with exit code {code}")
     with open(metrics) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def _absolute(path) -> str | None:
+    return os.path.abspath(path) if path else None
+
+
+def main(argv=None) -> int:
+    """`python -m llama_course.trainer --run-file PATH`: one worker started by `launch_run`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] != "--run-file":
+        print("usage: python -m llama_course.trainer --run-file PATH (written by llama-course train)", file=sys.stderr)
+        return 2
+    with open(argv[1]) as f:
+        spec = yaml.safe_load(f)
+    return worker_main(load_config(spec["config"]), Run(**spec["run"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

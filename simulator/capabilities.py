@@ -70,27 +70,39 @@ class Row(NamedTuple):
     schedule: Any = ANY
 
 
-NO_FP16 = ("fp32", "bf16")   # model parallel: the fp16 loss scaler would need an overflow check agreed over tp/pp
+NO_FP16 = ("fp32", "bf16")   # torch's model parallelism: its fp16 loss scaling under tp/pp is not tested here
 CASTS = ("none", "fp16", "bf16")
 PS_SYNCS = ("bsp", "asp", "ssp")
+PP_POLICIES = ("none", "balanced_stages")
+BALANCED = ("dynamic_batch", "backup_workers")
+ZERO_ALL_REDUCE = (0, 1)     # the course's ZeRO-0/1 all-reduce: every compression is a hook on it
+ZERO_SHARDED = (2, 3)        # ZeRO-2/3 reduce-scatter: only a cast compresses a reduce-scatter
 
 TABLE = (
-    # engine                 strategy            sync         dp tp pp implementation zero_stage    compression policy                               precision tie_embeddings
-    Row("single",            "collective",       "bsp",       1, 1, 1, ANY,      0,            "none",     "none",                               ANY,      ANY),
-    Row("data_parallel",     "collective",       "bsp",       ANY, 1, 1, "course", (0, 1),     ANY,        "none",                               ANY,      ANY),
-    Row("data_parallel",     "collective",       "bsp",       ANY, 1, 1, "course", (2, 3),     CASTS,      "none",                               ANY,      ANY),
-    Row("ddp",               "collective",       "bsp",       N, 1, 1, "torch",    0,            "none",     "none",                               ANY,      ANY),
-    Row("fsdp2",             "collective",       "bsp",       ANY, 1, 1, "torch",  (1, 2, 3),  "none",     "none",                               ANY,      ANY),
-    Row("load_balancing",    "collective",       "bsp",       N, 1, 1, "course",   0,            "none",     ("dynamic_batch", "backup_workers"), ANY,      ANY),
-    Row("local_sgd",         "collective",       "local_sgd", ANY, 1, 1, "course", 0,            "none",     "none",                               ANY,      ANY),
-    Row("tensor_parallel",   "collective",       "bsp",       1, N, 1, "course",   0,            "none",     "none",                               NO_FP16,  ANY),
-    Row("torch_tensor_parallel", "collective",   "bsp",       1, N, 1, "torch",    0,            "none",     "none",                               NO_FP16,  False),
-    Row("pipeline_parallel", "collective",       "bsp",       1, 1, N, "course",   0,            "none",     ("none", "balanced_stages"),          NO_FP16,  False),
-    Row("torch_pipeline",    "collective",       "bsp",       1, 1, N, "torch",    0,            "none",     ("none", "balanced_stages"),          NO_FP16,  False),
-    Row("parallel_3d",       "collective",       "bsp",       ANY, N, 1, "course", 0,            "none",     "none",                               NO_FP16,  ANY),
-    Row("parallel_3d",       "collective",       "bsp",       ANY, N, 1, "torch",  0,            "none",     "none",                               NO_FP16,  False),
-    Row("parallel_3d",       "collective",       "bsp",       ANY, ANY, N, ANY,    0,            "none",     ("none", "balanced_stages"),          NO_FP16,  False),
-    Row("parameter_server",  "parameter_server", PS_SYNCS,    ANY, 1, 1, "course", 0,            "none",     "none",                               ANY,      ANY),
+    # engine                 strategy            sync         dp tp pp implementation zero_stage        compression policy        precision tie_embeddings
+    Row("single",            "collective",       "bsp",       1, 1, 1, ANY,      0,                "none",     "none",       ANY,      ANY),
+    Row("data_parallel",     "collective",       "bsp",       ANY, 1, 1, "course", ZERO_ALL_REDUCE, ANY,       "none",       ANY,      ANY),
+    Row("data_parallel",     "collective",       "bsp",       ANY, 1, 1, "course", ZERO_SHARDED,    CASTS,     "none",       ANY,      ANY),
+    Row("ddp",               "collective",       "bsp",       N, 1, 1, "torch",    0,                ANY,        "none",       ANY,      ANY),
+    Row("fsdp2",             "collective",       "bsp",       ANY, 1, 1, "torch",  (1, 2, 3),        "none",     "none",       ANY,      ANY),
+    Row("load_balancing",    "collective",       "bsp",       N, 1, 1, "course",   (0, 1, 2),        "none",     BALANCED,     ANY,      ANY),
+    Row("local_sgd",         "collective",       "local_sgd", ANY, 1, 1, "course", 0,                "none",     "none",       ANY,      ANY),
+    Row("tensor_parallel",   "collective",       "bsp",       1, N, 1, "course",   0,                "none",     "none",       ANY,      ANY),
+    Row("torch_tensor_parallel", "collective",   "bsp",       1, N, 1, "torch",    0,                "none",     "none",       NO_FP16,  False),
+    Row("pipeline_parallel", "collective",       "bsp",       1, 1, N, "course",   0,                "none",     PP_POLICIES,  ANY,      False),
+    Row("torch_pipeline",    "collective",       "bsp",       1, 1, N, "torch",    0,                "none",     PP_POLICIES,  NO_FP16,  False),
+    # dp x tp (x pp): the course's data parallelism over each model-parallel shard (Megatron-LM's distributed
+    # optimizer at ZeRO-1/2; ZeRO-3 gathers blocks per micro-batch, not under a pipeline)
+    Row("parallel_3d",       "collective",       "bsp",       ANY, N, 1, "course", ZERO_ALL_REDUCE, ANY,       "none",       ANY,      ANY),
+    Row("parallel_3d",       "collective",       "bsp",       ANY, N, 1, "course", 2,               CASTS,     "none",       ANY,      ANY),
+    Row("parallel_3d",       "collective",       "bsp",       ANY, ANY, N, "course", ZERO_ALL_REDUCE, ANY,     PP_POLICIES,  ANY,      False),
+    Row("parallel_3d",       "collective",       "bsp",       ANY, ANY, N, "course", 2,             CASTS,     PP_POLICIES,  ANY,      False),
+    # torch: one flat all-reduce of the DTensor shards / stages (any compression through the course's
+    # compressor), or FSDP2 on the (dp, tp) mesh (torchtitan's 2-D layout; not under a pipeline)
+    Row("parallel_3d",       "collective",       "bsp",       ANY, N, 1, "torch",  0,                ANY,        "none",       NO_FP16,  False),
+    Row("parallel_3d",       "collective",       "bsp",       ANY, N, 1, "torch",  (2, 3),           "none",     "none",       NO_FP16,  False),
+    Row("parallel_3d",       "collective",       "bsp",       ANY, ANY, N, "torch", 0,               ANY,        PP_POLICIES,  NO_FP16,  False),
+    Row("parameter_server",  "parameter_server", PS_SYNCS,    ANY, 1, 1, "course", 0,                "none",     "none",       NO_FP16,  ANY),
 )
 
 COLUMNS = Row._fields[1:]

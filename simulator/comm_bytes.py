@@ -19,9 +19,11 @@ another (collectives.py `chunk_sizes`: n // N elements, one more for the first n
     ring all-reduce       the two in a row
 
 Predicted for the course's engines (single, data_parallel, tensor_parallel, pipeline_parallel,
-parallel_3d, local_sgd, load_balancing, the parameter server's workers) on CPU, where every tensor is fp32;
-the torch implementations (DDP, FSDP2, DTensor, torch.distributed.pipelining) communicate inside torch and
-are not predicted (`unpredicted` says why).
+parallel_3d, local_sgd, load_balancing, the parameter server's workers) on CPU, where every tensor is fp32,
+and for torch DDP without compression (its Python all-reduce hook, core/wire.watch_ddp: one all-reduce of
+every gradient, whatever DDP's buckets); the other torch implementations (FSDP2, DTensor,
+torch.distributed.pipelining, DDP's compression hooks) communicate inside torch and are not predicted
+(`unpredicted` says why).
 
     python -c "from simulator.comm_bytes import comm_bytes; from simulator.config import load_config; \\
         print(comm_bytes(load_config('configs/tiny.yaml', ['parallel.zero_stage=3']), steps=2))"
@@ -47,8 +49,11 @@ def unpredicted(cfg) -> str | None:
     """Why comm_bytes(cfg) cannot be predicted, or None when it can."""
     engine = engine_for(cfg)
     p = cfg.parallel
+    if engine == "ddp" and p.compression == "none" and cfg.training.grad_reduce_dtype == "fp32":
+        return None
     if p.implementation == "torch" and engine != "single":
-        return "implementation torch: DDP, FSDP2, DTensor and torch.distributed.pipelining communicate inside torch"
+        return "implementation torch: FSDP2, DTensor, torch.distributed.pipelining and DDP's compression hooks " \
+               "communicate inside torch"
     if engine not in COURSE_ENGINES:
         return f"engine {engine} is not modelled"
     if cfg.cluster.gpu != "cpu" and (p.tp > 1 or p.pp > 1):
@@ -120,11 +125,13 @@ def _step(cfg, engine: str, rank: int) -> dict:
         return out
     if engine == "data_parallel":
         return _data_parallel(cfg, rank, out)
+    if engine == "ddp":                                  # every gradient once (DDP's buckets), then the loss
+        out["all_reduce"] += FP32 * _total(cfg) + FP64
+        return out
     if engine == "load_balancing":
         if cfg.load_balance.policy == "dynamic_batch":
             out["all_reduce"] += FP64 * p.dp             # every rank's measured speed
-        out["all_reduce"] += FP32 * (_total(cfg) + 2)   # weighted gradients, then weight and loss
-        return out
+        return _data_parallel(cfg, rank, out, deferred=True)   # weighted gradients, reduced after backward
     return _model_parallel(cfg, rank, out)
 
 
@@ -141,20 +148,24 @@ def _local_sgd(cfg, rank: int, step: int) -> dict:
     return out
 
 
-def _data_parallel(cfg, rank: int, out: dict) -> dict:
-    """data_parallel.py: buckets (ZeRO-0/1/2) or per-block units (ZeRO-3), the course's rings."""
+def _data_parallel(cfg, rank: int, out: dict, params: list | None = None, deferred: bool = False) -> dict:
+    """data_parallel.py's DataParallelSync over `params` (the whole model, or a model-parallel rank's
+    shard of it): buckets (ZeRO-0/1/2) or per-block units (ZeRO-3), the course's rings. `deferred`: the
+    reduction waits for the end of backward and first agrees on unused parameters (one fp32 flag each)."""
     p = cfg.parallel
     n_ranks, i, z = p.dp, spec.coords(rank, p.dp, p.tp, p.pp)[1], p.zero_stage
-    units = _dp_units(cfg)
+    units = _dp_units(cfg, params)
     grad_elem = {"fp16": 2, "bf16": 2}.get(p.compression, FP32)
+    if deferred and n_ranks > 1:
+        out["all_reduce"] += FP32 * sum(len(unit) for unit in units)
     for unit in units:
         n = sum(spec.numel(s) for _, s in unit)
         if z <= 1:
             _compressed_all_reduce(cfg, out, unit, n, n_ranks, i)
         else:
             _add_ring(out, "reduce_scatter", n, n_ranks, i, grad_elem)
-    if z >= 2:
-        _add_ring(out, "all_reduce", 1, n_ranks, i, FP64)               # the sharded gradient's norm
+    if z >= 2 and n_ranks > 1:
+        out["all_reduce"] += FP64                                     # the sharded gradient's norm
     if n_ranks > 1:
         out["all_reduce"] += FP64                                     # the loss, averaged over dp
     if z in (1, 2):
@@ -166,16 +177,16 @@ def _data_parallel(cfg, rank: int, out: dict) -> dict:
             for _ in range(cfg.grad_accum_steps * gathers):
                 _add_ring(out, "all_gather", sum(spec.numel(s) for _, s in unit), n_ranks, i, FP32)
     if z >= 1 and cfg.training.optimizer in ("lars", "lamb"):
-        n_params = len(spec.parameters(cfg.model, cfg.seq_len))
+        n_params = sum(len(unit) for unit in units)
         for _ in range(2 * _nonempty_groups(units, n_ranks, i, z)):    # weight and update norms per group
             _add_ring(out, "all_reduce", n_params, n_ranks, i, FP64)
     return out
 
 
-def _dp_units(cfg) -> list:
+def _dp_units(cfg, params: list | None = None) -> list:
     """The data-parallel engine's units, each a list of (name, shape): the spec's bucket plan over the
     tensors in reverse registration order (ZeRO-0/1/2), or one unit per block, last first, then the rest."""
-    params = spec.parameters(cfg.model, cfg.seq_len)
+    params = spec.parameters(cfg.model, cfg.seq_len) if params is None else params
     if cfg.parallel.zero_stage < 3:
         order = list(reversed(params))
         plan = spec.bucket_plan([FP32 * spec.numel(s) for _, s in order], cfg.parallel.bucket_mb)
@@ -266,14 +277,14 @@ def _model_parallel(cfg, rank: int, out: dict) -> dict:
             else:
                 out["recv"] += msg if k < n_virtual - 1 else 0
                 out["send"] += msg if k > 0 else 0
-        out["all_reduce"] += FP32                                     # the last stage's loss
+        out["all_reduce"] += FP64                                     # the last stage's loss
     stage = [(n, shape) for k in chunks for n, shape in spec.stage_parameters(
         m, s, layers[k], k == 0, k == n_virtual - 1, t)]
     if sp:                                                            # replicated weights that saw s/t tokens
         out["all_reduce"] += FP32 * sum(spec.numel(shape) for n, shape in stage if _sequence_parallel(n))
-    if p.dp > 1:
-        out["all_reduce"] += FP32 * sum(spec.numel(shape) for _, shape in stage)
-    out["all_reduce"] += FP64 * ((t > 1) + (p.pp > 1) + (p.dp > 1))   # norm over tp, over pp; loss over dp
+    if p.dp > 1 or p.zero_stage > 0:                                  # the course's data parallelism on the shard
+        _data_parallel(cfg, rank, out, stage, deferred=sp)
+    out["all_reduce"] += FP64 * ((t > 1) + (p.pp > 1))                # the gradient norm over tp, over pp
     return out
 
 

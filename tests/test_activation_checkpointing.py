@@ -6,7 +6,7 @@ import torch
 
 from llama_course.core.distributed import Context
 from llama_course.core.model import build_model
-from llama_course.engine import Engine, cross_entropy
+from llama_course.engine import build_engine, cross_entropy
 from llama_course.parallel.activation_checkpointing import measure_saved_bytes
 from simulator.config import load_config
 from simulator.workload import activation_bytes_per_layer
@@ -23,7 +23,7 @@ def config(n_layers, mode):
 
 def saved_bytes(n_layers, mode):
     cfg = config(n_layers, mode)
-    engine = Engine(cfg, Context(), build_model(cfg))
+    engine = build_engine(cfg, Context(), build_model(cfg))
     g = torch.Generator().manual_seed(0)
     x, y = torch.randint(0, 128, (B, S), generator=g), torch.randint(0, 128, (B, S), generator=g)
     loss, live = measure_saved_bytes(lambda: cross_entropy(engine.model(x), y), module=engine.model)

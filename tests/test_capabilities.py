@@ -120,17 +120,28 @@ def test_simulate_plan_and_the_engine_builder_agree_with_the_table(point):
 
 
 def test_the_table_refuses_what_the_runtime_ignored():
-    """The combinations issue 15 found silently ignored are refused now, naming the fields."""
-    for items, field in ((["parallel.tp=2", "parallel.dp=2", "parallel.zero_stage=1"], "parallel.zero_stage"),
-                         (["parallel.pp=2", "parallel.dp=2", "parallel.compression=fp16"], "parallel.compression"),
-                         (["parallel.dp=2", "parallel.implementation=torch", "parallel.compression=topk"],
-                          "parallel.compression"),
-                         (["parallel.dp=2", "parallel.zero_stage=1", "load_balance.policy=dynamic_batch"],
-                          "load_balance.policy"),
-                         (["parallel.strategy=parameter_server", "parallel.dp=2", "parallel.sync=local_sgd"],
+    """The combinations issue 15 found silently ignored either run now (the composable engine: ZeRO under
+    tp and pp, compression on every data-parallel path, load balancing with ZeRO; tests/test_engine.py
+    holds each against the single-process run) or are refused, naming the fields."""
+    for items, engine in ((["parallel.tp=2", "parallel.dp=2", "parallel.zero_stage=1"], "parallel_3d"),
+                          (["parallel.pp=2", "parallel.dp=2", "parallel.compression=fp16"], "parallel_3d"),
+                          (["parallel.dp=2", "parallel.implementation=torch", "parallel.compression=topk"], "ddp"),
+                          (["parallel.dp=2", "parallel.zero_stage=1", "load_balance.policy=dynamic_batch"],
+                           "load_balancing")):
+        assert engine_name(load_config(CONFIG, items + ["cluster.num_gpus=null"])) == engine
+    for items, field in ((["parallel.strategy=parameter_server", "parallel.dp=2", "parallel.sync=local_sgd"],
                           "parallel.sync"),
                          (["parallel.dp=2", "parallel.sync=local_sgd", "parallel.implementation=torch"],
-                          "parallel.implementation")):
+                          "parallel.implementation"),
+                         (["parallel.pp=2", "parallel.dp=2", "parallel.zero_stage=3"], "parallel.zero_stage"),
+                         (["parallel.pp=2", "parallel.dp=2", "parallel.zero_stage=1", "parallel.implementation=torch"],
+                          "parallel.zero_stage"),
+                         (["parallel.dp=2", "parallel.zero_stage=2", "parallel.compression=topk"],
+                          "parallel.compression"),
+                         (["parallel.dp=2", "parallel.zero_stage=2", "parallel.implementation=torch",
+                           "parallel.compression=fp16"], "parallel.compression"),
+                         (["parallel.tp=2", "parallel.dp=2", "load_balance.policy=dynamic_batch"],
+                          "load_balance.policy")):
         with pytest.raises(ConfigError) as e:
             load_config(CONFIG, items + ["cluster.num_gpus=null"])
         assert field in str(e.value).split(":")[0], str(e.value)
@@ -138,11 +149,12 @@ def test_the_table_refuses_what_the_runtime_ignored():
 
 def test_adding_a_row_is_one_line(monkeypatch):
     """Widening one cell makes a refused combination load, plan and build its engine."""
-    items = ["parallel.tp=2", "parallel.dp=2", "parallel.zero_stage=1", "parallel.sequence_parallel=true",
-             "cluster.num_gpus=null"]
+    items = ["parallel.tp=2", "parallel.dp=2", "parallel.zero_stage=1", "parallel.implementation=torch",
+             "parallel.sequence_parallel=true", "cluster.num_gpus=null"]
     with pytest.raises(ConfigError):
         load_config(CONFIG, items)
-    wider = tuple(r._replace(zero_stage=(0, 1)) if r.engine == "parallel_3d" else r for r in caps.TABLE)
+    wider = tuple(r._replace(zero_stage=(1, 2, 3)) if r.engine == "parallel_3d" and r.zero_stage == (2, 3) else r
+                  for r in caps.TABLE)
     monkeypatch.setattr(caps, "TABLE", wider)
     cfg = load_config(CONFIG, items)
     assert engine_name(cfg) == "parallel_3d" and layout(cfg) in candidates(cfg)

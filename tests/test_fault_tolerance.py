@@ -16,8 +16,8 @@ import torch
 from llama_course.coordination.fault_tolerance import read_metrics, supervise
 from llama_course.core import checkpoint as ckpt
 from llama_course.core.testing import spawn
-from llama_course.engine import ENGINES, NonFiniteError, engine_name
-from llama_course.trainer import run_worker
+from llama_course.engine import NonFiniteError
+from llama_course.trainer import run_worker, train
 from simulator.config import load_config
 
 TINY = "configs/tiny.yaml"
@@ -33,35 +33,22 @@ def single():
     return run_worker(load_config(TINY, BASE + ["cluster.num_gpus=1", "checkpoint.every_steps=0"]), quiet=True)
 
 
-def _train(tmp_path, overrides, env=None):
+def _train(tmp_path, overrides, capfd=None, **run):
+    """The CLI in a subprocess, or (with `run` options the CLI does not have) the Python train() with the
+    workers' output read from capfd. Returns (stderr, records)."""
     os.makedirs(tmp_path, exist_ok=True)
+    if run:
+        records = train(TINY, overrides, metrics=str(tmp_path / "m.jsonl"), checkpoint_dir=str(tmp_path / "ck"),
+                        max_restarts=1, quiet=True, **run)
+        return capfd.readouterr().err, records
     args = [sys.executable, "-m", "llama_course", "train", TINY, "--metrics", str(tmp_path / "m.jsonl"),
             "--checkpoint-dir", str(tmp_path / "ck"), "--max-restarts", "1", "--quiet"]
     for item in overrides:
         args += ["--set", item]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=240, env={**os.environ, **(env or {})})
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with open(tmp_path / "m.jsonl") as f:
-        return proc, [json.loads(line) for line in f]
-
-
-def _available(overrides) -> str | None:
-    """Why a layout cannot be tested in this checkout (reported as MISSING, not silently skipped), or None."""
-    import importlib
-
-    name = engine_name(load_config(TINY, BASE + overrides))
-    module = {"fsdp2": "data_parallel", "torch_pipeline": "pipeline_parallel",
-              "torch_tensor_parallel": "tensor_parallel"}.get(name, name)
-    try:
-        importlib.import_module(f"llama_course.{module}")
-    except ModuleNotFoundError:
-        pass
-    if name not in ENGINES:
-        return f"engine '{name}' does not exist in this checkout yet"
-    if "state_dict" not in vars(ENGINES[name]) and name not in ("ddp", "data_parallel", "tensor_parallel", "pipeline_parallel",
-                                                                "fsdp2", "parallel_3d"):
-        return f"engine '{name}' has no checkpoint state yet (its state_dict is Engine's), so it cannot resume"
-    return None
+        return proc.stderr, [json.loads(line) for line in f]
 
 
 LAYOUTS = {
@@ -69,7 +56,7 @@ LAYOUTS = {
     "ddp": (["parallel.implementation=torch", "faults.kill=[{rank: 1, step: 5}]"], {}),
     # a data-parallel run whose asynchronous save is killed in the middle of writing step 4
     "zero3_async_killed_mid_write": (["parallel.implementation=course", "parallel.zero_stage=3", "checkpoint.async=true"],
-                                     {"LLAMA_COURSE_KILL_IN_CHECKPOINT": "1:4"}),
+                                     {"kill_in_checkpoint": (1, 4)}),
     "fsdp2_dcp": (["parallel.implementation=torch", "parallel.zero_stage=3", "faults.kill=[{rank: 1, step: 3}]"], {}),
     "tensor_parallel": (["parallel.tp=2", "parallel.implementation=course", "faults.kill=[{rank: 0, step: 5}]"], {}),
     "pipeline_parallel": (["parallel.pp=2", "parallel.implementation=course", "faults.kill=[{rank: 1, step: 3}]"], {}),
@@ -81,13 +68,10 @@ LAYOUTS = {
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_killed_rank_resumes_and_matches_the_uninterrupted_run(layout, tmp_path, single):
-    overrides, env = LAYOUTS[layout]
-    missing = _available(overrides)
-    if missing:
-        pytest.xfail(f"MISSING: {missing}")
-    proc, records = _train(tmp_path, BASE + overrides, env)
-    assert "killed" in proc.stderr
+def test_killed_rank_resumes_and_matches_the_uninterrupted_run(layout, tmp_path, single, capfd):
+    overrides, run = LAYOUTS[layout]
+    stderr, records = _train(tmp_path, BASE + overrides, capfd, **run)
+    assert "killed" in stderr
     assert [r["step"] for r in records] == list(range(1, 7))
     # bit-exact against the same layout uninterrupted (model, optimizer, RNG and data position restored)
     _, clean = _train(tmp_path / "uninterrupted", BASE + [o for o in overrides if not o.startswith("faults.kill")])
@@ -101,7 +85,7 @@ def test_killed_rank_resumes_and_matches_the_uninterrupted_run(layout, tmp_path,
     if layout == "fsdp2_dcp":
         assert manifest["format"] == "dcp" and any(name.startswith("dcp/") for name in manifest["files"])
     if layout.startswith("zero3_async"):
-        assert "killed while writing step 4" in proc.stderr
+        assert "killed while writing step 4" in stderr
         assert not os.path.exists(tmp_path / "ck" / "step_00000004.tmp") or ckpt.verify(latest) is None
 
 

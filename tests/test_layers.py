@@ -17,21 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RANK = {"core": 0, "parallel": 1, "compression": 1, "coordination": 2, "engine": 3, "trainer": 3,
         "commands": 4, "__main__": 5, "__init__": 0}
 
-# Upward imports still to untie: the strategies subclass `engine.Engine` and the Python `train()` goes
-# through the CLI's parser. The composable engine (issue 15, items 3 and 5) removes them; this set only shrinks.
-ALLOWED_UPWARD = {
-    ("llama_course.coordination.fault_tolerance", "engine"),
-    ("llama_course.coordination.fault_tolerance_torchft", "engine"),
-    ("llama_course.coordination.load_balancing", "engine"),
-    ("llama_course.coordination.parameter_server", "engine"),
-    ("llama_course.coordination.sync_async", "engine"),
-    ("llama_course.coordination.sync_async", "trainer"),
-    ("llama_course.parallel.data_parallel", "engine"),
-    ("llama_course.parallel.parallel_3d", "engine"),
-    ("llama_course.parallel.pipeline_parallel", "engine"),
-    ("llama_course.parallel.tensor_parallel", "engine"),
-    ("llama_course.trainer", "commands"),
-}
+# Upward imports allowed: none (the composable engine and the one launcher untied the last ones). It may
+# only stay empty.
+ALLOWED_UPWARD: set = set()
 
 
 def layer_of(module: str) -> str:

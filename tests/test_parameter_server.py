@@ -172,7 +172,7 @@ def test_bsp_parameter_server_matches_data_parallel():
 @pytest.mark.parametrize("sync", ["asp", "bsp"])
 def test_a_killed_worker_is_declared_dead_and_the_run_finishes_without_it(sync):
     """Worker 1 of 2 is SIGKILLed at the start of step 3 (no goodbye, no restart). The server notices the
-    silence within DEAD_AFTER_S (+ one watch period + slack) and carries on: ASP never waited for it;
+    silence within dead_after_s (+ one watch period + slack) and carries on: ASP never waited for it;
     BSP completes each version over the live workers. Worker 0 trains all 8 steps and everyone leaves RPC."""
     import math
 
@@ -184,8 +184,7 @@ def test_a_killed_worker_is_declared_dead_and_the_run_finishes_without_it(sync):
           "parallel": {**TINY["parallel"], "strategy": "parameter_server", "dp": 2, "num_servers": 1}}
     dead_after = 1.5
     out = spawn(w.run_with_a_death, 3, ps, [f"parallel.sync={sync}", "faults.kill=[{rank: 1, step: 3}]"],
-                timeout=150, may_die=(1,), env={"LLAMA_COURSE_DEAD_AFTER_S": str(dead_after),
-                                                 "LLAMA_COURSE_HEARTBEAT_S": "0.2"})
+                {"heartbeat_s": 0.2, "dead_after_s": dead_after}, timeout=150, may_die=(1,))
     records, killed, server = out
     assert killed is None                                             # it really died
     assert [r["step"] for r in records] == list(range(1, 9)) and all(math.isfinite(r["loss"]) for r in records)

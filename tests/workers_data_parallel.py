@@ -15,6 +15,7 @@ from llama_course.core.data import BatchSampler, get_batch, load_tokens, pack
 from llama_course.core.distributed import Context, init_distributed
 from llama_course.core.model import build_model
 from llama_course.engine import Engine, build_engine
+from llama_course.parallel.data_parallel import DataParallelSync
 from simulator.config import load_config
 
 STEPS = 3
@@ -69,7 +70,7 @@ def train(cfg, ctx: Context, edge: bool = False, engine_cls=None) -> dict:
         losses.append(out["loss"])
         sent.append(out.get("bytes_sent"))
     result = {"losses": losses, "bytes_sent": sent, "engine": engine.name,
-              "memory": engine.memory_bytes() if hasattr(engine, "memory_bytes") else None}
+              "memory": engine.sync.memory_bytes() if isinstance(engine.sync, DataParallelSync) else None}
     full = engine.full_model_state()
     if full is not None:
         result["state"] = {k: v.detach().clone() for k, v in full.items()}

@@ -48,14 +48,6 @@ def global_batches(cfg, steps: int) -> list:
 
 
 _REFERENCES: dict = {}
-_ALONE: list = []
-
-
-class _Alone:
-    """Engine mixin: average the loss over a group of one (the reference runs inside a bigger world)."""
-
-    def loss_group(self):
-        return _ALONE[0]
 
 
 def reference(cfg, steps: int) -> dict:
@@ -73,7 +65,7 @@ def reference(cfg, steps: int) -> dict:
     key = (repr(single), steps)
     if key in _REFERENCES:
         return _REFERENCES[key]
-    engine = type("Single", (_Alone, Engine), {})(single, Context(), build_model(cfg))
+    engine = Engine(single, Context(), build_model(cfg))      # no groups: no collective, inside a bigger world
     losses, grads, norm = [], None, None
     for step, batch in enumerate(global_batches(cfg, steps)):
         out = engine.train_step(batch, cfg.training.lr)
@@ -120,10 +112,6 @@ def run_layout(overrides: dict, steps: int = 2) -> dict | None:
 
 def layouts(rank: int, world: int, cases: list) -> list:
     """Run every case in turn on the same processes (one spawn for many checks)."""
-    import torch.distributed as dist
-
-    if not _ALONE:
-        _ALONE.append(dist.new_subgroups(group_size=1)[0])     # collective: every rank, once
     return [run_layout(case) for case in cases]
 
 
@@ -148,7 +136,7 @@ def pipeline_trace(overrides: dict, compute_delay: tuple = (0.0, 0.0)) -> list:
     p = cfg.parallel
     ctx = init_distributed(p.dp, p.tp, p.pp)
     engine = build_engine(cfg, ctx, build_model(cfg), Tracer(enabled=True, rank=ctx.rank))
-    engine.compute_delay = compute_delay
+    engine.schedule.compute_delay = compute_delay
     batch = global_batches(cfg, 1)[0]
     engine.train_step(batch, cfg.training.lr)
     events = [None] * ctx.world_size

@@ -26,19 +26,19 @@ def run_configs(rank, world, cfg_dicts, overrides_list):
     return out
 
 
-def run_with_a_death(rank, world, cfg_dict, overrides):
+def run_with_a_death(rank, world, cfg_dict, overrides, heartbeats: dict):
     """One run in which a worker is SIGKILLed (faults.kill); a server returns who it declared dead and how
-    long after that worker's last heartbeat it did so."""
-    from llama_course.coordination import parameter_server as ps
-    from llama_course.trainer import run_worker
+    long after that worker's last heartbeat it did so. `heartbeats`: the Run's heartbeat_s, dead_after_s."""
+    from llama_course.coordination import parameter_server_comm as ps
+    from llama_course.trainer import Run, run_worker
     from simulator.config import load_config
 
-    records = run_worker(load_config(cfg_dict, overrides), quiet=True)
-    if ps._SERVER is None:
+    records = run_worker(load_config(cfg_dict, overrides), run=Run(quiet=True, **heartbeats))
+    if ps.SERVER[0] is None:
         return records
-    mon = ps._SERVER.monitor
+    mon = ps.SERVER[0].monitor
     return {"declared": sorted(mon.declared), "after_s": {w: mon.declared_at[w] - mon.last[w] for w in mon.declared},
-            "version": ps._SERVER.version}
+            "version": ps.SERVER[0].version}
 
 
 def own_listening_addresses() -> set:

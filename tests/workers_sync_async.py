@@ -14,7 +14,7 @@ def _flat(params) -> torch.Tensor:
 
 
 def local_sgd_rounds(rank, world, local_steps, outer_lr, outer_momentum, steps):
-    """The LocalSGDEngine on `world` gloo ranks, each training on its own random tokens. Returns the starting
+    """The local-SGD engine (LocalSGDSync) on `world` gloo ranks, each training on its own random tokens. Returns the starting
     weights, the weights after every step, and {step: weights just before the outer step} (the engine's own
     outer_step runs; this only watches what it is handed)."""
     from llama_course.core.distributed import init_distributed
@@ -29,19 +29,20 @@ def local_sgd_rounds(rank, world, local_steps, outer_lr, outer_momentum, steps):
     torch.manual_seed(0)                            # the same initial model on every rank
     engine = build_engine(cfg, ctx, build_model(cfg))
     assert engine.name == "local_sgd", engine.name
-    start = _flat(engine.params)
+    sync = engine.sync                              # LocalSGDSync: the outer step is the gradient sync's
+    start = _flat(sync.params)
     seen = {}
-    outer_step = engine.outer_step
+    outer_step = sync.outer_step
 
     def watched():
-        seen[engine.steps] = _flat(engine.params)
+        seen[sync.steps] = _flat(sync.params)
         outer_step()
 
-    engine.outer_step = watched
+    sync.outer_step = watched
     data = torch.Generator().manual_seed(1 + rank)  # each replica its own data: the replicas drift apart
     after = []
     for _ in range(steps):
         x = torch.randint(0, cfg.model.vocab_size, (2, cfg.seq_len + 1), generator=data)
         engine.train_step([(x[:, :-1], x[:, 1:])], lr=1e-2)
-        after.append(_flat(engine.params))
+        after.append(_flat(sync.params))
     return start, after, seen

@@ -9,7 +9,7 @@ Replace each `raise NotImplementedError(...)` with your code, then grade yoursel
 
     llama-course grade --only sync_async      # or: pytest tests/exercises/test_sync_async.py
 
-Theory: docs/concepts/sync_async.md; runtime: llama_course/coordination/sync_async.py (Clocks, LocalSGDEngine) and
+Theory: docs/concepts/sync_async.md; runtime: llama_course/coordination/sync_async.py (Clocks, LocalSGDSync) and
 llama_course/coordination/parameter_server.py; cost model: simulator/sync_async.py (staleness_distribution).
 """
 

@@ -282,12 +282,12 @@ def launched(name: str, world: int, *args, timeout: float = 300.0) -> list:
     import subprocess
     import tempfile
 
-    from llama_course.trainer import free_port
+    from llama_course.core.launch import free_port
 
     if name not in WORKERS:
         raise ValueError(f"unknown bench worker {name}")
     with tempfile.TemporaryDirectory(prefix="llama-course-bench-") as out:
-        cmd = [sys.executable, "-m", "llama_course.coordination.fault_tolerance", "--torchrun", "--nnodes=1",
+        cmd = [sys.executable, "-m", "llama_course.core.launch", "--torchrun", "--nnodes=1",
                f"--nproc-per-node={world}", "--max-restarts=0", "--rdzv-backend=c10d",
                f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--local-addr=127.0.0.1", "--monitor-interval=0.2",
                "-m", "llama_course.commands.bench_processes", "--worker", name, out, json.dumps(list(args))]

@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", metavar="DIR", help="save checkpoints here and resume from the latest")
     p.add_argument("--max-restarts", type=int, default=0, help="restart all workers after a failure, up to R times")
     p.add_argument("--trace", metavar="FILE", help="write a Chrome trace of the measured schedule")
+    p.add_argument("--trace-steps", type=int, default=3, metavar="N", help="steps the trace keeps (the last N)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.add_argument("--fresh", action="store_true",
                    help="start from step 0 even if --checkpoint-dir holds checkpoints (they are moved aside "

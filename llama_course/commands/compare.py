@@ -136,8 +136,9 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
     say(f"compare: training {cfg.training.steps} steps on {cfg.world_size} process"
         f"{'es' if cfg.world_size > 1 else ''} (the step time is the median of the second half)")
     try:
-        with _env("LLAMA_COURSE_TRACE_STEPS", str(traced)), _watch(metrics, cfg.training.steps, say):
-            records = train(config, overrides, metrics=metrics, quiet=quiet, trace=measured_trace)
+        with _watch(metrics, cfg.training.steps, say):
+            records = train(config, overrides, metrics=metrics, quiet=quiet, trace=measured_trace,
+                            trace_steps=traced)
     finally:
         torch.set_num_threads(threads)
     tail = records[len(records) // 2:] or records

@@ -212,7 +212,7 @@ def two_ranks_step(report: dict, args) -> None:
            "LLAMA_COURSE_DEVICE": "cpu" if args.dry_run else "cuda"}
     from llama_course.trainer import free_port
 
-    cmd = [sys.executable, "-m", "llama_course.coordination.fault_tolerance", "--torchrun", "--nnodes=1",
+    cmd = [sys.executable, "-m", "llama_course.core.launch", "--torchrun", "--nnodes=1",
            "--nproc-per-node=2", "--max-restarts=0", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}",
            "--local-addr=127.0.0.1", "-m", "llama_course.commands.gpu_check", "--two-rank-worker", out,
            json.dumps(layouts)]

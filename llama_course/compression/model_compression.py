@@ -51,6 +51,7 @@ The simulator's side is `simulator/model_compression.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -70,6 +71,9 @@ from llama_course.compression.pruning import (
     structured_plan,
 )
 from llama_course.core import quantization as quant
+from llama_course.core.data import BatchSampler, get_batch, load_tokens, pack
+from llama_course.core.distributed import Context
+from llama_course.core.train_step import Engine
 from simulator.config import ConfigError
 
 # method -> {option: (default, meaning)}; "cfg" defaults are read from the checkpoint's config
@@ -112,19 +116,25 @@ def count_weights(model: nn.Module) -> int:
 
 def train_steps(model: nn.Module, cfg, steps: int, lr: float, batch_size: int, seed: int = 0, loss_fn=None,
                 masks: dict | None = None) -> list:
-    """AdamW (no weight decay), 10% linear warmup then cosine to lr/10, on the checkpoint's corpus.
-    loss_fn(model, x, y) defaults to next-token cross-entropy. Returns the losses."""
-    from llama_course.core.data import BatchSampler, get_batch, load_tokens, pack
-    from llama_course.core.model import cross_entropy
-
+    """Fine-tune (after pruning) or train a student (distillation) with the engine's train_step, one
+    process: torch AdamW (betas 0.9/0.95, no weight decay), fp32, 10% linear warmup then cosine to lr/10,
+    clipped at training.grad_clip, on the checkpoint's corpus. loss_fn(logits, targets, tokens) replaces
+    the next-token cross-entropy. Returns the losses."""
     if steps <= 0:
         return []
     data = load_tokens(cfg)
     seqs = pack(data.train, cfg.seq_len)
-    sampler = BatchSampler(len(seqs), min(batch_size, len(seqs)), seed)
-    loss_fn = loss_fn or (lambda m, x, y: cross_entropy(m(x), y))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    batch_size = min(batch_size, len(seqs))
+    sampler = BatchSampler(len(seqs), batch_size, seed)
+    t = cfg.training
+    tune = dataclasses.replace(
+        cfg, training=dataclasses.replace(t, optimizer="adamw", beta1=0.9, beta2=0.95, weight_decay=0.0,
+                                          precision="fp32", compile=False, on_nonfinite="skip"),
+        parallel=dataclasses.replace(cfg.parallel, implementation="torch", dp=1, tp=1, pp=1, zero_stage=0,
+                                     micro_batch_size=batch_size, global_batch_size=batch_size,
+                                     activation_checkpointing="none"),
+        faults=dataclasses.replace(cfg.faults, slow={}))
+    engine = Engine(tune, Context(), model, loss_fn=loss_fn)
     handles = apply_masks(model, masks) if masks else []
     warmup = max(1, steps // 10)
     losses = []
@@ -133,15 +143,7 @@ def train_steps(model: nn.Module, cfg, steps: int, lr: float, batch_size: int, s
         for step in range(steps):
             progress = max(0, step - warmup) / max(1, steps - warmup)
             lr_now = lr * (step + 1) / warmup if step < warmup else lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
-            for group in opt.param_groups:
-                group["lr"] = lr_now
-            x, y = get_batch(seqs, sampler.global_batch(step))
-            loss = loss_fn(model, x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.training.grad_clip or float("inf"))
-            opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(engine.train_step([get_batch(seqs, sampler.global_batch(step))], lr_now)["loss"])
     finally:
         for h in handles:
             h.remove()
@@ -321,10 +323,10 @@ def compress(checkpoint: str, method: str, out: str, overrides: list = (), log=p
         record["init"] = init
         teacher = model.requires_grad_(False)
 
-        def kd(m, x, y):
+        def kd(logits, y, x):
             with torch.no_grad():
                 t_logits = teacher(x)
-            return distillation_loss(m(x), t_logits, y, opts["temperature"], opts["alpha"])
+            return distillation_loss(logits, t_logits, y, opts["temperature"], opts["alpha"])
 
         record["losses"] = train_steps(student, cfg, opts["steps"], opts["lr"] or cfg.training.lr, batch,
                                        opts["seed"], loss_fn=kd)

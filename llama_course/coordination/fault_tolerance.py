@@ -52,8 +52,14 @@ from llama_course.coordination.fault_tolerance_comm import (
     ReplicaClient,
     all_reduce_sum,
     broadcast_state,
-    incarnation_from_env,
 )
+from llama_course.core.data import BatchSampler, get_batch, load_tokens, pack
+from llama_course.core.distributed import Context
+from llama_course.core.engine_protocol import EngineParts, GradientSync, StepAborted
+from llama_course.core.launch import torchrun_on_loopback
+from llama_course.core.model import build_model
+from llama_course.core.optimizers import lr_at
+from llama_course.core.train_step import Engine
 
 # ---------------------------------------------------------------------------------------------
 # failure detection and non-finite injection (used by trainer.py)
@@ -121,29 +127,66 @@ def inject_nan(engine, active: bool):
 # per-step fault tolerance: one replica
 # ---------------------------------------------------------------------------------------------
 
-def run_replica(cfg, replica_id: int, host: str, port: int, out_dir: str) -> None:
-    """Train replica `replica_id` of cfg.parallel.dp, with per-step quorums (one process, dp = 1 inside)."""
-    from llama_course.core.data import BatchSampler, get_batch, load_tokens, pack
-    from llama_course.core.distributed import Context
-    from llama_course.core.model import build_model
-    from llama_course.core.optimizers import lr_at
-    from llama_course.engine import Engine
+class QuorumSync(GradientSync):
+    """The gradient sync of per-step fault tolerance: the mean over this step's quorum, on the gloo group
+    the replica built for it (`use`). A member dying mid-reduction raises StepAborted before anything was
+    applied; the runner asks for a new quorum and runs the step again."""
 
+    name = "quorum"
+
+    def __init__(self, before_reduce=None):
+        self.pg, self.size, self.before_reduce = None, 1, before_reduce
+
+    def use(self, pg, size: int) -> None:
+        self.pg, self.size = pg, size
+
+    def reduce(self) -> None:
+        if self.before_reduce:
+            self.before_reduce()
+        params = list(self.engine.base_model.parameters())
+        flat = torch.cat([(q.grad if q.grad is not None else torch.zeros_like(q)).flatten() for q in params])
+        self._sum(flat)
+        flat /= self.size
+        offset = 0
+        for q in params:
+            q.grad = flat[offset:offset + q.numel()].view_as(q).clone()
+            offset += q.numel()
+
+    def mean_loss(self, local: float) -> float:
+        t = torch.tensor([local], dtype=torch.float32, device=self.engine.ctx.device)   # beside the gradients
+        return float(self._sum(t)) / self.size
+
+    def _sum(self, t: torch.Tensor) -> torch.Tensor:
+        try:
+            return all_reduce_sum(self.pg, t)
+        except RuntimeError as e:                    # a member died: nothing applied, form a new quorum
+            raise StepAborted(str(e)) from e
+
+
+def run_replica(cfg, replica_id: int, host: str, port: int, out_dir: str, incarnation: int = 0) -> None:
+    """Train replica `replica_id` of cfg.parallel.dp, with per-step quorums (one process, dp = 1 inside):
+    each step is the engine's train_step with the quorum as its gradient sync."""
     torch.set_num_threads(1)
-    incarnation = incarnation_from_env()
     R, p = cfg.parallel.dp, cfg.parallel
     torch.manual_seed(cfg.training.seed)
     data = load_tokens(cfg)
     seqs = pack(data.train, cfg.seq_len)
     sampler = BatchSampler(len(seqs), p.global_batch_size, cfg.training.seed)
-    engine = Engine(cfg, Context(rank=replica_id, dp=1), build_model(cfg))
-    params = [q for q in engine.base_model.parameters()]
     kills = {k["step"] for k in cfg.faults.kill if k["rank"] == replica_id} if incarnation == 0 else set()
+    step = 0                                          # committed steps
+
+    def kill_if_due():                                # after this replica's backward, before the reduction
+        if step + 1 in kills:
+            print(f"faults.kill: replica {replica_id} killed at step {step + 1}", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    sync = QuorumSync(before_reduce=kill_if_due)
+    engine = Engine(cfg, Context(rank=replica_id, dp=1), build_model(cfg), parts=EngineParts("fault_tolerance", sync=sync))
+    params = list(engine.base_model.parameters())
     client = ReplicaClient(replica_id, host, port, incarnation,
                            pg_timeout_s=float(os.environ.get("LLAMA_COURSE_TIMEOUT", "10")))
     client.start_heartbeat()
     metrics = open(os.path.join(out_dir, f"replica_{replica_id}.jsonl"), "a")
-    step, pending = 0, None          # committed steps; (step, flat local gradient + loss) awaiting a reduce
     try:
         while step < cfg.training.steps:
             t0 = time.perf_counter()
@@ -158,53 +201,36 @@ def run_replica(cfg, replica_id: int, host: str, port: int, out_dir: str) -> Non
                     got = broadcast_state(pg, q.members.index(q.source), state)
                     if step < q.max_step:
                         engine.load_state_dict(got["engine"])
-                        step, pending, recovered = got["step"], None, True
+                        step, recovered = got["step"], True
             except RuntimeError:                     # a member died while the group formed or state moved
                 client.forget_group()
                 continue
-            n = step + 1
-            if pending is None or pending[0] != step:
-                engine.optimizer.zero_grad(set_to_none=False)
-                batches = [get_batch(seqs, idx) for idx in sampler.shard(step, replica_id, R, p.micro_batch_size)]
-                local_loss = engine.forward_backward(batches)
-                flat = torch.cat([(q_.grad if q_.grad is not None else torch.zeros_like(q_)).flatten()
-                                  for q_ in params] + [torch.tensor([local_loss], device=params[0].device)])
-                pending = (step, flat)
-            if n in kills:
-                print(f"faults.kill: replica {replica_id} killed at step {n}", file=sys.stderr, flush=True)
-                os.kill(os.getpid(), signal.SIGKILL)
-            reduced = pending[1].clone()
+            sync.use(pg, len(q.members))
+            batches = [get_batch(seqs, idx) for idx in sampler.shard(step, replica_id, R, p.micro_batch_size)]
             try:
-                all_reduce_sum(pg, reduced)
-            except RuntimeError:                     # a member died mid-step: ask again, retry without it
+                out = engine.train_step(batches, lr_at(step, cfg))
+            except StepAborted:                      # a member died mid-step: ask again, retry without it
                 client.forget_group()
                 continue
-            reduced /= len(q.members)
-            offset = 0
-            for q_ in params:
-                q_.grad = reduced[offset:offset + q_.numel()].view_as(q_).clone()
-                offset += q_.numel()
-            loss = float(reduced[-1])
-            norm = float(engine.grad_norm())
-            clip = cfg.training.grad_clip
-            if clip > 0 and norm > clip:
-                engine.scale_gradients(clip / (norm + 1e-6))
-            engine.optimizer_step(lr_at(step, cfg))
-            step, pending = n, None
-            rec = {"step": n, "loss": loss, "grad_norm": norm, "participants": len(q.members),
+            step += 1
+            rec = {"step": step, "loss": out["loss"], "grad_norm": out["grad_norm"], "participants": len(q.members),
                    "members": q.members, "quorum_id": q.quorum_id, "step_time_s": time.perf_counter() - t0,
                    "time": time.time(), "replica": replica_id, "incarnation": incarnation, "pid": os.getpid()}
             if recovered:
                 rec["recovered"] = True
-            if n == cfg.training.steps:
-                rec["params_sha256"] = hashlib.sha256(torch.cat([q_.detach().flatten() for q_ in params])
-                                                      .numpy().tobytes()).hexdigest()
+            if step == cfg.training.steps:
+                rec["params_sha256"] = params_sha256(params)
             metrics.write(json.dumps(rec) + "\n")
             metrics.flush()
         client.store.set("done", str(step))
     finally:
         client.stop()
         metrics.close()
+
+
+def params_sha256(params: list) -> str:
+    """A fingerprint of the weights (replicas that end equal have the same one)."""
+    return hashlib.sha256(torch.cat([q.detach().flatten() for q in params]).numpy().tobytes()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,8 +293,8 @@ def supervise(cfg, out_dir: str, replace: bool = True, replace_delay_s: float = 
 
     def start(replica: int, incarnation: int):
         cmd = [sys.executable, "-m", "llama_course.coordination.fault_tolerance", "--replica", str(replica), "--host", host,
-               "--port", str(lighthouse.port), "--out", out_dir, config_path]
-        return subprocess.Popen(cmd, env=dict(env, LLAMA_COURSE_FT_INCARNATION=str(incarnation)))
+               "--port", str(lighthouse.port), "--out", out_dir, "--incarnation", str(incarnation), config_path]
+        return subprocess.Popen(cmd, env=env)
 
     try:
         t0, codes, replacements = watch_replicas(
@@ -285,38 +311,11 @@ def read_metrics(out_dir: str, replica: int) -> list:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def torchrun_on_loopback(argv: list) -> int:
-    """torch.distributed.run with every store it opens listening on the rendezvous host only.
-
-    TCPStore listens on all interfaces by default. Here the rendezvous store is opened first on a socket
-    bound to the endpoint's host (torchrun's own store then shares it: multi-tenant stores share a server
-    per port), and the store torchrun shares with the workers is opened the same way. Gloo binds the
-    address the hostname resolves to (127.0.0.1 here; GLOO_SOCKET_IFNAME picks an interface).
-    """
-    from torch.distributed import run as torchrun
-    from torch.distributed.elastic.rendezvous import dynamic_rendezvous
-
-    from llama_course.coordination.fault_tolerance_comm import loopback_store
-
-    args = torchrun.parse_args(argv)
-    host, _, port = args.rdzv_endpoint.rpartition(":")
-    keep = [loopback_store(host, int(port))]
-
-    def create_server(self, master_addr, master_port):
-        store, sock = loopback_store(master_addr, master_port)
-        keep.append((store, sock))
-        return store
-
-    dynamic_rendezvous.DynamicRendezvousHandler._create_tcp_store_server = create_server
-    torchrun.main(argv)            # raises (exit code 1, with torchrun's failure report) when a worker fails
-    return 0
-
-
 def main(argv=None) -> int:
     from simulator.config import ConfigError, load_config
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--torchrun"]:
+    if argv[:1] == ["--torchrun"]:                  # the launcher's old entry point (core/launch.py now)
         return torchrun_on_loopback(argv[1:])
 
     ap = argparse.ArgumentParser(prog="python -m llama_course.coordination.fault_tolerance",
@@ -327,6 +326,7 @@ def main(argv=None) -> int:
     ap.add_argument("--replica", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--host", default="127.0.0.1", help="interface the lighthouse binds (default 127.0.0.1)")
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--incarnation", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--no-replace", action="store_true", help="do not start a replacement for a dead replica")
     args = ap.parse_args(argv)
     try:
@@ -335,7 +335,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.replica is not None:
-        run_replica(cfg, args.replica, args.host, args.port, args.out)
+        run_replica(cfg, args.replica, args.host, args.port, args.out, args.incarnation)
         return 0
     summary = supervise(cfg, args.out, replace=not args.no_replace, host=args.host)
     print(json.dumps({k: v for k, v in summary.items() if k != "quorums"}, indent=1))

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -37,19 +36,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-
-def loopback_store(host: str = "127.0.0.1", port: int = 0, timeout_s: float = 60.0):
-    """A TCPStore server listening on `host` only (TCPStore alone listens on every interface).
-
-    Returns (store, listening socket); keep the socket alive as long as the store.
-    """
-    from llama_course.core.distributed import listening_socket
-
-    sock = listening_socket(host, port)
-    port = sock.getsockname()[1]
-    store = dist.TCPStore(host, port, None, True, timedelta(seconds=timeout_s), wait_for_workers=False,
-                          multi_tenant=True, master_listen_fd=sock.fileno())
-    return store, sock
+from llama_course.core.launch import loopback_store  # noqa: F401  (the replicas' stores)
 
 
 @dataclass
@@ -203,7 +190,3 @@ def broadcast_state(pg, root: int, state: dict | None) -> dict:
         payload = torch.empty(int(size.item()), dtype=torch.uint8, device="cpu")
     pg.broadcast([payload], opts).wait()
     return torch.load(io.BytesIO(payload.numpy().tobytes()), map_location="cpu", weights_only=True)
-
-
-def incarnation_from_env() -> int:
-    return int(os.environ.get("LLAMA_COURSE_FT_INCARNATION", "0"))

@@ -10,10 +10,11 @@ runs the same training with torchft 0.2.0 (pip install torchft==0.2.0), so the t
   lighthouse), a reconfigurable **ProcessGroupGloo** (a new gloo group whenever the quorum changes) and
   an **HTTPTransport** that serves its state to a healing replica.
 * one step = Manager.start_quorum() (synchronous: a replica that is behind heals before its forward)
-  -> the course's Engine.forward_backward on this replica's shard of the global batch (the same
-  BatchSampler.shard as fault_tolerance.py) -> Manager.allreduce of the flat gradient and the loss
-  (averaged over the participants) -> Manager.should_commit() -> clip, AdamW step. If the all-reduce
-  failed (a peer died) should_commit is False and the step is redone with the next quorum.
+  -> the engine's train_step on this replica's shard of the global batch (the same BatchSampler.shard
+  as fault_tolerance.py) with `TorchftSync` as its gradient sync: Manager.allreduce of the flat
+  gradient and of the loss (averaged over the participants) -> Manager.should_commit() -> clip, AdamW
+  step. If the all-reduce failed (a peer died) should_commit is False and the step is redone with the
+  next quorum.
 
 Every socket listens on 127.0.0.1 only. torchft's defaults do not: the Manager hard-codes its server's
 bind to "[::]:port" (torchft/manager.py, Manager.__init__), the HTTP checkpoint server binds ("", 0) over
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -49,6 +49,15 @@ from datetime import timedelta
 from unittest import mock
 
 import torch
+
+from llama_course.coordination.fault_tolerance import params_sha256, watch_replicas, write_config
+from llama_course.coordination.fault_tolerance_comm import loopback_store
+from llama_course.core.data import BatchSampler, get_batch, load_tokens, pack
+from llama_course.core.distributed import Context
+from llama_course.core.engine_protocol import EngineParts, GradientSync, StepAborted
+from llama_course.core.model import build_model
+from llama_course.core.optimizers import lr_at
+from llama_course.core.train_step import Engine
 
 HOST = "127.0.0.1"
 
@@ -92,28 +101,62 @@ def loopback_transport(timeout_s: float):
 # one replica
 # ---------------------------------------------------------------------------------------------
 
+class TorchftSync(GradientSync):
+    """torchft's Manager as the engine's gradient sync: its all-reduce averages over this step's
+    participants; should_commit() (False when a peer died) is asked before the optimizer step, and a
+    step that may not commit raises StepAborted (nothing applied; the runner redoes it)."""
+
+    name = "torchft"
+
+    def __init__(self, before_reduce=None):
+        self.manager, self.before_reduce, self.participants = None, before_reduce, 0
+
+    def reduce(self) -> None:
+        if self.before_reduce:
+            self.before_reduce()
+        params = list(self.engine.base_model.parameters())
+        flat = torch.cat([(q.grad if q.grad is not None else torch.zeros_like(q)).flatten() for q in params])
+        self.manager.allreduce(flat).wait()                # mean over the quorum's participants
+        self.participants = self.manager.num_participants()
+        offset = 0
+        for q in params:
+            q.grad = flat[offset:offset + q.numel()].view_as(q).clone()
+            offset += q.numel()
+
+    def mean_loss(self, local: float) -> float:
+        t = torch.tensor([local], dtype=torch.float32, device=self.engine.ctx.device)   # beside the gradients
+        self.manager.allreduce(t).wait()
+        return float(t)
+
+    def finish_step(self, lr: float, norm: float, skipped: bool) -> dict:
+        if not self.manager.should_commit():               # a peer died: redo the step with a new quorum
+            raise StepAborted("torchft: the quorum changed during the step")
+        return super().finish_step(lr, norm, skipped)
+
+
 def run_replica(cfg, replica_id: int, incarnation: int, lighthouse: str, out_dir: str,
                 timeout_s: float = 10.0) -> None:
     from torchft import ProcessGroupGloo
-
-    from llama_course.coordination.fault_tolerance_comm import loopback_store
-    from llama_course.core.data import BatchSampler, get_batch, load_tokens, pack
-    from llama_course.core.distributed import Context
-    from llama_course.core.model import build_model
-    from llama_course.core.optimizers import lr_at
-    from llama_course.engine import Engine
 
     torch.set_num_threads(1)
     R, p = cfg.parallel.dp, cfg.parallel
     torch.manual_seed(cfg.training.seed)
     seqs = pack(load_tokens(cfg).train, cfg.seq_len)
     sampler = BatchSampler(len(seqs), p.global_batch_size, cfg.training.seed)
-    engine = Engine(cfg, Context(rank=replica_id, dp=1), build_model(cfg))
-    params = list(engine.base_model.parameters())
     kills = {k["step"] for k in cfg.faults.kill if k["rank"] == replica_id} if incarnation == 0 else set()
+    current = [0]
+
+    def kill_if_due():                                     # after the backward, before the all-reduce
+        if current[0] + 1 in kills:
+            print(f"faults.kill: replica {replica_id} killed at step {current[0] + 1}", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    sync = TorchftSync(before_reduce=kill_if_due)
+    engine = Engine(cfg, Context(rank=replica_id, dp=1), build_model(cfg), parts=EngineParts("torchft", sync=sync))
+    params = list(engine.base_model.parameters())
 
     store, _sock = loopback_store(HOST, 0, timeout_s)        # this replica group's store (one rank in it)
-    manager = loopback_manager(
+    manager = sync.manager = loopback_manager(
         timeout_s, pg=ProcessGroupGloo(timeout=timedelta(seconds=timeout_s)),
         load_state_dict=engine.load_state_dict, state_dict=engine.state_dict,
         min_replica_size=1, use_async_quorum=False, init_sync=False,
@@ -133,39 +176,23 @@ def run_replica(cfg, replica_id: int, incarnation: int, lighthouse: str, out_dir
         while manager.current_step() < cfg.training.steps and not os.path.exists(done):
             t0, before = time.perf_counter(), manager.current_step()
             manager.start_quorum()                        # synchronous: heals here when behind
-            step = manager.current_step()
+            step = current[0] = manager.current_step()
             recovered = step != before
             if os.path.exists(done):                      # a late replacement: the run is over
                 break
-            engine.optimizer.zero_grad(set_to_none=False)
-            local_loss = engine.forward_backward(
-                [get_batch(seqs, idx) for idx in sampler.shard(step, replica_id, R, p.micro_batch_size)])
-            flat = torch.cat([(q.grad if q.grad is not None else torch.zeros_like(q)).flatten()
-                              for q in params] + [torch.tensor([local_loss], device=params[0].device)])
-            if step + 1 in kills:
-                print(f"faults.kill: replica {replica_id} killed at step {step + 1}", file=sys.stderr, flush=True)
-                os.kill(os.getpid(), signal.SIGKILL)
-            manager.allreduce(flat).wait()                # mean over the quorum's participants
-            participants = manager.num_participants()
-            if not manager.should_commit():               # a peer died: redo the step with a new quorum
+            batches = [get_batch(seqs, idx) for idx in sampler.shard(step, replica_id, R, p.micro_batch_size)]
+            try:
+                out = engine.train_step(batches, lr_at(step, cfg))
+            except StepAborted:
                 continue
-            offset = 0
-            for q in params:
-                q.grad = flat[offset:offset + q.numel()].view_as(q).clone()
-                offset += q.numel()
-            norm = float(engine.grad_norm())
-            if cfg.training.grad_clip > 0 and norm > cfg.training.grad_clip:
-                engine.scale_gradients(cfg.training.grad_clip / (norm + 1e-6))
-            engine.optimizer_step(lr_at(step, cfg))
             n = manager.current_step()                    # should_commit counted the step
-            rec = {"step": n, "loss": float(flat[-1]), "grad_norm": norm, "participants": participants,
+            rec = {"step": n, "loss": out["loss"], "grad_norm": out["grad_norm"], "participants": sync.participants,
                    "quorum_id": manager._quorum_id, "step_time_s": time.perf_counter() - t0, "time": time.time(),
                    "replica": replica_id, "incarnation": incarnation, "pid": os.getpid()}
             if recovered:
                 rec["recovered"] = True
             if n == cfg.training.steps:
-                rec["params_sha256"] = hashlib.sha256(torch.cat([q.detach().flatten() for q in params])
-                                                      .numpy().tobytes()).hexdigest()
+                rec["params_sha256"] = params_sha256(params)
             metrics.write(json.dumps(rec) + "\n")
             metrics.flush()
         if manager.current_step() >= cfg.training.steps:
@@ -183,7 +210,6 @@ def supervise(cfg, out_dir: str, replace: bool = False, heartbeat_timeout_s: flo
               timeout_s: float = 300.0, op_timeout_s: float = 10.0) -> dict:
     """Run cfg.parallel.dp torchft replicas; a dead one is replaced at once when `replace`. Returns wall
     time, start time, exit codes and replacements (as fault_tolerance.supervise)."""
-    from llama_course.coordination.fault_tolerance import watch_replicas, write_config
 
     os.environ.setdefault("RUST_LOG", "warn")             # torchft's Rust side logs every quorum at info
     from torchft.coordination import LighthouseServer

@@ -24,9 +24,15 @@ assigned largest-first to the rank with the fewest tokens, batched with similar 
 balanced tokens) and packing (documents concatenated and cut into equal windows: equal tokens by
 construction, what `data.pack` does), by tokens per rank and by measured forward + backward time.
 
+In the engine a policy is a batch plan (`LoadBalancedPlan`): it picks the rank's sequences and weighs
+each micro-batch's loss; any data-parallel gradient sync then averages (the course's bucketed ring and
+ZeRO-1/2/3, or torch's all-reduce), so load balancing composes with ZeRO.
+
 Seed questions: 6 (load balancing), 16 (stragglers), 24 (heterogeneous clusters), 30 (scheduling work).
 
     llama-course train configs/tiny.yaml --nproc 4 --set 'faults.slow={3: 3}' --set load_balance.policy=dynamic_batch
+    llama-course train configs/tiny.yaml --nproc 4 --set 'faults.slow={3: 3}' --set load_balance.policy=dynamic_batch \
+        --set parallel.zero_stage=2                # with ZeRO-2
     python benchmarks/load_balancing.py            # none / dynamic_batch / backup_workers, measured vs simulated
 """
 
@@ -40,129 +46,82 @@ import torch
 import torch.distributed as dist
 
 from llama_course.core.data import get_batch
-from llama_course.engine import ENGINES, Engine, NonFiniteError
+from llama_course.core.engine_protocol import Abandon, BatchPlan
 from simulator.parameter_server import assign_shards
 
 _instances = itertools.count()
 
 
-class _Abandon(Exception):
-    """Raised inside a late rank's compute when the first N - b gradients are already in."""
+class LoadBalancedPlan(BatchPlan):
+    """Which sequences each rank trains on and what its gradient weighs, under a straggler.
 
-
-class LoadBalancedEngine(Engine):
-    """Data parallel with a flat all-reduce of gradients pre-weighted by each rank's share of the batch."""
+    dynamic_batch: rank i takes n_i sequences in proportion to its measured speed; micro-batch j of
+    n_ij sequences weighs dp n_ij / G, so the dp-mean the gradient sync computes is the global-batch mean.
+    backup_workers: equal shares weighing dp / (N - b) each; the first N - b ranks to finish count, a
+    late rank abandons its compute and contributes 0 (the engine reduces after backward for this plan)."""
 
     name = "load_balancing"
 
-    def __init__(self, cfg, ctx, model, tracer=None):
-        super().__init__(cfg, ctx, model, tracer)
-        self.policy = cfg.load_balance.policy
-        self.G = cfg.parallel.global_batch_size
+    def __init__(self, cfg, ctx):
+        self.ctx, self.policy = ctx, cfg.load_balance.policy
+        self.G, self.mb = cfg.parallel.global_batch_size, cfg.parallel.micro_batch_size
         self.speed = 1.0                                # sequences per second, measured (EMA)
-        self.weights = np.ones(ctx.dp)
+        self.weights_of_ranks = np.ones(ctx.dp)
         self.used = ctx.dp - (cfg.load_balance.backup_workers if self.policy == "backup_workers" else 0)
         self.key = f"llama_course/backup/{next(_instances)}"
         self.store = dist.distributed_c10d._get_default_store() if self.policy == "backup_workers" else None
         self.step_index = 0
         self.shares_log: list = []
 
-    # ---- which sequences this rank trains on --------------------------------------------------------
-    def batches_for_step(self, sampler, train_seqs, step: int) -> list:
-        mb = self.cfg.parallel.micro_batch_size
-        if self.policy == "dynamic_batch":
-            speeds = torch.zeros(self.ctx.dp, dtype=torch.float64, device=self.ctx.device)   # NCCL: on the GPU
-            speeds[self.ctx.dp_rank] = self.speed
-            dist.all_reduce(speeds, group=self.ctx.dp_group)
-            self.weights = speeds.cpu().numpy()
-            shares = sampler.shares(step, self.weights)
-            self.shares_log.append([len(s) for s in shares])
-            mine = shares[self.ctx.dp_rank]
-            return [get_batch(train_seqs, mine[i: i + mb]) for i in range(0, len(mine), mb)]
-        return [get_batch(train_seqs, idx) for idx in sampler.shard(step, self.ctx.dp_rank, self.ctx.dp, mb)]
+    def batches(self, engine, sampler, sequences, step: int) -> list:
+        if self.policy != "dynamic_batch":
+            return super().batches(engine, sampler, sequences, step)
+        speeds = torch.zeros(self.ctx.dp, dtype=torch.float64, device=self.ctx.device)   # NCCL: on the GPU
+        speeds[self.ctx.dp_rank] = self.speed
+        dist.all_reduce(speeds, group=self.ctx.dp_group)
+        self.weights_of_ranks = speeds.cpu().numpy()
+        shares = sampler.shares(step, self.weights_of_ranks)
+        self.shares_log.append([len(s) for s in shares])
+        mine = shares[self.ctx.dp_rank]
+        return [get_batch(sequences, mine[i: i + self.mb]) for i in range(0, len(mine), self.mb)]
 
-    # ---- the step -----------------------------------------------------------------------------------
-    def train_step(self, micro_batches: list, lr: float) -> dict:
-        self.optimizer.zero_grad(set_to_none=True)
+    def weights(self, engine, micro_batches: list) -> list:
+        dp = self.ctx.dp
+        if self.policy == "dynamic_batch":
+            return [dp * len(x) / self.G for x, _ in micro_batches]
+        n_seq = max(sum(len(x) for x, _ in micro_batches), 1)
+        return [dp / self.used * len(x) / n_seq for x, _ in micro_batches]
+
+    def before_micro_batch(self, engine) -> None:
+        if self.policy == "backup_workers":
+            self._check_abandon()
+
+    def contribution(self, engine, seconds: float, micro_batches: list, abandoned: bool) -> float:
+        """backup_workers: count this rank in (the first `used` arrivals are kept); measure its speed."""
         n_seq = sum(len(x) for x, _ in micro_batches)
-        start = time.perf_counter()
-        weight, loss_sum = 1.0, 0.0
-        try:
-            loss_sum = self._forward_backward(micro_batches, n_seq)
-            if self.policy == "backup_workers":
-                order = self.store.add(f"{self.key}/{self.step_index}", 1)
-                weight = 1.0 if order <= self.used else 0.0
-        except _Abandon:
-            weight = 0.0
-        seconds = time.perf_counter() - start
+        weight = 0.0 if abandoned else 1.0
+        if self.policy == "backup_workers" and not abandoned:
+            order = self.store.add(f"{self.key}/{self.step_index}", 1)
+            weight = 1.0 if order <= self.used else 0.0
         if n_seq and weight:
             self.speed = n_seq / seconds if self.step_index == 0 else 0.5 * self.speed + 0.5 * n_seq / seconds
         self.step_index += 1
-        with self.tracer.span("all_reduce", "comm"):
-            flat = self._flat_grads(weight)
-            tail = torch.tensor([weight, weight * loss_sum], dtype=flat.dtype, device=flat.device)
-            buf = torch.cat([flat, tail])
-            dist.all_reduce(buf, group=self.ctx.dp_group)
-        contributors, loss = float(buf[-2]), float(buf[-1])
-        if self.policy == "backup_workers":          # mean over the used ranks' (equal) shares
-            buf[:-2] /= contributors
-            loss /= contributors
-        self._unflatten(buf[:-2])
-        norm = float(self.grad_norm())
-        if not (np.isfinite(loss) and np.isfinite(norm)):
-            if self.cfg.training.on_nonfinite == "stop":
-                raise NonFiniteError(f"non-finite loss ({loss}) or gradient norm ({norm})")
-            return {"loss": loss, "grad_norm": norm, "skipped": True}
-        clip = self.cfg.training.grad_clip
-        if clip > 0 and norm > clip:
-            self.scale_gradients(clip / (norm + 1e-6))
-        with self.tracer.span("optimizer", "compute"):
-            self.optimizer_step(lr)
-        return {"loss": loss, "grad_norm": norm, "skipped": False}
+        return weight
 
-    def _forward_backward(self, micro_batches: list, n_seq: int) -> float:
-        """Backward on each micro-batch's mean loss x (its sequences / scale): dynamic_batch scales by G so
-        the all-reduced sum is the global-batch mean; backup_workers by this rank's own count (its mean)."""
-        scale = self.G if self.policy == "dynamic_batch" else max(n_seq, 1)
-        total = 0.0
-        for x, y in micro_batches:
-            if self.policy == "backup_workers":
-                self._check_abandon()
-            t0 = time.perf_counter()
-            loss = self.forward_loss(x.to(self.ctx.device), y.to(self.ctx.device))
-            (loss * (len(x) / scale)).backward()
-            self.stretch(time.perf_counter() - t0)
-            total += float(loss.detach()) * len(x) / scale
-        return total
-
-    def stretch(self, seconds: float) -> None:
+    def stretch(self, engine, seconds: float) -> None:
         """faults.slow; under backup_workers the injected delay is slept in slices, polling whether to quit."""
-        if self.slow_factor <= 1:
+        if engine.slow_factor <= 1:
             return
         if self.policy != "backup_workers":
-            return super().stretch(seconds)
-        end = time.perf_counter() + (self.slow_factor - 1) * seconds
+            return super().stretch(engine, seconds)
+        end = time.perf_counter() + (engine.slow_factor - 1) * seconds
         while time.perf_counter() < end:
             self._check_abandon()
             time.sleep(min(0.005, max(0.0, end - time.perf_counter())))
 
     def _check_abandon(self) -> None:
         if int(self.store.add(f"{self.key}/{self.step_index}", 0)) >= self.used:
-            raise _Abandon
-
-    def _flat_grads(self, weight: float) -> torch.Tensor:
-        params = list(self.base_model.parameters())
-        return torch.cat([(q.grad * weight if q.grad is not None and weight else torch.zeros_like(q)).flatten()
-                          for q in params])
-
-    def _unflatten(self, flat: torch.Tensor) -> None:
-        offset = 0
-        for q in self.base_model.parameters():
-            q.grad = flat[offset: offset + q.numel()].view_as(q).clone()
-            offset += q.numel()
-
-
-ENGINES["load_balancing"] = LoadBalancedEngine
+            raise Abandon
 
 
 # ---------------------------------------------------------------------------------------------

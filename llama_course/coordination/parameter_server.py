@@ -34,9 +34,14 @@ an update holds the shard's lock; `parallel.lock_free: true` (ASP/SSP with SGD) 
 updates interleave element by element, a reply may copy a half-updated shard (counted as `torn_pulls`),
 and `lock_free_cost()` measures what that costs: lost increments and torn snapshots.
 
-Failure detection: every worker sends a heartbeat every HEARTBEAT_S; a server that hears nothing from a
-worker for DEAD_AFTER_S declares it dead (one line on stderr) and, in BSP, completes versions without it
+Failure detection: every worker sends a heartbeat every `Heartbeats.interval_s`; a server that hears
+nothing from a worker for `dead_after_s` declares it dead (one line on stderr) and, in BSP, completes versions without it
 (the mean is then over the live workers). Restarting it is fault tolerance's job (checkpoint.py).
+
+In the runtime a server is a role, not an engine: the trainer runs `serve(cfg, ctx, model)` on ranks
+N..N+k-1 instead of training; a worker's engine is the ordinary one with `ParameterServerSync` as its
+gradient sync (its finish_step pushes and pulls; the worker holds no optimizer). RPC plumbing and the
+heartbeat bookkeeping are in parameter_server_comm.py.
 
 Seed questions: 2 (what a parameter server is), 26 (aggregating parameters), 29 (PS vs all-reduce).
 
@@ -46,10 +51,8 @@ Seed questions: 2 (what a parameter server is), 26 (aggregating parameters), 29 
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
-import time
 from contextlib import nullcontext
 from datetime import timedelta
 
@@ -57,52 +60,25 @@ import torch
 import torch.distributed as dist
 import torch.distributed.rpc as rpc
 
+from llama_course.coordination import parameter_server_comm as comm
+from llama_course.coordination.parameter_server_comm import (  # noqa: F401  (bench and the lab import init_rpc, lock_free_cost from here)
+    HeartbeatMonitor,
+    Heartbeats,
+    init_rpc,
+    lock_free_cost,
+)
 from llama_course.coordination.sync_async import Clocks
 from llama_course.coordination.sync_async import staleness_summary as summary
+from llama_course.core.engine_protocol import GradientSync
 from llama_course.core.optimizers import optimizer_for_groups
-from llama_course.engine import ENGINES, Engine
 from simulator.parameter_server import assign_shards
 
-HEARTBEAT_S = float(os.environ.get("LLAMA_COURSE_HEARTBEAT_S", "0.5"))
-DEAD_AFTER_S = float(os.environ.get("LLAMA_COURSE_DEAD_AFTER_S", "5"))
 
-_SERVER: ShardServer | None = None       # this process's shard (RPC handlers are module functions)
-
-
-class HeartbeatMonitor:
-    """Last time each worker was heard from; `dead()` lists those silent for more than `timeout` seconds.
-    Finished workers (they said goodbye) are never declared dead. `clock` is injectable for tests."""
-
-    def __init__(self, workers, timeout: float, clock=time.monotonic):
-        self.clock, self.timeout = clock, timeout
-        self.last = {w: clock() for w in workers}
-        self.finished: set = set()
-        self.declared: set = set()
-        self.declared_at: dict = {}       # worker -> clock() when declared dead
-
-    def beat(self, worker: int) -> None:
-        self.last[worker] = self.clock()
-
-    def finish(self, worker: int) -> None:
-        self.finished.add(worker)
-
-    def newly_dead(self) -> list:
-        now = self.clock()
-        new = [w for w, t in self.last.items()
-               if w not in self.finished and w not in self.declared and now - t > self.timeout]
-        self.declared.update(new)
-        self.declared_at.update({w: now for w in new})
-        return new
-
-    def settled(self) -> bool:
-        """Every worker has either said goodbye or been declared dead: nobody is left to wait for."""
-        return all(w in self.finished or w in self.declared for w in self.last)
-
-
-class ShardServer:
+class ShardServer(comm.Membership):
     """One server: its tensors of the model, their optimizer, the version counter and the sync rule."""
 
-    def __init__(self, cfg, model, index: int, owner: list, n_workers: int, server_group, device=None):
+    def __init__(self, cfg, model, index: int, owner: list, n_workers: int, server_group, dead_after_s: float = 5.0,
+                 device=None):
         p = cfg.parallel
         self.cfg, self.index, self.n_workers, self.group = cfg, index, n_workers, server_group
         self.device = torch.device(device or "cpu")
@@ -122,7 +98,7 @@ class ShardServer:
         self.version = 0
         self.lock = threading.Lock()
         self.clocks = Clocks(range(n_workers), p.staleness if p.sync == "ssp" else None)
-        self.monitor = HeartbeatMonitor(range(n_workers), DEAD_AFTER_S)
+        self.monitor = HeartbeatMonitor(range(n_workers), dead_after_s)
         self.pending: dict = {}          # BSP: worker -> (grads, loss, lr, future) of the current version
         self.parked: list = []           # SSP: (worker, future, reply) held until the worker may proceed
         self.recent_losses: list = []
@@ -253,120 +229,87 @@ class ShardServer:
             if self.optimizer is not None:
                 self.optimizer.load_state_dict(state["optimizer"])
             self.version = state["version"]
-            self.ema, self.momentum = _to(state["ema"], self.device), _to(state["momentum"], self.device)
+            self.ema = comm.to_device(state["ema"], self.device)
+            self.momentum = comm.to_device(state["momentum"], self.device)
             self.clocks.clock.update({int(w): c for w, c in state["clock"].items()})
             self.staleness = {int(s): c for s, c in state["staleness"].items()}
 
-    # ---- membership -------------------------------------------------------------------------------
-    def heartbeat(self, worker: int) -> None:
-        self.monitor.beat(worker)
 
-    def finish(self, worker: int) -> None:
-        with self.lock:
-            self.monitor.finish(worker)
-            self.clocks.finish(worker)
-            self._release_parked()
-            self._maybe_settle()
-
-    def wait_settled(self):
-        """A future of the workers declared dead, resolved once every worker finished or was declared."""
-        fut = torch.futures.Future()
-        with self.lock:
-            self.settled_waiters.append(fut)
-            self._maybe_settle()
-        return fut
-
-    def _maybe_settle(self) -> None:
-        if self.monitor.settled():
-            dead = sorted(self.monitor.declared)
-            for fut in self.settled_waiters:
-                fut.set_result(dead)
-            self.settled_waiters = []
-            self.settled.set()
-
-    def check_heartbeats(self) -> None:
-        dead = self.monitor.newly_dead()
-        if dead:
-            print(f"parameter server {self.index}: worker(s) {dead} silent for more than {DEAD_AFTER_S:g} s: "
-                  "declared dead; continuing without them", file=sys.stderr, flush=True)
-            with self.lock:
-                for w in dead:
-                    self.clocks.finish(w)
-                if self.sync == "bsp":
-                    self._maybe_finish_version()
-                self._release_parked()
-                self._maybe_settle()
+def server_ranks(cfg) -> list:
+    """The ranks that serve (after the dp workers); the trainer runs `serve` on them instead of training."""
+    p = cfg.parallel
+    return list(range(p.dp, p.dp + p.num_servers)) if p.strategy == "parameter_server" else []
 
 
-# ---- RPC entry points (run on the server's RPC threads) ----------------------------------------------
-@rpc.functions.async_execution
-def _push(worker, version, grads, norm, loss, lr):
-    return _SERVER.push(worker, version, grads, norm, loss, lr)
+def _server_group(cfg):
+    """The servers' own group (BSP all-reduces the aggregated norm over it); every rank takes part."""
+    ranks = server_ranks(cfg)
+    return dist.new_group(ranks) if len(ranks) > 1 else None
 
 
-def _heartbeat(worker):
-    _SERVER.heartbeat(worker)
+def serve(cfg, ctx, model, heartbeats: Heartbeats = Heartbeats()) -> None:
+    """A server rank's whole run: hold shard ctx.rank - dp of `model`, answer pushes until every worker has
+    said goodbye or been declared dead (heartbeats checked meanwhile), then leave RPC."""
+    p = cfg.parallel
+    owner = assign_shards([q.numel() for q in model.parameters()], p.num_servers)
+    server = comm.SERVER[0] = ShardServer(cfg, model, ctx.rank - p.dp, owner, p.dp, _server_group(cfg),
+                                          heartbeats.dead_after_s, ctx.device)
+    comm.init_rpc(f"server{ctx.rank - p.dp}", ctx.rank, ctx.world_size)
+    stop = threading.Event()
+
+    def watch():
+        while not stop.wait(heartbeats.interval_s / 2):
+            server.check_heartbeats()
+
+    threading.Thread(target=watch, daemon=True).start()
+    server.settled.wait()
+    dead = sorted(server.monitor.declared)
+    if dead:          # the survivors got their answer from settled() and said so in the store
+        try:
+            _store(ctx).wait([f"closed_{w}" for w in range(p.dp) if w not in dead],
+                             timedelta(seconds=heartbeats.dead_after_s + 30))
+        except Exception:       # the store went with worker 0's exit: they are gone, either way
+            pass
+    rpc.shutdown(graceful=not dead)     # graceful waits for every RPC peer, which a dead worker never answers
+    stop.set()
 
 
-def _finish(worker):
-    _SERVER.finish(worker)
+def _store(ctx):
+    return dist.PrefixStore(f"llama_course/ps_{ctx.restart_count}", dist.distributed_c10d._get_default_store())
 
 
-@rpc.functions.async_execution
-def _settled():
-    return _SERVER.wait_settled()
-
-
-def _staleness():
-    return dict(_SERVER.staleness)
-
-
-def _get_state():
-    return _to(_SERVER.state_dict(), "cpu")              # the reply crosses RPC on CPU
-
-
-def _set_state(state):
-    _SERVER.load_state_dict(state)
-
-
-class ParameterServerEngine(Engine):
-    """A worker rank (ranks < dp) or a server rank (ranks >= dp) of a parameter-server run."""
+class ParameterServerSync(GradientSync):
+    """A worker's gradient sync: push this rank's gradient to the servers, pull the updated weights back
+    (the optimizer lives on the servers: the worker has none)."""
 
     name = "parameter_server"
+    span = "push"
+    owns_optimizer = False
 
-    def __init__(self, cfg, ctx, model, tracer=None):
-        super().__init__(cfg, ctx, model, tracer)
-        global _SERVER
-        p = cfg.parallel
-        self.n_workers, self.k = p.dp, p.num_servers
-        self.is_server = ctx.rank >= p.dp
-        sizes = [q.numel() for q in self.base_model.parameters()]
-        self.owner = assign_shards(sizes, self.k)
-        server_ranks = list(range(p.dp, p.dp + self.k))
-        group = dist.new_group(server_ranks) if self.k > 1 else None   # every rank takes part in new_group
+    def __init__(self, cfg, ctx, heartbeats: Heartbeats = Heartbeats()):
+        self.cfg, self.ctx, self.heartbeats = cfg, ctx, heartbeats
+        self.n_workers, self.k = cfg.parallel.dp, cfg.parallel.num_servers
+
+    def wrap(self, model):
+        self.owner = assign_shards([q.numel() for q in model.parameters()], self.k)
+        _server_group(self.cfg)
         self.versions = [0] * self.k
-        self.optimizer = None if not self.is_server else self.optimizer
-        if self.is_server:
-            _SERVER = ShardServer(cfg, self.base_model, ctx.rank - p.dp, self.owner, p.dp, group, ctx.device)
-        name = f"server{ctx.rank - p.dp}" if self.is_server else f"worker{ctx.rank}"
-        init_rpc(name, ctx.rank, ctx.world_size)
+        comm.init_rpc(f"worker{self.ctx.rank}", self.ctx.rank, self.ctx.world_size)
         self._stop = threading.Event()
-        if not self.is_server:
-            self._beats = threading.Thread(target=self._heartbeat_loop, daemon=True)
-            self._beats.start()
+        threading.Thread(target=self._heartbeat_loop, daemon=True).start()
+        return model
 
-    # ---- worker -----------------------------------------------------------------------------------
-    def train_step(self, micro_batches: list, lr: float) -> dict:
-        for q in self.base_model.parameters():
-            q.grad = None
-        local_loss = self.forward_backward(micro_batches)
-        params = list(self.base_model.parameters())
+    def loss_group(self):
+        return None                                     # the servers reply with the mean loss
+
+    def finish_step(self, lr: float, norm: float, skipped: bool) -> dict:
+        """Push and pull (always: a BSP server waits for every worker's push; it clips and steps)."""
+        params = list(self.engine.base_model.parameters())
         grads = [q.grad if q.grad is not None else torch.zeros_like(q) for q in params]
-        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
-        with self.tracer.span("push", "comm"):
-            futures = [rpc.rpc_async(f"server{j}", _push, args=(     # gradients staged through CPU
+        with self.engine.tracer.span("push", "comm"):
+            futures = [rpc.rpc_async(f"server{j}", comm.push, args=(     # gradients staged through CPU
                 self.ctx.rank, self.versions[j], [g.cpu() for g, o in zip(grads, self.owner) if o == j], norm,
-                local_loss, lr)) for j in range(self.k)]
+                self.local_loss, lr)) for j in range(self.k)]
             replies = [f.wait() for f in futures]
         with torch.no_grad():
             for j, (version, weights, *_rest) in enumerate(replies):
@@ -381,86 +324,57 @@ class ParameterServerEngine(Engine):
             out["torn_pulls"] = sum(r[5] for r in replies)
         return out
 
+    def mean_loss(self, local: float) -> float:
+        self.local_loss = local                         # pushed with the gradient; the reply has the mean
+        return local
+
     def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
+        while not self._stop.wait(self.heartbeats.interval_s):
             for j in range(self.k):
                 try:
-                    rpc.rpc_async(f"server{j}", _heartbeat, args=(self.ctx.rank,))
+                    rpc.rpc_async(f"server{j}", comm.heartbeat, args=(self.ctx.rank,))
                 except Exception:      # RPC shutting down
                     return
 
     def staleness_histogram(self) -> dict:
         """{staleness: pushes} as server 0 recorded it (asp/ssp)."""
-        return rpc.rpc_sync("server0", _staleness)
-
-    # ---- server -----------------------------------------------------------------------------------
-    def run_server(self) -> None:
-        """Serve until every worker has said goodbye or been declared dead; check heartbeats meanwhile."""
-        watcher = threading.Thread(target=self._watch, daemon=True)
-        watcher.start()
-        _SERVER.settled.wait()
-        dead = sorted(_SERVER.monitor.declared)
-        if dead:          # the survivors got their answer from _settled and said so in the store
-            self._wait_for_survivors([w for w in range(self.n_workers) if w not in dead])
-        self._shutdown(graceful=not dead)
-
-    def _wait_for_survivors(self, workers: list) -> None:
-        try:
-            self._store().wait([f"closed_{w}" for w in workers], timedelta(seconds=DEAD_AFTER_S + 30))
-        except Exception:       # the store went with worker 0's exit: they are gone, either way
-            pass
-
-    def _store(self):
-        return dist.PrefixStore(f"llama_course/ps_{self.ctx.restart_count}",
-                                dist.distributed_c10d._get_default_store())
-
-    def _shutdown(self, graceful: bool) -> None:
-        """rpc.shutdown: graceful waits for every RPC peer, which a dead worker would never answer."""
-        rpc.shutdown(graceful=graceful)
-        self._stop.set()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S / 2):
-            _SERVER.check_heartbeats()
+        return rpc.rpc_sync("server0", comm.staleness)
 
     def close(self) -> None:
-        """A worker says goodbye to every server and waits until the servers have heard from (or buried)
-        every worker; then it leaves RPC: gracefully, or at once when a worker died (it would never answer).
-        Servers leave RPC at the end of `run_server`."""
-        if self.is_server:
-            return
+        """Say goodbye to every server and wait until the servers have heard from (or buried) every worker;
+        then leave RPC: gracefully, or at once when a worker died (it would never answer)."""
         self._stop.set()
         if self.ctx.rank == 0 and self.cfg.parallel.sync != "bsp":
             hist = self.staleness_histogram()
             print(f"parameter server: staleness over all pushes {summary(hist)}; histogram {dict(sorted(hist.items()))}",
                   file=sys.stderr, flush=True)
         for j in range(self.k):
-            rpc.rpc_sync(f"server{j}", _finish, args=(self.ctx.rank,))
-        dead = sorted({w for j in range(self.k) for w in rpc.rpc_sync(f"server{j}", _settled)})
+            rpc.rpc_sync(f"server{j}", comm.finish, args=(self.ctx.rank,))
+        dead = sorted({w for j in range(self.k) for w in rpc.rpc_sync(f"server{j}", comm.settled)})
         if dead:
             if self.ctx.rank == min(w for w in range(self.n_workers) if w not in dead):
                 print(f"parameter server: worker(s) {dead} died during the run; the others finished without "
                       "them", file=sys.stderr, flush=True)
-            self._store().set(f"closed_{self.ctx.rank}", "1")
-        self._shutdown(graceful=not dead)
+            _store(self.ctx).set(f"closed_{self.ctx.rank}", "1")
+        rpc.shutdown(graceful=not dead)
 
     # ---- checkpoints: the state lives on the servers; worker 0 fetches and writes it ------------------
     def state_dict(self) -> dict:
         """This worker's weights and versions, plus (worker 0 only) every server's shard state by RPC.
         In BSP this is one consistent version: every worker waits in the checkpoint before pushing again."""
-        state = {"model": self.base_model.state_dict(), "versions": list(self.versions)}
+        state = {"model": self.engine.base_model.state_dict(), "versions": list(self.versions)}
         if self.ctx.rank == 0:
-            state["servers"] = [rpc.rpc_sync(f"server{j}", _get_state) for j in range(self.k)]
+            state["servers"] = [rpc.rpc_sync(f"server{j}", comm.get_state) for j in range(self.k)]
         return state
 
     def load_state_dict(self, state: dict) -> None:
         """Every worker takes the saved weights and versions; worker 0 hands each server its shard state;
         nobody pushes before every server is restored (a barrier over the workers)."""
-        self.base_model.load_state_dict(state["model"])
+        self.engine.base_model.load_state_dict(state["model"])
         self.versions = list(state["versions"])
         if self.ctx.rank == 0:
             for j, server_state in enumerate(state["servers"]):
-                rpc.rpc_sync(f"server{j}", _set_state, args=(_to(server_state, "cpu"),))
+                rpc.rpc_sync(f"server{j}", comm.set_state, args=(comm.to_device(server_state, "cpu"),))
         if self.n_workers > 1:
             dist.barrier(group=self.ctx.dp_group)
 
@@ -473,87 +387,3 @@ class ParameterServerEngine(Engine):
     def checkpoint_group(self) -> tuple:
         """Checkpoints are collective over the workers only (servers sit in their RPC loop)."""
         return self.ctx.dp_group, list(range(self.n_workers))
-
-
-def _to(obj, device):
-    """`obj` with every tensor inside (dicts, lists, tuples) moved to `device`."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to(v, device) for v in obj)
-    return obj
-
-
-def init_rpc(name: str, rank: int, world_size: int) -> None:
-    """RPC over the run's own (loopback) store: no second rendezvous port.
-
-    `tcp://` rendezvous would start a TCPStore on rank 0 that listens on every interface; instead a
-    `llamacourse://` handler hands RPC a prefix of the process group's store (already bound to
-    MASTER_ADDR, 127.0.0.1 by default), and TensorPipe's own sockets stay on loopback (TP_SOCKET_IFNAME=lo)
-    unless MASTER_ADDR names another host (multi-node)."""
-    host = os.environ.get("MASTER_ADDR", "127.0.0.1")
-    if host in ("127.0.0.1", "localhost"):
-        os.environ.setdefault("TP_SOCKET_IFNAME", "lo")
-    restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-
-    def handler(url, **kwargs):
-        store = dist.PrefixStore(f"llama_course/rpc_{restarts}", dist.distributed_c10d._get_default_store())
-        yield store, rank, world_size
-
-    import importlib
-
-    # (re)register: an earlier run in this process registered its own store's handler
-    importlib.import_module("torch.distributed.rendezvous")._rendezvous_handlers["llamacourse"] = handler
-    timeout = float(os.environ.get("LLAMA_COURSE_TIMEOUT", "60"))
-    # TensorPipe's shared-memory transport busy-polls a core per process: on a CPU machine that steals the
-    # cores from training (a 2-worker step took 2x as long). libuv's TCP transport waits on epoll instead.
-    options = rpc.TensorPipeRpcBackendOptions(init_method="llamacourse://", rpc_timeout=timeout,
-                                              num_worker_threads=max(8, 2 * world_size),
-                                              _transports=["uv"], _channels=["basic"])
-    rpc.init_rpc(name, rank=rank, world_size=world_size, rpc_backend_options=options)
-
-
-def lock_free_cost(threads: int = 2, updates: int = 200, size: int = 1 << 18) -> dict:
-    """What dropping the lock costs, measured: `threads` threads each add 1 to every element of one shared
-    tensor `updates` times (one 'gradient push' each), with and without a lock, while a reader takes
-    snapshots. Returns, per mode, the share of increments lost (read-modify-write races) and the share of
-    snapshots that mix two versions (torn reads), and the time taken."""
-    out = {}
-    for mode in ("lock", "lock_free"):
-        w = torch.zeros(size, device="cpu")
-        lock = threading.Lock() if mode == "lock" else None
-        torn, snaps = [0], [0]
-        done = threading.Event()
-
-        def writer(w=w, lock=lock):       # bound now: threads run within this iteration
-            for _ in range(updates):
-                with lock if lock else nullcontext():
-                    w.add_(1.0)
-
-        def reader(w=w, lock=lock, done=done, snaps=snaps, torn=torn):
-            while not done.is_set():
-                with lock if lock else nullcontext():
-                    s = w.clone()
-                snaps[0] += 1
-                torn[0] += int(s[0] != s[-1] or s.min() != s.max())
-
-        start = time.perf_counter()
-        workers = [threading.Thread(target=writer) for _ in range(threads)]
-        r = threading.Thread(target=reader)
-        r.start()
-        for t in workers:
-            t.start()
-        for t in workers:
-            t.join()
-        done.set()
-        r.join()
-        expected = threads * updates * size
-        out[mode] = {"lost_updates": 1 - float(w.double().sum()) / expected,
-                     "torn_snapshots": torn[0] / max(snaps[0], 1), "snapshots": snaps[0],
-                     "seconds": time.perf_counter() - start}
-    return out
-
-
-ENGINES["parameter_server"] = ParameterServerEngine

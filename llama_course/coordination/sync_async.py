@@ -14,7 +14,7 @@ N workers, worker i takes c_i seconds per gradient. What changes is when an upda
                eta = 0.7, mu = 0.9: DiLoCo, Douillard et al. 2023)
 
 BSP, ASP and SSP run on the parameter server (parameter_server.py, where `Clocks` below gates SSP);
-local SGD runs on collectives (`LocalSGDEngine`, engine "local_sgd"). What each costs: BSP pays the
+local SGD runs on collectives (`LocalSGDSync`, the engine's gradient sync for `sync: local_sgd`). What each costs: BSP pays the
 straggler (step = slowest worker); ASP pays in stale gradients (each step uses weights N - 1 updates old,
 which slows convergence per update and can diverge at high learning rates); SSP trades between the two;
 local SGD pays in drift between the replicas (larger H: cheaper, but the average of H local steps is not
@@ -26,19 +26,18 @@ Seed questions: 4 (sync vs async), 10 / 25 (staleness and consistency), 16 (stra
         --set parallel.sync=ssp --set parallel.staleness=2 --set 'faults.slow={2: 3}'
     llama-course train configs/tiny.yaml --set parallel.sync=local_sgd --set parallel.local_steps=4 \\
         --set parallel.outer_lr=0.7 --set parallel.outer_momentum=0.9            # DiLoCo
-    python -c "from llama_course.coordination.sync_async import experiment; print(experiment(steps=30)[:3])"
+    python benchmarks/sync_async.py --steps 30     # every mode, without and with a straggler
 """
 
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 import torch.distributed as dist
 
 from llama_course.core.distributed import all_reduce_mean
-from llama_course.engine import ENGINES, Engine
+from llama_course.core.engine_protocol import GradientSync
 
 
 class Clocks:
@@ -79,35 +78,33 @@ def staleness_summary(histogram: dict) -> dict:
     return {"mean": sum(s * c for s, c in histogram.items()) / n, "max": max(histogram), "p90": p90, "pushes": n}
 
 
-class LocalSGDEngine(Engine):
+class LocalSGDSync(GradientSync):
     """Data parallel without per-step gradient sync: local optimizer steps, parameters averaged every
     `local_steps` steps through an outer optimizer (plain averaging, or DiLoCo's Nesterov)."""
 
     name = "local_sgd"
 
-    def __init__(self, cfg, ctx, model, tracer=None):
-        super().__init__(cfg, ctx, model, tracer)
+    def __init__(self, cfg, ctx):
         p = cfg.parallel
+        self.ctx = ctx
         self.every, self.outer_lr, self.mu = p.local_steps, p.outer_lr, p.outer_momentum
-        self.params = [q for q in self.base_model.parameters() if q.requires_grad]
-        self.anchor = torch.cat([q.detach().flatten() for q in self.params]).clone()   # x_prev (synced)
-        self.buffer = torch.zeros_like(self.anchor)
         self.steps = 0
 
-    def loss_group(self):
-        return self.ctx.dp_group if self.ctx.dp > 1 else None
+    def wrap(self, model):
+        self.params = [q for q in model.parameters() if q.requires_grad]
+        self.anchor = torch.cat([q.detach().flatten() for q in self.params]).clone()   # x_prev (synced)
+        self.buffer = torch.zeros_like(self.anchor)
+        return model
 
-    def reduce_gradients(self) -> None:
-        """No gradient sync: each replica steps on its own gradient."""
-
-    def train_step(self, micro_batches: list, lr: float) -> dict:
-        out = super().train_step(micro_batches, lr)
+    def finish_step(self, lr: float, norm: float, skipped: bool) -> dict:
+        """The local step (no gradient sync: each replica steps on its own gradient), then every H steps
+        the outer step. The logged norm is the mean of the replicas' norms."""
+        super().finish_step(lr, norm, skipped)
         self.steps += 1
         if self.steps % self.every == 0:
-            with self.tracer.span("all_reduce", "comm"):
+            with self.engine.tracer.span("all_reduce", "comm"):
                 self.outer_step()
-        out["grad_norm"] = all_reduce_mean(out["grad_norm"], self.loss_group(), self.ctx.device)
-        return out
+        return {"grad_norm": all_reduce_mean(norm, self.loss_group(), self.ctx.device)}
 
     @torch.no_grad()
     def outer_step(self) -> None:
@@ -147,52 +144,9 @@ class LocalSGDEngine(Engine):
         return self.ctx.rank
 
 
-ENGINES["local_sgd"] = LocalSGDEngine
-
-
 # ---------------------------------------------------------------------------------------------
-# the lab experiment
+# reading the experiment's records (benchmarks/sync_async.py runs it)
 # ---------------------------------------------------------------------------------------------
-
-MODES = {
-    "bsp (all-reduce)": ["parallel.strategy=collective", "parallel.sync=bsp"],
-    "bsp (parameter server)": ["parallel.strategy=parameter_server", "parallel.sync=bsp"],
-    "asp": ["parallel.strategy=parameter_server", "parallel.sync=asp"],
-    "ssp (s=1)": ["parallel.strategy=parameter_server", "parallel.sync=ssp", "parallel.staleness=1"],
-    "local_sgd (H=4)": ["parallel.strategy=collective", "parallel.sync=local_sgd", "parallel.local_steps=4"],
-    "diloco (H=4)": ["parallel.strategy=collective", "parallel.sync=local_sgd", "parallel.local_steps=4",
-                     "parallel.outer_lr=0.7", "parallel.outer_momentum=0.9"],
-}
-
-
-def experiment(steps: int = 40, workers: int = 3, straggler: float | None = 3.0, modes=None,
-               config: str | None = None, overrides=()) -> list:
-    """Train the tiny model under each sync mode, without and with one straggler (the last worker
-    `straggler` x slower). Returns one record per (mode, straggler, step): loss, step, wall time since
-    the start (`time_s`), staleness where recorded. Plot loss against `step` and against `time_s`
-    (`llama_course.core.plots`), or `summarise(records)`.
-
-    About 10 s of launch plus training per run on a 2-core machine; 12 runs by default."""
-    from llama_course.trainer import train
-
-    base = [f"training.steps={steps}", "parallel.num_servers=1", f"parallel.dp={workers}", "cluster.num_gpus=null",
-            f"parallel.global_batch_size={4 * workers}", "parallel.micro_batch_size=4", "training.warmup_steps=5",
-            "training.eval_every=0", "seq_len=64", "training.precision=fp32", "parallel.implementation=course",
-            *overrides]
-    records = []
-    selected = MODES if modes is None else {m: MODES[m] for m in modes}
-    for mode, sets in selected.items():
-        for slow in ([None, straggler] if straggler else [None]):
-            extra = [f"faults.slow={{{workers - 1}: {slow}}}"] if slow else []
-            start = time.perf_counter()
-            recs = train(config, base + sets + extra)
-            elapsed, wall = time.perf_counter() - start, 0.0
-            for r in recs:
-                wall += r["step_time_s"]
-                records.append({"mode": mode, "straggler": slow or 1.0, "step": r["step"], "loss": r["loss"],
-                                "time_s": wall, "staleness": r.get("staleness"), "run_s": elapsed})
-    return records
-
 
 def summarise(records: list) -> list:
     """Per (mode, straggler): final loss, training seconds, mean staleness."""

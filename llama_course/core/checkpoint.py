@@ -32,8 +32,9 @@ save is in flight; the next save, and the end of training, wait for it.
 Nothing non-finite is committed: before writing, the ranks agree that every floating tensor of the state
 is finite; if not, the checkpoint is skipped with a one-line message and the previous one stays `latest`.
 
-Fault injection for tests: LLAMA_COURSE_KILL_IN_CHECKPOINT="RANK:STEP" makes that rank write half of its
-file at that step and SIGKILL itself (first attempt only), i.e. a crash in the middle of a write.
+Fault injection for tests: `kill_at=(rank, step)` (the trainer's `kill_in_checkpoint` argument) makes that
+rank write half of its file at that step and SIGKILL itself (first attempt only), i.e. a crash in the
+middle of a write.
 
 Trust model: a checkpoint is read with weights_only=True (tensors, numbers, strings and containers; never
 pickled code), so loading a checkpoint from someone else cannot run their code. Checksums detect
@@ -106,18 +107,18 @@ def _barrier(world_size: int, group=None) -> None:
 
 
 def save(root: str, step: int, ctx, engine, config: dict, tokenizer=None, keep: int = 2,
-         extra: dict | None = None) -> str | None:
+         extra: dict | None = None, kill_at: tuple | None = None) -> str | None:
     """Save a checkpoint of every rank at `step` (collective: every rank calls it). Returns its folder
     (None when the state was not finite and nothing was written)."""
     snap = snapshot(step, ctx, engine, extra)
     if snap is None:
         return None
-    return write(root, snap, ctx, config, tokenizer, keep, group=_group(engine))
+    return write(root, snap, ctx, config, tokenizer, keep, group=_group(engine), kill_at=kill_at)
 
 
 def _group(engine):
     """The process group checkpoints of this engine are collective over (None: the default group)."""
-    return getattr(engine, "checkpoint_group", lambda: (None, None))()[0]
+    return engine.checkpoint_group()[0]
 
 
 def snapshot(step: int, ctx, engine, extra: dict | None = None) -> dict | None:
@@ -150,7 +151,8 @@ def snapshot(step: int, ctx, engine, extra: dict | None = None) -> dict | None:
             "writer": sharded or engine.checkpoint_writer()}
 
 
-def write(root: str, snap: dict, ctx, config: dict, tokenizer=None, keep: int = 2, group=None) -> str:
+def write(root: str, snap: dict, ctx, config: dict, tokenizer=None, keep: int = 2, group=None,
+          kill_at: tuple | None = None) -> str:
     """Write a snapshot atomically (collective over `group`, the default group when None)."""
     step = snap["step"]
     final = os.path.join(root, step_dir_name(step))
@@ -166,10 +168,10 @@ def write(root: str, snap: dict, ctx, config: dict, tokenizer=None, keep: int = 
         import torch.distributed.checkpoint as dcp
 
         dcp.save(snap["engine_state"], checkpoint_id=os.path.join(tmp, "dcp"), process_group=group)
-        _torch_save_maybe_killed(state, rank_file, ctx, step)
+        _torch_save_maybe_killed(state, rank_file, ctx, step, kill_at)
     elif snap["writer"]:
         state["engine"] = snap["engine_state"]
-        _torch_save_maybe_killed(state, rank_file, ctx, step)
+        _torch_save_maybe_killed(state, rank_file, ctx, step, kill_at)
     if ctx.rank == 0:
         atomic_torch_save(snap["full"], os.path.join(tmp, "model.pt"))
         if tokenizer is not None:
@@ -215,7 +217,7 @@ class AsyncCheckpointer:
         self.error: BaseException | None = None
         self.saved: list = []
 
-    def save(self, root, step, engine, config, tokenizer=None, keep=2, extra=None) -> bool:
+    def save(self, root, step, engine, config, tokenizer=None, keep=2, extra=None, kill_at=None) -> bool:
         self.wait()
         snap = snapshot(step, self.ctx, engine, extra)
         if snap is None:
@@ -223,7 +225,8 @@ class AsyncCheckpointer:
 
         def run():
             try:
-                self.saved.append(write(root, snap, self.ctx, config, tokenizer, keep, group=self.group))
+                self.saved.append(write(root, snap, self.ctx, config, tokenizer, keep, group=self.group,
+                                        kill_at=kill_at))
             except BaseException as e:  # re-raised on the training thread by wait()
                 self.error = e
 
@@ -263,9 +266,8 @@ def _to_host(state):
     return state
 
 
-def _torch_save_maybe_killed(obj, path: str, ctx, step: int) -> None:
-    hook = os.environ.get("LLAMA_COURSE_KILL_IN_CHECKPOINT")
-    if hook and ctx.restart_count == 0 and hook == f"{ctx.rank}:{step}":
+def _torch_save_maybe_killed(obj, path: str, ctx, step: int, kill_at: tuple | None) -> None:
+    if kill_at is not None and ctx.restart_count == 0 and tuple(kill_at) == (ctx.rank, step):
         import io
 
         buf = io.BytesIO()
@@ -274,7 +276,7 @@ def _torch_save_maybe_killed(obj, path: str, ctx, step: int) -> None:
             f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
             f.flush()
             os.fsync(f.fileno())
-        print(f"LLAMA_COURSE_KILL_IN_CHECKPOINT: rank {ctx.rank} killed while writing step {step}",
+        print(f"kill_in_checkpoint: rank {ctx.rank} killed while writing step {step}",
               file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     atomic_torch_save(obj, path)

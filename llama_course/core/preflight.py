@@ -15,8 +15,12 @@ from __future__ import annotations
 import os
 import time
 
+import torch
+
 from llama_course.core.checkpoint import STEP_DIR, load_manifest, resume_point
+from simulator.capabilities import engine_for
 from simulator.config import ConfigError
+from simulator.workload import count_params
 
 
 def check_run(cfg, metrics=None, trace=None, checkpoint_dir=None, fresh=False, allow_noop=False, log=print) -> int:
@@ -101,3 +105,16 @@ def set_aside(root: str) -> str | None:
     for name in names:
         os.replace(os.path.join(root, name), os.path.join(dest, name))
     return dest
+
+
+def banner(cfg, nproc: int, start: int = 0) -> str:
+    """The one line `train` prints before the first step: model, layout, engine (the capability table's
+    row), device, processes, steps."""
+    p, m = cfg.parallel, cfg.model
+    cuda = torch.cuda.is_available() and os.environ.get("LLAMA_COURSE_DEVICE", "cuda") == "cuda"
+    device = f"cuda ({torch.cuda.get_device_name()}, nccl)" if cuda else "cpu (gloo)"
+    servers = f" + {p.num_servers} parameter server(s)" if p.strategy == "parameter_server" else ""
+    steps = f"steps {start + 1}-{cfg.training.steps}" + (f" (resuming at step {start})" if start else "")
+    return (f"train: {m.arch} {m.n_layers} layers x dim {m.dim} ({count_params(m, cfg.seq_len) / 1e6:.2f}M "
+            f"parameters) | layout dp {p.dp} x tp {p.tp} x pp {p.pp}{servers} | engine {engine_for(cfg)} "
+            f"({p.implementation}) | device {device} | {nproc} process{'es' if nproc > 1 else ''} | {steps}")

@@ -14,8 +14,8 @@ Measured here (tests/test_activation_checkpointing.py, fp32, h = 128, s = 64, b 
 e s b h per layer; none keeps 1.0-1.6x the model (eager PyTorch also keeps RMSNorm's fp32 intermediates and
 RoPE's halves); selective under 0.7x none.
 
-`parallel.activation_checkpointing: none | selective | full`; every engine (single, tensor_parallel,
-pipeline_parallel, parallel_3d) calls `apply_activation_checkpointing` on its blocks. `measure_saved_bytes`
+`parallel.activation_checkpointing: none | selective | full`; in every engine it is a model transform
+(`ActivationCheckpointing`) applied to the blocks after tensor parallelism and before the pipeline split. `measure_saved_bytes`
 counts the bytes alive after a forward (what backward will read), on any device, so the runtime can be
 held against the simulator's activation model (tests/test_activation_checkpointing.py).
 
@@ -31,6 +31,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+from llama_course.core.engine_protocol import ModelTransform
 
 _MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
             torch.ops.aten.linear.default}
@@ -59,6 +61,19 @@ def apply_activation_checkpointing(blocks, mode: str) -> None:
             context = functools.partial(create_selective_checkpoint_contexts, _save_matmuls)
             wrapped = functools.partial(checkpoint, inner, use_reentrant=False, context_fn=context)
         block.forward = wrapped
+
+
+class ActivationCheckpointing(ModelTransform):
+    """The model transform: wrap every block of `model.layers` (whole model or its tensor-parallel shard)."""
+
+    name = "activation_checkpointing"
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def apply(self, model):
+        apply_activation_checkpointing(model.layers, self.mode)
+        return model
 
 
 class _LiveBytes(TorchDispatchMode):

@@ -36,6 +36,8 @@ class Compressor:
 
     name = "none"
     exact_reduce_scatter = True
+    per_rank_state = False
+    """True when each rank keeps its own state (error feedback): every rank checkpoints it."""
 
     def all_reduce(self, flat: torch.Tensor, layout: list, key, group, counter) -> None:
         """Average `flat` (one bucket; layout = [(offset, shape)] of its parameters) over the group, in place."""
@@ -44,6 +46,13 @@ class Compressor:
     def reduce_scatter(self, flat: torch.Tensor, group, counter) -> torch.Tensor:
         """Average `flat` over the group; return this rank's chunk (a view)."""
         return C.ring_reduce_scatter(flat, group, op="avg", check=False, counter=counter)
+
+    def state_dict(self) -> dict:
+        """What the next step's compression depends on (checkpoints resume bit-exactly with it)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict returned."""
 
 
 class CastCompressor(Compressor):
@@ -69,6 +78,7 @@ class TopKCompressor(Compressor):
     """Send the k largest entries of (gradient + residual); keep the rest as residual for the next step."""
 
     name = "topk"
+    per_rank_state = True
 
     def __init__(self, ratio: float):
         if not 0 < ratio <= 1:                       # config validation refuses it with the field's name
@@ -90,11 +100,18 @@ class TopKCompressor(Compressor):
         C.all_gather_into(all_idx, idx.to(torch.int32), group, check=False, counter=counter)
         flat.zero_().index_add_(0, all_idx.long(), all_values).div_(n_ranks)
 
+    def state_dict(self) -> dict:
+        return {"residual": {k: v.clone() for k, v in self.residual.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.residual = {k: v.clone() for k, v in state.get("residual", {}).items()}
+
 
 class PowerSGDCompressor(Compressor):
     """Rank-r PowerSGD with error feedback and warm-started Q (one power iteration per step)."""
 
     name = "powersgd"
+    per_rank_state = True
 
     def __init__(self, rank: int, seed: int = 0):
         if rank < 1:                                 # config validation refuses it with the field's name
@@ -153,10 +170,20 @@ class PowerSGDCompressor(Compressor):
         raise NotImplementedError("PowerSGD compresses all-reduces; the capability table refuses it with "
                                   "zero_stage 2 or 3")
 
+    def state_dict(self) -> dict:
+        """Error feedback (this rank's) and the warm-started Q of every matrix (the same on every rank)."""
+        return {"residual": {k: v.clone() for k, v in self.residual.items()},
+                "q": {k: v.clone() for k, v in self.q.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.residual = {k: v.clone() for k, v in state.get("residual", {}).items()}
+        self.q = {k: v.clone() for k, v in state.get("q", {}).items()}
+
 
 def build_compressor(cfg) -> Compressor:
-    """The compressor of cfg.parallel.compression (the capability table keeps top-k and PowerSGD, which
-    compress all-reduces, away from ZeRO-2/3's reduce-scatters)."""
+    """The compressor of cfg.parallel.compression; with none, training.grad_reduce_dtype bf16/fp16 casts
+    the reduction (fp32 gradients are summed in fp32 otherwise). The capability table keeps top-k and
+    PowerSGD, which compress all-reduces, away from ZeRO-2/3's reduce-scatters."""
     p = cfg.parallel
     if p.compression == "fp16":
         return CastCompressor(torch.float16, "fp16")
@@ -166,4 +193,7 @@ def build_compressor(cfg) -> Compressor:
         return TopKCompressor(p.topk_ratio)
     if p.compression == "powersgd":
         return PowerSGDCompressor(p.powersgd_rank, cfg.training.seed)
+    if cfg.training.grad_reduce_dtype in ("fp16", "bf16"):
+        return CastCompressor(torch.float16 if cfg.training.grad_reduce_dtype == "fp16" else torch.bfloat16,
+                              cfg.training.grad_reduce_dtype)
     return Compressor()

@@ -51,60 +51,43 @@ memory column), 26 (aggregating parameters: averaging), and 15/27 (overlapping c
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import time
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from llama_course.core.optimizers import optimizer_for_groups
-from llama_course.engine import ENGINES, Engine
+from llama_course.core.engine_protocol import GradientSync
 from llama_course.parallel import collectives as C
-from llama_course.parallel.communication_compression import build_compressor
+from llama_course.parallel.data_parallel_comm import Unit, _copy_of_dp_group, bucket_plan
 from simulator import spec
 
 
-class Unit:
-    """Parameters flattened into one buffer: a gradient bucket (stages 0-2) or one layer (stage 3).
-    Rank r owns elements [lo, hi) = chunk r of the flat buffer (collectives.chunk_range)."""
-
-    def __init__(self, index: int, params: list, n_ranks: int, rank: int):
-        self.index, self.params = index, params
-        self.offsets, o = [], 0
-        for p in params:
-            self.offsets.append(o)
-            o += p.numel()
-        self.numel = o
-        self.lo, self.hi = C.chunk_range(o, n_ranks, rank)
-        self.layout = [(off, tuple(p.shape)) for off, p in zip(self.offsets, params)]
-        self.dtype, self.device = params[0].dtype, params[0].device
-        self.flat = self.shard = self.grad_flat = self.grad_shard = None
-        self.ready: set = set()          # ids of params whose gradient of this backward has arrived
-        self.launched = self.packed = False
-        self.unused: set = set()          # ids of params no rank used this step (grad stays None)
-        self.gathered = True
-
-    def slices(self):
-        for p, off in zip(self.params, self.offsets):
-            yield p, off, off + p.numel()
-
-
-class DataParallelEngine(Engine):
-    """The course's data parallelism; `parallel.zero_stage` chooses how much each rank shards."""
+class DataParallelSync(GradientSync):
+    """The course's data parallelism as the engine's gradient sync; `parallel.zero_stage` chooses how
+    much each rank shards. It runs over the dp group of whatever part of the model this rank holds (the
+    whole model, a tensor-parallel shard, pipeline stages: Megatron-LM's distributed optimizer)."""
 
     name = "data_parallel"
 
+    def __init__(self, cfg, ctx, compressor, deferred: bool = False):
+        p = cfg.parallel
+        self.cfg, self.ctx, self.compressor = cfg, ctx, compressor
+        self.stage, self.group = p.zero_stage, ctx.dp_group
+        self.span = spec.gradient_sync_event(self.stage)
+        self.deferred = deferred                           # reduce only after backward (a plan drops gradients)
+        self.overlap = p.overlap and (p.bucket_mb > 0 or self.stage == 3) and not deferred
+        self.wire = C.WireCounter()
+
     # ---- setup ------------------------------------------------------------------------------------
     def wrap(self, model: nn.Module) -> nn.Module:
-        p, ctx = self.cfg.parallel, self.ctx
-        self.stage, self.group = p.zero_stage, ctx.dp_group
+        ctx = self.ctx
         self.n_ranks, self.rank = C._size(self.group), C._rank(self.group)
-        self.compressor = build_compressor(self.cfg)
-        self.wire = C.WireCounter()
-        self.overlap = p.overlap and (p.bucket_mb > 0 or self.stage == 3)
         self.comm = C.CommThread(_copy_of_dp_group(ctx)) if self.overlap else None
         self.final, self.next_launch = False, 0             # backward outside train_step: no communication
         trainable = list({id(q): q for q in model.parameters() if q.requires_grad}.values())
+        self.name_of = {id(q): n for n, q in model.named_parameters()}
         with torch.no_grad():                                  # replicas start equal: rank 0's weights
             for q in model.parameters():
                 C.tree_broadcast(q.data, 0, self.group, check=False)
@@ -116,31 +99,34 @@ class DataParallelEngine(Engine):
             q.register_post_accumulate_grad_hook(self._on_grad_ready)
         if self.stage == 3:
             self._register_gather_hooks(model)
+        self.pieces = []
         return model
 
-    def __init__(self, cfg, ctx, model, tracer=None):
-        super().__init__(cfg, ctx, model, tracer)
-        if self.stage >= 1:                                    # the optimizer sees only this rank's pieces
-            self.pieces, self.piece_param = [], {}
-            groups = [{"params": [], "weight_decay": cfg.training.weight_decay}, {"params": [], "weight_decay": 0.0}]
-            for u in self.units:
-                for q, a, b in u.slices():
-                    a, b = max(a, u.lo), min(b, u.hi)
-                    if a < b:
-                        piece = (u.shard[a - u.lo: b - u.lo] if self.stage == 3 else u.flat[a:b])
-                        self.pieces.append((piece, u, q, a))
-                        self.piece_param[id(piece)] = self._param_index(q)
-                        groups[0 if q.dim() >= 2 else 1]["params"].append(piece)
-            self.optimizer = optimizer_for_groups(cfg, groups)
-            if hasattr(self.optimizer, "layer_norms"):
-                self.optimizer.layer_norms = self._layer_norms
+    def optimizer_groups(self) -> list | None:
+        """ZeRO-1/2/3: the optimizer sees only this rank's pieces (slices of the flat buffers)."""
+        if self.stage == 0:
+            return None
+        self.piece_param = {}
+        groups = [{"params": [], "weight_decay": self.cfg.training.weight_decay}, {"params": [], "weight_decay": 0.0}]
+        index = {id(x): i for i, x in enumerate({id(x): x for x in self.engine.base_model.parameters()}.values())}
+        self.n_params = len(index)
+        for u in self.units:
+            for q, a, b in u.slices():
+                a, b = max(a, u.lo), min(b, u.hi)
+                if a < b:
+                    piece = (u.shard[a - u.lo: b - u.lo] if self.stage == 3 else u.flat[a:b])
+                    self.pieces.append((piece, u, q, a))
+                    self.piece_param[id(piece)] = index[id(q)]
+                    groups[0 if q.dim() >= 2 else 1]["params"].append(piece)
+        return groups
+
+    def attach_optimizer(self, optimizer) -> None:
+        if self.stage >= 1 and hasattr(optimizer, "layer_norms"):      # course LARS / LAMB
+            optimizer.layer_norms = self._layer_norms
 
     def _buckets(self, trainable: list) -> list:
-        """Reverse registration order ~ the order backward produces gradients; ~bucket_mb MiB each (0: per
-        tensor), the first at most 1 MiB, as in DDP: the plan of simulator/spec.py, which the simulator uses."""
-        order = list(reversed(trainable))
-        plan = spec.bucket_plan([q.numel() * q.element_size() for q in order], self.cfg.parallel.bucket_mb)
-        return [Unit(i, [order[j] for j in ids], self.n_ranks, self.rank) for i, ids in enumerate(plan)]
+        return [Unit(i, ps, self.n_ranks, self.rank)
+                for i, ps in enumerate(bucket_plan(trainable, self.cfg.parallel.bucket_mb))]
 
     def _layer_units(self, model: nn.Module, trainable: list) -> list:
         """ZeRO-3: one unit per transformer block (last block first) and a root unit for the rest."""
@@ -197,7 +183,7 @@ class DataParallelEngine(Engine):
     def _gather(self, u: Unit) -> None:
         if u.gathered:
             return
-        with self.tracer.span("all_gather", "comm"), torch.no_grad():
+        with self.engine.tracer.span("all_gather", "comm"), torch.no_grad():
             u.flat.untyped_storage().resize_(u.numel * u.flat.element_size())
             u.flat[u.lo:u.hi].copy_(u.shard)
             C.ring_all_gather(u.flat, self.group, check=False, counter=self.wire)
@@ -208,19 +194,23 @@ class DataParallelEngine(Engine):
         u.gathered = False
 
     # ---- gradients ----------------------------------------------------------------------------------
-    def sync_context(self, is_last_micro: bool):
-        self.final = is_last_micro
+    def begin_step(self) -> None:
+        self.wire.take()                                       # bytes of this step only
+        for q in self.engine.base_model.parameters():
+            q.grad = None
+        for piece, *_ in self.pieces:
+            piece.grad = None
+        for u in self.units:
+            u.launched, u.packed, u.unused = False, False, set()
+            u.ready.clear()
+        self.next_launch, self.final = 0, False
+
+    def micro_batch(self, last: bool):
+        """Micro-batches but the last only accumulate p.grad; the last one's hooks pack and send buckets."""
+        self.final = last and not self.deferred
         for u in self.units:
             u.ready.clear()
         return nullcontext()
-
-    def forward_backward(self, micro_batches: list) -> float:
-        for q in self.base_model.parameters():
-            q.grad = None
-        for u in self.units:
-            u.launched, u.unused = False, set()
-        self.next_launch = 0
-        return super().forward_backward(micro_batches)
 
     def _on_grad_ready(self, q: torch.Tensor) -> None:
         u = self.unit_of[id(q)]
@@ -261,8 +251,6 @@ class DataParallelEngine(Engine):
             self.next_launch += 1
 
     def _communicate(self, u: Unit, group) -> None:
-        import time
-
         start = time.perf_counter()
         if self.stage <= 1:
             self.compressor.all_reduce(u.grad_flat, u.layout, u.index, group, self.wire)
@@ -272,13 +260,14 @@ class DataParallelEngine(Engine):
             u.grad_shard.copy_(mine)
             u.grad_flat = None                                  # ZeRO-2/3: the full gradient is not kept
             name = "reduce_scatter"
-        self.tracer.add(name, "comm", start, time.perf_counter() - start, bucket=u.index)
+        self.engine.tracer.add(name, "comm", start, time.perf_counter() - start, bucket=u.index)
 
-    def reduce_gradients(self) -> None:
+    def reduce(self) -> None:
         # parameters that never fired this backward: gradient from earlier micro-batches, or unused (zeros)
+        unused = self._unused_everywhere() if self.deferred else None
         for u in self.units:
             if not u.launched and not u.packed:
-                u.unused = {id(q) for q in u.params if q.grad is None}
+                u.unused = {id(q) for q in u.params if q.grad is None} if unused is None else unused & set(u.ids)
                 self._pack(u)
             if self.stage == 3 and u.gathered:
                 self._free(u)
@@ -290,91 +279,103 @@ class DataParallelEngine(Engine):
             for q in u.params:
                 if id(q) in u.unused:
                     q.grad = None
-        if self.stage >= 1:
-            for piece, u, q, a in self.pieces:
-                piece.grad = None if id(q) in u.unused else (
-                    u.grad_flat[a:a + piece.numel()] if self.stage == 1 else u.grad_shard[a - u.lo: a - u.lo + piece.numel()])
+        for piece, u, q, a in self.pieces:
+            piece.grad = None if id(q) in u.unused else (
+                u.grad_flat[a:a + piece.numel()] if self.stage == 1 else u.grad_shard[a - u.lo: a - u.lo + piece.numel()])
 
-    # ---- norms, clipping, step -------------------------------------------------------------------------
-    def grad_norm(self) -> torch.Tensor:
+    def _unused_everywhere(self) -> set:
+        """Ids of the parameters no rank of the dp group gave a gradient this step (one all-reduce of a flag
+        per parameter). A deferred reduction may follow a rank that computed nothing (a load-balanced share
+        of 0 sequences, an abandoned backup worker): its missing gradients are zeros, not 'unused'."""
+        params = [q for u in self.units for q in u.params]
+        used = torch.tensor([float(q.grad is not None) for q in params], device=self.ctx.device)
+        if self.n_ranks > 1:
+            dist.all_reduce(used, op=dist.ReduceOp.MAX, group=self.group)
+        return {id(q) for q, flag in zip(params, used.tolist()) if not flag}
+
+    # ---- what the optimizer reads, norms, the step ---------------------------------------------------
+    def grads(self) -> list:
+        if self.stage <= 1:                                     # whole flat buffers (p.grad are views)
+            return [u.grad_flat for u in self.units if u.grad_flat is not None]
+        return [u.grad_shard for u in self.units]
+
+    def norm_terms(self) -> list:
         if self.stage <= 1:
-            return super().grad_norm()
-        sq = torch.zeros(1, dtype=torch.float64, device=self.ctx.device)
-        for piece, *_ in self.pieces:
-            if piece.grad is not None:
-                sq += piece.grad.double().pow(2).sum()
-        C.ring_all_reduce(sq, self.group, check=False, counter=self.wire)
-        return sq.sqrt().float()[0]
+            return super().norm_terms()
+        return [(self.name_of[id(q)], q, piece.grad) for piece, _, q, _ in self.pieces if piece.grad is not None]
 
-    def scale_gradients(self, factor: float) -> None:
-        if self.stage <= 1:
-            return super().scale_gradients(factor)
-        for piece, *_ in self.pieces:
-            if piece.grad is not None:
-                piece.grad.mul_(factor)
+    def norm_group(self):
+        return self.group if self.stage >= 2 else None
 
-    def optimizer_step(self, lr: float) -> None:
-        super().optimizer_step(lr)
+    def finish_step(self, lr: float, norm: float, skipped: bool) -> dict:
+        if skipped:
+            for q in self.engine.base_model.parameters():
+                q.grad = None
+            for piece, *_ in self.pieces:
+                piece.grad = None
+            return {}
+        self.engine.clip_and_step(lr, norm)
         if self.stage in (1, 2):                                # everyone needs everyone's updated shard
-            with self.tracer.span("all_gather", "comm"):
+            with self.engine.tracer.span("all_gather", "comm"):
                 for u in self.units:
                     C.ring_all_gather(u.flat, self.group, check=False, counter=self.wire)
+        return {}
 
-    def train_step(self, micro_batches: list, lr: float) -> dict:
-        self.wire.take()
-        out = super().train_step(micro_batches, lr)
-        out["bytes_sent"] = self.wire.take()
-        return out
-
-    def _param_index(self, q) -> int:
-        if not hasattr(self, "_index"):
-            self._index = {id(x): i for i, x in enumerate({id(x): x for x in self.base_model.parameters()}.values())}
-        return self._index[id(q)]
+    def metrics(self) -> dict:
+        return {"bytes_sent": self.wire.take()}
 
     def _layer_norms(self, params: list, tensors: list) -> list:
         """LARS/LAMB trust ratios need whole-layer norms: add every rank's squares per parameter."""
-        sq = torch.zeros(len(self._index), dtype=torch.float64, device=self.ctx.device)
+        sq = torch.zeros(self.n_params, dtype=torch.float64, device=self.ctx.device)
         for piece, t in zip(params, tensors):
             sq[self.piece_param[id(piece)]] += t.double().pow(2).sum()
         C.ring_all_reduce(sq, self.group, check=False, counter=self.wire)
         return [sq[self.piece_param[id(piece)]].sqrt().float() for piece in params]
 
+    @contextmanager
+    def gathered(self):
+        if self.stage == 3:
+            for u in self.units:
+                self._gather(u)
+        try:
+            yield
+        finally:
+            if self.stage == 3:
+                for u in self.units:
+                    self._free(u)
+
     # ---- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        if self.stage == 0:
-            return super().state_dict()
-        return {"shards": [(u.shard if self.stage == 3 else u.flat[u.lo:u.hi]).clone() for u in self.units],
-                "frozen": {n: t.detach().clone() for n, t in self.base_model.named_parameters() if not t.requires_grad},
-                "optimizer": self.optimizer.state_dict()}
+        e = self.engine
+        state = super().state_dict() if self.stage == 0 else {
+            "shards": [(u.shard if self.stage == 3 else u.flat[u.lo:u.hi]).clone() for u in self.units],
+            "frozen": {n: t.detach().clone() for n, t in e.base_model.named_parameters() if not t.requires_grad},
+            "optimizer": e.optimizer.state_dict()}
+        state["compression"] = self.compressor.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        self.compressor.load_state_dict(state.get("compression", {}))
         if self.stage == 0:
             return super().load_state_dict(state)
+        e = self.engine
         with torch.no_grad():
             for u, shard in zip(self.units, state["shards"]):
                 (u.shard if self.stage == 3 else u.flat[u.lo:u.hi]).copy_(shard)
                 if self.stage in (1, 2):
                     C.ring_all_gather(u.flat, self.group, check=False)
-            named = dict(self.base_model.named_parameters())
+            named = dict(e.base_model.named_parameters())
             for n, t in state["frozen"].items():
                 named[n].copy_(t)
-        self.optimizer.load_state_dict(state["optimizer"])
-
-    def full_model_state(self) -> dict | None:
-        if self.stage == 3:
-            for u in self.units:
-                self._gather(u)
-        state = {k: v.clone() for k, v in self.base_model.state_dict().items()} if self.ctx.rank == 0 else None
-        if self.stage == 3:
-            for u in self.units:
-                self._free(u)
-        return state
+        e.optimizer.load_state_dict(state["optimizer"])
 
     def checkpoint_writer(self) -> bool:
-        return self.stage == 0 and self.ctx.dp_rank == 0 or self.stage > 0
+        return self.stage == 0 and self.ctx.dp_rank == 0 or self.stage > 0 or self.compressor.per_rank_state
 
     def checkpoint_source_rank(self) -> int:
-        return super().checkpoint_source_rank() if self.stage == 0 else self.ctx.rank
+        if self.stage == 0 and not self.compressor.per_rank_state:
+            return super().checkpoint_source_rank()
+        return self.ctx.rank
 
     def memory_bytes(self) -> dict:
         """Bytes this rank holds after a step, by kind (distinct storages; freed ZeRO-3 buffers count 0)."""
@@ -385,88 +386,9 @@ class DataParallelEngine(Engine):
                     s = t.untyped_storage()
                     seen[s.data_ptr()] = s.nbytes()
             return sum(seen.values())
-        params = [q for q in self.base_model.parameters()] + [u.shard for u in self.units]
-        grads = [q.grad for q in self.base_model.parameters()] + [u.grad_flat for u in self.units] + \
+        model, optimizer = self.engine.base_model, self.engine.optimizer
+        params = [q for q in model.parameters()] + [u.shard for u in self.units]
+        grads = [q.grad for q in model.parameters()] + [u.grad_flat for u in self.units] + \
                 [u.grad_shard for u in self.units]
-        state = [t for s in self.optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+        state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
         return {"params": total(params), "grads": total(grads), "optimizer": total(state)}
-
-
-class FSDP2Engine(Engine):
-    """torch's FSDP2: `fully_shard` each transformer block, then the root (embeddings, norm, head)."""
-
-    name = "fsdp2"
-
-    def wrap(self, model: nn.Module) -> nn.Module:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-
-        c = self.ctx
-        mesh = init_device_mesh(c.device_type, (c.dp,))
-        reshard = self.cfg.parallel.zero_stage >= 3
-        for layer in getattr(model, "layers", []):
-            fully_shard(layer, mesh=mesh, reshard_after_forward=reshard)
-        fully_shard(model, mesh=mesh, reshard_after_forward=reshard)
-        return model
-
-    def sync_context(self, is_last_micro: bool):
-        self.model.set_requires_gradient_sync(is_last_micro)
-        return nullcontext()
-
-    def grad_norm(self) -> torch.Tensor:
-        sq = torch.zeros(1, dtype=torch.float64, device=self.ctx.device)
-        for q in self.base_model.parameters():
-            if q.grad is not None:
-                sq += q.grad.to_local().double().pow(2).sum()
-        dist.all_reduce(sq, group=self.ctx.dp_group)
-        return sq.sqrt().float()[0]
-
-    def state_dict(self) -> dict:
-        local = lambda x: x.to_local().clone() if hasattr(x, "to_local") else x  # noqa: E731
-        opt = self.optimizer.state_dict()
-        opt["state"] = {k: {n: local(t) for n, t in s.items()} for k, s in opt["state"].items()}
-        return {"model": {k: local(v) for k, v in self.base_model.state_dict().items()}, "optimizer": opt}
-
-    def load_state_dict(self, state: dict) -> None:
-        from torch.distributed.tensor import DTensor
-
-        with torch.no_grad():
-            for k, v in self.base_model.state_dict().items():
-                (v.to_local() if isinstance(v, DTensor) else v).copy_(state["model"][k])
-        params = [q for g in self.optimizer.param_groups for q in g["params"]]
-        opt = state["optimizer"]
-        for k, s in opt["state"].items():
-            q = params[int(k)]
-            opt["state"][k] = {n: DTensor.from_local(t, q.device_mesh, q.placements) if t.dim() > 0 else t
-                               for n, t in s.items()}
-        self.optimizer.load_state_dict(opt)
-
-    def full_model_state(self) -> dict | None:
-        full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in self.base_model.state_dict().items()}
-        return full if self.ctx.rank == 0 else None
-
-    def checkpoint_writer(self) -> bool:
-        return True
-
-    def checkpoint_source_rank(self) -> int:
-        return self.ctx.rank
-
-
-def _copy_of_dp_group(ctx):
-    """A second process group over this rank's dp group (every rank creates every dp group, in order)."""
-    mine = None
-    for ranks in spec.groups("dp", ctx.dp, ctx.tp, ctx.pp):
-        group = dist.new_group(ranks, timeout=_timeout())
-        if ctx.rank in ranks:
-            mine = group
-    return mine
-
-
-def _timeout():
-    from llama_course.core.distributed import default_timeout
-
-    return default_timeout()
-
-
-ENGINES["data_parallel"] = DataParallelEngine
-ENGINES["fsdp2"] = FSDP2Engine

@@ -22,30 +22,33 @@ NVLink), p as small as lets the model fit with t (each stage adds bubble), d tak
 (dp = num_gpus / (t p)) and the global batch fixes m = B / (d b). `llama-course plan` searches this with
 the simulator; this module is the real thing it predicts.
 
-There is no separate algorithm here: `build_parallel_3d` picks the pipeline engine (which shards its stages
-with tensor parallelism when tp > 1) or the tensor-parallel engine (pp = 1), and both reduce over dp.
+There is no separate algorithm here: a 3-D engine is the composition of pieces (engine.py), and this
+module says in which order the model is cut: tensor parallelism first (every block split over tp),
+activation checkpointing on the split blocks, then the pipeline cut of the split model into stages.
+The schedule runs the pipeline (pipeline_parallel.py) and the gradient sync reduces each rank's part
+over its dp group (data_parallel.py: bucketed, ZeRO-1/2, compressed; or torch's FSDP2 on a (dp, tp) mesh).
 
     llama-course train configs/tiny.yaml --set cluster.num_gpus=8 parallel.tp=2 parallel.pp=2 \\
         parallel.global_batch_size=8 parallel.micro_batch_size=1
+    llama-course train configs/tiny.yaml --set cluster.num_gpus=4 parallel.tp=2 parallel.zero_stage=1
 """
 
 from __future__ import annotations
 
-from llama_course.engine import ENGINES
-from llama_course.parallel.pipeline_parallel import PipelineEngine, TorchPipelineEngine
-from llama_course.parallel.tensor_parallel import TensorParallelEngine, TorchTensorParallelEngine
+from llama_course.parallel.activation_checkpointing import ActivationCheckpointing
+from llama_course.parallel.pipeline_parallel import PipelineSplit
+from llama_course.parallel.tensor_parallel import TensorParallel, TorchTensorParallel
 
 
-def build_parallel_3d(cfg, ctx, model, tracer=None):
-    """The engine for dp x tp x pp (any two or three > 1), course or torch implementation."""
-    course = cfg.parallel.implementation == "course"
-    if cfg.parallel.pp > 1:
-        cls = PipelineEngine if course else TorchPipelineEngine
-    else:
-        cls = TensorParallelEngine if course else TorchTensorParallelEngine
-    engine = cls(cfg, ctx, model, tracer)
-    engine.name = "parallel_3d"
-    return engine
-
-
-ENGINES["parallel_3d"] = build_parallel_3d
+def model_transforms(cfg, ctx) -> list:
+    """The model transforms of dp x tp x pp, in the order they apply: tp shards, checkpointed blocks, stages."""
+    p = cfg.parallel
+    out = []
+    if p.tp > 1:
+        out.append(TensorParallel(ctx, p.sequence_parallel) if p.implementation == "course"
+                   else TorchTensorParallel(ctx, p.sequence_parallel))
+    if p.activation_checkpointing != "none":
+        out.append(ActivationCheckpointing(p.activation_checkpointing))
+    if p.pp > 1:
+        out.append(PipelineSplit(cfg, ctx))
+    return out

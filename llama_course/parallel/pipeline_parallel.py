@@ -16,6 +16,11 @@ activations per stage, 1F1B at most p. Interleaved 1F1B (`vpp` = v chunks per ra
 k = c p + r) cuts the bubble to (p-1)/(v m + p-1) for v times more sends. Communication: e b s h bytes
 per micro-batch and stage boundary, each way (pipeline_parallel_comm.py).
 
+In the engine (engine.py) the cut is a model transform (`PipelineSplit`, after tensor parallelism and
+activation checkpointing have changed the blocks) and the order of work a schedule (`PipelineSchedule`,
+or `TorchPipelineSchedule` on torch.distributed.pipelining); the data-parallel gradient sync (ZeRO-1/2
+included, as Megatron-LM runs it) reduces each stage's gradients over its dp group after the schedule.
+
 The task order of every schedule comes from `simulator.pipeline_parallel.schedule_order`, the same
 function the simulator runs, so a measured trace and a simulated one are the same program.
 
@@ -39,10 +44,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
+from llama_course.core.engine_protocol import ModelTransform, Schedule
 from llama_course.core.model import cross_entropy
-from llama_course.engine import ENGINES, Engine
-from llama_course.parallel.activation_checkpointing import apply_activation_checkpointing
 from llama_course.parallel.balanced_stages import (  # noqa: F401  (re-exported: the stage partition is part of the concept)
     balance_report,
     naive_partition,
@@ -55,14 +60,8 @@ from llama_course.parallel.pipeline_parallel_comm import (
     rendezvous_check,
     schedule_plan,
 )
-from llama_course.parallel.tensor_parallel import (
-    gather_full_state,
-    model_parallel_grad_norm,
-    shard_dim,
-    shard_model,
-    vocab_parallel_cross_entropy,
-)
-from llama_course.parallel.tensor_parallel_comm import all_reduce_gradients, enter_region, split_to_sp
+from llama_course.parallel.tensor_parallel import vocab_parallel_cross_entropy
+from llama_course.parallel.tensor_parallel_comm import enter_region, split_to_sp
 from simulator.config import ConfigError
 from simulator.pipeline_parallel import schedule_order
 
@@ -114,19 +113,31 @@ class PipelineRank(nn.Module):
         self.chunks = nn.ModuleList(chunks)
 
 
-def build_stages(cfg, ctx, model: nn.Module) -> PipelineRank:
-    """This rank's chunks of a full model (tensor-parallel shards of it first when tp > 1)."""
-    p, v = ctx.pp, cfg.parallel.vpp
-    if ctx.tp > 1 and cfg.parallel.implementation == "course":
-        model = shard_model(model, ctx.tp_group, cfg.parallel.sequence_parallel)
-    parts = stage_layers(cfg)
-    chunks = []
-    for c in range(v):
-        k = c * p + ctx.pp_rank
-        chunk = StageModule(model, parts[k], first=k == 0, last=k == p * v - 1)
-        apply_activation_checkpointing(chunk.layers, cfg.parallel.activation_checkpointing)
-        chunks.append(chunk)
-    return PipelineRank(chunks)
+class PipelineSplit(ModelTransform):
+    """The model transform: this rank's chunks of the model (tensor-parallel shards of it when a
+    TensorParallel transform ran first). Names map back to the full model's (`full_name`)."""
+
+    name = "pipeline_parallel"
+
+    def __init__(self, cfg, ctx):
+        # the capability table refuses tied embeddings here (an embedding and a head on different stages)
+        self.cfg, self.ctx = cfg, ctx
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        p, v, r = self.ctx.pp, self.cfg.parallel.vpp, self.ctx.pp_rank
+        parts = stage_layers(self.cfg)
+        return PipelineRank([StageModule(model, parts[c * p + r], first=c * p + r == 0, last=c * p + r == p * v - 1)
+                             for c in range(v)])
+
+    def full_name(self, name: str) -> str:
+        return full_name(name)
+
+    def gather_full(self, ctx, named: dict) -> dict:
+        """Every stage's tensors to rank 0 (each stage's dp 0, tp 0 rank sends; a collective)."""
+        parts = [None] * ctx.world_size if ctx.rank == 0 else None
+        mine = {n: t.detach().cpu() for n, t in named.items()} if ctx.dp_rank == 0 and ctx.tp_rank == 0 else {}
+        dist.gather_object(mine, parts, dst=0)
+        return {n: t for part in parts for n, t in part.items()} if ctx.rank == 0 else {}
 
 
 def full_name(name: str) -> str:
@@ -135,69 +146,63 @@ def full_name(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# the course's engine: schedules on send/recv
+# the course's schedule: task by task, each task's messages paired in one batch
 # ---------------------------------------------------------------------------------------------
 
-class PipelineEngine(Engine):
-    """implementation: course. Runs `schedule_order` task by task; tp > 1 and dp > 1 compose (parallel_3d)."""
+class PipelineSchedule(Schedule):
+    """implementation: course. Runs `schedule_order` task by task on this rank's chunks; before each task
+    one batch posts the sends queued by earlier tasks together with this task's receive
+    (pipeline_parallel_comm.p2p_plan: Megatron's send_forward_recv_backward pairing, which NCCL needs)."""
 
-    name = "pipeline_parallel"
     compute_delay: tuple = (0.0, 0.0)
     """Seconds of sleep per layer in each forward and backward (benchmarks: a noise-free compute stand-in)."""
 
-    def __init__(self, cfg, ctx, model, tracer=None):
-        # the capability table refuses tied embeddings (an embedding and a head on different stages) and fp16
-        self.v = cfg.parallel.vpp
-        self.schedule = cfg.parallel.schedule
-        super().__init__(cfg, ctx, build_stages(cfg, ctx, model), tracer)
-        self.comm = PipelineComm(ctx, self.tracer, ctx.pp * self.v)
+    def __init__(self, cfg, ctx):
+        self.cfg, self.ctx = cfg, ctx
+        self.name, self.v = cfg.parallel.schedule, cfg.parallel.vpp
+
+    def attach(self, engine) -> None:
+        ctx = self.ctx
+        self.comm = PipelineComm(ctx, engine.tracer, ctx.pp * self.v)
         self._plans: dict = {}
-        if ctx.backend == "nccl" and cfg.parallel.implementation == "course":
-            m = cfg.grad_accum_steps
-            trouble = rendezvous_check([schedule_plan(self.schedule, ctx.pp, m, self.v, r) for r in range(ctx.pp)])
+        if ctx.backend == "nccl" and self.cfg.parallel.implementation == "course":
+            m = self.cfg.grad_accum_steps
+            trouble = rendezvous_check([schedule_plan(self.name, ctx.pp, m, self.v, r) for r in range(ctx.pp)])
             if trouble:
-                raise ConfigError(f"parallel.schedule: {self.schedule} with pp {ctx.pp}, vpp {self.v} and {m} "
+                raise ConfigError(f"parallel.schedule: {self.name} with pp {ctx.pp}, vpp {self.v} and {m} "
                                   f"micro-batches cannot pair its sends on NCCL ({trouble.split(':')[0]}); use "
                                   "parallel.implementation=torch or another schedule")
-        if cfg.load_balance.policy == "balanced_stages" and ctx.rank == 0:
-            r = balance_report(cfg)
+        if self.cfg.load_balance.policy == "balanced_stages" and ctx.rank == 0:
+            r = balance_report(self.cfg)
             print(f"balanced_stages: naive {r['naive']} slowest {r['naive_slowest']:.3g} FLOP/token, "
                   f"balanced {r['balanced']} slowest {r['balanced_slowest']:.3g} ({r['speedup']:.2f}x)", flush=True)
 
-    # ---- one step ---------------------------------------------------------------------------------
     def activation_shape(self, x: torch.Tensor) -> tuple:
         b, s = x.shape
         if self.cfg.parallel.sequence_parallel and self.ctx.tp > 1:
             s //= self.ctx.tp
         return (b, s, self.cfg.model.dim)
 
-    def autocast(self):
-        from contextlib import nullcontext
-
-        dtype = self.autocast_dtype
-        return torch.autocast(self.ctx.device.type, dtype=dtype) if dtype else nullcontext()
-
     def delay(self, chunk: StageModule, backward: bool) -> None:
         per_layer = self.compute_delay[1 if backward else 0]
         if per_layer:
             time.sleep(per_layer * len(chunk.layers))
 
-    def forward_backward(self, micro_batches: list) -> float:
-        p, r, v, m = self.ctx.pp, self.ctx.pp_rank, self.v, len(micro_batches)
+    def forward_backward(self, engine, micro_batches: list, weights: list) -> float:
+        ctx, tracer = self.ctx, engine.tracer
+        p, r, v, m = ctx.pp, ctx.pp_rank, self.v, len(micro_batches)
         last_stage = p * v - 1
-        chunks = self.base_model.chunks
-        dev = self.ctx.device
-        micro_batches = [(x.to(dev), y.to(dev)) for x, y in micro_batches]
+        chunks = engine.base_model.chunks
+        micro_batches = [(x.to(ctx.device), y.to(ctx.device)) for x, y in micro_batches]
         shape = self.activation_shape(micro_batches[0][0])
-        dtype = next(self.base_model.parameters()).dtype
-        inputs, outputs, losses = {}, {}, []
-        if self.tracer.enabled and p > 1:
-            dist.barrier(group=self.ctx.pp_group)
+        dtype = next(engine.base_model.parameters()).dtype  # activations and gradients cross in it (fp32)
+        inputs, outputs, total = {}, {}, torch.zeros((), dtype=torch.float64, device=ctx.device)
+        if tracer.enabled and p > 1:
+            dist.barrier(group=ctx.pp_group)
         step_start = time.perf_counter()
-        n_events = len(self.tracer.events)
-        order = schedule_order(self.schedule, p, m, v, r)
+        n_events = len(tracer.events)
         plan = self.comm_plan(m)                      # sends paired with receives (NCCL's rule)
-        for t, (kind, i, c) in enumerate(order):
+        for t, (kind, i, c) in enumerate(schedule_order(self.name, p, m, v, r)):
             k = c * p + r
             x, y = micro_batches[i]
             self.comm.exchange(plan[t], shape, dtype)
@@ -206,14 +211,17 @@ class PipelineEngine(Engine):
                     x = self.comm.take(("F", i, k)).requires_grad_()
                     inputs[(i, c)] = x
                 start = time.perf_counter()
-                with self.tracer.span("forward", "compute", micro_batch=i, chunk=c), self.autocast():
-                    out = chunks[c](x)
+                with tracer.span("forward", "compute", micro_batch=i, chunk=c):
+                    with engine.precision.autocast():
+                        out = chunks[c](x)
                     if k == last_stage:
                         loss = chunks[c].loss(out, y)
-                        losses.append(loss.detach().float())
-                        out = loss / m
+                        total += weights[i] * loss.detach().double()
+                        out = engine.precision.scale(loss * weights[i])
+                    else:
+                        out = out.to(dtype)            # stages exchange activations in the weights' dtype
                     self.delay(chunks[c], False)
-                self.stretch(time.perf_counter() - start)
+                engine.plan.stretch(engine, time.perf_counter() - start)
                 if k < last_stage:
                     self.comm.queue_send(("F", i, k + 1), out, dtype)
                 outputs[(i, c)] = out
@@ -221,164 +229,109 @@ class PipelineEngine(Engine):
                 out = outputs.pop((i, c))
                 grad = None if k == last_stage else self.comm.take(("B", i, k))
                 start = time.perf_counter()
-                with self.tracer.span("backward", "compute", micro_batch=i, chunk=c):
+                with tracer.span("backward", "compute", micro_batch=i, chunk=c):
                     torch.autograd.backward(out, grad)
                     self.delay(chunks[c], True)
-                self.stretch(time.perf_counter() - start)
+                engine.plan.stretch(engine, time.perf_counter() - start)
                 if k > 0:
                     self.comm.queue_send(("B", i, k - 1), inputs.pop((i, c)).grad, dtype)
         self.comm.exchange(plan[-1], shape, dtype)
-        self.record_bubbles(step_start, n_events)
-        total = torch.stack(losses).sum() if losses else torch.zeros((), device=dev)
+        self.record_bubbles(tracer, step_start, n_events)
         if p > 1:
-            dist.all_reduce(total, group=self.ctx.pp_group)        # only the last stage adds non-zero
-        return float(total) / m
+            dist.all_reduce(total, group=ctx.pp_group)        # only the last stage adds non-zero
+        return float(total)
 
     def comm_plan(self, m: int) -> list:
         """This rank's batches for a step of m micro-batches (pipeline_parallel_comm.p2p_plan), cached."""
         if m not in self._plans:
-            p, v = self.ctx.pp, self.v
-            self._plans[m] = schedule_plan(self.schedule, p, m, v, self.ctx.pp_rank)
+            self._plans[m] = schedule_plan(self.name, self.ctx.pp, m, self.v, self.ctx.pp_rank)
         return self._plans[m]
 
-    def record_bubbles(self, step_start: float, first_event: int) -> None:
+    def record_bubbles(self, tracer, step_start: float, first_event: int) -> None:
         """Idle gaps between this rank's compute spans, from the step's start, as `bubble` spans."""
-        if not self.tracer.enabled:
+        if not tracer.enabled:
             return
-        origin = self.tracer.origin
-        spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in self.tracer.events[first_event:]
-                       if e["tid"] == "compute")
+        origin = tracer.origin
+        spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in tracer.events[first_event:] if e["tid"] == "compute")
         t = (step_start - origin) * 1e6
         for begin, end in spans:
             if begin > t:
-                self.tracer.add("bubble", "bubble", origin + t / 1e6, (begin - t) / 1e6)
+                tracer.add("bubble", "bubble", origin + t / 1e6, (begin - t) / 1e6)
             t = max(t, end)
 
-    # ---- gradients, norms, state ------------------------------------------------------------------
-    def reduce_gradients(self) -> None:
-        params = list(self.base_model.parameters())
-        if self.cfg.parallel.sequence_parallel and self.ctx.tp > 1:
-            all_reduce_gradients([q for q in params if getattr(q, "sequence_parallel", False)],
-                                 self.ctx.tp_group, average=False)
-        if self.ctx.dp > 1:
-            all_reduce_gradients(params, self.ctx.dp_group)
-
-    def grad_norm(self):
-        return model_parallel_grad_norm(self.base_model, self.ctx, lambda n, q: shard_dim(full_name(n)) is not None
-                                        and self.ctx.tp > 1)
-
     @torch.no_grad()
-    def evaluate(self, batches: list) -> float:
+    def evaluate(self, engine, batches: list) -> float:
         """Forward only, one batch at a time through the virtual stages; the last stage's loss is shared."""
-        p, r, v = self.ctx.pp, self.ctx.pp_rank, self.v
-        chunks, dev = self.base_model.chunks, self.ctx.device
-        total = torch.zeros((), device=dev)
-        self.base_model.eval()
+        ctx = self.ctx
+        p, r, v = ctx.pp, ctx.pp_rank, self.v
+        chunks = engine.base_model.chunks
+        total = torch.zeros((), device=ctx.device)
+        engine.base_model.eval()
         try:
             order = [("F", i, c) for i in range(len(batches)) for c in range(v)]
             plan = p2p_plan(order, p, v, r)
-            dtype = next(self.base_model.parameters()).dtype
+            dtype = next(engine.base_model.parameters()).dtype
             for t, (_, i, c) in enumerate(order):
                 x, y = batches[i]
                 k = c * p + r
                 self.comm.exchange(plan[t], self.activation_shape(x), dtype)
-                h = self.comm.take(("F", i, k)) if k > 0 else x.to(dev)
-                h = chunks[c](h)
+                h = self.comm.take(("F", i, k)) if k > 0 else x.to(ctx.device)
+                with engine.precision.autocast():
+                    h = chunks[c](h)
                 if k == p * v - 1:
-                    loss = chunks[c].loss(h, y.to(dev))
+                    loss = chunks[c].loss(h, y.to(ctx.device))
                     total += (loss.full_tensor() if hasattr(loss, "full_tensor") else loss).float()
                 else:
                     self.comm.queue_send(("F", i, k + 1), h, dtype)
             self.comm.exchange(plan[-1], None, dtype)
         finally:
-            self.base_model.train()
+            engine.base_model.train()
         if p > 1:
-            dist.all_reduce(total, group=self.ctx.pp_group)
+            dist.all_reduce(total, group=ctx.pp_group)
         return float(total) / max(len(batches), 1)
-
-    def full_model_state(self) -> dict | None:
-        return gather_full_state(self.ctx, {full_name(n): t for n, t in self.base_model.state_dict().items()})
-
-    def full_gradients(self) -> dict | None:
-        """Every parameter's gradient under its full-model name, whole, on rank 0 (tests)."""
-        return gather_full_state(self.ctx, {full_name(n): q.grad for n, q in self.base_model.named_parameters()
-                                            if q.grad is not None})
 
 
 # ---------------------------------------------------------------------------------------------
 # the oracle: torch.distributed.pipelining
 # ---------------------------------------------------------------------------------------------
 
-class TorchPipelineEngine(PipelineEngine):
+class TorchPipelineSchedule(PipelineSchedule):
     """implementation: torch. Manual `PipelineStage`s of the same StageModules, and torch's
-    ScheduleGPipe / Schedule1F1B / ScheduleInterleaved1F1B (which divide gradients by m themselves)."""
+    ScheduleGPipe / Schedule1F1B / ScheduleInterleaved1F1B (which divide gradients by m themselves, so
+    every micro-batch weighs 1/m: load-balanced weights are refused by engine.py)."""
 
-    name = "torch_pipeline"
-
-    def __init__(self, cfg, ctx, model, tracer=None):
-        from llama_course.core.distributed import device_mesh
-
-        if ctx.tp > 1:
-            from llama_course.parallel.tensor_parallel import parallelize_torch
-
-            parallelize_torch(model, device_mesh(ctx)["tp"], cfg.parallel.sequence_parallel)
-        super().__init__(cfg, ctx, model, tracer)
-        self._schedule = None
-
-    def evaluate(self, batches: list) -> float:
-        if self.ctx.tp > 1:
-            from torch.distributed.tensor.parallel import loss_parallel
-
-            with loss_parallel():                  # the head's logits are a DTensor sharded over the vocabulary
-                return super().evaluate(batches)
-        return super().evaluate(batches)
+    def attach(self, engine) -> None:
+        super().attach(engine)
+        self.engine, self._schedule = engine, None
 
     def make_schedule(self, m: int):
-        from torch.distributed.pipelining import (
-            PipelineStage,
-            Schedule1F1B,
-            ScheduleGPipe,
-            ScheduleInterleaved1F1B,
-        )
-
-        p, v = self.ctx.pp, self.v
-        stages = [PipelineStage(chunk, c * p + self.ctx.pp_rank, p * v, self.ctx.device, group=self.ctx.pp_group)
-                  for c, chunk in enumerate(self.base_model.chunks)]
-        loss_fn = lambda logits, y: F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-        if self.schedule == "interleaved_1f1b" and v > 1:
+        p, v, ctx = self.ctx.pp, self.v, self.ctx
+        stages = [PipelineStage(chunk, c * p + ctx.pp_rank, p * v, ctx.device, group=ctx.pp_group)
+                  for c, chunk in enumerate(self.engine.base_model.chunks)]
+        precision = self.engine.precision
+        loss_fn = lambda logits, y: precision.scale(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()))  # noqa: E731
+        if self.name == "interleaved_1f1b" and v > 1:
             return ScheduleInterleaved1F1B(stages, m, loss_fn=loss_fn)
-        cls = ScheduleGPipe if self.schedule == "gpipe" else Schedule1F1B
+        cls = ScheduleGPipe if self.name == "gpipe" else Schedule1F1B
         return cls(stages[0], m, loss_fn=loss_fn)
 
-    def forward_backward(self, micro_batches: list) -> float:
-        from contextlib import nullcontext
-
-        m, dev = len(micro_batches), self.ctx.device
+    def forward_backward(self, engine, micro_batches: list, weights: list) -> float:
+        m, dev, ctx = len(micro_batches), self.ctx.device, self.ctx
         if self._schedule is None:
             self._schedule = self.make_schedule(m)
         x = torch.cat([b[0] for b in micro_batches]).to(dev)
         y = torch.cat([b[1] for b in micro_batches]).to(dev)
         losses: list = []
-        holds_first = self.ctx.pp_rank == 0
-        holds_last = self.ctx.pp_rank == self.ctx.pp - 1
-        parallel_loss = nullcontext()
-        if self.ctx.tp > 1:
-            from torch.distributed.tensor.parallel import loss_parallel
-
-            parallel_loss = loss_parallel()
-        with parallel_loss, self.tracer.span("forward_backward", "compute"):
-            args = (x,) if holds_first else ()
-            if holds_last:
+        with engine.tracer.span("forward_backward", "compute"), engine.precision.autocast():
+            args = (x,) if ctx.pp_rank == 0 else ()
+            if ctx.pp_rank == ctx.pp - 1:
                 self._schedule.step(*args, target=y, losses=losses)
             else:
                 self._schedule.step(*args)
-        total = torch.stack([x.detach().float() for x in losses]).sum() if losses else torch.zeros((), device=dev)
+        total = torch.stack([t.detach().float() for t in losses]).sum() if losses else torch.zeros((), device=dev)
         if hasattr(total, "full_tensor"):
             total = total.full_tensor()
-        if self.ctx.pp > 1:
-            dist.all_reduce(total, group=self.ctx.pp_group)
+        total = total / (engine.precision.scaler.scale if engine.precision.scaler else 1.0)
+        if ctx.pp > 1:
+            dist.all_reduce(total, group=ctx.pp_group)
         return float(total) / m
-
-
-ENGINES["pipeline_parallel"] = PipelineEngine
-ENGINES["torch_pipeline"] = TorchPipelineEngine

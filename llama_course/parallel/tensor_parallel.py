@@ -27,6 +27,11 @@ all-gather along the sequence, the same bytes, and the norms and residual adds b
 s/t tokens: their activations shrink by t. Norm weights then see s/t tokens and their gradients are summed
 over tp after backward.
 
+In the engine (engine.py) tensor parallelism is a model transform: `TensorParallel` (course) or
+`TorchTensorParallel` (DTensor) shards the model before the optimizer sees it; any gradient sync then
+runs over the dp group on the shards (ZeRO-1/2 under tp: Megatron's distributed optimizer; FSDP2 with
+torch's tp: torchtitan's 2-D layout).
+
 Seed questions 1 and 9: model parallelism is not one thing. Tensor parallelism splits each layer (fast
 links, every layer communicates); pipeline parallelism (pipeline_parallel.py) splits the layer stack.
 
@@ -41,10 +46,19 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+    loss_parallel,
+    parallelize_module,
+)
 
+from llama_course.core.distributed import device_mesh
+from llama_course.core.engine_protocol import ModelTransform
 from llama_course.core.model import Transformer
-from llama_course.engine import ENGINES, Engine
-from llama_course.parallel.activation_checkpointing import apply_activation_checkpointing
 from llama_course.parallel.tensor_parallel_comm import (
     all_reduce_gradients,
     enter_region,
@@ -61,7 +75,6 @@ COLUMN, ROW = spec.COLUMN_SPLIT, spec.ROW_SPLIT
 shard_dim = spec.shard_dim
 """Which dim of full parameter `name` is split over tp (None: replicated): simulator/spec.py, shared with
 the simulator's parameter and byte counts."""
-
 
 class ColumnParallelLinear(nn.Linear):
     """Y_r = X A_r: the rows of nn.Linear's weight (output features) [r out/t, (r+1) out/t).
@@ -253,144 +266,64 @@ def gather_full_tensor(name: str, local: torch.Tensor, group) -> torch.Tensor:
     return torch.cat(parts, dim)
 
 
-def gather_full_state(ctx, named: dict) -> dict | None:
-    """Tensor shards -> whole tensors (tp all-gather), then every stage's part to rank 0 (a collective)."""
-    whole = {}
-    for name, t in named.items():
-        if hasattr(t, "full_tensor"):
-            t = t.full_tensor()
-        elif ctx.tp > 1:
-            t = gather_full_tensor(name, t, ctx.tp_group)
-        whole[name] = t.detach().cpu().clone()
-    if ctx.world_size == 1:
-        return whole
-    parts = [None] * ctx.world_size if ctx.rank == 0 else None
-    mine = whole if ctx.dp_rank == 0 and ctx.tp_rank == 0 else {}
-    dist.gather_object(mine, parts, dst=0)
-    if ctx.rank != 0:
-        return None
-    out = {}
-    for part in parts:
-        out.update(part)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
-# engines
+# the model transforms the engine applies (engine.py chooses course or torch)
 # ---------------------------------------------------------------------------------------------
 
-def model_parallel_grad_norm(module: nn.Module, ctx, sharded) -> torch.Tensor:
-    """||g|| over the whole model: squares of sharded params summed over tp, replicated counted once,
-    then summed over the pipeline stages."""
-    sq = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    seen = set()
-    for name, p in module.named_parameters():
-        if p.grad is None or id(p) in seen:
-            continue
-        seen.add(id(p))
-        if hasattr(p.grad, "placements"):      # DTensor: the gradient's own layout (an embedding's is Replicate,
-            g = p.grad                         # a sequence-parallel norm's Partial until reduced)
-            if any(q.is_partial() for q in g.placements):
-                from torch.distributed.tensor import Replicate
-
-                g = g.redistribute(placements=[Replicate()] * len(g.placements))
-            g, split = g.to_local(), any(q.is_shard() for q in g.placements)
-        else:
-            g, split = p.grad, sharded(name, p)
-        s = g.double().pow(2).sum()
-        sq += s if split or ctx.tp_rank == 0 else 0.0
-    for group, size in ((ctx.tp_group, ctx.tp), (ctx.pp_group, ctx.pp)):
-        if size > 1:
-            dist.all_reduce(sq, group=group)
-    return sq.sqrt().float()
-
-
-class TensorParallelEngine(Engine):
-    """implementation: course. The model is sharded before the optimizer sees it (1/t of the state)."""
+class TensorParallel(ModelTransform):
+    """implementation: course. The model is sharded before the optimizer sees it (1/t of the state); the
+    loss is the vocabulary-parallel cross-entropy; sequence-parallel norm gradients are summed over tp."""
 
     name = "tensor_parallel"
+    provides_loss = True
 
-    def __init__(self, cfg, ctx, model, tracer=None):
-        model = shard_model(model, ctx.tp_group, cfg.parallel.sequence_parallel)
-        apply_activation_checkpointing(model.layers, cfg.parallel.activation_checkpointing)
-        super().__init__(cfg, ctx, model, tracer)
+    def __init__(self, ctx, sequence_parallel: bool):
+        self.ctx, self.sequence_parallel = ctx, sequence_parallel
 
-    def forward_loss(self, x, y):
-        return self.base_model.loss(self.model(x), y)
+    def apply(self, model: nn.Module) -> nn.Module:
+        self.model = shard_model(model, self.ctx.tp_group, self.sequence_parallel)
+        return self.model
 
-    def reduce_gradients(self):
-        m = self.base_model
-        if m.sequence_parallel:
-            all_reduce_gradients([p for p in m.parameters() if getattr(p, "sequence_parallel", False)],
+    def loss(self, module, logits, targets):
+        return vocab_parallel_cross_entropy(logits, targets, self.model.vocab_start, self.ctx.tp_group)
+
+    def after_backward(self, model: nn.Module) -> None:
+        if self.sequence_parallel:
+            all_reduce_gradients([p for p in model.parameters() if getattr(p, "sequence_parallel", False)],
                                  self.ctx.tp_group, average=False)
-        all_reduce_gradients(list(m.parameters()), self.ctx.dp_group if self.ctx.dp > 1 else None)
 
-    def grad_norm(self):
-        return model_parallel_grad_norm(self.base_model, self.ctx, lambda n, p: shard_dim(n) is not None)
+    def splits(self, name: str, param) -> bool:
+        return shard_dim(name) is not None
 
-    def full_model_state(self):
-        return gather_full_state(self.ctx, self.base_model.state_dict())
-
-    def full_gradients(self):
-        """Every gradient under its full-model name, whole, on rank 0 (tests)."""
-        return gather_full_state(self.ctx, {n: p.grad for n, p in self.base_model.named_parameters()
-                                            if p.grad is not None})
+    def gather_full(self, ctx, named: dict) -> dict:
+        return {n: t if hasattr(t, "placements") else gather_full_tensor(n, t, ctx.tp_group) for n, t in named.items()}
 
 
-class TorchTensorParallelEngine(Engine):
+class TorchTensorParallel(ModelTransform):
     """implementation: torch. DTensor `parallelize_module` (ColwiseParallel / RowwiseParallel /
     SequenceParallel) on the tp dimension of the device mesh, and `loss_parallel` for the vocab-parallel
     cross-entropy, the plan torchtitan uses for LLaMA."""
 
     name = "torch_tensor_parallel"
+    provides_loss = True
 
-    def __init__(self, cfg, ctx, model, tracer=None):
-        from llama_course.core.distributed import device_mesh
+    def __init__(self, ctx, sequence_parallel: bool):
+        # the capability table refuses tied embeddings here (DTensor's plan would untie them)
+        self.ctx, self.sequence_parallel = ctx, sequence_parallel
 
-        # the capability table refuses tied embeddings here (DTensor's plan would untie them) and fp16 under
-        # model parallelism (its loss scaler would need an overflow check agreed over tp and pp)
-        parallelize_torch(model, device_mesh(ctx)["tp"], cfg.parallel.sequence_parallel)
-        apply_activation_checkpointing(model.layers, cfg.parallel.activation_checkpointing)
-        super().__init__(cfg, ctx, model, tracer)
+    def apply(self, model: nn.Module) -> nn.Module:
+        return parallelize_torch(model, device_mesh(self.ctx)["tp"], self.sequence_parallel)
 
-    def forward_backward(self, micro_batches):
-        from torch.distributed.tensor.parallel import loss_parallel
+    def loss(self, module, logits, targets):
+        """Inside loss_parallel(): the logits are a DTensor sharded over the vocabulary."""
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
-        with loss_parallel():
-            return super().forward_backward(micro_batches)
-
-    def evaluate(self, batches):
-        from torch.distributed.tensor.parallel import loss_parallel
-
-        with loss_parallel():          # not nested: leaving an inner loss_parallel disables the outer one
-            return super().evaluate(batches)
-
-    def forward_loss(self, x, y):
-        """Call inside loss_parallel(): the logits are a DTensor sharded over the vocabulary."""
-        return F.cross_entropy(self.model(x).flatten(0, 1), y.flatten())
-
-    def reduce_gradients(self):
-        if self.ctx.dp > 1:
-            all_reduce_gradients(list(self.base_model.parameters()), self.ctx.dp_group)
-
-    def grad_norm(self):
-        return model_parallel_grad_norm(self.base_model, self.ctx, lambda n, p: False)
-
-    full_model_state = TensorParallelEngine.full_model_state
-    full_gradients = TensorParallelEngine.full_gradients
+    def loss_context(self):
+        return loss_parallel()
 
 
 def parallelize_torch(model: Transformer, tp_mesh, sequence_parallel: bool) -> Transformer:
     """Apply torchtitan's LLaMA plan with DTensor. Works on a whole model or on a pipeline stage."""
-    from torch.distributed.tensor import Replicate, Shard
-    from torch.distributed.tensor.parallel import (
-        ColwiseParallel,
-        PrepareModuleInput,
-        RowwiseParallel,
-        SequenceParallel,
-        parallelize_module,
-    )
-
     sp = sequence_parallel
     act = Shard(1) if sp else Replicate()
     top = {}
@@ -418,5 +351,3 @@ def parallelize_torch(model: Transformer, tp_mesh, sequence_parallel: bool) -> T
     return model
 
 
-ENGINES["tensor_parallel"] = TensorParallelEngine
-ENGINES["torch_tensor_parallel"] = TorchTensorParallelEngine

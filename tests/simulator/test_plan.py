@@ -90,8 +90,7 @@ def test_lower_bound_holds_for_uneven_stages():
     coming first, idle less than (p - 1)(F + B) of the lightest stage; the bound charges rank r only r."""
     cfg = load_plan_config("configs/llama2-70b-a100.yaml", ["parallel.implementation=course"])
     c = _layout(cfg, dict(dp=8, tp=1, pp=64, vpp=1, schedule="1f1b", zero_stage=1, micro_batch_size=2,
-                          activation_checkpointing="full", sequence_parallel=False),
-                runtime=False)                      # ZeRO-1 under a pipeline: simulated, not run by the runtime
+                          activation_checkpointing="full", sequence_parallel=False))   # course ZeRO-1 under pp
     assert lower_bound(c, hardware_for(c)) <= simulate(c)["step_time_s"]
 
 
@@ -133,8 +132,8 @@ def test_affine_collectives_match_the_simulation():
 def test_a_large_cluster_is_searched_by_simulating_few_layouts():
     """The runtime bound, counted in simulations rather than seconds (docs/design.md: no timed assertions):
     LLaMA-65B on 2048 A100 has hundreds of layouts that fit; the bound leaves a small share to simulate.
-    (The config's own ZeRO-1 under tp x pp is not in the runtime yet: loaded outside the capability table, the
-    planner still only searches what the table allows.)"""
+    (The config's own layout, FSDP's ZeRO-1 under torch's tensor and pipeline parallelism, is not in the
+    runtime: loaded outside the capability table, the planner still only searches what the table allows.)"""
     stats = {}
     entries = plan(load_config("configs/llama-65b-a100.yaml", runtime=False), top=3, stats=stats)
     assert entries and stats["candidates"] >= 400 and stats["viable"] >= 150 and stats["invalid"] == 0

@@ -78,8 +78,7 @@ def test_recomputation_zero_and_sequence_parallel_save_memory():
     # 8 micro-batches: the course's engine (and FSDP2) accumulate whole gradients before one reduce-scatter,
     # so ZeRO-2 holds them beside its shard; DeepSpeed's ZeRO-2 reduce-scatters every micro-batch and saves them
     def mem(z, system=None):
-        # tp 2 x pp 2 (FSDP2 accumulates whole under a pipeline): simulated, the runtime runs ZeRO-2 without them
-        cfg = load_config(_cfg(zero_stage=z), runtime=False)
+        cfg = load_config(_cfg(zero_stage=z))   # tp 2 x pp 2 with ZeRO-1/2: the course runtime runs it too
         return simulate(cfg, system=system)["memory_per_gpu_bytes"]["grads"]
 
     assert mem(2) > mem(1) and mem(2, "fsdp2") == mem(2)
@@ -117,9 +116,8 @@ def test_a_straggler_slows_the_step():
 
 def test_trace_is_chrome_format(tmp_path):
     path = tmp_path / "t.json"
-    # ZeRO-1 under a pipeline (Megatron-LM's distributed optimizer): a run the simulator describes that the
-    # course runtime does not run yet, so it is loaded outside the capability table
-    simulate(load_config(_cfg(zero_stage=1), runtime=False), trace_path=str(path))
+    # ZeRO-1 under tp x pp (Megatron-LM's distributed optimizer), which the course runtime runs too
+    simulate(load_config(_cfg(zero_stage=1)), trace_path=str(path))
     events = json.loads(path.read_text())["traceEvents"]
     xs = [e for e in events if e["ph"] == "X"]
     assert {e["tid"] for e in xs} <= {"compute", "comm", "bubble"}
