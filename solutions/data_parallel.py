@@ -43,28 +43,17 @@ def zero2_sgd_step(param, grad, momentum_shard, lr, momentum=0.9, group=None):
     import torch.distributed as dist
 
     n, r = dist.get_world_size(group), dist.get_rank(group)
-    g = grad.detach().clone()
-    dist.all_reduce(g, group=group)                # uneven shards: all-reduce, then keep the own shard
-    g /= n
-    shard_g = torch.tensor_split(g, n)[r]
-    shard_p = torch.tensor_split(param.data, n)[r]
+    shard_g = torch.empty_like(torch.tensor_split(grad, n)[r])
+    dist.reduce_scatter(shard_g, [c.contiguous() for c in torch.tensor_split(grad.detach(), n)], group=group)
+    shard_g /= n
     with torch.no_grad():
+        shard_p = torch.tensor_split(param.data, n)[r]
         momentum_shard.mul_(momentum).add_(shard_g)
         shard_p.add_(momentum_shard, alpha=-lr)
-        pieces = [torch.tensor_split(param.data, n)[i].clone() for i in range(n)]
-        dist.all_gather(pieces, shard_p.clone(), group=group) if _even(pieces) else _gather_uneven(pieces, r, group)
+        pieces = [torch.empty_like(c) for c in torch.tensor_split(param.data, n)]
+        dist.all_gather(pieces, shard_p.clone(), group=group)
         param.data.copy_(torch.cat(pieces))
     return param
-
-def _even(pieces):
-    return len({p.numel() for p in pieces}) == 1
-
-
-def _gather_uneven(pieces, rank, group):
-    import torch.distributed as dist
-
-    for i, piece in enumerate(pieces):          # broadcast each owner's shard (gloo all_gather needs equal sizes)
-        dist.broadcast(piece, dist.get_global_rank(group, i) if group is not None else i, group=group)
 
 
 def adamw_step(param, grad, exp_avg, exp_avg_sq, step, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1):

@@ -63,14 +63,17 @@ def zero2_sgd_step(param, grad, momentum_shard, lr: float, momentum: float = 0.9
     and keeps the momentum of that shard only (`momentum_shard`, updated in place). Do what ZeRO-2 does:
 
     1. reduce-scatter the gradients so rank r gets the *average* over ranks of its shard (average: a dp run
-       must match one process on the whole batch; with uneven shards, all-reduce then slice is acceptable,
-       the graded test checks results, not the collective);
+       must match one process on the whole batch);
     2. update its shard: m = momentum x m + g; shard -= lr x m (PyTorch's SGD with momentum, dampening 0);
     3. all-gather the updated shards so every rank holds the new full `param` (in place).
 
-    `torch.distributed` collectives (or `llama_course.parallel.collectives`) are allowed. The graded test runs 3
-    steps on 2 gloo ranks and holds `param` to a single process running torch.optim.SGD on the mean
-    gradient, and checks each rank's momentum is its shard's.
+    Use torch.distributed's collectives (`dist.reduce_scatter` takes a list of the N input chunks,
+    `dist.all_gather` a list of N outputs). The graded test runs 3 steps on 2 gloo ranks and holds `param`
+    to a single process running torch.optim.SGD on the mean gradient, checks each rank's momentum is its
+    shard's, and records what crossed the wire: a reduce-scatter of the gradient and an all-gather of one
+    shard per step, nothing else. All-reducing the whole gradient and keeping a slice gets the same numbers
+    with twice the traffic: that is ZeRO-1's gradient step, not ZeRO-2's, and loses the wire points. The
+    test's sizes divide by N (real ZeRO pads its flat buffer to a multiple of N).
     """
     raise NotImplementedError("Exercise 3.4: zero2_sgd_step")
 

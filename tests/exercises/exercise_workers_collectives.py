@@ -1,20 +1,28 @@
 """Runs on each gloo rank of the graded test of exercise 2.6 (tests/exercises/test_collectives.py).
 
 Importable by name so `llama_course.core.testing.spawn` can start it; loads the exercise module named by the
-test (labs.exercises.collectives or solutions.collectives) and checks it against torch.distributed.
+test (labs.exercises.collectives or solutions.collectives) under the leak guard, checks it against
+torch.distributed and records what it put on the wire (llama_course.core.wire).
 """
 
 from __future__ import annotations
 
 import importlib
 
+from guard import guarded
+from recorders import wire_summary
+
 
 def check_ring_all_reduce_p2p(rank: int, world: int, module_name: str) -> list:
-    """For several sizes and dtypes: (numel, max |error| vs dist.all_reduce, elements sent, error text)."""
+    """For several sizes and dtypes: (numel, max |error| vs dist.all_reduce, elements sent, error text,
+    element bytes, the wire summary of the call)."""
     import torch
     import torch.distributed as dist
 
-    exercise = importlib.import_module(module_name)
+    from llama_course.core import wire
+
+    wire.install()
+    exercise = guarded(importlib.import_module(module_name), "collectives")
     blocked = ("all_reduce", "reduce_scatter", "reduce_scatter_tensor", "all_gather", "all_gather_into_tensor",
                "broadcast", "reduce", "all_to_all", "all_to_all_single")
     saved = {name: getattr(dist, name) for name in blocked}
@@ -29,18 +37,19 @@ def check_ring_all_reduce_p2p(rank: int, world: int, module_name: str) -> list:
         for name in blocked:
             setattr(dist, name, _forbidden(name))
         try:
-            sent = exercise.ring_all_reduce_p2p(x)
+            with wire.recording() as log:
+                sent = exercise.ring_all_reduce_p2p(x)
         except NotImplementedError as e:
             sent, error = None, f"NotImplementedError: {e}"
-        except Exception as e:  # noqa: BLE001 - report it to the test, which fails
+        except Exception as e:  # noqa: BLE001 - report it to the test, which fails (LeakError included)
             sent, error = None, f"{type(e).__name__}: {e}"
         finally:
             for name, fn in saved.items():
                 setattr(dist, name, fn)
         if error:
-            rows.append((numel, None, None, error))
+            rows.append((numel, None, None, error, None, None))
             break
-        rows.append((numel, float((x - expected).abs().max()), sent, ""))
+        rows.append((numel, float((x - expected).abs().max()), sent, "", x.element_size(), wire_summary(log)))
         dist.barrier()
     return rows
 

@@ -226,7 +226,7 @@ def test_ring_all_reduce_p2p_matches_torch(p2p_results):
     for rank, rows in enumerate(p2p_results):
         assert rows and not rows[-1][3], f"rank {rank}: {rows[-1][3] if rows else 'no result'}"
         assert len(rows) == 5
-        for numel, err, _, _ in rows:
+        for numel, err, *_ in rows:
             assert err < 1e-5, f"rank {rank}, {numel} elements: max error {err} against dist.all_reduce"
 
 
@@ -235,8 +235,31 @@ def test_ring_all_reduce_p2p_sends_ring_bytes(p2p_results):
     n = 3
     for rank, rows in enumerate(p2p_results):
         assert rows and not rows[-1][3], f"rank {rank}: {rows[-1][3] if rows else 'no result'}"
-        for numel, _, sent, _ in rows:
+        for numel, _, sent, *_ in rows:
             if numel % n == 0:
                 assert sent == 2 * (n - 1) * numel // n, f"rank {rank} sent {sent} of {numel} elements"
     for i, (numel, *_) in enumerate(p2p_results[0]):     # every step moves all n chunks once
         assert sum(rows[i][2] for rows in p2p_results) == 2 * (n - 1) * numel
+
+
+@pytest.mark.points(2, exercise="2.6")
+def test_ring_all_reduce_p2p_wire_is_a_ring(p2p_results):
+    """What crossed the wire (recorded, not self-reported): only send/recv, each rank sending to its right
+    neighbour and receiving from its left, 2 (n-1)/n of the buffer each way, as many bytes as it reported."""
+    n = 3
+    for rank, rows in enumerate(p2p_results):
+        assert rows and not rows[-1][3], f"rank {rank}: {rows[-1][3] if rows else 'no result'}"
+        for numel, _, sent, _, elem, wire in rows:
+            used = {kind for kind, b in wire["bytes"].items() if b}
+            assert used <= {"send", "recv"}, f"rank {rank}, {numel} elements: {sorted(used)} on the wire, p2p only"
+            assert wire["bytes"]["send"] == sent * elem, \
+                f"rank {rank}: reported {sent} elements sent, the wire carried {wire['bytes']['send'] // elem}"
+            peers = {peer for kind, _, _, _, peer in wire["calls"] if kind == "send" and peer is not None}
+            assert peers <= {(rank + 1) % n}, f"rank {rank} sent to {sorted(peers)}: only to the right neighbour"
+            if numel % n == 0:
+                assert wire["bytes"]["send"] == wire["bytes"]["recv"] == 2 * (n - 1) * numel // n * elem, \
+                    f"rank {rank}: {wire['bytes']} for {numel} elements; a ring sends and receives 2(n-1)/n of them"
+    for i, (numel, *_, elem, _) in enumerate(p2p_results[0]):            # all sends are received, 2(n-1) chunks
+        sends = sum(rows[i][5]["bytes"]["send"] for rows in p2p_results)
+        recvs = sum(rows[i][5]["bytes"]["recv"] for rows in p2p_results)
+        assert sends == recvs == 2 * (n - 1) * numel * elem, f"{numel} elements: {sends} sent, {recvs} received"

@@ -148,6 +148,21 @@ def test_zero2_keeps_only_its_momentum_shard(zero2):
         assert out["momentum"].shape == want.shape and torch.allclose(out["momentum"], want, atol=1e-10)
 
 
+@pytest.mark.points(2, exercise="3.4")
+def test_zero2_reduce_scatters_on_the_wire(zero2):
+    """Per step and rank: a reduce-scatter handed the whole gradient, an all-gather handed one shard, and no
+    all-reduce (all-reduce then slice is ZeRO-1's traffic: 2x the gradient's bytes)."""
+    workers, results = zero2
+    n, grad_bytes = len(results), workers.NUMEL * 8
+    for rank, out in enumerate(results):
+        assert not out["error"], f"rank {rank}: {out['error']}"
+        for step, wire in enumerate(out["wire"]):
+            got = {k: v for k, v in wire["bytes"].items() if v}
+            assert got == {"reduce_scatter": grad_bytes, "all_gather": grad_bytes // n}, \
+                f"rank {rank}, step {step + 1}: bytes on the wire {got}; ZeRO-2 reduce-scatters the " \
+                f"{grad_bytes}-byte gradient and all-gathers a {grad_bytes // n}-byte shard"
+
+
 # Exercise 3.5: adamw_step -------------------------------------------------------------------------------
 
 @pytest.mark.points(3, exercise="3.5")
