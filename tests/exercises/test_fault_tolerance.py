@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recorders import DiskLog, fsynced_before, renames_to  # noqa: E402
 
 # Exercise 10.1: young_daly_interval -------------------------------------------------------------------------
 
@@ -59,18 +64,37 @@ def test_job_mtbf_llama3(exercise):
 
 # Exercise 10.4: atomic_write --------------------------------------------------------------------------------
 
+NEW_STATE = b"new state " * 100
+
+
 @pytest.mark.points(1, exercise="10.4")
-def test_atomic_write_writes_and_fsyncs(exercise, tmp_path, monkeypatch):
-    synced, replaced = [], []
-    real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
-    monkeypatch.setattr(os, "replace", lambda a, b: (replaced.append((str(a), str(b))), real_replace(a, b))[1])
+def test_atomic_write_writes_beside_the_target(exercise, tmp_path):
     path = tmp_path / "ckpt.bin"
-    exercise.atomic_write(str(path), lambda f: f.write(b"new state"))
-    assert path.read_bytes() == b"new state"
-    assert synced, "the data must be fsynced before the rename"
-    assert replaced and os.path.dirname(replaced[-1][0]) == str(tmp_path), "write the temporary file beside the target"
+    path.write_bytes(b"old state")
+    with DiskLog() as disk:
+        exercise.atomic_write(str(path), lambda f: f.write(NEW_STATE))
+    assert path.read_bytes() == NEW_STATE
+    published = renames_to(disk.events, str(path))
+    assert published, "publish the new file with one os.replace (or os.rename) over the target"
+    assert os.path.dirname(published[-1][1]) == str(tmp_path), "write the temporary file beside the target"
     assert sorted(os.listdir(tmp_path)) == ["ckpt.bin"]
+
+
+@pytest.mark.points(2, exercise="10.4")
+def test_atomic_write_fsyncs_before_the_rename(exercise, tmp_path):
+    """Recorded fsyncs and renames: the file now at `path` had all its bytes fsynced before the rename that
+    put it there (flush first: os.fsync does not see what Python still buffers). An fsync after the rename
+    leaves a window in which a crash publishes an empty or partial file under the final name."""
+    path = tmp_path / "ckpt.bin"
+    path.write_bytes(b"old state")
+    with DiskLog() as disk:
+        exercise.atomic_write(str(path), lambda f: f.write(NEW_STATE))
+    published = renames_to(disk.events, str(path))
+    assert published, "publish the new file with one os.replace (or os.rename) over the target"
+    inode, t = os.stat(path).st_ino, published[-1][4]
+    assert published[-1][3] == inode, "the file at the target is not the one the last rename published"
+    assert fsynced_before(disk.events, inode, len(NEW_STATE), t), \
+        f"the {len(NEW_STATE)} bytes were not fsynced before the rename (events: {disk.events})"
 
 
 @pytest.mark.points(2, exercise="10.4")
@@ -116,6 +140,34 @@ def test_sharded_save_layout(sharded_results):
     assert manifest["step"] == 7 and manifest["world_size"] == 2
     assert sorted(manifest["files"]) == ["rank_00000.pt", "rank_00001.pt"]
     assert not [f for f in os.listdir(root) if f.startswith("step_00000007.tmp")]
+
+
+@pytest.mark.points(3, exercise="10.5")
+def test_sharded_save_commits_in_order(sharded_results):
+    """The order of fsyncs and renames, recorded on every rank (one machine-wide clock): every file of the
+    step folder (each rank's shard, the manifest) fsynced with its final size before the one rename that
+    publishes the folder; then `latest` replaced by a rename, its new bytes fsynced first. `latest` naming a
+    folder that does not exist yet, or a manifest that may not be on disk, is a checkpoint a crash breaks."""
+    results, root = sharded_results
+    for rank, out in enumerate(results):
+        assert not out["error"], f"rank {rank}: {out['error']}"
+    events = sorted((e for out in results for e in out["disk"]), key=lambda e: e[-1])
+    for step, snapshot in zip((3, 7), results[0]["snapshots"]):
+        folder = os.path.join(root, f"step_{step:08d}")
+        published = renames_to(events, folder)
+        assert published, f"step {step}: the folder must appear by one rename of its .tmp folder"
+        t_folder = published[-1][4]
+        files = {p: v for p, v in snapshot.items() if os.path.dirname(p) == folder}
+        assert len(files) == 3, f"step {step}: expected 2 shards and a manifest, found {sorted(files)}"
+        for path, (inode, size) in files.items():
+            assert fsynced_before(events, inode, size, t_folder), \
+                f"step {step}: {os.path.basename(path)} was not fsynced before the folder was renamed"
+        latest = os.path.join(root, "latest")
+        moved = [e for e in renames_to(events, latest) if e[4] > t_folder]
+        assert moved, f"step {step}: 'latest' must be replaced by a rename after the folder's rename"
+        inode, size = snapshot[latest]
+        assert moved[0][3] == inode and fsynced_before(events, inode, size, moved[0][4]), \
+            f"step {step}: the new 'latest' was not fsynced before its rename"
 
 
 @pytest.mark.points(2, exercise="10.5")

@@ -188,3 +188,6 @@ def test_global_mean_loss_weights_by_tokens(exercise):
     for rank, out in enumerate(results):
         assert not out["error"], f"rank {rank}: {out['error']}"
         assert out["loss"] == pytest.approx(expected, rel=1e-12), f"rank {rank}: {out['loss']} != {expected}"
+        used = {k: b for k, b in out["wire"]["bytes"].items() if b}
+        assert set(used) == {"all_reduce"} and used["all_reduce"] <= 16, \
+            f"rank {rank}: {used} on the wire; two float64 numbers all-reduced are 16 bytes"

@@ -101,6 +101,11 @@ def test_least_loaded_dispatch_hand_worked(exercise):
     # r0: s0 ends 1 (s1 would end 2); r1: s0 ends 2, s1 ends 2 -> tie, s0; r2: s0 ends 3, s1 ends 2 -> s1;
     # r3 at t=1: s0 free at 2 -> ends 2.5, s1 free at 2 -> ends 3 -> s0
     assert lat == pytest.approx([1.0, 2.0, 2.0, 1.5])
+    # server 1 four times as fast: the end time, not the queue, decides. r0, r1, r2 all go to s1 (ends 1, 2,
+    # 3, where s0 would end at 4); r3 at t=1: s0 ends 3, s1 ends 3.5 -> s0. A dispatcher blind to speed
+    # sends r0 to the idle s0 (tie on an empty queue) and it ends at 4.
+    lat = exercise.least_loaded_dispatch([0.0, 0.0, 0.0, 1.0], [4.0, 4.0, 4.0, 2.0], [1.0, 4.0])
+    assert lat == pytest.approx([1.0, 2.0, 3.0, 2.0])
 
 
 @pytest.mark.points(1, exercise="9.4")
@@ -146,3 +151,7 @@ def test_weighted_gradient_matches_one_process(weighted_results):
         assert len(out["errors"]) == 3
         for case, err in enumerate(out["errors"]):
             assert err < 1e-12, f"rank {rank}, shares case {case}: max error {err} against the whole-batch gradient"
+        for case, wire in enumerate(out["wire"]):
+            used = {k: b for k, b in wire["bytes"].items() if b}
+            assert set(used) == {"all_reduce"} and used["all_reduce"] <= 5 * 8 + 8, \
+                f"rank {rank}, case {case}: {used} on the wire; one all-reduce of the 5-element gradient suffices"

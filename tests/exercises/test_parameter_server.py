@@ -171,6 +171,21 @@ def test_ps_sgd_round_matches_sgd_on_the_mean_gradient(ps_results):
             assert err < 1e-12, f"rank {rank}, round {step}: max error {err} against SGD on the workers' mean"
 
 
+@pytest.mark.points(2, exercise="7.5")
+def test_ps_sgd_round_pushes_and_pulls_on_the_wire(ps_results):
+    """Recorded per round: each worker sends one gradient to the server and receives one copy of the
+    weights from it; the server receives N - 1 gradients and sends N - 1 copies. Nothing else travels."""
+    n, nbytes = len(ps_results), 3 * 5 * 8
+    for rank, out in enumerate(ps_results):
+        assert not out["error"], f"rank {rank}: {out['error']}"
+        want = (n - 1) * nbytes if rank == 0 else nbytes
+        for step, wire in enumerate(out["wire"]):
+            got = {k: v for k, v in wire["bytes"].items() if v}
+            assert got == {"send": want, "recv": want}, f"rank {rank}, round {step}: {got}, expected {want} each way"
+            peers = {peer for kind, _, _, _, peer in wire["calls"] if peer is not None}
+            assert rank == 0 or peers <= {0}, f"worker {rank} talked to {sorted(peers)}: workers talk to the server only"
+
+
 @pytest.mark.points(1, exercise="7.5")
 def test_ps_sgd_round_every_rank_holds_the_same_weights(ps_results):
     for out in ps_results:

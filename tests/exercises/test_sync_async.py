@@ -118,6 +118,17 @@ def test_diloco_outer_step_matches_the_formula(diloco_results):
 
 
 @pytest.mark.points(1, exercise="8.5")
+def test_diloco_outer_step_one_all_reduce_of_the_weights(diloco_results):
+    """Recorded per round: one all-reduce of the Psi weights (float64 here), nothing else."""
+    for rank, out in enumerate(diloco_results):
+        assert not out["error"], out["error"]
+        for t, wire in enumerate(out["wire"]):
+            got = {k: v for k, v in wire["bytes"].items() if v}
+            assert got == {"all_reduce": out["n"] * 8} and len(wire["calls"]) == 1, \
+                f"rank {rank}, round {t}: {wire['calls']}; DiLoCo all-reduces the {out['n']} weights once"
+
+
+@pytest.mark.points(1, exercise="8.5")
 def test_diloco_outer_step_replicas_restart_identical(diloco_results):
     for out in diloco_results:
         assert not out["error"], out["error"]

@@ -113,6 +113,21 @@ def test_vocab_parallel_cross_entropy_loss(vocab_ce):
 
 
 @pytest.mark.points(2, exercise="4.5")
+def test_vocab_parallel_cross_entropy_sends_n_numbers(vocab_ce):
+    """Recorded on the wire: all-reduces of N numbers per token statistic (three suffice; up to three of
+    float64 allowed), never anything of the logits' size (an all-reduce of zero-padded full logits gathers
+    them by another name)."""
+    for rank, cases in enumerate(vocab_ce):
+        for case, r in enumerate(cases):
+            used = {k for k, b in r["wire"]["bytes"].items() if b}
+            assert used <= {"all_reduce"}, f"rank {rank} case {case}: {sorted(used)} on the wire, all-reduce only"
+            total = r["wire"]["bytes"]["all_reduce"]
+            assert total <= 3 * r["n"] * 8, \
+                f"rank {rank} case {case}: {total} bytes all-reduced for {r['n']} tokens; the logits are " \
+                f"{r['n'] * r['vocab'] * 4} bytes: send per-token numbers, not logits"
+
+
+@pytest.mark.points(2, exercise="4.5")
 def test_vocab_parallel_cross_entropy_gradient(vocab_ce):
     for rank, cases in enumerate(vocab_ce):
         for case, r in enumerate(cases):

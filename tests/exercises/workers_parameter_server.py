@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import importlib
 
+from guard import guarded
+from recorders import wire_summary
+
 BLOCKED = ("all_reduce", "reduce_scatter", "reduce_scatter_tensor", "all_gather", "all_gather_into_tensor",
            "broadcast", "reduce", "all_to_all", "all_to_all_single", "gather", "scatter")
 
@@ -25,19 +28,24 @@ def check_ps_sgd_round(rank: int, world: int, module_name: str, server: int = 0,
     import torch
     import torch.distributed as dist
 
-    exercise = importlib.import_module(module_name)
+    from llama_course.core import wire
+
+    wire.install()
+    exercise = guarded(importlib.import_module(module_name), "parameter_server")
     saved = {name: getattr(dist, name) for name in BLOCKED}
     lr = 0.3
     w = torch.full((3, 5), 0.5, dtype=torch.float64)
     ref = w.clone()
-    out = {"weights": [], "reference": [], "error": ""}
+    out = {"weights": [], "reference": [], "wire": [], "error": ""}
     workers = [r for r in range(world) if r != server]
     for step in range(rounds):
         grad = _grad(rank, step, w) if rank != server else torch.full_like(w, float("nan"))
         for name in BLOCKED:
             setattr(dist, name, _forbidden(name))
         try:
-            w = exercise.ps_sgd_round(w, grad, lr, server=server)
+            with wire.recording() as log:
+                w = exercise.ps_sgd_round(w, grad, lr, server=server)
+            out["wire"].append(wire_summary(log))
         except NotImplementedError as e:
             out["error"] = f"NotImplementedError: {e}"
         except Exception as e:  # noqa: BLE001 - reported to the test, which fails

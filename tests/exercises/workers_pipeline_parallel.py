@@ -14,9 +14,10 @@ import copy
 def pipeline_worker(rank: int, world_size: int, impl: str, m: int) -> dict:
     import torch
     from adapter import load
+    from guard import guarded
     from torch import nn
 
-    exercise = load("pipeline_parallel", impl)
+    exercise = guarded(load("pipeline_parallel", impl), "pipeline_parallel")
     torch.manual_seed(0)
     width, batch = 8, 3
     model = nn.Sequential(*[nn.Sequential(nn.Linear(width, width), nn.Tanh()) for _ in range(world_size)])

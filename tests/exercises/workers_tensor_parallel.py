@@ -13,8 +13,13 @@ def vocab_ce_worker(rank: int, world_size: int, impl: str) -> list:
     import torch.distributed as dist
     import torch.nn.functional as F
     from adapter import load
+    from guard import guarded
+    from recorders import wire_summary
 
-    exercise = load("tensor_parallel", impl)
+    from llama_course.core import wire
+
+    wire.install()
+    exercise = guarded(load("tensor_parallel", impl), "tensor_parallel")
 
     def forbidden(*args, **kwargs):
         raise RuntimeError("exercise 4.5 must not gather the logits")
@@ -32,12 +37,14 @@ def vocab_ce_worker(rank: int, world_size: int, impl: str) -> list:
             targets[:] = vocab - 1                      # every target on the last rank
         shard = full.chunk(world_size, 1)[rank].clone()
         start = rank * (vocab // world_size)
-        loss, grad = exercise.vocab_parallel_cross_entropy(shard, targets, start, None)
+        with wire.recording() as log:
+            loss, grad = exercise.vocab_parallel_cross_entropy(shard, targets, start, None)
         ref = full.clone().requires_grad_()
         ref_loss = F.cross_entropy(ref, targets, reduction="none")
         ref_loss.mean().backward()
         ref_grad = ref.grad.chunk(world_size, 1)[rank]
         out.append({"loss_diff": float((torch.as_tensor(loss).float() - ref_loss.detach()).abs().max()),
                     "grad_diff": float((torch.as_tensor(grad).float() - ref_grad).abs().max()),
-                    "finite": bool(torch.isfinite(torch.as_tensor(loss)).all())})
+                    "finite": bool(torch.isfinite(torch.as_tensor(loss)).all()), "n": n, "vocab": vocab,
+                    "wire": wire_summary(log)})
     return out
