@@ -67,17 +67,18 @@ def ps_sgd_round(weights, grad, lr, server=0, group=None):
     me = dist.get_rank(group)
     to_global = (lambda r: r) if group is None else (lambda r: dist.get_global_rank(group, r))
     workers = [r for r in range(n) if r != server]
+
+    def batch(ops):
+        for req in dist.batch_isend_irecv([dist.P2POp(op, t, to_global(peer), group=group) for op, t, peer in ops]):
+            req.wait()
+
     if me == server:
-        total = torch.zeros_like(weights)
-        buf = torch.empty_like(weights)
-        for r in workers:                                   # push: one gradient from every worker
-            dist.recv(buf, src=to_global(r))
-            total += buf
-        new = weights - lr * total / len(workers)
-        for r in workers:                                   # pull: the new weights to every worker
-            dist.send(new, dst=to_global(r))
+        bufs = [torch.empty_like(weights) for _ in workers]
+        batch([(dist.irecv, b, r) for b, r in zip(bufs, workers)])         # push: one gradient from each worker
+        new = weights - lr * sum(bufs) / len(workers)
+        batch([(dist.isend, new, r) for r in workers])                     # pull: the new weights to each
         return new
-    dist.send(grad.contiguous(), dst=to_global(server))
+    batch([(dist.isend, grad.contiguous(), server)])
     new = torch.empty_like(weights)
-    dist.recv(new, src=to_global(server))
+    batch([(dist.irecv, new, server)])
     return new

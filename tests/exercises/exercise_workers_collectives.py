@@ -22,6 +22,7 @@ def check_ring_all_reduce_p2p(rank: int, world: int, module_name: str) -> list:
     from llama_course.core import wire
 
     wire.install()
+    wire.set_strict(True)                      # NCCL's rules: batched point-to-point, matched in order
     exercise = guarded(importlib.import_module(module_name), "collectives")
     blocked = ("all_reduce", "reduce_scatter", "reduce_scatter_tensor", "all_gather", "all_gather_into_tensor",
                "broadcast", "reduce", "all_to_all", "all_to_all_single")

@@ -254,6 +254,8 @@ def test_ring_all_reduce_p2p_wire_is_a_ring(p2p_results):
             assert used <= {"send", "recv"}, f"rank {rank}, {numel} elements: {sorted(used)} on the wire, p2p only"
             assert wire["bytes"]["send"] == sent * elem, \
                 f"rank {rank}: reported {sent} elements sent, the wire carried {wire['bytes']['send'] // elem}"
+            unbatched = {op for kind, op, *_ in wire["calls"] if op != "batch_isend_irecv"}
+            assert not unbatched, f"rank {rank}: {sorted(unbatched)} outside batch_isend_irecv"
             peers = {peer for kind, _, _, _, peer in wire["calls"] if kind == "send" and peer is not None}
             assert peers <= {(rank + 1) % n}, f"rank {rank} sent to {sorted(peers)}: only to the right neighbour"
             if numel % n == 0:

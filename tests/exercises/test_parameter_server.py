@@ -182,6 +182,8 @@ def test_ps_sgd_round_pushes_and_pulls_on_the_wire(ps_results):
         for step, wire in enumerate(out["wire"]):
             got = {k: v for k, v in wire["bytes"].items() if v}
             assert got == {"send": want, "recv": want}, f"rank {rank}, round {step}: {got}, expected {want} each way"
+            assert all(op == "batch_isend_irecv" for _, op, *_ in wire["calls"]), \
+                f"rank {rank}, round {step}: {[op for _, op, *_ in wire['calls']]}: post messages in batches"
             peers = {peer for kind, _, _, _, peer in wire["calls"] if peer is not None}
             assert rank == 0 or peers <= {0}, f"worker {rank} talked to {sorted(peers)}: workers talk to the server only"
 

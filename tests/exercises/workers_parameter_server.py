@@ -31,6 +31,7 @@ def check_ps_sgd_round(rank: int, world: int, module_name: str, server: int = 0,
     from llama_course.core import wire
 
     wire.install()
+    wire.set_strict(True)                      # NCCL's rules: batched point-to-point, matched in order
     exercise = guarded(importlib.import_module(module_name), "parameter_server")
     saved = {name: getattr(dist, name) for name in BLOCKED}
     lr = 0.3

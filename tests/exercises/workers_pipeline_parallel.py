@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 
+from recorders import wire_summary
+
 
 def pipeline_worker(rank: int, world_size: int, impl: str, m: int) -> dict:
     import torch
@@ -17,6 +19,10 @@ def pipeline_worker(rank: int, world_size: int, impl: str, m: int) -> dict:
     from guard import guarded
     from torch import nn
 
+    from llama_course.core import wire
+
+    wire.install()
+    wire.set_strict(True)                      # NCCL's rules: batched point-to-point, matched in order
     exercise = guarded(load("pipeline_parallel", impl), "pipeline_parallel")
     torch.manual_seed(0)
     width, batch = 8, 3
@@ -36,8 +42,13 @@ def pipeline_worker(rank: int, world_size: int, impl: str, m: int) -> dict:
     events: list = []
     stage.register_forward_pre_hook(lambda mod, args: events.append("F"))
     stage.register_full_backward_hook(lambda mod, gin, gout: events.append("B"))
-    got = exercise.pipeline_step(stage, inputs, targets, rank, world_size, loss_fn, (batch, width))
+    out = {"expected_loss": expected_loss, "message_bytes": batch * width * 4, "error": ""}
+    try:
+        with wire.recording() as log:
+            got = exercise.pipeline_step(stage, inputs, targets, rank, world_size, loss_fn, (batch, width))
+    except Exception as e:  # noqa: BLE001 - reported to the test (StrictModeError: a deadlock on NCCL)
+        return {**out, "error": f"{type(e).__name__}: {e}"}
     diffs = [float((p.grad - q.grad).abs().max()) if p.grad is not None else float("inf")
              for p, q in zip(stage.parameters(), reference[rank].parameters())]
-    return {"grad_diff": max(diffs), "loss": float(got or 0.0), "expected_loss": expected_loss,
-            "events": "".join(events)}
+    return {**out, "grad_diff": max(diffs), "loss": float(got or 0.0), "events": "".join(events),
+            "wire": wire_summary(log)}

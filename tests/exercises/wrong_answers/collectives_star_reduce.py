@@ -13,14 +13,18 @@ def ring_all_reduce_p2p(tensor, group=None):
     import torch.distributed as dist
 
     n, r = dist.get_world_size(group), dist.get_rank(group)
+
+    def batch(*ops):
+        for req in dist.batch_isend_irecv([dist.P2POp(*op) for op in ops]):
+            req.wait()
+
     if r == 0:
-        buf = torch.empty_like(tensor)
-        for src in range(1, n):
-            dist.recv(buf, src)
-            tensor.add_(buf)
-        for dst in range(1, n):
-            dist.send(tensor, dst)
+        bufs = [torch.empty_like(tensor) for _ in range(1, n)]
+        batch(*[(dist.irecv, b, src) for src, b in enumerate(bufs, start=1)])
+        for b in bufs:
+            tensor.add_(b)
+        batch(*[(dist.isend, tensor, dst) for dst in range(1, n)])
     else:
-        dist.send(tensor.contiguous(), 0)
-        dist.recv(tensor, 0)
+        batch((dist.isend, tensor.contiguous(), 0))
+        batch((dist.irecv, tensor, 0))
     return 2 * (n - 1) * tensor.numel() // n
