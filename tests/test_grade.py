@@ -44,14 +44,35 @@ def test_stub_solution_and_tests_line_up(stub):
         assert solution_funcs[name] == params, f"{concept}.{name}: signatures differ"
 
 
+def _classes(path: Path) -> dict:
+    """Public top-level classes of a module: name -> the argument names of __init__ (self left out)."""
+    tree = ast.parse(path.read_text())
+    out = {}
+    for n in tree.body:
+        if isinstance(n, ast.ClassDef) and not n.name.startswith("_"):
+            init = [f for f in n.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"]
+            out[n.name] = [a.arg for a in init[0].args.args[1:]] if init else []
+    return out
+
+
 @pytest.mark.parametrize("stub", STUBS, ids=lambda p: p.stem)
 def test_stubs_raise_not_implemented_naming_the_exercise(stub):
     spec = importlib.util.spec_from_file_location(f"_stub_{stub.stem}", stub)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for name, params in _functions(stub).items():
+    for name, params in {**_functions(stub), **_classes(stub)}.items():
         with pytest.raises(NotImplementedError, match=r"Exercise \d+\.\d+"):
             getattr(module, name)(*[None] * len(params))
+
+
+@pytest.mark.parametrize("stub", STUBS, ids=lambda p: p.stem)
+def test_stub_and_solution_classes_line_up(stub):
+    solution = ROOT / "solutions" / stub.name
+    if not solution.exists():
+        pytest.skip("no solutions/ in a student handout")
+    classes, solved = _classes(stub), _classes(solution)
+    for name, params in classes.items():
+        assert solved.get(name) == params, f"{stub.stem}.{name}: __init__ signatures differ"
 
 
 def _run_grade(*args, cwd=ROOT):

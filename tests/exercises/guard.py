@@ -15,7 +15,7 @@ student's call returns, a recorded call fails the test with LeakError (an Assert
 
 FORBIDDEN lists, per concept, the package files that implement it (runtime and cost model) and the
 PyTorch modules the graded tests use as oracles (torch's DDP, FSDP, DTensor, pipelining,
-clip_grad_norm_, AdamW). Module-level code (an import that happens during the call) does not count.
+clip_grad_norm_, AdamW). Code that runs because a module is being imported during the call does not count.
 """
 
 from __future__ import annotations
@@ -102,11 +102,28 @@ def forbidden_paths(concept: str) -> tuple:
     return tuple(out)
 
 
+def _depth(frame) -> int:
+    n = 0
+    while frame is not None:
+        n, frame = n + 1, frame.f_back
+    return n
+
+
+def _importing(frame, base: int) -> bool:
+    """True if the frame runs as part of an import started inside the watched block (a module or class body,
+    or a decorator it runs): some frame between it and the block (deeper than `base`) is importlib's."""
+    for _ in range(_depth(frame) - base):
+        if frame.f_code.co_name == "<module>" or frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 class _Watch:
     """One watched region: the forbidden prefixes and what was called from them."""
 
-    def __init__(self, concept: str):
-        self.concept = concept
+    def __init__(self, concept: str, base: int):
+        self.concept, self.base = concept, base         # base: stack depth of the frame that opened the block
         self.prefixes = forbidden_paths(concept)
         self.seen: dict = {}          # "module.function" -> file
         self._verdict: dict = {}      # co_filename -> forbidden?
@@ -124,7 +141,7 @@ class _Watch:
                 real = name
             bad = self._verdict[name] = any(real == p or (p.endswith(os.sep) and real.startswith(p))
                                             for p in self.prefixes)
-        if bad and code.co_name != "<module>":
+        if bad and not _importing(frame, self.base):
             module = frame.f_globals.get("__name__", "?")
             self.seen.setdefault(f"{module}.{getattr(code, 'co_qualname', code.co_name)}", name)
 
@@ -147,7 +164,7 @@ def _dispatch(frame, event, arg):
 @contextmanager
 def watching(concept: str, what: str = "the answer"):
     """Fail with LeakError if the block runs a FORBIDDEN file of `concept` (checked when the block ends)."""
-    watch = _Watch(concept)
+    watch = _Watch(concept, _depth(sys._getframe()) - 2)      # minus this generator and contextlib's __enter__
     if not _active:
         _outer_profile[:] = [sys.getprofile()]
         threading.setprofile(_dispatch)
