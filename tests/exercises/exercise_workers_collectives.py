@@ -29,9 +29,13 @@ def check_ring_all_reduce_p2p(rank: int, world: int, module_name: str) -> list:
     saved = {name: getattr(dist, name) for name in blocked}
     rows = []
     for numel, dtype, shape in ((12, torch.float64, (3, 4)), (7, torch.float64, (7,)), (1, torch.float32, (1,)),
-                                (1000, torch.float32, (10, 100)), (4096 * 3, torch.float32, (4096 * 3,))):
+                                (1000, torch.float32, (10, 100)), (4096 * 3, torch.float32, (4096 * 3,)),
+                                (15, torch.float64, "transposed")):
         g = torch.Generator().manual_seed(1000 * rank + numel)
-        x = torch.randn(shape, generator=g, dtype=dtype)
+        if shape == "transposed":                          # a non-contiguous view: the result lands in it
+            x = torch.randn(5, 3, generator=g, dtype=dtype).t()
+        else:
+            x = torch.randn(shape, generator=g, dtype=dtype)
         expected = x.clone()
         dist.all_reduce(expected)
         error = ""
@@ -59,3 +63,33 @@ def _forbidden(name):
     def call(*args, **kwargs):
         raise RuntimeError(f"exercise 2.6 may use send/recv only, not dist.{name}")
     return call
+
+
+def check_ring_on_groups(rank: int, world: int, module_name: str) -> dict:
+    """The same ring on process groups: ranks 0 and 2 of 3 (group ranks are not global ranks), and a group
+    of one rank (nothing to send)."""
+    import torch
+    import torch.distributed as dist
+
+    from llama_course.core import wire
+
+    wire.install()
+    wire.set_strict(True)
+    exercise = guarded(importlib.import_module(module_name), "collectives")
+    pair = dist.new_group([0, 2])
+    singles = [dist.new_group([r]) for r in range(world)]
+    out = {"error": ""}
+    try:
+        x = torch.arange(10, dtype=torch.float64) * (rank + 1)
+        if rank in (0, 2):
+            with wire.recording() as log:
+                out["pair_sent"] = exercise.ring_all_reduce_p2p(x, group=pair)
+            out["pair"], out["pair_wire"] = x.clone(), wire_summary(log)
+        y = torch.arange(4, dtype=torch.float64) + rank
+        with wire.recording() as log:
+            out["single_sent"] = exercise.ring_all_reduce_p2p(y, group=singles[rank])
+        out["single"], out["single_wire"] = y.clone(), wire_summary(log)
+    except Exception as e:  # noqa: BLE001
+        out["error"] = f"{type(e).__name__}: {e}"
+    dist.barrier()
+    return out

@@ -178,7 +178,8 @@ def watching(concept: str, what: str = "the answer"):
         if _active:
             sys.setprofile(_dispatch)
         else:
-            sys.setprofile(_outer_profile[0])
+            outer = _outer_profile[0]
+            sys.setprofile(outer if callable(outer) else None)   # a C-level profiler cannot be put back
             threading.setprofile(None)
     if tampered:
         raise LeakError(f"{what} switched off the profile hook the graded tests watch with (sys.setprofile)")

@@ -64,6 +64,8 @@ def test_gang_schedule_example(exercise):
     assert list(exercise.gang_schedule(EXAMPLE, 8)) == pytest.approx([0, 100, 150, 150, 150])
     with pytest.raises(ValueError):
         exercise.gang_schedule([(0, 9, 1)], 8)
+    with pytest.raises(ValueError):
+        exercise.gang_schedule([(0, 2, 1), (1, 0, 5)], 8)                 # a job needing no GPU
 
 
 @pytest.mark.points(3, exercise="13.3")

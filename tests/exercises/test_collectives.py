@@ -225,7 +225,7 @@ def p2p_results(exercise):
 def test_ring_all_reduce_p2p_matches_torch(p2p_results):
     for rank, rows in enumerate(p2p_results):
         assert rows and not rows[-1][3], f"rank {rank}: {rows[-1][3] if rows else 'no result'}"
-        assert len(rows) == 5
+        assert len(rows) == 6
         for numel, err, *_ in rows:
             assert err < 1e-5, f"rank {rank}, {numel} elements: max error {err} against dist.all_reduce"
 
@@ -265,3 +265,35 @@ def test_ring_all_reduce_p2p_wire_is_a_ring(p2p_results):
         sends = sum(rows[i][5]["bytes"]["send"] for rows in p2p_results)
         recvs = sum(rows[i][5]["bytes"]["recv"] for rows in p2p_results)
         assert sends == recvs == 2 * (n - 1) * numel * elem, f"{numel} elements: {sends} sent, {recvs} received"
+
+
+@pytest.fixture(scope="module")
+def p2p_group_results(exercise):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import exercise_workers_collectives as workers
+
+    from llama_course.core.testing import spawn
+
+    return spawn(workers.check_ring_on_groups, 3, exercise.__name__, timeout=90)
+
+
+@pytest.mark.points(2, exercise="2.6")
+def test_ring_all_reduce_p2p_on_process_groups(p2p_group_results):
+    """On the group {0, 2} of 3 ranks: the sum of ranks 0 and 2 only, messages between global ranks 0 and 2
+    (group rank 1 is global rank 2); on a group of one rank: nothing sent, the tensor unchanged."""
+    import torch
+
+    base = torch.arange(10, dtype=torch.float64)
+    for rank, out in enumerate(p2p_group_results):
+        assert not out["error"], f"rank {rank}: {out['error']}"
+        assert out["single_sent"] == 0 and torch.equal(out["single"], torch.arange(4, dtype=torch.float64) + rank)
+        assert not any(out["single_wire"]["bytes"].values()), f"rank {rank}: a one-rank group sends nothing"
+        if rank in (0, 2):
+            assert torch.equal(out["pair"], base * 4), f"rank {rank}: {out['pair']} is not ranks 0 + 2"
+            other = 2 - rank
+            peers = {peer for *_, peer in out["pair_wire"]["calls"]}
+            assert peers == {other}, f"rank {rank} exchanged with global ranks {sorted(peers)}, not {other}"
+            assert out["pair_sent"] == 10                   # 2 (n - 1) / n of 10 elements, n = 2

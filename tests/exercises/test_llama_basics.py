@@ -163,7 +163,8 @@ def test_shard_batch(exercise, g, dp, mb):
 
 
 @pytest.mark.points(1, exercise="1.6")
-@pytest.mark.parametrize("g,r,dp,mb", [(16, 0, 3, 1), (16, 0, 2, 3), (16, 2, 2, 4), (16, -1, 2, 4)])
+@pytest.mark.parametrize("g,r,dp,mb", [(16, 0, 3, 1), (16, 0, 2, 3), (16, 2, 2, 4), (16, -1, 2, 4), (16, 0, 2, 0),
+                                     (16, 0, 0, 4)])
 def test_shard_batch_rejects(exercise, g, r, dp, mb):
     with pytest.raises(ValueError):
         exercise.shard_batch(list(range(g)), r, dp, mb)

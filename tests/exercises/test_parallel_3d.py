@@ -91,7 +91,9 @@ def test_valid_layouts(exercise, n, heads, kv, layers, gpn):
     expected = sorted((dp, tp, pp) for dp, tp, pp in itertools.product(range(1, n + 1), repeat=3)
                       if dp * tp * pp == n and gpn % tp == 0 and heads % tp == 0 and kv % tp == 0
                       and pp <= layers)
-    assert [tuple(x) for x in exercise.valid_layouts(n, heads, kv, layers, gpn)] == expected
+    got = [tuple(x) for x in exercise.valid_layouts(n, heads, kv, layers, gpn)]
+    assert got == expected
+    assert all(type(v) is int for layout in got for v in layout), "degrees are whole numbers (ints)"
 
 
 # Exercise 6.5: new_process_groups (4 gloo processes) -----------------------------------------------------
