@@ -2,6 +2,8 @@
 # CI check of the graded exercises (DESIGN.md, "Exercises and grading"):
 #   1. against solutions/        every graded test must pass   (the tests are satisfiable)
 #   2. against labs/exercises/   every graded test must fail   (a test that passes on a stub grades nothing)
+#   3. a fixed, seeded sample of mutants of solutions/ (scripts/mutate.py): at least 95% must be killed
+#      (MUTATION_SAMPLE=0 skips it; `make mutation` runs every mutant)
 # Run by `make test`. In a student handout (no solutions/) it has nothing to check and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,3 +19,9 @@ echo "check_exercises: graded tests against solutions/ (all must pass)"
 
 echo "check_exercises: graded tests against the stubs in labs/exercises/ (all must fail)"
 "$PY" -m pytest -q -p no:cacheprovider -rN tests/exercises --impl labs --stubs-must-fail
+
+SAMPLE="${MUTATION_SAMPLE:-60}"
+if [ "$SAMPLE" != 0 ]; then
+    echo "check_exercises: $SAMPLE mutants of solutions/ (seed 0) against the graded tests (95% must be killed)"
+    "$PY" scripts/mutate.py --sample "$SAMPLE" --seed 0 --jobs 2 --min-score 0.95
+fi

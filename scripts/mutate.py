@@ -99,8 +99,9 @@ def _skipped(tree: ast.AST) -> set:
     return out
 
 
-def sites(tree: ast.AST) -> list:
-    """Every (node, kind, description, apply) mutation site, in a fixed order (ast.walk of the module)."""
+def sites(tree: ast.AST, describe: bool = True) -> list:
+    """Every (node, kind, description, apply) mutation site, in a fixed order (ast.walk of the module);
+    describe=False leaves the (slow to unparse) descriptions of drops and swaps empty."""
     skip = _skipped(tree)
     out = []
     for node in ast.walk(tree):
@@ -137,7 +138,7 @@ def sites(tree: ast.AST) -> list:
             out.append((node, "constant", f"{node.value!r} -> {new!r}", lambda n=node, v=new: setattr(n, "value", v)))
         elif isinstance(node, ast.Call) and len(node.args) >= 2 and not any(isinstance(a, ast.Starred) for a in node.args[:2]) \
                 and ast.dump(node.args[0]) != ast.dump(node.args[1]) and ast.unparse(node.func) not in SYMMETRIC:
-            out.append((node, "swap", f"swap the first two arguments of {ast.unparse(node.func)}(...)",
+            out.append((node, "swap", f"swap the first two arguments of {ast.unparse(node.func)}(...)" if describe else "",
                         lambda n=node: n.args.__setitem__(slice(0, 2), [n.args[1], n.args[0]])))
         for field in ("body", "orelse", "finalbody"):
             body = getattr(node, field, None)
@@ -147,7 +148,7 @@ def sites(tree: ast.AST) -> list:
                     continue
                 if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
                     continue                              # a bare string (an attribute's docstring)
-                out.append((stmt, "drop", f"drop `{ast.unparse(stmt).splitlines()[0][:60]}`",
+                out.append((stmt, "drop", f"drop `{ast.unparse(stmt).splitlines()[0][:60]}`" if describe else "",
                             lambda n=node, f=field, i=i: getattr(n, f).__setitem__(i, ast.Pass())))
     return out
 
@@ -161,7 +162,7 @@ class _DropNot(ast.NodeTransformer):
 def mutated_source(source: str, index: int) -> str:
     """The module's source with its index-th site mutated."""
     tree = ast.parse(source)
-    _, _, _, apply = sites(tree)[index]
+    _, _, _, apply = sites(tree, describe=False)[index]
     apply()
     tree = ast.fix_missing_locations(_DropNot().visit(tree))
     return ast.unparse(tree) + "\n"
