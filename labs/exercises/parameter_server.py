@@ -68,7 +68,7 @@ def hogwild_apply(w0: float, deltas: list, schedule: list) -> float:
     With a lock each read-write pair is atomic (r0 w0 r1 w1 ...) and nothing is lost; interleaved
     (r0 r1 w0 w1) the second write overwrites the first: delta 0 is a *lost update*. Hogwild (Niu et al.
     2011) accepts that for sparse updates, where two pushes rarely touch the same element.
-    Raise ValueError if a worker writes before it reads.
+    Raise ValueError if a worker writes before it reads, or for an event other than read and write.
     """
     raise NotImplementedError("Exercise 7.4: hogwild_apply")
 

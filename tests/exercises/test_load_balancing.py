@@ -18,6 +18,8 @@ def test_proportional_split_examples(exercise):
     assert exercise.proportional_split(16, [1, 1, 1, 1 / 3]) == [5, 5, 5, 1]     # 4.8 x 3 + 1.6: remainders .8,.8,.8,.6
     assert exercise.proportional_split(10, [1, 1, 1]) == [4, 3, 3]
     assert exercise.proportional_split(0, [2, 1]) == [0, 0]
+    # quotas 5, 1.5, 3.5: the leftover sequence goes to the largest *fractional part* (a tie: lower rank)
+    assert exercise.proportional_split(10, [5, 1.5, 3.5]) == [5, 2, 3]
 
 
 @pytest.mark.points(2, exercise="9.1")
@@ -62,6 +64,9 @@ def test_policy_step_time_general(exercise):
         assert step == pytest.approx(sorted(G / n * x for x in t)[n - b - 1]) and used == pytest.approx(G * (n - b) / n)
     with pytest.raises(ValueError):
         exercise.policy_step_time("fastest_first", [1.0], 4)
+    for backup in (-1, 4, 5):                                   # backup must lie in [0, N)
+        with pytest.raises(ValueError):
+            exercise.policy_step_time("backup_workers", [1.0, 1.0, 1.0, 3.0], 16, backup=backup)
 
 
 # Exercise 9.3: assign_by_cost -------------------------------------------------------------------------------
@@ -90,6 +95,7 @@ def test_assign_by_cost_vs_brute_force(exercise):
         assert worst <= 4 / 3 * best + 1e-9
     with pytest.raises(ValueError):
         exercise.assign_by_cost([1, 2], 0)
+    assert exercise.assign_by_cost([3, 1, 2], 1) == [[0, 2, 1]]             # one rank: everything, longest first
 
 
 # Exercise 9.4: least_loaded_dispatch ------------------------------------------------------------------------

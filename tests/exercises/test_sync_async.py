@@ -22,6 +22,8 @@ def test_bsp_step_time_straggler(exercise):
 @pytest.mark.points(1, exercise="8.1")
 def test_bsp_step_time_balanced_and_random(exercise):
     assert exercise.bsp_step_time([2.0, 2.0], 0.1) == pytest.approx((2.1, 0.0))
+    assert exercise.bsp_step_time([0.25, 0.5], 0.0) == pytest.approx((0.5, 0.25))     # sub-second steps
+    assert exercise.bsp_step_time([0.0, 0.0], 0.5) == pytest.approx((0.5, 0.0))       # nothing to wait for
     rng = random.Random(8)
     for _ in range(20):
         c = [rng.uniform(0.1, 5) for _ in range(rng.randint(1, 16))]

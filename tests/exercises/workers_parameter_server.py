@@ -68,3 +68,27 @@ def _forbidden(name):
     def call(*args, **kwargs):
         raise RuntimeError(f"exercise 7.5 may use send/recv only, not dist.{name}")
     return call
+
+
+def check_ps_on_a_group(rank: int, world: int, module_name: str) -> dict:
+    """One round on the group {0, 2} whose server is group rank 1 (global rank 2): global rank 0 is the only
+    worker; rank 1 stays out. Group ranks are not global ranks: send/recv need the translation."""
+    import torch
+    import torch.distributed as dist
+
+    from llama_course.core import wire
+
+    wire.install()
+    wire.set_strict(True)
+    exercise = guarded(importlib.import_module(module_name), "parameter_server")
+    group = dist.new_group([0, 2])
+    out = {"error": "", "weights": None}
+    w = torch.full((4,), 2.0, dtype=torch.float64)
+    if rank in (0, 2):
+        grad = torch.arange(4, dtype=torch.float64) if rank == 0 else torch.full_like(w, float("nan"))
+        try:
+            out["weights"] = exercise.ps_sgd_round(w, grad, 0.5, server=1, group=group)
+        except Exception as e:  # noqa: BLE001
+            out["error"] = f"{type(e).__name__}: {e}"
+    dist.barrier()
+    return out
