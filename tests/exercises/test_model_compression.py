@@ -62,6 +62,8 @@ def test_magnitude_prune_ties(exercise):
     assert int((exercise.magnitude_prune(w, 0.3) == 0).sum()) == 3
     with pytest.raises(ValueError):
         exercise.magnitude_prune(w, 1.5)
+    with pytest.raises(ValueError):
+        exercise.magnitude_prune(w, -0.1)
 
 
 # Exercise 12.3: distillation_loss ---------------------------------------------------------------------------
