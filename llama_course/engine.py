@@ -34,6 +34,9 @@ from llama_course.core.distributed import Context, all_reduce_mean
 from llama_course.core.model import cross_entropy  # noqa: F401  (engines and tests import it from here)
 from llama_course.core.optimizers import build_optimizer
 from llama_course.core.profiling import Tracer
+from simulator import spec
+from simulator.capabilities import engine_for
+from simulator.config import ConfigError
 
 
 class NonFiniteError(RuntimeError):
@@ -130,7 +133,7 @@ class Engine:
         """One optimizer step over this rank's micro-batches. Returns loss (global mean), grad_norm, skipped."""
         self.optimizer.zero_grad(set_to_none=True)
         local_loss = self.forward_backward(micro_batches)
-        with self.tracer.span("all_reduce", "comm"):
+        with self.tracer.span(spec.gradient_sync_event(self.cfg.parallel.zero_stage), "comm"):
             self.reduce_gradients()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -187,7 +190,7 @@ class Engine:
     def checkpoint_source_rank(self) -> int:
         """Which rank's saved state this rank loads on resume (its replica that wrote it)."""
         c = self.ctx
-        return (c.pp_rank * c.dp + 0) * c.tp + c.tp_rank
+        return spec.rank_of(c.pp_rank, 0, c.tp_rank, c.dp, c.tp)
 
     def checkpoint_group(self) -> tuple:
         """(process group, ranks) a checkpoint is collective over: (None, None) means every rank."""
@@ -217,32 +220,14 @@ ENGINES: dict[str, Callable] = {"single": Engine, "ddp": DDPEngine}
 
 
 def engine_name(cfg) -> str:
-    """Which engine a config asks for."""
-    p = cfg.parallel
-    if p.strategy == "parameter_server":
-        return "parameter_server"
-    if p.tp > 1 and p.pp > 1 or (p.tp > 1 or p.pp > 1) and p.dp > 1:
-        return "parallel_3d"
-    if p.pp > 1:
-        return "pipeline_parallel" if p.implementation == "course" else "torch_pipeline"
-    if p.tp > 1:
-        return "tensor_parallel" if p.implementation == "course" else "torch_tensor_parallel"
-    if p.sync == "local_sgd":
-        return "local_sgd"
-    if cfg.load_balance.policy in ("dynamic_batch", "backup_workers") and p.dp > 1:
-        return "load_balancing"
-    if p.dp > 1 or p.zero_stage > 0:
-        if p.implementation == "torch":
-            return "fsdp2" if p.zero_stage >= 1 else "ddp"   # FSDP2 covers ZeRO-2 (reshard_after_forward=False) and 3
-        return "data_parallel"
-    return "single"
+    """Which engine runs a config: the capability table's row for it (simulator/capabilities.py), the same
+    table that validation and the planner read (ConfigError for a combination no engine runs)."""
+    return engine_for(cfg)
 
 
 def build_engine(cfg, ctx: Context, model: nn.Module, tracer: Tracer | None = None) -> Engine:
     """The engine for this config; strategy modules are imported on demand and register in ENGINES."""
     import importlib
-
-    from simulator.config import ConfigError
 
     name = engine_name(cfg)
     if name not in ENGINES:

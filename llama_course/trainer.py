@@ -33,6 +33,7 @@ import sys
 import time
 import warnings
 
+from llama_course.core import wire
 from llama_course.core.optimizers import lr_at  # noqa: F401  (the schedule lives with the optimizers)
 from simulator.config import ConfigError, load_config
 
@@ -148,7 +149,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
 
         start = 0
         if checkpoint_dir:
-            latest = ckpt.find_latest(checkpoint_dir, log=_log_main(ctx))
+            latest = ckpt.resume_point(checkpoint_dir, log=_log_main(ctx))
             if latest is not None:
                 start = ckpt.restore(latest, ctx, engine)["step"]
                 if ctx.is_main and not quiet:
@@ -166,14 +167,17 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
         kills = [k for k in cfg.faults.kill if k["rank"] == ctx.rank]
         every = cfg.checkpoint.every_steps
         trace_steps = int(os.environ.get("LLAMA_COURSE_TRACE_STEPS", TRACE_STEPS))   # compare sets it per run
+        wire.install()
+        comm_log = []                 # this rank's bytes by kind, one dict per step (docs/design.md: comm_bytes)
         try:
             for step in range(start, cfg.training.steps):
                 n = step + 1
                 if ctx.restart_count == 0 and any(k["step"] == n for k in kills):
                     print(f"faults.kill: rank {ctx.rank} killed at step {n}", file=sys.stderr, flush=True)
                     os.kill(os.getpid(), signal.SIGKILL)
-                batches = engine.batches_for_step(sampler, train_seqs, step) if hasattr(engine, "batches_for_step") \
-                    else [get_batch(train_seqs, idx) for idx in sampler.shard(step, ctx.dp_rank, ctx.dp, p.micro_batch_size)]
+                with wire.recording() as fetch_log:     # bytes this rank hands to torch.distributed this step
+                    batches = engine.batches_for_step(sampler, train_seqs, step) if hasattr(engine, "batches_for_step") \
+                        else [get_batch(train_seqs, idx) for idx in sampler.shard(step, ctx.dp_rank, ctx.dp, p.micro_batch_size)]
                 lr = lr_at(step, cfg)
                 if trace_path and step <= cfg.training.steps - trace_steps:
                     tracer.clear()            # keep the last TRACE_STEPS steps: steady state, small files
@@ -182,7 +186,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                 t0 = time.perf_counter()
                 if detector:
                     detector.arrive(n)
-                with inject_nan(engine, n == cfg.faults.nan_step):
+                with inject_nan(engine, n == cfg.faults.nan_step), wire.recording() as step_log:
                     try:
                         out = engine.train_step(batches, lr)
                     except RuntimeError as e:
@@ -192,10 +196,12 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                 if sync:
                     sync()
                 dt = time.perf_counter() - t0
+                comm_log.append({k: fetch_log.bytes_by_kind()[k] + v for k, v in step_log.bytes_by_kind().items()})
                 tokens_s = cfg.tokens_per_step / dt
                 rec = {"step": n, "loss": out["loss"], "tokens_per_s": tokens_s, "step_time_s": dt, "lr": lr,
                        "grad_norm": out["grad_norm"], "peak_memory_bytes": peak_memory_bytes(ctx.device),
-                       "mfu": flops_per_token * tokens_s / (devices * peak) if peak else None}
+                       "mfu": flops_per_token * tokens_s / (devices * peak) if peak else None,
+                       "comm_bytes": comm_log[-1]}
                 if out.get("skipped"):
                     rec["skipped"] = True
                 for key in ("staleness", "bytes_sent", "torn_pulls"):
@@ -223,7 +229,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
         if hasattr(engine, "close"):                  # parameter server worker: say goodbye to the servers
             engine.close()
         if trace_path:
-            _write_traces(trace_path, ctx, tracer, write_trace)
+            _write_traces(trace_path, ctx, tracer, write_trace, comm_log)
         return records
     finally:
         cleanup()
@@ -245,10 +251,12 @@ def _log_main(ctx):
     return (lambda msg: print(msg, file=sys.stderr, flush=True)) if ctx.is_main else (lambda msg: None)
 
 
-def _write_traces(path, ctx, tracer, write_trace) -> None:
+def _write_traces(path, ctx, tracer, write_trace, comm_log: list) -> None:
+    """Every training rank's spans in one Chrome trace; its metadata holds `comm_bytes`,
+    `[rank][step] -> bytes by kind`, as the wire recorder counted them (compare reads it)."""
     import torch.distributed as dist
 
-    events = tracer.events
+    events, comm = tracer.events, [comm_log]
     # the ranks that train: everyone, or the workers of a parameter-server run (servers have returned)
     group = ctx.dp_group if ctx.world_size > ctx.dp * ctx.tp * ctx.pp else None
     size = dist.get_world_size(group) if ctx.world_size > 1 else 1
@@ -256,10 +264,11 @@ def _write_traces(path, ctx, tracer, write_trace) -> None:
         gathered = [None] * size
         with warnings.catch_warnings():          # torch warns about its own gloo backend object here
             warnings.simplefilter("ignore", UserWarning)
-            dist.all_gather_object(gathered, events, group=group)
-        events = [e for rank_events in gathered for e in rank_events]
+            dist.all_gather_object(gathered, (events, comm_log), group=group)
+        events = [e for rank_events, _ in gathered for e in rank_events]
+        comm = [rank_comm for _, rank_comm in gathered]
     if ctx.is_main:
-        write_trace(path, events, {"source": "measured"})
+        write_trace(path, events, {"source": "measured", "comm_bytes": comm})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,6 +295,7 @@ def launch(argv: list, nproc: int, max_restarts: int = 0, env: dict | None = Non
            f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--local-addr=127.0.0.1", "--monitor-interval=0.2",
            "-m", "llama_course", *argv]
     run_env = dict(os.environ if env is None else env)
+    run_env["LLAMA_COURSE_LAUNCHED"] = "1"            # the launcher printed the banner
     run_env.setdefault("OMP_NUM_THREADS", "1")
     run_env.setdefault("LOGLEVEL", "ERROR")
     run_env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
@@ -304,6 +314,8 @@ def cli(args) -> int:
             overrides += [f"parallel.dp={args.nproc - cfg0.parallel.num_servers}", "cluster.num_gpus=null"]
     cfg = load_config(args.config, overrides)
     if under_launcher():
+        if os.environ.get("RANK") == "0" and not os.environ.get("LLAMA_COURSE_LAUNCHED") and not args.quiet:
+            print(banner(cfg, int(os.environ["WORLD_SIZE"])), flush=True)
         try:
             run_worker(cfg, args.metrics, args.checkpoint_dir, getattr(args, "trace", None), args.quiet)
         except ConfigError:
@@ -322,9 +334,16 @@ def cli(args) -> int:
         sys.stderr.flush()
         os._exit(0)
     from llama_course.core.data import load_tokens
+    from llama_course.core.distributed import launcher_env
 
     load_tokens(cfg)                          # check data.corpus and build the tokenizer cache once, here
     nproc = cfg.world_size
+    start = preflight(cfg, args)
+    if start >= cfg.training.steps:           # --allow-noop
+        print(f"nothing to train: {args.checkpoint_dir} is at step {start}, training.steps is {cfg.training.steps}")
+        return 0
+    if not args.quiet:
+        print(banner(cfg, nproc, start), flush=True)
     if nproc == 1 and not args.max_restarts:
         run_worker(cfg, args.metrics, args.checkpoint_dir, getattr(args, "trace", None), args.quiet)
         return 0
@@ -338,10 +357,35 @@ def cli(args) -> int:
             argv += [flag, os.path.abspath(value)]
     if args.quiet:
         argv.append("--quiet")
-    code = launch(argv, nproc, args.max_restarts)
+    code = launch(argv, nproc, args.max_restarts, {**os.environ, **launcher_env(nproc)})   # fewer GPUs: CPU
     if code:
         print(f"error: training failed (exit code {code}); see the worker output above", file=sys.stderr)
     return code
+
+
+def banner(cfg, nproc: int, start: int = 0) -> str:
+    """The one line `train` prints before the first step: model, layout, engine, device, processes, steps."""
+    import torch
+
+    from llama_course.engine import engine_name
+    from simulator.workload import count_params
+
+    p, m = cfg.parallel, cfg.model
+    cuda = torch.cuda.is_available() and os.environ.get("LLAMA_COURSE_DEVICE", "cuda") == "cuda"
+    device = f"cuda ({torch.cuda.get_device_name()}, nccl)" if cuda else "cpu (gloo)"
+    servers = f" + {p.num_servers} parameter server(s)" if p.strategy == "parameter_server" else ""
+    steps = f"steps {start + 1}-{cfg.training.steps}" + (f" (resuming at step {start})" if start else "")
+    return (f"train: {m.arch} {m.n_layers} layers x dim {m.dim} ({count_params(m, cfg.seq_len) / 1e6:.2f}M "
+            f"parameters) | layout dp {p.dp} x tp {p.tp} x pp {p.pp}{servers} | engine {engine_name(cfg)} "
+            f"({p.implementation}) | device {device} | {nproc} process{'es' if nproc > 1 else ''} | {steps}")
+
+
+def preflight(cfg, args) -> int:
+    """core/preflight.check_run for the CLI's arguments: the step the run resumes from (one-line errors)."""
+    from llama_course.core.preflight import check_run
+
+    return check_run(cfg, args.metrics, getattr(args, "trace", None), args.checkpoint_dir,
+                     getattr(args, "fresh", False), getattr(args, "allow_noop", False))
 
 
 def train(config=None, overrides=(), nproc=None, metrics=None, checkpoint_dir=None, quiet=True,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI check of the graded exercises (DESIGN.md, "Exercises and grading"):
+# CI check of the graded exercises (docs/design.md, "Exercises and grading"):
 #   1. against solutions/        every graded test must pass   (the tests are satisfiable)
 #   2. against labs/exercises/   every graded test must fail   (a test that passes on a stub grades nothing)
 #   3. a fixed, seeded sample of mutants of solutions/ (scripts/mutate.py): at least 95% must be killed

@@ -2,14 +2,20 @@
 
 - Labs live in labs/NN_<concept>.ipynb, outside docs/. Each is added to the site as labs/NN_<concept>.ipynb
   (mkdocs-jupyter renders it) and to the nav's "Labs" section. If scripts/execute_labs.py has left an
-  executed copy in build/labs/ whose recorded source hash matches the notebook, that copy (with outputs)
-  is rendered; otherwise the notebook as stored (no outputs).
+  executed copy in build/labs/ made from this notebook and this code, that copy (outputs and figures) is
+  rendered; otherwise the notebook as stored (no outputs). `make docs` executes the stale ones first.
 - The API reference gets one generated page per module of llama_course/ and simulator/
   (`::: package.module`, rendered by mkdocstrings), listed under "API reference".
 - docs/labs/index.md's `<!-- labs-table -->` becomes a table of the 14 concepts with their lab,
   concept page and exercises, as they exist at build time.
 - Result pages in docs/benchmarks/*.md join the nav's "Benchmarks" section; `<!-- benchmark-pages -->` in
   docs/benchmarks.md becomes a list of them.
+- docs/design.md's `<!-- capability-table -->` becomes the capability table (simulator/capabilities.py) as
+  the code has it, so the page never lags behind a new combination.
+- MathJax (2.7, from the jupyter-server-mathjax package) is copied into the site's assets/mathjax/: the
+  Markdown pages' `$...$` (pymdownx.arithmatex) and the labs' formulas render offline.
+- Citations ("Touvron et al. 2023") on every page, labs included, link to the paper (docs/papers.yaml);
+  references.md's `<!-- papers -->` becomes the list of them.
 - A concept page's `<!-- concept-links -->` (docs/concepts/<concept>.md) becomes its links: lab, exercises,
   runtime and simulator API pages, interview questions; only to what exists, so the links never dangle.
 """
@@ -17,9 +23,12 @@
 from __future__ import annotations
 
 import ast
-import hashlib
+import importlib
+import importlib.util
 import json
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import yaml
@@ -43,21 +52,17 @@ def lab_notebooks() -> list:
     return sorted(p for p in LABS.glob("[0-9][0-9]_*.ipynb"))
 
 
-def source_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _execute_labs():
+    """scripts/execute_labs.py (it decides what an executed copy was made from), loaded beside this file."""
+    spec = importlib.util.spec_from_file_location("_execute_labs", Path(__file__).with_name("execute_labs.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def rendered_copy(notebook: Path) -> Path:
-    """The executed copy in build/labs/ if it was made from this very notebook, else the notebook itself."""
-    executed = EXECUTED / notebook.name
-    if executed.exists():
-        try:
-            meta = json.loads(executed.read_text(encoding="utf-8")).get("metadata", {}).get("llama_course", {})
-        except json.JSONDecodeError:
-            meta = {}
-        if meta.get("source_sha256") == source_hash(notebook):
-            return executed
-    return notebook
+def rendered_copy(notebook: Path, code: str | None = None) -> Path:
+    """The executed copy in build/labs/ if it was made from this very notebook and code, else the notebook."""
+    return EXECUTED / notebook.name if _execute_labs().is_fresh(notebook, EXECUTED, code) else notebook
 
 
 def lab_title(notebook: Path) -> str:
@@ -126,10 +131,11 @@ def on_config(config):
 
 @event_priority(100)       # before mkdocs-jupyter's on_files, so it wraps the notebooks added here
 def on_files(files, config):
+    code = _execute_labs().code_hash()
     for nb in lab_notebooks():
         # a plain File whose src_dir/src_uri is the notebook (labs/ or build/labs/): mkdocs-jupyter's wrapper
         # reads abs_src_path through src_dir, so File.generated(abs_src_path=...) would not reach it
-        source = rendered_copy(nb)
+        source = rendered_copy(nb, code)
         files.append(File(f"labs/{nb.name}", src_dir=str(source.parent.parent), dest_dir=config.site_dir,
                           use_directory_urls=config.use_directory_urls))
     for name in api_modules():
@@ -204,17 +210,78 @@ def concept_links(concept: str) -> str:
     return "\n".join(lines)
 
 
+def capability_table() -> str:
+    """simulator/capabilities.py's table as this tree has it, in Markdown (torch-free, imported from ROOT)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    capabilities = importlib.import_module("simulator.capabilities")
+    return capabilities.format_table()
+
+
+def papers() -> list:
+    """docs/papers.yaml: [{cite, title, url}] for every paper the docs and labs cite."""
+    return yaml.safe_load((DOCS / "papers.yaml").read_text(encoding="utf-8"))
+
+
+def citation_pattern(cite: str) -> re.Pattern:
+    """'Touvron et al. 2023' also matches 'Touvron et al., 2023'; a citation already inside a link is left."""
+    *names, year = cite.split()
+    return re.compile(r"(?<!\[)" + re.escape(" ".join(names)) + r",? " + year + r"(?![\]\d])")
+
+
+def link_citations(markdown: str, entries=None) -> str:
+    for paper in entries or papers():
+        markdown = citation_pattern(paper["cite"]).sub(lambda m, u=paper["url"]: f"[{m.group(0)}]({u})", markdown)
+    return markdown
+
+
+def references_table(entries=None) -> str:
+    rows = ["| cited as | paper |", "|---|---|"]
+    for paper in sorted(entries or papers(), key=lambda p: p["cite"]):
+        rows.append(f"| {paper['cite']} | [{paper['title']}]({paper['url']}) |")
+    return "\n".join(rows)
+
+
 def on_page_markdown(markdown, page, config, files):
     if "<!-- labs-table -->" in markdown:
         markdown = markdown.replace("<!-- labs-table -->", labs_table())
     if "<!-- benchmark-pages -->" in markdown:
         pages = "\n".join(f"- [{_md_title(p)}](benchmarks/{p.name})" for p in benchmark_pages())
         markdown = markdown.replace("<!-- benchmark-pages -->", pages or "*(no results yet)*")
+    if "<!-- capability-table -->" in markdown:
+        markdown = markdown.replace("<!-- capability-table -->", capability_table())
+    if "<!-- papers -->" in markdown:
+        markdown = markdown.replace("<!-- papers -->", references_table())
+    markdown = link_citations(markdown)
     if "<!-- concept-links -->" in markdown:
         concept = Path(page.file.src_uri).stem
         if concept in CONCEPTS:
             markdown = markdown.replace("<!-- concept-links -->", concept_links(concept))
     return markdown
+
+
+def on_page_content(html, page, config, files):
+    """Lab pages (rendered from notebooks, not Markdown): link their citations too."""
+    if not page.file.src_uri.endswith(".ipynb"):
+        return html
+    for paper in papers():
+        html = citation_pattern(paper["cite"]).sub(
+            lambda m, u=paper["url"]: f'<a href="{u}">{m.group(0)}</a>', html)
+    return html
+
+
+def mathjax_dir() -> Path:
+    """MathJax 2's files as the jupyter-server-mathjax package ships them (a dev dependency)."""
+    import jupyter_server_mathjax
+
+    return Path(jupyter_server_mathjax.__file__).parent / "static"
+
+
+def on_post_build(config):
+    """Serve MathJax from the site itself, so formulas render without a network."""
+    target = Path(config.site_dir) / "assets" / "mathjax"
+    if not (target / "MathJax.js").exists():
+        shutil.copytree(mathjax_dir(), target, dirs_exist_ok=True)
 
 
 def on_serve(server, config, builder):

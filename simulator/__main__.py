@@ -10,7 +10,7 @@ from simulator.config import ConfigError
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulator", description="predict one training step")
-    parser.add_argument("config", help="YAML config (DESIGN.md schema)")
+    parser.add_argument("config", help="YAML config (schema: docs/design.md)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field, value read as YAML (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

@@ -6,7 +6,8 @@ through `network.Network`). With alpha the path latency and B the bottleneck ban
     ring all-reduce of S bytes on n ranks   2 (n-1) steps of S/n:  t = 2 (n-1) (alpha + S / (n B))
                                             (across nodes: g rings of S/g at once, one per NIC, as NCCL)
     ring reduce-scatter / all-gather        (n-1) steps of S/n:    t = (n-1) (alpha + S / (n B))
-    tree all-reduce (binary, k chunks)      reduce up + broadcast down, pipelined: 2 (D + k - 1) steps
+    tree all-reduce (double binary, k       reduce up + broadcast down, pipelined: 2 (D + k - 1) steps,
+      chunks, NCCL's)                       two trees of S/2 each
     hierarchical all-reduce                 reduce-scatter in the node (g GPUs), all-reduce of S/g between
                                             nodes (g rails at once), all-gather in the node
     all-to-all                              n-1 shifted permutations of S/n each
@@ -33,7 +34,7 @@ import simpy
 from simulator.network import Network
 from simulator.topology import Cluster
 
-MAX_CHANNEL_FLOWS = 8192   # larger multi-channel rings fall back to one ring per step (hierarchical stays exact)
+MAX_CHANNEL_FLOWS = 8192   # larger multi-channel rings time one step on their first nodes (ring_stages)
 KINDS = ("all_reduce", "reduce_scatter", "all_gather", "all_to_all", "send")
 ALGORITHMS = ("ring", "tree", "hierarchical")
 
@@ -69,6 +70,10 @@ def ring_stages(kind: str, ranks, nbytes: float, cluster: Cluster | None = None)
 
     Channel c visits every node's GPUs rotated by c, so it leaves a node from a different GPU (and NIC)
     than channel c+1: all g NICs carry traffic at once and each ring moves S/g.
+
+    Every step of the rings loads every node alike, so beyond MAX_CHANNEL_FLOWS flows the step is timed on
+    the rings of the first nodes only (enough to cross leaf switches as the whole ring does), with the
+    whole ring's chunk and step count: the same time, without a max-min computation over every flow.
     """
     n = len(ranks)
     if n <= 1:
@@ -76,12 +81,14 @@ def ring_stages(kind: str, ranks, nbytes: float, cluster: Cluster | None = None)
     steps = 2 * (n - 1) if kind == "all_reduce" else n - 1
     nodes = _by_node(ranks, cluster) if cluster is not None else [list(ranks)]
     g = len(nodes[0])
-    if len(nodes) == 1 or g == 1 or any(len(x) != g for x in nodes) or n * g > MAX_CHANNEL_FLOWS:
+    if len(nodes) == 1 or g == 1 or any(len(x) != g for x in nodes):
         return _ring(ranks, nbytes / n, steps)
+    if n * g > MAX_CHANNEL_FLOWS:
+        nodes = nodes[:max(2, MAX_CHANNEL_FLOWS // (g * g))]
     flows = []
     for c in range(g):
         order = [grp[(i + c) % g] for grp in nodes for i in range(g)]
-        flows += [(order[i], order[(i + 1) % n], nbytes / (n * g)) for i in range(n)]
+        flows += [(order[i], order[(i + 1) % len(order)], nbytes / (n * g)) for i in range(len(order))]
     return [(flows, steps)]
 
 
@@ -93,17 +100,56 @@ def _by_node(ranks, cluster: Cluster) -> list:
 
 
 def tree_stages(kind: str, ranks, nbytes: float, cluster: Cluster) -> list:
-    """Binary-tree all-reduce (heap order), pipelined in k chunks: reduce to the root, broadcast back."""
-    n = len(ranks)
-    if n <= 1:
+    """NCCL's double binary tree all-reduce, pipelined in k chunks: reduce to the roots, broadcast back.
+
+    Two binary trees (heap order over the members, and over them reversed) each carry half the bytes;
+    a member that is interior in one (two children to receive from) is a leaf of the other, so each sends and
+    receives about S per phase instead of one tree's 2 S: about twice one tree's bandwidth. When the group
+    holds g > 1 GPUs of every node, the trees join nodes, as NCCL's do, once per channel: channel c's trees
+    run between the nodes' GPU c (its NIC), each carrying S/g, and a chain over NVLink inside each node
+    brings the node's sum to that GPU (g - 1 more pipeline steps; NVLink is not the bottleneck), so all g
+    NICs of a node carry tree traffic. The chains' flows use NVLink, the trees' the NICs: no link carries
+    both, and every node's chains load its NVLink alike, so one node's chains stand for all of them."""
+    if len(ranks) <= 1:
         return []
-    depth = int(math.floor(math.log2(n)))
-    alpha = max(cluster.path_latency(ranks[i], ranks[(i - 1) // 2]) for i in range(1, n))
-    bw = min(cluster.bottleneck(ranks[i], ranks[(i - 1) // 2]) for i in range(1, n)) / 2
-    k = max(1, min(256, int(round(math.sqrt(max(depth - 1, 0) * nbytes / max(alpha * bw, 1e-30))))))
-    up = [(ranks[i], ranks[(i - 1) // 2], nbytes / k) for i in range(1, n)]
+    shape = tree_shape(ranks, cluster)
+    members, chains, depth = shape[:3]
+    k = tree_chunks(shape, nbytes)
+    share = nbytes / len(members)
+    up = [(a, b, share / k) for chain in chains for a, b in zip(chain, chain[1:])]
+    for group in members:
+        for order in (group, group[::-1]):
+            up += [(order[i], order[(i - 1) // 2], share / (2 * k)) for i in range(1, len(group))]
     down = [(d, s, b) for s, d, b in up]
     return [(up, depth + k - 1), (down, depth + k - 1)]
+
+
+def tree_shape(ranks, cluster: Cluster) -> tuple:
+    """(members per channel, NVLink chains, pipeline depth, alpha, B) of `tree_stages` over these ranks."""
+    ranks = list(ranks)
+    nodes = _by_node(ranks, cluster)
+    g = len(nodes[0])
+    chains = []
+    if len(nodes) > 1 and g > 1 and all(len(x) == g for x in nodes):
+        channels = max(1, min(g, MAX_CHANNEL_FLOWS // (2 * len(nodes))))
+        members = [[grp[c] for grp in nodes] for c in range(channels)]
+        grp = nodes[0]
+        chains = [[grp[(c + 1 + j) % g] for j in range(g)] for c in range(channels)]   # ends at grp[c]
+    else:
+        members = [ranks]
+    m = len(members[0])
+    depth = int(math.floor(math.log2(m))) + (g - 1 if chains else 0)
+    first = members[0]
+    alpha = max(cluster.path_latency(first[i], first[(i - 1) // 2]) for i in range(1, m))
+    bw = min(cluster.bottleneck(first[i], first[(i - 1) // 2]) for i in range(1, m))
+    return members, chains, depth, alpha, bw
+
+
+def tree_chunks(shape: tuple, nbytes: float) -> int:
+    """Chunks k the tree pipelines S in: sqrt(depth x S / (alpha B)) per channel, between 1 and 256."""
+    members, _, depth, alpha, bw = shape
+    share = nbytes / len(members)
+    return max(1, min(256, int(round(math.sqrt(max(depth - 1, 0) * share / max(alpha * bw, 1e-30))))))
 
 
 def hierarchical_stages(kind: str, ranks, nbytes: float, cluster: Cluster) -> list:

@@ -2,14 +2,20 @@
 
 Each kernel of `workload.layer_ops` (matmuls, attention, norms, activations, dropout, residual adds) takes
 
-    t = max(F / (P e_mm), Q / (W e_mem)) + t_launch
+    t = max(F / (P e_mm e_shape), Q / (W e_mem)) + t_launch
 
-with F its FLOPs, Q its bytes, P the dense peak of the run's precision, W the HBM bandwidth, and the two
-efficiencies calibrated once per GPU type (`hardware.py`). Large matmuls are compute bound; norms, softmax
+with F its FLOPs, Q its bytes, P the dense peak of the run's precision, W the HBM bandwidth, the two
+efficiencies e_mm and e_mem calibrated once per GPU type (`hardware.py`), and e_shape what the matmul's
+shape keeps of e_mm (`gemm_efficiency`): its output is cut into tiles run one per SM at a time, so it runs
+in waves, and the last wave, the partial tiles and each tile's fill and epilogue are paid for as if full.
+That is why small micro-batches, narrow models and large tensor-parallel degrees (short, thin GEMMs) reach
+less of the peak; a backward is priced as its two products (dgrad: m x n x k, wgrad: k x m x n). Large matmuls are compute bound; norms, softmax
 and dropout are memory bound, which is why small hidden sizes and tensor parallelism without sequence
 parallelism (replicated norms and dropouts) lose throughput. A fused attention kernel (FlashAttention)
 runs at FLASH_EFFICIENCY of the matmul efficiency (FlashAttention-2 reports ~70% of A100 peak forward,
-less backward).
+less backward), and with a causal mask it runs only the tiles on and below the diagonal
+(`workload.causal_fraction`, about half the s x s square): its time is priced on those, while the model
+FLOPs (and MFU) keep counting the full square.
 
 On a CPU (`cpu` profile) the same roofline holds per process, with a large fixed cost per kernel (eager
 PyTorch's dispatch and autograd bookkeeping), and compute stretched by `hw.compute_slowdown` when more
@@ -25,11 +31,57 @@ the attention core only (Korthikanti et al. 2022).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from simulator.hardware import Hardware
 from simulator.workload import backward_op, embedding_ops, head_ops, layer_ops
 
 FLASH_EFFICIENCY = 0.85
+
+# Output tiles a GEMM kernel may use (CUTLASS / cuBLAS bf16 kernels on Ampere and Hopper), with the share of
+# the largest tile's per-SM throughput each reaches (smaller tiles reuse each loaded operand less); an
+# assumption from the orders of magnitude of CUTLASS profiler runs, not a fit.
+GEMM_TILES = ((256, 128, 1.0), (128, 256, 1.0), (128, 128, 0.92), (128, 64, 0.82), (64, 128, 0.82), (64, 64, 0.68))
+TILE_K_OVERHEAD = 64
+"""Per tile, the pipeline fill and the epilogue (writing the tile) cost about this many more steps of k."""
+SPLIT_K = (1, 2, 4)
+
+
+@lru_cache(maxsize=1 << 16)
+def gemm_efficiency(batch: int, m: int, k: int, n: int, sms: int) -> float:
+    """Share of a large GEMM's throughput that `batch` products (m x k) @ (k x n) reach on `sms` SMs.
+
+    A kernel cuts the m x n output into tiles, one per SM at a time, so it runs in waves; of all the
+    tile-steps the waves pay for, the useful share is
+
+        e_tile x (batch m n k) / (waves x sms x Tm x Tn x (k / split + K0) x split),
+        waves = ceil(batch ceil(m / Tm) ceil(n / Tn) split / sms)
+
+    (wave quantization: the last wave leaves SMs idle; tile quantization: a partial tile costs a whole one;
+    K0 = TILE_K_OVERHEAD: short reductions pay the fill and the epilogue of every tile). The best of the
+    tiles and split-K factors is taken, as cuBLAS's heuristics pick one. Large, well-shaped GEMMs -> 1."""
+    best = 0.0
+    for tm, tn, e_tile in GEMM_TILES:
+        for split in SPLIT_K:
+            if split > 1 and k // split < 256:
+                continue
+            tiles = batch * -(-m // tm) * -(-n // tn) * split
+            waves = -(-tiles // sms)
+            paid = waves * sms * tm * tn * (k / split + TILE_K_OVERHEAD)
+            best = max(best, e_tile * batch * m * n * k / paid)
+    return best
+
+
+def matmul_time(op, hw: Hardware, precision: str) -> float:
+    """Compute seconds of a matmul op: its products (a backward: dgrad and wgrad) at the calibrated
+    efficiency x their shape's `gemm_efficiency` (1 without a shape or an SM count, as on cpu)."""
+    rate = hw.peak(precision) * hw.matmul_efficiency
+    if op.shape is None or not hw.sm_count:
+        return op.flops / rate
+    batch, m, k, n = op.shape
+    products = ((m, n, k), (k, m, n)) if op.backward else ((m, k, n),)
+    return sum(2.0 * batch * a * b * c / (rate * gemm_efficiency(batch, a, b, c, hw.sm_count))
+               for a, b, c in products)
 
 
 def op_time(op, hw: Hardware, precision: str) -> float:
@@ -37,8 +89,12 @@ def op_time(op, hw: Hardware, precision: str) -> float:
     mem = op.bytes / (hw.memory_bandwidth * hw.memory_efficiency)
     if op.kind == "memory":
         return (mem + hw.kernel_overhead) * hw.compute_slowdown
-    eff = hw.matmul_efficiency * (FLASH_EFFICIENCY if op.kind == "flash" else 1.0)
-    return (max(op.flops / (hw.peak(precision) * eff), mem) + hw.kernel_overhead) * hw.compute_slowdown
+    if op.kind == "matmul":
+        compute = matmul_time(op, hw, precision)
+    else:
+        flops = op.flops if op.executed is None else op.executed
+        compute = flops / (hw.peak(precision) * hw.matmul_efficiency * FLASH_EFFICIENCY)
+    return (max(compute, mem) + hw.kernel_overhead) * hw.compute_slowdown
 
 
 def ops_time(ops, hw: Hardware, precision: str) -> float:

@@ -1,14 +1,16 @@
-"""One config, two engines: the run description read by the simulator and the runtime.
+"""Loading and validating a config: YAML or a dict, `--set` overrides, the rules between fields.
 
-The schema is the one in DESIGN.md ("One config, two engines"). It is plain dataclasses, torch-free, so
-`simulator` can load it where torch is absent and `llama_course` imports it from here. Every field carries
-a docstring (the string literal under it); `llama-course simulate --help` and the docs list them.
+The schema (schema.py) is plain dataclasses, torch-free, so `simulator` can load it where torch is absent
+and `llama_course` imports it from here; docs/design.md ("Config schema") describes it.
 
     from simulator.config import load_config
     cfg = load_config("configs/tiny.yaml", ["parallel.dp=2", "training.steps=20"])
     cfg.world_size, cfg.grad_accum_steps
 
 Every user mistake raises `ConfigError` with one line naming the field; the CLI prints it and exits 2.
+There is one validation, `resolve`: the rules between fields, then the capability table (capabilities.py),
+which refuses a combination of strategies the runtime does not run. `simulate`, `plan` and `train` all load
+configs here, so they accept and refuse alike.
 """
 
 from __future__ import annotations
@@ -19,328 +21,58 @@ import math
 import os
 import types
 import typing
-from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from simulator import capabilities
+from simulator.pipeline_parallel import check_stage_layers
 from simulator.presets import MODEL_PRESETS, model_preset
+from simulator.schema import (  # noqa: F401  (the schema's names are imported from here throughout)
+    AGGREGATIONS,
+    ARCHS,
+    CHECKPOINTING,
+    CHOICES,
+    COMPRESSIONS,
+    GPU_NAMES,
+    IMPLEMENTATIONS,
+    NONFINITE,
+    OPTIMIZERS,
+    POLICIES,
+    PRECISIONS,
+    SCHEDULES,
+    STRATEGIES,
+    SYNCS,
+    TOPOLOGIES,
+    YAML_ALIASES,
+    CheckpointConfig,
+    ClusterConfig,
+    Config,
+    ConfigError,
+    DataConfig,
+    FaultsConfig,
+    LinkConfig,
+    LoadBalanceConfig,
+    ModelConfig,
+    ParallelConfig,
+    TrainingConfig,
+    field_docs,
+    yaml_name,
+)
 
-
-class ConfigError(ValueError):
-    """A bad config or bad user input: one line, naming the field. The CLI exits with code 2."""
-
-
-GPU_NAMES = ("a100-40gb", "a100-80gb", "h100-sxm", "h200", "cpu")
-ARCHS = ("llama", "gpt")
-SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
-CHECKPOINTING = ("none", "selective", "full")
-IMPLEMENTATIONS = ("course", "torch")
-STRATEGIES = ("collective", "parameter_server")
-SYNCS = ("bsp", "asp", "ssp", "local_sgd")
-COMPRESSIONS = ("none", "fp16", "bf16", "topk", "powersgd")
-PRECISIONS = ("fp32", "fp16", "bf16")
-OPTIMIZERS = ("sgd", "adamw", "lars", "lamb")
-POLICIES = ("none", "dynamic_batch", "backup_workers", "balanced_stages")
-TOPOLOGIES = ("fat_tree", "rail_optimized")
-AGGREGATIONS = ("mean", "sum", "ema")
-NONFINITE = ("skip", "stop")
-
-# field name -> allowed values, checked on load
-CHOICES = {
-    "model.arch": ARCHS,
-    "model.weight_bits": (16, 8, 4),
-    "cluster.gpu": GPU_NAMES,
-    "cluster.inter_node.topology": TOPOLOGIES,
-    "parallel.schedule": SCHEDULES,
-    "parallel.activation_checkpointing": CHECKPOINTING,
-    "parallel.implementation": IMPLEMENTATIONS,
-    "parallel.strategy": STRATEGIES,
-    "parallel.sync": SYNCS,
-    "parallel.compression": COMPRESSIONS,
-    "parallel.aggregation": AGGREGATIONS,
-    "parallel.zero_stage": (0, 1, 2, 3),
-    "training.precision": PRECISIONS,
-    "training.optimizer": OPTIMIZERS,
-    "training.on_nonfinite": NONFINITE,
-    "load_balance.policy": POLICIES,
-}
-
-
-@dataclass
-class ModelConfig:
-    preset: str | None = "tiny"
-    """Named shape (`tiny`, `small`, `llama-7b`, `llama2-70b`, `llama3-405b`, `gpt3-175b`, ...); fields given
-    beside it override the preset's values."""
-    arch: str = "llama"
-    """`llama` (RMSNorm, SwiGLU, RoPE, GQA) or `gpt` (LayerNorm, GELU MLP of 4h, learned positions)."""
-    dim: int = 64
-    """Hidden size h."""
-    n_layers: int = 4
-    """Number of transformer blocks l."""
-    n_heads: int = 4
-    """Query heads; dim must divide by it."""
-    n_kv_heads: int | None = 2
-    """Key/value heads (grouped-query attention); equal to n_heads is multi-head attention."""
-    ffn_dim: int = 192
-    """Hidden size of the MLP (SwiGLU: the width of w1 and w3)."""
-    vocab_size: int = 512
-    """Vocabulary size V; the built-in tokenizer is trained to this size."""
-    tie_embeddings: bool = False
-    """Share the input embedding with the output head."""
-    norm_eps: float = 1e-5
-    """Epsilon of RMSNorm / LayerNorm."""
-    rope_theta: float = 10000.0
-    """Base of the rotary embedding frequencies (LLaMA 1/2: 1e4, LLaMA 3: 5e5)."""
-    weight_bits: int | None = None
-    """Simulator: bits per stored weight, 16 | 8 | 4 (weight-only quantization with fp16 scales, as
-    `llama-course compress --method int8|int4` writes); None = the training precision. Changes the weights'
-    memory and all-gather bytes, not gradients, optimizer state or FLOPs (simulator/model_compression.py)."""
-    weight_group_size: int = 64
-    """Simulator: weights per fp16 scale when weight_bits is 4 (int8 keeps one scale per output channel)."""
-    structured_sparsity: float = 0.0
-    """Simulator: fraction of every block's FFN channels removed by structured pruning, in [0, 1): the
-    narrower model's parameters, FLOPs, activations and communication are simulated."""
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-
-@dataclass
-class LinkConfig:
-    bandwidth_GBps: float | None = None
-    """Bandwidth per direction per GPU, GB/s (1e9 bytes). None takes the GPU preset's value."""
-    latency_us: float | None = None
-    """One-way latency in microseconds. None takes the GPU preset's value."""
-    topology: str | None = None
-    """Inter-node fabric: `fat_tree` or `rail_optimized` (ignored within a node)."""
-
-
-@dataclass
-class ClusterConfig:
-    gpu: str = "cpu"
-    """Accelerator preset: a100-40gb | a100-80gb | h100-sxm | h200 | cpu (this machine, as `bench` measured it)."""
-    num_gpus: int | None = None
-    """Total devices (processes on CPU). num_gpus = dp x tp x pp; give this or parallel.dp."""
-    gpus_per_node: int | None = None
-    """Devices per node (8 for the GPU presets; all processes on one node for cpu)."""
-    intra_node: LinkConfig = field(default_factory=LinkConfig)
-    """Link between devices of one node (NVLink/NVSwitch; shared memory on cpu)."""
-    inter_node: LinkConfig = field(default_factory=LinkConfig)
-    """Link between nodes (InfiniBand/RoCE NICs), and the fabric topology."""
-    peak_tflops: float | None = None
-    """Override the dense peak TFLOP/s for the run's precision."""
-    memory_GB: float | None = None
-    """Override device memory in GB."""
-    memory_bandwidth_GBps: float | None = None
-    """Override device memory (HBM) bandwidth in GB/s."""
-    compute_efficiency: float | None = None
-    """Override the calibrated fraction of peak that large matmuls reach (0..1]."""
-
-
-@dataclass
-class ParallelConfig:
-    dp: int | None = None
-    """Data-parallel degree (workers, for a parameter server). num_gpus = dp x tp x pp; give this or num_gpus."""
-    tp: int = 1
-    """Tensor-parallel degree (Megatron column/row split)."""
-    pp: int = 1
-    """Pipeline-parallel degree (stages)."""
-    vpp: int = 1
-    """Virtual stages per pipeline rank (interleaved 1F1B)."""
-    schedule: str = "1f1b"
-    """Pipeline schedule: gpipe | 1f1b | interleaved_1f1b."""
-    zero_stage: int = 0
-    """0 none, 1 optimizer state sharded, 2 + gradients, 3 + parameters (FSDP)."""
-    sequence_parallel: bool = False
-    """Split norm/dropout activations along the sequence across the tensor-parallel group."""
-    micro_batch_size: int = 1
-    """Sequences per micro-batch on one data-parallel rank."""
-    global_batch_size: int = 8
-    """Sequences per optimizer step, over all ranks and micro-batches."""
-    activation_checkpointing: str = "none"
-    """none | selective (recompute attention scores) | full (recompute each block)."""
-    implementation: str = "course"
-    """course (this package's own code) | torch (DDP, FSDP2, DTensor, torch.distributed.pipelining)."""
-    bucket_mb: float = 25.0
-    """Data-parallel gradient bucket size in MB; 0 = one all-reduce per tensor after backward."""
-    overlap: bool = True
-    """Overlap gradient communication with the backward pass."""
-    strategy: str = "collective"
-    """How gradients meet: collective (all-reduce) | parameter_server."""
-    num_servers: int = 1
-    """Parameter-server shards (extra processes beside the dp workers)."""
-    aggregation: str = "mean"
-    """Parameter server: how pushed gradients are combined: mean | sum | ema."""
-    sync: str = "bsp"
-    """bsp (wait for all) | asp (never wait) | ssp (bounded staleness) | local_sgd (average every local_steps)."""
-    staleness: int = 0
-    """SSP bound: how many versions the fastest worker may run ahead."""
-    local_steps: int = 1
-    """local_sgd / DiLoCo: inner optimizer steps between averages."""
-    outer_lr: float = 1.0
-    """local_sgd: outer learning rate applied to the averaged change (1 with no momentum = plain averaging;
-    DiLoCo uses 0.7 with outer_momentum 0.9)."""
-    outer_momentum: float = 0.0
-    """local_sgd: Nesterov momentum of the outer optimizer (0 = plain local SGD, 0.9 = DiLoCo)."""
-    lock_free: bool = False
-    """Parameter server, asp/ssp: apply pushes without the shard lock (Hogwild); needs training.optimizer sgd."""
-    compression: str = "none"
-    """Gradient compression on the wire: none | fp16 | bf16 | topk | powersgd."""
-    topk_ratio: float = 0.01
-    """Fraction of gradient entries sent by top-k compression."""
-    powersgd_rank: int = 4
-    """Rank r of PowerSGD's low-rank approximation."""
-
-
-@dataclass
-class TrainingConfig:
-    precision: str = "bf16"
-    """fp32 | fp16 | bf16. The runtime uses autocast on GPU and computes in fp32 on CPU."""
-    optimizer: str = "adamw"
-    """sgd (with momentum) | adamw | lars | lamb."""
-    lr: float = 3.0e-4
-    """Peak learning rate (after warmup)."""
-    min_lr: float | None = None
-    """Learning rate at the end of the cosine decay (default lr / 10)."""
-    warmup_steps: int = 10
-    """Linear warmup steps before the cosine decay."""
-    weight_decay: float = 0.1
-    """Decoupled weight decay (AdamW, LAMB) or L2 (SGD, LARS)."""
-    beta1: float = 0.9
-    """Adam first-moment decay (or SGD momentum)."""
-    beta2: float = 0.95
-    """Adam second-moment decay."""
-    grad_clip: float = 1.0
-    """Clip the global gradient norm to this value; 0 disables clipping."""
-    steps: int = 100
-    """Runtime: optimizer steps to run."""
-    seed: int = 0
-    """Seed of initialisation, data order and sampling."""
-    total_tokens: float | None = None
-    """Simulator: tokens of the whole run; gives time_to_train_s."""
-    eval_every: int = 0
-    """Validation loss every N steps (0 = only at the end)."""
-    eval_batches: int = 4
-    """Batches of the held-out split per validation."""
-    compile: bool = False
-    """Runtime: torch.compile the model (GPU speed; the first steps pay for compilation)."""
-    on_nonfinite: str = "skip"
-    """A non-finite loss or gradient: skip the step, or stop the run."""
-    flash_attention: bool | None = None
-    """Simulator: fused attention kernel (FlashAttention: no s x s scores in memory) or eager attention
-    (scores, softmax and dropout materialised, as Megatron-LM 2021). None = fused for llama, eager for gpt."""
-    init_from: str | None = None
-    """Runtime: start from the weights of this checkpoint folder (for example one `llama-course compress`
-    wrote; quantized weights are dequantized, pruned shapes and zeros kept) instead of a random
-    initialisation; the optimizer starts fresh. Its model must equal `model` (train with its config.yaml)."""
-
-
-@dataclass
-class DataConfig:
-    corpus: str = "builtin"
-    """builtin (ships with Python and the package) | a text file or folder of .txt | a folder of .bin token shards
-    | synthetic (random tokens, for throughput runs only)."""
-    val_fraction: float = 0.05
-    """Share of the corpus held out for validation."""
-
-
-@dataclass
-class LoadBalanceConfig:
-    policy: str = "none"
-    """none | dynamic_batch | backup_workers | balanced_stages."""
-    backup_workers: int = 1
-    """backup_workers policy: how many slowest gradients a step may drop."""
-
-
-@dataclass
-class FaultsConfig:
-    kill: list = field(default_factory=list)
-    """Runtime: [{rank: 1, step: 7}] SIGKILLs that rank at that step, first attempt only."""
-    slow: dict = field(default_factory=dict)
-    """{rank: factor}: that rank's compute runs factor times slower."""
-    gpu_mtbf_hours: float | None = None
-    """Simulator: mean time between failures of one GPU, in hours; failures are drawn per GPU."""
-    weibull_shape: float | None = None
-    """Simulator: Weibull shape k for time to failure (None = exponential)."""
-    restart_s: float = 600.0
-    """Simulator: time to detect a failure, replace the node and restart the job, seconds."""
-    nan_step: int | None = None
-    """Runtime: make the loss of this step (1-based) NaN on every rank, to exercise training.on_nonfinite."""
-
-
-@dataclass
-class CheckpointConfig:
-    every_steps: int = 0
-    """Save every N optimizer steps (0 = never)."""
-    async_save: bool = False
-    """Write checkpoints in the background, overlapped with training (key `async` in YAML)."""
-    keep: int = 2
-    """How many recent checkpoints to keep on disk."""
-    write_GBps: float | None = None
-    """Simulator: checkpoint write bandwidth per node in GB/s (None = preset)."""
-
-
-@dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """Model shape (a preset, or every field)."""
-    seq_len: int = 128
-    """Tokens per sequence."""
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    """Devices and the network between them."""
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    """How the run is split over devices."""
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    """Optimisation."""
-    data: DataConfig = field(default_factory=DataConfig)
-    """Where tokens come from."""
-    load_balance: LoadBalanceConfig = field(default_factory=LoadBalanceConfig)
-    """Straggler and imbalance handling."""
-    faults: FaultsConfig = field(default_factory=FaultsConfig)
-    """Injected failures and slowdowns; failure rates for the simulator."""
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    """Checkpointing."""
-
-    # ---- derived quantities -------------------------------------------------------------------
-    @property
-    def dp(self) -> int:
-        return self.parallel.dp
-
-    @property
-    def world_size(self) -> int:
-        """Processes the runtime launches: dp x tp x pp, plus parameter servers."""
-        extra = self.parallel.num_servers if self.parallel.strategy == "parameter_server" else 0
-        return self.parallel.dp * self.parallel.tp * self.parallel.pp + extra
-
-    @property
-    def grad_accum_steps(self) -> int:
-        """Micro-batches per optimizer step on one data-parallel rank."""
-        return self.parallel.global_batch_size // (self.parallel.dp * self.parallel.micro_batch_size)
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.parallel.global_batch_size * self.seq_len
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["checkpoint"]["async"] = d["checkpoint"].pop("async_save")
-        return d
-
-
-# YAML keys that differ from the Python attribute (a keyword in Python)
-_ALIASES = {("checkpoint", "async"): "async_save"}
-
+MAX_GPUS = 1 << 20
+"""The most devices a config may ask for (the simulator's cluster graph grows with them)."""
 
 # ---------------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------------
 
-def load_config(source: Any = None, overrides: list | None = None) -> Config:
+def load_config(source: Any = None, overrides: list | None = None, runtime: bool = True) -> Config:
     """Build a validated Config from a YAML path, a dict or None (defaults), then `k=v` overrides.
 
-    Raises ConfigError (one line, naming the field) on any bad input.
+    Raises ConfigError (one line, naming the field) on any bad input. `runtime=False` skips the capability
+    table: only for describing published runs of other systems (simulator/validation.py simulates
+    Megatron-LM's and DeepSpeed's), never from a command.
     """
     if source is None:
         raw: dict = {}
@@ -350,20 +82,26 @@ def load_config(source: Any = None, overrides: list | None = None) -> Config:
         path = os.fspath(source)
         if not os.path.exists(path):
             raise ConfigError(f"config file not found: {path}")
+        if os.path.isdir(path):
+            raise ConfigError(f"{path} is a folder; give a YAML config file, e.g. configs/tiny.yaml")
         try:
             with open(path) as f:
-                raw = yaml.safe_load(f) or {}
+                raw = yaml.safe_load(f)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark else ""
             raise ConfigError(f"{path}: not valid YAML{where}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read the config ({e.strerror or type(e).__name__})") from None
+        if raw is None:         # an empty file (or only comments) would silently run every default
+            raise ConfigError(f"{path}: the config is empty; start from a complete one, e.g. configs/tiny.yaml")
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for item in overrides or []:
         apply_override(raw, item)
     cfg = _build(Config, raw, "")
     _apply_model_preset(cfg, raw.get("model") or {})
-    resolve(cfg)
+    resolve(cfg, runtime)
     return cfg
 
 
@@ -413,21 +151,14 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     for key, value in raw.items():
         if not isinstance(key, str):
             raise ConfigError(f"{where}: keys must be names, got {key!r}")
-        attr = _ALIASES.get((section, key), key)
+        attr = YAML_ALIASES.get((section, key), key)
         if attr not in names:
-            visible = [_yaml_name(section, n) for n in names]
+            visible = [yaml_name(section, n) for n in names]
             close = difflib.get_close_matches(key, visible, n=1, cutoff=0.6)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(sorted(visible))})"
             raise ConfigError(f"unknown key '{prefix}{key}'{hint}")
         kwargs[attr] = _coerce(hints[attr], value, f"{prefix}{key}")
     return cls(**kwargs)
-
-
-def _yaml_name(section: str, attr: str) -> str:
-    for (sec, key), a in _ALIASES.items():
-        if sec == section and a == attr:
-            return key
-    return attr
 
 
 def _coerce(tp: Any, value: Any, name: str) -> Any:
@@ -491,8 +222,11 @@ def _apply_model_preset(cfg: Config, raw_model: dict) -> None:
 # validation: cross-field rules, derived degrees
 # ---------------------------------------------------------------------------------------------
 
-def resolve(cfg: Config) -> Config:
-    """Check every rule and fill derived fields (parallel.dp, cluster.num_gpus). Raises ConfigError."""
+def resolve(cfg: Config, runtime: bool = True) -> Config:
+    """Check every rule and fill derived fields (parallel.dp, cluster.num_gpus). Raises ConfigError.
+
+    The last rule is the capability table: a combination the runtime does not run is refused (`runtime`
+    False skips it, see load_config)."""
     m, p, c, t = cfg.model, cfg.parallel, cfg.cluster, cfg.training
     for dotted, allowed in CHOICES.items():
         value = _get(cfg, dotted)
@@ -545,6 +279,8 @@ def resolve(cfg: Config) -> Config:
         c.num_gpus = p.dp * model_par
     if p.dp * model_par != c.num_gpus:
         raise ConfigError(f"cluster.num_gpus: {c.num_gpus} != dp x tp x pp = {p.dp} x {p.tp} x {p.pp}")
+    if c.num_gpus > MAX_GPUS:
+        raise ConfigError(f"cluster.num_gpus: {c.num_gpus} is more than {MAX_GPUS}")
     for link_name in ("intra_node", "inter_node"):
         link = getattr(c, link_name)
         if link.bandwidth_GBps is not None:
@@ -554,6 +290,8 @@ def resolve(cfg: Config) -> Config:
     for name in ("peak_tflops", "memory_GB", "memory_bandwidth_GBps"):
         if getattr(c, name) is not None:
             _positive(f"cluster.{name}", getattr(c, name))
+    if c.memory_reserve_GB is not None:
+        _non_negative("cluster.memory_reserve_GB", c.memory_reserve_GB)
     if c.compute_efficiency is not None and not 0 < c.compute_efficiency <= 1:
         raise ConfigError(f"cluster.compute_efficiency: {c.compute_efficiency} must be in (0, 1]")
 
@@ -567,11 +305,18 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"parallel.tp: {p.tp} does not divide model.vocab_size {m.vocab_size}")
     if p.sequence_parallel and cfg.seq_len % p.tp:
         raise ConfigError(f"parallel.sequence_parallel: tp {p.tp} does not divide seq_len {cfg.seq_len}")
-    if p.pp * p.vpp > m.n_layers:
+    uneven = p.first_stage_layers is not None or p.last_stage_layers is not None
+    if uneven:
+        check_stage_layers(m.n_layers, p)
+        if cfg.load_balance.policy == "balanced_stages":
+            raise ConfigError("parallel.first_stage_layers: load_balance.policy balanced_stages chooses every "
+                              "stage's layers itself; set one or the other")
+    elif p.pp * p.vpp > m.n_layers:
         raise ConfigError(f"parallel.pp: {p.pp} x vpp {p.vpp} stages is more than model.n_layers {m.n_layers}")
-    if p.vpp > 1 and m.n_layers % (p.pp * p.vpp):
+    elif p.vpp > 1 and m.n_layers % (p.pp * p.vpp):
         raise ConfigError(f"parallel.vpp: {p.vpp} does not divide the {m.n_layers // p.pp if m.n_layers % p.pp == 0 else m.n_layers / p.pp:g} "
-                          f"layers per stage (n_layers {m.n_layers}, pp {p.pp})")
+                          f"layers per stage (n_layers {m.n_layers}, pp {p.pp}); or set parallel.first_stage_layers / "
+                          f"last_stage_layers for uneven chunks")
     if p.vpp > 1 and p.schedule != "interleaved_1f1b":
         raise ConfigError(f"parallel.vpp: {p.vpp} needs parallel.schedule interleaved_1f1b, not {p.schedule}")
     per_step = p.dp * p.micro_batch_size
@@ -583,13 +328,11 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"parallel.global_batch_size: {p.schedule} needs at least pp = {p.pp} micro-batches "
                           f"per pipeline, got {n_micro} (global_batch_size / (dp x micro_batch_size)); "
                           f"use more, or schedule gpipe")
-    if p.schedule == "interleaved_1f1b" and p.pp > 1 and n_micro % p.pp:
-        raise ConfigError(f"parallel.global_batch_size: interleaved 1F1B needs micro-batches per pipeline "
-                          f"({n_micro}) divisible by pp {p.pp}")
-    if p.strategy == "parameter_server" and (p.tp > 1 or p.pp > 1):
-        raise ConfigError("parallel.strategy: parameter_server runs data parallel only (tp = pp = 1)")
-    if p.sync != "bsp" and p.strategy != "parameter_server" and p.sync != "local_sgd":
-        raise ConfigError(f"parallel.sync: {p.sync} needs parallel.strategy parameter_server")
+    rounds = max(1, n_micro // p.pp)
+    if p.schedule == "interleaved_1f1b" and p.pp > 1 and n_micro % rounds:
+        raise ConfigError(f"parallel.global_batch_size: interleaved 1F1B runs the micro-batches of a pipeline in "
+                          f"m // pp equal rounds (torch, Megatron-Core); {n_micro} micro-batches do not split into "
+                          f"{rounds} rounds (use {n_micro - n_micro % rounds} or {n_micro - n_micro % rounds + rounds})")
     _positive("parallel.outer_lr", p.outer_lr)
     if not 0 <= p.outer_momentum < 1:
         raise ConfigError(f"parallel.outer_momentum: {p.outer_momentum} must be in [0, 1)")
@@ -599,6 +342,8 @@ def resolve(cfg: Config) -> Config:
         raise ConfigError(f"parallel.lock_free: Hogwild updates need training.optimizer sgd, not {t.optimizer} "
                           "(Adam's moments updated by two threads at once race)")
 
+    if t.grad_reduce_dtype is None:
+        t.grad_reduce_dtype = "fp32"        # bf16/fp16 training reduces fp32 main gradients; fp32 is fp32
     _positive("training.lr", t.lr)
     if t.min_lr is None:
         t.min_lr = t.lr / 10
@@ -643,6 +388,8 @@ def resolve(cfg: Config) -> Config:
     _positive("checkpoint.keep", cfg.checkpoint.keep)
     if cfg.checkpoint.write_GBps is not None:
         _positive("checkpoint.write_GBps", cfg.checkpoint.write_GBps)
+    if runtime:
+        capabilities.check(cfg)
     return cfg
 
 
@@ -660,27 +407,3 @@ def _positive(name: str, value: Any) -> None:
 def _non_negative(name: str, value: Any) -> None:
     if value is None or value < 0:
         raise ConfigError(f"{name}: must not be negative, got {value}")
-
-
-def field_docs(cls: type = Config) -> dict:
-    """Map 'section.field' -> docstring, read from the attribute docstrings of the dataclasses (for --help and docs)."""
-    import ast
-    import inspect
-    import textwrap
-
-    out = {}
-
-    def walk(klass: type, prefix: str) -> None:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        body = tree.body[0].body
-        for node, nxt in zip(body, body[1:]):
-            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-                name = node.target.id
-                out[prefix + _yaml_name(prefix.rstrip("."), name)] = " ".join(str(nxt.value.value).split())
-        for f in dataclasses.fields(klass):
-            sub = typing.get_type_hints(klass)[f.name]
-            if dataclasses.is_dataclass(sub):
-                walk(sub, prefix + f.name + ".")
-
-    walk(cls, "")
-    return out

@@ -3,16 +3,20 @@
 A device is a roofline: dense matmul peak P (TFLOP/s, by precision), memory bandwidth W (bytes/s) and
 memory M (bytes). An op of F FLOPs that moves Q bytes takes
 
-    t = max(F / (P * e_mm), Q / (W * e_mem)) + kernel_overhead
+    t = max(F / (P * e_mm * e_shape), Q / (W * e_mem)) + kernel_overhead
 
-where e_mm is the fraction of peak that large matmuls reach and e_mem the fraction of HBM bandwidth that
-element-wise kernels reach. Both are calibrated ONCE per GPU type (never per run):
+where e_mm is the fraction of peak that large, well-shaped matmuls reach, e_shape what a GEMM's shape
+keeps of it on the GPU's `sm_count` SMs (wave and tile quantization, short reductions:
+`compute.gemm_efficiency`; 1 on cpu) and e_mem the fraction of HBM bandwidth that element-wise kernels
+reach. e_mm and e_mem are calibrated ONCE per GPU type (never per run):
 
-- A100: e_mm fitted on Megatron-LM 2021 Table 1 (one number for all ten rows, docs/simulator/validation.md);
+- A100: e_mm fitted on Megatron-LM 2021 Table 1 (one number for all ten rows, docs/simulator/validation.md),
+  with the shape model in place;
 - H100 / H200: the same e_mm (transformer GEMMs reach a similar share of peak on Hopper in published GEMM
   sweeps); not fitted to any training run, so every H100 run is out of sample;
 - link efficiency: the share of NVLink bandwidth a ring reaches, from the nccl-tests busbw figures
-  (230 GB/s of 300 on 8 x A100, 370 of 450 on 8 x H100).
+  (230 GB/s of 300 on 8 x A100, 370 of 450 on 8 x H100); NIC efficiency: the share of InfiniBand line
+  rate NCCL reaches (NIC_EFFICIENCY, 0.92), so no link runs at 100% of its datasheet rate.
 
 Links: `intra_node` is NVLink/NVSwitch per GPU and per direction, `inter_node` one NIC per GPU (8 x 200 Gb/s
 HDR = 25 GB/s per A100; 8 x 400 Gb/s NDR = 50 GB/s per H100). Every value can be overridden from the config
@@ -54,9 +58,11 @@ from simulator.config import ConfigError
 PROFILE_DIR = os.path.join(os.path.dirname(__file__), "profiles")
 CPU_PROFILE = os.path.join(PROFILE_DIR, "cpu.json")
 
-# One calibration for every Ampere/Hopper GPU: fraction of dense peak a large fp16/bf16 GEMM reaches.
-# Fitted once on Megatron-LM 2021 Table 1 (benchmarks/simulator_validation.py --fit prints the fit).
-MATMUL_EFFICIENCY = 0.67
+# One calibration for every Ampere/Hopper GPU: fraction of dense peak a large, well-shaped fp16/bf16 GEMM
+# reaches in training; a GEMM's own shape (waves and tiles over the SMs) scales it down from there
+# (compute.gemm_efficiency). Fitted once on Megatron-LM 2021 Table 1 (benchmarks/simulator_validation.py
+# --fit prints the scan).
+MATMUL_EFFICIENCY = 0.70
 # Fraction of HBM bandwidth a fused element-wise kernel (norm, softmax, GeLU, dropout) reaches.
 MEMORY_EFFICIENCY = 0.80
 
@@ -80,6 +86,9 @@ class Hardware:
     """NIC bandwidth per GPU per direction, bytes/s."""
     inter_latency: float
     """One-way latency of a message between nodes, seconds."""
+    memory_reserve: float = 0.0
+    """Bytes of device memory the run's tensors cannot use: CUDA context and workspaces, NCCL buffers,
+    allocator fragmentation (`cluster.memory_reserve_GB`; GPU presets: RESERVE_FIXED + RESERVE_SHARE of it)."""
     gpus_per_node: int = 8
     """Devices per node."""
     topology: str = "fat_tree"
@@ -90,6 +99,11 @@ class Hardware:
     """Share of HBM bandwidth element-wise kernels reach."""
     link_efficiency: float = 1.0
     """Share of NVLink bandwidth a ring collective reaches (nccl-tests busbw / link bandwidth)."""
+    nic_efficiency: float = 1.0
+    """Share of a NIC's line rate NCCL's traffic reaches (GPU presets: NIC_EFFICIENCY)."""
+    sm_count: int | None = None
+    """Streaming multiprocessors (GPUs): a matmul runs in waves of one output tile per SM
+    (compute.gemm_efficiency); None = no tile model (cpu)."""
     kernel_overhead: float = 0.0
     """Fixed cost per kernel launch, seconds (dominant on CPU, small on GPU)."""
     memory_shared: bool = False
@@ -187,21 +201,35 @@ GIB = 1 << 30   # "80 GB" of HBM is 80 GiB (nvidia-smi shows 81,920 MiB on an A1
 US = 1e-6
 
 
-def _gpu(name, bf16, fp32, mem_gb, hbm_tbps, nvlink_gbps, nic_gbps, link_eff):
+# Memory a training process cannot use for its tensors (an assumption, not a fit): the CUDA context with
+# cuBLAS/cuDNN workspaces (~0.5-1 GB), NCCL's buffers for the run's communicators (~0.5-1 GB), and the
+# caching allocator's fragmentation (reserved minus allocated, typically a few % of what the step uses).
+RESERVE_FIXED = 2 * G
+RESERVE_SHARE = 0.05
+# Share of an InfiniBand NIC's line rate that NCCL's collectives reach (an assumption from the published
+# orders of magnitude, not a fit): RDMA headers and the 4 KB MTU cost ~3% of the data rate, NCCL's proxy
+# and chunking a few % more, so multi-node busbw of 8 x HDR (8 x 25 GB/s) lands near 185 GB/s, not 200. With
+# NVLink derated too (link_efficiency), a 2-node ring is never faster than a 1-node one.
+NIC_EFFICIENCY = 0.92
+
+
+def _gpu(name, bf16, fp32, mem_gb, hbm_tbps, nvlink_gbps, nic_gbps, link_eff, sms):
     return Hardware(name=name, peak_flops={"fp32": fp32 * T, "fp16": bf16 * T, "bf16": bf16 * T},
-                    memory_bytes=mem_gb * GIB, memory_bandwidth=hbm_tbps * 1e12,
+                    memory_bytes=mem_gb * GIB, memory_reserve=RESERVE_FIXED + RESERVE_SHARE * mem_gb * GIB,
+                    memory_bandwidth=hbm_tbps * 1e12,
                     intra_bandwidth=nvlink_gbps * G, intra_latency=2 * US,
                     inter_bandwidth=nic_gbps * G, inter_latency=5 * US, link_efficiency=link_eff,
+                    nic_efficiency=NIC_EFFICIENCY, sm_count=sms,
                     kernel_overhead=4 * US)
 
 
 GPU_PRESETS = {
-    # dense peaks and memory from vendor datasheets (memory in GiB, as the devices report it) (../shared/reference/published-results.md);
+    # dense peaks, memory and SMs from vendor datasheets (memory in GiB, as the devices report it) (../shared/reference/published-results.md);
     # NVLink per direction = half the datasheet's both-directions figure; link_eff = nccl-tests busbw / NVLink.
-    "a100-40gb": lambda: _gpu("a100-40gb", 312, 19.5, 40, 1.555, 300, 25, 230 / 300),
-    "a100-80gb": lambda: _gpu("a100-80gb", 312, 19.5, 80, 2.039, 300, 25, 230 / 300),
-    "h100-sxm": lambda: _gpu("h100-sxm", 989, 67, 80, 3.35, 450, 50, 370 / 450),
-    "h200": lambda: _gpu("h200", 989, 67, 141, 4.8, 450, 50, 370 / 450),
+    "a100-40gb": lambda: _gpu("a100-40gb", 312, 19.5, 40, 1.555, 300, 25, 230 / 300, 108),
+    "a100-80gb": lambda: _gpu("a100-80gb", 312, 19.5, 80, 2.039, 300, 25, 230 / 300, 108),
+    "h100-sxm": lambda: _gpu("h100-sxm", 989, 67, 80, 3.35, 450, 50, 370 / 450, 132),
+    "h200": lambda: _gpu("h200", 989, 67, 141, 4.8, 450, 50, 370 / 450, 132),
 }
 
 DEFAULT_CPU_PROFILE = {
@@ -255,7 +283,7 @@ def gpu_preset(name: str, profile_path: str | None = None) -> Hardware:
 
 
 GPU_PROFILE_KEYS = ("matmul_efficiency", "memory_efficiency", "memory_bandwidth_GBps", "peak_tflops",
-                    "kernel_overhead_us", "link_efficiency")
+                    "kernel_overhead_us", "link_efficiency", "nic_efficiency")
 
 
 def apply_gpu_profile(hw: Hardware, path: str) -> Hardware:
@@ -276,7 +304,8 @@ def apply_gpu_profile(hw: Hardware, path: str) -> Hardware:
             memory_efficiency=_float(prof.get("memory_efficiency")),
             memory_bandwidth=_float(prof.get("memory_bandwidth_GBps"), G),
             kernel_overhead=_float(prof.get("kernel_overhead_us"), US),
-            link_efficiency=_float(prof.get("link_efficiency")))
+            link_efficiency=_float(prof.get("link_efficiency")),
+            nic_efficiency=_float(prof.get("nic_efficiency")))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"GPU profile {path}: bad field ({e})") from None
 
@@ -421,6 +450,9 @@ def hardware_for(cfg) -> Hardware:
     hw = hw.with_overrides(
         peak_flops=peaks,
         memory_bytes=c.memory_GB * G if c.memory_GB is not None else None,
+        memory_reserve=(c.memory_reserve_GB * G if c.memory_reserve_GB is not None else
+                        RESERVE_FIXED + RESERVE_SHARE * c.memory_GB * G if c.memory_GB is not None and hw.memory_reserve
+                        else None),
         memory_bandwidth=c.memory_bandwidth_GBps * G if c.memory_bandwidth_GBps is not None else None,
         matmul_efficiency=c.compute_efficiency,
         intra_bandwidth=c.intra_node.bandwidth_GBps * G if c.intra_node.bandwidth_GBps is not None else None,
@@ -446,10 +478,10 @@ def hardware_for(cfg) -> Hardware:
 
 
 def device_memory(hw: Hardware) -> float:
-    """Memory one device may use: its own, or its share of a node's shared memory (cpu processes)."""
-    if hw.memory_shared:
-        return hw.memory_bytes / max(1, hw.gpus_per_node)
-    return hw.memory_bytes
+    """Memory one device's tensors may use: its own (or its share of a node's shared memory, cpu processes)
+    less the reserve for the CUDA context, NCCL buffers and fragmentation."""
+    own = hw.memory_bytes / max(1, hw.gpus_per_node) if hw.memory_shared else hw.memory_bytes
+    return max(0.0, own - hw.memory_reserve)
 
 
 def describe(hw: Hardware, precision: str = "bf16") -> str:

@@ -4,8 +4,12 @@ For pipeline rank r holding virtual stages k = c p + r with L_k blocks each:
 
     Psi_r        = sum_k L_k x params_per_block / t  (+ embedding V h / t on the first stage,
                    + output head V h / t on the last)
-    states       = Psi_r x (2 + 2 + 12) bytes for mixed-precision Adam, sharded over dp by ZeRO
-                   (workload.state_bytes)
+    states       = Psi_r x (2 + g + 12) bytes for mixed-precision Adam, g = 4 with fp32 gradient
+                   reduction (the default), 2 with bf16; sharded over dp by ZeRO (workload.state_bytes);
+                   ZeRO-2/3 add whole gradients beside their shard: all of them while accumulating
+                   micro-batches before one reduction (course, FSDP2), one block's before its reduce-
+                   scatter otherwise; ZeRO-3 adds the weights of the blocks gathered at once (one just in
+                   time, two with prefetching); FSDP's ZeRO-3 keeps no 16-bit shard beside its fp32 master
     activations  = (most blocks' worth of micro-batches in flight under the schedule)
                    x activation_bytes_per_layer (Korthikanti et al. 2022)
                    + one block's full activations during its backward under full recomputation
@@ -19,7 +23,10 @@ p micro-batches on the first stage of 1F1B, m with GPipe, p (1 + (p-1)/(p v)) in
 
 from __future__ import annotations
 
-from simulator.pipeline_parallel import peak_in_flight, schedule_order
+from functools import lru_cache
+
+from simulator.data_parallel import gathered_blocks, grad_bytes_per_param, zero_semantics
+from simulator.pipeline_parallel import partition_layers, peak_in_flight, schedule_order
 from simulator.workload import DTYPE_BYTES, activation_bytes_per_layer, layer_params, state_bytes
 
 GB = 1e9
@@ -34,6 +41,14 @@ def layers_per_virtual_stage(n_layers: int, n_virtual: int) -> list:
     """Blocks of each virtual stage; when they do not divide evenly the first stages take one more."""
     base, extra = divmod(n_layers, n_virtual)
     return [base + (1 if k < extra else 0) for k in range(n_virtual)]
+
+
+def stage_layers(cfg) -> list:
+    """Blocks of each virtual stage k = c pp + r of a config: `pipeline_parallel.partition_layers` with
+    its first/last stage layer counts (the one partition both engines use)."""
+    p = cfg.parallel
+    return [len(r) for r in partition_layers(cfg.model.n_layers, p.pp, p.vpp, p.first_stage_layers,
+                                             p.last_stage_layers)]
 
 
 def virtual_stage_params(cfg, layers: list) -> list:
@@ -54,22 +69,35 @@ def virtual_stage_params(cfg, layers: list) -> list:
     return out
 
 
-def rank_memory(cfg, rank: int, layers: list, n_micro: int) -> dict:
-    """Bytes of pipeline rank `rank` (one GPU of it): params, grads, optimizer, activations, total."""
+def rank_memory(cfg, rank: int, layers: list, n_micro: int, system: str | None = None) -> dict:
+    """Bytes of pipeline rank `rank` (one GPU of it): params, grads, optimizer, activations, total;
+    `system` the data-parallel rules (data_parallel.zero_semantics)."""
     p = cfg.parallel
     t, pp, v = p.tp, p.pp, p.vpp
     prec = cfg.training.precision
     psi_virtual = virtual_stage_params(cfg, layers)
     chunks = [c * pp + rank for c in range(v)]
     psi = sum(psi_virtual[k] for k in chunks)
-    states = state_bytes(psi, prec, cfg.training.optimizer, p.zero_stage, p.dp)
+    states = state_bytes(psi, prec, cfg.training.optimizer, p.zero_stage, p.dp, cfg.training.grad_reduce_dtype)
+    sem = zero_semantics(cfg, system)
+    if sem.shards_grads(p.zero_stage) and p.dp > 1:
+        block = layer_params(cfg.model) / t
+        states["grads"] = psi * grad_bytes_per_param(cfg) / p.dp
+        # gradients beside the shard: every one of them, whole, while accumulating without a reduction
+        # (course, FSDP2's no-sync); else the block whose backward just ended, before its reduce-scatter
+        whole = psi if sem.holds_whole_grads(p.zero_stage, n_micro) else block
+        states["grads"] += whole * grad_bytes_per_param(cfg)
+        if p.zero_stage == 3:   # the whole weights of the blocks gathered at once
+            if sem.system == "fsdp2" and prec != "fp32":
+                # FSDP's shard is the fp32 master (counted in `optimizer`), cast to bf16 as it is gathered:
+                # no 16-bit copy of the shard besides it
+                states["params"] = 0.0
+            states["params"] += gathered_blocks(cfg, system) * block * DTYPE_BYTES[prec]
     flash = uses_flash(cfg)
     act_args = dict(seq_len=cfg.seq_len, micro_batch=p.micro_batch_size, tp=t,
                     sequence_parallel=p.sequence_parallel, flash=flash, precision=prec)
     per_layer = activation_bytes_per_layer(cfg.model, recompute=p.activation_checkpointing, **act_args)
-    order = schedule_order(p.schedule, pp, n_micro, v, rank)
-    held_layers = peak_in_flight(order, [layers[k] for k in chunks])
-    acts = held_layers * per_layer
+    acts = held_layers(p.schedule, pp, n_micro, v, rank, tuple(layers[k] for k in chunks)) * per_layer
     if p.activation_checkpointing == "full":
         acts += activation_bytes_per_layer(cfg.model, recompute="none", **act_args)
     if rank == pp - 1:
@@ -81,12 +109,26 @@ def rank_memory(cfg, rank: int, layers: list, n_micro: int) -> dict:
     return out
 
 
-def layout_memory(cfg, layers: list, n_micro: int) -> tuple:
-    """(bytes of the fullest rank, that rank): the stage that decides whether a layout fits."""
+@lru_cache(maxsize=4096)
+def held_layers(schedule: str, pp: int, n_micro: int, v: int, rank: int, chunk_layers: tuple) -> float:
+    """Most layers' worth of micro-batch activations pipeline rank `rank` holds at once: m x L under GPipe,
+    min(p - r, m) x L under 1F1B (its warm-up forwards and one more), the walk of its order interleaved."""
+    if schedule == "gpipe":
+        return n_micro * chunk_layers[0]
+    if schedule == "1f1b" or v == 1:
+        return min(pp - rank, n_micro) * chunk_layers[0]
+    return peak_in_flight(schedule_order(schedule, pp, n_micro, v, rank), list(chunk_layers))
+
+
+def layout_memory(cfg, layers: list, n_micro: int, system: str | None = None) -> tuple:
+    """(bytes of the fullest rank, that rank): the stage that decides whether a layout fits.
+
+    Only ranks 0, 1 and p - 1 can be the fullest: from rank 1 to p - 2 the layers per rank (the first
+    virtual stages take the extra ones) and the micro-batches in flight (fewer warm-up forwards further
+    down the pipeline) never grow, rank 0 adds the embedding and rank p - 1 the head and its logits."""
     best, best_rank = None, 0
-    ranks = range(cfg.parallel.pp) if cfg.parallel.pp <= 64 else sorted({0, 1, cfg.parallel.pp - 1})
-    for r in ranks:
-        mem = rank_memory(cfg, r, layers, n_micro)
+    for r in sorted({0, 1, cfg.parallel.pp - 1} & set(range(cfg.parallel.pp))):
+        mem = rank_memory(cfg, r, layers, n_micro, system)
         if best is None or mem["total"] > best["total"]:
             best, best_rank = mem, r
     return best, best_rank

@@ -29,16 +29,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from simulator import spec
 from simulator.collectives import CommModel
 from simulator.compute import block_times, embedding_times, head_times, optimizer_time
 from simulator.data_parallel import (
+    bucket_sizes,
     buckets_ready,
     compression_factor,
+    exposed_gathers,
     grad_bytes_per_param,
     gradient_sync,
-    zero3_exposed,
+    zero_semantics,
 )
-from simulator.memory import layers_per_virtual_stage, uses_flash, virtual_stage_params
+from simulator.memory import stage_layers, uses_flash, virtual_stage_params
 from simulator.model_compression import weight_bytes_per_param
 from simulator.pipeline_parallel import simulate_pipeline
 from simulator.tensor_parallel import tp_comm
@@ -53,7 +56,7 @@ class Layout:
     vpp: int
 
     def rank(self, tp_index: int, dp_index: int, pp_index: int) -> int:
-        return tp_index + self.tp * (dp_index + self.dp * pp_index)
+        return spec.rank_of(pp_index, dp_index, tp_index, self.dp, self.tp)
 
     def tp_group(self, dp_index: int = 0, pp_index: int = 0) -> list:
         return [self.rank(i, dp_index, pp_index) for i in range(self.tp)]
@@ -65,10 +68,9 @@ class Layout:
         return [self.rank(tp_index, dp_index, i) for i in range(self.pp)]
 
     def coords(self, rank: int) -> tuple:
-        """(tp_index, dp_index, pp_index) of a global rank."""
-        tp_index = rank % self.tp
-        dp_index = (rank // self.tp) % self.dp
-        return tp_index, dp_index, rank // (self.tp * self.dp)
+        """(tp_index, dp_index, pp_index) of a global rank (simulator/spec.py: the runtime's grid)."""
+        pp_index, dp_index, tp_index = spec.coords(rank, self.dp, self.tp, self.pp)
+        return tp_index, dp_index, pp_index
 
 
 @dataclass
@@ -101,7 +103,7 @@ class Step:
     layers: list = field(default_factory=list)
 
 
-def stage_costs(cfg, hw, comm: CommModel, layout: Layout, layers: list) -> tuple:
+def stage_costs(cfg, hw, comm: CommModel, layout: Layout, layers: list, system: str | None = None) -> tuple:
     """(forward, backward) StageCost per virtual stage, for one micro-batch."""
     p, prec, m = cfg.parallel, cfg.training.precision, cfg.model
     b, s = p.micro_batch_size, cfg.seq_len
@@ -110,24 +112,24 @@ def stage_costs(cfg, hw, comm: CommModel, layout: Layout, layers: list) -> tuple
     re_comm = tpc.block_forward if p.activation_checkpointing == "full" else 0.0
     emb_f, emb_b = embedding_times(m, s, b, p.tp, prec, hw)
     head_f, head_b = head_times(m, s, b, p.tp, prec, hw)
-    zero3 = (0.0, 0.0)
-    if p.zero_stage == 3 and layout.dp > 1:
-        # ZeRO-3 all-gathers each block's weights before its forward and again before its backward, every
-        # micro-batch. FSDP2 prefetches the next block's during this block's compute (only the excess shows);
-        # the course's engine gathers in a hook, just in time: all of it shows. Gradients are accumulated
-        # whole over the micro-batches and reduce-scattered once, after the last (as the sync below).
+    sem = zero_semantics(cfg, system)
+    gather = 0.0
+    if sem.gather in ("first_forward", "forward", "forward_backward"):
+        # weights all-gathered block by block in every micro-batch's forward (and, ZeRO-3, again before its
+        # backward): prefetched one block ahead (FSDP2, DeepSpeed) or just in time (the course's hooks)
         psi_block = virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]
         gather = comm.time("all_gather", layout.dp_group(), psi_block * weight_bytes_per_param(cfg))
-        if p.implementation == "course":
-            zero3 = (gather, gather)
-        else:
-            zero3 = (zero3_exposed(blk.forward, gather), zero3_exposed(blk.backward + blk.recompute, gather))
+
+    def gathers(n_blocks, compute, when):
+        return exposed_gathers(n_blocks, compute, gather, sem.prefetch) if sem.gather in when else 0.0
+
     n_virtual = len(layers)
     fwd, bwd = [], []
     for k, n_blocks in enumerate(layers):
-        f = StageCost(n_blocks * blk.forward, 0.0, n_blocks * (tpc.block_forward + zero3[0]))
-        g = StageCost(n_blocks * blk.backward, n_blocks * blk.recompute,
-                      n_blocks * (tpc.block_backward + re_comm + zero3[1]))
+        f = StageCost(n_blocks * blk.forward, 0.0, n_blocks * tpc.block_forward
+                      + gathers(n_blocks, blk.forward, ("forward", "forward_backward")))
+        g = StageCost(n_blocks * blk.backward, n_blocks * blk.recompute, n_blocks * (tpc.block_backward + re_comm)
+                      + gathers(n_blocks, blk.backward + blk.recompute, ("forward_backward",)))
         if k == 0:
             f.compute += emb_f
             f.comm += tpc.embedding_forward
@@ -139,7 +141,7 @@ def stage_costs(cfg, hw, comm: CommModel, layout: Layout, layers: list) -> tuple
             g.comm += tpc.head_backward
         fwd.append(f)
         bwd.append(g)
-    return fwd, bwd, blk
+    return fwd, bwd, blk, gather
 
 
 def p2p_time(cfg, comm: CommModel, layout: Layout) -> float:
@@ -183,12 +185,72 @@ def step_scalars(cfg, comm: CommModel, layout: Layout) -> float:
     return sum(comm.time("all_reduce", g, SCALAR_BYTES) for g in groups)
 
 
-def simulate_step(cfg, hw, comm: CommModel, record: bool = False) -> Step:
+def chunk_tensors(cfg, layers: list) -> list:
+    """Elements of each parameter tensor of every virtual stage on one tp rank (simulator/spec.py, from the
+    model definition), in registration order: the runtime's bucket plan and the optimizer's tensor count."""
+    n_virtual = len(layers)
+    return [spec.stage_tensor_numels(cfg.model, cfg.seq_len, n, k == 0, k == n_virtual - 1, cfg.parallel.tp)
+            for k, n in enumerate(layers)]
+
+
+def optimizer_and_gather(cfg, hw, comm: CommModel, layout: Layout, layers: list, r: int, sem, block_forward: float,
+                         block_gather: float) -> tuple:
+    """(optimizer seconds, exposed weight all-gather seconds) of pipeline rank r after its gradients are
+    reduced: the optimizer steps its shard (ZeRO-1+), then the new weights are gathered after it (course,
+    DeepSpeed ZeRO-1/2: nothing to hide behind) or block by block, prefetched, in the first micro-batch
+    (FSDP2's ZeRO-1/2 under a pipeline)."""
+    p = cfg.parallel
+    psi_virtual = virtual_stage_params(cfg, layers)
+    psi_r = sum(psi_virtual[c * p.pp + r] for c in range(p.vpp))
+    blocks_r = sum(layers[c * p.pp + r] for c in range(p.vpp))
+    n_virtual = len(layers)
+    # parameter tensors of the rank's chunks: its blocks' and, on the first and last chunk, the embedding's,
+    # the final norm's and the head's (spec.py, from the model definition)
+    ends = sum(len(spec.stage_tensor_numels(cfg.model, cfg.seq_len, 0, k == 0, k == n_virtual - 1, p.tp))
+               for k in (c * p.pp + r for c in range(p.vpp)) if k in (0, n_virtual - 1))
+    tensors = blocks_r * len(spec.block_parameters(cfg.model)) + ends
+    opt = optimizer_time(psi_r / layout.dp if p.zero_stage >= 1 else psi_r, cfg.training.precision,
+                         cfg.training.optimizer, hw, tensors=tensors)
+    gather = 0.0
+    if sem.gather == "after_step":
+        gather = comm.time("all_gather", layout.dp_group(), psi_r * weight_bytes_per_param(cfg))
+    elif sem.gather == "first_forward":
+        gather = exposed_gathers(blocks_r, block_forward, block_gather, sem.prefetch)
+    return opt, gather
+
+
+def step_lower_bound(cfg, hw, comm: CommModel, system: str | None = None) -> float:
+    """Seconds no simulation of this layout can beat, without simulating it: for every pipeline rank r, its
+    m micro-batches of forward and backward (compute, recompute and the exposed tensor-parallel and ZeRO
+    collectives of its stage costs) plus the least it must idle, r x the lightest virtual stage's forward +
+    backward (with equal stages the last rank's is the classic (p - 1)(F + B) bubble); then what follows
+    the last backward on the lightest rank (step scalars, the optimizer, a gather after it). Gradient sync,
+    sends, stragglers and imbalance only add."""
+    p = cfg.parallel
+    layout = Layout(p.tp, p.dp, p.pp, p.vpp)
+    layers = stage_layers(cfg)
+    sem = zero_semantics(cfg, system)
+    fwd, bwd, blk, block_gather = stage_costs(cfg, hw, comm, layout, layers, system)
+    per_rank = [sum(fwd[c * p.pp + r].total + bwd[c * p.pp + r].total for c in range(p.vpp)) for r in range(p.pp)]
+    # rank r waits for micro-batch 0's forward through the r stages before it, and after its last backward
+    # the r stages before it each run one more backward: at least r (F + B) of the lightest virtual stage
+    hop = min(f.total for f in fwd) + min(b.total for b in bwd)
+    makespan = max(cfg.grad_accum_steps * work + r * hop for r, work in enumerate(per_rank))
+    # the rank that ends the pipeline pays its own tail; the lightest is rank 0, p - 2 (the middle ranks
+    # never hold more than the one before) or p - 1
+    tail = min(sum(optimizer_and_gather(cfg, hw, comm, layout, layers, r, sem, blk.forward, block_gather))
+               for r in {0, max(0, p.pp - 2), p.pp - 1})
+    return makespan + step_scalars(cfg, comm, layout) + tail
+
+
+def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | None = None) -> Step:
+    """One step of the config's layout; `system` picks the data-parallel rules (data_parallel.zero_semantics)."""
     p = cfg.parallel
     layout = Layout(p.tp, p.dp, p.pp, p.vpp)
     n_micro = cfg.grad_accum_steps
-    layers = layers_per_virtual_stage(cfg.model.n_layers, p.pp * p.vpp)
-    fwd, bwd, blk = stage_costs(cfg, hw, comm, layout, layers)
+    layers = stage_layers(cfg)
+    sem = zero_semantics(cfg, system)
+    fwd, bwd, blk, block_gather = stage_costs(cfg, hw, comm, layout, layers, system)
     send = p2p_time(cfg, comm, layout)
     fwd_t, bwd_t = [c.total for c in fwd], [c.total for c in bwd]
 
@@ -207,10 +269,10 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False) -> Step:
     psi_virtual = virtual_stage_params(cfg, layers)
     grad_wire = grad_bytes_per_param(cfg) * compression_factor(cfg)
     dp_group = layout.dp_group()
+    stage_tensors = chunk_tensors(cfg, layers)
     # ZeRO-2/3 (and torch's ZeRO-1, which is FSDP2's ZeRO-2) reduce-scatter the gradients; the course's
-    # ZeRO-1 all-reduces them, then each rank updates its shard
-    kind = "all_reduce" if p.zero_stage == 0 or (p.zero_stage == 1 and p.implementation == "course") \
-        else "reduce_scatter"
+    # ZeRO-1 all-reduces them, then each rank updates its shard (data_parallel.zero_semantics)
+    kind = sem.grad_collective
     scalars = step_scalars(cfg, comm, layout)
     best = None
     all_spans: dict = {}
@@ -221,19 +283,18 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False) -> Step:
                 k = c * p.pp + r
                 if layout.dp == 1:
                     continue
-                ready += buckets_ready(run.last_backward[(r, c)], psi_virtual[k] * grad_wire, p.bucket_mb,
-                                       tensors=9 * layers[k] + 1)
+                # the runtime's buckets over this chunk's tensors, scaled to the bytes on the wire, after
+                # the last backward (or after every micro-batch's, for systems that reduce each one)
+                plan = bucket_sizes(stage_tensors[k], p.bucket_mb)
+                scale = psi_virtual[k] * grad_wire / sum(plan)
+                backs = run.backward_spans[(r, c)] if sem.reduce_every_micro_batch else [run.last_backward[(r, c)]]
+                for span in backs:
+                    ready += buckets_ready(span, [b * scale for b in plan])
             ready.sort()
             dp_end, dp_busy, spans = gradient_sync(
                 ready, p.overlap and p.bucket_mb > 0,
                 lambda n, chained: comm.time(kind, dp_group, n, back_to_back=chained), run.compute_end[r])
-            psi_r = sum(psi_virtual[c * p.pp + r] for c in range(p.vpp))
-            psi_opt = psi_r / layout.dp if p.zero_stage >= 1 else psi_r
-            opt = optimizer_time(psi_opt, cfg.training.precision, cfg.training.optimizer, hw,
-                                 tensors=9 * sum(layers[c * p.pp + r] for c in range(p.vpp)) + 3)
-            gather = 0.0
-            if p.zero_stage in (1, 2) and layout.dp > 1:
-                gather = comm.time("all_gather", dp_group, psi_r * weight_bytes_per_param(cfg))
+            opt, gather = optimizer_and_gather(cfg, hw, comm, layout, layers, r, sem, blk.forward, block_gather)
             end = dp_end + scalars + opt + gather
             all_spans[(i, r)] = (spans, (dp_end + scalars, dp_end + scalars + opt), (dp_end + scalars + opt, end))
             if best is None or end > best[0]:

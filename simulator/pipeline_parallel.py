@@ -9,7 +9,17 @@ task, every activation send and every gradient send is an event; nothing is a fo
 Orders (m micro-batches per step, rank r of p):
     gpipe             all F, then all B                    holds m micro-batches of activations
     1f1b              p - r - 1 warm-up F, then F B pairs   holds at most p
-    interleaved_1f1b  (p - r - 1) 2 + (v - 1) p warm-up F over chunks, then pairs (Megatron-LM 2021)
+    interleaved_1f1b  (p - r - 1) 2 + (v - 1) N warm-up F over chunks, then pairs (Megatron-LM 2021)
+
+Interleaving runs the micro-batches in rounds of N: each chunk takes the N micro-batches of a round before
+the next chunk does. N = p when p divides m (Megatron-LM 2021); otherwise m // p rounds of N = m / (m // p)
+micro-batches each, as torch's ScheduleInterleaved1F1B and Megatron-Core (`microbatch_group_size_per_vp_stage`)
+run them (`interleave_group`), so m need not be a multiple of p, but must split into equal rounds.
+
+Which layers each virtual stage holds is `partition_layers`: an even split, or, as Llama 3 405B ran, one
+layer fewer on the first and last stage (`first_stage_layers`, `last_stage_layers`) with the rest split
+evenly over the middle; a rank's layers are then dealt over its v chunks, so chunks may be uneven (and the
+first chunk of the first stage may hold only the embedding). The runtime imports the same two functions.
 
 With equal stages (forward t_f, backward t_b) and free communication the simulated step is
     gpipe, 1f1b:  (m + p - 1)(t_f + t_b)             bubble fraction (p-1)/(m+p-1) of the step
@@ -25,6 +35,19 @@ from dataclasses import dataclass, field
 
 import simpy
 
+from simulator.schema import ConfigError
+
+
+def interleave_group(p: int, m: int) -> int:
+    """Micro-batches per round N of the interleaved schedule: p when p divides m, else m / (m // p).
+
+    Raises ValueError when m < p or m does not split into m // p equal rounds (config validation names
+    the field first: `simulator.config`)."""
+    rounds = max(1, m // p)
+    if m < p or m % rounds:
+        raise ValueError(f"interleaved 1F1B needs m >= p and m // p equal rounds, got m {m}, p {p}")
+    return m // rounds
+
 
 def schedule_order(schedule: str, p: int, m: int, v: int, rank: int) -> list:
     """The (kind, micro_batch, chunk) tasks rank `rank` runs, in order; kind is 'F' or 'B'."""
@@ -38,23 +61,89 @@ def schedule_order(schedule: str, p: int, m: int, v: int, rank: int) -> list:
         return order + [("B", i, 0) for i in range(m - warm, m)]
     if schedule != "interleaved_1f1b":
         raise ValueError(f"unknown schedule {schedule}")
+    n = interleave_group(p, m)
     total = m * v
-    if m == p:
-        warm = total
-    else:
-        warm = min((p - rank - 1) * 2 + (v - 1) * p, total)
+    warm = min((p - rank - 1) * 2 + (v - 1) * n, total)
 
     def task(kind, k):
-        group, within = divmod(k, p * v)
-        chunk = within // p
+        group, within = divmod(k, n * v)
+        chunk = within // n
         if kind == "B":
             chunk = v - 1 - chunk
-        return (kind, group * p + within % p, chunk)
+        return (kind, group * n + within % n, chunk)
 
     order = [task("F", k) for k in range(warm)]
     for i in range(total - warm):
         order += [task("F", warm + i), task("B", i)]
     return order + [task("B", k) for k in range(total - warm, total)]
+
+
+def check_stage_layers(n_layers: int, p) -> None:
+    """Config validation of uneven stages (`p`: the parallel section): first and last at least one layer
+    each, and every middle stage too, or ConfigError naming the field."""
+    for name in ("first_stage_layers", "last_stage_layers"):
+        value = getattr(p, name)
+        if value is None:
+            continue
+        if p.pp < 2:
+            raise ConfigError(f"parallel.{name}: needs pp >= 2 (a one-stage pipeline has no first and last stage)")
+        if value < 1:
+            raise ConfigError(f"parallel.{name}: must be at least 1, got {value}")
+    given = [v for v in (p.first_stage_layers, p.last_stage_layers) if v is not None]
+    middle, rest = p.pp - len(given), n_layers - sum(given)
+    name = "last_stage_layers" if p.last_stage_layers is not None else "first_stage_layers"
+    if middle == 0 and rest != 0:
+        raise ConfigError(f"parallel.{name}: first {p.first_stage_layers} + last {p.last_stage_layers} layers "
+                          f"must add up to model.n_layers {n_layers} on pp 2")
+    if rest < middle:
+        raise ConfigError(f"parallel.{name}: leaves {rest} of model.n_layers {n_layers} for {middle} middle "
+                          f"stages; each needs at least one")
+
+
+def rank_layers(n_layers: int, p: int, first_stage_layers: int | None = None,
+                last_stage_layers: int | None = None) -> list:
+    """Transformer layers of each pipeline rank: the first and last as given (None = even share), the rest
+    split evenly over the others (the first n % k of them take one more)."""
+    counts = [None] * p
+    if first_stage_layers is not None:
+        counts[0] = first_stage_layers
+    if last_stage_layers is not None:
+        counts[-1] = last_stage_layers
+    if p == 1 and (first_stage_layers, last_stage_layers) != (None, None):
+        raise ValueError("first_stage_layers / last_stage_layers need at least two pipeline stages")
+    free = [r for r in range(p) if counts[r] is None]
+    given = [c for c in counts if c is not None]
+    rest = n_layers - sum(given)
+    if any(c < 0 for c in given) or rest < len(free) or (not free and rest):
+        raise ValueError(f"cannot split {n_layers} layers over {p} stages with first {first_stage_layers}, "
+                         f"last {last_stage_layers}")
+    if free:
+        base, extra = divmod(rest, len(free))
+        for i, r in enumerate(free):
+            counts[r] = base + (1 if i < extra else 0)
+    return counts
+
+
+def partition_layers(n_layers: int, p: int, v: int = 1, first_stage_layers: int | None = None,
+                     last_stage_layers: int | None = None) -> list:
+    """Layer ids of each virtual stage k = c p + r (a list of p v ranges, in model order).
+
+    Each rank's layers (`rank_layers`) are dealt over its v chunks as evenly as they go; where they do not
+    divide, the first rank's first chunks (which carry the embedding) and every other rank's last chunks
+    (the last rank's carries the output head) are the ones a layer short. An even split with p v dividing
+    n gives n / (p v) layers everywhere, and with v = 1 it is the first n % p stages one layer longer."""
+    per_rank = rank_layers(n_layers, p, first_stage_layers, last_stage_layers)
+    sizes = [0] * (p * v)
+    for r, n in enumerate(per_rank):
+        base, extra = divmod(n, v)
+        for c in range(v):
+            long = c >= v - extra if r == 0 else c < extra
+            sizes[c * p + r] = base + (1 if long else 0)
+    out, start = [], 0
+    for size in sizes:
+        out.append(range(start, start + size))
+        start += size
+    return out
 
 
 def peak_in_flight(order: list, layers_per_chunk) -> float:
@@ -88,6 +177,7 @@ class PipelineRun:
     compute_end: list = field(default_factory=list)     # per rank: end of its last task
     busy: list = field(default_factory=list)            # per rank: seconds of F + B
     last_backward: dict = field(default_factory=dict)   # (rank, chunk) -> (start, end) of its final B
+    backward_spans: dict = field(default_factory=dict)  # (rank, chunk) -> [(start, end)] of every B, in order
     events: int = 0
 
     @property
@@ -153,6 +243,7 @@ def simulate_pipeline(schedule: str, p: int, m: int, v: int, forward, backward, 
                 deliver(r, "B", mb, k, k - 1)
             if kind == "B":
                 run.last_backward[(r, c)] = (start, env.now)
+                run.backward_spans.setdefault((r, c), []).append((start, env.now))
         run.compute_end[r] = env.now
 
     for r in range(p):

@@ -5,30 +5,37 @@ Keeps the model, cluster, sequence length, global batch and precision of the con
     tp          powers of two up to a node (tensor parallelism wants NVLink), dividing heads and kv heads
     pp          divisors of num_gpus / tp, at most the layers (uneven stages allowed, as Llama 3's 126 / 16)
     schedule    gpipe, 1f1b, and interleaved_1f1b with vpp in 2, 3, 4, 6, 8 (vpp dividing layers / pp)
-    zero_stage  0-3 (2 and 3 only without pipeline parallelism, as Megatron-LM and DeepSpeed allow)
+    zero_stage  0-3, where the capability table (capabilities.py) says the runtime runs it for the layout
     micro_batch 1, 2, 4, 8, 16 sequences
     recompute   none, selective (only without a fused attention kernel), full
     sequence parallelism whenever tp > 1
 
+The config's own layout is not validated (`load_plan_config`): the search starts from the model, the
+cluster and the batch, and validates each candidate.
+
 Search (branch and bound, hundreds to thousands of layouts in seconds):
 
-  1. every candidate is validated by the schema and checked for memory with the closed forms of
+  1. only layouts the runtime runs are candidates (the capability table, with the config's strategy,
+     implementation, compression, policy and precision); every candidate is validated and checked for
+     memory with the closed forms of
      `memory.py` (no simulation); what does not fit is dropped, and only the lightest recomputation that
      fits is kept (more recomputation is never faster);
-  2. each survivor gets a cheap lower bound on its step time: its fullest pipeline rank's compute,
-     m x sum of (F + B + recompute) of its blocks, plus the smallest possible bubble, (p - 1) x one virtual
-     stage's F + B, plus its optimizer step; communication only adds to that;
-  3. candidates are simulated in order of their bound, sharing one collective cache (symmetric groups of
-     the same size and bytes are simulated once for the whole search), and the search stops when the next
-     bound is slower than the K-th best simulated layout: nothing after it can enter the top K.
+  2. each survivor gets a lower bound on its step time without a simulation
+     (`parallel_3d.step_lower_bound`): its fullest pipeline rank's m micro-batches of forward and backward
+     with their exposed tensor-parallel and ZeRO collectives, the least bubble of its schedule and its
+     optimizer step; gradient sync and sends only add to that;
+  3. candidates are simulated in order of their bound, sharing one collective model (`PlanComm`: a group's
+     collectives are simulated for two sizes and every other size follows), and the search stops when
+     the next bound is slower than the K-th best simulated layout: nothing after it can enter the top K.
 
 Ranking: step time (the global batch is fixed, so this is throughput), or, when `faults.gpu_mtbf_hours`
 is set and `simulator/fault_tolerance.py` reports it, expected time to train with failures (goodput).
-The winner is explained: where its step goes, and how much slower the best layout of every other tp, pp,
-ZeRO stage, micro-batch, recomputation and schedule is (a choice the bound pruned whole has its most
-promising layout simulated for the explanation: one extra simulation per choice, not per layout).
+`plan_report.py` explains the winner: where its step goes, how it beats the runner-up, and how much
+slower the best layout of every other tp, pp, ZeRO stage, micro-batch, recomputation and schedule is (a
+choice the bound pruned whole has its most promising layout simulated: one simulation per choice).
+The CLI prints the search's progress on stderr.
 
-    llama-course plan configs/llama-65b-a100.yaml --top 5
+    llama-course plan configs/llama-7b-a100.yaml --top 5
     llama-course plan configs/llama3-405b-h100.yaml --json
 """
 
@@ -37,14 +44,20 @@ from __future__ import annotations
 import copy
 import heapq
 import json
-import math
+import os
+import sys
 import time
 
-from simulator.collectives import CommModel
-from simulator.compute import block_times, optimizer_time
-from simulator.config import ConfigError, load_config, resolve
+import yaml
+
+from simulator import capabilities
+from simulator.collectives import CommModel, tree_chunks, tree_shape, tree_stages
+from simulator.config import ConfigError, ParallelConfig, apply_override, load_config, resolve
 from simulator.hardware import device_memory, hardware_for
-from simulator.memory import layers_per_virtual_stage, layout_memory, uses_flash, virtual_stage_params
+from simulator.memory import layout_memory, stage_layers, uses_flash
+from simulator.network import transfer_time
+from simulator.parallel_3d import step_lower_bound
+from simulator.plan_report import EXPLAIN_DIMENSIONS, explain, format_plan, objective
 from simulator.simulate import simulate
 from simulator.topology import Cluster
 
@@ -54,9 +67,6 @@ MICRO_BATCHES = (1, 2, 4, 8, 16)
 VIRTUAL_STAGES = (2, 3, 4, 6, 8)
 RECOMPUTE = ("none", "selective", "full")
 MAX_PP = 128
-EXPLAIN_DIMENSIONS = (("tp", "tensor parallel"), ("pp", "pipeline parallel"), ("zero_stage", "ZeRO stage"),
-                      ("micro_batch_size", "micro-batch"), ("activation_checkpointing", "recomputation"),
-                      ("schedule", "schedule"))
 
 
 class PlanComm(CommModel):
@@ -64,8 +74,10 @@ class PlanComm(CommModel):
 
     Ring, hierarchical, all-to-all and send are affine in the bytes S: every step moves equal chunks that
     start together on an idle network, so t(S) = a + b S, and two simulated sizes give every size of that
-    group (the tests hold it to the exact simulation). Tree all-reduce pipelines a size-dependent number of
-    chunks, so it is simulated per size, with sizes rounded to 1% (a 0.5% error at most in its bandwidth term).
+    group (the tests hold it to the exact simulation). Tree all-reduce pipelines a size-dependent number k
+    of chunks, but each of its steps moves flows that all scale with S / k on a fixed pattern, so one step
+    of each phase is affine in that scale: two simulated steps per group give every size,
+    t(S) = sum over phases of steps(S) x (a + b S / k(S)).
     """
 
     AFFINE = ("ring", "hierarchical")
@@ -75,6 +87,7 @@ class PlanComm(CommModel):
         super().__init__(cluster)
         self._affine: dict = {}
         self._algorithms: dict = {}
+        self._times: dict = {}
 
     def time(self, kind: str, ranks, nbytes: float, algorithm: str = "auto", back_to_back: bool = False) -> float:
         ranks = tuple(ranks)
@@ -83,27 +96,91 @@ class PlanComm(CommModel):
         measured = self.cluster.hw.measured_collective(kind, len(ranks), nbytes, back_to_back)
         if measured is not None:
             return measured
-        algs = self._algorithms.get((kind, ranks, algorithm))
-        if algs is None:
-            algs = self._algorithms[(kind, ranks, algorithm)] = self.candidates(kind, ranks, algorithm)
-        best = float("inf")
-        for alg in algs:
-            if alg in self.AFFINE or kind in ("send", "all_to_all"):
-                key = (kind, ranks, alg)
-                ab = self._affine.get(key)
-                if ab is None:
-                    t1, t2 = (super(PlanComm, self).time(kind, ranks, s, alg) for s in self.PROBES)
-                    slope = (t2 - t1) / (self.PROBES[1] - self.PROBES[0])
-                    ab = self._affine[key] = (t1 - slope * self.PROBES[0], slope)
-                t = ab[0] + ab[1] * nbytes
-            else:
-                t = super().time(kind, ranks, 2.0 ** (round(math.log2(nbytes) * 70) / 70), alg)
-            best = min(best, t)
-        return best
+        key = (kind, ranks, nbytes, algorithm)
+        t = self._times.get(key)
+        if t is None:
+            algs = self._algorithms.get((kind, ranks, algorithm))
+            if algs is None:
+                algs = self._algorithms[(kind, ranks, algorithm)] = self.candidates(kind, ranks, algorithm)
+            t = self._times[key] = min(self._tree(kind, ranks, nbytes) if alg == "tree"
+                                       else self._affine_time(kind, ranks, nbytes, alg) for alg in algs)
+        return t
+
+    def _affine_time(self, kind: str, ranks: tuple, nbytes: float, alg: str) -> float:
+        if kind in ("reduce_scatter", "all_gather") and alg in self.AFFINE:
+            # the same steps as the all-reduce's, half as many (ring: n - 1 of 2 (n - 1); hierarchical:
+            # one intra-node phase and half the inter-node steps)
+            return self._affine_time("all_reduce", ranks, nbytes, alg) / 2
+        key = (kind, ranks, alg)
+        ab = self._affine.get(key)
+        if ab is None:
+            t1, t2 = (super(PlanComm, self).time(kind, ranks, s, alg) for s in self.PROBES)
+            slope = (t2 - t1) / (self.PROBES[1] - self.PROBES[0])
+            ab = self._affine[key] = (t1 - slope * self.PROBES[0], slope)
+        return ab[0] + ab[1] * nbytes
+
+    def _tree(self, kind: str, ranks: tuple, nbytes: float) -> float:
+        model = self._affine.get((kind, ranks, "tree"))
+        if model is None:
+            shape = tree_shape(ranks, self.cluster)
+            probe = tree_stages(kind, ranks, self.PROBES[1], self.cluster)
+            steps = [(transfer_time(self.cluster, flows), transfer_time(self.cluster, [(a, b, 2 * x) for a, b, x in flows]))
+                     for flows, _ in probe]
+            model = self._affine[(kind, ranks, "tree")] = (shape, self.PROBES[1] / tree_chunks(shape, self.PROBES[1]), steps)
+        shape, ref, steps = model
+        k = tree_chunks(shape, nbytes)
+        scale = nbytes / k / ref
+        return sum((shape[2] + k - 1) * (t1 + (t2 - t1) * (scale - 1)) for t1, t2 in steps)
+
+
+def load_plan_config(source=None, overrides: list | None = None):
+    """The config `plan` searches from: the model, cluster, batch and every other setting of `source` (a
+    YAML path, a dict or None) with `overrides`, validated without its layout. The layout (PLAN_FIELDS) is
+    what the search chooses, so a default one that cannot run (dp = 2,048 GPUs for a global batch of 1,024
+    sequences) is no reason to stop: every candidate is validated on its own, the capability table included
+    (the stand-in layout is not held to it). Raises ConfigError."""
+    if isinstance(source, dict) or source is None:
+        raw = copy.deepcopy(source or {})
+    else:
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            with open(path) as f:
+                raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError:
+            raise ConfigError(f"{path}: not valid YAML") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides or []:
+        apply_override(raw, item)
+    par, cl = raw.get("parallel") or {}, raw.get("cluster") or {}
+    if not isinstance(par, dict) or not isinstance(cl, dict):
+        return load_config(raw, runtime=False)       # the schema says what is wrong
+    n = cl.get("num_gpus")
+    if n is None:
+        n = 1
+        for key in ("dp", "tp", "pp"):
+            n *= _count(f"parallel.{key}", par.get(key, 1) if par.get(key) is not None else 1)
+    n = _count("cluster.num_gpus", n)
+    batch = _count("parallel.global_batch_size", par.get("global_batch_size", ParallelConfig.global_batch_size))
+    # a stand-in layout that always validates (dp = n, one sequence each), then the real batch
+    raw["parallel"] = {**{k: v for k, v in par.items() if k not in PLAN_FIELDS}, "global_batch_size": n}
+    raw["cluster"] = {**cl, "num_gpus": n}
+    cfg = load_config(raw, runtime=False)            # the capability table judges each candidate instead
+    cfg.parallel.global_batch_size = batch
+    return cfg
+
+
+def _count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
+    return value
 
 
 def candidates(cfg) -> list:
-    """Parallel sections to try (dicts of PLAN_FIELDS), before validation and memory checks."""
+    """Parallel sections to try (dicts of PLAN_FIELDS): layouts the capability table allows with the config's
+    other fields, before validation and memory checks."""
     n = cfg.cluster.num_gpus
     gpn = cfg.cluster.gpus_per_node or (n if cfg.cluster.gpu == "cpu" else 8)
     m = cfg.model
@@ -124,9 +201,11 @@ def candidates(cfg) -> list:
                     schedules = [("gpipe", 1)] + (schedules if n_micro >= pp else [])
                     schedules += [("interleaved_1f1b", v) for v in VIRTUAL_STAGES
                                   if m.n_layers % (pp * v) == 0 and n_micro % pp == 0]
-                zeros = (0, 1, 2, 3) if pp == 1 else (0, 1)
                 for schedule, vpp in schedules:
-                    for zero in zeros if dp > 1 else (0,):
+                    for zero in (0, 1, 2, 3):
+                        if not capabilities.supported(capabilities.key(cfg, dp=dp, tp=tp, pp=pp, zero_stage=zero,
+                                                                       schedule=schedule)):
+                            continue
                         for recompute in recomputes:
                             out.append(dict(dp=dp, tp=tp, pp=pp, vpp=vpp, schedule=schedule, zero_stage=zero,
                                             micro_batch_size=mb, activation_checkpointing=recompute,
@@ -134,44 +213,23 @@ def candidates(cfg) -> list:
     return out
 
 
-def lower_bound(cfg, hw, cache: dict | None = None) -> float:
-    """Seconds no simulation of this layout can beat: compute of the fullest pipeline rank, the least
-    bubble of its schedule and its optimizer step (communication, stragglers and imbalance only add)."""
-    p, m = cfg.parallel, cfg.model
-    cache = {} if cache is None else cache
-    key = (p.micro_batch_size, p.tp, p.sequence_parallel, p.activation_checkpointing)
-    blk = cache.get(key)
-    if blk is None:
-        blk = cache[key] = block_times(m, cfg.seq_len, p.micro_batch_size, p.tp, p.sequence_parallel,
-                                       cfg.training.precision, uses_flash(cfg), p.activation_checkpointing, hw)
-    per_block = blk.forward + blk.backward + blk.recompute
-    layers = layers_per_virtual_stage(m.n_layers, p.pp * p.vpp)
-    rank_blocks = [sum(layers[c * p.pp + r] for c in range(p.vpp)) for r in range(p.pp)]
-    compute = cfg.grad_accum_steps * max(rank_blocks) * per_block
-    bubble = (p.pp - 1) * min(layers) * (blk.forward + blk.backward)
-    psi = virtual_stage_params(cfg, layers)
-    psi_min = min(sum(psi[c * p.pp + r] for c in range(p.vpp)) for r in range(p.pp))
-    opt = optimizer_time(psi_min / (p.dp if p.zero_stage >= 1 else 1), cfg.training.precision,
-                         cfg.training.optimizer, hw)
-    return compute + bubble + opt
+def lower_bound(cfg, hw, comm: CommModel | None = None) -> float:
+    """Seconds no simulation of this layout can beat (`parallel_3d.step_lower_bound`: the fullest rank's
+    compute and exposed collectives, the least bubble, the optimizer), without simulating it."""
+    if comm is None:
+        comm = PlanComm(Cluster(hw, cfg.cluster.num_gpus))
+    return step_lower_bound(cfg, hw, comm)
 
 
-def _objective(result: dict, by_goodput: bool, total_tokens: float | None = None) -> float:
-    """Seconds per token: of the step, or of the whole run with failures (both on the same scale, so the
-    step-time lower bound prunes either)."""
-    if by_goodput and result.get("time_to_train_with_failures_s") and total_tokens:
-        return result["time_to_train_with_failures_s"] / total_tokens
-    if by_goodput and result.get("expected_goodput"):
-        return result["step_time_s"] / result["expected_goodput"] / result["tokens_per_step"]
-    return result["step_time_s"] / result["tokens_per_step"]
-
-
-def plan(cfg, top: int = 5, stats: dict | None = None) -> list:
+def plan(cfg, top: int = 5, stats: dict | None = None, progress=None) -> list:
     """The best `top` layouts, best first: each {"parallel": {...}} plus simulate()'s fields.
 
-    `stats` (a dict, optional) receives the search's counts and the explanation of the winner."""
+    `cfg`: a Config, or a YAML path or dict read by `load_plan_config` (its own layout is not checked).
+    `stats` (a dict, optional) receives the search's counts and the explanation of the winner;
+    `progress` (optional) is called with a line of text as the search goes (the CLI prints them on stderr)."""
     if not isinstance(cfg, type(load_config())):
-        cfg = load_config(cfg)
+        cfg = load_plan_config(cfg)
+    say = progress or (lambda line: None)
     t0 = time.perf_counter()
     stats = {} if stats is None else stats
     by_goodput = cfg.faults.gpu_mtbf_hours is not None
@@ -179,10 +237,11 @@ def plan(cfg, top: int = 5, stats: dict | None = None) -> list:
     capacity = device_memory(hw)
     comm = PlanComm(Cluster(hw, cfg.cluster.num_gpus))      # one collective cache for the whole search
     cands = candidates(cfg)
+    if not cands and not capabilities.supported(capabilities.key(cfg)):
+        raise ConfigError(capabilities.refusal(capabilities.key(cfg)))   # no layout of it runs: say why
     fitted: set = set()
     excluded: list = []         # (excess bytes, candidate) of layouts that do not fit
     viable: list = []           # (bound, index, cfg, candidate)
-    bound_cache: dict = {}
     invalid = 0
     for i, cand in enumerate(cands):
         key = tuple(v for k, v in cand.items() if k != "activation_checkpointing")
@@ -197,20 +256,25 @@ def plan(cfg, top: int = 5, stats: dict | None = None) -> list:
         except ConfigError:
             invalid += 1
             continue
-        layers = layers_per_virtual_stage(c.model.n_layers, c.parallel.pp * c.parallel.vpp)
+        layers = stage_layers(c)
         mem, _ = layout_memory(c, layers, c.grad_accum_steps)
         if mem["total"] > capacity:
             excluded.append((mem["total"] - capacity, cand))
             continue
         fitted.add(key)
-        viable.append((lower_bound(c, hw, bound_cache), i, c, cand))
+        viable.append((lower_bound(c, hw, comm), i, c, cand))
     viable.sort(key=lambda x: (x[0], x[1]))
+    say(f"plan: {len(cands)} layouts of {cfg.cluster.num_gpus} GPUs: {invalid} invalid for this model and batch, "
+        f"{len(excluded)} do not fit in memory, {len(viable)} to rank by their lower bound "
+        f"({time.perf_counter() - t0:.1f} s)")
+    last_said = time.perf_counter()
 
-    best: list = []             # max-heap of (-objective, index, entry) holding the top K
+    keep = max(top, 2)          # the top K, and a runner-up for the explanation
+    best: list = []             # max-heap of (-objective, index, entry) holding the best `keep`
     floors: dict = {}           # (dimension, value) -> (seconds per token, simulated?, config) best seen
     simulated = 0
     for bound, i, c, cand in viable:
-        kth = -best[0][0] if len(best) >= top else float("inf")
+        kth = -best[0][0] if len(best) >= keep else float("inf")
         per_token = bound / c.tokens_per_step
         if per_token > kth:
             for dim, _ in EXPLAIN_DIMENSIONS:       # the rest are only known by their bounds
@@ -219,18 +283,23 @@ def plan(cfg, top: int = 5, stats: dict | None = None) -> list:
             continue
         r = simulate(c, comm=comm)
         simulated += 1
+        if time.perf_counter() - last_said > 1.0:
+            last_said = time.perf_counter()
+            lead = f", best so far {min(-x[0] for x in best) * c.tokens_per_step:.3g} s per step" \
+                if best and not by_goodput else ""
+            say(f"plan: simulated {simulated} layouts{lead}")
         if not r["fits_in_memory"]:
             continue
         entry = {"parallel": {f: getattr(c.parallel, f) for f in PLAN_FIELDS}}
         entry.update(r)
-        obj = _objective(r, by_goodput, cfg.training.total_tokens)
+        obj = objective(r, by_goodput, cfg.training.total_tokens)
         entry["lower_bound_s"] = bound
         for dim, _ in EXPLAIN_DIMENSIONS:
             old = floors.get((dim, cand[dim]))
             if old is None or not old[1] or obj < old[0]:
                 floors[(dim, cand[dim])] = (obj, True, c)
         item = (-obj, -i, entry)
-        if len(best) < top:
+        if len(best) < keep:
             heapq.heappush(best, item)
         elif item > best[0]:
             heapq.heapreplace(best, item)
@@ -241,13 +310,15 @@ def plan(cfg, top: int = 5, stats: dict | None = None) -> list:
             r = simulate(c, comm=comm)
             simulated += 1
             if r["fits_in_memory"]:
-                floors[key] = (_objective(r, by_goodput, cfg.training.total_tokens), True, c)
-    entries = [e for _, _, e in sorted(best, key=lambda x: (-x[0], -x[1]))]
+                floors[key] = (objective(r, by_goodput, cfg.training.total_tokens), True, c)
+    say(f"plan: {simulated} layouts simulated, the rest pruned ({time.perf_counter() - t0:.1f} s)")
+    ranked = [e for _, _, e in sorted(best, key=lambda x: (-x[0], -x[1]))]
+    entries = ranked[:top]
     stats.update({"candidates": len(cands), "invalid": invalid, "excluded_memory": len(excluded),
                   "viable": len(viable), "simulated": simulated, "seconds": time.perf_counter() - t0,
                   "objective": "time_to_train_with_failures" if by_goodput else "step_time"})
     if entries:
-        stats["explanation"] = explain(entries, floors, excluded, stats, capacity, by_goodput,
+        stats["explanation"] = explain(ranked, floors, excluded, stats, capacity, by_goodput,
                                        cfg.training.total_tokens)
         entries[0]["explanation"] = stats["explanation"]
     for rank, e in enumerate(entries, 1):
@@ -255,61 +326,26 @@ def plan(cfg, top: int = 5, stats: dict | None = None) -> list:
     return entries
 
 
-def explain(entries: list, floors: dict, excluded: list, stats: dict, capacity: float, by_goodput: bool,
-            total_tokens: float | None = None) -> str:
-    """Why the winner wins, in words: its step, what does not fit, and what each alternative costs."""
-    w = entries[0]
-    p, b = w["parallel"], w["breakdown_s"]
-    step = w["step_time_s"]
-    lines = [f"Best: dp {p['dp']} x tp {p['tp']} x pp {p['pp']}"
-             + (f" (interleaved, vpp {p['vpp']})" if p["vpp"] > 1 else (f", {p['schedule']}" if p["pp"] > 1 else ""))
-             + f", ZeRO-{p['zero_stage']}, micro-batch {p['micro_batch_size']}, recompute "
-             f"{p['activation_checkpointing']}" + (", sequence parallel" if p["sequence_parallel"] else "")
-             + f": {step:.3g} s per step, {w['tokens_per_s_per_gpu']:,.0f} tokens/s per GPU, MFU {w['mfu']:.1%}, "
-             f"{w['memory_per_gpu_bytes']['total'] / 1e9:.1f} of {capacity / 1e9:.0f} GB."]
-    parts = ", ".join(f"{k.replace('_', ' ')} {v / step:.0%}" for k, v in b.items() if v / step >= 0.005)
-    lines.append(f"Its step is {parts}.")
-    if by_goodput and w.get("expected_goodput"):
-        lines.append(f"Ranked by time to train with failures: expected goodput {w['expected_goodput']:.1%}.")
-    if excluded:
-        worst = min(excluded, key=lambda x: x[0])
-        lines.append(f"{stats['excluded_memory']} layouts do not fit in memory (the closest misses by "
-                     f"{worst[0] / 1e9:.1f} GB).")
-    best = _objective(w, by_goodput, total_tokens)
-    alts = []
-    for dim, label in EXPLAIN_DIMENSIONS:
-        values = sorted((value, floor) for (d, value), floor in floors.items() if d == dim and value != p[dim])
-        for value, (per_token, exact, _) in values:
-            alts.append(f"{label} {value}: {'' if exact else 'at least '}{per_token / best - 1:+.1%}")
-    if alts:
-        lines.append("Slower by, for the best layout of every other choice (for a choice the bound pruned whole, "
-                     "its most promising layout): " + "; ".join(alts) + ".")
-    lines.append(f"Searched {stats['candidates']} layouts: {stats['excluded_memory']} do not fit, "
-                 f"{stats['viable']} fit (with the least recomputation that fits), {stats['simulated']} simulated, "
-                 f"the rest pruned by their lower bound.")
-    return "\n".join(lines)
-
-
-def format_plan(entries: list, stats: dict | None = None) -> str:
-    lines = ["| # | dp | tp | pp | v | schedule | zero | mb | recompute | step s | tokens/s/GPU | MFU | memory GB |",
-             "|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|---:|"]
-    for i, e in enumerate(entries, 1):
-        p = e["parallel"]
-        lines.append(f"| {i} | {p['dp']} | {p['tp']} | {p['pp']} | {p['vpp']} | {p['schedule'] if p['pp'] > 1 else '-'} | "
-                     f"{p['zero_stage']} | {p['micro_batch_size']} | {p['activation_checkpointing']} | "
-                     f"{e['step_time_s']:.3g} | {e['tokens_per_s_per_gpu']:,.0f} | {100 * e['mfu']:.1f}% | "
-                     f"{e['memory_per_gpu_bytes']['total'] / 1e9:.1f} |")
-    if not entries:
-        lines.append("(no layout fits in memory)")
-    if stats and stats.get("explanation"):
-        lines += ["", stats["explanation"], f"({stats['seconds']:.1f} s)"]
-    return "\n".join(lines)
-
-
 def cli(args) -> int:
-    """`llama-course plan CONFIG [--top K] [--json]`."""
-    cfg = load_config(args.config, getattr(args, "overrides", None) or [])
+    """`llama-course plan CONFIG [--top K] [--json]`. The config's own layout (dp, tp, pp, zero_stage, ...)
+    is only where the search starts, so the capability table judges the layouts searched, not it; a config
+    none of whose layouts the runtime runs (say, compression with implementation torch) is refused."""
+    cfg = load_plan_config(args.config, getattr(args, "overrides", None) or [])
     stats: dict = {}
-    entries = plan(cfg, top=max(1, getattr(args, "top", 5) or 5), stats=stats)
+    entries = plan(cfg, top=max(1, getattr(args, "top", 5) or 5), stats=stats, progress=_stderr_progress())
     print(json.dumps(entries, indent=2) if getattr(args, "json", False) else format_plan(entries, stats))
     return 0
+
+
+def _stderr_progress():
+    """Progress lines on stderr: rewritten in place on a terminal, one per line elsewhere."""
+    tty = sys.stderr.isatty()
+
+    def say(line: str) -> None:
+        if tty:
+            sys.stderr.write("\r\033[K" + line + ("\n" if "pruned" in line else ""))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    return say

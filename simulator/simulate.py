@@ -3,7 +3,7 @@
     llama-course simulate configs/llama-7b-a100.yaml [--set parallel.tp=2] [--json] [--trace step.json]
     python -m simulator configs/llama-7b-a100.yaml --json          (no torch needed)
 
-What it reports (DESIGN.md, `simulate --json`):
+What it reports (docs/design.md, "JSON outputs"):
 
     step_time_s            one optimizer step of the slowest replica
     tokens_per_s           tokens_per_step / step_time_s             (tokens_per_s_per_gpu: / num_gpus)
@@ -11,6 +11,8 @@ What it reports (DESIGN.md, `simulate --json`):
     hardware_tflops_per_gpu  (model FLOPs + recomputed FLOPs) / step / GPUs: Megatron-LM's "TFLOP/s per GPU"
     mfu                    model FLOPs / step / GPUs / dense peak of the precision
     memory_per_gpu_bytes   {params, grads, optimizer, activations, total} of the fullest GPU
+    memory_capacity_bytes  what a GPU's tensors may use: its memory less memory_reserve_bytes (CUDA context,
+                           NCCL buffers, fragmentation: `cluster.memory_reserve_GB`)
     breakdown_s            {compute, recompute, exposed_comm, bubble, optimizer, ...}: they add up to the step
     time_to_train_s        training.total_tokens / tokens_per_s (null when total_tokens is unset)
 
@@ -34,14 +36,12 @@ from dataclasses import dataclass, field
 from simulator import model_compression
 from simulator.collectives import CommModel
 from simulator.config import Config, ConfigError, load_config
-from simulator.data_parallel import compression_factor, grad_bytes_per_param
+from simulator.data_parallel import compression_factor, grad_bytes_per_param, zero_semantics
 from simulator.hardware import device_memory, hardware_for
-from simulator.memory import layers_per_virtual_stage, layout_memory, virtual_stage_params
+from simulator.memory import layout_memory, stage_layers, virtual_stage_params
 from simulator.parallel_3d import Layout, simulate_step
 from simulator.topology import Cluster
 from simulator.workload import DTYPE_BYTES, model_flops_per_token
-
-MAX_GPUS = 1 << 20
 
 
 @dataclass
@@ -67,20 +67,21 @@ EXTENSIONS = [
 ]
 
 
-def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None) -> dict:
+def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None, system: str | None = None) -> dict:
     """Simulate one step of `cfg` (a Config, a dict or a YAML path); returns the JSON fields.
 
-    `comm`: a collective model of the same cluster to reuse (the planner shares one cache across layouts)."""
+    `comm`: a collective model of the same cluster to reuse (the planner shares one cache across layouts).
+    `system`: whose data-parallel rules to price (course | fsdp2 | deepspeed, `data_parallel.zero_semantics`);
+    None = the config's `parallel.implementation` (course, or fsdp2 for torch)."""
     if not isinstance(cfg, Config):
         cfg = load_config(cfg)
-    _check(cfg)
     cfg = model_compression.effective_config(cfg)    # model compression: a structurally pruned model is narrower
     hw = hardware_for(cfg)
     p = cfg.parallel
     n_gpus = cfg.cluster.num_gpus
     n_micro = cfg.grad_accum_steps
-    layers = layers_per_virtual_stage(cfg.model.n_layers, p.pp * p.vpp)
-    mem, mem_rank = layout_memory(cfg, layers, n_micro)
+    layers = stage_layers(cfg)
+    mem, mem_rank = layout_memory(cfg, layers, n_micro, system)
     mem, compression = model_compression.adjust_memory(cfg, mem)    # model compression: low-bit weights
     capacity = device_memory(hw)
     tokens = cfg.tokens_per_step
@@ -89,11 +90,13 @@ def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None) 
         "config": {"model": cfg.model.preset, "gpu": hw.name, "num_gpus": n_gpus, "dp": p.dp, "tp": p.tp,
                    "pp": p.pp, "vpp": p.vpp, "schedule": p.schedule, "micro_batches": n_micro,
                    "zero_stage": p.zero_stage, "activation_checkpointing": p.activation_checkpointing,
-                   "precision": cfg.training.precision},
+                   "precision": cfg.training.precision, "grad_reduce_dtype": cfg.training.grad_reduce_dtype,
+                   "data_parallel_system": zero_semantics(cfg, system).system},
         "tokens_per_step": tokens,
         "model_flops_per_step": model_flops,
         "memory_per_gpu_bytes": {k: float(v) for k, v in mem.items()},
         "memory_capacity_bytes": capacity,
+        "memory_reserve_bytes": hw.memory_reserve,
         "memory_excess_bytes": max(0.0, mem["total"] - capacity),
         "fits_in_memory": mem["total"] <= capacity,
         "fullest_stage": mem_rank,
@@ -108,7 +111,7 @@ def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None) 
     if comm is None:
         comm = CommModel(Cluster(hw, n_gpus))
     layout = Layout(p.tp, p.dp, p.pp, p.vpp)
-    step = simulate_step(cfg, hw, comm, record=trace_path is not None)
+    step = simulate_step(cfg, hw, comm, record=trace_path is not None, system=system)
     ctx = Context(cfg, hw, comm, layout, step, dict(step.breakdown))
     for name, active in EXTENSIONS:
         if active(cfg):
@@ -141,14 +144,6 @@ def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None) 
 
         write_trace(trace_path, step, layout, cfg)
     return result
-
-
-def _check(cfg: Config) -> None:
-    """Rules the simulator adds to the schema's validation."""
-    if cfg.cluster.num_gpus > MAX_GPUS:
-        raise ConfigError(f"cluster.num_gpus: {cfg.cluster.num_gpus} is more than the simulator's {MAX_GPUS}")
-    if cfg.grad_accum_steps < 1:
-        raise ConfigError("parallel.global_batch_size: fewer sequences than dp x micro_batch_size")
 
 
 def _contribute(name: str, ctx: Context) -> None:
@@ -207,10 +202,20 @@ def format_summary(result: dict) -> str:
              + (f" (vpp {c['vpp']})" if c["vpp"] > 1 else "")
              + f", {c['schedule']}, {c['micro_batches']} micro-batches per step, ZeRO-{c['zero_stage']}, "
                f"recompute {c['activation_checkpointing']}, {c['precision']}"]
+    if c["dp"] > 1:
+        system = c.get("data_parallel_system", "course")
+        note = {"course": "this package's own engines (parallel.implementation: course; set it to torch for "
+                          "DDP / FSDP2)",
+                "fsdp2": "DDP / FSDP2 (parallel.implementation: torch)",
+                "deepspeed": "DeepSpeed's ZeRO"}.get(system, system)
+        lines.append(f"data parallel: gradients reduced in {c.get('grad_reduce_dtype', 'fp32')}, "
+                     f"ZeRO-{c['zero_stage']} as {note}")
     mem = result["memory_per_gpu_bytes"]
-    lines.append(f"memory per GPU: {_gb(mem['total'])} of {_gb(result['memory_capacity_bytes'])} "
+    reserve = result.get("memory_reserve_bytes") or 0.0
+    reserved = f"; {_gb(reserve)} more reserved for CUDA context, NCCL and fragmentation" if reserve else ""
+    lines.append(f"memory per GPU: {_gb(mem['total'])} of {_gb(result['memory_capacity_bytes'])}{' usable' if reserve else ''} "
                  f"(params {_gb(mem['params'])}, grads {_gb(mem['grads'])}, optimizer {_gb(mem['optimizer'])}, "
-                 f"activations {_gb(mem['activations'])})")
+                 f"activations {_gb(mem['activations'])}){reserved}")
     if result.get("compression"):                    # model compression (simulator/model_compression.py)
         lines.append(model_compression.summary_line(result["compression"]))
     if not result["fits_in_memory"]:

@@ -2,7 +2,7 @@
 
     node n:   gpu(8n+i) <-> nvswitch(n)            NVLink, intra_bandwidth x link_efficiency per direction
               gpu(8n+i) <-> nic(8n+i)              PCIe to the GPU's own NIC (one NIC per GPU, as DGX)
-    fabric:   nic <-> leaf switch                  inter_bandwidth, inter_latency
+    fabric:   nic <-> leaf switch                  inter_bandwidth x nic_efficiency, inter_latency
               leaf <-> spine                       non-blocking: the leaf's total NIC bandwidth
     fat_tree:       a leaf serves `nodes_per_leaf` whole nodes (all 8 NICs of a node on one leaf)
     rail_optimized: a rail switch serves NIC i of every node of the group (rail i); crossing rails goes
@@ -85,7 +85,7 @@ class Cluster:
             if self.num_nodes > 1:
                 sw = self._switch_of(r)
                 self._link(gpu, nic, max(hw.inter_bandwidth, 32e9))      # PCIe Gen4 x16 or better
-                self._link(nic, sw, hw.inter_bandwidth, hw.inter_latency / 2)
+                self._link(nic, sw, hw.inter_bandwidth * hw.nic_efficiency, hw.inter_latency / 2)
                 if not self.graph.has_edge(sw, ("spine",)):
                     self._link(sw, ("spine",), leaf_up)
 

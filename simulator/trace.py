@@ -1,6 +1,6 @@
 """Trace: a simulated step as a Chrome trace (opens in Perfetto or chrome://tracing).
 
-Format (DESIGN.md): {"traceEvents": [...]} of complete events `ph: "X"` with `ts`/`dur` in microseconds,
+Format (docs/design.md, "Traces"): {"traceEvents": [...]} of complete events `ph: "X"` with `ts`/`dur` in microseconds,
 `pid` = global rank, `tid` = "compute" | "comm" | "bubble". Event names are the runtime's: forward,
 backward, send, recv, all_reduce (reduce_scatter, all_gather under ZeRO), optimizer, bubble, so a simulated
 and a measured step can be laid side by side. One row per simulated rank: the p ranks of one pipeline
@@ -12,6 +12,8 @@ and a measured step can be laid side by side. One row per simulated rank: the p 
 from __future__ import annotations
 
 import json
+
+from simulator import spec
 
 US = 1e6
 
@@ -25,7 +27,7 @@ def trace_events(step, layout, cfg) -> list:
     """The traceEvents of one simulated step."""
     run = step.pipeline
     pids = layout.pp_group()
-    dp_name = "reduce_scatter" if cfg.parallel.zero_stage == 1 else "all_reduce"
+    dp_name = spec.gradient_sync_event(cfg.parallel.zero_stage)      # the runtime's name (simulator/spec.py)
     events = [{"name": "process_name", "ph": "M", "pid": pids[r], "args": {"name": f"rank {pids[r]} (stage {r})"}}
               for r in range(layout.pp)]
     by_rank: dict = {r: [] for r in range(layout.pp)}

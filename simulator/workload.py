@@ -4,7 +4,8 @@ The runtime's tests hold `count_params` against the real module; the simulator b
 memory model on the same functions.
 
 Per token and layer, a forward pass costs 2 FLOPs per weight of every matmul plus attention
-(QK^T and AV: 2 x 2 x s x d, counted over the full s x s square as Megatron-LM and PaLM do).
+(QK^T and AV: 2 x 2 x s x d, counted over the full s x s square as Megatron-LM and PaLM do; a causal
+FlashAttention kernel runs about half of them, which changes its time, not the count).
 Backward costs twice the forward, so training costs 3 x forward = 6 N + 12 l s d per token.
 """
 
@@ -72,9 +73,25 @@ class Op(NamedTuple):
 
     name: str
     kind: str          # "matmul" | "memory" | "flash"
-    flops: float       # forward FLOPs
+    flops: float       # forward FLOPs, as the model-FLOPs convention counts them
     bytes: float       # forward bytes read + written
     core: bool = False  # part of the attention core (scores, softmax, dropout, AV): selective recompute redoes it
+    executed: float | None = None   # FLOPs the kernel really runs when not `flops` (causal attention skips
+                                    # the masked tiles); what its time is priced on
+    shape: tuple | None = None      # (batch, m, k, n) of a matmul: batch products of (m x k) @ (k x n),
+                                    # for its efficiency (compute.gemm_efficiency)
+    backward: bool = False          # the backward of a forward op (a matmul: its dgrad and wgrad products)
+
+
+FLASH_TILE = 128
+"""Query/key tile of a fused attention kernel (FlashAttention-2's 128 x 128 blocks on A100/H100)."""
+
+
+def causal_fraction(seq_len: int, tile: int = FLASH_TILE) -> float:
+    """Share of the s x s score tiles a causal fused kernel computes: the n (n + 1) / 2 tiles on or below
+    the diagonal of n = s / tile, (n + 1) / (2 n); 1 for a single tile, -> 1/2 for long sequences."""
+    n = max(1, -(-seq_len // tile))
+    return (n + 1) / (2 * n)
 
 
 def uses_dropout(model) -> bool:
@@ -83,7 +100,7 @@ def uses_dropout(model) -> bool:
 
 
 def _matmul(name, m, k, n, e, core=False):
-    return Op(name, "matmul", 2.0 * m * k * n, e * (m * k + k * n + m * n), core)
+    return Op(name, "matmul", 2.0 * m * k * n, e * (m * k + k * n + m * n), core, shape=(1, m, k, n))
 
 
 def layer_ops(model, seq_len: int, micro_batch: int = 1, tp: int = 1, sequence_parallel: bool = False,
@@ -107,16 +124,21 @@ def layer_ops(model, seq_len: int, micro_batch: int = 1, tp: int = 1, sequence_p
     if model.arch == "llama":
         ops.append(Op("rope", "memory", 0.0, 2 * tokens * (a_t * hd + kv_t) * e))
     if flash:
+        # the model-FLOPs convention counts the full s x s square (Megatron-LM, PaLM); a causal fused kernel
+        # skips the tiles above the diagonal, so its time is priced on causal_fraction of them
         fl = 4.0 * b * a_t * s * s * hd
-        ops.append(Op("attention", "flash", fl, e * tokens * (2 * a_t * hd + 2 * kv_t), True))
+        ops.append(Op("attention", "flash", fl, e * tokens * (2 * a_t * hd + 2 * kv_t), True,
+                      executed=fl * causal_fraction(s)))
     else:
         sq = b * a_t * s * s                            # score elements on this GPU
         ops.append(Op("qkv_layout", "memory", 0.0, 2 * tokens * (a_t * hd + 2 * kv_t) * e))
-        ops.append(Op("scores", "matmul", 2.0 * sq * hd, e * (2 * tokens * a_t * hd + sq), True))
+        ops.append(Op("scores", "matmul", 2.0 * sq * hd, e * (2 * tokens * a_t * hd + sq), True,
+                      shape=(b * a_t, s, hd, s)))
         ops.append(Op("softmax", "memory", 0.0, 2 * sq * e, True))
         if drop:
             ops.append(Op("attn_dropout", "memory", 0.0, sq * (2 * e + 1), True))
-        ops.append(Op("attn_values", "matmul", 2.0 * sq * hd, e * (sq + 2 * tokens * a_t * hd), True))
+        ops.append(Op("attn_values", "matmul", 2.0 * sq * hd, e * (sq + 2 * tokens * a_t * hd), True,
+                      shape=(b * a_t, s, s, hd)))
     ops.append(_matmul("attn_out", tokens, a_t * hd, h, e))
     ops.append(Op("residual_attn", "memory", 0.0, rep * h * (3 * e + (1 if drop else 0))))
     ops.append(Op("norm_mlp", "memory", 0.0, 2 * rep * h * e))
@@ -154,7 +176,9 @@ BACKWARD_BYTES = {"matmul": 2.0, "memory": 2.0, "flash": 2.5}
 
 def backward_op(op: Op) -> Op:
     """The backward of a forward op: matmuls 2x FLOPs (input and weight gradients), element-wise 2x bytes."""
-    return Op(op.name, op.kind, op.flops * BACKWARD_FLOPS[op.kind], op.bytes * BACKWARD_BYTES[op.kind], op.core)
+    f = BACKWARD_FLOPS[op.kind]
+    return op._replace(flops=op.flops * f, bytes=op.bytes * BACKWARD_BYTES[op.kind],
+                       executed=None if op.executed is None else op.executed * f, backward=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +194,8 @@ def activation_bytes_per_layer(model, seq_len: int, micro_batch: int = 1, tp: in
       none:      s b h (34 + 5 a s / h)                      (t = 1)
       tp:        s b h (10 + 24/t + 5 a s / (h t))
       tp + sp:   s b h (34/t + 5 a s / (h t))
-      selective: drops the 5 a s / h term (scores are recomputed); so does a fused (flash) kernel
+      selective: drops the 5 a s / h term (scores are recomputed); so does a fused (flash) kernel, which
+                 keeps its output once (the output projection's input) and a 4-byte log-sum-exp per row
       full:      2 s b h (the block input only; /t with sp)
     LLaMA: no dropout masks, K and V of n_kv_heads, SwiGLU keeps both branch outputs (3 x s b f).
     """
@@ -188,7 +213,8 @@ def activation_bytes_per_layer(model, seq_len: int, micro_batch: int = 1, tp: in
     if drop:
         attn += sbh * rep                        # dropout mask after the output projection (1 byte)
     if flash:
-        attn += e * sbh / t                      # the kernel's output (and tiny log-sum-exp)
+        attn += 4 * model.n_heads / t * s * b    # the kernel's fp32 log-sum-exp per row (its output is the
+                                                 # input of the output projection, counted above)
     if not (flash or recompute == "selective"):
         sq = model.n_heads * s * s * b / t
         attn += e * sq + (sq * (1 + e) if drop else 0)   # softmax output; dropout mask + output
@@ -207,23 +233,27 @@ def activation_bytes_per_layer(model, seq_len: int, micro_batch: int = 1, tp: in
 OPTIMIZER_STATES = {"sgd": 1, "adamw": 2, "lars": 1, "lamb": 2}   # fp32 tensors kept per parameter
 
 
-def state_bytes_per_param(precision: str, optimizer: str) -> dict:
+def state_bytes_per_param(precision: str, optimizer: str, grad_dtype: str | None = None) -> dict:
     """Bytes per parameter of weights, gradients and optimizer state.
 
-    Mixed precision (fp16/bf16): 2 + 2 + (4 master copy + 4 per optimizer state); Adam: 2 + 2 + 12 = 16,
-    the ZeRO paper's K = 12. fp32: 4 + 4 + 4 per state.
+    Mixed precision (fp16/bf16): 2 + g + (4 master copy + 4 per optimizer state), with g the bytes of the
+    gradient buffer: 2 when gradients are reduced in bf16/fp16 (Adam: 2 + 2 + 12 = 16, the ZeRO paper's
+    K = 12), 4 when they are reduced in fp32 (`training.grad_reduce_dtype`, the default: Megatron-LM's fp32
+    main gradients, 2 + 4 + 12 = 18 bytes, or 6 + 12/d with its distributed optimizer). fp32: 4 + 4 + 4 per
+    state (the fp32 gradient whatever the reduction casts to). grad_dtype None: the compute precision's bytes.
     """
     k = 4 * OPTIMIZER_STATES[optimizer]
-    if precision == "fp32":
+    if precision == "fp32":                     # p.grad is fp32 whatever dtype the reduction casts to
         return {"params": 4.0, "grads": 4.0, "optimizer": float(k)}
-    return {"params": 2.0, "grads": 2.0, "optimizer": float(k + 4)}
+    return {"params": 2.0, "grads": float(DTYPE_BYTES[grad_dtype or precision]), "optimizer": float(k + 4)}
 
 
-def state_bytes(n_params: float, precision: str, optimizer: str, zero_stage: int = 0, dp: int = 1) -> dict:
+def state_bytes(n_params: float, precision: str, optimizer: str, zero_stage: int = 0, dp: int = 1,
+                grad_dtype: str | None = None) -> dict:
     """Per-GPU bytes of weights, gradients and optimizer state for n_params on this GPU before ZeRO.
 
     ZeRO-1 shards optimizer state over dp, ZeRO-2 also gradients, ZeRO-3 (FSDP) also weights.
     """
-    per = state_bytes_per_param(precision, optimizer)
+    per = state_bytes_per_param(precision, optimizer, grad_dtype)
     shard = {"optimizer": zero_stage >= 1, "grads": zero_stage >= 2, "params": zero_stage >= 3}
     return {k: n_params * v / (dp if shard[k] else 1) for k, v in per.items()}

@@ -24,6 +24,11 @@ EXERCISES = ROOT / "tests" / "exercises"
 # the user's cache (spawned processes inherit the variable)
 os.environ.setdefault("LLAMA_COURSE_CPU_PROFILE", str(ROOT / "simulator" / "profiles" / "cpu.json"))
 
+# strict mode (llama_course/core/wire.py): every test process, spawned ranks and CLI runs included, enforces
+# NCCL's rules on gloo (batched point-to-point, rendezvous, tensors on the engine's device), so CPU CI
+# catches what would hang on GPUs. LLAMA_COURSE_STRICT=0 pytest ... switches it off to compare.
+os.environ.setdefault("LLAMA_COURSE_STRICT", "1")
+
 # property tests draw the same examples on every run, so a green CI stays green for the same code;
 # HYPOTHESIS_PROFILE=explore draws new ones (run it when changing a property or what it tests)
 try:

@@ -20,6 +20,7 @@ from llama_course.parallel.balanced_stages import (  # noqa: E402
     stage_cost,
     stage_layers,
 )
+from simulator.config import load_config  # noqa: E402
 
 
 def brute_force(costs, p):
@@ -80,3 +81,15 @@ def test_measured_costs_see_the_heavy_head():
     assert len(costs) == 3 and all(c > 0 for c in costs)
     assert costs[-1] > 2 * costs[1]
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_the_runtime_takes_the_simulators_uneven_stages():
+    """parallel.first/last_stage_layers reach the runtime's stages (the split simulator.pipeline_parallel
+    prices), instead of an even split that ignored them."""
+    cfg = load_config("configs/tiny.yaml", ["parallel.pp=2", "parallel.dp=1", "cluster.num_gpus=null",
+                                            "model.n_layers=6", "parallel.first_stage_layers=1"])
+    assert stage_layers(cfg) == [[0], [1, 2, 3, 4, 5]]
+    cfg = load_config("configs/tiny.yaml", ["parallel.pp=2", "parallel.dp=1", "cluster.num_gpus=null",
+                                            "parallel.vpp=2", "parallel.schedule=interleaved_1f1b",
+                                            "model.n_layers=6", "parallel.last_stage_layers=2"])
+    assert [len(s) for s in stage_layers(cfg)] == [2, 1, 2, 1] and sum(stage_layers(cfg), []) == list(range(6))

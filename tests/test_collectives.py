@@ -24,7 +24,19 @@ def test_chunk_sizes_cover_and_balance():
                 lo += s
 
 
-@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("world", [2, 3, 4])
 def test_collectives_match_torch_distributed(world):
+    """Every collective against torch.distributed's; 3 ranks (and a 3-rank sub-group of 4) take
+    halving-doubling's non-power-of-two path: the extra rank folds into a partner and gets the result back."""
     results = spawn(workers_collectives.check_all, world, timeout=150)
     assert results == [[]] * world, results
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_collectives_follow_nccl_rules_in_strict_mode(world):
+    """Every exchange posted as batch_isend_irecv, paired with the peer's (a ring of 2 ranks that each
+    receive before they send deadlocks on NCCL), and the results still equal torch.distributed's."""
+    results = spawn(workers_collectives.strict_rings, world, timeout=150)
+    for r in results:
+        assert all(r["ok"].values()), r["ok"]
+        assert r["ops"] == {"ring": ["batch_isend_irecv"], "halving_doubling": ["batch_isend_irecv"]}

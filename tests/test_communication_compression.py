@@ -44,6 +44,9 @@ def test_topk_and_powersgd_keep_what_they_drop(results):
 
 
 def test_bad_combinations_are_config_errors():
-    cfg = load_config({"parallel": {"compression": "topk", "zero_stage": 2}, "cluster": {"num_gpus": 2}})
-    with pytest.raises(ConfigError, match="compression"):
-        build_compressor(cfg)
+    """top-k and PowerSGD compress all-reduces: with ZeRO-2/3's reduce-scatters, validation refuses them."""
+    for method in ("topk", "powersgd"):
+        with pytest.raises(ConfigError, match=r"^parallel\.zero_stage, parallel\.compression: 2, " + method):
+            load_config({"parallel": {"compression": method, "zero_stage": 2}, "cluster": {"num_gpus": 2}})
+    assert build_compressor(load_config({"parallel": {"compression": "fp16", "zero_stage": 2},
+                                         "cluster": {"num_gpus": 2}})).name == "fp16"

@@ -48,36 +48,18 @@ def test_compare_json_contract(tmp_path):
     for name in ("predicted.json", "measured.json"):
         trace = json.loads((tmp_path / name).read_text())
         assert any(e.get("ph") == "X" and e.get("tid") == "compute" for e in trace["traceEvents"])
-
-
-def test_bench_fit_recovers_a_known_machine():
-    """fit_compute on times the simulator itself produced with known numbers gives those numbers back."""
-    from llama_course.commands.bench import MODEL_POINTS, _predicted_forward_backward, fit_compute
-    from simulator.hardware import Hardware
-
-    truth = Hardware(name="cpu", peak_flops={"fp32": 140e9, "fp16": 140e9, "bf16": 140e9}, memory_bytes=1e9,
-                     memory_bandwidth=10e9, intra_bandwidth=1e9, intra_latency=0, inter_bandwidth=1e9,
-                     inter_latency=0, matmul_efficiency=0.8, memory_efficiency=0.35, kernel_overhead=40e-6)
-    points = []
-    for preset, seq, mb in MODEL_POINTS:
-        p = {"preset": preset, "seq_len": seq, "micro_batch": mb, "tensors": 39 if preset == "tiny" else 75,
-             "params": 262720 if preset == "tiny" else 7901440}
-        p["forward_backward_s"] = _predicted_forward_backward(p, truth)
-        p["rest_s"] = p["tensors"] * 50e-6 + p["params"] * 6e-9
-        points.append(p)
-    fit = fit_compute(points, 140e9, 10e9)
-    assert fit["matmul_efficiency"] == pytest.approx(0.8, abs=0.03)
-    assert fit["memory_efficiency"] == pytest.approx(0.35, abs=0.03)
-    assert fit["kernel_overhead_us"] == pytest.approx(40, rel=0.1)
-    assert max(abs(v) for v in fit["fit_residuals"].values()) < 0.02
-    assert fit["optimizer_us_per_tensor"] == pytest.approx(50, rel=1e-6)
-    assert fit["optimizer_ns_per_param"] == pytest.approx(6, rel=1e-6)
+    # comm_bytes: [rank][step] -> bytes of every kind; one process hands nothing to torch.distributed
+    kinds = {"all_reduce", "reduce_scatter", "all_gather", "broadcast", "send", "recv", "all_to_all", "rpc"}
+    for side in ("predicted", "measured"):
+        steps = out[side]["comm_bytes"]
+        assert len(steps) == 1 and len(steps[0]) == 6 and all(set(s) == kinds for s in steps[0])
+    assert out["comm_bytes_equal"] is True and out["measured"]["comm_bytes"] == out["predicted"]["comm_bytes"]
 
 
 def test_bench_measures_on_processes_started_as_training_starts_them():
     """`bench` runs its multi-process measurements under torchrun on loopback (as `train` does): the
     4-process ring all-reduce costs ~2x more in processes started by multiprocessing instead."""
-    from llama_course.commands.bench import launched
+    from llama_course.commands.bench_processes import launched
 
     times = launched("sharing_worker", 2, 4)
     assert len(times) == 2 and all(0 < t < 5 for t in times)
@@ -88,7 +70,7 @@ def test_bench_measures_on_processes_started_as_training_starts_them():
 def test_bench_times_a_parameter_server_round_trip_over_rpc():
     """Two workers push to a server over torch RPC (as the course's parameter server sets it up) and are
     answered once both pushed: seconds per round trip against bytes, on the first worker."""
-    from llama_course.commands.bench import RPC_SIZES, launched
+    from llama_course.commands.bench_processes import RPC_SIZES, launched
 
     curves = launched("rpc_worker", 3, True)
     assert [b for b, _ in curves[0]] == list(RPC_SIZES) and curves[2] == []

@@ -16,7 +16,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 TINY = {"model": {"preset": "tiny"}, "seq_len": 32,
         "training": {"precision": "fp32", "steps": 3, "warmup_steps": 1, "eval_batches": 1},
-        "parallel": {"global_batch_size": 8, "micro_batch_size": 2, "implementation": "torch"}}
+        "parallel": {"global_batch_size": 8, "micro_batch_size": 2, "implementation": "course"}}
+# (load balancing and local SGD are the course's engines: the capability table refuses implementation torch)
 
 
 def test_bucketed_sharding_balances_tokens():

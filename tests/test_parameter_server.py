@@ -1,5 +1,5 @@
 """Parameter server: shard assignment, heartbeats, lock-free cost, and one launch of 2 workers + 2 servers
-whose BSP losses match the single-process run (the all-reduce data-parallel oracle: DESIGN.md)."""
+whose BSP losses match the single-process run (the all-reduce data-parallel oracle: docs/design.md)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import sys
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -63,8 +64,62 @@ def test_heartbeat_monitor_declares_silent_workers_dead():
 
 def test_lock_free_cost_measures_torn_snapshots():
     cost = lock_free_cost(threads=2, updates=30, size=1 << 16)
+    assert cost["lock"]["snapshots"] > 0          # the reader ran, so zero torn snapshots means something
     assert cost["lock"]["lost_updates"] == 0 and cost["lock"]["torn_snapshots"] == 0
-    assert cost["lock_free"]["lost_updates"] >= 0
+    # without the lock races are possible, not certain: each thread's own increments all land at least
+    # once per element, so at most half of 2 threads' increments can be lost
+    assert 0 <= cost["lock_free"]["lost_updates"] <= 0.5 and cost["lock_free"]["snapshots"] > 0
+
+
+def _shard_server(lock_free: bool):
+    from llama_course.coordination.parameter_server import ShardServer
+    from llama_course.core.model import build_model
+    from simulator.config import load_config
+
+    cfg = load_config(TINY, ["parallel.strategy=parameter_server", "parallel.dp=2", "parallel.sync=asp",
+                             "training.optimizer=sgd", f"parallel.lock_free={str(lock_free).lower()}",
+                             "cluster.num_gpus=null"])
+    model = build_model(cfg)
+    return ShardServer(cfg, model, 0, [0] * len(list(model.parameters())), 2, None), model
+
+
+@pytest.mark.parametrize("lock_free", [False, True])
+def test_a_lock_free_pull_can_be_torn(lock_free):
+    """Two pushes, the first held in the middle of its update (an Event, not a sleep): without the lock the
+    second push is applied and replied to while the first is mid-update, and that reply is counted as a torn
+    pull; with the lock the second push waits, and nothing is torn."""
+    import threading
+
+    server, model = _shard_server(lock_free)
+    inside, release = threading.Event(), threading.Event()
+    update = server._hogwild_sgd if lock_free else server.optimizer.step
+    calls = []
+
+    def held(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            inside.set()
+            assert release.wait(30)
+        return update(*args, **kwargs)
+
+    if lock_free:
+        server._hogwild_sgd = held
+    else:
+        server.optimizer.step = held
+    grads = [torch.ones_like(q) for q in model.parameters()]
+    first = threading.Thread(target=server.push, args=(0, 0, grads, 1.0, 5.0, 0.1))
+    first.start()
+    assert inside.wait(30)
+    second = threading.Thread(target=server.push, args=(1, 0, grads, 1.0, 5.0, 0.1))
+    second.start()
+    second.join(2.0 if not lock_free else 30)
+    assert second.is_alive() != lock_free          # the lock holds the second push back; Hogwild does not
+    torn_while_held = server.torn_pulls
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert server.version == 2 and len(calls) == 2
+    assert torn_while_held == (1 if lock_free else 0) and server.torn_pulls == torn_while_held
 
 
 def _oracle():
@@ -86,24 +141,32 @@ def test_bsp_parameter_server_matches_data_parallel():
     # lr 0.1: at 0.3 stale ASP updates made the loss jump (6.2 -> 6.6) and a CI run ended above its start
     sgd = ["parallel.sync=asp", "training.optimizer=sgd", "training.lr=0.1", "training.steps=30",
            "training.warmup_steps=2", "training.eval_batches=2"]
-    watched = spawn(w.run_configs_watching_sockets, 4, [ps] * 4,
-                    [[], ["parallel.sync=asp", "faults.slow={0: 3}"], sgd, sgd + ["parallel.lock_free=true"]],
-                    timeout=200)
+    watched = spawn(w.run_configs_watching_sockets, 4, [ps] * 5,
+                    [[], ["parallel.sync=asp", "faults.slow={0: 3}"], sgd, sgd + ["parallel.lock_free=true"],
+                     ["parallel.sync=ssp", "parallel.staleness=0", "faults.slow={0: 3}", "training.steps=4"]],
+                    timeout=240)
     runs = [r for r, _ in watched]
     if os.path.exists("/proc/net/tcp"):          # RPC and its rendezvous listen on loopback only
         assert {a for _, addrs in watched for a in addrs} <= {"0100007F", "0000000000000000FFFF00000100007F"}
         assert any(addrs for _, addrs in watched)
-    bsp, asp, locked, lock_free = runs[0]
-    assert runs[2] == [[]] * 4 and runs[3] == [[]] * 4          # servers log nothing
+    bsp, asp, locked, lock_free, ssp = runs[0]
+    assert runs[2] == [[]] * 5 and runs[3] == [[]] * 5          # servers log nothing
     oracle = _oracle()
     for got, want in zip(bsp, oracle):
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
         assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
-    assert len(asp) == 3 and all("staleness" in r for r in asp)
-    assert all(r["staleness"] >= 0 for r in asp)
+    # ASP, rank 0 (the logging worker) 3x slower: the fast worker's pushes land while it computes, so its
+    # gradients are stale; each push is at most as stale as the other worker's 3 pushes
+    stale = [r["staleness"] for r in asp]
+    assert len(stale) == 3 and 1 <= sum(stale) <= 3 and max(stale) <= 3, stale
+    # SSP with bound s = 0, the same straggler: the fast worker waits, so no push is staler than
+    # (s + 1)(N - 1) = 1 update, and the other worker's push between two of its own makes some exactly 1
+    # (ASP's straggler above sees the fast worker's pushes pile up instead)
+    stale = [r["staleness"] for r in ssp]
+    assert len(stale) == 4 and max(stale) == 1, stale
     for run in (locked, lock_free):
         assert run[-1]["val_loss"] < run[0]["loss"] - 0.1, [r["loss"] for r in run]
-    assert locked[-1]["torn_pulls"] == 0 and lock_free[-1]["torn_pulls"] >= 0
+    assert locked[-1]["torn_pulls"] == 0          # lock-free torn pulls: test_a_lock_free_pull_can_be_torn
 
 
 @pytest.mark.parametrize("sync", ["asp", "bsp"])

@@ -65,8 +65,8 @@ def test_trace_shows_the_1f1b_order_and_its_bubble(results):
       "model.n_layers": 8}, "parallel.vpp: 3 does not divide"),
     ({"parallel.pp": 2, "parallel.vpp": 2, "cluster.num_gpus": 2}, "needs parallel.schedule interleaved_1f1b"),
     ({"parallel.pp": 4, "cluster.num_gpus": 4, "parallel.global_batch_size": 2}, "1f1b needs at least pp = 4"),
-    ({"parallel.pp": 2, "cluster.num_gpus": 2, "parallel.global_batch_size": 6, "parallel.vpp": 2,
-      "parallel.schedule": "interleaved_1f1b", "parallel.micro_batch_size": 2}, "divisible by pp 2"),
+    ({"parallel.pp": 2, "cluster.num_gpus": 2, "parallel.global_batch_size": 10, "parallel.vpp": 2,
+      "parallel.schedule": "interleaved_1f1b", "parallel.micro_batch_size": 2}, "do not split into 2 rounds"),
 ])
 def test_bad_layouts_are_refused_in_one_line(overrides, message):
     with pytest.raises(ConfigError) as e:

@@ -33,9 +33,11 @@ def check_all(rank: int, world: int) -> list:
     """Run every collective against torch.distributed's on the world and on a sub-group; return failures."""
     failures = []
     groups = [None]
-    if world == 4:   # a group of ranks {1, 3}: global peers differ from group ranks
+    if world == 4:   # groups of ranks {1, 3} and {0, 1, 3}: global peers differ from group ranks
         sub = dist.new_group([1, 3])
         groups.append(sub if rank in (1, 3) else "skip")
+        sub3 = dist.new_group([0, 1, 3])       # 3 ranks: halving-doubling folds rank 3 (group rank 2) in
+        groups.append(sub3 if rank in (0, 1, 3) else "skip")
     seed = 0
     for group in groups:
         if group == "skip":
@@ -111,3 +113,29 @@ def check_all(rank: int, world: int) -> list:
         except C.CollectiveMismatchError:
             pass
     return failures
+
+
+def strict_rings(rank: int, world: int) -> dict:
+    """The course's collectives under strict mode (NCCL's rules on gloo), recorded: results against
+    torch.distributed's, and the operations they posted."""
+    from llama_course.core import wire
+
+    wire.set_strict(True)
+    x = _data(1001, torch.float32, rank, 5)
+    ref = x.clone()
+    dist.all_reduce(ref)
+    out, ops = {}, {}
+    for name, fn in (("ring", C.ring_all_reduce), ("halving_doubling", C.halving_doubling_all_reduce)):
+        with wire.recording() as log:
+            out[name] = bool(torch.allclose(fn(x.clone()), ref, atol=1e-5))
+        ops[name] = sorted({c.op for c in log.calls})
+    lo, hi = C.chunk_range(1001, world, rank)
+    out["reduce_scatter"] = bool(torch.allclose(C.ring_reduce_scatter(x.clone()), ref[lo:hi], atol=1e-5))
+    full = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(full, x)
+    expect = torch.cat([f[slice(*C.chunk_range(1001, world, i))] for i, f in enumerate(full)])
+    out["all_gather"] = bool(torch.equal(C.all_gather_into(torch.zeros_like(x), x[lo:hi]), expect))
+    ref_b = x.clone()
+    dist.broadcast(ref_b, src=world - 1)
+    out["broadcast"] = bool(torch.equal(C.tree_broadcast(x.clone(), src=world - 1), ref_b))
+    return {"ok": out, "ops": ops}

@@ -127,6 +127,14 @@ def layouts(rank: int, world: int, cases: list) -> list:
     return [run_layout(case) for case in cases]
 
 
+def strict_layouts(rank: int, world: int, cases: list) -> list:
+    """`layouts` with strict mode switched on in this process (NCCL's rules on gloo, core/wire.py)."""
+    from llama_course.core import wire
+
+    wire.set_strict(True)
+    return layouts(rank, world, cases)
+
+
 def pipeline_trace(overrides: dict, compute_delay: tuple = (0.0, 0.0)) -> list:
     """One traced step of a pipeline layout; every rank's events gathered on rank 0."""
     import torch.distributed as dist

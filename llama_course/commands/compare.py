@@ -9,6 +9,12 @@ Components are compared where the runtime can time them: compute (forward + back
 communication (comm spans that no compute overlapped, per rank, averaged), bubble (idle spans of
 pipeline schedules) and optimizer. relative_error = (predicted - measured) / measured.
 Both Chrome traces are written side by side (predicted.json, measured.json): open them in Perfetto.
+
+Timing-free, `comm_bytes` compares what the two engines mean by the config: per rank and optimizer step,
+the bytes of each kind of communication (all_reduce, reduce_scatter, all_gather, broadcast, send, recv,
+all_to_all, rpc), predicted by simulator/comm_bytes.py and counted by the runtime's wire recorder
+(llama_course/core/wire.py) at the torch.distributed calls. `comm_bytes_equal` is true when they agree byte
+for byte on every rank and step (docs/design.md, "comm_bytes").
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ import json
 import os
 import statistics
 import tempfile
+
+from simulator.comm_bytes import comm_bytes as predict_comm_bytes
+from simulator.comm_bytes import unpredicted
 
 COMPONENTS = ("compute", "exposed_comm", "bubble", "optimizer")
 COMPUTE_NAMES = ("forward", "backward", "recompute")
@@ -81,13 +90,15 @@ def measured_components(trace_path: str, steps: int) -> dict:
 
 
 def compare(config, overrides=(), trace_dir: str | None = None, steps: int | None = None, quiet: bool = True,
-            calibrate: bool = False) -> dict:
+            calibrate: bool = False, log=None) -> dict:
     """Simulate and train the same config; {"predicted", "measured", "relative_error", "config", ...}.
 
     `calibrate` (cpu): time the machine's speed probe (`bench.speed_factor`) right before and right after
     training and predict with the profile's compute scaled by their mean ("speed"), because a shared
     machine's speed drifts by more than the model's error between a `bench` and a run. The prediction on
-    the profile as it is stays in "uncalibrated" (predicted, relative_error)."""
+    the profile as it is stays in "uncalibrated" (predicted, relative_error).
+
+    `log` (print-like) is told each stage as it starts and the training's progress (every tenth of the steps)."""
     import torch
 
     from llama_course.trainer import train
@@ -108,10 +119,12 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
     os.makedirs(trace_dir, exist_ok=True)
     predicted_trace = os.path.join(trace_dir, "predicted.json")
     measured_trace = os.path.join(trace_dir, "measured.json")
+    say = log or (lambda msg: None)
     probes = []
     if calibrate:
         from llama_course.commands.bench import speed_factor
 
+        say("compare: timing this machine's speed (the tiny model's forward + backward, one process)")
         probes.append(speed_factor())
 
     # the components are read from the same steps as the step time: the second half of the run
@@ -119,10 +132,12 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
     threads = torch.get_num_threads()
     if cfg.cluster.gpu == "cpu" and cfg.world_size == 1:
         torch.set_num_threads(1)        # as the cpu profile was measured, and as every launched rank runs
+    metrics = os.path.join(trace_dir, "metrics.jsonl")
+    say(f"compare: training {cfg.training.steps} steps on {cfg.world_size} process"
+        f"{'es' if cfg.world_size > 1 else ''} (the step time is the median of the second half)")
     try:
-        with _env("LLAMA_COURSE_TRACE_STEPS", str(traced)):
-            records = train(config, overrides, metrics=os.path.join(trace_dir, "metrics.jsonl"), quiet=quiet,
-                            trace=measured_trace)
+        with _env("LLAMA_COURSE_TRACE_STEPS", str(traced)), _watch(metrics, cfg.training.steps, say):
+            records = train(config, overrides, metrics=metrics, quiet=quiet, trace=measured_trace)
     finally:
         torch.set_num_threads(threads)
     tail = records[len(records) // 2:] or records
@@ -139,6 +154,7 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
                      f"speed (probe before / after training: "
                      + " / ".join(f"{x['measured_s'] * 1e3:.1f} ms" for x in probes)
                      + f", profile {probes[0]['predicted_s'] * 1e3:.1f} ms)")
+    say("compare: simulating the same config")
     raw = simulate(cfg, trace_path=None if speed else predicted_trace)
     pred = raw
     if speed:
@@ -156,13 +172,73 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
         return rel
 
     predicted = summary(pred)
+    predicted["comm_bytes"], measured["comm_bytes"], equal, note = comm_bytes_report(cfg, measured_trace)
+    notes += [note] if note else []
     out = {"predicted": predicted, "measured": measured, "relative_error": errors(predicted),
-           "traces": {"predicted": predicted_trace, "measured": measured_trace}, "notes": notes,
-           "config": pred.get("config", {})}
+           "comm_bytes_equal": equal, "traces": {"predicted": predicted_trace, "measured": measured_trace},
+           "notes": notes, "config": pred.get("config", {})}
     if speed:
         out["speed"] = speed
         out["uncalibrated"] = {"predicted": summary(raw), "relative_error": errors(summary(raw))}
     return out
+
+
+def comm_bytes_report(cfg, measured_trace: str) -> tuple:
+    """(predicted, measured, equal, note): `[rank][step] -> {kind: bytes}` from the simulator and from the
+    measured trace's metadata (written by the trainer from the wire recorder); equal is None when either
+    side is missing, and the note says why."""
+    with open(measured_trace) as f:
+        measured = json.load(f).get("metadata", {}).get("comm_bytes")
+    why = unpredicted(cfg)
+    predicted = None if why else predict_comm_bytes(cfg, steps=cfg.training.steps)
+    if predicted is None or measured is None:
+        return predicted, measured, None, f"comm_bytes not compared: {why or 'the run recorded none'}"
+    if predicted == measured:
+        return predicted, measured, True, None
+    return predicted, measured, False, f"comm_bytes differ: {first_difference(predicted, measured)}"
+
+
+def first_difference(predicted: list, measured: list) -> str:
+    """The first rank, step and kind where two `[rank][step] -> {kind: bytes}` lists disagree."""
+    if len(predicted) != len(measured):
+        return f"{len(predicted)} ranks predicted, {len(measured)} measured"
+    for rank, (p_steps, m_steps) in enumerate(zip(predicted, measured)):
+        if len(p_steps) != len(m_steps):
+            return f"rank {rank}: {len(p_steps)} steps predicted, {len(m_steps)} measured"
+        for step, (p, m) in enumerate(zip(p_steps, m_steps), 1):
+            for kind in p:
+                if p[kind] != m.get(kind, 0):
+                    return f"rank {rank} step {step} {kind}: predicted {p[kind]:,} B, measured {m.get(kind, 0):,} B"
+    return "none"
+
+
+@contextlib.contextmanager
+def _watch(metrics: str, total: int, say):
+    """Context: a thread that reads the metrics file as training writes it and says `step k/total` each
+    tenth of the run (training itself runs quiet: its log lines would mix with compare's output)."""
+    import threading
+
+    stop = threading.Event()
+
+    def run():
+        shown = 0
+        while not stop.wait(0.5):
+            try:
+                with open(metrics) as f:
+                    done = sum(1 for line in f if line.strip())
+            except OSError:
+                continue
+            if done * 10 // max(total, 1) > shown * 10 // max(total, 1):
+                shown = done
+                say(f"compare: step {done}/{total}")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 @contextlib.contextmanager
@@ -209,6 +285,10 @@ def format_report(result: dict) -> str:
             err = r["breakdown_s"].get(c)
             lines.append(f"| {c} (ms) | {p['breakdown_s'][c] * 1e3:.2f} | {m['breakdown_s'][c] * 1e3:.2f} | "
                          f"{'-' if err is None else f'{err:+.1%}'} |")
+    if result.get("comm_bytes_equal") is not None:
+        ranks = len(result["measured"]["comm_bytes"])
+        lines.append(f"comm bytes per rank and step: {'equal' if result['comm_bytes_equal'] else 'DIFFERENT'} "
+                     f"(predicted vs measured at the torch.distributed calls, {ranks} ranks)")
     if "uncalibrated" in result:
         u = result["uncalibrated"]
         lines.append(f"uncalibrated (the profile as it is): step time {u['predicted']['step_time_s'] * 1e3:.2f} ms "
@@ -218,7 +298,10 @@ def format_report(result: dict) -> str:
 
 
 def cli(args) -> int:
+    import sys
+
     result = compare(args.config, args.overrides, args.trace_dir, quiet=True,
-                     calibrate=getattr(args, "calibrate", False))
+                     calibrate=getattr(args, "calibrate", False),
+                     log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(json.dumps(result) if args.json else format_report(result))
     return 0

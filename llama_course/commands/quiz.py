@@ -40,7 +40,7 @@ CONCEPTS = (
     "parameter_server", "sync_async", "load_balancing", "fault_tolerance", "communication_compression",
     "model_compression", "cluster_scheduling", "profiling",
 )
-"""The concept map of DESIGN.md, in order: concept i+1 is `labs/{i+1:02d}_<concept>.ipynb`."""
+"""The concept map of docs/design.md, in order: concept i+1 is `labs/{i+1:02d}_<concept>.ipynb`."""
 
 RELATIVE_TOLERANCE = 0.02
 """An answer within 2% of the exact value is graded correct (rounding in mental arithmetic is fine)."""

@@ -168,7 +168,7 @@ def run_replica(cfg, replica_id: int, host: str, port: int, out_dir: str) -> Non
                 batches = [get_batch(seqs, idx) for idx in sampler.shard(step, replica_id, R, p.micro_batch_size)]
                 local_loss = engine.forward_backward(batches)
                 flat = torch.cat([(q_.grad if q_.grad is not None else torch.zeros_like(q_)).flatten()
-                                  for q_ in params] + [torch.tensor([local_loss])])
+                                  for q_ in params] + [torch.tensor([local_loss], device=params[0].device)])
                 pending = (step, flat)
             if n in kills:
                 print(f"faults.kill: replica {replica_id} killed at step {n}", file=sys.stderr, flush=True)

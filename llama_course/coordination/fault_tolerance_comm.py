@@ -195,12 +195,12 @@ def broadcast_state(pg, root: int, state: dict | None) -> dict:
         buf = io.BytesIO()
         torch.save(state, buf)
         payload = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
-        size = torch.tensor([payload.numel()], dtype=torch.int64)
+        size = torch.tensor([payload.numel()], dtype=torch.int64, device="cpu")      # a gloo group: CPU
     else:
-        size = torch.zeros(1, dtype=torch.int64)
+        size = torch.zeros(1, dtype=torch.int64, device="cpu")
     pg.broadcast([size], opts).wait()
     if state is None:
-        payload = torch.empty(int(size.item()), dtype=torch.uint8)
+        payload = torch.empty(int(size.item()), dtype=torch.uint8, device="cpu")
     pg.broadcast([payload], opts).wait()
     return torch.load(io.BytesIO(payload.numpy().tobytes()), map_location="cpu", weights_only=True)
 

@@ -141,7 +141,7 @@ def run_replica(cfg, replica_id: int, incarnation: int, lighthouse: str, out_dir
             local_loss = engine.forward_backward(
                 [get_batch(seqs, idx) for idx in sampler.shard(step, replica_id, R, p.micro_batch_size)])
             flat = torch.cat([(q.grad if q.grad is not None else torch.zeros_like(q)).flatten()
-                              for q in params] + [torch.tensor([local_loss])])
+                              for q in params] + [torch.tensor([local_loss], device=params[0].device)])
             if step + 1 in kills:
                 print(f"faults.kill: replica {replica_id} killed at step {step + 1}", file=sys.stderr, flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)

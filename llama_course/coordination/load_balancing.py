@@ -71,10 +71,10 @@ class LoadBalancedEngine(Engine):
     def batches_for_step(self, sampler, train_seqs, step: int) -> list:
         mb = self.cfg.parallel.micro_batch_size
         if self.policy == "dynamic_batch":
-            speeds = torch.zeros(self.ctx.dp, dtype=torch.float64)
+            speeds = torch.zeros(self.ctx.dp, dtype=torch.float64, device=self.ctx.device)   # NCCL: on the GPU
             speeds[self.ctx.dp_rank] = self.speed
             dist.all_reduce(speeds, group=self.ctx.dp_group)
-            self.weights = speeds.numpy()
+            self.weights = speeds.cpu().numpy()
             shares = sampler.shares(step, self.weights)
             self.shares_log.append([len(s) for s in shares])
             mine = shares[self.ctx.dp_rank]
@@ -100,7 +100,7 @@ class LoadBalancedEngine(Engine):
         self.step_index += 1
         with self.tracer.span("all_reduce", "comm"):
             flat = self._flat_grads(weight)
-            tail = torch.tensor([weight, weight * loss_sum], dtype=flat.dtype)
+            tail = torch.tensor([weight, weight * loss_sum], dtype=flat.dtype, device=flat.device)
             buf = torch.cat([flat, tail])
             dist.all_reduce(buf, group=self.ctx.dp_group)
         contributors, loss = float(buf[-2]), float(buf[-1])
@@ -224,7 +224,7 @@ def _time_work(model, work: list) -> float:
     vocab = model.output.weight.shape[0] if hasattr(model, "output") else 512
     start = time.perf_counter()
     for b, n in work:
-        x = torch.randint(0, vocab, (b, max(n, 2)))
+        x = torch.randint(0, vocab, (b, max(n, 2)), device=next(model.parameters()).device)
         logits = model(x)
         logits.float().mean().backward()
     model.zero_grad(set_to_none=True)

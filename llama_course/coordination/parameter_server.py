@@ -10,6 +10,9 @@ The parameters are split tensor by tensor over k servers by a size-balanced assi
 server's link carries f_j of the traffic; the largest tensor (the embedding) bounds how even it can be.
 Transport is `torch.distributed.rpc` (TensorPipe; 1-3 ms a round trip on CPU): each push is one
 `rpc_async` per server, and the reply carries the updated shard back, so push and pull are one round trip.
+Tensors cross RPC on CPU, staged explicitly: a worker pushes `g.cpu()`, a server moves them to its
+shard's device (the engine's: a GPU under NCCL), updates there, all-reduces its norm over the server group
+there, and replies with CPU copies; TensorPipe then needs no device maps (strict mode checks it).
 
 Cost per step (g bytes per gradient, e per weight; simulator/parameter_server.py times it):
 worker sends Psi g and receives Psi e; server j receives N f_j Psi g and sends N f_j Psi e; server j stores
@@ -99,11 +102,15 @@ class HeartbeatMonitor:
 class ShardServer:
     """One server: its tensors of the model, their optimizer, the version counter and the sync rule."""
 
-    def __init__(self, cfg, model, index: int, owner: list, n_workers: int, server_group):
+    def __init__(self, cfg, model, index: int, owner: list, n_workers: int, server_group, device=None):
         p = cfg.parallel
         self.cfg, self.index, self.n_workers, self.group = cfg, index, n_workers, server_group
+        self.device = torch.device(device or "cpu")
+        """The engine's device: the shard, its optimizer and the servers' all-reduce live there; tensors
+        cross RPC on CPU (pushed gradients arrive as CPU tensors, replies carry CPU copies)."""
         named = [(n, q) for n, q in model.named_parameters()]
-        self.params = [torch.nn.Parameter(q.detach().clone()) for (n, q), j in zip(named, owner) if j == index]
+        self.params = [torch.nn.Parameter(q.detach().to(self.device, copy=True))
+                       for (n, q), j in zip(named, owner) if j == index]
         decay = [q for q in self.params if q.dim() >= 2]
         no_decay = [q for q in self.params if q.dim() < 2]
         groups = [{"params": decay, "weight_decay": cfg.training.weight_decay},
@@ -129,6 +136,7 @@ class ShardServer:
     # ---- pushes -----------------------------------------------------------------------------------
     def push(self, worker: int, version: int, grads: list, norm: float, loss: float, lr: float):
         fut = torch.futures.Future()
+        grads = [g.to(self.device) for g in grads]            # from CPU (RPC) to the shard's device
         self.monitor.beat(worker)
         if self.sync == "bsp":
             with self.lock:
@@ -159,7 +167,8 @@ class ShardServer:
         summed = [torch.stack([g[i] for g in grads]).sum(0) if len(grads) > 1 else grads[0][i]
                   for i in range(len(grads[0]))]
         agg = [s / len(workers) for s in summed] if self.aggregation != "sum" else summed
-        sq = torch.tensor([float(sum(a.double().pow(2).sum() for a in agg))], dtype=torch.float64)
+        sq = torch.tensor([float(sum(a.double().pow(2).sum() for a in agg))], dtype=torch.float64,
+                          device=self.device)                # the server group's all-reduce: NCCL on GPUs
         if self.group is not None:
             dist.all_reduce(sq, group=self.group)
         norm = float(sq.sqrt())
@@ -212,7 +221,7 @@ class ShardServer:
 
     def _reply(self, norm: float, loss: float, stale: int) -> tuple:
         self.torn_pulls += int(self.in_flight > 0)        # another push is mid-update: a mixed snapshot
-        weights = [q.detach().clone() for q in self.params]
+        weights = [q.detach().to("cpu", copy=True) for q in self.params]      # replies cross RPC on CPU
         return (self.version, weights, norm, loss, stale, self.torn_pulls)
 
     def _release_parked(self) -> None:
@@ -243,7 +252,8 @@ class ShardServer:
                     q.copy_(w)
             if self.optimizer is not None:
                 self.optimizer.load_state_dict(state["optimizer"])
-            self.version, self.ema, self.momentum = state["version"], state["ema"], state["momentum"]
+            self.version = state["version"]
+            self.ema, self.momentum = _to(state["ema"], self.device), _to(state["momentum"], self.device)
             self.clocks.clock.update({int(w): c for w, c in state["clock"].items()})
             self.staleness = {int(s): c for s, c in state["staleness"].items()}
 
@@ -312,7 +322,7 @@ def _staleness():
 
 
 def _get_state():
-    return _SERVER.state_dict()
+    return _to(_SERVER.state_dict(), "cpu")              # the reply crosses RPC on CPU
 
 
 def _set_state(state):
@@ -337,7 +347,7 @@ class ParameterServerEngine(Engine):
         self.versions = [0] * self.k
         self.optimizer = None if not self.is_server else self.optimizer
         if self.is_server:
-            _SERVER = ShardServer(cfg, self.base_model, ctx.rank - p.dp, self.owner, p.dp, group)
+            _SERVER = ShardServer(cfg, self.base_model, ctx.rank - p.dp, self.owner, p.dp, group, ctx.device)
         name = f"server{ctx.rank - p.dp}" if self.is_server else f"worker{ctx.rank}"
         init_rpc(name, ctx.rank, ctx.world_size)
         self._stop = threading.Event()
@@ -354,8 +364,8 @@ class ParameterServerEngine(Engine):
         grads = [q.grad if q.grad is not None else torch.zeros_like(q) for q in params]
         norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
         with self.tracer.span("push", "comm"):
-            futures = [rpc.rpc_async(f"server{j}", _push, args=(
-                self.ctx.rank, self.versions[j], [g for g, o in zip(grads, self.owner) if o == j], norm,
+            futures = [rpc.rpc_async(f"server{j}", _push, args=(     # gradients staged through CPU
+                self.ctx.rank, self.versions[j], [g.cpu() for g, o in zip(grads, self.owner) if o == j], norm,
                 local_loss, lr)) for j in range(self.k)]
             replies = [f.wait() for f in futures]
         with torch.no_grad():
@@ -450,7 +460,7 @@ class ParameterServerEngine(Engine):
         self.versions = list(state["versions"])
         if self.ctx.rank == 0:
             for j, server_state in enumerate(state["servers"]):
-                rpc.rpc_sync(f"server{j}", _set_state, args=(server_state,))
+                rpc.rpc_sync(f"server{j}", _set_state, args=(_to(server_state, "cpu"),))
         if self.n_workers > 1:
             dist.barrier(group=self.ctx.dp_group)
 
@@ -463,6 +473,17 @@ class ParameterServerEngine(Engine):
     def checkpoint_group(self) -> tuple:
         """Checkpoints are collective over the workers only (servers sit in their RPC loop)."""
         return self.ctx.dp_group, list(range(self.n_workers))
+
+
+def _to(obj, device):
+    """`obj` with every tensor inside (dicts, lists, tuples) moved to `device`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
 
 
 def init_rpc(name: str, rank: int, world_size: int) -> None:
@@ -501,7 +522,7 @@ def lock_free_cost(threads: int = 2, updates: int = 200, size: int = 1 << 18) ->
     snapshots that mix two versions (torn reads), and the time taken."""
     out = {}
     for mode in ("lock", "lock_free"):
-        w = torch.zeros(size)
+        w = torch.zeros(size, device="cpu")
         lock = threading.Lock() if mode == "lock" else None
         torn, snaps = [0], [0]
         done = threading.Event()

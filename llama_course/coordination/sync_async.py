@@ -126,8 +126,25 @@ class LocalSGDEngine(Engine):
             q.copy_(self.anchor[offset: offset + q.numel()].view_as(q))
             offset += q.numel()
 
+    # ---- checkpoint state: the replicas differ between averages, and so do their inner optimizers ----
+    def state_dict(self) -> dict:
+        """This replica's weights and inner optimizer, plus the outer state every replica holds: the anchor
+        x_prev, the outer (Nesterov) momentum and the step counter that decides when the next average comes."""
+        return {**super().state_dict(), "anchor": self.anchor.clone(), "outer_momentum": self.buffer.clone(),
+                "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.anchor.copy_(state["anchor"])
+        self.buffer.copy_(state["outer_momentum"])
+        self.steps = int(state["steps"])
+
     def checkpoint_writer(self) -> bool:
-        return self.ctx.dp_rank == 0 and self.steps % self.every == 0
+        """Every rank writes: between averages (and always for the inner optimizer) no two replicas agree."""
+        return True
+
+    def checkpoint_source_rank(self) -> int:
+        return self.ctx.rank
 
 
 ENGINES["local_sgd"] = LocalSGDEngine

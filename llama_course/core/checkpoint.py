@@ -131,15 +131,19 @@ def snapshot(step: int, ctx, engine, extra: dict | None = None) -> dict | None:
     else:
         engine_state = engine.state_dict() if engine.checkpoint_writer() else None
     finite = all_finite(engine_state)
+    writers = int(sharded or engine.checkpoint_writer())
     if ctx.world_size > 1 and dist.is_initialized():
-        flag = torch.tensor([1 if finite else 0], device=ctx.device)      # NCCL needs it on the GPU
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=_group(engine))
-        finite = bool(flag.item())
+        flags = torch.tensor([0 if finite else 1, writers], device=ctx.device)    # NCCL needs it on the GPU
+        dist.all_reduce(flags, group=_group(engine))
+        finite, writers = not bool(flags[0].item()), int(flags[1].item())
     if not finite:
         if ctx.rank == 0:
             print(f"checkpoint at step {step} not written: the state holds non-finite values "
                   f"(the previous checkpoint stays latest)", file=sys.stderr, flush=True)
         return None
+    if writers == 0:        # an engine bug: committing it would leave a checkpoint no rank can resume from
+        raise RuntimeError(f"checkpoint at step {step}: no rank of engine '{engine.name}' has training state "
+                           "to write")
     full = engine.full_model_state()           # collective for sharded layouts; a dict on rank 0 only
     return {"step": step, "engine_state": _to_host(engine_state), "rng": rng_state(), "extra": extra or {},
             "full": _to_host(full), "format": "dcp" if sharded else "rank_files", "engine": engine.name,
@@ -379,6 +383,24 @@ def find_latest(root: str, log=None) -> str | None:
             return path
         log(f"checkpoint {os.path.basename(path)} is unusable ({problem}); trying the previous one")
     return None
+
+
+def resume_point(root: str, log=None) -> str | None:
+    """The checkpoint a run with `--checkpoint-dir root` resumes from: the newest intact one, None for an
+    empty folder. When the folder holds checkpoints and none is intact, that is an error (ConfigError), not a
+    silent start from step 1 over them: `llama-course train --fresh` starts over and keeps them aside."""
+    from simulator.config import ConfigError
+
+    notes = []
+    found = find_latest(root, notes.append)
+    if found is None and notes:
+        first = notes[0].removeprefix("checkpoint ").split("; trying")[0]
+        raise ConfigError(f"--checkpoint-dir {root}: no intact checkpoint ({first}"
+                          f"{f' and {len(notes) - 1} more' if len(notes) > 1 else ''}); "
+                          f"--fresh starts from step 0 and moves them aside")
+    for note in notes:                  # fell back to an older intact one: say which were skipped
+        (log or (lambda msg: print(msg, file=sys.stderr)))(note)
+    return found
 
 
 def resolve_path(path: str) -> str:

@@ -1,7 +1,8 @@
 """Process groups: who this process is, and which ranks it talks to for dp, tp and pp.
 
 Ranks are laid out as a (pp, dp, tp) grid with tp fastest, as Megatron-LM does, so the ranks of one
-tensor-parallel group are neighbours (on one node, over NVLink) and pipeline stages are the farthest apart:
+tensor-parallel group are neighbours (on one node, over NVLink) and pipeline stages are the farthest apart
+(simulator/spec.py computes the coordinates and groups, for the runtime and the simulator alike):
 
     rank = (pp_rank * dp + dp_rank) * tp + tp_rank
 
@@ -18,12 +19,17 @@ read the dead attempt's addresses (see ../shared/reference/cpu-gloo-notes.md).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from llama_course.core import wire
+from simulator import spec
+from simulator.config import ConfigError
 
 
 def default_timeout() -> timedelta:
@@ -61,9 +67,8 @@ class Context:
         return self.device.type
 
 
-def grid_coords(rank: int, dp: int, tp: int, pp: int) -> tuple:
-    """(pp_rank, dp_rank, tp_rank) of a global rank in the (pp, dp, tp) grid."""
-    return rank // (dp * tp), (rank // tp) % dp, rank % tp
+grid_coords = spec.coords
+"""(pp_rank, dp_rank, tp_rank) of a global rank in the (pp, dp, tp) grid (simulator/spec.py, shared)."""
 
 
 _LISTENERS: list = []          # sockets that must live as long as their stores
@@ -90,6 +95,44 @@ def listening_store(host: str, port: int, world_size: int | None, timeout: timed
                          master_listen_fd=sock.fileno())
 
 
+def choose_device(local_rank: int, local_world: int, preference: str, cuda_available: bool,
+                  gpu_count: int) -> tuple:
+    """(device, backend, note) of one process among `local_world` on this machine.
+
+    preference (LLAMA_COURSE_DEVICE): `auto` (default) takes GPU `local_rank` with NCCL when every local
+    process gets its own GPU, and otherwise falls back to the CPU with gloo, saying so in `note` (one line:
+    the 2-process demo on a one-GPU laptop); `cuda` refuses that fallback with a ConfigError naming
+    --nproc and the GPUs found (the CLI exits 2); `cpu` always takes the CPU."""
+    if preference not in ("auto", "cuda", "cpu"):
+        raise ConfigError(f"LLAMA_COURSE_DEVICE: auto, cuda or cpu, got {preference!r}")
+    enough = cuda_available and gpu_count >= local_world
+    if preference == "cpu" or (preference == "auto" and not cuda_available):
+        return torch.device("cpu"), "gloo", None
+    if enough:
+        return torch.device("cuda", local_rank), "nccl", None
+    if preference == "cuda" and not cuda_available:
+        raise ConfigError("LLAMA_COURSE_DEVICE: cuda, but torch sees no CUDA device here; use auto or cpu")
+    found = f"{gpu_count} GPU{'s' if gpu_count != 1 else ''}"
+    if preference == "cuda":
+        raise ConfigError(f"--nproc {local_world}: {local_world} processes on this machine but {found} found; "
+                          f"use --nproc {gpu_count} or fewer, or LLAMA_COURSE_DEVICE=auto to run on the CPU")
+    return torch.device("cpu"), "gloo", (f"note: {local_world} processes on this machine but {found}: training on "
+                                         f"the CPU with gloo (--nproc {gpu_count} uses the GPUs; "
+                                         "LLAMA_COURSE_DEVICE=cuda refuses instead)")
+
+
+def launcher_env(nproc: int) -> dict:
+    """What the launcher of `nproc` local processes passes them: {} when each can have its own GPU (or
+    there is none), {"LLAMA_COURSE_DEVICE": "cpu"} after printing the fallback's one line when there are
+    too few GPUs; a ConfigError (exit 2) when LLAMA_COURSE_DEVICE=cuda refuses the fallback."""
+    _, backend, note = choose_device(0, nproc, os.environ.get("LLAMA_COURSE_DEVICE", "auto"),
+                                     torch.cuda.is_available(), torch.cuda.device_count())
+    if note:
+        print(note, file=sys.stderr, flush=True)
+        return {"LLAMA_COURSE_DEVICE": "cpu"}
+    return {}
+
+
 def init_distributed(dp: int = 1, tp: int = 1, pp: int = 1, timeout: timedelta | None = None,
                      mesh_world: int | None = None) -> Context:
     """Join the process group (env:// from torchrun or our launcher; a one-rank group otherwise).
@@ -101,12 +144,16 @@ def init_distributed(dp: int = 1, tp: int = 1, pp: int = 1, timeout: timedelta |
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available() and os.environ.get("LLAMA_COURSE_DEVICE", "cuda") == "cuda":
-        device, backend = torch.device("cuda", local_rank), "nccl"
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    device, backend, note = choose_device(local_rank, local_world, os.environ.get("LLAMA_COURSE_DEVICE", "auto"),
+                                          torch.cuda.is_available(), torch.cuda.device_count())
+    if note and local_rank == 0:
+        print(note, file=sys.stderr, flush=True)
+    if backend == "nccl":
         torch.cuda.set_device(device)
-    else:
-        device, backend = torch.device("cpu"), "gloo"
     restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    wire.install()                 # the wire recorder and strict mode (core/wire.py)
+    wire.set_device(device)
     if not dist.is_initialized():
         if "MASTER_ADDR" in os.environ and world > 1:
             host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
@@ -136,15 +183,9 @@ def init_distributed(dp: int = 1, tp: int = 1, pp: int = 1, timeout: timedelta |
 
 def _grid_groups(ctx: Context, grid: int) -> tuple:
     """new_group for every dp, tp and pp group (all ranks must call new_group for every group, in order)."""
-    dp, tp, pp = ctx.dp, ctx.tp, ctx.pp
     mine = {}
-    ranks_of = {
-        "dp": [[(p * dp + d) * tp + t for d in range(dp)] for p in range(pp) for t in range(tp)],
-        "tp": [[(p * dp + d) * tp + t for t in range(tp)] for p in range(pp) for d in range(dp)],
-        "pp": [[(p * dp + d) * tp + t for p in range(pp)] for d in range(dp) for t in range(tp)],
-    }
-    for name, groups in ranks_of.items():
-        for ranks in groups:
+    for name in spec.GROUP_KINDS:
+        for ranks in spec.groups(name, ctx.dp, ctx.tp, ctx.pp):
             if len(ranks) == ctx.world_size:
                 group = dist.group.WORLD
             else:       # every rank calls new_group for every group, singletons included, in one order

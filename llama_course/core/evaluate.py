@@ -29,12 +29,23 @@ def sparsity(model: torch.nn.Module) -> float:
 @torch.no_grad()
 def evaluate_model(model, cfg, batches: int | None = None, batch_size: int = 8) -> float:
     """Mean held-out loss of a model on its config's corpus (all of the validation split by default)."""
+    return held_out_loss(model, cfg, batches, batch_size)["val_loss"]
+
+
+@torch.no_grad()
+def held_out_loss(model, cfg, batches: int | None = None, batch_size: int = 8) -> dict:
+    """{"val_loss", "val_batches", "val_sequences", "val_tokens"}: the mean next-token loss over the first
+    `batches` batches of the validation split (default: all of it, the last batch possibly shorter), and how
+    much held-out text that was. `llama-course eval` and the demo report this number."""
     from llama_course.core.data import load_tokens, pack, val_batches
     from llama_course.core.model import cross_entropy
 
     data = load_tokens(cfg)
     seqs = pack(data.val, cfg.seq_len)
-    n = batches or max(1, len(seqs) // batch_size)
+    n = batches or max(1, -(-len(seqs) // batch_size))
     model.eval()
-    losses = [float(cross_entropy(model(x), y)) for x, y in val_batches(seqs, batch_size, n)]
-    return sum(losses) / len(losses)
+    chunks = val_batches(seqs, batch_size, n)
+    tokens = [y.numel() for _, y in chunks]
+    losses = [float(cross_entropy(model(x), y)) for x, y in chunks]
+    return {"val_loss": sum(loss * t for loss, t in zip(losses, tokens)) / sum(tokens), "val_batches": len(chunks),
+            "val_sequences": sum(len(y) for _, y in chunks), "val_tokens": sum(tokens)}

@@ -1,7 +1,7 @@
 """Timers and Chrome traces of what each rank really did.
 
 A `Tracer` records spans (name, stream, start, duration) on one rank; `write_trace` merges the ranks'
-spans into Chrome trace-event JSON (DESIGN.md: `traceEvents`, `ph: "X"`, `pid` = rank,
+spans into Chrome trace-event JSON (docs/design.md, "Traces": `traceEvents`, `ph: "X"`, `pid` = rank,
 `tid` = compute | comm | bubble), the format the simulator writes, so a measured step and a simulated
 step open side by side in Perfetto (ui.perfetto.dev) or chrome://tracing.
 
@@ -15,7 +15,10 @@ import os
 import time
 from contextlib import contextmanager
 
-STREAMS = ("compute", "comm", "bubble")
+from simulator import spec
+
+STREAMS = spec.STREAMS
+"""compute | comm | bubble: the trace `tid`s both engines use (simulator/spec.py)."""
 
 
 class Tracer:

@@ -28,7 +28,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(fn, rank, world_size, port, timeout_s, args, conn, env):
+def _entry(fn, rank, world_size, port, timeout_s, args, conn, env, last_barrier=True):
     os.environ.update(env)
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
@@ -46,7 +46,13 @@ def _entry(fn, rank, world_size, port, timeout_s, args, conn, env):
             store = dist.TCPStore("127.0.0.1", port, world_size, False, timedelta(seconds=timeout_s))
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=timeout_s))
+        from llama_course.core import wire
+
+        wire.install()                    # recorder and strict mode (LLAMA_COURSE_STRICT), as init_distributed does
+        wire.set_device("cpu")
         result = fn(rank, world_size, *args)
+        if last_barrier and dist.is_initialized():
+            dist.barrier()                # rank 0 hosts the store (strict mode's rendezvous): it leaves last
         conn.send(("ok", pickle.dumps(result)))
     except BaseException as e:  # report every failure to the parent, then exit
         conn.send(("error", f"rank {rank}: {type(e).__name__}: {e}\n{traceback.format_exc()}"))
@@ -75,7 +81,7 @@ def spawn(fn, world_size: int, *args, timeout: float = 120.0, env: dict | None =
     for rank in range(world_size):
         parent, child = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_entry, args=(fn, rank, world_size, port, collective_timeout, args, child,
-                                                env or {}), daemon=True)
+                                                env or {}, not may_die), daemon=True)
         proc.start()
         child.close()
         pipes.append(parent)

@@ -19,6 +19,9 @@ advance, so it is fixed at partition time rather than by dynamic dispatch.
 
 from __future__ import annotations
 
+from simulator.pipeline_parallel import partition_layers
+from simulator.workload import forward_flops_per_token
+
 # ---------------------------------------------------------------------------------------------
 
 def naive_partition(n_layers: int, p: int) -> list:
@@ -58,8 +61,6 @@ def partition_stages(costs: list, p: int) -> list:
 def layer_costs(cfg) -> list:
     """Forward FLOPs per token of each layer, the embedding added to the first, norm + head to the last
     (simulator.workload: the same formulas the simulator's compute model uses)."""
-    from simulator.workload import forward_flops_per_token
-
     m = cfg.model
     per_layer = (forward_flops_per_token(m, cfg.seq_len) - 2 * m.vocab_size * m.dim) / m.n_layers
     costs = [per_layer] * m.n_layers
@@ -119,13 +120,14 @@ def balance_report(cfg, costs: list | None = None) -> dict:
 
 
 def stage_layers(cfg) -> list:
-    """Layer ids of each virtual stage k = c p + r (p v stages), by the config's load_balance.policy."""
+    """Layer ids of each virtual stage k = c p + r (p v stages), by the config's load_balance.policy; without
+    it, the simulator's own split (`partition_layers`: even, or parallel.first/last_stage_layers)."""
     p = cfg.parallel
     stages = p.pp * p.vpp
-    if cfg.load_balance.policy == "balanced_stages":
-        sizes = partition_stages(layer_costs(cfg), stages)
-    else:
-        sizes = naive_partition(cfg.model.n_layers, stages)
+    if cfg.load_balance.policy != "balanced_stages":
+        return [list(r) for r in partition_layers(cfg.model.n_layers, p.pp, p.vpp, p.first_stage_layers,
+                                                  p.last_stage_layers)]
+    sizes = partition_stages(layer_costs(cfg), stages)
     out, i = [], 0
     for s in sizes:
         out.append(list(range(i, i + s)))

@@ -27,6 +27,11 @@ tensor's size or dtype raise `CollectiveMismatchError` on every rank instead of 
 (switch it off with check=False once a caller knows the sizes agree). Any dtype gloo can send works; the
 reductions run locally in torch (sum, avg, max, min).
 
+Every step posts its send and its receive together, in one `dist.batch_isend_irecv`: on NCCL a rank's
+point-to-point operations to one peer run in order on one stream, so in a ring of two ranks that each
+post `irecv(left)` and then `isend(right)` both receives wait forever; batched, NCCL starts them together
+(Megatron-LM's p2p layer does the same). Strict mode (core/wire.py) checks it on gloo.
+
 Seed questions answered: 8 and 15 (communication optimisation and cost: ring vs tree, alpha-beta),
 20 (transfer optimisation: chunking, full duplex), 27 (synchronous communication), 28 (asynchronous: the
 engine runs these on a background thread, see data_parallel.py).
@@ -284,13 +289,18 @@ def _ring_reduce_scatter(flat, group, op, counter) -> None:
     tmp = torch.empty(max(sizes), dtype=flat.dtype, device=flat.device)
     for s in range(n_ranks - 1):
         out_chunk, in_chunk = chunk(rank - s - 1), chunk(rank - s - 2)
-        # pipelined in segments: post every receive and send, then reduce segment k while k+1 arrives
+        # pipelined in segments: post every receive and send as one batch (NCCL needs a rank's sends and
+        # receives grouped, or two ranks that each receive first wait forever), then reduce segment k
+        # while k+1 arrives
         seg = max(SEGMENT_BYTES // flat.element_size(), 1)
         buf_all = tmp[:in_chunk.numel()]
         pieces = [(in_chunk[i:i + seg], buf_all[i:i + seg]) for i in range(0, in_chunk.numel(), seg)]
-        works = [(dist.irecv(buf, src=_global(group, left), group=group), dst, buf) for dst, buf in pieces]
-        sends = [dist.isend(out_chunk[i:i + seg], dst=_global(group, right), group=group)
-                 for i in range(0, out_chunk.numel(), seg)]
+        recv_ops = [dist.P2POp(dist.irecv, buf, _global(group, left), group) for _, buf in pieces]
+        send_ops = [dist.P2POp(dist.isend, out_chunk[i:i + seg], _global(group, right), group)
+                    for i in range(0, out_chunk.numel(), seg)]
+        requests = dist.batch_isend_irecv(recv_ops + send_ops) if recv_ops or send_ops else []
+        works = [(work, dst, buf) for work, (dst, buf) in zip(requests[:len(recv_ops)], pieces)]
+        sends = requests[len(recv_ops):]
         if counter is not None:
             counter.add(out_chunk.numel() * out_chunk.element_size())
         for work, dst, buf in works:
@@ -330,15 +340,16 @@ def _global(group, group_rank: int) -> int:
 
 
 def _exchange(group, send, to, recv, frm, counter) -> None:
-    """Send `send` to group rank `to` while receiving into `recv` from `frm` (either may be None); wait."""
-    works = []
+    """Send `send` to group rank `to` while receiving into `recv` from `frm` (either may be None); wait.
+    Both go in one batch_isend_irecv: on NCCL a rank's sends and receives must be posted together."""
+    ops = []
     if recv is not None and recv.numel():
-        works.append(dist.irecv(recv, src=_global(group, frm), group=group))
+        ops.append(dist.P2POp(dist.irecv, recv, _global(group, frm), group))
     if send is not None and send.numel():
-        works.append(dist.isend(send, dst=_global(group, to), group=group))
+        ops.append(dist.P2POp(dist.isend, send, _global(group, to), group))
         if counter is not None:
             counter.add(send.numel() * send.element_size())
-    for w in works:
+    for w in dist.batch_isend_irecv(ops) if ops else []:
         w.wait()
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import torch
 
 from llama_course.parallel import collectives as C
-from simulator.config import ConfigError
 
 
 class Compressor:
@@ -72,8 +71,8 @@ class TopKCompressor(Compressor):
     name = "topk"
 
     def __init__(self, ratio: float):
-        if not 0 < ratio <= 1:
-            raise ConfigError(f"parallel.topk_ratio: must be in (0, 1], got {ratio}")
+        if not 0 < ratio <= 1:                       # config validation refuses it with the field's name
+            raise ValueError(f"top-k ratio must be in (0, 1], got {ratio}")
         self.ratio = ratio
         self.residual: dict = {}
 
@@ -98,8 +97,8 @@ class PowerSGDCompressor(Compressor):
     name = "powersgd"
 
     def __init__(self, rank: int, seed: int = 0):
-        if rank < 1:
-            raise ConfigError(f"parallel.powersgd_rank: must be >= 1, got {rank}")
+        if rank < 1:                                 # config validation refuses it with the field's name
+            raise ValueError(f"PowerSGD rank must be >= 1, got {rank}")
         self.rank, self.seed = rank, seed
         self.residual: dict = {}
         self.q: dict = {}
@@ -138,7 +137,7 @@ class PowerSGDCompressor(Compressor):
     def _q(self, key, i, cols, r):
         if (key, i) not in self.q:                               # the same random start on every rank
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(key) * 1009 + i)
-            self.q[(key, i)] = torch.randn(cols, r, generator=g).to(self.device)
+            self.q[(key, i)] = torch.randn(cols, r, generator=g, device="cpu").to(self.device)
         return self.q[(key, i)]
 
     @staticmethod
@@ -151,15 +150,14 @@ class PowerSGDCompressor(Compressor):
             o += t.numel()
 
     def reduce_scatter(self, flat, group, counter):
-        raise ConfigError("parallel.compression: powersgd needs all-reduce (zero_stage 0 or 1)")
+        raise NotImplementedError("PowerSGD compresses all-reduces; the capability table refuses it with "
+                                  "zero_stage 2 or 3")
 
 
 def build_compressor(cfg) -> Compressor:
-    """The compressor of cfg.parallel.compression."""
+    """The compressor of cfg.parallel.compression (the capability table keeps top-k and PowerSGD, which
+    compress all-reduces, away from ZeRO-2/3's reduce-scatters)."""
     p = cfg.parallel
-    if p.compression in ("topk", "powersgd") and p.zero_stage >= 2:
-        raise ConfigError(f"parallel.compression: {p.compression} compresses all-reduces; zero_stage "
-                          f"{p.zero_stage} reduce-scatters gradients (use zero_stage 0 or 1, or fp16/bf16)")
     if p.compression == "fp16":
         return CastCompressor(torch.float16, "fp16")
     if p.compression == "bf16":

@@ -61,7 +61,7 @@ from llama_course.core.optimizers import optimizer_for_groups
 from llama_course.engine import ENGINES, Engine
 from llama_course.parallel import collectives as C
 from llama_course.parallel.communication_compression import build_compressor
-from simulator.config import ConfigError
+from simulator import spec
 
 
 class Unit:
@@ -136,20 +136,11 @@ class DataParallelEngine(Engine):
                 self.optimizer.layer_norms = self._layer_norms
 
     def _buckets(self, trainable: list) -> list:
-        """Reverse registration order ~ the order backward produces gradients; ~bucket_mb each (0: per tensor).
-        The first bucket is at most 1 MiB, as in DDP, so communication starts early in backward."""
-        cap = self.cfg.parallel.bucket_mb * 2**20
-        units, current, size = [], [], 0
-        for q in reversed(trainable):
-            limit = min(cap, 2**20) if not units else cap
-            if current and (cap <= 0 or size + q.numel() * q.element_size() > limit):
-                units.append(current)
-                current, size = [], 0
-            current.append(q)
-            size += q.numel() * q.element_size()
-        if current:
-            units.append(current)
-        return [Unit(i, ps, self.n_ranks, self.rank) for i, ps in enumerate(units)]
+        """Reverse registration order ~ the order backward produces gradients; ~bucket_mb MiB each (0: per
+        tensor), the first at most 1 MiB, as in DDP: the plan of simulator/spec.py, which the simulator uses."""
+        order = list(reversed(trainable))
+        plan = spec.bucket_plan([q.numel() * q.element_size() for q in order], self.cfg.parallel.bucket_mb)
+        return [Unit(i, [order[j] for j in ids], self.n_ranks, self.rank) for i, ids in enumerate(plan)]
 
     def _layer_units(self, model: nn.Module, trainable: list) -> list:
         """ZeRO-3: one unit per transformer block (last block first) and a root unit for the rest."""
@@ -411,8 +402,6 @@ class FSDP2Engine(Engine):
         from torch.distributed.fsdp import fully_shard
 
         c = self.ctx
-        if c.tp * c.pp != 1:
-            raise ConfigError("parallel: the fsdp2 engine runs data parallel only (tp = pp = 1)")
         mesh = init_device_mesh(c.device_type, (c.dp,))
         reshard = self.cfg.parallel.zero_stage >= 3
         for layer in getattr(model, "layers", []):
@@ -465,14 +454,11 @@ class FSDP2Engine(Engine):
 
 def _copy_of_dp_group(ctx):
     """A second process group over this rank's dp group (every rank creates every dp group, in order)."""
-    dp, tp, pp = ctx.dp, ctx.tp, ctx.pp
     mine = None
-    for p in range(pp):
-        for t in range(tp):
-            ranks = [(p * dp + d) * tp + t for d in range(dp)]
-            group = dist.new_group(ranks, timeout=_timeout())
-            if ctx.rank in ranks:
-                mine = group
+    for ranks in spec.groups("dp", ctx.dp, ctx.tp, ctx.pp):
+        group = dist.new_group(ranks, timeout=_timeout())
+        if ctx.rank in ranks:
+            mine = group
     return mine
 
 

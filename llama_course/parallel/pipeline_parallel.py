@@ -49,16 +49,21 @@ from llama_course.parallel.balanced_stages import (  # noqa: F401  (re-exported:
     partition_stages,
     stage_layers,
 )
-from llama_course.parallel.pipeline_parallel_comm import PipelineComm
+from llama_course.parallel.pipeline_parallel_comm import (
+    PipelineComm,
+    p2p_plan,
+    rendezvous_check,
+    schedule_plan,
+)
 from llama_course.parallel.tensor_parallel import (
     gather_full_state,
     model_parallel_grad_norm,
-    refuse_fp16_scaler,
     shard_dim,
     shard_model,
     vocab_parallel_cross_entropy,
 )
 from llama_course.parallel.tensor_parallel_comm import all_reduce_gradients, enter_region, split_to_sp
+from simulator.config import ConfigError
 from simulator.pipeline_parallel import schedule_order
 
 # ---------------------------------------------------------------------------------------------
@@ -141,16 +146,19 @@ class PipelineEngine(Engine):
     """Seconds of sleep per layer in each forward and backward (benchmarks: a noise-free compute stand-in)."""
 
     def __init__(self, cfg, ctx, model, tracer=None):
-        from simulator.config import ConfigError
-
-        if cfg.model.tie_embeddings:
-            raise ConfigError("model.tie_embeddings: the runtime pipeline cannot tie an embedding and a head on "
-                              "different stages (pp > 1); set it false")
-        refuse_fp16_scaler(cfg, ctx)
+        # the capability table refuses tied embeddings (an embedding and a head on different stages) and fp16
         self.v = cfg.parallel.vpp
         self.schedule = cfg.parallel.schedule
         super().__init__(cfg, ctx, build_stages(cfg, ctx, model), tracer)
         self.comm = PipelineComm(ctx, self.tracer, ctx.pp * self.v)
+        self._plans: dict = {}
+        if ctx.backend == "nccl" and cfg.parallel.implementation == "course":
+            m = cfg.grad_accum_steps
+            trouble = rendezvous_check([schedule_plan(self.schedule, ctx.pp, m, self.v, r) for r in range(ctx.pp)])
+            if trouble:
+                raise ConfigError(f"parallel.schedule: {self.schedule} with pp {ctx.pp}, vpp {self.v} and {m} "
+                                  f"micro-batches cannot pair its sends on NCCL ({trouble.split(':')[0]}); use "
+                                  "parallel.implementation=torch or another schedule")
         if cfg.load_balance.policy == "balanced_stages" and ctx.rank == 0:
             r = balance_report(cfg)
             print(f"balanced_stages: naive {r['naive']} slowest {r['naive_slowest']:.3g} FLOP/token, "
@@ -187,12 +195,15 @@ class PipelineEngine(Engine):
             dist.barrier(group=self.ctx.pp_group)
         step_start = time.perf_counter()
         n_events = len(self.tracer.events)
-        for kind, i, c in schedule_order(self.schedule, p, m, v, r):
+        order = schedule_order(self.schedule, p, m, v, r)
+        plan = self.comm_plan(m)                      # sends paired with receives (NCCL's rule)
+        for t, (kind, i, c) in enumerate(order):
             k = c * p + r
             x, y = micro_batches[i]
+            self.comm.exchange(plan[t], shape, dtype)
             if kind == "F":
                 if k > 0:
-                    x = self.comm.recv(shape, dtype, k - 1, k, "F", i).requires_grad_()
+                    x = self.comm.take(("F", i, k)).requires_grad_()
                     inputs[(i, c)] = x
                 start = time.perf_counter()
                 with self.tracer.span("forward", "compute", micro_batch=i, chunk=c), self.autocast():
@@ -204,24 +215,31 @@ class PipelineEngine(Engine):
                     self.delay(chunks[c], False)
                 self.stretch(time.perf_counter() - start)
                 if k < last_stage:
-                    self.comm.send(out, k + 1, "F", i)
+                    self.comm.queue_send(("F", i, k + 1), out, dtype)
                 outputs[(i, c)] = out
             else:
                 out = outputs.pop((i, c))
-                grad = None if k == last_stage else self.comm.recv(out.shape, out.dtype, k + 1, k, "B", i)
+                grad = None if k == last_stage else self.comm.take(("B", i, k))
                 start = time.perf_counter()
                 with self.tracer.span("backward", "compute", micro_batch=i, chunk=c):
                     torch.autograd.backward(out, grad)
                     self.delay(chunks[c], True)
                 self.stretch(time.perf_counter() - start)
                 if k > 0:
-                    self.comm.send(inputs.pop((i, c)).grad, k - 1, "B", i)
-        self.comm.wait_all()
+                    self.comm.queue_send(("B", i, k - 1), inputs.pop((i, c)).grad, dtype)
+        self.comm.exchange(plan[-1], shape, dtype)
         self.record_bubbles(step_start, n_events)
         total = torch.stack(losses).sum() if losses else torch.zeros((), device=dev)
         if p > 1:
             dist.all_reduce(total, group=self.ctx.pp_group)        # only the last stage adds non-zero
         return float(total) / m
+
+    def comm_plan(self, m: int) -> list:
+        """This rank's batches for a step of m micro-batches (pipeline_parallel_comm.p2p_plan), cached."""
+        if m not in self._plans:
+            p, v = self.ctx.pp, self.v
+            self._plans[m] = schedule_plan(self.schedule, p, m, v, self.ctx.pp_rank)
+        return self._plans[m]
 
     def record_bubbles(self, step_start: float, first_event: int) -> None:
         """Idle gaps between this rank's compute spans, from the step's start, as `bubble` spans."""
@@ -257,19 +275,21 @@ class PipelineEngine(Engine):
         total = torch.zeros((), device=dev)
         self.base_model.eval()
         try:
-            for i, (x, y) in enumerate(batches):
-                x, y = x.to(dev), y.to(dev)
-                h = x
-                for k in range(r, p * v, p):
-                    if k > 0:
-                        h = self.comm.recv(self.activation_shape(x), torch.float32, k - 1, k, "F", i)
-                    h = chunks[k // p](h)
-                    if k == p * v - 1:
-                        loss = chunks[k // p].loss(h, y)
-                        total += (loss.full_tensor() if hasattr(loss, "full_tensor") else loss).float()
-                    else:
-                        self.comm.send(h, k + 1, "F", i)
-                self.comm.wait_all()
+            order = [("F", i, c) for i in range(len(batches)) for c in range(v)]
+            plan = p2p_plan(order, p, v, r)
+            dtype = next(self.base_model.parameters()).dtype
+            for t, (_, i, c) in enumerate(order):
+                x, y = batches[i]
+                k = c * p + r
+                self.comm.exchange(plan[t], self.activation_shape(x), dtype)
+                h = self.comm.take(("F", i, k)) if k > 0 else x.to(dev)
+                h = chunks[c](h)
+                if k == p * v - 1:
+                    loss = chunks[c].loss(h, y.to(dev))
+                    total += (loss.full_tensor() if hasattr(loss, "full_tensor") else loss).float()
+                else:
+                    self.comm.queue_send(("F", i, k + 1), h, dtype)
+            self.comm.exchange(plan[-1], None, dtype)
         finally:
             self.base_model.train()
         if p > 1:

@@ -51,26 +51,16 @@ from llama_course.parallel.tensor_parallel_comm import (
     exit_region,
     split_to_sp,
 )
+from simulator import spec
 
 # ---------------------------------------------------------------------------------------------
 # split layers
 # ---------------------------------------------------------------------------------------------
 
-COLUMN = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3")
-ROW = ("attention.wo", "feed_forward.w2")
-
-
-def shard_dim(name: str) -> int | None:
-    """Which dim of full parameter `name` is split over tp (None: replicated on every tp rank)."""
-    if name in ("tok_embeddings.weight", "output.weight"):
-        return 0                                             # vocabulary rows
-    for layer in COLUMN:
-        if f".{layer}." in f".{name}":
-            return 0                                         # output features (weight rows, bias)
-    for layer in ROW:
-        if name.endswith(f"{layer}.weight"):
-            return 1                                         # input features
-    return None
+COLUMN, ROW = spec.COLUMN_SPLIT, spec.ROW_SPLIT
+shard_dim = spec.shard_dim
+"""Which dim of full parameter `name` is split over tp (None: replicated): simulator/spec.py, shared with
+the simulator's parameter and byte counts."""
 
 
 class ColumnParallelLinear(nn.Linear):
@@ -289,16 +279,6 @@ def gather_full_state(ctx, named: dict) -> dict | None:
 # engines
 # ---------------------------------------------------------------------------------------------
 
-def refuse_fp16_scaler(cfg, ctx) -> None:
-    """fp16 needs a loss scaler whose overflow check agrees over the model-parallel ranks (Megatron
-    all-reduces found_inf); this version does not do that, so fp16 with tp or pp > 1 is refused on GPUs."""
-    from simulator.config import ConfigError
-
-    if ctx.device.type == "cuda" and cfg.training.precision == "fp16":
-        raise ConfigError("training.precision: fp16 with tp or pp > 1 is not supported (the loss scaler is "
-                          "per rank); use bf16")
-
-
 def model_parallel_grad_norm(module: nn.Module, ctx, sharded) -> torch.Tensor:
     """||g|| over the whole model: squares of sharded params summed over tp, replicated counted once,
     then summed over the pipeline stages."""
@@ -331,7 +311,6 @@ class TensorParallelEngine(Engine):
     name = "tensor_parallel"
 
     def __init__(self, cfg, ctx, model, tracer=None):
-        refuse_fp16_scaler(cfg, ctx)
         model = shard_model(model, ctx.tp_group, cfg.parallel.sequence_parallel)
         apply_activation_checkpointing(model.layers, cfg.parallel.activation_checkpointing)
         super().__init__(cfg, ctx, model, tracer)
@@ -367,11 +346,9 @@ class TorchTensorParallelEngine(Engine):
 
     def __init__(self, cfg, ctx, model, tracer=None):
         from llama_course.core.distributed import device_mesh
-        from simulator.config import ConfigError
 
-        if cfg.model.tie_embeddings:
-            raise ConfigError("model.tie_embeddings: implementation torch with tp > 1 unties them; use course")
-        refuse_fp16_scaler(cfg, ctx)
+        # the capability table refuses tied embeddings here (DTensor's plan would untie them) and fp16 under
+        # model parallelism (its loss scaler would need an overflow check agreed over tp and pp)
         parallelize_torch(model, device_mesh(ctx)["tp"], cfg.parallel.sequence_parallel)
         apply_activation_checkpointing(model.layers, cfg.parallel.activation_checkpointing)
         super().__init__(cfg, ctx, model, tracer)

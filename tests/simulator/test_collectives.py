@@ -1,9 +1,12 @@
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator.collectives import CommModel, bandwidths, bus_factor, run_collective
-from simulator.hardware import gpu_preset
+import simulator.collectives as coll
+from simulator.collectives import CommModel, bandwidths, bus_factor, run_collective, tree_stages
+from simulator.hardware import NIC_EFFICIENCY, gpu_preset
 from simulator.topology import Cluster
 
 
@@ -88,3 +91,56 @@ def test_comm_model_caches():
     a = comm.time("all_reduce", range(8), 1e6)
     assert comm.time("all_reduce", range(8), 1e6) == a and len(comm._cache) == 1
     assert comm.time("all_reduce", [0], 1e6) == 0.0
+
+
+def test_nics_run_below_line_rate():
+    """InfiniBand does not deliver 100% of its line rate to NCCL (headers, MTU, proxy): the NIC link is
+    derated like NVLink is, and the inter-node ring is limited by it."""
+
+    cl = Cluster(gpu_preset("a100-80gb"), 64)
+    assert 0.85 <= NIC_EFFICIENCY < 1
+    assert cl.bottleneck(0, 8) == pytest.approx(25e9 * NIC_EFFICIENCY)
+
+
+@pytest.mark.parametrize("gpu", ["a100-80gb", "h100-sxm"])
+def test_two_nodes_are_never_faster_than_one(gpu):
+    comm = CommModel(Cluster(gpu_preset(gpu), 16))
+    for size in (1 << 10, 1 << 20, 1 << 26, 1 << 30):
+        one, two = comm.time("all_reduce", range(8), size), comm.time("all_reduce", range(16), size)
+        assert two > one, size
+        if size >= 1 << 26:
+            assert bandwidths("all_reduce", 16, size, two)[1] <= bandwidths("all_reduce", 8, size, one)[1]
+
+
+def test_double_binary_tree_moves_half_the_bytes_per_tree():
+    """NCCL's double binary tree: two trees of S/2, a rank interior in one is a leaf of the other, so each
+    pipeline step moves S/k through every NIC (one tree: 2 S/k into an interior rank): about 2x one tree.
+    One GPU per node, 8 nodes: t = 2 (D + k - 1) (alpha + S / (k B))."""
+
+
+    cl = Cluster(gpu_preset("a100-80gb"), 64)
+    ranks, size = list(range(0, 64, 8)), 1 << 28
+    stages = tree_stages("all_reduce", ranks, size, cl)
+    (up, steps), _ = stages
+    k = steps - int(math.log2(8)) + 1
+    assert len(up) == 2 * 7 and all(b == pytest.approx(size / (2 * k)) for _, _, b in up)
+    alpha, b = cl.path_latency(0, 8), cl.bottleneck(0, 8)
+    t = run_collective(cl, "all_reduce", ranks, size, "tree", exact=True)
+    assert t == pytest.approx(2 * steps * (alpha + size / (k * b)), rel=1e-6)
+    single = 2 * steps * (alpha + 2 * size / (k * b))                  # one tree: two children into one NIC
+    assert single / t > 1.9
+
+
+def test_rings_past_the_flow_cap_have_no_cliff(monkeypatch):
+    """Every step of a multi-channel ring loads every node alike: timed on the rings of its first nodes past
+    MAX_CHANNEL_FLOWS, the step is the same as the whole ring's (no fall back to one NIC per node)."""
+
+    cl = Cluster(gpu_preset("a100-80gb"), 512)
+    full = run_collective(cl, "all_reduce", range(512), 1 << 30, "ring")
+    monkeypatch.setattr(coll, "MAX_CHANNEL_FLOWS", 8 * 8 * 20)        # 20 of the 64 nodes stand for all
+    assert run_collective(cl, "all_reduce", range(512), 1 << 30, "ring") == pytest.approx(full, rel=1e-9)
+    monkeypatch.undo()
+    big = Cluster(gpu_preset("a100-80gb"), 2048)
+    t1k = run_collective(big, "all_reduce", range(1024), 1 << 30, "ring")
+    t2k = run_collective(big, "all_reduce", range(2048), 1 << 30, "ring")
+    assert t2k < 2 * t1k          # twice the steps' latency at most, not a fall to one NIC per node

@@ -1,16 +1,35 @@
 import pytest
 
-from simulator.config import load_config
-from simulator.data_parallel import bucket_sizes, buckets_ready, compression_factor, gradient_sync
+from simulator.collectives import CommModel
+from simulator.config import ConfigError, load_config
+from simulator.data_parallel import (
+    bucket_sizes,
+    buckets_ready,
+    compression_factor,
+    exposed_gathers,
+    grad_bytes_per_param,
+    gradient_sync,
+    zero_semantics,
+)
+from simulator.hardware import hardware_for
+from simulator.memory import layers_per_virtual_stage, virtual_stage_params
+from simulator.parallel_3d import chunk_tensors
+from simulator.simulate import simulate
+from simulator.topology import Cluster
 
 
-def test_buckets_split_the_bytes():
-    assert sum(bucket_sizes(100e6, 25, 10)) == pytest.approx(100e6) and len(bucket_sizes(100e6, 25, 10)) == 4
-    assert len(bucket_sizes(100e6, 0, 10)) == 10
+def test_buckets_follow_the_runtime_plan():
+    """MiB caps over the tensors in backward order, the first bucket at most 1 MiB (simulator/spec.py)."""
+    mib = 2 ** 20 // 4                                        # fp32 elements in one MiB
+    sizes = bucket_sizes([mib // 2] + [5 * mib] * 10, 25)    # registration order: a small tensor first
+    assert sum(sizes) == 4 * (mib // 2 + 50 * mib)
+    assert sizes[0] == 5 * 2 ** 20                           # one tensor alone passes the 1 MiB first bucket
+    assert sizes[1:] == [25 * 2 ** 20, 20 * 2 ** 20 + 2 ** 19]   # then 25 MiB caps; the small tensor comes last
+    assert len(bucket_sizes([mib] * 10, 0)) == 10            # bucket_mb 0: one tensor per bucket
 
 
 def test_overlap_hides_all_but_the_last_bucket():
-    ready = buckets_ready((0.0, 1.0), 100e6, 25, 1)        # ready at 0.25, 0.5, 0.75, 1.0
+    ready = buckets_ready((0.0, 1.0), [25e6] * 4)        # ready at 0.25, 0.5, 0.75, 1.0
     comm = lambda n, chained: 0.1                           # noqa: E731
     end, busy, spans = gradient_sync(ready, True, comm, 1.0)
     assert end == pytest.approx(1.1) and busy == pytest.approx(0.4)
@@ -21,7 +40,7 @@ def test_overlap_hides_all_but_the_last_bucket():
 
 
 def test_a_collective_right_after_another_is_priced_back_to_back():
-    ready = buckets_ready((0.0, 1.0), 100e6, 25, 1)
+    ready = buckets_ready((0.0, 1.0), [25e6] * 4)
     calls = []
 
     def comm(n, chained):
@@ -42,3 +61,104 @@ def test_compression_factors():
     ps = compression_factor(load_config({"model": {"preset": "llama-7b"}}, ["parallel.compression=powersgd"]))
     assert 0 < ps < 0.01
     assert compression_factor(load_config(base)) == 1.0
+
+
+def test_gradients_are_reduced_in_fp32_by_default_under_bf16():
+    """training.grad_reduce_dtype: null = fp32 for bf16/fp16 training (Megatron-LM's fp32 main gradients);
+    the data-parallel all-reduce moves 4 bytes per gradient, bf16 half of that: ring closed form per bucket."""
+
+    base = {"model": {"preset": "llama-1b"}, "seq_len": 1024, "cluster": {"gpu": "a100-80gb", "num_gpus": 8},
+            "parallel": {"global_batch_size": 8, "overlap": False}, "training": {"precision": "bf16"}}
+    cfg = load_config(base)
+    assert cfg.training.grad_reduce_dtype == "fp32" and grad_bytes_per_param(cfg) == 4
+    assert load_config({"training": {"precision": "fp32"}}).training.grad_reduce_dtype == "fp32"
+    with pytest.raises(ConfigError):
+        load_config(base, ["training.grad_reduce_dtype=int8"])
+    psi = sum(virtual_stage_params(cfg, layers_per_virtual_stage(cfg.model.n_layers, 1)))
+    cl = Cluster(hardware_for(cfg), 8)
+    alpha, bw = cl.path_latency(0, 1), cl.bottleneck(0, 1)
+    for dtype, e in (("fp32", 4), ("bf16", 2)):
+        r = simulate(load_config(base, [f"training.grad_reduce_dtype={dtype}"]))
+        plan = bucket_sizes(chunk_tensors(cfg, [cfg.model.n_layers])[0], 25)       # the runtime's buckets
+        closed = sum(2 * 7 * (alpha + s * psi * e / sum(plan) / (8 * bw)) for s in plan)
+        assert r["comm_s"]["dp_total"] == pytest.approx(closed, rel=1e-6), dtype
+
+
+def test_one_overlap_rule_for_gathers():
+    """Prefetched one block ahead: the first gather shows, later ones by what outlasts the block before;
+    just in time: every one shows."""
+
+    assert exposed_gathers(32, 1.0, 0.4, prefetch=True) == pytest.approx(0.4)
+    assert exposed_gathers(32, 1.0, 1.5, prefetch=True) == pytest.approx(1.5 + 31 * 0.5)
+    assert exposed_gathers(32, 1.0, 0.4, prefetch=False) == pytest.approx(32 * 0.4)
+    assert exposed_gathers(0, 1.0, 0.4, prefetch=True) == 0.0
+
+
+def _zero(stage, system=None, **extra):
+
+    cfg = load_config({"model": {"preset": "llama-7b"}, "seq_len": 2048,
+                       "cluster": {"gpu": "a100-80gb", "num_gpus": 64},
+                       "parallel": {"zero_stage": stage, "micro_batch_size": 2, "global_batch_size": 512, **extra}})
+    return cfg, simulate(cfg, system=system)
+
+
+def test_zero_semantics_per_system():
+    """course: ZeRO-1/2 gather the new weights after the optimizer (exposed); FSDP2 gathers them block by
+    block in every micro-batch's forward, prefetched, and reduce-scatters once after accumulating whole
+    gradients; DeepSpeed's ZeRO-2 reduce-scatters after every micro-batch."""
+
+    cfg, course = _zero(1)
+    _, fsdp = _zero(1, "fsdp2")
+    psi = sum(virtual_stage_params(cfg, [32]))
+    comm = CommModel(Cluster(hardware_for(cfg), 64))
+    assert course["comm_s"]["zero_gather"] == pytest.approx(comm.time("all_gather", range(64), 2 * psi), rel=1e-6)
+    assert fsdp["comm_s"]["zero_gather"] == 0.0
+    m = cfg.grad_accum_steps
+    assert m == 4
+    block = virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]
+    first = comm.time("all_gather", range(64), 2 * block)
+    # the first block's gather of every micro-batch's forward is exposed (compute hides the rest here)
+    assert fsdp["breakdown_s"]["exposed_comm"] - fsdp["comm_s"]["dp_exposed"] \
+        - (course["breakdown_s"]["exposed_comm"] - course["comm_s"]["dp_exposed"]) \
+        + course["comm_s"]["zero_gather"] == pytest.approx(m * first, rel=0.05)
+    # what follows the last backward: its last bucket (the runtime's plan: the embedding's gradient alone),
+    # all-reduced by the course's ZeRO-1, reduce-scattered by FSDP2 (half the ring's steps)
+    assert fsdp["comm_s"]["dp_exposed"] == pytest.approx(course["comm_s"]["dp_exposed"] / 2, rel=0.05)
+    assert zero_semantics(cfg).grad_collective == "all_reduce"              # the course's ZeRO-1
+    assert zero_semantics(cfg, "fsdp2").grad_collective == "reduce_scatter"
+    # ZeRO-3 under FSDP2: the forward gathers of ZeRO-2 plus the same again before each backward
+    _, z2 = _zero(2, "fsdp2")
+    _, z3 = _zero(3, "fsdp2")
+    assert z3["breakdown_s"]["exposed_comm"] - z2["breakdown_s"]["exposed_comm"] == pytest.approx(m * first, rel=0.05)
+    # DeepSpeed ZeRO-2: m reduce-scatters of the whole gradient per step, the course's one
+    _, ds = _zero(2, "deepspeed")
+    _, c2 = _zero(2)
+    assert ds["comm_s"]["dp_total"] == pytest.approx(m * c2["comm_s"]["dp_total"], rel=1e-6)
+    rs = comm.time("reduce_scatter", range(64), psi * grad_bytes_per_param(cfg))
+    assert c2["comm_s"]["dp_total"] >= rs          # one reduce-scatter of the gradient, in 25 MB buckets
+
+
+def test_fsdp_reduce_scatters_every_micro_batch_without_a_pipeline():
+    """FSDP as torchtitan and Composer run it syncs gradients in every backward and keeps only its shard:
+    m reduce-scatters per step. MosaicML trained MPT-7B this way on 8 A100-80GB (FULL_SHARD, micro-batch 6,
+    batch 96: 2 micro-batches per rank); holding the whole fp32 gradient across them would not fit."""
+    mpt = {"model": {"preset": None, "arch": "gpt", "vocab_size": 50368, "tie_embeddings": True, "dim": 4096,
+                     "n_layers": 32, "n_heads": 32, "n_kv_heads": 32, "ffn_dim": 16384},
+           "seq_len": 2048, "cluster": {"gpu": "a100-80gb", "num_gpus": 8},
+           "training": {"precision": "bf16", "flash_attention": True},
+           "parallel": {"zero_stage": 3, "implementation": "torch", "micro_batch_size": 6, "global_batch_size": 96}}
+    cfg = load_config(mpt)
+    assert cfg.grad_accum_steps == 2 and zero_semantics(cfg).reduce_every_micro_batch
+    fsdp = simulate(cfg)
+    assert fsdp["fits_in_memory"], fsdp["memory_per_gpu_bytes"]
+    no_sync = simulate(cfg, system="course")                   # whole gradients until the last micro-batch
+    psi = sum(virtual_stage_params(cfg, [32]))
+    assert no_sync["memory_per_gpu_bytes"]["grads"] - fsdp["memory_per_gpu_bytes"]["grads"] == pytest.approx(
+        4 * psi - 4 * (virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]), rel=1e-6)
+    assert not no_sync["fits_in_memory"]
+    roomy = load_config(mpt, ["cluster.memory_GB=200"])
+    assert simulate(roomy)["comm_s"]["dp_total"] == pytest.approx(
+        2 * simulate(roomy, system="course")["comm_s"]["dp_total"], rel=1e-6)
+    piped = load_config(mpt, ["parallel.pp=2", "parallel.zero_stage=1", "parallel.global_batch_size=48"],
+                        runtime=False)                          # torch's FSDP under a pipeline: not in our runtime
+    assert not zero_semantics(piped).reduce_every_micro_batch   # torch's pipeline schedules reduce once

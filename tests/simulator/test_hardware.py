@@ -17,6 +17,7 @@ def test_presets_match_datasheets():
     assert h200.memory_bandwidth > h100.memory_bandwidth > a100.memory_bandwidth
     # one calibration for every GPU type: the same matmul efficiency, not a per-row fit
     assert a100.matmul_efficiency == h100.matmul_efficiency == gpu_preset("a100-40gb").matmul_efficiency
+    assert (a100.sm_count, h100.sm_count, h200.sm_count) == (108, 132, 132)          # datasheets
 
 
 def test_config_overrides_every_value():
@@ -207,3 +208,26 @@ def test_the_slowest_of_processes_sharing_cores_sets_the_pace(tmp_path, monkeypa
     assert four.compute_slowdown == pytest.approx(2.0 * 1.2)
     gpus = load_config({"cluster": {"gpu": "a100-80gb", "num_gpus": 8}, "parallel": {"global_batch_size": 8}})
     assert hardware_for(gpus).compute_slowdown == 1.0
+
+
+def test_memory_reserve_is_kept_from_the_run():
+    """CUDA context, NCCL buffers and fragmentation: 2 GB + 5% of device memory by default, configurable;
+    a layout that needs more than what is left does not fit, even below the device's memory."""
+    from simulator.hardware import device_memory
+    from simulator.simulate import simulate
+
+    hw = hardware_for(load_config({"cluster": {"gpu": "a100-80gb", "num_gpus": 8}}))
+    assert device_memory(hw) == pytest.approx(80 * GIB - (2e9 + 0.05 * 80 * GIB))
+    assert 6.2e9 < hw.memory_reserve < 6.4e9
+    none = hardware_for(load_config({"cluster": {"gpu": "a100-80gb", "num_gpus": 8, "memory_reserve_GB": 0}}))
+    assert device_memory(none) == 80 * GIB
+    assert device_memory(hardware_for(load_config({"cluster": {"gpu": "cpu", "num_gpus": 2}}))) > 0
+    with pytest.raises(ConfigError):
+        load_config({"cluster": {"memory_reserve_GB": -1}})
+    base = {"model": {"preset": "llama-7b"}, "seq_len": 2048, "cluster": {"gpu": "a100-80gb", "num_gpus": 8},
+            "parallel": {"global_batch_size": 8, "zero_stage": 1}}
+    need = simulate(load_config(base, ["cluster.memory_reserve_GB=0"]))["memory_per_gpu_bytes"]["total"]
+    room = (80 * GIB - need) / 1e9
+    assert simulate(load_config(base, [f"cluster.memory_reserve_GB={room * 0.9}"]))["fits_in_memory"]
+    r = simulate(load_config(base, [f"cluster.memory_reserve_GB={room * 1.1}"]))
+    assert not r["fits_in_memory"] and r["memory_reserve_bytes"] == pytest.approx(room * 1.1e9)

@@ -2,7 +2,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator.pipeline_parallel import bubble_fraction, peak_in_flight, schedule_order, simulate_pipeline
+from simulator.collectives import CommModel
+from simulator.config import ConfigError, load_config
+from simulator.hardware import hardware_for
+from simulator.memory import layers_per_virtual_stage, stage_layers
+from simulator.parallel_3d import Layout, stage_costs
+from simulator.pipeline_parallel import (
+    bubble_fraction,
+    interleave_group,
+    partition_layers,
+    peak_in_flight,
+    rank_layers,
+    schedule_order,
+    simulate_pipeline,
+)
+from simulator.topology import Cluster
 
 
 @settings(max_examples=40, deadline=None)
@@ -61,3 +75,124 @@ def test_a_straggler_slows_the_pipeline():
     base = simulate_pipeline("1f1b", 4, 8, 1, [1.0] * 4, [2.0] * 4)
     slow = simulate_pipeline("1f1b", 4, 8, 1, [1.0] * 4, [2.0] * 4, slow={2: 1.5})
     assert slow.makespan > base.makespan * 1.3
+
+
+# ---- uneven stages and interleaving in rounds (issue 17, item 2) ------------------------------------------
+
+def test_llama3_405b_partition_as_published():
+    """126 layers on pp 16 x vpp 8, one layer fewer on the first and last stage (Llama 3 paper, 3.3.2): the
+    first chunk of the first stage holds only the embedding, the last chunk of the last only the head."""
+    parts = partition_layers(126, 16, 8, first_stage_layers=7, last_stage_layers=7)
+    sizes = [len(r) for r in parts]
+    assert len(parts) == 128 and sizes[0] == 0 and sizes[-1] == 0
+    assert sizes[1:-1] == [1] * 126
+    assert [i for r in parts for i in r] == list(range(126))           # contiguous, in model order
+    assert rank_layers(126, 16, 7, 7) == [7] + [8] * 14 + [7]
+    assert sum(sizes[c * 16 + 0] for c in range(8)) == 7 and sum(sizes[c * 16 + 5] for c in range(8)) == 8
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 4), st.integers(0, 40))
+def test_even_partition_is_the_old_split(p, v, extra):
+    """Without first/last, wherever the schema allowed it before (v = 1, or p v dividing n), nothing moves."""
+    n = p * v * max(1, extra // (p * v)) if v > 1 else p + extra
+    assert [len(r) for r in partition_layers(n, p, v)] == layers_per_virtual_stage(n, p * v)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 10), st.integers(1, 4), st.integers(0, 30), st.data())
+def test_uneven_partition_adds_up(p, v, extra, data):
+    n = p + extra
+    first = data.draw(st.one_of(st.none(), st.integers(1, n - p + 1)))
+    room = n - (first or 0) - (p - 1 if first is not None else p - 1)
+    last = data.draw(st.one_of(st.none(), st.integers(1, max(1, room))))
+    try:
+        per_rank = rank_layers(n, p, first, last)
+    except ValueError:
+        return
+    assert sum(per_rank) == n and min(per_rank) >= 0
+    if first is not None:
+        assert per_rank[0] == first
+    if last is not None:
+        assert per_rank[-1] == last
+    middle = per_rank[1 if first is not None else 0: p - 1 if last is not None else p]
+    assert not middle or max(middle) - min(middle) <= 1                     # the rest split evenly
+    sizes = [len(r) for r in partition_layers(n, p, v, first, last)]
+    for r in range(p):
+        chunks = [sizes[c * p + r] for c in range(v)]
+        assert sum(chunks) == per_rank[r] and max(chunks) - min(chunks) <= 1
+
+
+def test_interleave_rounds():
+    assert interleave_group(4, 8) == 4 and interleave_group(16, 32) == 16      # p divides m: rounds of p
+    assert interleave_group(4, 10) == 5 and interleave_group(4, 6) == 6        # m // p equal rounds
+    for m in (3, 17, 33):
+        with pytest.raises(ValueError):
+            interleave_group(4 if m != 33 else 16, m)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 6), st.integers(0, 12), st.integers(2, 4))
+def test_interleaved_runs_any_valid_micro_batch_count(p, extra, v):
+    """m need not be a multiple of p: every task runs once, no rank deadlocks, and interleaving still
+    beats plain 1F1B on the same m."""
+    m = p + extra
+    if m % max(1, m // p):
+        return
+    for r in range(p):
+        order = schedule_order("interleaved_1f1b", p, m, v, r)
+        assert sorted(order) == sorted([(k, i, c) for k in "FB" for i in range(m) for c in range(v)])
+    run = simulate_pipeline("interleaved_1f1b", p, m, v, [1.0 / v] * (p * v), [2.0 / v] * (p * v))
+    plain = simulate_pipeline("1f1b", p, m, 1, [1.0] * p, [2.0] * p)
+    assert 3.0 * m < run.makespan < plain.makespan
+
+
+def test_interleaved_rounds_of_p_keep_megatron_order():
+    """With p | m the order is Megatron-LM 2021's: rank 0 warms up with (p-1) 2 + (v-1) p forwards."""
+    p, m, v = 4, 8, 2
+    order = schedule_order("interleaved_1f1b", p, m, v, 0)
+    warm = (p - 1) * 2 + (v - 1) * p
+    assert [k for k, _, _ in order[:warm]] == ["F"] * warm and order[warm:warm + 2] == [("F", 6, 0), ("B", 0, 1)]
+    assert order[:5] == [("F", 0, 0), ("F", 1, 0), ("F", 2, 0), ("F", 3, 0), ("F", 0, 1)]
+
+
+LLAMA3 = ["cluster.num_gpus=16384", "parallel.vpp=8", "parallel.schedule=interleaved_1f1b",
+          "parallel.first_stage_layers=7", "parallel.last_stage_layers=7"]
+
+
+def test_uneven_stages_reach_the_simulator():
+    """The schema's first/last layer counts decide each virtual stage's work and parameters."""
+    cfg = load_config("configs/llama3-405b-h100.yaml", LLAMA3, runtime=False)   # the published run (ZeRO-1 under tp x pp)
+    layers = stage_layers(cfg)
+    assert layers[0] == 0 and layers[-1] == 0 and sum(layers) == 126
+    hw = hardware_for(cfg)
+    comm = CommModel(Cluster(hw, cfg.cluster.num_gpus))
+    fwd, _, blk, _ = stage_costs(cfg, hw, comm, Layout(8, 128, 16, 8), layers)
+    assert fwd[0].compute < blk.forward                    # the embedding alone, no block
+    assert fwd[1].compute == pytest.approx(blk.forward)    # one block
+    assert fwd[-1].compute < blk.forward                   # the head alone
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["parallel.pp=1", "cluster.num_gpus=8", "parallel.first_stage_layers=3"],
+     "parallel.first_stage_layers: needs pp >= 2"),
+    (["parallel.first_stage_layers=0"], "parallel.first_stage_layers: must be at least 1"),
+    (["parallel.first_stage_layers=60", "parallel.last_stage_layers=60"], "parallel.last_stage_layers: leaves 6"),
+    (["parallel.pp=2", "cluster.num_gpus=2048", "parallel.first_stage_layers=60", "parallel.last_stage_layers=60"],
+     "must add up to model.n_layers 126"),
+    (["parallel.vpp=2", "parallel.schedule=interleaved_1f1b"], "parallel.vpp: 2 does not divide"),
+    (["parallel.vpp=2", "parallel.schedule=interleaved_1f1b", "parallel.first_stage_layers=7",
+      "parallel.global_batch_size=4224"], "33 micro-batches do not split into 2 rounds"),
+    (["parallel.first_stage_layers=7", "load_balance.policy=balanced_stages"], "balanced_stages"),
+])
+def test_bad_pipelines_are_refused_in_one_line(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/llama3-405b-h100.yaml", overrides)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_interleaved_accepts_micro_batches_in_equal_rounds():
+    cfg = load_config("configs/llama3-405b-h100.yaml", ["parallel.vpp=2", "parallel.schedule=interleaved_1f1b",
+                                                        "parallel.first_stage_layers=7",
+                                                        "parallel.global_batch_size=4352"], runtime=False)
+    assert cfg.grad_accum_steps == 34 and interleave_group(16, 34) == 17

@@ -6,7 +6,7 @@ import pytest
 
 from simulator.config import ConfigError, load_config, resolve
 from simulator.hardware import hardware_for
-from simulator.plan import PLAN_FIELDS, PlanComm, candidates, cli, lower_bound, plan
+from simulator.plan import PLAN_FIELDS, PlanComm, candidates, cli, load_plan_config, lower_bound, plan
 from simulator.simulate import simulate
 from simulator.topology import Cluster
 
@@ -21,11 +21,11 @@ def _cfg(**extra):
                         **extra})
 
 
-def _layout(cfg, cand):
+def _layout(cfg, cand, runtime=True):
     c = copy.deepcopy(cfg)
     for k, v in cand.items():
         setattr(c.parallel, k, v)
-    resolve(c)
+    resolve(c, runtime=runtime)
     return c
 
 
@@ -40,7 +40,7 @@ def test_plan_ranks_fitting_layouts_best_first():
 
 
 def test_plan_cli_json_contract(capsys):
-    """DESIGN.md: a JSON list, best first; each entry the chosen parallel fields and simulate's fields."""
+    """docs/design.md: a JSON list, best first; each entry the chosen parallel fields and simulate's fields."""
     args = argparse.Namespace(config=None, overrides=["model.preset=llama-1b", "seq_len=2048", "cluster.gpu=a100-40gb",
                                                       "cluster.num_gpus=16", "parallel.global_batch_size=64"],
                               top=3, json=True)
@@ -85,6 +85,16 @@ def test_lower_bound_never_exceeds_the_simulated_step():
     assert checked > 20
 
 
+def test_lower_bound_holds_for_uneven_stages():
+    """Llama 2 70B's 80 layers on 64 stages: the first 16 ranks hold two layers, and the heaviest ranks,
+    coming first, idle less than (p - 1)(F + B) of the lightest stage; the bound charges rank r only r."""
+    cfg = load_plan_config("configs/llama2-70b-a100.yaml", ["parallel.implementation=course"])
+    c = _layout(cfg, dict(dp=8, tp=1, pp=64, vpp=1, schedule="1f1b", zero_stage=1, micro_batch_size=2,
+                          activation_checkpointing="full", sequence_parallel=False),
+                runtime=False)                      # ZeRO-1 under a pipeline: simulated, not run by the runtime
+    assert lower_bound(c, hardware_for(c)) <= simulate(c)["step_time_s"]
+
+
 def test_branch_and_bound_finds_the_exhaustive_best():
     """Pruning by the lower bound loses nothing: the top 3 equal those of simulating every layout."""
     cfg = _cfg()
@@ -114,14 +124,20 @@ def test_affine_collectives_match_the_simulation():
             for nbytes in (4e3, 3e6, 2.5e7, 7e8):
                 assert fast.time(kind, ranks, nbytes) == pytest.approx(exact.time(kind, ranks, nbytes), rel=5e-3)
     assert fast.time("send", (0, 8), 1e7) == pytest.approx(exact.time("send", (0, 8), 1e7), rel=1e-6)
+    for ranks in (range(0, 256, 8), range(64)):          # one GPU per node; whole nodes (channels + chains)
+        for nbytes in (8, 3e6, 7e8):
+            assert fast.time("all_reduce", ranks, nbytes, "tree") == pytest.approx(
+                exact.time("all_reduce", ranks, nbytes, "tree"), rel=1e-6)
 
 
 def test_a_large_cluster_is_searched_by_simulating_few_layouts():
-    """The runtime bound, counted in simulations rather than seconds (DESIGN: no timed assertions):
-    LLaMA-65B on 2048 A100 has hundreds of layouts that fit; the bound leaves a small share to simulate."""
+    """The runtime bound, counted in simulations rather than seconds (docs/design.md: no timed assertions):
+    LLaMA-65B on 2048 A100 has hundreds of layouts that fit; the bound leaves a small share to simulate.
+    (The config's own ZeRO-1 under tp x pp is not in the runtime yet: loaded outside the capability table, the
+    planner still only searches what the table allows.)"""
     stats = {}
-    entries = plan(load_config("configs/llama-65b-a100.yaml"), top=3, stats=stats)
-    assert entries and stats["candidates"] >= 500 and stats["viable"] >= 200
+    entries = plan(load_config("configs/llama-65b-a100.yaml", runtime=False), top=3, stats=stats)
+    assert entries and stats["candidates"] >= 400 and stats["viable"] >= 150 and stats["invalid"] == 0
     assert stats["simulated"] <= stats["viable"] / 3
 
 
@@ -133,3 +149,26 @@ def test_goodput_ranks_by_time_to_train_when_failures_are_configured():
     keys = [e["time_to_train_with_failures_s"] for e in entries]
     assert keys == sorted(keys) and all(0 < e["expected_goodput"] < 1 for e in entries)
     assert stats["simulated"] < stats["viable"]          # the step-time bound still prunes
+
+
+def test_plan_starts_from_model_cluster_and_batch_when_the_default_layout_is_invalid(capsys):
+    """64 GPUs and a global batch of 32: the default layout (dp 64) cannot split the batch and load_config
+    refuses it; the planner searches anyway, reports its progress on stderr and explains its winner
+    against the runner-up."""
+    overrides = ["model.preset=llama-1b", "seq_len=2048", "cluster.gpu=a100-80gb", "cluster.num_gpus=64",
+                 "parallel.global_batch_size=32"]
+    with pytest.raises(ConfigError):
+        load_config(None, overrides)
+    args = argparse.Namespace(config=None, overrides=overrides, top=2, json=True)
+    assert cli(args) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert len(out) == 2 and all(e["parallel"]["dp"] <= 32 for e in out)
+    assert "plan: " in captured.err and "simulated" in captured.err
+    margin = out[1]["step_time_s"] / out[0]["step_time_s"] - 1
+    assert f"It beats the runner-up, dp {out[1]['parallel']['dp']} x tp {out[1]['parallel']['tp']}" in out[0]["explanation"]
+    assert f"by {margin:.1%}" in out[0]["explanation"]
+    with pytest.raises(ConfigError):             # what is not the layout is still checked
+        load_plan_config(None, overrides + ["model.preset=llama-99b"])
+    with pytest.raises(ConfigError):
+        load_plan_config(None, overrides + ["parallel.global_batch_size=0"])

@@ -70,8 +70,20 @@ def test_recomputation_zero_and_sequence_parallel_save_memory():
     full = simulate(load_config(_cfg(activation_checkpointing="full")))
     assert full["memory_per_gpu_bytes"]["activations"] < base["activations"] / 5
     assert full["hardware_tflops_per_gpu"] > full["model_tflops_per_gpu"] * 1.2
-    zero = [simulate(load_config(_cfg(zero_stage=z)))["memory_per_gpu_bytes"]["total"] for z in range(4)]
+    # ZeRO shards over dp (data_parallel; the runtime runs ZeRO-2/3 without tp/pp), one micro-batch per step:
+    # each ZeRO stage shards more
+    dp_only = dict(tp=1, pp=1, num_gpus=64, global_batch_size=64)
+    zero = [simulate(load_config(_cfg(zero_stage=z, **dp_only)))["memory_per_gpu_bytes"]["total"] for z in range(4)]
     assert zero[0] > zero[1] > zero[2] > zero[3]
+    # 8 micro-batches: the course's engine (and FSDP2) accumulate whole gradients before one reduce-scatter,
+    # so ZeRO-2 holds them beside its shard; DeepSpeed's ZeRO-2 reduce-scatters every micro-batch and saves them
+    def mem(z, system=None):
+        # tp 2 x pp 2 (FSDP2 accumulates whole under a pipeline): simulated, the runtime runs ZeRO-2 without them
+        cfg = load_config(_cfg(zero_stage=z), runtime=False)
+        return simulate(cfg, system=system)["memory_per_gpu_bytes"]["grads"]
+
+    assert mem(2) > mem(1) and mem(2, "fsdp2") == mem(2)
+    assert mem(2, "deepspeed") < mem(1) / 4
     sp = simulate(load_config(_cfg(sequence_parallel=True)))["memory_per_gpu_bytes"]["activations"]
     assert sp < base["activations"]
 
@@ -83,7 +95,9 @@ def test_overlap_hides_gradient_communication():
     assert off["comm_s"]["dp_exposed"] > on["comm_s"]["dp_exposed"]
     assert off["step_time_s"] > on["step_time_s"]
     comp = simulate(load_config(_cfg(overlap=False, compression="powersgd", **small)))
-    assert comp["comm_s"]["dp_total"] < off["comm_s"]["dp_total"] / 10
+    # PowerSGD's buckets are latency bound: the runtime's plan (25 MiB of fp32 gradients per bucket, closed at
+    # tensor boundaries: 113 buckets here) pays more latencies than an even split of the bf16 bytes did (88)
+    assert comp["comm_s"]["dp_total"] < off["comm_s"]["dp_total"] / 5
 
 
 def test_more_micro_batches_shrink_the_bubble_and_interleaving_more():
@@ -103,7 +117,9 @@ def test_a_straggler_slows_the_step():
 
 def test_trace_is_chrome_format(tmp_path):
     path = tmp_path / "t.json"
-    simulate(load_config(_cfg(zero_stage=1)), trace_path=str(path))
+    # ZeRO-1 under a pipeline (Megatron-LM's distributed optimizer): a run the simulator describes that the
+    # course runtime does not run yet, so it is loaded outside the capability table
+    simulate(load_config(_cfg(zero_stage=1), runtime=False), trace_path=str(path))
     events = json.loads(path.read_text())["traceEvents"]
     xs = [e for e in events if e["ph"] == "X"]
     assert {e["tid"] for e in xs} <= {"compute", "comm", "bubble"}

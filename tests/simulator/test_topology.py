@@ -11,7 +11,7 @@ def test_paths_within_and_between_nodes():
     assert cl.path_latency(0, 5) == pytest.approx(hw.intra_latency)
     assert cl.bottleneck(0, 5) == pytest.approx(hw.intra_bandwidth * hw.link_efficiency)
     assert cl.path_latency(0, 8) == pytest.approx(hw.inter_latency)
-    assert cl.bottleneck(0, 8) == pytest.approx(hw.inter_bandwidth)
+    assert cl.bottleneck(0, 8) == pytest.approx(hw.inter_bandwidth * hw.nic_efficiency)
     assert cl.path(3, 3) == ()
     # every hop of a path is an edge of the networkx graph
     for u, v in cl.path(0, 63):

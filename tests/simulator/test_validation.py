@@ -1,24 +1,35 @@
-"""Megatron-LM 2021 Table 1: hardware TFLOP/s per GPU within 10% on every row, one A100 calibration."""
+"""The validation data (configs/validation/) and the simulator's error on it.
+
+Two sets, never mixed:
+- CALIBRATION, IN SAMPLE: Megatron-LM 2021 Table 1. The one A100 matmul efficiency was chosen on these ten rows,
+  so their small errors show that the fit worked, not that the simulator predicts anything.
+- VALIDATION, OUT OF SAMPLE: every other file. Its accuracy is what docs/simulator/validation.md reports
+  (`python benchmarks/simulator_validation.py --write docs/simulator/validation.md`); here it is asserted only as
+  the issue-17 goal, marked as an expected failure while the goal is not met.
+"""
 
 import pytest
 
-from simulator.validation import compare, load_rows
+from simulator.config import load_config
+from simulator.validation import compare, error, load_all, load_rows, load_source, summary
 
 
 @pytest.fixture(scope="module")
-def megatron():
+def calibration_in_sample():
     return compare()
 
 
-def test_every_row_fits_and_is_within_ten_percent(megatron):
-    assert len(megatron) == 10
-    for row in megatron:
+def test_calibration_in_sample_within_ten_percent(calibration_in_sample):
+    """IN SAMPLE: the rows the constant was fitted on. Not a measure of accuracy."""
+    assert len(calibration_in_sample) == 10
+    for row in calibration_in_sample:
+        assert row["role"] == "calibration"
         assert row["fits"], row
         assert abs(row["error"]) < 0.10, row
 
 
-def test_errors_are_not_one_sided(megatron):
-    errs = [r["error"] for r in megatron]
+def test_calibration_in_sample_errors_are_not_one_sided(calibration_in_sample):
+    errs = [r["error"] for r in calibration_in_sample]
     assert min(errs) < 0 < max(errs)                # a calibrated model, not a biased one
 
 
@@ -28,3 +39,58 @@ def test_rows_follow_the_published_table():
     assert name == "gpt-76.1b" and published == 140
     assert cfg["parallel"]["schedule"] == "interleaved_1f1b" and cfg["parallel"]["vpp"] == 3
     assert cfg["parallel"]["activation_checkpointing"] == "full" and cfg["training"]["precision"] == "fp16"
+
+
+def _key(raw: dict) -> str:
+    return repr(load_config(raw, runtime=False).to_dict())
+
+
+def test_validation_set_is_broad_sourced_and_apart_from_calibration():
+    calibration, validation = load_all(role="calibration"), load_all(role="validation")
+    assert {r.source for r in calibration} == {calibration[0].source} and len(calibration) == 10
+    assert len(validation) >= 20
+    assert len({r.stack for r in validation}) >= 4
+    assert not {_key(r.config) for r in calibration} & {_key(r.config) for r in validation}
+    for r in validation:
+        assert r.url.startswith("https://") and r.source and r.where and r.read, r.name
+        assert isinstance(r.assumed, dict), r.name
+
+
+def test_every_validation_row_is_a_valid_config():
+    for r in load_all(role="validation"):
+        cfg = load_config(r.config, runtime=False)
+        assert cfg.cluster.num_gpus >= 8 and cfg.cluster.gpu != "cpu", r.name
+
+
+def test_error_is_predicted_over_published_throughput():
+    assert error("mfu", 0.5, 0.4) == pytest.approx(0.25)
+    assert error("tokens_per_s_per_gpu", 90.0, 100.0) == pytest.approx(-0.10)
+    assert error("step_time_s", 2.0, 1.0) == pytest.approx(-0.5)       # twice as slow: half the throughput
+    s = summary([{"error": 0.1, "stack": "a"}, {"error": -0.3, "stack": "b"}, {"error": None, "stack": "b"}])
+    assert (s["rows"], s["fit"], s["no_fit"]) == (3, 2, 1)
+    assert s["mean_abs"] == pytest.approx(0.2) and s["max_abs"] == pytest.approx(0.3) and s["within_15"] == 1
+
+
+def test_a_source_file_must_say_where_it_comes_from(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("source: x\nstack: y\nrows: [{name: a, published: 1}]\n")
+    with pytest.raises(ValueError, match="missing 'url'"):
+        load_source(str(bad))
+    bad.write_text("source: x\nurl: https://x\nstack: y\nread: [shape: 1]\nrows: [{name: a, published: 1}]\n")
+    with pytest.raises(ValueError, match="plain strings"):
+        load_source(str(bad))
+
+
+def test_uneven_pipelines_are_in_the_validation_set():
+    """BLOOM ran 5 | 6 ... 6 | 5 blocks per stage and Llama 3 405B 7 | 8 ... 8 | 7: both written as they ran."""
+    by_name = {r.name: r for r in load_all(role="validation")}
+    assert by_name["BLOOM 176B"].config["parallel"]["first_stage_layers"] == 5
+    llama3 = load_config(by_name["405B on 16384"].config, runtime=False)
+    assert (llama3.parallel.vpp, llama3.parallel.first_stage_layers, llama3.parallel.last_stage_layers) == (8, 7, 7)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 17 goal not met yet: see docs/simulator/validation.md")
+def test_out_of_sample_goal():
+    """OUT OF SAMPLE: mean |error| within 8%, none beyond 15%, every row fits (issue 17)."""
+    s = summary(compare(load_all(role="validation")))
+    assert s["no_fit"] == 0 and s["mean_abs"] <= 0.08 and s["max_abs"] <= 0.15

@@ -91,3 +91,28 @@ def test_state_bytes_by_precision_and_zero():
     assert z[1]["optimizer"] == 12e9 / dp and z[1]["grads"] == 2e9
     assert z[2]["grads"] == 2e9 / dp and z[2]["params"] == 2e9
     assert z[3]["params"] == 2e9 / dp
+
+
+@pytest.mark.parametrize("sp", [False, True])
+def test_flash_attention_keeps_what_selective_recomputation_keeps(sp):
+    """A fused attention kernel stores no s x s scores: it keeps what Korthikanti's selective recomputation
+    keeps (34 s b h / t with sequence parallelism for GPT), its output once (the output projection's input),
+    plus a 4-byte log-sum-exp per row and head."""
+    m = _model("gpt-18.4b")
+    s, b, t = 2048, 2, 8
+    kw = dict(seq_len=s, micro_batch=b, tp=t, sequence_parallel=sp, precision="fp16")
+    lse = 4 * m.n_heads / t * s * b
+    assert activation_bytes_per_layer(m, flash=True, **kw) == pytest.approx(
+        activation_bytes_per_layer(m, recompute="selective", **kw) + lse)
+    if sp:
+        assert activation_bytes_per_layer(m, flash=True, **kw) == pytest.approx(34 * s * b * m.dim / t + lse)
+
+
+def test_megatron_bytes_per_parameter_with_fp32_main_gradients():
+    """Megatron-LM's distributed-optimizer table: bf16 parameters with fp32 gradients keep 18 bytes per
+    parameter (2 + 4 + 12), and 6 + 12/d with the distributed optimizer (ZeRO-1)."""
+    assert sum(state_bytes_per_param("bf16", "adamw", "fp32").values()) == 18
+    d = 8
+    assert sum(state_bytes(1.0, "bf16", "adamw", 1, d, "fp32").values()) == pytest.approx(6 + 12 / d)
+    assert sum(state_bytes(1.0, "bf16", "adamw", 1, d, "bf16").values()) == pytest.approx(4 + 12 / d)
+    assert state_bytes_per_param("fp32", "adamw", "bf16")["grads"] == 4      # the fp32 p.grad stays

@@ -1,0 +1,103 @@
+"""Checks `llama-course train` makes before it starts any process, so that a mistake or a surprising state
+costs one line (`error: ...`, exit code 2) and changes no file, instead of a traceback from every rank or
+a run that silently does something else:
+
+- `--metrics` / `--trace` must be writable (probed without creating anything that stays);
+- `--checkpoint-dir` must hold an intact checkpoint of the same model, not already at `training.steps`
+  (`--allow-noop` makes that a success), or nothing; a folder whose checkpoints are all unusable is an
+  error (`--fresh` moves them into DIR/replaced-<time>/, deleting nothing, and starts from step 0).
+
+    llama-course train configs/tiny.yaml --checkpoint-dir runs/ck --set training.steps=400
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from llama_course.core.checkpoint import STEP_DIR, load_manifest, resume_point
+from simulator.config import ConfigError
+
+
+def check_run(cfg, metrics=None, trace=None, checkpoint_dir=None, fresh=False, allow_noop=False, log=print) -> int:
+    """Checks made once, before any process starts, so that a mistake costs one line and no file: the
+    metrics and trace files can be written, and the checkpoint folder can be resumed (check_resume).
+    `fresh` first moves the folder's checkpoints aside (set_aside). Returns the step the run resumes from."""
+    for flag, path in (("--metrics", metrics), ("--trace", trace)):
+        if path:
+            check_writable(flag, path)
+    if not checkpoint_dir:
+        return 0
+    if os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
+        raise ConfigError(f"--checkpoint-dir: {checkpoint_dir} is a file, not a folder")
+    check_writable("--checkpoint-dir", os.path.join(checkpoint_dir, "latest"))
+    if fresh:
+        moved = set_aside(checkpoint_dir)
+        if moved:
+            log(f"--fresh: starting from step 0; the earlier checkpoints are kept in {moved}")
+        return 0
+    return check_resume(checkpoint_dir, cfg.to_dict(), cfg.training.steps, allow_noop)
+
+
+def check_writable(flag: str, path: str) -> None:
+    """ConfigError unless `path` can be written: an existing file is opened for appending (not changed), else a
+    probe file is created and removed in the nearest existing parent folder (as root, permission bits say
+    little: a read-only file system still refuses)."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag}: {path} is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):          # the nearest existing parent must let us create the rest
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{flag}: cannot write {path}: {folder} is a file")
+    try:
+        if os.path.exists(path):
+            open(path, "a").close()
+        else:
+            probe = os.path.join(folder, f".llama-course-probe-{os.getpid()}")
+            os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"{flag}: cannot write {path} ({e.strerror})") from None
+
+
+
+def check_resume(root: str, config: dict, steps: int, allow_noop: bool = False, log=None) -> int:
+    """Check, before any process starts, that a run of `config` (a Config's to_dict()) for `steps` steps can
+    resume from `root`; returns the step it resumes from (0: a fresh start). ConfigError (one line) when the
+    folder's checkpoints are all unusable, were written by a different model, or are already at `steps`
+    (then there is nothing to train; with `allow_noop` that returns `steps`)."""
+    found = resume_point(root, log)
+    if found is None:
+        return 0
+    manifest = load_manifest(found)
+    theirs, ours = manifest.get("config", {}).get("model", {}), config.get("model", {})
+    diff = [f"{k} {theirs.get(k)} there, {ours.get(k)} here" for k in sorted(set(theirs) | set(ours))
+            if k != "preset" and theirs.get(k) != ours.get(k)]
+    if diff:
+        raise ConfigError(f"--checkpoint-dir {root}: its checkpoint is of a different model ({'; '.join(diff[:3])}); "
+                          f"choose another folder, or --fresh to start over (the old checkpoints are kept aside)")
+    step = int(manifest["step"])
+    if step >= steps and not allow_noop:
+        raise ConfigError(f"--checkpoint-dir {root}: already at step {step} and training.steps is {steps}: nothing "
+                          f"to train; raise it (--set training.steps={step + steps}) or pass --allow-noop")
+    return step
+
+
+def set_aside(root: str) -> str | None:
+    """Move the checkpoints of `root` (step folders and `latest`) into root/replaced-<time>/, deleting
+    nothing (`train --fresh`); returns that folder, None when there was nothing to move."""
+    if not os.path.isdir(root):
+        return None
+    names = [d for d in os.listdir(root) if STEP_DIR.match(d) or d == "latest" or d.endswith(".tmp")]
+    if not names:
+        return None
+    dest = os.path.join(root, time.strftime("replaced-%Y%m%d-%H%M%S"))
+    n = 1
+    while os.path.exists(dest):
+        n += 1
+        dest = os.path.join(root, time.strftime("replaced-%Y%m%d-%H%M%S") + f"-{n}")
+    os.makedirs(dest)
+    for name in names:
+        os.replace(os.path.join(root, name), os.path.join(dest, name))
+    return dest

@@ -1,0 +1,168 @@
+"""The wire recorder and strict mode (llama_course/core/wire.py) on 2 gloo ranks: bytes by kind against
+their closed forms, and each NCCL rule broken once."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import workers_wire  # noqa: E402
+
+from llama_course.core import wire  # noqa: E402
+from llama_course.core.testing import spawn  # noqa: E402
+
+N, F32, F64 = workers_wire.N, 4, 8
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    return spawn(workers_wire.record_every_kind, 2, timeout=120)
+
+
+def test_bytes_by_kind_equal_the_closed_forms(recorded):
+    for rank, r in enumerate(recorded):
+        world = 2
+        assert r["bytes"] == {"all_reduce": N * F32,                  # the tensor
+                              "reduce_scatter": world * N * F32,      # its input
+                              "all_gather": N * F32 + N * F64,        # the local input (twice: two calls)
+                              "broadcast": N * F32,
+                              "send": N * F32, "recv": N * F32,       # one batched exchange
+                              "all_to_all": world * N * F32,
+                              "rpc": 0}
+        ops = [c.op for c in r["log"]]
+        assert ops == ["all_reduce", "reduce_scatter_tensor", "all_gather_into_tensor", "all_gather", "broadcast",
+                       "all_to_all_single", "batch_isend_irecv", "batch_isend_irecv"]
+        send = next(c for c in r["log"] if c.kind == "send")
+        assert send.peer == 1 - rank and send.group_size == 2 and send.dtype == "torch.float32"
+        assert all(c.peer is None for c in r["log"] if c.kind not in ("send", "recv"))
+        assert r["received"] == [2.0 * (1 - rank)] * N          # x = all_reduce(ones) = 2, times the sender's rank
+
+
+def test_the_course_ring_shows_as_its_point_to_point_chunks(recorded):
+    """A ring all-reduce of n elements over N ranks sends and receives 2 (N - 1) / N n e bytes per rank."""
+    for r in recorded:
+        expect = 2 * (2 - 1) / 2 * N * F32
+        assert r["ring"]["send"] == expect and r["ring"]["recv"] == expect
+        assert r["ring"]["all_reduce"] == 0
+        assert {c.op for c in r["ring_calls"]} == {"batch_isend_irecv"}
+
+
+def test_rpc_counts_the_tensor_bytes_of_its_arguments_and_refuses_device_tensors(recorded):
+    for r in recorded:
+        assert r["rpc"]["rpc"] == N * F32 + 3 * F64
+        assert "stage" in r["strict_rpc"] and "meta" in r["strict_rpc"]
+
+
+def test_ddp_is_seen_only_through_the_python_hook_with_the_same_gradients(recorded):
+    """DDP's C++ reducer all-reduces unseen; watch_ddp's hook goes through dist.all_reduce (4 x 3 + 3 floats)."""
+    import torch
+
+    for r in recorded:
+        assert r["ddp"][False]["bytes"] == 0 and r["ddp"][True]["bytes"] == (4 * 3 + 3) * F32
+        for a, b in zip(r["ddp"][False]["grad"], r["ddp"][True]["grad"]):
+            torch.testing.assert_close(a, b)
+
+
+def test_log_has_every_kind_and_clears():
+    log = wire.WireLog([wire.WireCall("send", "isend", "torch.float32", 8, 2, 1)])
+    assert log.bytes_by_kind() == {**dict.fromkeys(wire.KINDS, 0), "send": 8}
+    log.clear()
+    assert log.bytes_by_kind() == dict.fromkeys(wire.KINDS, 0)
+
+
+def test_install_is_idempotent():
+    import torch.distributed as dist
+
+    wire.install()
+    first = dist.all_reduce
+    wire.install()
+    assert dist.all_reduce is first and dist.distributed_c10d.isend is dist.isend
+    assert dist.all_reduce.__wrapped__.__name__ == "all_reduce"
+
+
+def test_strict_switch(monkeypatch):
+    monkeypatch.setattr(wire, "_STRICT", None)
+    monkeypatch.setenv("LLAMA_COURSE_STRICT", "1")
+    assert wire.strict_enabled()
+    monkeypatch.setenv("LLAMA_COURSE_STRICT", "0")
+    assert not wire.strict_enabled()
+    wire.set_strict(True)
+    assert wire.strict_enabled()
+    wire.set_strict(False)
+    assert not wire.strict_enabled()
+
+
+@pytest.fixture(scope="module")
+def strict():
+    return spawn(workers_wire.strict_rules, 2, timeout=120)
+
+
+def test_unbatched_point_to_point_raises(strict):
+    for r in strict:
+        assert "unbatched isend to rank" in r["unbatched_isend"]
+        assert "unbatched recv from rank" in r["unbatched_recv"]
+
+
+def test_a_tensor_on_another_device_than_the_engines_raises(strict):
+    for r in strict:
+        assert "all_reduce got a tensor on cpu" in r["device"] and "device is meta" in r["device"]
+
+
+def test_batches_that_disagree_fail_at_once_naming_the_peer(strict):
+    for rank, r in enumerate(strict):
+        peer = 1 - rank
+        assert f"rank {peer}" in r["size"] and "4 x torch.float32" in r["size"] and "5 x torch.float32" in r["size"]
+        assert f"rank {peer}" in r["tag"] and "(tag 1)" in r["tag"] and "(tag 2)" in r["tag"]
+        assert f"deadlock with rank {peer}" in r["deadlock"]
+
+
+def test_paired_and_one_way_batches_complete(strict):
+    for rank, r in enumerate(strict):
+        assert r["paired"] == "" and r["paired_received"] == [float(1 - rank)] * 3
+        assert r["one_way"] == ""
+    assert strict[1]["one_way_received"] == [7.0, 7.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# the device rule, statically: on CPU every tensor is on the CPU, so run time cannot show a mix
+# ---------------------------------------------------------------------------------------------
+
+FACTORIES = {"tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange", "linspace", "eye", "rand", "randn",
+             "randint", "randperm", "empty_strided", "scalar_tensor"}
+
+
+def distributed_modules() -> list:
+    """The modules whose tensors may reach a collective or RPC: engines, strategies, their communication."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "llama_course"
+    return sorted([root / "core" / "distributed.py", root / "core" / "checkpoint.py", root / "core" / "wire.py",
+                   root / "engine.py", root / "trainer.py", *(root / "parallel").glob("*.py"),
+                   *(root / "coordination").glob("*.py")])
+
+
+def factories_without_device(path) -> list:
+    """`torch.<factory>(...)` calls in a module that do not say device= (`*_like` calls inherit theirs)."""
+    import ast
+
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in FACTORIES
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"
+                and not any(k.arg == "device" for k in node.keywords)):
+            out.append(f"{path.name}:{node.lineno} torch.{node.func.attr}")
+    return out
+
+
+def test_distributed_modules_build_every_tensor_on_an_explicit_device():
+    """NCCL needs every tensor of a collective on the GPU: a factory without device= builds on the CPU."""
+    offenders = [o for path in distributed_modules() for o in factories_without_device(path)]
+    assert offenders == []
+
+
+def test_the_static_check_finds_a_factory_without_device(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("import torch\nx = torch.zeros(3)\ny = torch.zeros(3, device=d)\nz = torch.zeros_like(x)\n")
+    assert factories_without_device(module) == ["m.py:2 torch.zeros"]
