@@ -58,8 +58,9 @@ def test_job_mtbf_llama3(exercise):
     job, gpu_years = exercise.job_mtbf_hours(419, 54)
     assert job == pytest.approx(54 * 24 / 419)                     # ~3.09 h
     assert gpu_years == pytest.approx(54 * 24 / 419 * 16384 / 8760)  # ~5.8 years per GPU
-    with pytest.raises(ValueError):
-        exercise.job_mtbf_hours(0, 54)
+    for interruptions, days in [(0, 54), (419, 0), (-1, 54), (419, -1)]:   # none, or no time: no MTBF
+        with pytest.raises(ValueError):
+            exercise.job_mtbf_hours(interruptions, days)
 
 
 # Exercise 10.4: atomic_write --------------------------------------------------------------------------------
