@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 
 from guard import guarded
-from recorders import wire_summary
+from recorders import strict_worker, wire_summary
 
 
 def check_ring_all_reduce_p2p(rank: int, world: int, module_name: str) -> list:
@@ -22,7 +22,7 @@ def check_ring_all_reduce_p2p(rank: int, world: int, module_name: str) -> list:
     from llama_course.core import wire
 
     wire.install()
-    wire.set_strict(True)                      # NCCL's rules: batched point-to-point, matched in order
+    strict_worker(wire)                            # NCCL's rules: batched point-to-point, matched in order
     exercise = guarded(importlib.import_module(module_name), "collectives")
     blocked = ("all_reduce", "reduce_scatter", "reduce_scatter_tensor", "all_gather", "all_gather_into_tensor",
                "broadcast", "reduce", "all_to_all", "all_to_all_single")
@@ -74,7 +74,7 @@ def check_ring_on_groups(rank: int, world: int, module_name: str) -> dict:
     from llama_course.core import wire
 
     wire.install()
-    wire.set_strict(True)
+    strict_worker(wire)                            # NCCL's rules: batched point-to-point, matched in order
     exercise = guarded(importlib.import_module(module_name), "collectives")
     pair = dist.new_group([0, 2])
     singles = [dist.new_group([r]) for r in range(world)]

@@ -20,6 +20,17 @@ import os
 import time
 
 
+def strict_worker(wire) -> None:
+    """Strict mode (NCCL's rules on gloo) for a graded worker that reports the answer's errors as results.
+
+    A rank whose peer gave up (a StrictModeError: a deadlock on NCCL) waits in strict mode for a
+    counterpart that never comes; it stops after a third of the launcher's timeout, so it reports too and
+    meets the others at the launcher's final barrier before gloo's own timeout ends the run with a
+    "connection closed" that would hide the cause."""
+    wire.set_strict(True)
+    os.environ["LLAMA_COURSE_TIMEOUT"] = f"{float(os.environ.get('LLAMA_COURSE_TIMEOUT', '60')) / 3:g}"
+
+
 def wire_summary(log) -> dict:
     """{"bytes": bytes per kind, "calls": [(kind, op, dtype, nbytes, peer)]}: picklable, for a worker's result."""
     return {"bytes": dict(log.bytes_by_kind()),

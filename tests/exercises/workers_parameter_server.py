@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 from guard import guarded
-from recorders import wire_summary
+from recorders import strict_worker, wire_summary
 
 BLOCKED = ("all_reduce", "reduce_scatter", "reduce_scatter_tensor", "all_gather", "all_gather_into_tensor",
            "broadcast", "reduce", "all_to_all", "all_to_all_single", "gather", "scatter")
@@ -31,7 +31,7 @@ def check_ps_sgd_round(rank: int, world: int, module_name: str, server: int = 0,
     from llama_course.core import wire
 
     wire.install()
-    wire.set_strict(True)                      # NCCL's rules: batched point-to-point, matched in order
+    strict_worker(wire)                            # NCCL's rules: batched point-to-point, matched in order
     exercise = guarded(importlib.import_module(module_name), "parameter_server")
     saved = {name: getattr(dist, name) for name in BLOCKED}
     lr = 0.3
@@ -79,7 +79,7 @@ def check_ps_on_a_group(rank: int, world: int, module_name: str) -> dict:
     from llama_course.core import wire
 
     wire.install()
-    wire.set_strict(True)
+    strict_worker(wire)                            # NCCL's rules: batched point-to-point, matched in order
     exercise = guarded(importlib.import_module(module_name), "parameter_server")
     group = dist.new_group([0, 2])
     out = {"error": "", "weights": None}

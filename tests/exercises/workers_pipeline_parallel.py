@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 
-from recorders import wire_summary
+from recorders import strict_worker, wire_summary
 
 
 def pipeline_worker(rank: int, world_size: int, impl: str, m: int) -> dict:
@@ -22,7 +22,7 @@ def pipeline_worker(rank: int, world_size: int, impl: str, m: int) -> dict:
     from llama_course.core import wire
 
     wire.install()
-    wire.set_strict(True)                      # NCCL's rules: batched point-to-point, matched in order
+    strict_worker(wire)                            # NCCL's rules: batched point-to-point, matched in order
     exercise = guarded(load("pipeline_parallel", impl), "pipeline_parallel")
     torch.manual_seed(0)
     width, batch = 8, 3
