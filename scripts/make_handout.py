@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXCLUDED_DIRS = ("solutions/", "tests/exercises/wrong_answers/")
-EXCLUDED_FILES = ("scripts/make_handout.py", "scripts/mutate.py", "tests/test_mutate.py", "tests/test_wrong_answers.py")
+EXCLUDED_FILES = ("scripts/make_handout.py", "scripts/mutate.py", "scripts/mutation_report.py", "tests/test_mutate.py", "tests/test_wrong_answers.py")
 NAME = "llama-course"
 
 

@@ -183,6 +183,7 @@ def test_handout_leaves_out_instructor_material(tmp_path):
     folder, _, _ = _handout_module().make_handout(tmp_path)
     assert (folder / "tests" / "exercises" / "guard.py").exists()
     for rel in ("tests/exercises/wrong_answers", "tests/test_wrong_answers.py", "scripts/mutate.py",
+                "scripts/mutation_report.py",
                 "scripts/make_handout.py"):
         assert not (folder / rel).exists(), f"{rel} is instructor material (near-solutions, or runs over solutions/)"
 

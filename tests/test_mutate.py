@@ -82,3 +82,38 @@ def test_a_helper_runs_the_exercises_of_its_callers(mutate):
     assert of["ring_all_reduce"] == ("2.5",)
     assert of["_chunk_bounds"] == ("2.5",)            # private: used by ring_all_reduce only
     assert "2.2" in of["RING_STEPS"]                  # a constant: every exercise that reads it
+
+
+def _report_module():
+    spec = importlib.util.spec_from_file_location("_mutation_report", ROOT / "scripts" / "mutation_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mutation_report_writes_the_run_into_the_page(tmp_path):
+    report = _report_module()
+    mutant = {"concept": "collectives", "line": 12, "kind": "compare", "description": "< -> <=",
+              "owner": "ring", "exercises": ["2.5"]}
+    run = {"command": "python scripts/mutate.py --sample 3 --seed 4 --json r.json", "date": "2026-01-02",
+           "score": 2 / 3, "killed": 2, "run": 3, "sites": 50, "seconds": 120.0, "seed": 4, "sample": 3,
+           "mutants": [{**mutant, "status": "killed"}, {**mutant, "status": "killed (timeout)", "concept": "sync_async"},
+                       {**mutant, "status": "survived"}]}
+    path = tmp_path / "r.json"
+    path.write_text("{}")
+    page = f"# Guide\n\nbefore\n\n{report.BEGIN}\nold numbers\n{report.END}\n\nafter\n"
+    out = report.replace_block(page, report.render(run, path))
+    assert "old numbers" not in out and out.startswith("# Guide\n\nbefore") and out.endswith("after\n")
+    assert "`python scripts/mutate.py --sample 3 --seed 4 --json r.json`" in out and "2026-01-02" in out
+    assert "**2 of 3 killed (66.7%)**" in out and "a seeded sample of 3 of the 50 mutants" in out
+    assert "| collectives | 1 | 2 |" in out and "| sync_async | 1 | 1 |" in out
+    assert "- `solutions/collectives.py:12` [compare] < -> <= (`ring`, exercise 2.5)" in out
+    with pytest.raises(ValueError):
+        report.replace_block("# no block\n", "x")
+
+
+def test_instructor_guide_carries_a_generated_mutation_block():
+    report = _report_module()
+    page = (ROOT / "docs" / "instructor.md").read_text()
+    block = page[page.index(report.BEGIN):page.index(report.END)]
+    assert "python scripts/mutate.py" in block and "killed (" in block and "generated" in block
