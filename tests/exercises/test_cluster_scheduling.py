@@ -96,6 +96,15 @@ def test_backfill_extra_gpus(exercise):
     # C ends exactly at the shadow (2 + 98 = 100): it delays nothing and leaves the extra GPUs to D
     jobs = [(0, 6, 100), (1, 8, 50), (2, 2, 98), (3, 2, 500), (4, 2, 500)]
     assert list(exercise.backfill(jobs, 10)) == pytest.approx([0, 100, 2, 3, 150])
+    # all at 0 on 8 GPUs: A (4 GPUs, 10 s) runs, the head B needs 5: shadow 10 s, 8 - 5 = 3 extra GPUs.
+    # C (1 GPU, 2 s) ends before the shadow: it takes a free GPU but none of the extra ones, so D (3 GPUs,
+    # 100 s), which outlasts the shadow, still fits in the 3 extra GPUs and starts at 0 too
+    jobs = [(0, 4, 10), (0, 5, 5), (0, 1, 2), (0, 3, 100)]
+    assert list(exercise.backfill(jobs, 8)) == pytest.approx([0, 10, 0, 0])
+    # the same instant, 10 GPUs: the head B (7 GPUs) leaves 3 extra at the shadow (10 s); C (3 GPUs, 100 s)
+    # takes all 3, so D (2 GPUs, 100 s) may not start on the 3 free GPUs in the same pass: it waits for B's end
+    jobs = [(0, 4, 10), (0, 7, 5), (0, 3, 100), (0, 2, 100)]
+    assert list(exercise.backfill(jobs, 10)) == pytest.approx([0, 10, 0, 15])
 
 
 @pytest.mark.points(4, exercise="13.4")
