@@ -30,7 +30,7 @@ def alpha_beta_time(op: str, size_bytes: float, n: int, latency_s: float, bandwi
     `op` is one of all_reduce, reduce_scatter, all_gather, all_to_all (ring algorithms; `size_bytes` is the
     full buffer: the all-gather's output, the reduce-scatter's input), or send_recv (one message of
     `size_bytes`). Each ring step moves one chunk of size/n over every link at once and costs
-    alpha + (size/n)/B; how many steps does each op take? Raise ValueError for an unknown op.
+    alpha + (size/n)/B; how many steps does each op take? Raise ValueError for an unknown op or n < 1.
     """
     raise NotImplementedError("Exercise 2.2: alpha_beta_time")
 

@@ -74,6 +74,16 @@ def test_alpha_beta_unknown_op(exercise):
         exercise.alpha_beta_time("all_scream", 1e6, 4, 1e-6, 1e9)
 
 
+@pytest.mark.points(1, exercise="2.2")
+@pytest.mark.parametrize("op", OPS_RING)
+def test_alpha_beta_group_sizes(exercise, op):
+    """A group of one has nothing to exchange: 0 steps, 0 s. No group has fewer than one rank."""
+    assert exercise.alpha_beta_time(op, 1e6, 1, 1e-6, 1e9) == 0
+    for n in (0, -1):
+        with pytest.raises(ValueError):
+            exercise.alpha_beta_time(op, 1e6, n, 1e-6, 1e9)
+
+
 # Exercise 2.3: bus_bandwidth ----------------------------------------------------------------------------
 
 BUS_FACTOR = {"all_reduce": lambda n: 2 * (n - 1) / n, "reduce_scatter": lambda n: (n - 1) / n,
