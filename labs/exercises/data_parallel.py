@@ -41,6 +41,7 @@ def dp_bytes_per_step(n_params: float, dp: int, zero_stage: int, bytes_per_eleme
     all-gather of the updated weights: the same bytes as the all-reduce. Stage 3: the weights are gathered
     twice (forward and backward, they were freed in between) and the gradients reduce-scattered once, so
     1.5x. A ring reduce-scatter or all-gather of S bytes sends (N-1)/N S per rank. dp = 1 sends nothing.
+    Raise ValueError for a stage outside 0-3 or dp < 1.
     """
     raise NotImplementedError("Exercise 3.2: dp_bytes_per_step")
 

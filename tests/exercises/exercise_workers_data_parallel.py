@@ -51,7 +51,7 @@ def check_zero2(rank: int, world: int, module_name: str) -> dict:
 
 DDP_SHAPE = (8, 16, 16, 4)                 # Linear 8->16, ReLU, Linear 16->16, ReLU, Linear 16->4
 DDP_BATCH, DDP_STEPS, DDP_LR = 8, 3, 0.1
-BUCKET_BYTES = 1100                        # -> buckets [b3, w3, b2] 336 B, [w2, b1] 1088 B, [w1] 512 B
+BUCKET_BYTES = 1088                        # -> buckets [b3, w3, b2] 336 B, [w2, b1] 1088 B (exactly full: kept), [w1] 512 B
 
 
 def ddp_model(seed: int):

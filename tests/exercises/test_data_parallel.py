@@ -42,6 +42,13 @@ def test_zero_memory_rejects(exercise, args):
         exercise.zero_memory_per_gpu(*args)
 
 
+@pytest.mark.points(1, exercise="3.1")
+@pytest.mark.parametrize("stage", range(4))
+def test_zero_memory_one_rank(exercise, stage):
+    """dp = 1 is a valid group of one: nothing to shard over, 2 + 2 + 12 = 16 bytes per parameter."""
+    assert exercise.zero_memory_per_gpu(PSI, 1, stage)["total"] == pytest.approx(16 * PSI)
+
+
 # Exercise 3.2: dp_bytes_per_step ------------------------------------------------------------------------
 
 @pytest.mark.points(2, exercise="3.2")
@@ -58,6 +65,14 @@ def test_zero3_costs_one_and_a_half_all_reduces(exercise):
     assert exercise.dp_bytes_per_step(1e9, 8, 3) / exercise.dp_bytes_per_step(1e9, 8, 0) == pytest.approx(1.5)
     assert exercise.dp_bytes_per_step(1e9, 8, 1) == pytest.approx(exercise.dp_bytes_per_step(1e9, 8, 0))
     assert exercise.dp_bytes_per_step(1e9, 1, 3) == 0
+
+
+@pytest.mark.points(1, exercise="3.2")
+@pytest.mark.parametrize("args", [(1e9, 8, 4), (1e9, 0, 1), (1e9, -2, 0), (1e9, 8, -1)])
+def test_dp_bytes_rejects(exercise, args):
+    """A stage outside 0-3 or dp < 1 (each alone, the other argument valid) is a ValueError."""
+    with pytest.raises(ValueError):
+        exercise.dp_bytes_per_step(*args)
 
 
 # Exercise 3.3: bucketed_step_time -----------------------------------------------------------------------
@@ -233,7 +248,8 @@ def test_bucketed_ddp_matches_one_process(bucketed):
 @pytest.mark.points(2, exercise="3.6")
 def test_bucketed_ddp_all_reduces_buckets(bucketed):
     """Recorded per step: one all-reduce per bucket of the sizes the bucketing rule gives (336, 1088 and 512
-    bytes for a 1100-byte limit), not one per parameter, not one for everything."""
+    bytes for a 1088-byte limit: the second bucket reaches the limit exactly, which does not take it past,
+    so w2 and b1 stay together), not one per parameter, not one for everything."""
     workers, results = bucketed
     for rank, out in enumerate(results):
         assert not out["error"], f"rank {rank}: {out['error']}"
