@@ -33,6 +33,16 @@ def test_young_interval_minimises_first_order_waste(exercise):
     assert waste(young) <= min(waste(young * f) for f in (0.5, 0.8, 0.95, 1.05, 1.25, 2.0))
     with pytest.raises(ValueError):
         exercise.young_daly_interval(0.0, 100.0)
+    with pytest.raises(ValueError):
+        exercise.young_daly_interval(60.0, 0.0)
+
+
+@pytest.mark.points(1, exercise="10.1")
+def test_daly_switches_at_half_the_mtbf(exercise):
+    """M = 100 s: C = 40 s < M/2 gives Young's sqrt(2 x 40 x 100) = 89.4 s minus C = 49.4 s; C = 50 s is
+    not below M/2: every M."""
+    assert exercise.young_daly_interval(40.0, 100.0)[1] == pytest.approx(math.sqrt(8000) - 40)
+    assert exercise.young_daly_interval(50.0, 100.0) == pytest.approx((100.0, 100.0))
 
 
 # Exercise 10.2: expected_goodput ----------------------------------------------------------------------------
@@ -179,3 +189,35 @@ def test_sharded_load_resumes_the_last_complete(sharded_results):
         assert out["loads"]["after_3"] == (3, True) and out["loads"]["after_7"] == (7, True)
         assert out["loads"]["after_crash"] == (7, True), f"rank {rank}: a .tmp folder is not a checkpoint"
         assert out["loads"]["bad_latest"] == (7, True), f"rank {rank}: 'latest' without a manifest must be skipped"
+
+
+def _checkpoint(root, step, files, present):
+    """A step folder by hand: a manifest listing `files`, and the shards in `present` (each holding step)."""
+    import json
+
+    import torch
+
+    folder = root / f"step_{step:08d}"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"step": step, "world_size": len(files), "files": files}))
+    for name in present:
+        torch.save({"step": torch.tensor(step)}, folder / name)
+
+
+@pytest.mark.points(1, exercise="10.5")
+def test_sharded_load_trusts_latest_and_checks_this_ranks_file(exercise, tmp_path):
+    """'latest' decides while its folder is complete for this rank, even when a newer folder exists (an
+    operator rolled back); a manifest that lists this rank's shard whose file is gone sends the rank back to
+    the newest folder that has it."""
+    both = ["rank_00000.pt", "rank_00001.pt"]
+    _checkpoint(tmp_path, 3, both, both)
+    _checkpoint(tmp_path, 5, both, both)
+    (tmp_path / "latest").write_text("step_00000003")
+    for rank in (0, 1):
+        step, state = exercise.sharded_load(str(tmp_path), rank)
+        assert (step, int(state["step"])) == (3, 3), f"rank {rank}: 'latest' names step 3"
+    _checkpoint(tmp_path, 8, both, ["rank_00000.pt"])                  # rank 1's shard of step 8 was lost
+    (tmp_path / "latest").write_text("step_00000008")
+    assert exercise.sharded_load(str(tmp_path), 0)[0] == 8
+    step, state = exercise.sharded_load(str(tmp_path), 1)
+    assert (step, int(state["step"])) == (5, 5), "rank 1's file of step 8 is missing: the newest with it is 5"
