@@ -34,7 +34,8 @@ def test_bubble_fraction_interleaved(exercise):
 
 
 @pytest.mark.points(1, exercise="5.1")
-@pytest.mark.parametrize("args", [("zigzag", 4, 8, 1), ("1f1b", 0, 8, 1), ("gpipe", 4, 0, 1)])
+@pytest.mark.parametrize("args", [("zigzag", 4, 8, 1), ("1f1b", 0, 8, 1), ("gpipe", 4, 0, 1),
+                                  ("interleaved_1f1b", 4, 8, 0)])
 def test_bubble_fraction_rejects_bad_input(exercise, args):
     with pytest.raises(ValueError):
         exercise.bubble_fraction(*args)
