@@ -33,6 +33,8 @@ def vocab_ce_worker(rank: int, world_size: int, impl: str) -> list:
         if case == 1:
             full[:, 0] += 80.0                          # a large logit on rank 0 only: needs the max
         targets = torch.randint(0, vocab, (n,), generator=g)
+        if case == 0:                                   # each shard's first and last token id
+            targets[:4] = torch.tensor([0, vocab // 2 - 1, vocab // 2, vocab - 1])
         if case == 2:
             targets[:] = vocab - 1                      # every target on the last rank
         shard = full.chunk(world_size, 1)[rank].clone()
