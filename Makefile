@@ -89,7 +89,7 @@ mutation:
 	mkdir -p runs && $(PY) scripts/mutate.py --jobs 2 --json runs/mutation.json --min-score 0.95
 
 mutation-sample:
-	$(PY) scripts/mutate.py --sample 60 --seed 0 --jobs 2 --min-score $${MUTATION_MIN_SCORE:-0.90}
+	$(PY) scripts/mutate.py --sample 60 --seed 0 --jobs 2 --min-score $${MUTATION_MIN_SCORE:-0.95}
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache runs
