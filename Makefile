@@ -82,5 +82,14 @@ grade: venv-dev
 handout:
 	$(PYTHON) scripts/make_handout.py
 
+# mutation testing of the graded tests (scripts/mutate.py; docs/instructor.md records the full run):
+# every mutant of solutions/ (a benchmark, too slow for CI), or the seeded sample CI runs
+.PHONY: mutation mutation-sample
+mutation:
+	mkdir -p runs && $(PY) scripts/mutate.py --jobs 2 --json runs/mutation.json --min-score 0.95
+
+mutation-sample:
+	$(PY) scripts/mutate.py --sample 60 --seed 0 --jobs 2 --min-score $${MUTATION_MIN_SCORE:-0.95}
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache runs

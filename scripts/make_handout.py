@@ -5,14 +5,20 @@
     make handout                                   # the same
 
 The handout holds every file git tracks or would track (untracked files that .gitignore does not ignore),
-except solutions/ and this script. Notebooks lose their outputs and execution counts, so no answer leaks
-through a saved cell output. The script then checks the copy: no solutions/ folder, and no file that
-imports `solutions`.
+except the instructor's material: solutions/, the plausible wrong answers the graded tests are checked
+against (tests/exercises/wrong_answers/, near-solutions) and their meta-test, the mutation runner, and this
+script. Notebooks lose their outputs and execution counts, so no answer leaks through a saved cell output.
+The script then checks the copy: no solutions/ folder, no Python file or notebook cell that imports
+`solutions`, and every module a lab imports is one the handout ships (or an installed library).
+
+The graded tests, not the handout, keep students from passing an exercise by calling the package's own
+implementation: see tests/exercises/guard.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 import shutil
@@ -22,8 +28,8 @@ import tarfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-EXCLUDED_DIRS = ("solutions/",)
-EXCLUDED_FILES = ("scripts/make_handout.py",)
+EXCLUDED_DIRS = ("solutions/", "tests/exercises/wrong_answers/")
+EXCLUDED_FILES = ("scripts/make_handout.py", "scripts/mutate.py", "scripts/mutation_report.py", "tests/test_mutate.py", "tests/test_wrong_answers.py")
 NAME = "llama-course"
 
 
@@ -59,7 +65,7 @@ def make_handout(out_dir: Path, root: Path = ROOT) -> tuple:
             dst.write_text(strip_notebook(src.read_text(encoding="utf-8")), encoding="utf-8")
         else:
             shutil.copy2(src, dst)
-    check_handout(folder)
+    check_handout(folder, root)
     tarball = out_dir / f"{NAME}.tar.gz"
     with tarfile.open(tarball, "w:gz") as tar:
         tar.add(folder, arcname=NAME)
@@ -69,13 +75,41 @@ def make_handout(out_dir: Path, root: Path = ROOT) -> tuple:
 IMPORTS_SOLUTIONS = re.compile(r"^\s*(from\s+solutions[\s.]|import\s+solutions\b)", re.MULTILINE)
 
 
-def check_handout(folder: Path) -> None:
-    """Fail loudly if a solution slipped into the handout."""
+def notebook_code(text: str) -> str:
+    """The code cells of a notebook as one Python source (IPython magics and shell lines blanked)."""
+    cells = [c for c in json.loads(text).get("cells", []) if c.get("cell_type") == "code"]
+    lines = []
+    for cell in cells:
+        source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+        lines += ["" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+def imported_modules(source: str) -> set:
+    """Dotted names of the modules a Python source imports (absolute imports)."""
+    out = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.add(node.module)
+    return out
+
+
+def check_handout(folder: Path, root: Path = ROOT) -> None:
+    """Fail loudly if a solution slipped into the handout, or a lab imports something it does not ship."""
     if (folder / "solutions").exists():
         raise SystemExit("handout check: solutions/ is in the handout")
     for path in folder.rglob("*.py"):
         if IMPORTS_SOLUTIONS.search(path.read_text(encoding="utf-8", errors="replace")):
             raise SystemExit(f"handout check: {path.relative_to(folder)} imports solutions")
+    left_out = {p.name.removesuffix(".py") for p in root.iterdir()
+                if (p.is_dir() or p.suffix == ".py") and not (folder / p.name).exists()}
+    for nb in sorted(folder.rglob("*.ipynb")):
+        for module in sorted(imported_modules(notebook_code(nb.read_text(encoding="utf-8")))):
+            if module.split(".")[0] in left_out | {"solutions"}:
+                raise SystemExit(f"handout check: {nb.relative_to(folder)} imports {module}, "
+                                 "which the handout does not ship")
 
 
 def main(argv=None) -> int:

@@ -75,6 +75,14 @@ def staleness_distribution(compute_s, sync: str = "asp", staleness: int = 0, upd
             "blocked_share": sum(blocked) / (n * env.now)}
 
 
+def asp_staleness(compute_s) -> list:
+    """Closed form: each worker's mean staleness under ASP in steady state (a fast server). While worker i
+    computes one gradient (c_i seconds) the others apply sum_{j != i} c_i / c_j updates: N - 1 for equal
+    workers, and a straggler f times slower sees f times more. (Lab 08 holds measured runs to it.)"""
+    rates = [1 / c for c in compute_s]
+    return [c * (sum(rates) - r) for c, r in zip(compute_s, rates)]
+
+
 def contribute(ctx) -> None:
     """simulate() hook: local SGD divides the exposed all-reduce by local_steps; ASP/SSP on a parameter
     server report staleness and the time per G sequences (N pushes of G/N sequences)."""

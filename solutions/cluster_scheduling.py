@@ -35,7 +35,7 @@ def _simulate(jobs: list, gpus: int, backfill: bool) -> list:
     start = [None] * n
     running = {}                                  # job -> finish time
     free, queue, nxt, now = gpus, [], 0, 0.0
-    while nxt < n or queue or running:
+    while True:                                   # ends when nothing runs and nothing is due (see below)
         for i in [i for i, f in running.items() if f <= now]:       # finishes first ...
             free += jobs[i][1]
             del running[i]
@@ -66,7 +66,7 @@ def _simulate(jobs: list, gpus: int, backfill: bool) -> list:
             start[i], running[i] = now, now + d
             free -= g
         upcoming = [f for f in running.values()] + ([jobs[order[nxt]][0]] if nxt < n else [])
-        if not upcoming:
+        if not upcoming:                          # the queue is empty too: any job fits an idle cluster
             break
         now = min(upcoming)
     return start

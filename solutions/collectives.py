@@ -127,7 +127,8 @@ def _chunk_bounds(length: int, n: int) -> list:
 
 
 def ring_all_reduce_p2p(tensor, group=None) -> int:
-    """Exercise 2.6: ring all-reduce (sum) in place on batched isend/irecv; returns the elements this rank sent."""
+    """Exercise 2.6: ring all-reduce (sum) in place, each step's send and receive in one batch; returns the
+    elements this rank sent."""
     import torch
     import torch.distributed as dist
 
@@ -145,8 +146,8 @@ def ring_all_reduce_p2p(tensor, group=None) -> int:
         nonlocal sent
         outgoing = chunks[send_index].clone()
         incoming = torch.empty_like(chunks[recv_index])
-        for req in dist.batch_isend_irecv([dist.P2POp(dist.isend, outgoing, right, group),    # together (NCCL)
-                                           dist.P2POp(dist.irecv, incoming, left, group)]):
+        for req in dist.batch_isend_irecv([dist.P2POp(dist.isend, outgoing, right, group=group),
+                                           dist.P2POp(dist.irecv, incoming, left, group=group)]):
             req.wait()
         sent += outgoing.numel()
         return incoming

@@ -68,21 +68,17 @@ def ps_sgd_round(weights, grad, lr, server=0, group=None):
     to_global = (lambda r: r) if group is None else (lambda r: dist.get_global_rank(group, r))
     workers = [r for r in range(n) if r != server]
 
-    def p2p(op, tensor, peer):                              # one message as a batch of one (NCCL's rules)
-        for work in dist.batch_isend_irecv([dist.P2POp(op, tensor, peer)]):
-            work.wait()
+    def batch(ops):
+        for req in dist.batch_isend_irecv([dist.P2POp(op, t, to_global(peer), group=group) for op, t, peer in ops]):
+            req.wait()
 
     if me == server:
-        total = torch.zeros_like(weights)
-        buf = torch.empty_like(weights)
-        for r in workers:                                   # push: one gradient from every worker
-            p2p(dist.irecv, buf, to_global(r))
-            total += buf
-        new = weights - lr * total / len(workers)
-        for r in workers:                                   # pull: the new weights to every worker
-            p2p(dist.isend, new, to_global(r))
+        bufs = [torch.empty_like(weights) for _ in workers]
+        batch([(dist.irecv, b, r) for b, r in zip(bufs, workers)])         # push: one gradient from each worker
+        new = weights - lr * sum(bufs) / len(workers)
+        batch([(dist.isend, new, r) for r in workers])                     # pull: the new weights to each
         return new
-    p2p(dist.isend, grad.contiguous(), to_global(server))
+    batch([(dist.isend, grad.contiguous(), server)])
     new = torch.empty_like(weights)
-    p2p(dist.irecv, new, to_global(server))
+    batch([(dist.irecv, new, server)])
     return new

@@ -78,56 +78,69 @@ def partition_stages(costs: list, p: int) -> list:
 
 
 def pipeline_step(stage, inputs: list, targets: list, rank: int, world_size: int, loss_fn, shape) -> float:
-    """Exercise 5.5: one training step of a `world_size`-stage pipeline under 1F1B, on send/recv.
+    """Exercise 5.5: one training step of a `world_size`-stage pipeline under 1F1B, on batched p2p.
 
     Stage r = rank r of the default process group. Forward: rank 0 feeds inputs[i]; other ranks receive the
     activation (float32, `shape`) from rank - 1 and mark it requires_grad; the last rank computes
     loss_fn(out, targets[i]) / m. Backward: the last rank backpropagates its loss; the others receive
     d(out) from rank + 1 and call out.backward(grad); every rank but 0 sends the gradient of its input back.
-    Sends are held and posted with the next task's receive in one batch_isend_irecv (Megatron's
-    send_forward_recv_backward), the last ones at the end. Returns the sum of the m losses on the last
-    rank, 0.0 elsewhere.
+    Every message goes through batch_isend_irecv, and in the steady state a send is paired with the next
+    receive in one batch (Megatron-LM's send_forward_recv_backward / send_backward_recv_forward), so no two
+    ranks wait for each other. Returns the sum of the m losses on the last rank, 0.0 elsewhere.
     """
     import torch
     import torch.distributed as dist
 
     m = len(inputs)
     first, last = rank == 0, rank == world_size - 1
-    held_in, held_out, pending = {}, {}, []
-    total = 0.0
+    warm = min(world_size - rank - 1, m)
+    held, total = {}, [0.0]
 
-    def exchange(recv=None):                                # held sends + this task's receive, one batch
-        ops = pending + ([recv] if recv else [])
-        pending.clear()
-        for work in dist.batch_isend_irecv(ops) if ops else []:
-            work.wait()
+    def post(send=None, to=None, recv_from=None):
+        ops, buf = [], None
+        if send is not None:
+            ops.append(dist.P2POp(dist.isend, send.detach().contiguous(), to))
+        if recv_from is not None:
+            buf = torch.empty(shape)
+            ops.append(dist.P2POp(dist.irecv, buf, recv_from))
+        if ops:
+            for req in dist.batch_isend_irecv(ops):
+                req.wait()
+        return buf
 
-    for kind, i in one_f_one_b_order(world_size, m, rank):
-        if kind == "F":
-            if first:
-                exchange()
-                x = inputs[i]
-            else:
-                x = torch.empty(shape)
-                exchange(dist.P2POp(dist.irecv, x, rank - 1))
-                x.requires_grad_()
-            out = stage(x)
-            if last:
-                out = loss_fn(out, targets[i]) / m
-                total += float(out) * m
-            else:
-                pending.append(dist.P2POp(dist.isend, out.detach().contiguous(), rank + 1))
-            held_in[i], held_out[i] = x, out
+    def forward(i, received):
+        x = inputs[i] if first else received.requires_grad_()
+        out = stage(x)
+        if last:
+            out = loss_fn(out, targets[i]) / m
+            total[0] += float(out) * m
+        held[i] = (x, out)
+        return None if last else out
+
+    def backward(i, grad):
+        x, out = held.pop(i)
+        out.backward() if last else out.backward(grad)
+        return None if first else x.grad
+
+    def recv_forward():
+        return None if first else post(recv_from=rank - 1)
+
+    for i in range(warm):                                              # warm-up: forwards only
+        post(send=forward(i, recv_forward()), to=rank + 1)             # (last rank: warm = 0)
+    received = recv_forward() if m > warm else None
+    for j in range(m - warm):                                          # steady state: one forward, one backward
+        out = forward(warm + j, received)
+        grad = None if last else post(send=out, to=rank + 1, recv_from=rank + 1)
+        dx = backward(j, grad)
+        more = j < m - warm - 1
+        if first:
+            received = None
+        elif more:
+            received = post(send=dx, to=rank - 1, recv_from=rank - 1)
         else:
-            x, out = held_in.pop(i), held_out.pop(i)
-            if last:
-                exchange()
-                out.backward()
-            else:
-                grad = torch.empty(shape)
-                exchange(dist.P2POp(dist.irecv, grad, rank + 1))
-                out.backward(grad)
-            if not first:
-                pending.append(dist.P2POp(dist.isend, x.grad.contiguous(), rank - 1))
-    exchange()
-    return total
+            post(send=dx, to=rank - 1)
+    for j in range(m - warm, m):                                       # cool-down: backwards only
+        dx = backward(j, None if last else post(recv_from=rank + 1))
+        if not first:
+            post(send=dx, to=rank - 1)
+    return total[0]

@@ -9,6 +9,9 @@ all-gather along the sequence: the same bytes, and the regions between hold s/t 
 
 from __future__ import annotations
 
+import torch
+import torch.distributed as dist
+
 
 def tp_block_comm_bytes(b: int, s: int, h: int, t: int, bytes_per_element: int = 2,
                         sequence_parallel: bool = False) -> float:
@@ -84,3 +87,48 @@ def vocab_parallel_cross_entropy(logits, targets, vocab_start: int, group=None) 
     grad = exp / total.unsqueeze(-1)
     grad[torch.arange(z.shape[0]), local] -= mine.to(grad.dtype)
     return loss, grad / z.shape[0]
+
+
+class _CopyToRegion(torch.autograd.Function):
+    """f: forward identity; backward all-reduce (sum) of the gradient over the group."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+class _ReduceFromRegion(torch.autograd.Function):
+    """g: forward all-reduce (sum); backward identity."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        out = x.contiguous().clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def copy_to_tp_region(x, group=None):
+    """Exercise 4.6: Megatron's f (identity forward, all-reduce backward)."""
+    return _CopyToRegion.apply(x, group)
+
+
+def reduce_from_tp_region(x, group=None):
+    """Exercise 4.6: Megatron's g (all-reduce forward, identity backward)."""
+    return _ReduceFromRegion.apply(x, group)
+
+
+def tp_mlp(x, w1_shard, w2_shard, group=None):
+    """Exercise 4.7: f, column-parallel w1, GELU, row-parallel w2, g."""
+    h = torch.nn.functional.gelu(copy_to_tp_region(x, group) @ w1_shard.T)
+    return reduce_from_tp_region(h @ w2_shard.T, group)

@@ -4,6 +4,7 @@
     pytest tests/exercises                         grade the stubs in labs/exercises (what a student runs)
     pytest tests/exercises --impl solutions        grade the reference solutions (CI: all must pass)
     pytest tests/exercises --impl labs --stubs-must-fail   CI: every graded test must fail on a stub
+    pytest tests/exercises/test_collectives.py --exercise 2.6   one exercise's graded tests
 
 The graded tests fail on the stubs by design, so a plain `pytest tests` leaves them out unless `--impl`
 is given or tests/exercises is named on the command line. `llama-course grade` runs them for you and
@@ -52,6 +53,8 @@ def pytest_addoption(parser):
                     help="write each graded test's outcome and points to FILE as JSON")
     group.addoption("--stubs-must-fail", action="store_true", default=False,
                     help="CI check: every graded test must fail (strict xfail), as it does on a stub")
+    group.addoption("--exercise", action="append", default=None, metavar="N.M",
+                    help="run only the graded tests of exercise N.M (repeatable)")
 
 
 def pytest_configure(config):

@@ -17,6 +17,8 @@ from llama_course.commands import grade
 from llama_course.commands.quiz import CONCEPTS
 
 ROOT = Path(__file__).resolve().parents[1]
+INSTRUCTOR = pytest.mark.skipif(not (ROOT / "scripts" / "make_handout.py").exists(),
+                                reason="instructor check: the handout has no make_handout.py")
 STUBS = sorted(p for p in (ROOT / "labs" / "exercises").glob("*.py") if p.name != "__init__.py")
 
 
@@ -36,6 +38,8 @@ def test_stub_solution_and_tests_line_up(stub):
     """Concept symmetry: labs/exercises/X.py, solutions/X.py and tests/exercises/test_X.py, same functions."""
     concept = stub.stem
     assert concept in CONCEPTS
+    if not (ROOT / "solutions").is_dir():
+        pytest.skip("no solutions/ in a student handout")
     solution = ROOT / "solutions" / f"{concept}.py"
     assert solution.exists() and (ROOT / "tests" / "exercises" / f"test_{concept}.py").exists()
     stub_funcs, solution_funcs = _functions(stub), _functions(solution)
@@ -44,14 +48,35 @@ def test_stub_solution_and_tests_line_up(stub):
         assert solution_funcs[name] == params, f"{concept}.{name}: signatures differ"
 
 
+def _classes(path: Path) -> dict:
+    """Public top-level classes of a module: name -> the argument names of __init__ (self left out)."""
+    tree = ast.parse(path.read_text())
+    out = {}
+    for n in tree.body:
+        if isinstance(n, ast.ClassDef) and not n.name.startswith("_"):
+            init = [f for f in n.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"]
+            out[n.name] = [a.arg for a in init[0].args.args[1:]] if init else []
+    return out
+
+
 @pytest.mark.parametrize("stub", STUBS, ids=lambda p: p.stem)
 def test_stubs_raise_not_implemented_naming_the_exercise(stub):
     spec = importlib.util.spec_from_file_location(f"_stub_{stub.stem}", stub)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for name, params in _functions(stub).items():
+    for name, params in {**_functions(stub), **_classes(stub)}.items():
         with pytest.raises(NotImplementedError, match=r"Exercise \d+\.\d+"):
             getattr(module, name)(*[None] * len(params))
+
+
+@pytest.mark.parametrize("stub", STUBS, ids=lambda p: p.stem)
+def test_stub_and_solution_classes_line_up(stub):
+    solution = ROOT / "solutions" / stub.name
+    if not solution.exists():
+        pytest.skip("no solutions/ in a student handout")
+    classes, solved = _classes(stub), _classes(solution)
+    for name, params in classes.items():
+        assert solved.get(name) == params, f"{stub.stem}.{name}: __init__ signatures differ"
 
 
 def _run_grade(*args, cwd=ROOT):
@@ -125,6 +150,7 @@ def test_graded_tests_are_opt_in(args, impl, expected):
     assert conftest.exercises_requested(config) is expected
 
 
+@INSTRUCTOR
 def test_handout_has_no_solutions(tmp_path):
     spec = importlib.util.spec_from_file_location("_make_handout", ROOT / "scripts" / "make_handout.py")
     module = importlib.util.module_from_spec(spec)
@@ -145,6 +171,55 @@ def test_handout_has_no_solutions(tmp_path):
     assert proc.returncode == 0 and "student handout" in proc.stdout
 
 
+def _handout_module():
+    spec = importlib.util.spec_from_file_location("_make_handout3", ROOT / "scripts" / "make_handout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@INSTRUCTOR
+def test_handout_leaves_out_instructor_material(tmp_path):
+    folder, _, _ = _handout_module().make_handout(tmp_path)
+    assert (folder / "tests" / "exercises" / "guard.py").exists()
+    for rel in ("tests/exercises/wrong_answers", "tests/test_wrong_answers.py", "scripts/mutate.py",
+                "scripts/mutation_report.py",
+                "scripts/make_handout.py"):
+        assert not (folder / rel).exists(), f"{rel} is instructor material (near-solutions, or runs over solutions/)"
+
+
+@INSTRUCTOR
+def test_handout_labs_import_only_what_it_ships(tmp_path):
+    """Every module a lab imports resolves inside the handout (or among installed libraries): a lab that
+    imports solutions/ breaks in the student's copy (lab 08 did)."""
+    module = _handout_module()
+    folder, _, _ = module.make_handout(tmp_path)
+    names = sorted({name for nb in folder.glob("labs/*.ipynb")
+                    for name in module.imported_modules(module.notebook_code(nb.read_text()))})
+    assert "llama_course.trainer" in names
+    probe = ("import importlib.util, sys\nmissing = []\nfor name in sys.argv[1:]:\n    try:\n"
+             "        found = importlib.util.find_spec(name) is not None\n    except ImportError:\n"
+             "        found = False\n    if not found:\n        missing.append(name)\nprint(' '.join(missing))")
+    proc = subprocess.run([sys.executable, "-c", probe, *names], cwd=folder, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(folder)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [], f"labs import modules the handout does not ship: {proc.stdout}"
+
+
+@INSTRUCTOR
+def test_handout_check_refuses_a_lab_importing_solutions(tmp_path):
+    module = _handout_module()
+    folder, _, _ = module.make_handout(tmp_path)
+    nb = folder / "labs" / "01_llama_basics.ipynb"
+    text = json.loads(nb.read_text())
+    text["cells"].append({"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+                          "source": ["%matplotlib inline\n", "from solutions.llama_basics import llama_params\n"]})
+    nb.write_text(json.dumps(text))
+    with pytest.raises(SystemExit, match="imports solutions"):
+        module.check_handout(folder)
+
+
+@INSTRUCTOR
 def test_strip_notebook():
     spec = importlib.util.spec_from_file_location("_make_handout2", ROOT / "scripts" / "make_handout.py")
     module = importlib.util.module_from_spec(spec)

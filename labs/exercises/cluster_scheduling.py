@@ -25,8 +25,8 @@ def sjf_order(durations: dict) -> list:
 
 def mean_completion_time(durations: dict, order: list) -> float:
     """Exercise 13.2: the mean completion time when the jobs run back to back from time 0 in `order` on one
-    machine (every job arrived at 0, so JCT = finish time). Raise ValueError unless `order` names every job
-    of `durations` exactly once. Then convince yourself (the test checks it) that sjf_order minimises it:
+    machine (every job arrived at 0, so JCT = finish time); 0 when there are no jobs. Raise ValueError unless
+    `order` names every job of `durations` exactly once. Then convince yourself (the test checks it) that sjf_order minimises it:
     what happens to the sum when two neighbours in the order swap?
     """
     raise NotImplementedError("Exercise 13.2: mean_completion_time")

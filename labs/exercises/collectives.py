@@ -30,7 +30,7 @@ def alpha_beta_time(op: str, size_bytes: float, n: int, latency_s: float, bandwi
     `op` is one of all_reduce, reduce_scatter, all_gather, all_to_all (ring algorithms; `size_bytes` is the
     full buffer: the all-gather's output, the reduce-scatter's input), or send_recv (one message of
     `size_bytes`). Each ring step moves one chunk of size/n over every link at once and costs
-    alpha + (size/n)/B; how many steps does each op take? Raise ValueError for an unknown op.
+    alpha + (size/n)/B; how many steps does each op take? Raise ValueError for an unknown op or n < 1.
     """
     raise NotImplementedError("Exercise 2.2: alpha_beta_time")
 
@@ -72,19 +72,19 @@ def ring_all_reduce(buffers: list) -> tuple:
 def ring_all_reduce_p2p(tensor, group=None) -> int:
     """Exercise 2.6: all-reduce (sum) `tensor` in place over a torch.distributed group, on send/recv only.
 
-    This is exercise 2.5 for real: every rank runs this function at once (2 to 4 gloo processes in the
-    graded test) and may use only `torch.distributed` point-to-point calls (`batch_isend_irecv` of
-    `P2POp`s); the collectives (`all_reduce`, `reduce_scatter`, `all_gather`, ...) are switched off while it
-    runs. Cut the flattened tensor into `n` chunks as `torch.tensor_split` does (sizes need not divide n),
-    then do n - 1 reduce-scatter steps (send chunk (r - s) % n to the right neighbour, receive chunk
-    (r - s - 1) % n from the left one and add it) and n - 1 all-gather steps (the same, overwriting).
+    This is exercise 2.5 for real: every rank runs this function at once (3 gloo processes in the graded
+    test) and may use only point-to-point messages; the collectives (`all_reduce`, `reduce_scatter`,
+    `all_gather`, ...) are switched off while it runs. Cut the flattened tensor into `n` chunks as
+    `torch.tensor_split` does (sizes need not divide n), then do n - 1 reduce-scatter steps (send chunk
+    (r - s) % n to the right neighbour, receive chunk (r - s - 1) % n from the left one and add it) and
+    n - 1 all-gather steps (the same, overwriting).
 
-    Deadlock: if every rank calls a blocking `send` first, nobody is receiving; on NCCL even `isend` then
-    `recv` hangs between two ranks (a rank's messages to one peer run in order on one stream). Post each
-    step's send and receive together, `dist.batch_isend_irecv([dist.P2POp(dist.isend, out, right, group),
-    dist.P2POp(dist.irecv, buf, left, group)])`, and `wait()` every request it returns. The graded test runs
-    in strict mode (llama_course/core/wire.py), which refuses an unbatched send as NCCL would hang on it. `group=None` is the default group; with a group, translate group ranks to global ranks with
-    `dist.get_global_rank(group, r)`. Return the number of elements this rank sent (the test holds it to
-    2 (n-1)/n x numel when n divides numel). The result must equal `dist.all_reduce`'s to rounding.
+    Deadlock: if every rank sends first and waits for the send to finish, nobody is receiving. NCCL's rule
+    (and the graded test's, which runs in the course's strict mode): post each step's send and receive
+    *together*, in one `dist.batch_isend_irecv([dist.P2POp(dist.isend, ...), dist.P2POp(dist.irecv, ...)])`,
+    then wait for the requests it returns. `group=None` is the default group; with a group, P2POp wants
+    global ranks (`dist.get_global_rank(group, r)`) and `group=group`. Return the number of elements this
+    rank sent. The test compares with `dist.all_reduce` and records every message on the wire: only
+    batched sends to the right neighbour, 2 (n-1)/n of the buffer when n divides it.
     """
     raise NotImplementedError("Exercise 2.6: ring_all_reduce_p2p")

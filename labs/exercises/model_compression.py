@@ -70,6 +70,7 @@ def quantized_all_gather(shard, group=None) -> tuple:
     Quantize it per row with exercise 12.1, all-gather the int8 values and the float32 scales
     (`dist.all_gather` into lists), dequantize and concatenate along dim 0 in rank order. Return
     (full weight, bytes this rank sent): each rank sends its int8 values and scales to the n - 1 others
-    in a ring all-gather, so (n - 1)/n of the gathered bytes, about 1/4 of a float32 all-gather.
+    in a ring all-gather, so (n - 1)/n of the gathered bytes, about 1/4 of a float32 all-gather. The
+    graded test records what your calls hand to torch.distributed, so the int8 must really travel as int8.
     """
     raise NotImplementedError("Exercise 12.5: quantized_all_gather")

@@ -68,7 +68,7 @@ def hogwild_apply(w0: float, deltas: list, schedule: list) -> float:
     With a lock each read-write pair is atomic (r0 w0 r1 w1 ...) and nothing is lost; interleaved
     (r0 r1 w0 w1) the second write overwrites the first: delta 0 is a *lost update*. Hogwild (Niu et al.
     2011) accepts that for sparse updates, where two pushes rarely touch the same element.
-    Raise ValueError if a worker writes before it reads.
+    Raise ValueError if a worker writes before it reads, or for an event other than read and write.
     """
     raise NotImplementedError("Exercise 7.4: hogwild_apply")
 
@@ -79,15 +79,15 @@ def ps_sgd_round(weights, grad, lr: float, server: int = 0, group=None):
     Every rank of the group calls this at once. `server` (a rank of the group) owns the weights; every other
     rank is a worker with its own gradient `grad` (same shape as `weights`; the server's `grad` is
     ignored). Workers push their gradients to the server, the server receives one from every worker,
-    averages them over the workers, steps w <- w - lr x mean, and sends
-    the new weights back to every worker (the pull). Return the new weights on every rank (a new tensor;
-    the server's copy and every worker's copy must be identical).
+    averages them over the workers, steps w <- w - lr x mean, and sends the new weights back to every
+    worker (the pull). Return the new weights on every rank (a new tensor; the server's copy and every
+    worker's copy must be identical).
 
-    Only point-to-point calls are allowed (the collectives are switched off in the graded test: that is
-    the difference between a parameter server and all-reduce). `group=None` is the default group; with a
-    group, pass global ranks to send/recv (`dist.get_global_rank(group, r)`). Send and receive as NCCL
-    wants (the graded test runs in strict mode, llama_course/core/wire.py): each message through
-    `dist.batch_isend_irecv([dist.P2POp(dist.isend, tensor, peer)])` (or `dist.irecv`), waiting for the
-    requests it returns; a batch of one is fine where only one side sends.
+    Only point-to-point messages are allowed (the collectives are switched off in the graded test: that is
+    the difference between a parameter server and all-reduce), posted as NCCL wants them, in batches:
+    `dist.batch_isend_irecv([dist.P2POp(dist.irecv, buf, src), ...])` returns requests to wait for. Which
+    messages can the server post in one batch? The graded test runs in the course's strict mode and records
+    every message. `group=None` is the default group; with a group, P2POp wants global ranks
+    (`dist.get_global_rank(group, r)`).
     """
     raise NotImplementedError("Exercise 7.5: ps_sgd_round")

@@ -70,14 +70,18 @@ def pipeline_step(stage, inputs: list, targets: list, rank: int, world_size: int
       backward B(i): the last rank backpropagates that loss; rank r < last receives d(out) from rank r + 1
                and calls out.backward(grad). Every rank but 0 then sends the gradient of its input to r - 1.
     Gradients accumulate in the stage's parameters (do not zero them). Return the sum of the m losses
-    (not divided by m) on the last rank and 0.0 on the others.
+    (not divided by m) on the last rank and 0.0 on the others. Run the tasks in your 1F1B order (5.2).
 
-    Pair sends with receives as Megatron-LM does (the graded test runs in strict mode, NCCL's rules on
-    gloo: llama_course/core/wire.py): hold each send as a `dist.P2POp(dist.isend, tensor, peer)`; before
-    every task post the held sends together with that task's receive (if any) in one
-    `dist.batch_isend_irecv(ops)` and wait for its requests; post what is still held at the end. Why does
-    sending each message on its own deadlock 1F1B on NCCL (p = 2, m = 4: after F1 rank 0 sends F1 while
-    rank 1, after B0, sends B0)? On every link the messages arrive in the order they are sent, so no tags
-    are needed.
+    Messages, as NCCL wants them (the graded test runs the course's strict mode, which enforces NCCL's
+    rules on gloo, and records every message): post point-to-point operations with
+    `dist.batch_isend_irecv([dist.P2POp(dist.isend, t, peer), dist.P2POp(dist.irecv, buf, peer), ...])` and
+    wait for the requests it returns; a batch completes only when the peer has posted the matching
+    operations. Now trace p = 2, m = 2 with one batch per message: rank 0 runs F0, F1 and posts "send
+    activation 1"; rank 1 has run F0 and B0 and posts "send gradient 0". Each waits for the other to
+    receive: deadlock. Megatron-LM's way out: in the steady state, post the send of a forward's output and
+    the receive of the gradient you will need next in *one* batch, and the send of a backward's input
+    gradient with the receive of the next activation in one batch. Which of these has nothing to send or
+    receive on the first and the last stage? Messages between two ranks match in the order they were
+    posted, so no tags are needed.
     """
     raise NotImplementedError("Exercise 5.5: pipeline_step")

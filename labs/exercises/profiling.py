@@ -42,7 +42,7 @@ def step_breakdown(events: list) -> dict:
     exposed_comm is the tid "comm" time not covered by compute (exercise 14.2); bubble the union of tid
     "bubble" spans; step is from the first start to the last end; idle what is left of step after the
     other four, never below zero (a comm span inside a bubble is counted twice). Events other than ph "X"
-    are ignored. The largest of the four is the bottleneck.
+    are ignored (no "X" event at all: every entry 0). The largest of the four is the bottleneck.
     """
     raise NotImplementedError("Exercise 14.3: step_breakdown")
 

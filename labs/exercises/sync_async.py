@@ -22,8 +22,8 @@ def bsp_step_time(compute_s: list, comm_s: float) -> tuple:
     Every worker computes its gradient (worker i: compute_s[i] seconds), waits at the barrier for the
     slowest, then all take part in the communication (comm_s). Return the step time and the fraction of
     the N workers' total compute-phase time (N x slowest) that was spent waiting rather than computing.
-    One worker 3x slower among 4: the three fast ones idle 2/3 of the compute phase each.
-    Raise ValueError for an empty list.
+    One worker 3x slower among 4: the three fast ones idle 2/3 of the compute phase each. Workers that
+    compute nothing wait for nothing (share 0). Raise ValueError for an empty list.
     """
     raise NotImplementedError("Exercise 8.1: bsp_step_time")
 

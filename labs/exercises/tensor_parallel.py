@@ -10,7 +10,9 @@ Replace each `raise NotImplementedError(...)` with your code, then grade yoursel
 
     llama-course grade --only tensor_parallel        # or: pytest tests/exercises/test_tensor_parallel.py
 
-Theory: docs/concepts/tensor_parallel.md; the runtime is llama_course/parallel/tensor_parallel.py.
+Theory: docs/concepts/tensor_parallel.md; the runtime is llama_course/parallel/tensor_parallel.py (its
+f and g are off limits for exercises 4.6 and 4.7, and so are DTensor and torch.distributed.nn's autograd
+collectives: the graded tests fail an answer that runs them).
 """
 
 from __future__ import annotations
@@ -73,3 +75,40 @@ def vocab_parallel_cross_entropy(logits, targets, vocab_start: int, group=None) 
     Hint: d loss_i / d z_ij = softmax_ij - [j == target_i].
     """
     raise NotImplementedError("Exercise 4.5: vocab_parallel_cross_entropy")
+
+
+def copy_to_tp_region(x, group=None):
+    """Exercise 4.6: Megatron's f, the operator that opens a tensor-parallel region.
+
+    Every rank of the group holds the same x and feeds it to its own shard of a column-parallel layer.
+    Forward: nothing to send, x goes in unchanged. Backward: each rank's shard produced only its part of
+    d(loss)/dx; the replicated x needs the sum of those parts, on every rank. Write it as a
+    `torch.autograd.Function` (static `forward(ctx, x, group)` and `backward(ctx, grad)`, which returns one
+    gradient per input of forward: None for the group) and return `YourFunction.apply(x, group)`. Do not
+    modify the gradient autograd hands you in place.
+    """
+    raise NotImplementedError("Exercise 4.6: copy_to_tp_region")
+
+
+def reduce_from_tp_region(x, group=None):
+    """Exercise 4.6: Megatron's g, the operator that closes a tensor-parallel region: the conjugate of f.
+
+    Each rank holds a partial sum (the output of its row-parallel shard). Forward: every rank needs the
+    whole sum. Backward: what the rest of the model computes from the sum is replicated, so every rank
+    already holds the whole gradient. Which direction communicates? Same form as copy_to_tp_region; do not
+    modify x in place (it is saved for other uses by autograd).
+    """
+    raise NotImplementedError("Exercise 4.6: reduce_from_tp_region")
+
+
+def tp_mlp(x, w1_shard, w2_shard, group=None):
+    """Exercise 4.7: the Megatron MLP y = gelu(x W1^T) W2^T on t ranks, with its communication.
+
+    W1 (ffn x h) is split by rows (column-parallel: rank r holds `w1_shard`, ffn/t of its output features),
+    W2 (h x ffn) by columns (row-parallel: `w2_shard`, the matching ffn/t input features). x (..., h) is
+    the same on every rank. Put f and g (exercise 4.6) where they belong so that y, the gradient of x and
+    the gradients of both shards are what one process computes on the unsplit weights, with exactly one
+    all-reduce in the forward and one in the backward. The graded test runs 2 gloo ranks against the
+    unsplit MLP and records the all-reduces of each pass.
+    """
+    raise NotImplementedError("Exercise 4.7: tp_mlp")

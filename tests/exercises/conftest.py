@@ -44,10 +44,27 @@ def impl_of(config) -> str:
     return config.getoption("impl") or adapter.DEFAULT_IMPL
 
 
+def _load_guard():
+    name = "llama_course_exercise_guard"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, HERE / "guard.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+guard = _load_guard()
+
+
 @pytest.fixture(scope="module")
 def exercise(request):
-    """The exercise module of this test file's concept, from the implementation chosen by --impl."""
-    return adapter.load(concept_of(request.module.__file__), impl_of(request.config))
+    """The exercise module of this test file's concept, from the implementation chosen by --impl.
+
+    Its public functions run under the leak guard (tests/exercises/guard.py): a call that runs the course's
+    own implementation of the concept, or a graded test's oracle, fails with LeakError."""
+    concept = concept_of(request.module.__file__)
+    return guard.guarded(adapter.load(concept, impl_of(request.config)), concept)
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +124,12 @@ _recorder = GradeRecorder()
 
 def pytest_collection_modifyitems(session, config, items):
     must_fail = config.getoption("stubs_must_fail")
+    only = config.getoption("exercise")
+    if only:
+        keep = [i for i in items if not str(i.path).startswith(str(HERE))
+                or (i.get_closest_marker("points") and i.get_closest_marker("points").kwargs.get("exercise") in only)]
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
     for item in items:
         if not str(item.path).startswith(str(HERE)):
             continue

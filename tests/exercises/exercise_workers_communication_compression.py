@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 
+from guard import guarded
+from recorders import wire_summary
+
 NUMEL, K, STEPS = 50, 5, 3
 
 
@@ -16,13 +19,19 @@ def local_grad(step: int, rank: int):
 def check_topk_all_reduce(rank: int, world: int, module_name: str) -> dict:
     import torch
 
-    exercise = importlib.import_module(module_name)
+    from llama_course.core import wire
+
+    wire.install()
+    exercise = guarded(importlib.import_module(module_name), "communication_compression")
     residual = torch.zeros(NUMEL, dtype=torch.float64)
-    out = {"averages": [], "residuals": [], "error": ""}
+    out = {"averages": [], "residuals": [], "wire": [], "error": ""}
     try:
         for step in range(STEPS):
-            out["averages"].append(exercise.topk_all_reduce(local_grad(step, rank), residual, K).clone())
+            with wire.recording() as log:
+                average = exercise.topk_all_reduce(local_grad(step, rank), residual, K)
+            out["averages"].append(average.clone())
             out["residuals"].append(residual.clone())
+            out["wire"].append(wire_summary(log))
     except Exception as e:  # noqa: BLE001 - the test reports it
         out["error"] = f"{type(e).__name__}: {e}"
     return out

@@ -27,6 +27,7 @@ def test_mean_completion_time(exercise):
     d = {"a": 3.0, "b": 1.0, "c": 2.0}
     assert exercise.mean_completion_time(d, ["a", "b", "c"]) == pytest.approx((3 + 4 + 6) / 3)
     assert exercise.mean_completion_time(d, ["b", "c", "a"]) == pytest.approx((1 + 3 + 6) / 3)
+    assert exercise.mean_completion_time({}, []) == 0
     with pytest.raises(ValueError):
         exercise.mean_completion_time(d, ["a", "b"])
 
@@ -64,6 +65,8 @@ def test_gang_schedule_example(exercise):
     assert list(exercise.gang_schedule(EXAMPLE, 8)) == pytest.approx([0, 100, 150, 150, 150])
     with pytest.raises(ValueError):
         exercise.gang_schedule([(0, 9, 1)], 8)
+    with pytest.raises(ValueError):
+        exercise.gang_schedule([(0, 2, 1), (1, 0, 5)], 8)                 # a job needing no GPU
 
 
 @pytest.mark.points(3, exercise="13.3")
@@ -81,6 +84,27 @@ def test_backfill_example(exercise):
     # job 2 fits and ends (50 s) before the 8-GPU head's reservation at 100 s; job 4 likewise from 50 s;
     # job 3 (200 s) would delay the head: it waits
     assert list(exercise.backfill(EXAMPLE, 8)) == pytest.approx([0, 100, 20, 150, 50])
+
+
+@pytest.mark.points(2, exercise="13.4")
+def test_backfill_extra_gpus(exercise):
+    """10 GPUs; A (6 GPUs, 100 s) runs; the head B needs 8: it is reserved at A's end (shadow 100 s) with
+    10 - 8 = 2 extra GPUs. C (2 GPUs, 500 s) outlasts the shadow but fits in the extra GPUs: it starts, and
+    uses them up, so D (2 GPUs, 500 s) must wait or it would delay B."""
+    jobs = [(0, 6, 100), (1, 8, 50), (2, 2, 500), (3, 2, 500)]
+    assert list(exercise.backfill(jobs, 10)) == pytest.approx([0, 100, 2, 150])
+    # C ends exactly at the shadow (2 + 98 = 100): it delays nothing and leaves the extra GPUs to D
+    jobs = [(0, 6, 100), (1, 8, 50), (2, 2, 98), (3, 2, 500), (4, 2, 500)]
+    assert list(exercise.backfill(jobs, 10)) == pytest.approx([0, 100, 2, 3, 150])
+    # all at 0 on 8 GPUs: A (4 GPUs, 10 s) runs, the head B needs 5: shadow 10 s, 8 - 5 = 3 extra GPUs.
+    # C (1 GPU, 2 s) ends before the shadow: it takes a free GPU but none of the extra ones, so D (3 GPUs,
+    # 100 s), which outlasts the shadow, still fits in the 3 extra GPUs and starts at 0 too
+    jobs = [(0, 4, 10), (0, 5, 5), (0, 1, 2), (0, 3, 100)]
+    assert list(exercise.backfill(jobs, 8)) == pytest.approx([0, 10, 0, 0])
+    # the same instant, 10 GPUs: the head B (7 GPUs) leaves 3 extra at the shadow (10 s); C (3 GPUs, 100 s)
+    # takes all 3, so D (2 GPUs, 100 s) may not start on the 3 free GPUs in the same pass: it waits for B's end
+    jobs = [(0, 4, 10), (0, 7, 5), (0, 3, 100), (0, 2, 100)]
+    assert list(exercise.backfill(jobs, 10)) == pytest.approx([0, 10, 0, 15])
 
 
 @pytest.mark.points(4, exercise="13.4")

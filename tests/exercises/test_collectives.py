@@ -74,6 +74,16 @@ def test_alpha_beta_unknown_op(exercise):
         exercise.alpha_beta_time("all_scream", 1e6, 4, 1e-6, 1e9)
 
 
+@pytest.mark.points(1, exercise="2.2")
+@pytest.mark.parametrize("op", OPS_RING)
+def test_alpha_beta_group_sizes(exercise, op):
+    """A group of one has nothing to exchange: 0 steps, 0 s. No group has fewer than one rank."""
+    assert exercise.alpha_beta_time(op, 1e6, 1, 1e-6, 1e9) == 0
+    for n in (0, -1):
+        with pytest.raises(ValueError):
+            exercise.alpha_beta_time(op, 1e6, n, 1e-6, 1e9)
+
+
 # Exercise 2.3: bus_bandwidth ----------------------------------------------------------------------------
 
 BUS_FACTOR = {"all_reduce": lambda n: 2 * (n - 1) / n, "reduce_scatter": lambda n: (n - 1) / n,
@@ -225,8 +235,8 @@ def p2p_results(exercise):
 def test_ring_all_reduce_p2p_matches_torch(p2p_results):
     for rank, rows in enumerate(p2p_results):
         assert rows and not rows[-1][3], f"rank {rank}: {rows[-1][3] if rows else 'no result'}"
-        assert len(rows) == 5
-        for numel, err, _, _ in rows:
+        assert len(rows) == 6
+        for numel, err, *_ in rows:
             assert err < 1e-5, f"rank {rank}, {numel} elements: max error {err} against dist.all_reduce"
 
 
@@ -235,8 +245,65 @@ def test_ring_all_reduce_p2p_sends_ring_bytes(p2p_results):
     n = 3
     for rank, rows in enumerate(p2p_results):
         assert rows and not rows[-1][3], f"rank {rank}: {rows[-1][3] if rows else 'no result'}"
-        for numel, _, sent, _ in rows:
+        for numel, _, sent, *_ in rows:
             if numel % n == 0:
                 assert sent == 2 * (n - 1) * numel // n, f"rank {rank} sent {sent} of {numel} elements"
     for i, (numel, *_) in enumerate(p2p_results[0]):     # every step moves all n chunks once
         assert sum(rows[i][2] for rows in p2p_results) == 2 * (n - 1) * numel
+
+
+@pytest.mark.points(2, exercise="2.6")
+def test_ring_all_reduce_p2p_wire_is_a_ring(p2p_results):
+    """What crossed the wire (recorded, not self-reported): only send/recv, each rank sending to its right
+    neighbour and receiving from its left, 2 (n-1)/n of the buffer each way, as many bytes as it reported."""
+    n = 3
+    for rank, rows in enumerate(p2p_results):
+        assert rows and not rows[-1][3], f"rank {rank}: {rows[-1][3] if rows else 'no result'}"
+        for numel, _, sent, _, elem, wire in rows:
+            used = {kind for kind, b in wire["bytes"].items() if b}
+            assert used <= {"send", "recv"}, f"rank {rank}, {numel} elements: {sorted(used)} on the wire, p2p only"
+            assert wire["bytes"]["send"] == sent * elem, \
+                f"rank {rank}: reported {sent} elements sent, the wire carried {wire['bytes']['send'] // elem}"
+            unbatched = {op for kind, op, *_ in wire["calls"] if op != "batch_isend_irecv"}
+            assert not unbatched, f"rank {rank}: {sorted(unbatched)} outside batch_isend_irecv"
+            peers = {peer for kind, _, _, _, peer in wire["calls"] if kind == "send" and peer is not None}
+            assert peers <= {(rank + 1) % n}, f"rank {rank} sent to {sorted(peers)}: only to the right neighbour"
+            if numel % n == 0:
+                assert wire["bytes"]["send"] == wire["bytes"]["recv"] == 2 * (n - 1) * numel // n * elem, \
+                    f"rank {rank}: {wire['bytes']} for {numel} elements; a ring sends and receives 2(n-1)/n of them"
+    for i, (numel, *_, elem, _) in enumerate(p2p_results[0]):            # all sends are received, 2(n-1) chunks
+        sends = sum(rows[i][5]["bytes"]["send"] for rows in p2p_results)
+        recvs = sum(rows[i][5]["bytes"]["recv"] for rows in p2p_results)
+        assert sends == recvs == 2 * (n - 1) * numel * elem, f"{numel} elements: {sends} sent, {recvs} received"
+
+
+@pytest.fixture(scope="module")
+def p2p_group_results(exercise):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import exercise_workers_collectives as workers
+
+    from llama_course.core.testing import spawn
+
+    return spawn(workers.check_ring_on_groups, 3, exercise.__name__, timeout=90)
+
+
+@pytest.mark.points(2, exercise="2.6")
+def test_ring_all_reduce_p2p_on_process_groups(p2p_group_results):
+    """On the group {0, 2} of 3 ranks: the sum of ranks 0 and 2 only, messages between global ranks 0 and 2
+    (group rank 1 is global rank 2); on a group of one rank: nothing sent, the tensor unchanged."""
+    import torch
+
+    base = torch.arange(10, dtype=torch.float64)
+    for rank, out in enumerate(p2p_group_results):
+        assert not out["error"], f"rank {rank}: {out['error']}"
+        assert out["single_sent"] == 0 and torch.equal(out["single"], torch.arange(4, dtype=torch.float64) + rank)
+        assert not any(out["single_wire"]["bytes"].values()), f"rank {rank}: a one-rank group sends nothing"
+        if rank in (0, 2):
+            assert torch.equal(out["pair"], base * 4), f"rank {rank}: {out['pair']} is not ranks 0 + 2"
+            other = 2 - rank
+            peers = {peer for *_, peer in out["pair_wire"]["calls"]}
+            assert peers == {other}, f"rank {rank} exchanged with global ranks {sorted(peers)}, not {other}"
+            assert out["pair_sent"] == 10                   # 2 (n - 1) / n of 10 elements, n = 2

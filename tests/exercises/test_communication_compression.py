@@ -150,6 +150,21 @@ def test_topk_all_reduce_averages_the_sparse_gradients(topk_runs):
 
 
 @pytest.mark.points(2, exercise="11.4")
+def test_topk_all_reduce_sends_only_the_top_k(topk_runs):
+    """Recorded on the wire: each rank hands its k values and k indices to the collectives (at most 8 bytes
+    each), far below the dense gradient's bytes. Top-k followed by a dense all-reduce saves nothing."""
+    workers, results = topk_runs
+    dense = workers.NUMEL * 8
+    for rank, out in enumerate(results):
+        assert not out["error"], f"rank {rank}: {out['error']}"
+        for step, wire in enumerate(out["wire"]):
+            total = sum(wire["bytes"].values())
+            assert 0 < total <= workers.K * 16, \
+                f"rank {rank}, step {step + 1}: {total} bytes on the wire ({wire['bytes']}) for k = {workers.K} " \
+                f"entries; the dense gradient is {dense} bytes: top-k must send only its k values and indices"
+
+
+@pytest.mark.points(2, exercise="11.4")
 def test_topk_all_reduce_keeps_its_residual(topk_runs):
     workers, results = topk_runs
     _, kept = _oracle(workers, len(results))

@@ -18,6 +18,8 @@ def test_proportional_split_examples(exercise):
     assert exercise.proportional_split(16, [1, 1, 1, 1 / 3]) == [5, 5, 5, 1]     # 4.8 x 3 + 1.6: remainders .8,.8,.8,.6
     assert exercise.proportional_split(10, [1, 1, 1]) == [4, 3, 3]
     assert exercise.proportional_split(0, [2, 1]) == [0, 0]
+    # quotas 5, 1.5, 3.5: the leftover sequence goes to the largest *fractional part* (a tie: lower rank)
+    assert exercise.proportional_split(10, [5, 1.5, 3.5]) == [5, 2, 3]
 
 
 @pytest.mark.points(2, exercise="9.1")
@@ -62,6 +64,9 @@ def test_policy_step_time_general(exercise):
         assert step == pytest.approx(sorted(G / n * x for x in t)[n - b - 1]) and used == pytest.approx(G * (n - b) / n)
     with pytest.raises(ValueError):
         exercise.policy_step_time("fastest_first", [1.0], 4)
+    for backup in (-1, 4, 5):                                   # backup must lie in [0, N)
+        with pytest.raises(ValueError):
+            exercise.policy_step_time("backup_workers", [1.0, 1.0, 1.0, 3.0], 16, backup=backup)
 
 
 # Exercise 9.3: assign_by_cost -------------------------------------------------------------------------------
@@ -90,6 +95,7 @@ def test_assign_by_cost_vs_brute_force(exercise):
         assert worst <= 4 / 3 * best + 1e-9
     with pytest.raises(ValueError):
         exercise.assign_by_cost([1, 2], 0)
+    assert exercise.assign_by_cost([3, 1, 2], 1) == [[0, 2, 1]]             # one rank: everything, longest first
 
 
 # Exercise 9.4: least_loaded_dispatch ------------------------------------------------------------------------
@@ -101,6 +107,11 @@ def test_least_loaded_dispatch_hand_worked(exercise):
     # r0: s0 ends 1 (s1 would end 2); r1: s0 ends 2, s1 ends 2 -> tie, s0; r2: s0 ends 3, s1 ends 2 -> s1;
     # r3 at t=1: s0 free at 2 -> ends 2.5, s1 free at 2 -> ends 3 -> s0
     assert lat == pytest.approx([1.0, 2.0, 2.0, 1.5])
+    # server 1 four times as fast: the end time, not the queue, decides. r0, r1, r2 all go to s1 (ends 1, 2,
+    # 3, where s0 would end at 4); r3 at t=1: s0 ends 3, s1 ends 3.5 -> s0. A dispatcher blind to speed
+    # sends r0 to the idle s0 (tie on an empty queue) and it ends at 4.
+    lat = exercise.least_loaded_dispatch([0.0, 0.0, 0.0, 1.0], [4.0, 4.0, 4.0, 2.0], [1.0, 4.0])
+    assert lat == pytest.approx([1.0, 2.0, 3.0, 2.0])
 
 
 @pytest.mark.points(1, exercise="9.4")
@@ -146,3 +157,7 @@ def test_weighted_gradient_matches_one_process(weighted_results):
         assert len(out["errors"]) == 3
         for case, err in enumerate(out["errors"]):
             assert err < 1e-12, f"rank {rank}, shares case {case}: max error {err} against the whole-batch gradient"
+        for case, wire in enumerate(out["wire"]):
+            used = {k: b for k, b in wire["bytes"].items() if b}
+            assert set(used) == {"all_reduce"} and used["all_reduce"] <= 5 * 8 + 8, \
+                f"rank {rank}, case {case}: {used} on the wire; one all-reduce of the 5-element gradient suffices"

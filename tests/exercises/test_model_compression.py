@@ -62,6 +62,8 @@ def test_magnitude_prune_ties(exercise):
     assert int((exercise.magnitude_prune(w, 0.3) == 0).sum()) == 3
     with pytest.raises(ValueError):
         exercise.magnitude_prune(w, 1.5)
+    with pytest.raises(ValueError):
+        exercise.magnitude_prune(w, -0.1)
 
 
 # Exercise 12.3: distillation_loss ---------------------------------------------------------------------------
@@ -137,3 +139,19 @@ def test_quantized_all_gather_sends_a_quarter(gather_results):
         rows, cols = out["rows"], out["cols"]
         assert out["sent"] == rows * cols * 1 + rows * 4               # (n - 1) = 1 shard of int8 + fp32 scales
         assert math.isclose(out["sent"] / (rows * cols * 4), 0.25 + 1 / cols)
+
+
+@pytest.mark.points(2, exercise="12.5")
+def test_quantized_all_gather_gathers_int8_on_the_wire(gather_results):
+    """Recorded, not reported: the all-gather is handed int8 values (rows x cols bytes) and float32 scales
+    (rows x 4), nothing in float32 of the weight's size. Gathering fp32 and reporting int8 bytes fails."""
+    for rank, out in enumerate(gather_results):
+        assert not out["error"], f"rank {rank}: {out['error']}"
+        rows, cols, wire = out["rows"], out["cols"], out["wire"]
+        int8 = [n for kind, _, dtype, n, _ in wire["calls"] if kind == "all_gather" and dtype == "torch.int8"]
+        assert sum(int8) == rows * cols, f"rank {rank}: int8 bytes gathered {sum(int8)}, expected {rows * cols}"
+        total = sum(wire["bytes"].values())
+        assert total == rows * cols + rows * 4, \
+            f"rank {rank}: {total} bytes handed to torch.distributed ({wire['bytes']}); int8 values + fp32 " \
+            f"scales are {rows * cols + rows * 4}"
+        assert out["sent"] == (len(gather_results) - 1) * total, f"rank {rank}: reported {out['sent']} bytes sent"

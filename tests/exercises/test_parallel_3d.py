@@ -86,12 +86,14 @@ def test_fits_in_memory(exercise):
 
 @pytest.mark.points(3, exercise="6.4")
 @pytest.mark.parametrize("n,heads,kv,layers,gpn", [(64, 32, 32, 32, 8), (32, 64, 8, 80, 8), (24, 12, 4, 6, 4),
-                                                  (16, 32, 8, 2, 8), (1, 4, 2, 4, 8)])
+                                                  (16, 32, 8, 2, 8), (1, 4, 2, 4, 8), (12, 4, 4, 3, 4)])
 def test_valid_layouts(exercise, n, heads, kv, layers, gpn):
     expected = sorted((dp, tp, pp) for dp, tp, pp in itertools.product(range(1, n + 1), repeat=3)
                       if dp * tp * pp == n and gpn % tp == 0 and heads % tp == 0 and kv % tp == 0
                       and pp <= layers)
-    assert [tuple(x) for x in exercise.valid_layouts(n, heads, kv, layers, gpn)] == expected
+    got = [tuple(x) for x in exercise.valid_layouts(n, heads, kv, layers, gpn)]
+    assert got == expected
+    assert all(type(v) is int for layout in got for v in layout), "degrees are whole numbers (ints)"
 
 
 # Exercise 6.5: new_process_groups (4 gloo processes) -----------------------------------------------------

@@ -41,6 +41,7 @@ def test_server_link_time_loses_to_ring_with_one_server(exercise):
 def test_server_link_time_rejects_bad_input(exercise, args):
     with pytest.raises(ValueError):
         exercise.server_link_time(*args)
+    assert exercise.server_link_time(2, 1.0, 1, 1, 1, 0.5, 0.0) == pytest.approx(8.0)    # any positive bandwidth
 
 
 # Exercise 7.2: shard_keys ----------------------------------------------------------------------------------
@@ -83,6 +84,10 @@ def test_shard_keys_llama_tensors(exercise):
     assert sum(loads) == sum(sizes) and max(loads) == v * d
     with pytest.raises(ValueError):
         exercise.shard_keys(sizes, 0)
+    with pytest.raises(ValueError):
+        exercise.shard_keys([3, -1], 2)
+    assert exercise.shard_keys([3, 1], 1) == [0, 0]                     # one server owns everything
+    assert exercise.shard_keys([0, 5, 0], 2) == [1, 0, 1]               # empty tensors are fine
 
 
 # Exercise 7.3: aggregate -----------------------------------------------------------------------------------
@@ -143,6 +148,8 @@ def test_hogwild_interleaved_loses_updates(exercise):
     assert exercise.hogwild_apply(0.0, d, sched) == 5.0
     with pytest.raises(ValueError):
         exercise.hogwild_apply(0.0, d, [("write", 0), ("read", 0)])
+    with pytest.raises(ValueError):
+        exercise.hogwild_apply(0.0, d, [("read", 0), ("peek", 0), ("write", 0)])
 
 
 # Exercise 7.5: ps_sgd_round on 3 gloo processes -------------------------------------------------------------
@@ -171,6 +178,23 @@ def test_ps_sgd_round_matches_sgd_on_the_mean_gradient(ps_results):
             assert err < 1e-12, f"rank {rank}, round {step}: max error {err} against SGD on the workers' mean"
 
 
+@pytest.mark.points(2, exercise="7.5")
+def test_ps_sgd_round_pushes_and_pulls_on_the_wire(ps_results):
+    """Recorded per round: each worker sends one gradient to the server and receives one copy of the
+    weights from it; the server receives N - 1 gradients and sends N - 1 copies. Nothing else travels."""
+    n, nbytes = len(ps_results), 3 * 5 * 8
+    for rank, out in enumerate(ps_results):
+        assert not out["error"], f"rank {rank}: {out['error']}"
+        want = (n - 1) * nbytes if rank == 0 else nbytes
+        for step, wire in enumerate(out["wire"]):
+            got = {k: v for k, v in wire["bytes"].items() if v}
+            assert got == {"send": want, "recv": want}, f"rank {rank}, round {step}: {got}, expected {want} each way"
+            assert all(op == "batch_isend_irecv" for _, op, *_ in wire["calls"]), \
+                f"rank {rank}, round {step}: {[op for _, op, *_ in wire['calls']]}: post messages in batches"
+            peers = {peer for kind, _, _, _, peer in wire["calls"] if peer is not None}
+            assert rank == 0 or peers <= {0}, f"worker {rank} talked to {sorted(peers)}: workers talk to the server only"
+
+
 @pytest.mark.points(1, exercise="7.5")
 def test_ps_sgd_round_every_rank_holds_the_same_weights(ps_results):
     for out in ps_results:
@@ -178,3 +202,23 @@ def test_ps_sgd_round_every_rank_holds_the_same_weights(ps_results):
     for step in range(4):
         first = ps_results[0]["weights"][step]
         assert all(bool((out["weights"][step] == first).all()) for out in ps_results)
+
+
+@pytest.mark.points(1, exercise="7.5")
+def test_ps_sgd_round_on_a_group(exercise):
+    """Server = group rank 1 of the group {0, 2}, i.e. global rank 2; global rank 0 is the only worker."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import workers_parameter_server as workers
+
+    from llama_course.core.testing import spawn
+
+    results = spawn(workers.check_ps_on_a_group, 3, exercise.__name__, timeout=90)
+    want = torch.full((4,), 2.0, dtype=torch.float64) - 0.5 * torch.arange(4, dtype=torch.float64)
+    for rank in (0, 2):
+        assert not results[rank]["error"], f"rank {rank}: {results[rank]['error']}"
+        assert torch.allclose(results[rank]["weights"], want), f"rank {rank}: {results[rank]['weights']}"

@@ -34,7 +34,8 @@ def test_bubble_fraction_interleaved(exercise):
 
 
 @pytest.mark.points(1, exercise="5.1")
-@pytest.mark.parametrize("args", [("zigzag", 4, 8, 1), ("1f1b", 0, 8, 1), ("gpipe", 4, 0, 1)])
+@pytest.mark.parametrize("args", [("zigzag", 4, 8, 1), ("1f1b", 0, 8, 1), ("gpipe", 4, 0, 1),
+                                  ("interleaved_1f1b", 4, 8, 0)])
 def test_bubble_fraction_rejects_bad_input(exercise, args):
     with pytest.raises(ValueError):
         exercise.bubble_fraction(*args)
@@ -159,6 +160,7 @@ def pipeline_run(impl):
 @pytest.mark.points(4, exercise="5.5")
 def test_pipeline_step_gradients_match_one_process(pipeline_run):
     for rank, r in enumerate(pipeline_run):
+        assert not r["error"], f"stage {rank}: {r['error']}"
         assert r["grad_diff"] < 1e-5, f"stage {rank}: gradients differ from one process by {r['grad_diff']}"
     last = pipeline_run[-1]
     assert last["loss"] == pytest.approx(last["expected_loss"], rel=1e-5)
@@ -169,6 +171,28 @@ def test_pipeline_step_gradients_match_one_process(pipeline_run):
 def test_pipeline_step_runs_1f1b(pipeline_run):
     p, m = len(pipeline_run), 5
     for r, result in enumerate(pipeline_run):
+        assert not result["error"], f"stage {r}: {result['error']}"
         warm = min(p - r - 1, m)
         expected = "F" * warm + "FB" * (m - warm) + "B" * warm
         assert result["events"] == expected, f"rank {r} ran {result['events']}, 1F1B is {expected}"
+
+
+@pytest.mark.points(2, exercise="5.5")
+def test_pipeline_step_messages_on_the_wire(pipeline_run):
+    """Recorded: every message is posted through batch_isend_irecv (NCCL's rule; strict mode would have
+    failed a deadlock), and each stage sends exactly m activations forward and m gradients back, to its
+    neighbours, receiving as many: nothing resent, nothing gathered."""
+    p, m = len(pipeline_run), 5
+    for r, result in enumerate(pipeline_run):
+        assert not result["error"], f"stage {r}: {result['error']}"
+        wire, size = result["wire"], result["message_bytes"]
+        assert all(op == "batch_isend_irecv" for _, op, *_ in wire["calls"]), \
+            f"stage {r}: {sorted({op for _, op, *_ in wire['calls']})}: post every message in batch_isend_irecv"
+        sends = sorted((peer, n) for kind, _, _, n, peer in wire["calls"] if kind == "send")
+        recvs = sorted((peer, n) for kind, _, _, n, peer in wire["calls"] if kind == "recv")
+        expected = sorted([(r + 1, size)] * (m if r < p - 1 else 0) + [(r - 1, size)] * (m if r > 0 else 0))
+        assert sends == expected and recvs == expected, \
+            f"stage {r}: sent {sends}, received {recvs}; 1F1B moves one activation and one gradient per " \
+            f"micro-batch over each link"
+        used = {k for k, b in wire["bytes"].items() if b}
+        assert used <= {"send", "recv"}, f"stage {r}: {sorted(used)} on the wire"

@@ -28,6 +28,7 @@ def test_chrome_events(exercise):
 def test_chrome_events_rejects_negative(exercise):
     with pytest.raises(ValueError):
         exercise.chrome_events([(0, "compute", "forward", 0.0, -1.0)])
+    assert exercise.chrome_events([(0, "compute", "marker", 1.0, 0.0)])[0]["dur"] == 0     # instants are fine
 
 
 # Exercise 14.2: exposed_time ----------------------------------------------------------------------------
@@ -80,6 +81,10 @@ def test_step_breakdown_data_parallel_step(exercise):
     expected = {"compute": 0.030, "exposed_comm": 0.004, "bubble": 0.0, "optimizer": 0.003, "step": 0.039,
                 "idle": 0.002}
     assert got == pytest.approx(expected)
+    later = [{**e, "ts": e["ts"] + 250e3} if e["ph"] == "X" else e for e in events]     # the same step 250 ms on
+    assert exercise.step_breakdown(later) == pytest.approx(expected)
+    zeros = dict.fromkeys(expected, 0.0)
+    assert exercise.step_breakdown([]) == zeros and exercise.step_breakdown(events[:1]) == zeros
 
 
 @pytest.mark.points(1, exercise="14.3")
@@ -114,6 +119,7 @@ def test_roofline_a100(exercise):
     """A100 bf16 312 TFLOP/s on 2.0 TB/s: an RMSNorm (~1 FLOP/byte) is memory-bound, a big matmul is not."""
     assert exercise.roofline(1e9, 1e9, 312e12, 2.0e12)["bound"] == "memory"
     assert exercise.roofline(1e12, 1e9, 312e12, 2.0e12)["bound"] == "compute"
+    assert exercise.roofline(100.0, 10.0, 100.0, 10.0)["bound"] == "compute"       # exactly at the ridge
 
 
 # Exercise 14.5: matmul_intensity ------------------------------------------------------------------------

@@ -22,6 +22,8 @@ def test_bsp_step_time_straggler(exercise):
 @pytest.mark.points(1, exercise="8.1")
 def test_bsp_step_time_balanced_and_random(exercise):
     assert exercise.bsp_step_time([2.0, 2.0], 0.1) == pytest.approx((2.1, 0.0))
+    assert exercise.bsp_step_time([0.25, 0.5], 0.0) == pytest.approx((0.5, 0.25))     # sub-second steps
+    assert exercise.bsp_step_time([0.0, 0.0], 0.5) == pytest.approx((0.5, 0.0))       # nothing to wait for
     rng = random.Random(8)
     for _ in range(20):
         c = [rng.uniform(0.1, 5) for _ in range(rng.randint(1, 16))]
@@ -115,6 +117,17 @@ def test_diloco_outer_step_matches_the_formula(diloco_results):
         for t, (a, ref) in enumerate(zip(out["anchor"], out["reference"])):
             assert float((a - ref).abs().max()) < 1e-12, f"rank {rank}, round {t}: anchor differs from the formula"
         assert max(out["buffer_error"]) < 1e-12, f"rank {rank}: outer momentum buffer differs"
+
+
+@pytest.mark.points(1, exercise="8.5")
+def test_diloco_outer_step_one_all_reduce_of_the_weights(diloco_results):
+    """Recorded per round: one all-reduce of the Psi weights (float64 here), nothing else."""
+    for rank, out in enumerate(diloco_results):
+        assert not out["error"], out["error"]
+        for t, wire in enumerate(out["wire"]):
+            got = {k: v for k, v in wire["bytes"].items() if v}
+            assert got == {"all_reduce": out["n"] * 8} and len(wire["calls"]) == 1, \
+                f"rank {rank}, round {t}: {wire['calls']}; DiLoCo all-reduces the {out['n']} weights once"
 
 
 @pytest.mark.points(1, exercise="8.5")

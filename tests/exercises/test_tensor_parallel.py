@@ -113,7 +113,83 @@ def test_vocab_parallel_cross_entropy_loss(vocab_ce):
 
 
 @pytest.mark.points(2, exercise="4.5")
+def test_vocab_parallel_cross_entropy_sends_n_numbers(vocab_ce):
+    """Recorded on the wire: all-reduces of N numbers per token statistic (three suffice; up to three of
+    float64 allowed), never anything of the logits' size (an all-reduce of zero-padded full logits gathers
+    them by another name)."""
+    for rank, cases in enumerate(vocab_ce):
+        for case, r in enumerate(cases):
+            used = {k for k, b in r["wire"]["bytes"].items() if b}
+            assert used <= {"all_reduce"}, f"rank {rank} case {case}: {sorted(used)} on the wire, all-reduce only"
+            total = r["wire"]["bytes"]["all_reduce"]
+            assert total <= 3 * r["n"] * 8, \
+                f"rank {rank} case {case}: {total} bytes all-reduced for {r['n']} tokens; the logits are " \
+                f"{r['n'] * r['vocab'] * 4} bytes: send per-token numbers, not logits"
+
+
+@pytest.mark.points(2, exercise="4.5")
 def test_vocab_parallel_cross_entropy_gradient(vocab_ce):
     for rank, cases in enumerate(vocab_ce):
         for case, r in enumerate(cases):
             assert r["grad_diff"] < 1e-5, f"rank {rank} case {case}: gradient off by {r['grad_diff']}"
+
+
+# Exercises 4.6 and 4.7: f, g and the Megatron MLP (2 gloo processes) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def fg(impl):
+    from workers_tensor_parallel import fg_worker
+
+    from llama_course.core.testing import spawn
+
+    return spawn(fg_worker, 2, impl, timeout=90)
+
+
+def _all_reduces(summary) -> list:
+    return [n for kind, _, _, n, _ in summary["calls"] if kind == "all_reduce"]
+
+
+@pytest.mark.points(2, exercise="4.6")
+def test_f_is_identity_forward_all_reduce_backward(fg):
+    for rank, out in enumerate(fg):
+        assert not out["error"], f"rank {rank}: {out['error']}"
+        f = out["f"]
+        assert f["forward_same"], f"rank {rank}: f must return its input unchanged"
+        assert f["grad_diff"] < 1e-5, f"rank {rank}: d/dx must be the sum of every rank's gradient ({f['grad_diff']})"
+        assert _all_reduces(f["forward"]) == [], f"rank {rank}: f's forward sends nothing"
+        assert _all_reduces(f["backward"]) == [3 * 4 * 8 * 4], f"rank {rank}: f's backward: one all-reduce"
+
+
+@pytest.mark.points(2, exercise="4.6")
+def test_g_is_all_reduce_forward_identity_backward(fg):
+    for rank, out in enumerate(fg):
+        assert not out["error"], f"rank {rank}: {out['error']}"
+        g = out["g"]
+        assert g["forward_diff"] < 1e-5, f"rank {rank}: g must return the sum over ranks"
+        assert g["input_kept"], f"rank {rank}: g modified its input in place"
+        assert g["grad_diff"] < 1e-6, f"rank {rank}: g's backward is the identity ({g['grad_diff']})"
+        assert _all_reduces(g["forward"]) == [3 * 4 * 8 * 4], f"rank {rank}: g's forward: one all-reduce"
+        assert _all_reduces(g["backward"]) == [], f"rank {rank}: g's backward sends nothing"
+
+
+@pytest.mark.points(3, exercise="4.7")
+def test_tp_mlp_matches_the_unsplit_mlp(fg):
+    for rank, out in enumerate(fg):
+        assert not out["error"], f"rank {rank}: {out['error']}"
+        m = out["mlp"]
+        assert m["y_diff"] < 1e-4, f"rank {rank}: output off by {m['y_diff']}"
+        assert m["x_grad_diff"] < 1e-4, f"rank {rank}: d/dx off by {m['x_grad_diff']}"
+        assert m["w1_grad_diff"] < 1e-4 and m["w2_grad_diff"] < 1e-4, \
+            f"rank {rank}: weight-shard gradients off by {m['w1_grad_diff']}, {m['w2_grad_diff']}"
+
+
+@pytest.mark.points(2, exercise="4.7")
+def test_tp_mlp_one_all_reduce_each_way(fg):
+    """Recorded: the forward all-reduces the output once (g), the backward the input's gradient once (f)."""
+    for rank, out in enumerate(fg):
+        assert not out["error"], f"rank {rank}: {out['error']}"
+        m = out["mlp"]
+        assert _all_reduces(m["forward"]) == [m["bytes"]] and _all_reduces(m["backward"]) == [m["bytes"]], \
+            f"rank {rank}: forward {_all_reduces(m['forward'])}, backward {_all_reduces(m['backward'])} bytes"
+        for summary in (m["forward"], m["backward"]):
+            assert {k for k, b in summary["bytes"].items() if b} == {"all_reduce"}

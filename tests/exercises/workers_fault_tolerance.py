@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 import os
 
+from guard import guarded
+from recorders import DiskLog
+
 
 def check_sharded_checkpoint(rank: int, world: int, module_name: str, root: str) -> dict:
     """Two saves, then loads: after the first, after the second, after a crashed third (a .tmp folder only),
@@ -12,15 +15,18 @@ def check_sharded_checkpoint(rank: int, world: int, module_name: str, root: str)
     import torch
     import torch.distributed as dist
 
-    exercise = importlib.import_module(module_name)
-    out = {"error": "", "paths": [], "loads": {}}
+    exercise = guarded(importlib.import_module(module_name), "fault_tolerance")
+    out = {"error": "", "paths": [], "loads": {}, "disk": [], "snapshots": []}
 
     def state(step):
         return {"w": torch.arange(6, dtype=torch.float32).view(2, 3) * (rank + 1) + step, "step": torch.tensor(step)}
 
     try:
         for step in (3, 7):
-            out["paths"].append(exercise.sharded_save(root, step, state(step)))
+            with DiskLog() as disk:
+                out["paths"].append(exercise.sharded_save(root, step, state(step)))
+            out["disk"] += disk.events
+            out["snapshots"].append(_snapshot(root, step))
             got = exercise.sharded_load(root, rank)
             out["loads"][f"after_{step}"] = None if got is None else (got[0], bool(torch.equal(got[1]["w"], state(step)["w"])))
         dist.barrier()
@@ -43,4 +49,17 @@ def check_sharded_checkpoint(rank: int, world: int, module_name: str, root: str)
         out["error"] = f"NotImplementedError: {e}"
     except Exception as e:  # noqa: BLE001
         out["error"] = f"{type(e).__name__}: {e}"
+    return out
+
+
+def _snapshot(root: str, step: int) -> dict:
+    """What the save left: {path: (inode, size)} of the step folder's files and of `latest`."""
+    folder = os.path.join(root, f"step_{step:08d}")
+    paths = [os.path.join(folder, name) for name in sorted(os.listdir(folder))] if os.path.isdir(folder) else []
+    paths.append(os.path.join(root, "latest"))
+    out = {}
+    for path in paths:
+        if os.path.exists(path):
+            st = os.stat(path)
+            out[path] = (st.st_ino, st.st_size)
     return out

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 
+from guard import guarded
+from recorders import wire_summary
+
 SHARES = {3: [(1, 2, 5), (0, 6, 2), (4, 4, 0)]}          # sequences per rank, for three global batches of 8
 
 
@@ -12,8 +15,11 @@ def check_weighted_gradient(rank: int, world: int, module_name: str) -> dict:
     of the mean loss over all 8, computed here on the whole batch in one process."""
     import torch
 
-    exercise = importlib.import_module(module_name)
-    out = {"errors": [], "error": ""}
+    from llama_course.core import wire
+
+    wire.install()
+    exercise = guarded(importlib.import_module(module_name), "load_balancing")
+    out = {"errors": [], "wire": [], "error": ""}
     for case, shares in enumerate(SHARES[world]):
         g = torch.Generator().manual_seed(case)
         x, y = torch.randn(8, 5, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64)
@@ -29,7 +35,9 @@ def check_weighted_gradient(rank: int, world: int, module_name: str) -> dict:
         else:
             local = torch.full((5,), float("nan"), dtype=torch.float64)
         try:
-            got = exercise.weighted_gradient_all_reduce(local, n, 8)
+            with wire.recording() as log:
+                got = exercise.weighted_gradient_all_reduce(local, n, 8)
+            out["wire"].append(wire_summary(log))
         except NotImplementedError as e:
             out["error"] = f"NotImplementedError: {e}"
             return out

@@ -11,8 +11,9 @@ def groups_worker(rank: int, world_size: int, impl: str, layouts: list) -> list:
     import torch
     import torch.distributed as dist
     from adapter import load
+    from guard import guarded
 
-    exercise = load("parallel_3d", impl)
+    exercise = guarded(load("parallel_3d", impl), "parallel_3d")
     out = []
     for dp, tp, pp in layouts:
         groups = exercise.new_process_groups(rank, dp, tp, pp)

@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import copy
 
+from recorders import strict_worker, wire_summary
+
 
 def pipeline_worker(rank: int, world_size: int, impl: str, m: int) -> dict:
     import torch
     from adapter import load
+    from guard import guarded
     from torch import nn
 
-    exercise = load("pipeline_parallel", impl)
+    from llama_course.core import wire
+
+    wire.install()
+    strict_worker(wire)                            # NCCL's rules: batched point-to-point, matched in order
+    exercise = guarded(load("pipeline_parallel", impl), "pipeline_parallel")
     torch.manual_seed(0)
     width, batch = 8, 3
     model = nn.Sequential(*[nn.Sequential(nn.Linear(width, width), nn.Tanh()) for _ in range(world_size)])
     inputs = [torch.randn(batch, width) for _ in range(m)]
     targets = [torch.randn(batch, width) for _ in range(m)]
-    loss_fn = nn.functional.mse_loss
+    loss_fn = lopsided_loss
 
     reference = copy.deepcopy(model)
     expected_loss = 0.0
@@ -35,8 +42,18 @@ def pipeline_worker(rank: int, world_size: int, impl: str, m: int) -> dict:
     events: list = []
     stage.register_forward_pre_hook(lambda mod, args: events.append("F"))
     stage.register_full_backward_hook(lambda mod, gin, gout: events.append("B"))
-    got = exercise.pipeline_step(stage, inputs, targets, rank, world_size, loss_fn, (batch, width))
+    out = {"expected_loss": expected_loss, "message_bytes": batch * width * 4, "error": ""}
+    try:
+        with wire.recording() as log:
+            got = exercise.pipeline_step(stage, inputs, targets, rank, world_size, loss_fn, (batch, width))
+    except Exception as e:  # noqa: BLE001 - reported to the test (StrictModeError: a deadlock on NCCL)
+        return {**out, "error": f"{type(e).__name__}: {e}"}
     diffs = [float((p.grad - q.grad).abs().max()) if p.grad is not None else float("inf")
              for p, q in zip(stage.parameters(), reference[rank].parameters())]
-    return {"grad_diff": max(diffs), "loss": float(got or 0.0), "expected_loss": expected_loss,
-            "events": "".join(events)}
+    return {**out, "grad_diff": max(diffs), "loss": float(got or 0.0), "events": "".join(events),
+            "wire": wire_summary(log)}
+
+
+def lopsided_loss(out, target):
+    """A loss that is not symmetric in its two arguments (mean squared error plus a tilt on the output)."""
+    return ((out - target) ** 2 + 0.3 * out).mean()

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import importlib
 
+from guard import guarded
+from recorders import wire_summary
+
 
 def check_diloco_outer_step(rank: int, world: int, module_name: str, rounds: int = 3) -> dict:
     """Three outer rounds of DiLoCo on replicas that drift apart; every rank recomputes the reference
     from all replicas' weights (which it can generate: they are a function of rank and round)."""
     import torch
 
-    exercise = importlib.import_module(module_name)
+    from llama_course.core import wire
+
+    wire.install()
+    exercise = guarded(importlib.import_module(module_name), "sync_async")
     eta, mu, n = 0.7, 0.9, 257
     anchor = torch.linspace(-1, 1, n, dtype=torch.float64)
     buffer = torch.zeros(n, dtype=torch.float64)
     ref_anchor, ref_buffer = anchor.clone(), buffer.clone()
-    out = {"params": [], "anchor": [], "reference": [], "buffer_error": [], "error": ""}
+    out = {"params": [], "anchor": [], "reference": [], "buffer_error": [], "wire": [], "n": n, "error": ""}
 
     def local(r, t, x):          # replica r after its local steps of round t
         g = torch.Generator().manual_seed(100 * t + r)
@@ -24,7 +30,9 @@ def check_diloco_outer_step(rank: int, world: int, module_name: str, rounds: int
     for t in range(rounds):
         params = local(rank, t, anchor)
         try:
-            exercise.diloco_outer_step(params, anchor, buffer, eta, mu)
+            with wire.recording() as log:
+                exercise.diloco_outer_step(params, anchor, buffer, eta, mu)
+            out["wire"].append(wire_summary(log))
         except NotImplementedError as e:
             out["error"] = f"NotImplementedError: {e}"
             break

@@ -3,7 +3,7 @@
 import pytest
 
 from simulator.simulate import simulate
-from simulator.sync_async import staleness_distribution
+from simulator.sync_async import asp_staleness, staleness_distribution
 
 
 def test_asp_staleness_about_n_minus_one_and_straggler_stalest():
@@ -31,3 +31,13 @@ def test_local_sgd_divides_exposed_communication():
     # the gradient average happens every 4th step; the loss is still averaged (a scalar) every step
     assert 0 < scalars < sync
     assert local["breakdown_s"]["exposed_comm"] == pytest.approx(scalars + (sync - scalars) / 4, rel=1e-6)
+
+
+def test_asp_staleness_closed_form_matches_the_simulated_mean():
+    """The push-weighted mean of the closed form is the simulated ASP mean staleness (a fast server)."""
+    for speeds in ([1.0, 1.0, 1.0], [1.0, 1.0, 3.0], [0.5, 2.0]):
+        per_worker = asp_staleness(speeds)
+        rates = [1 / c for c in speeds]
+        weighted = sum(r * s for r, s in zip(rates, per_worker)) / sum(rates)
+        assert staleness_distribution(speeds, "asp", updates=6000)["mean"] == pytest.approx(weighted, rel=0.05)
+    assert asp_staleness([2.0] * 4) == pytest.approx([3.0] * 4)
