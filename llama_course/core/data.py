@@ -52,6 +52,14 @@ from pathlib import Path
 
 import numpy as np
 
+from llama_course.core.corpus import BUILTIN_MODULES, builtin_documents, text_documents  # noqa: F401 (the data API)
+from llama_course.core.token_shards import (  # noqa: F401 (the data API)
+    SHARD_HEADER,
+    SHARD_MAGIC,
+    _shard_files,
+    read_shard,
+    write_shards,
+)
 from llama_course.core.tokenizer import PATTERN, BPETokenizer, write_atomic
 
 CACHE_ENV = "LLAMA_COURSE_CACHE"
@@ -231,81 +239,6 @@ def val_batches(packed_val: np.ndarray, batch_size: int, n: int) -> list[tuple]:
     return [get_batch(packed_val, np.arange(i, min(i + batch_size, rows))) for i in range(0, rows, batch_size)]
 
 
-# ---- corpora --------------------------------------------------------------------------------------------
-BUILTIN_MODULES = (
-    "abc argparse ast base64 bisect calendar cmd codecs collections colorsys configparser contextlib copy "
-    "csv dataclasses difflib doctest enum fnmatch fractions getopt gettext glob graphlib gzip heapq "
-    "html html.parser http.cookies inspect ipaddress json logging mailbox numbers optparse pathlib pickle "
-    "pprint queue quopri random re sched shlex statistics string struct tarfile textwrap threading timeit "
-    "tokenize traceback types typing unittest.case unittest.mock urllib.parse uuid warnings wave weakref "
-    "zipfile zipapp").split()
-"""Standard-library modules whose docstrings join the built-in corpus. Chosen to be the same on every
-machine with the same Python: no module that defines different functions per platform or per optional
-dependency (os, shutil, subprocess, ssl users such as smtplib and http.client are left out)."""
-MIN_DOCSTRING_CHARS = 200
-"""Shorter docstrings ("Return self.") are left out: too short to be a document."""
-
-
-def builtin_documents() -> list[str]:
-    """The built-in corpus: CPython's help topics (sorted by name), then docstrings of `BUILTIN_MODULES`
-    (module, then its public classes and functions by name, each class followed by its methods), each
-    docstring headed by its dotted name. About 0.9 MB of English on Python 3.11; no download."""
-    if _BUILTIN_CACHE:
-        return list(_BUILTIN_CACHE)
-    import importlib
-    import inspect
-    import warnings
-
-    docs: list[str] = []
-    try:
-        from pydoc_data.topics import topics
-        docs += [topics[k].strip() for k in sorted(topics) if topics[k].strip()]
-    except ImportError:  # a trimmed Python without pydoc_data: docstrings alone
-        pass
-
-    def add(name: str, doc) -> None:
-        if isinstance(doc, str) and len(doc) >= MIN_DOCSTRING_CHARS:
-            docs.append(f"{name}\n\n{inspect.cleandoc(doc)}")
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for modname in BUILTIN_MODULES:
-            try:
-                module = importlib.import_module(modname)
-            except ImportError:  # a Python built without zlib and the like: that module is left out
-                continue
-            add(modname, module.__doc__)
-            for name, obj in sorted(vars(module).items()):
-                if name.startswith("_") or getattr(obj, "__module__", None) != modname:
-                    continue
-                if not (inspect.isclass(obj) or inspect.isfunction(obj)):
-                    continue
-                add(f"{modname}.{name}", obj.__doc__)
-                if inspect.isclass(obj):
-                    for attr, member in sorted(vars(obj).items()):
-                        if attr.startswith("_") and attr != "__init__":
-                            continue
-                        member = getattr(member, "__func__", None) or getattr(member, "fget", None) or member
-                        if inspect.isfunction(member):
-                            add(f"{modname}.{name}.{attr}", member.__doc__)
-    _BUILTIN_CACHE.extend(docs)
-    return docs
-
-
-_BUILTIN_CACHE: list[str] = []
-
-
-def text_documents(path: str | os.PathLike) -> list[str]:
-    """Documents of a text corpus: a folder's .txt files (one document each), or a file's paragraphs."""
-    path = Path(path)
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
-    texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
-    if len(texts) == 1:
-        import re
-        texts = re.split(r"\n[ \t]*\n", texts[0])
-    return [t.strip() for t in texts if t.strip()]
-
-
 def fingerprint(documents: list[str]) -> str:
     """sha256 of the documents (and of this pipeline's version): the cache key of a corpus."""
     h = hashlib.sha256(f"llama-course-data-{_PIPELINE_VERSION}\0{PATTERN}\0".encode())
@@ -419,66 +352,7 @@ class _FileLock:
         self._f.close()  # closing releases the lock
 
 
-# ---- token shards ----------------------------------------------------------------------------------------
-SHARD_MAGIC = b"LLCTOK01"
-SHARD_HEADER = struct.Struct("<8sIIiIQ")
-"""32-byte little-endian header of a `.bin` shard: magic, bytes per token (2 = uint16, 4 = uint32),
-vocab_size, eot_id (-1: none), reserved (0), number of tokens. The tokens follow, in that dtype."""
-
-
-def write_shards(tokens, folder: str | os.PathLike, shard_tokens: int, vocab_size: int | None = None,
-                 eot_id: int | None = None) -> list[Path]:
-    """Write `tokens` (1-D ints) as `folder/shard_00000.bin`, ... of at most `shard_tokens` tokens each.
-
-    Each file is a 32-byte header (`SHARD_HEADER`) then raw tokens, uint16 when vocab_size <= 65,536, else
-    uint32; `np.memmap` reads them back without parsing. `vocab_size` defaults to max(tokens) + 1. Give
-    `eot_id` so the validation split can end at a document boundary. Point `data.corpus` at the folder:
-
-        data = load_tokens(cfg)                       # built-in corpus, tokenized
-        write_shards(np.concatenate([data.train, data.val]), "shards/", 1_000_000, data.vocab_size, data.eot_id)
-        llama-course train configs/tiny.yaml --set data.corpus=shards/
-    """
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 1 or shard_tokens < 1:
-        raise ValueError("write_shards needs a 1-D token array and shard_tokens >= 1")
-    if len(tokens) and tokens.min() < 0:
-        raise ValueError("token ids must be non-negative")
-    vocab = int(vocab_size if vocab_size is not None else (tokens.max() + 1 if len(tokens) else 1))
-    if len(tokens) and tokens.max() >= vocab:
-        raise ValueError(f"token id {int(tokens.max())} is not below vocab_size {vocab}")
-    dtype = np.dtype("<u2") if vocab <= 1 << 16 else np.dtype("<u4")
-    folder = Path(folder)
-    paths = []
-    for i, start in enumerate(range(0, max(len(tokens), 1), shard_tokens)):
-        chunk = tokens[start: start + shard_tokens].astype(dtype)
-        header = SHARD_HEADER.pack(SHARD_MAGIC, dtype.itemsize, vocab, -1 if eot_id is None else eot_id, 0,
-                                   len(chunk))
-        paths.append(folder / f"shard_{i:05d}.bin")
-        write_atomic(paths[-1], header + chunk.tobytes())
-    return paths
-
-
-def read_shard(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
-    """A shard's tokens as a read-only np.memmap, and its header as a dict."""
-    with open(path, "rb") as f:
-        raw = f.read(SHARD_HEADER.size)
-    if len(raw) < SHARD_HEADER.size or raw[:8] != SHARD_MAGIC:
-        from simulator.config import ConfigError
-        raise ConfigError(f"data.corpus: {path} is not a llama-course token shard (see write_shards)")
-    _, itemsize, vocab, eot, _, n = SHARD_HEADER.unpack(raw)
-    dtype = np.dtype("<u2") if itemsize == 2 else np.dtype("<u4")
-    tokens = np.memmap(path, dtype=dtype, mode="r", offset=SHARD_HEADER.size, shape=(n,)) if n else \
-        np.zeros(0, dtype)
-    return tokens, {"vocab_size": vocab, "eot_id": None if eot < 0 else eot, "n_tokens": n}
-
-
-def _shard_files(corpus: str) -> list[Path]:
-    path = Path(corpus)
-    if path.is_file():
-        return [path] if path.suffix == ".bin" else []
-    return sorted(path.glob("*.bin"))
-
-
+# ---- token shards (the file format: core/token_shards.py) ----
 def _load_shard_tokens(corpus: str, val_fraction: float) -> TokenData:
     shards = [read_shard(p) for p in _shard_files(corpus)]
     vocab = max(meta["vocab_size"] for _, meta in shards)

@@ -68,6 +68,7 @@ FORBIDDEN = {
     "load_balancing": ["simulator/load_balancing.py", "llama_course/coordination/load_balancing.py",
                        "llama_course/core/data.py", "llama_course/parallel/balanced_stages.py"],
     "fault_tolerance": ["simulator/fault_tolerance.py", "llama_course/core/checkpoint.py",
+                        "llama_course/core/checkpoint_read.py",
                         "llama_course/coordination/fault_tolerance.py",
                         "llama_course/coordination/fault_tolerance_comm.py",
                         "llama_course/coordination/fault_tolerance_torchft.py", _TORCH["dcp"]],
