@@ -1,4 +1,5 @@
-"""Every command line of the README and docs/getting-started.md works as written, run as a user runs them
+"""`make test-readme` (kept out of `make test` to keep CI under 30 minutes on 2 cores; ~4 minutes alone):
+every command line of the README and docs/getting-started.md works as written, run as a user runs them
 after the Quickstart: in order, in a fresh copy of the repository, in a bash shell whose `.venv` is new and
 whose `source .venv/bin/activate` is what puts `llama-course` on the PATH.
 
