@@ -262,8 +262,8 @@ def write_doc(path: str, rows: list, args, profile: dict, profile_path: str, sec
     factors = s.get("speed_factors") or [1.0]
     cal_text = (f"""
 **Calibrated** (`--calibrate`): right before and right after each training run, `compare` times the
-machine's speed probe (`bench.speed_factor`: one process, one thread, the tiny model's forward-backward
-inside train steps, the point the profile was fitted on) and predicts with the profile's compute scaled by
+machine's speed probe (`bench.speed_factor`: the tiny model's forward-backward, the point the profile was
+fitted on, one thread per process in as many processes as the layout runs, computing at once) and predicts with the profile's compute scaled by
 the probe's mean against the profile (*speed*: above 1, the machine computed slower than when profiled).
 One number per run, measured on a run that is not the layout; nothing is fitted to the layout's own
 measurement. The speed ranged from {min(factors):.2f} to {max(factors):.2f} over this suite. *uncalibrated

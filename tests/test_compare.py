@@ -118,3 +118,23 @@ def test_compare_suite_held_out_is_judged_uncalibrated_with_its_components():
     pipe = _suite_row("small model pp 2 1F1B", 0.1, 0.1, {"compute": 0.06, "exposed_comm": 0.0, "bubble": 0.03},
                       {"compute": 0.06, "exposed_comm": 0.02, "bubble": 0.01})
     assert suite.component_errors(pipe) == {"compute": 0.0, "exposed_comm": 0.0}
+
+
+def test_speed_probe_on_several_processes():
+    """`bench.speed_factor(processes=k)`: k launched processes compute at once and the slowest is held
+    against the profile's time for one of k processes sharing the cores (sharing and lag), so a profile
+    whose cores do not share (effective cores 1 at k = 2) predicts twice the one-process time."""
+    import dataclasses
+
+    from llama_course.commands.bench import speed_factor
+    from simulator.hardware import gpu_preset
+
+    hw = gpu_preset("cpu")
+    one = speed_factor(hw, repeats=3)
+    two = speed_factor(hw, repeats=3, processes=2)
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert two["predicted_s"] == pytest.approx(one["predicted_s"] * hw.sharing_slowdown(2) * hw.straggle_factor(2))
+    assert two["speed_factor"] == pytest.approx(two["measured_s"] / two["predicted_s"])
+    assert 1e-3 < two["measured_s"] < 10
+    serial = dataclasses.replace(hw, effective_cores={"1": 1.0, "2": 1.0}, straggle={})
+    assert speed_factor(serial, repeats=3, processes=2)["predicted_s"] == pytest.approx(2 * one["predicted_s"])

@@ -149,18 +149,35 @@ def model_step_times(preset: str, seq_len: int, micro_batch: int, repeats: int =
             "rest_s": max(0.0, step_s - fb), "params": sum(p.numel() for p in params), "tensors": len(params)}
 
 
-def speed_factor(hw=None, repeats: int = 9) -> dict:
-    """How fast this machine computes now against its profile: one process, one thread, the tiny model's
-    forward-backward inside train steps (as `bench` fitted the profile on), timed in wall seconds.
-    {"measured_s", "predicted_s", "speed_factor": measured / predicted} (above 1: slower than profiled).
+def speed_factor(hw=None, repeats: int = 9, processes: int = 1) -> dict:
+    """How fast this machine computes now against its profile: the tiny model's forward-backward (as
+    `bench` fitted the profile on), one thread per process, timed in wall seconds.
+    {"measured_s", "predicted_s", "speed_factor": measured / predicted, "processes"} (above 1: slower
+    than profiled).
+
+    processes = 1: one process, inside train steps. processes = k > 1: k processes started as training
+    starts them, computing at once and started together each step; measured_s is the slowest rank's time
+    (what a synchronizing step waits for) and predicted_s the profile's for it (one of k processes sharing
+    the cores, `Hardware.sharing_slowdown(k)`, times the slowest's lag, `straggle_factor(k)`), so the
+    factor also carries how the cores are shared now. That is what a k-process run's compute meets: on the
+    2-core reference VM two processes computed 1.04x slower than one when profiled and ~1.5x slower on
+    2026-12-06, and a one-process probe missed it (the demo's prediction was 29-33% too fast).
 
     A shared machine's speed drifts (on the 2-core reference VM the same forward-backward measured 23 ms
-    and 28 ms a quarter of an hour apart); `compare --calibrate` runs this before and after training."""
-    import torch
-
+    and 28 ms a quarter of an hour apart); `compare --calibrate` and the demo run this before and after
+    training."""
     from simulator.hardware import gpu_preset
 
     hw = hw or gpu_preset("cpu")
+    if processes > 1:
+        measured = launched("speed_worker", processes, repeats)[0]
+        point = dict(zip(("preset", "seq_len", "micro_batch"), SPEED_POINT))
+        predicted = (predicted_forward_backward(point, hw) * hw.sharing_slowdown(processes)
+                     * hw.straggle_factor(processes))
+        return {"measured_s": measured, "predicted_s": predicted, "speed_factor": measured / predicted,
+                "processes": processes}
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -169,7 +186,7 @@ def speed_factor(hw=None, repeats: int = 9) -> dict:
         torch.set_num_threads(threads)
     predicted = predicted_forward_backward(point, hw)
     return {"measured_s": point["forward_backward_s"], "predicted_s": predicted,
-            "speed_factor": point["forward_backward_s"] / predicted}
+            "speed_factor": point["forward_backward_s"] / predicted, "processes": 1}
 
 
 def default_profile_path() -> str:

@@ -89,6 +89,29 @@ def straggle_worker(rank: int, world: int, steps: int) -> float:
     return statistics.mean(lags)
 
 
+def speed_worker(rank: int, world: int, repeats: int) -> float:
+    """Runs in each of `world` processes at once: the speed probe (`bench.speed_factor`) as training ranks
+    meet it, the tiny model's forward-backward at SPEED_POINT started together after a barrier, as
+    data-parallel ranks start a step. Returns the median over `repeats` steps (after two warm-up steps) of
+    the slowest rank's wall seconds: what a synchronizing step waits for."""
+    import torch
+    import torch.distributed as dist
+
+    from simulator.calibration import SPEED_POINT
+
+    preset, seq_len, micro_batch = SPEED_POINT
+    assert (preset, seq_len) == ("tiny", 128), "speed_worker's engine is the tiny model at seq 128"
+    step = _tiny_engine(micro_batch)
+    slowest = []
+    for i in range(repeats + 2):
+        took = torch.tensor([step(before=dist.barrier)])
+        every = [torch.zeros(1) for _ in range(world)]
+        dist.all_gather(every, took)
+        if i >= 2:
+            slowest.append(max(float(x) for x in every))
+    return statistics.median(slowest)
+
+
 def _compute_stretch():
     """~1.5 ms of matmuls: what a rank does between two exchanges in the in-situ measurements."""
     import torch
@@ -269,7 +292,7 @@ RPC_TENSORS = 32
 """Tensors per RPC (a worker pushes a list of gradient tensors: the tiny LLaMA has 38)."""
 
 
-WORKERS = ("gloo_worker", "sharing_worker", "rpc_worker", "straggle_worker")
+WORKERS = ("gloo_worker", "sharing_worker", "rpc_worker", "straggle_worker", "speed_worker")
 """Measurements that run on several processes, started by `launched` (by name: they cross a process)."""
 
 

@@ -93,7 +93,8 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
             calibrate: bool = False, log=None) -> dict:
     """Simulate and train the same config; {"predicted", "measured", "relative_error", "config", ...}.
 
-    `calibrate` (cpu): time the machine's speed probe (`bench.speed_factor`) right before and right after
+    `calibrate` (cpu): time the machine's speed probe (`bench.speed_factor`, on as many processes as the
+    config runs, computing at once) right before and right after
     training and predict with the profile's compute scaled by their mean ("speed"), because a shared
     machine's speed drifts by more than the model's error between a `bench` and a run. The prediction on
     the profile as it is stays in "uncalibrated" (predicted, relative_error).
@@ -124,8 +125,10 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
     if calibrate:
         from llama_course.commands.bench import speed_factor
 
-        say("compare: timing this machine's speed (the tiny model's forward + backward, one process)")
-        probes.append(speed_factor())
+        k = cfg.world_size
+        say(f"compare: timing this machine's speed (the tiny model's forward + backward, {k} process"
+            f"{'es at once' if k > 1 else ''})")
+        probes.append(speed_factor(processes=k))
 
     # the components are read from the same steps as the step time: the second half of the run
     traced = max(1, cfg.training.steps - cfg.training.steps // 2)
@@ -148,7 +151,7 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
 
     speed = None
     if calibrate:
-        probes.append(speed_factor())
+        probes.append(speed_factor(processes=cfg.world_size))
         speed = {"speed_factor": statistics.mean(x["speed_factor"] for x in probes),
                  "probes": probes}
         notes.append(f"calibrated: this machine computed at {1 / speed['speed_factor']:.2f}x its profile's "

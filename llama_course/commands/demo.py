@@ -3,7 +3,8 @@
     python -m llama_course.commands.demo [--steps N] [--out runs/demo] [--fresh]
 
 1. Measures this machine's speed (the speed probe of `compare --calibrate`: the tiny model's
-   forward-backward in one process, timed against what the simulator's cpu profile predicts for it).
+   forward-backward in 2 processes at once, as the run's 2 ranks compute, the slowest of them timed
+   against what the simulator's cpu profile predicts for it).
 2. Trains configs/tiny.yaml for 400 steps with 2 gloo processes (the banner says layout, engine, device).
 3. Probes the speed again and prints the simulator's predicted step time at the measured speed beside
    the measured median step time (and the prediction on the profile as it is).
@@ -23,7 +24,7 @@ import shutil
 import statistics
 import sys
 
-from simulator.config import ConfigError
+from simulator.config import ConfigError, load_config
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "tiny.yaml")
 DEMO_MARKERS = ("metrics.jsonl", "checkpoints", "loss.png")
@@ -79,9 +80,10 @@ def run(args) -> int:
     overrides = demo_overrides(args.steps)
     config = os.path.relpath(args.config)
 
-    print("== [1/4] measuring this machine's speed: the tiny model's forward + backward, one process, "
-          "9 times (`compare --calibrate`'s probe)", flush=True)
-    probes = [speed_factor()]
+    processes = load_config(args.config, overrides).world_size
+    print(f"== [1/4] measuring this machine's speed: the tiny model's forward + backward, {processes} processes "
+          f"at once as the run's ranks compute, 9 steps (`compare --calibrate`'s probe)", flush=True)
+    probes = [speed_factor(processes=processes)]
     print(f"== [2/4] training the tiny LLaMA on the built-in corpus ({config}, {args.steps} steps, "
           f"2 gloo processes) into {out}", flush=True)
     argv = ["train", args.config, "--metrics", metrics, "--checkpoint-dir", ckpt_dir]
@@ -92,7 +94,7 @@ def run(args) -> int:
         return code
     with open(metrics) as f:
         records = [json.loads(line) for line in f]
-    probes.append(speed_factor())
+    probes.append(speed_factor(processes=processes))
 
     from llama_course.core.plots import plot_loss
 
@@ -118,7 +120,6 @@ def predicted_vs_measured(config: str, overrides: list, records: list, probes: l
     """The simulator's step time at this machine's probed speed beside the measured median (second half of
     the run), with the prediction on the profile as it is and how to calibrate fully."""
     from llama_course.commands.compare import scaled_profile
-    from simulator.config import load_config
     from simulator.hardware import cpu_profile_path
     from simulator.simulate import simulate
 
@@ -136,8 +137,9 @@ def predicted_vs_measured(config: str, overrides: list, records: list, probes: l
 
     return (f"simulator predicts {predicted * 1e3:.1f} ms, measured {measured * 1e3:.1f} ms (median of the second "
             f"half; error {err(predicted)})\n"
-            f"   speed probe: forward + backward took {probes[0]['measured_s'] * 1e3:.1f} ms before training and "
-            f"{probes[1]['measured_s'] * 1e3:.1f} ms after, the profile says {probes[0]['predicted_s'] * 1e3:.1f} ms: "
+            f"   speed probe ({probes[0]['processes']} processes at once, the slowest): forward + backward took "
+            f"{probes[0]['measured_s'] * 1e3:.1f} ms before training and {probes[1]['measured_s'] * 1e3:.1f} ms after, "
+            f"the profile says {probes[0]['predicted_s'] * 1e3:.1f} ms: "
             f"this machine computes at {1 / factor:.2f}x the profile's speed now, and the prediction uses that\n"
             f"   profile: {profile}; on it as it is the prediction would be {raw * 1e3:.1f} ms ({err(raw)})\n"
             + (f"   note: this machine looks busy (the probe ran {factor:.1f}x slower than the profile, before / after "
