@@ -62,7 +62,7 @@ from simulator.simulate import simulate
 from simulator.topology import Cluster
 
 PLAN_FIELDS = ("dp", "tp", "pp", "vpp", "schedule", "zero_stage", "micro_batch_size",
-               "activation_checkpointing", "sequence_parallel")
+               "activation_checkpointing", "sequence_parallel", "first_stage_layers", "last_stage_layers")
 MICRO_BATCHES = (1, 2, 4, 8, 16)
 VIRTUAL_STAGES = (2, 3, 4, 6, 8)
 RECOMPUTE = ("none", "selective", "full")
@@ -196,20 +196,34 @@ def candidates(cfg) -> list:
                 if g % (dp * mb):
                     continue
                 n_micro = g // (dp * mb)
-                schedules = [("1f1b", 1)]
-                if pp > 1:
-                    schedules = [("gpipe", 1)] + (schedules if n_micro >= pp else [])
-                    schedules += [("interleaved_1f1b", v) for v in VIRTUAL_STAGES
-                                  if m.n_layers % (pp * v) == 0 and n_micro % pp == 0]
-                for schedule, vpp in schedules:
-                    for zero in (0, 1, 2, 3):
-                        if not capabilities.supported(capabilities.key(cfg, dp=dp, tp=tp, pp=pp, zero_stage=zero,
-                                                                       schedule=schedule)):
-                            continue
-                        for recompute in recomputes:
-                            out.append(dict(dp=dp, tp=tp, pp=pp, vpp=vpp, schedule=schedule, zero_stage=zero,
-                                            micro_batch_size=mb, activation_checkpointing=recompute,
-                                            sequence_parallel=tp > 1))
+                for ends, layers in stage_splits(m.n_layers, pp):
+                    schedules = [("1f1b", 1)]
+                    if pp > 1:
+                        schedules = [("gpipe", 1)] + (schedules if n_micro >= pp else [])
+                        schedules += [("interleaved_1f1b", v) for v in VIRTUAL_STAGES
+                                      if layers % (pp * v) == 0 and n_micro % pp == 0]
+                    for schedule, vpp in schedules:
+                        for zero in (0, 1, 2, 3):
+                            if not capabilities.supported(capabilities.key(cfg, dp=dp, tp=tp, pp=pp, zero_stage=zero,
+                                                                           schedule=schedule)):
+                                continue
+                            for recompute in recomputes:
+                                out.append(dict(dp=dp, tp=tp, pp=pp, vpp=vpp, schedule=schedule, zero_stage=zero,
+                                                micro_batch_size=mb, activation_checkpointing=recompute,
+                                                sequence_parallel=tp > 1, first_stage_layers=ends,
+                                                last_stage_layers=ends))
+    return out
+
+
+def stage_splits(n_layers: int, pp: int) -> list:
+    """How the planner may split the layers over pp stages: [(first and last stages' layers or None, the
+    layer count interleaving must divide)]. An even split (None); and, from 3 stages, one layer fewer on
+    the first and last stage than on the others when that makes the rest equal, as Llama 3 405B ran (126
+    layers on 16 stages: 7, 14 x 8, 7; its first stage also holds the embedding, its last the head and
+    loss), interleaving then dividing n_layers + 2."""
+    out = [(None, n_layers)]
+    if pp >= 3 and (n_layers + 2) % pp == 0 and (n_layers + 2) // pp >= 2:
+        out.append(((n_layers + 2) // pp - 1, n_layers + 2))
     return out
 
 

@@ -26,10 +26,17 @@ def objective(result: dict, by_goodput: bool, total_tokens: float | None = None)
     return result["step_time_s"] / result["tokens_per_step"]
 
 
+def ends(p: dict) -> str:
+    """The first and last stages' layer counts when the planner made them lighter ("7/7"), else ""."""
+    first, last = p.get("first_stage_layers"), p.get("last_stage_layers")
+    return "" if first is None and last is None else f"{first if first is not None else '-'}/{last if last is not None else '-'}"
+
+
 def describe(p: dict) -> str:
     """A layout in a few words: dp x tp x pp, schedule, ZeRO, micro-batch, recomputation."""
     return (f"dp {p['dp']} x tp {p['tp']} x pp {p['pp']}"
             + (f" (interleaved, vpp {p['vpp']})" if p["vpp"] > 1 else (f", {p['schedule']}" if p["pp"] > 1 else ""))
+            + (f", first/last stage {ends(p)} layers" if ends(p) else "")
             + f", ZeRO-{p['zero_stage']}, micro-batch {p['micro_batch_size']}, recompute "
               f"{p['activation_checkpointing']}" + (", sequence parallel" if p["sequence_parallel"] else ""))
 
@@ -88,11 +95,14 @@ def explain(entries: list, floors: dict, excluded: list, stats: dict, capacity: 
 
 
 def format_plan(entries: list, stats: dict | None = None) -> str:
-    lines = ["| # | dp | tp | pp | v | schedule | zero | mb | recompute | step s | tokens/s/GPU | MFU | memory GB |",
-             "|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|---:|"]
+    """The planner's table (*ends*: the first and last stages' layers where they hold fewer, "-" for an even
+    split) and its explanation."""
+    lines = ["| # | dp | tp | pp | v | ends | schedule | zero | mb | recompute | step s | tokens/s/GPU | MFU | memory GB |",
+             "|---:|---:|---:|---:|---:|---|---|---:|---:|---|---:|---:|---:|---:|"]
     for i, e in enumerate(entries, 1):
         p = e["parallel"]
-        lines.append(f"| {i} | {p['dp']} | {p['tp']} | {p['pp']} | {p['vpp']} | {p['schedule'] if p['pp'] > 1 else '-'} | "
+        lines.append(f"| {i} | {p['dp']} | {p['tp']} | {p['pp']} | {p['vpp']} | {ends(p) or '-'} | "
+                     f"{p['schedule'] if p['pp'] > 1 else '-'} | "
                      f"{p['zero_stage']} | {p['micro_batch_size']} | {p['activation_checkpointing']} | "
                      f"{e['step_time_s']:.3g} | {e['tokens_per_s_per_gpu']:,.0f} | {100 * e['mfu']:.1f}% | "
                      f"{e['memory_per_gpu_bytes']['total'] / 1e9:.1f} |")

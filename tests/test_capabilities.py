@@ -76,7 +76,8 @@ def layout(cfg) -> dict:
     p = cfg.parallel
     return dict(dp=p.dp, tp=p.tp, pp=p.pp, vpp=p.vpp, schedule=p.schedule, zero_stage=p.zero_stage,
                 micro_batch_size=p.micro_batch_size, activation_checkpointing=p.activation_checkpointing,
-                sequence_parallel=p.sequence_parallel)
+                sequence_parallel=p.sequence_parallel, first_stage_layers=p.first_stage_layers,
+                last_stage_layers=p.last_stage_layers)
 
 
 def verdicts(point: dict) -> dict:

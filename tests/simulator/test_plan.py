@@ -171,3 +171,27 @@ def test_plan_starts_from_model_cluster_and_batch_when_the_default_layout_is_inv
         load_plan_config(None, overrides + ["model.preset=llama-99b"])
     with pytest.raises(ConfigError):
         load_plan_config(None, overrides + ["parallel.global_batch_size=0"])
+
+
+def test_planner_searches_lighter_first_and_last_stages():
+    """Llama 3 405B's split: 126 layers on 16 stages as 7, 14 x 8, 7 (interleaving 8 chunks per rank). The
+    planner tries it beside the even split: for 14 layers on 4 stages, 3 / 4 / 4 / 3 with interleaving
+    (v 2 or 4: 16 layers' worth of chunks; and 1 / 2 x 6 / 1 on 8 stages), which the even split (14 / 4) cannot interleave; every such
+    candidate is a valid config whose stages the simulator builds as asked."""
+    from simulator.parallel_3d import stage_layers
+    from simulator.plan import stage_splits
+
+    assert stage_splits(126, 16) == [(None, 126), (7, 128)]
+    assert stage_splits(14, 4) == [(None, 14), (3, 16)]
+    assert stage_splits(16, 4) == [(None, 16)] and stage_splits(12, 2) == [(None, 12)]
+    cfg = load_plan_config({"model": {"preset": "llama-1b", "n_layers": 14}, "seq_len": 2048,
+                            "cluster": {"gpu": "a100-40gb", "num_gpus": 16}, "parallel": {"global_batch_size": 64}})
+    uneven = [c for c in candidates(cfg) if c["first_stage_layers"] is not None]
+    assert {(c["pp"], c["first_stage_layers"], c["last_stage_layers"]) for c in uneven} == {(4, 3, 3), (8, 1, 1)}
+    assert {c["vpp"] for c in uneven if c["pp"] == 4 and c["schedule"] == "interleaved_1f1b"} == {2, 4}
+    even_pp4 = [c for c in candidates(cfg) if c["pp"] == 4 and c["first_stage_layers"] is None]
+    assert even_pp4 and all(c["vpp"] == 1 for c in even_pp4)
+    c = _layout(cfg, next(c for c in uneven if c["vpp"] == 2), runtime=False)
+    assert sum(stage_layers(c)) == 14 and simulate(c)["step_time_s"] > 0
+    entries = plan(cfg, top=50)
+    assert all({"first_stage_layers", "last_stage_layers"} <= set(e["parallel"]) for e in entries)
