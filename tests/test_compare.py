@@ -120,7 +120,7 @@ def test_compare_suite_held_out_is_judged_uncalibrated_with_its_components():
     assert suite.component_errors(pipe) == {"compute": 0.0, "exposed_comm": 0.0}
 
 
-def test_speed_probe_on_several_processes():
+def test_speed_probe_on_several_processes(monkeypatch):
     """`bench.speed_factor(processes=k)`: k launched processes compute at once and the slowest is held
     against the profile's time for one of k processes sharing the cores (sharing and lag), so a profile
     whose cores do not share (effective cores 1 at k = 2) predicts twice the one-process time."""
@@ -137,4 +137,10 @@ def test_speed_probe_on_several_processes():
     assert two["speed_factor"] == pytest.approx(two["measured_s"] / two["predicted_s"])
     assert 1e-3 < two["measured_s"] < 10
     serial = dataclasses.replace(hw, effective_cores={"1": 1.0, "2": 1.0}, straggle={})
-    assert speed_factor(serial, repeats=3, processes=2)["predicted_s"] == pytest.approx(2 * one["predicted_s"])
+    import llama_course.commands.bench as bench
+
+    calls = []
+    monkeypatch.setattr(bench, "launched", lambda name, world, *a: calls.append((name, world)) or [0.05] * world)
+    got = speed_factor(serial, repeats=3, processes=2)
+    assert calls == [("speed_worker", 2)] and got["measured_s"] == 0.05
+    assert got["predicted_s"] == pytest.approx(2 * one["predicted_s"])
