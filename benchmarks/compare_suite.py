@@ -185,6 +185,10 @@ def held_out_text(rows: list) -> str:
     h, shown = held_out_summary(rows), [uncalibrated(r) for r in rows]
     comp = "; ".join(f"{r['name']}: " + ", ".join(f"{c} {_pct(e)}" for c, e in component_errors(r).items())
                      for r in shown if component_errors(r))
+    probed = [abs(r["relative_error"]["step_time_s"]) for r in rows if r["ok"] and "uncalibrated" in r]
+    with_probe = (f"\nWith the speed probe (the same runs, predicted at the speed probed around each, as the tuning "
+                  f"layouts are; not the goal's reading): mean |error| {statistics.mean(probed):.0%}, worst "
+                  f"{max(probed):.0%}.\n" if probed else "")
     return f"""
 ## Held-out suite (never tuned on)
 
@@ -198,7 +202,7 @@ and 256, a 40-step run, the `small` model (8 layers, dim 256) with data and pipe
 {h['components_within_25']} of {h['components']} separable components within 25%** ({comp or 'none'}; a component
 counts when it is at least {COMPONENT_FLOOR:.0%} of the measured step; pipeline rows compare communication + bubble).
 Goal: mean within 15%, worst within 25%, components within 25%: {'met' if h['goal_met'] else 'not met'}.
-"""
+{with_probe}"""
 
 
 def summary(rows: list) -> dict:
