@@ -140,7 +140,15 @@ def test_speed_probe_on_several_processes(monkeypatch):
     import llama_course.commands.bench as bench
 
     calls = []
-    monkeypatch.setattr(bench, "launched", lambda name, world, *a: calls.append((name, world)) or [0.05] * world)
+    monkeypatch.setattr(bench, "launched", lambda name, world, *a, **k: calls.append((name, world)) or [0.05] * world)
     got = speed_factor(serial, repeats=3, processes=2)
     assert calls == [("speed_worker", 2)] and got["measured_s"] == 0.05
     assert got["predicted_s"] == pytest.approx(2 * one["predicted_s"])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bench speed_worker on 2 processes failed (exit 1): address in use")
+
+    monkeypatch.setattr(bench, "launched", broken)          # no launch: the one-process probe, saying why
+    got = speed_factor(hw, repeats=3, processes=2)
+    assert got["processes"] == 1 and "address in use" in got["fallback"]
+    assert got["predicted_s"] == pytest.approx(one["predicted_s"])

@@ -163,6 +163,8 @@ def speed_factor(hw=None, repeats: int = 9, processes: int = 1) -> dict:
     2-core reference VM two processes computed 1.04x slower than one when profiled and ~1.5x slower on
     2026-12-06, and a one-process probe missed it (the demo's prediction was 29-33% too fast).
 
+    When the k processes cannot be launched, the one-process probe answers, with "fallback" saying why.
+
     A shared machine's speed drifts (on the 2-core reference VM the same forward-backward measured 23 ms
     and 28 ms a quarter of an hour apart); `compare --calibrate` and the demo run this before and after
     training."""
@@ -170,7 +172,14 @@ def speed_factor(hw=None, repeats: int = 9, processes: int = 1) -> dict:
 
     hw = hw or gpu_preset("cpu")
     if processes > 1:
-        measured = launched("speed_worker", processes, repeats)[0]
+        import subprocess
+
+        try:
+            measured = launched("speed_worker", processes, repeats, timeout=120)[0]
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:     # launching failed: one process
+            out = speed_factor(hw, repeats)
+            out["fallback"] = f"{processes} processes could not be launched ({str(e).splitlines()[0][:120]})"
+            return out
         point = dict(zip(("preset", "seq_len", "micro_batch"), SPEED_POINT))
         predicted = (predicted_forward_backward(point, hw) * hw.sharing_slowdown(processes)
                      * hw.straggle_factor(processes))

@@ -154,6 +154,7 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
         probes.append(speed_factor(processes=cfg.world_size))
         speed = {"speed_factor": statistics.mean(x["speed_factor"] for x in probes),
                  "probes": probes}
+        notes += [f"speed probe: {x['fallback']}; the one-process probe stood in" for x in probes[:1] if "fallback" in x]
         notes.append(f"calibrated: this machine computed at {1 / speed['speed_factor']:.2f}x its profile's "
                      f"speed (probe before / after training: "
                      + " / ".join(f"{x['measured_s'] * 1e3:.1f} ms" for x in probes)

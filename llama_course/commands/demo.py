@@ -131,16 +131,20 @@ def predicted_vs_measured(config: str, overrides: list, records: list, probes: l
     with scaled_profile(factor):
         predicted = simulate(cfg)["step_time_s"]
     profile = cpu_profile_path()
+    k = probes[0]["processes"]
+    how = f"{k} processes at once, the slowest" if k > 1 else "one process"
+    fallback = "".join(f"   note: {p['fallback']}; the one-process probe stood in\n" for p in probes[:1] if "fallback" in p)
 
     def err(x):
         return f"{(x - measured) / measured:+.0%}"
 
     return (f"simulator predicts {predicted * 1e3:.1f} ms, measured {measured * 1e3:.1f} ms (median of the second "
             f"half; error {err(predicted)})\n"
-            f"   speed probe ({probes[0]['processes']} processes at once, the slowest): forward + backward took "
+            f"   speed probe ({how}): forward + backward took "
             f"{probes[0]['measured_s'] * 1e3:.1f} ms before training and {probes[1]['measured_s'] * 1e3:.1f} ms after, "
             f"the profile says {probes[0]['predicted_s'] * 1e3:.1f} ms: "
             f"this machine computes at {1 / factor:.2f}x the profile's speed now, and the prediction uses that\n"
+            + fallback +
             f"   profile: {profile}; on it as it is the prediction would be {raw * 1e3:.1f} ms ({err(raw)})\n"
             + (f"   note: this machine looks busy (the probe ran {factor:.1f}x slower than the profile, before / after "
                f"{spread:.2f}x apart): short timings on a loaded machine are unreliable; rerun on a quiet one\n"
