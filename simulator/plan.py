@@ -63,6 +63,9 @@ from simulator.topology import Cluster
 
 PLAN_FIELDS = ("dp", "tp", "pp", "vpp", "schedule", "zero_stage", "micro_batch_size",
                "activation_checkpointing", "sequence_parallel", "first_stage_layers", "last_stage_layers")
+SPLIT_FIELDS = ("first_stage_layers", "last_stage_layers")
+"""In a plan entry only when the layout makes the first and last stages lighter (so that every entry's
+`parallel` items can be passed back as `--set parallel.K=V`)."""
 MICRO_BATCHES = (1, 2, 4, 8, 16)
 VIRTUAL_STAGES = (2, 3, 4, 6, 8)
 RECOMPUTE = ("none", "selective", "full")
@@ -304,7 +307,8 @@ def plan(cfg, top: int = 5, stats: dict | None = None, progress=None) -> list:
             say(f"plan: simulated {simulated} layouts{lead}")
         if not r["fits_in_memory"]:
             continue
-        entry = {"parallel": {f: getattr(c.parallel, f) for f in PLAN_FIELDS}}
+        entry = {"parallel": {f: getattr(c.parallel, f) for f in PLAN_FIELDS
+                              if f not in SPLIT_FIELDS or getattr(c.parallel, f) is not None}}
         entry.update(r)
         obj = objective(r, by_goodput, cfg.training.total_tokens)
         entry["lower_bound_s"] = bound

@@ -6,7 +6,7 @@ import pytest
 
 from simulator.config import ConfigError, load_config, resolve
 from simulator.hardware import hardware_for
-from simulator.plan import PLAN_FIELDS, PlanComm, candidates, cli, load_plan_config, lower_bound, plan
+from simulator.plan import PLAN_FIELDS, SPLIT_FIELDS, PlanComm, candidates, cli, load_plan_config, lower_bound, plan
 from simulator.simulate import simulate
 from simulator.topology import Cluster
 
@@ -48,7 +48,8 @@ def test_plan_cli_json_contract(capsys):
     out = json.loads(capsys.readouterr().out)
     assert isinstance(out, list) and len(out) == 3
     for rank, e in enumerate(out, 1):
-        assert set(PLAN_FIELDS) <= set(e["parallel"])
+        assert set(PLAN_FIELDS) - set(SPLIT_FIELDS) <= set(e["parallel"])
+        assert all(v is not None for v in e["parallel"].values())      # each item works as --set parallel.K=V
         for f in SIMULATE_FIELDS:
             assert f in e, f
         assert e["fits_in_memory"] is True and e["rank"] == rank
@@ -194,4 +195,10 @@ def test_planner_searches_lighter_first_and_last_stages():
     c = _layout(cfg, next(c for c in uneven if c["vpp"] == 2), runtime=False)
     assert sum(stage_layers(c)) == 14 and simulate(c)["step_time_s"] > 0
     entries = plan(cfg, top=50)
-    assert all({"first_stage_layers", "last_stage_layers"} <= set(e["parallel"]) for e in entries)
+    split = [e["parallel"] for e in entries if "first_stage_layers" in e["parallel"]]
+    assert split and all(p["first_stage_layers"] == p["last_stage_layers"] in (1, 3) for p in split)
+    even = next(e["parallel"] for e in entries if "first_stage_layers" not in e["parallel"])
+    again = load_config({"model": {"preset": "llama-1b", "n_layers": 14}, "seq_len": 2048,
+                         "cluster": {"gpu": "a100-40gb", "num_gpus": 16}, "parallel": {"global_batch_size": 64}},
+                        [f"parallel.{k}={v}" for k, v in {**split[0]}.items()], runtime=False)
+    assert again.parallel.first_stage_layers == split[0]["first_stage_layers"] and even["pp"] >= 1
