@@ -6,7 +6,16 @@ import pytest
 
 from simulator.config import ConfigError, load_config, resolve
 from simulator.hardware import hardware_for
-from simulator.plan import PLAN_FIELDS, SPLIT_FIELDS, PlanComm, candidates, cli, load_plan_config, lower_bound, plan
+from simulator.plan import (
+    PLAN_FIELDS,
+    SPLIT_FIELDS,
+    PlanComm,
+    candidates,
+    cli,
+    load_plan_config,
+    lower_bound,
+    plan,
+)
 from simulator.simulate import simulate
 from simulator.topology import Cluster
 
