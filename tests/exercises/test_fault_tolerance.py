@@ -23,6 +23,8 @@ def test_young_daly_interval(exercise):
     assert young == pytest.approx(math.sqrt(2 * 60 * 10800)) and daly == pytest.approx(young - 60)
     young, daly = exercise.young_daly_interval(100.0, 150.0)          # C >= M/2: checkpoint every M
     assert young == pytest.approx(math.sqrt(2 * 100 * 150)) and daly == pytest.approx(150.0)
+    young, daly = exercise.young_daly_interval(0.5, 0.75)             # any positive cost and MTBF, however small
+    assert young == pytest.approx(math.sqrt(2 * 0.5 * 0.75)) and daly == pytest.approx(0.75)
 
 
 @pytest.mark.points(1, exercise="10.1")
@@ -68,6 +70,7 @@ def test_job_mtbf_llama3(exercise):
     job, gpu_years = exercise.job_mtbf_hours(419, 54)
     assert job == pytest.approx(54 * 24 / 419)                     # ~3.09 h
     assert gpu_years == pytest.approx(54 * 24 / 419 * 16384 / 8760)  # ~5.8 years per GPU
+    assert exercise.job_mtbf_hours(1, 0.5)[0] == pytest.approx(12.0)   # one interruption in half a day
     for interruptions, days in [(0, 54), (419, 0), (-1, 54), (419, -1)]:   # none, or no time: no MTBF
         with pytest.raises(ValueError):
             exercise.job_mtbf_hours(interruptions, days)

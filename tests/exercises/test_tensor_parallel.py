@@ -64,10 +64,15 @@ def test_megatron_mlp(exercise, t):
     torch.testing.assert_close(sum(partial), full, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.points(1, exercise="4.3")
-def test_split_rejects_uneven(exercise):
+@pytest.mark.points(1, exercise="4.2")
+def test_column_split_rejects_uneven(exercise):
+    """6 output features do not split over 4 ranks (the input features, 4, would: split the right ones)."""
     with pytest.raises(ValueError):
         exercise.column_parallel_linear(torch.ones(2, 4), torch.ones(6, 4), 0, 4)
+
+
+@pytest.mark.points(1, exercise="4.3")
+def test_split_rejects_uneven(exercise):
     with pytest.raises(ValueError):
         exercise.row_parallel_linear(torch.ones(2, 2), torch.ones(4, 6), 0, 4)
 
