@@ -47,6 +47,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -172,13 +173,12 @@ def speed_factor(hw=None, repeats: int = 9, processes: int = 1) -> dict:
 
     hw = hw or gpu_preset("cpu")
     if processes > 1:
-        import subprocess
-
         try:
             measured = launched("speed_worker", processes, repeats, timeout=120)[0]
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:     # launching failed: one process
             out = speed_factor(hw, repeats)
-            out["fallback"] = f"{processes} processes could not be launched ({str(e).splitlines()[0][:120]})"
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            out["fallback"] = f"{processes} processes could not be launched ({why})"
             return out
         point = dict(zip(("preset", "seq_len", "micro_batch"), SPEED_POINT))
         predicted = (predicted_forward_backward(point, hw) * hw.sharing_slowdown(processes)
