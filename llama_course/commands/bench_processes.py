@@ -69,24 +69,30 @@ def sharing_worker(rank: int, world: int, steps: int) -> float:
     return sum(times[3:]) / len(times[3:])
 
 
-def straggle_worker(rank: int, world: int, steps: int) -> float:
-    """Runs in each of `world` launched processes: the tiny model's forward-backward (micro-batch 4, then
-    an optimizer step) started together after a barrier, as data-parallel ranks start a step. Returns the
-    mean over steps of (slowest rank's time / mean rank's time) - 1: how far behind the average the rank
-    that everyone then waits for is. On shared cores the scheduler is not fair at this time scale."""
+def _steps_together(micro_batch: int, world: int, steps: int) -> list:
+    """The tiny model's forward-backward (then an optimizer step) on every rank, started together after a
+    barrier as data-parallel ranks start a step: per step, every rank's wall seconds (all ranks get all of
+    them). The first two steps warm up and are left out."""
     import torch
     import torch.distributed as dist
 
-    step = _tiny_engine(4)
-    lags = []
+    step = _tiny_engine(micro_batch)
+    out = []
     for i in range(steps):
         took = torch.tensor([step(before=dist.barrier)])
         every = [torch.zeros(1) for _ in range(world)]
         dist.all_gather(every, took)
         if i >= 2:
-            times = [float(x) for x in every]
-            lags.append(max(times) / statistics.mean(times) - 1)
-    return statistics.mean(lags)
+            out.append([float(x) for x in every])
+    return out
+
+
+def straggle_worker(rank: int, world: int, steps: int) -> float:
+    """Runs in each of `world` launched processes: the tiny model's forward-backward (micro-batch 4, then
+    an optimizer step) started together after a barrier, as data-parallel ranks start a step. Returns the
+    mean over steps of (slowest rank's time / mean rank's time) - 1: how far behind the average the rank
+    that everyone then waits for is. On shared cores the scheduler is not fair at this time scale."""
+    return statistics.mean(max(t) / statistics.mean(t) - 1 for t in _steps_together(4, world, steps))
 
 
 def speed_worker(rank: int, world: int, repeats: int) -> float:
@@ -94,22 +100,11 @@ def speed_worker(rank: int, world: int, repeats: int) -> float:
     meet it, the tiny model's forward-backward at SPEED_POINT started together after a barrier, as
     data-parallel ranks start a step. Returns the median over `repeats` steps (after two warm-up steps) of
     the slowest rank's wall seconds: what a synchronizing step waits for."""
-    import torch
-    import torch.distributed as dist
-
     from simulator.calibration import SPEED_POINT
 
     preset, seq_len, micro_batch = SPEED_POINT
     assert (preset, seq_len) == ("tiny", 128), "speed_worker's engine is the tiny model at seq 128"
-    step = _tiny_engine(micro_batch)
-    slowest = []
-    for i in range(repeats + 2):
-        took = torch.tensor([step(before=dist.barrier)])
-        every = [torch.zeros(1) for _ in range(world)]
-        dist.all_gather(every, took)
-        if i >= 2:
-            slowest.append(max(float(x) for x in every))
-    return statistics.median(slowest)
+    return statistics.median(max(t) for t in _steps_together(micro_batch, world, repeats + 2))
 
 
 def _compute_stretch():
