@@ -18,6 +18,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from simulator import data_parallel  # noqa: E402
 from simulator.collectives import CommModel, bandwidths, run_collective  # noqa: E402
 from simulator.config import load_config  # noqa: E402
 from simulator.hardware import H100_MATMUL_EFFICIENCY, MATMUL_EFFICIENCY, gpu_preset  # noqa: E402
@@ -63,11 +64,10 @@ def calibration_table(results) -> str:
     return "\n".join(out)
 
 
-def h100_note(results) -> str:
+def fit_note(results, constant: str) -> str:
     s = summary(results)
     return (f"In sample (these rows chose the constant): largest error {100 * s['max_abs']:.1f}%, mean absolute "
-            f"error {100 * s['mean_abs']:.1f}%, with the H100 calibration `H100_MATMUL_EFFICIENCY = "
-            f"{H100_MATMUL_EFFICIENCY}`.")
+            f"error {100 * s['mean_abs']:.1f}%, with `{constant}`.")
 
 
 def summary_block(calibration, validation) -> str:
@@ -136,6 +136,21 @@ def fit_table(values, rows) -> str:
     return "\n".join(out)
 
 
+def slowdown_table(values, rows) -> str:
+    """The DeepSpeed 2021 ZeRO-3 calibration rows' errors as `DEEPSPEED_2021_ZERO3_SLOWDOWN` is scanned (the chosen
+    value minimises the largest error, ties broken by the mean)."""
+    chosen = data_parallel.DEEPSPEED_2021_ZERO3_SLOWDOWN
+    out = ["| slowdown | largest error | mean absolute error |", "|---:|---:|---:|"]
+    try:
+        for k in values:
+            data_parallel.DEEPSPEED_2021_ZERO3_SLOWDOWN = k
+            s = summary(compare(rows))
+            out.append(f"| {k:.1f} | {100 * s['max_abs']:.1f}% | {100 * s['mean_abs']:.1f}% |")
+    finally:
+        data_parallel.DEEPSPEED_2021_ZERO3_SLOWDOWN = chosen
+    return "\n".join(out)
+
+
 def ring_table() -> str:
     cl = Cluster(gpu_preset("a100-80gb"), 8)
     alpha, b = cl.path_latency(0, 1), cl.bottleneck(0, 1)
@@ -189,8 +204,12 @@ from the published runs in `configs/validation/` (one file per source: the numbe
 the source gives and which are our reading). The simulator has one calibrated constant per GPU generation,
 the share of peak that large matmuls reach, each chosen on its own rows: Megatron-LM 2021 Table 1 for the
 A100 (ten rows) and the four H100 rows of LLM Foundry's MPT benchmarks for the H100 (moved from validation
-to calibration when the H100 got its own constant; with the A100's they were 14% to 43% too fast). Those
-rows are the **calibration** set; their errors are in sample and show only that the fit worked. Every other
+to calibration when the H100 got its own constant; with the A100's they were 14% to 43% too fast). One
+software stack has one more: DeepSpeed's ZeRO-3 as it was in early 2021, whose host-bound collectives ran
+at a fraction of NCCL's speed, chosen on the three 175B ZeRO-3 rows of Megatron-LM 2021 Table 2 (moved from
+validation to calibration with it; priced as today's DeepSpeed they were 36% to 309% too fast); that
+table's 530B ZeRO-3 rows stay in validation. Those rows are the **calibration** set; their errors are in
+sample and show only that the fit worked. Every other
 row is **validation**: out of sample, never used to choose anything. Positive errors mean the simulator
 predicts more throughput than was published. Everything else is physics with its assumptions stated in the
 code (`simulator/`): among them the share of an SM-bound compute that an overlapped NCCL collective takes
@@ -198,8 +217,9 @@ code (`simulator/`): among them the share of an SM-bound compute that an overlap
 
 Each row is priced with the rules of the software that ran it (column "rules", `data_parallel.SYSTEMS`):
 `deepspeed` for DeepSpeed's runs (gradients reduce-scattered every micro-batch in 500M-element buckets,
-blocking pipeline sends), `fsdp2` for torch FSDP (one reduce-scatter per block), `fsdp_sharded` for Llama 3's
-FSDP, `course` (the configs' default; without ZeRO every system is alike) for the rest.
+blocking pipeline sends), `deepspeed_2021` for DeepSpeed's ZeRO-3 of early 2021 (the same, with each layer
+gathered just in time and every ZeRO-3 collective slowed by the calibrated factor), `fsdp2` for torch FSDP
+(one reduce-scatter per block), `fsdp_sharded` for Llama 3's FSDP, `course` (the configs' default; without ZeRO every system is alike) for the rest.
 
 ## Summary
 
@@ -232,6 +252,26 @@ row played a part in the choice):
 Scanning the H100 matmul efficiency on these four rows (the chosen value minimises the largest error):
 
 {fit_h100}
+
+### DeepSpeed 2021: ZeRO-3 175B rows of Megatron-LM 2021 Table 2
+
+DeepSpeed 0.3/0.4 gathered ZeRO-3 weights parameter by parameter, each `all_gather` synchronising the device
+("the async version is not async at all, because each all_gather calls torch.cuda.synchronize()", DeepSpeed
+PR #1188, June 2021) and copying its output once more; on one 8-GPU NVLink A100 node a 5B model's gathers
+took about 420 ms where NCCL needs about 40 ms (DeepSpeed issue #1174). The simulator prices those runs with
+`system: deepspeed_2021`: every layer gathered just in time, and every ZeRO-3 collective holding its stream
+`DEEPSPEED_2021_ZERO3_SLOWDOWN` times NCCL's time at NCCL's rate on the links, so a gather and the
+reduce-scatters beside it take the sum of their times, as the synchronisation made them. The factor is
+chosen here, the A100 matmul efficiency being already fixed by Table 1.
+
+{deepspeed}
+
+{deepspeed_note}
+
+Scanning the slowdown on these three rows (the chosen value minimises the largest error, ties broken by the
+mean):
+
+{fit_deepspeed}
 
 ## Validation (out of sample)
 
@@ -272,12 +312,18 @@ def main() -> None:
     os.environ.pop("LLAMA_COURSE_GPU_PROFILE", None)
     calibration_rows, validation_rows = load_all(role="calibration"), load_all(role="validation")
     calibration, validation = compare(calibration_rows), compare(validation_rows)
-    a100 = [(row, r) for row, r in zip(calibration_rows, calibration) if not r["gpu"].startswith(("h100", "h200"))]
-    h100 = [(row, r) for row, r in zip(calibration_rows, calibration) if r["gpu"].startswith(("h100", "h200"))]
+    pairs = list(zip(calibration_rows, calibration))
+    ds = [(row, r) for row, r in pairs if row.system == "deepspeed_2021"]
+    a100 = [(row, r) for row, r in pairs if (row, r) not in ds and not r["gpu"].startswith(("h100", "h200"))]
+    h100 = [(row, r) for row, r in pairs if (row, r) not in ds and r["gpu"].startswith(("h100", "h200"))]
     parts = dict(summary=summary_block(calibration, validation), calibration=calibration_table([r for _, r in a100]),
                  fit=fit_table([0.66, 0.68, 0.70, 0.705, 0.71, 0.715, 0.72, 0.74], [row for row, _ in a100]),
                  h100=source_sections([row for row, _ in h100], [r for _, r in h100]),
-                 h100_note=h100_note([r for _, r in h100]),
+                 h100_note=fit_note([r for _, r in h100], f"H100_MATMUL_EFFICIENCY = {H100_MATMUL_EFFICIENCY}"),
+                 deepspeed=source_sections([row for row, _ in ds], [r for _, r in ds]),
+                 deepspeed_note=fit_note([r for _, r in ds], "DEEPSPEED_2021_ZERO3_SLOWDOWN = "
+                                         f"{data_parallel.DEEPSPEED_2021_ZERO3_SLOWDOWN}"),
+                 fit_deepspeed=slowdown_table([5.0, 6.0, 6.2, 6.3, 6.4, 6.5, 6.6, 7.0, 8.0], [row for row, _ in ds]),
                  fit_h100=fit_table([0.48, 0.50, 0.515, 0.52, 0.525, 0.53, 0.535, 0.56], [row for row, _ in h100]),
                  sources=source_sections(validation_rows, validation), misses=misses_table(validation),
                  ring=ring_table(), bubble=bubble_table(), memory=memory_table())

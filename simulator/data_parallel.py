@@ -33,6 +33,9 @@ also takes `system="deepspeed"` or `"fsdp_sharded"`, and so does a validation ro
                batch into the rank's shard (ZeRO-2/3);  ZeRO-3: gathered per block, prefetched;
                ZeRO-1 all-reduces once                  its pipeline engine's sends block the
                                                         sender (`streams`)
+    deepspeed_ as deepspeed; at ZeRO-3 every data-      ZeRO-3: each block gathered just in       DeepSpeed
+    2021       parallel collective takes DEEPSPEED_     time (every all_gather synchronised the   0.3/0.4
+               2021_ZERO3_SLOWDOWN x NCCL's time        device), at the same slowdown             (2021)
 
 So ZeRO-2/3 cannot have both cheap sides under accumulation: one reduction per step holds whole gradients
 (memory.py counts them), sharded gradients cost m reductions. (This package's own FSDP2 engine calls
@@ -63,7 +66,17 @@ from dataclasses import dataclass
 from simulator import spec
 from simulator.workload import DTYPE_BYTES
 
-SYSTEMS = ("course", "fsdp2", "fsdp_sharded", "deepspeed")
+SYSTEMS = ("course", "fsdp2", "fsdp_sharded", "deepspeed", "deepspeed_2021")
+DEEPSPEED = ("deepspeed", "deepspeed_2021")
+
+DEEPSPEED_2021_ZERO3_SLOWDOWN = 6.4
+"""How many times NCCL's time DeepSpeed 0.3/0.4's ZeRO-3 collectives took (spring 2021, the version in
+Megatron-LM 2021's Table 2). It gathered and reduce-scattered parameter by parameter, each all_gather calling
+torch.cuda.synchronize() ("the async version is not async at all", DeepSpeed PR #1188) and copying its output
+once more; on 8 NVLink A100s a 5B model's gathers took about 420 ms against NCCL's ~40 ms (DeepSpeed issue
+#1174). CALIBRATED: chosen on the three 175B ZeRO-3 rows of Megatron-LM 2021 Table 2 (the value minimising
+their largest error, configs/validation/megatron-2021-table2-zero3-175b.yaml); the 530B rows are validation.
+Only `system="deepspeed_2021"` at ZeRO-3 uses it: later DeepSpeed coalesces and prefetches (`deepspeed`)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,7 @@ class ZeroSemantics:
     gather: str                     # none | after_step | first_forward | forward | forward_backward: when
                                     # weights are all-gathered (forward: in every micro-batch's)
     prefetch: bool                  # gathers issued one block ahead (True) or just in time
+    comm_slowdown: float = 1.0      # its ZeRO-3 collectives take this many times NCCL's time (host-bound)
 
     def shards_grads(self, zero_stage: int) -> bool:
         """Gradients kept as this rank's shard between steps: ZeRO-2/3, and FSDP2's ZeRO-1 (FSDP shards
@@ -89,7 +103,7 @@ class ZeroSemantics:
 
 
 def zero_semantics(cfg, system: str | None = None) -> ZeroSemantics:
-    """The rules of `system` (course | fsdp2 | deepspeed; None: fsdp2 for `parallel.implementation: torch`,
+    """The rules of `system` (course | fsdp2 | fsdp_sharded | deepspeed | deepspeed_2021; None: fsdp2 for `parallel.implementation: torch`,
     course otherwise) at the config's ZeRO stage; see the table in the module docstring."""
     p = cfg.parallel
     system = system or ("fsdp2" if p.implementation == "torch" else "course")
@@ -107,9 +121,11 @@ def zero_semantics(cfg, system: str | None = None) -> ZeroSemantics:
         once = "first_forward" if piped else "forward"
         every = not piped or system == "fsdp_sharded"
         return ZeroSemantics(system, "reduce_scatter", every, "forward_backward" if z == 3 else once, True)
-    if system == "deepspeed":
+    if system in DEEPSPEED:
         if z == 1:
             return ZeroSemantics(system, "all_reduce", False, "after_step", False)
+        if z == 3 and system == "deepspeed_2021":   # synchronous per-parameter gathers, host-bound collectives
+            return ZeroSemantics(system, "reduce_scatter", True, "forward_backward", False, DEEPSPEED_2021_ZERO3_SLOWDOWN)
         return ZeroSemantics(system, "reduce_scatter", True, "forward_backward" if z == 3 else "after_step", z == 3)
     kind = "all_reduce" if z == 1 else "reduce_scatter"
     return ZeroSemantics(system, kind, False, "forward_backward" if z == 3 else "after_step", False)
@@ -166,7 +182,7 @@ def reduce_bucket_mb(cfg, sem, block_params: float) -> float:
     z = p.zero_stage if (p.dp or 1) > 1 else 0
     if z >= 1 and sem.system in ("fsdp2", "fsdp_sharded"):
         return block_params * 4 / spec.BUCKET_UNIT_BYTES
-    if z >= 1 and sem.system == "deepspeed":
+    if z >= 1 and sem.system in DEEPSPEED:
         return DEEPSPEED_REDUCE_BUCKET * 4 / spec.BUCKET_UNIT_BYTES
     return p.bucket_mb
 

@@ -33,6 +33,7 @@ from simulator import spec
 from simulator.collectives import CommModel
 from simulator.compute import block_times, embedding_times, head_times, optimizer_time
 from simulator.data_parallel import (
+    DEEPSPEED,
     bucket_sizes,
     buckets_ready,
     compression_factor,
@@ -125,7 +126,7 @@ def stage_costs(cfg, hw, comm: CommModel, layout: Layout, layers: list, system: 
         # weights all-gathered block by block in every micro-batch's forward (and, ZeRO-3, again before its
         # backward): prefetched one block ahead (FSDP2, DeepSpeed) or just in time (the course's hooks)
         psi_block = virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]
-        gather = comm.time("all_gather", layout.dp_group(), psi_block * weight_bytes_per_param(cfg))
+        gather = sem.comm_slowdown * comm.time("all_gather", layout.dp_group(), psi_block * weight_bytes_per_param(cfg))
 
     def gathers(n_blocks, compute, when):
         return exposed_gathers(n_blocks, compute, gather, sem.prefetch) if sem.gather in when else 0.0
@@ -330,7 +331,8 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
                 ready.sort()
                 dp_end, dp_busy, spans = gradient_sync(
                     ready, p.overlap and p.bucket_mb > 0,
-                    lambda n, chained: comm.time(kind, dp_group, n, back_to_back=chained), run.compute_end[r])
+                    lambda n, chained: sem.comm_slowdown * comm.time(kind, dp_group, n, back_to_back=chained),
+                    run.compute_end[r])
             opt, gather = optimizer_and_gather(cfg, hw, comm, layout, layers, r, sem, blk.forward, block_gather,
                                                in_tasks=contention)
             end = dp_end + scalars + opt + gather
@@ -380,4 +382,4 @@ def stream_plan(cfg, layout: Layout, layers: list, fwd: list, bwd: list, sem, ps
         every_micro_batch=sem.reduce_every_micro_batch,
         grad_kind=sem.grad_collective, gather=sem.gather, prefetch=sem.prefetch,
         gather_bytes=psi_block * weight_bytes_per_param(cfg) if per_block else 0.0,
-        blocking_sends=sem.system == "deepspeed")
+        blocking_sends=sem.system in DEEPSPEED, comm_slowdown=sem.comm_slowdown)

@@ -71,7 +71,7 @@ def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None, 
     """Simulate one step of `cfg` (a Config, a dict or a YAML path); returns the JSON fields.
 
     `comm`: a collective model of the same cluster to reuse (the planner shares one cache across layouts).
-    `system`: whose data-parallel rules to price (course | fsdp2 | fsdp_sharded | deepspeed,
+    `system`: whose data-parallel rules to price (course | fsdp2 | fsdp_sharded | deepspeed | deepspeed_2021,
     `data_parallel.zero_semantics`);
     None = the config's `parallel.implementation` (course, or fsdp2 for torch)."""
     if not isinstance(cfg, Config):
@@ -209,7 +209,8 @@ def format_summary(result: dict) -> str:
                           "DDP / FSDP2)",
                 "fsdp2": "DDP / FSDP2 (parallel.implementation: torch)",
                 "fsdp_sharded": "FSDP reduce-scattering every micro-batch, also under a pipeline (Llama 3)",
-                "deepspeed": "DeepSpeed's ZeRO"}.get(system, system)
+                "deepspeed": "DeepSpeed's ZeRO",
+                "deepspeed_2021": "DeepSpeed 0.3/0.4's ZeRO (2021: host-bound ZeRO-3 collectives)"}.get(system, system)
         lines.append(f"data parallel: gradients reduced in {c.get('grad_reduce_dtype', 'fp32')}, "
                      f"ZeRO-{c['zero_stage']} as {note}")
     mem = result["memory_per_gpu_bytes"]

@@ -31,7 +31,7 @@ import simpy
 
 from simulator.contention import Activity, LinkShare, Stream
 from simulator.pipeline_parallel import PipelineRun, Task, schedule_order
-from simulator.traffic import SymmetricCopies, folded, traffic
+from simulator.traffic import SymmetricCopies, folded, slowed, traffic
 
 
 @dataclass
@@ -67,6 +67,8 @@ class StreamPlan:
     prefetch: bool
     gather_bytes: float   # one block's weights, all-gathered over the dp group
     blocking_sends: bool = False    # the sender's compute waits for its send (DeepSpeed's pipeline engine)
+    comm_slowdown: float = 1.0      # data-parallel collectives take this many times their alone time, at
+                                    # that fraction of the rate (host-bound: data_parallel.ZeroSemantics)
 
 
 def simulate_streams(plan: StreamPlan, comm, layout, p2p_bytes: float, p2p_extra: float, slow=None,
@@ -104,11 +106,12 @@ def simulate_streams(plan: StreamPlan, comm, layout, p2p_bytes: float, p2p_extra
         group = layout.dp_group(0, r if blocking else 0)
         sizes = {round(b, 6) for k in range(r, n_virtual, p)
                  for b in plan.buckets[k]}
-        secs = {b: traffic(comm, plan.grad_kind, group, b, dp_copies) for b in sizes}
+        secs = {b: slowed(traffic(comm, plan.grad_kind, group, b, dp_copies), plan.comm_slowdown) for b in sizes}
         rate, flows = fold(next(iter(secs.values())), r) if secs else (0.0, {})
         reducers.append(Stream(share, [r], rate, flows))
         bucket_seconds.append({b: t.seconds for b, t in secs.items()})
-        g = traffic(comm, "all_gather", group, plan.gather_bytes, dp_copies) if plan.gather_bytes > 0 else None
+        g = slowed(traffic(comm, "all_gather", group, plan.gather_bytes, dp_copies), plan.comm_slowdown) \
+            if plan.gather_bytes > 0 else None
         rate, flows = fold(g, r) if g else (0.0, {})
         gatherers.append(Stream(share, [r], rate, flows))
         gather_seconds.append(g.seconds if g else 0.0)

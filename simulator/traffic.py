@@ -117,6 +117,15 @@ def traffic(comm, kind: str, ranks, nbytes: float, copies: SymmetricCopies | Non
     return Traffic(seconds, *pattern)
 
 
+def slowed(t: Traffic, factor: float) -> Traffic:
+    """A communication that holds its stream `factor` times its alone time (host-paced, as DeepSpeed 0.3's
+    ZeRO-3 collectives: data_parallel.DEEPSPEED_2021_ZERO3_SLOWDOWN). It keeps its flows' rate on the links:
+    those collectives synchronised the device before each gather, so a gather waited for the reduce-scatters
+    before it; at full rate two such streams share a NIC and together take the sum of their times, as in
+    series."""
+    return t if factor == 1.0 or t.seconds <= 0 else Traffic(t.seconds * factor, t.rate, t.flows)
+
+
 def _pattern(cluster, kind, ranks, nbytes, alg, copies) -> tuple:
     cluster.add_ranks(ranks)
     best = None

@@ -3,6 +3,7 @@ import pytest
 from simulator.collectives import CommModel
 from simulator.config import ConfigError, load_config
 from simulator.data_parallel import (
+    DEEPSPEED_2021_ZERO3_SLOWDOWN,
     DEEPSPEED_REDUCE_BUCKET,
     bucket_sizes,
     buckets_ready,
@@ -153,6 +154,31 @@ def test_zero_semantics_per_system():
     assert ds["comm_s"]["dp_total"] == pytest.approx(m * reduce_scatters(DEEPSPEED_REDUCE_BUCKET * 4 / 2**20), rel=1e-6)
     assert c2["comm_s"]["dp_total"] == pytest.approx(reduce_scatters(25), rel=1e-6)
     assert ds["comm_s"]["dp_total"] > 2 * c2["comm_s"]["dp_total"]         # m = 4 reductions, not one
+
+
+def test_deepspeed_2021_zero3_gathers_just_in_time_at_its_slowdown():
+    """DeepSpeed 0.3/0.4's ZeRO-3 (system deepspeed_2021): every block gathered just in time, before its
+    forward and its backward, and every ZeRO-3 collective k = DEEPSPEED_2021_ZERO3_SLOWDOWN times NCCL's time;
+    at ZeRO-2 it is today's DeepSpeed."""
+    cfg, _ = _zero(3)
+    k = DEEPSPEED_2021_ZERO3_SLOWDOWN
+    old, new = zero_semantics(cfg, "deepspeed_2021"), zero_semantics(cfg, "deepspeed")
+    assert (old.prefetch, old.comm_slowdown, new.prefetch, new.comm_slowdown) == (False, k, True, 1.0)
+    assert k > 1
+    z2, _ = _zero(2)
+    assert zero_semantics(z2, "deepspeed_2021").comm_slowdown == 1.0
+    comm = CommModel(Cluster(hardware_for(cfg), 64))
+    block = virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]
+    first = comm.time("all_gather", range(64), 2 * block)
+    m = cfg.grad_accum_steps
+    plain_old, plain_new = _plain(cfg, "deepspeed_2021"), _plain(cfg, "deepspeed")
+    assert plain_old.comm["gather_wait"] == pytest.approx(m * 2 * 32 * k * first, rel=1e-6)
+    assert plain_old.comm["dp_total"] == pytest.approx(k * plain_new.comm["dp_total"], rel=1e-6)
+    # on shared links: a slower step, and one gathered block held at a time instead of two
+    old_run, new_run = simulate(cfg, system="deepspeed_2021"), simulate(cfg, system="deepspeed")
+    assert old_run["step_time_s"] > new_run["step_time_s"] + m * 2 * 32 * (k - 1) * first * 0.9
+    assert new_run["memory_per_gpu_bytes"]["total"] - old_run["memory_per_gpu_bytes"]["total"] == pytest.approx(
+        2 * block, rel=0.01)
 
 
 def test_fsdp_reduce_scatters_every_micro_batch_without_a_pipeline():
