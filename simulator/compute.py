@@ -23,7 +23,8 @@ ranks than cores share the machine.
 
 Backward costs 2x the forward FLOPs of matmuls (input and weight gradients) and 2x the bytes of
 element-wise ops. Recomputation adds a forward before the backward: `full` the whole block, `selective`
-the attention core only (Korthikanti et al. 2022).
+the attention core only (Korthikanti et al. 2022; nothing with a fused kernel), `selective_op` that and
+every second linear matmul of the block (torchtitan's per-op policy: `workload.alternate_matmuls`).
 
     python -c "from simulator.compute import demo; demo()"
 """
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from simulator.hardware import Hardware
-from simulator.workload import backward_op, embedding_ops, head_ops, layer_ops
+from simulator.workload import alternate_matmuls, backward_op, embedding_ops, head_ops, layer_ops
 
 FLASH_EFFICIENCY = 0.85
 
@@ -120,9 +121,11 @@ def block_times(model, seq_len: int, micro_batch: int, tp: int, sequence_paralle
     fwd_flops = sum(o.flops for o in ops if o.kind == "matmul" or o.kind == "flash")
     if recompute == "full":
         re, re_flops = fwd, fwd_flops
-    elif recompute == "selective" and not flash:
-        core = [o for o in ops if o.core]
-        re, re_flops = ops_time(core, hw, precision), sum(o.flops for o in core)
+    elif recompute in ("selective", "selective_op"):
+        again = [] if flash else [o for o in ops if o.core]
+        if recompute == "selective_op":
+            again += alternate_matmuls(model, seq_len, micro_batch, tp, precision)
+        re, re_flops = ops_time(again, hw, precision), sum(o.flops for o in again)
     else:
         re, re_flops = 0.0, 0.0
     return BlockTimes(fwd, bwd, re, fwd_flops, re_flops)

@@ -68,7 +68,7 @@ SPLIT_FIELDS = ("first_stage_layers", "last_stage_layers")
 `parallel` items can be passed back as `--set parallel.K=V`)."""
 MICRO_BATCHES = (1, 2, 4, 8, 16)
 VIRTUAL_STAGES = (2, 3, 4, 6, 8)
-RECOMPUTE = ("none", "selective", "full")
+RECOMPUTE = ("none", "selective", "selective_op", "full")
 MAX_PP = 128
 
 

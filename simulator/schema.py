@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 GPU_NAMES = ("a100-40gb", "a100-80gb", "h100-sxm", "h200", "cpu")
 ARCHS = ("llama", "gpt")
 SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
-CHECKPOINTING = ("none", "selective", "full")
+CHECKPOINTING = ("none", "selective", "selective_op", "full")
 IMPLEMENTATIONS = ("course", "torch")
 STRATEGIES = ("collective", "parameter_server")
 SYNCS = ("bsp", "asp", "ssp", "local_sgd")
@@ -165,7 +165,8 @@ class ParallelConfig:
     global_batch_size: int = 8
     """Sequences per optimizer step, over all ranks and micro-batches."""
     activation_checkpointing: str = "none"
-    """none | selective (recompute attention scores) | full (recompute each block)."""
+    """none | selective (recompute attention scores) | selective_op (torchtitan's per-op policy: also every second
+    linear matmul of a block, wk, wo and w3) | full (recompute each block)."""
     implementation: str = "course"
     """course (this package's own code) | torch (DDP, FSDP2, DTensor, torch.distributed.pipelining)."""
     bucket_mb: float = 25.0

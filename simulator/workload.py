@@ -170,6 +170,18 @@ def embedding_ops(model, seq_len: int, micro_batch: int = 1, tp: int = 1, precis
     return [Op("embedding", "memory", 0.0, 2 * tokens * model.dim * e * (2 if model.arch == "gpt" else 1))]
 
 
+def alternate_matmuls(model, seq_len: int, micro_batch: int = 1, tp: int = 1, precision: str = "bf16") -> list:
+    """The block's linear matmuls that `selective_op` recomputes: the 2nd, 4th, ... in the order the runtime
+    runs them (wq, wk, wv, wo, w1, [w3,] w2): wk, wo and w3 of a LLaMA block, wk, wo and w2 of a GPT block."""
+    e = DTYPE_BYTES[precision]
+    tokens = micro_batch * seq_len
+    h, hd, t = model.dim, model.dim // model.n_heads, tp
+    q_t, kv_t, f_t = model.n_heads * hd // t, model.n_kv_heads * hd // t, model.ffn_dim // t
+    order = [("wq", h, q_t), ("wk", h, kv_t), ("wv", h, kv_t), ("wo", q_t, h), ("w1", h, f_t)]
+    order += [("w3", h, f_t), ("w2", f_t, h)] if model.arch == "llama" else [("w2", f_t, h)]
+    return [_matmul(name, tokens, k, n, e) for name, k, n in order[1::2]]
+
+
 BACKWARD_FLOPS = {"matmul": 2.0, "memory": 0.0, "flash": 2.5}   # x forward; flash bwd recomputes QK^T
 BACKWARD_BYTES = {"matmul": 2.0, "memory": 2.0, "flash": 2.5}
 
@@ -197,6 +209,9 @@ def activation_bytes_per_layer(model, seq_len: int, micro_batch: int = 1, tp: in
       selective: drops the 5 a s / h term (scores are recomputed); so does a fused (flash) kernel, which
                  keeps its output once (the output projection's input) and a 4-byte log-sum-exp per row
       full:      2 s b h (the block input only; /t with sp)
+      selective_op: selective's, less the outputs of the matmuls it recomputes (`alternate_matmuls`: K, and
+                 LLaMA's w3 branch; wo's and w2's outputs are not among the bytes above), as measured in
+                 tests/test_activation_checkpointing.py
     LLaMA: no dropout masks, K and V of n_kv_heads, SwiGLU keeps both branch outputs (3 x s b f).
     """
     e = DTYPE_BYTES[precision]
@@ -205,6 +220,11 @@ def activation_bytes_per_layer(model, seq_len: int, micro_batch: int = 1, tp: in
     rep = 1.0 / t if sequence_parallel else 1.0   # replicated parts without sp
     if recompute == "full":
         return e * sbh * rep
+    if recompute == "selective_op":     # selective's, less the outputs of the matmuls it recomputes (K, and the
+        kept = activation_bytes_per_layer(model, seq_len, micro_batch, tp, sequence_parallel, "selective", flash,
+                                          precision)                                         # SwiGLU up branch)
+        kv = model.n_kv_heads / model.n_heads
+        return kept - e * sbh * kv / t - (e * s * b * model.ffn_dim / t if model.arch == "llama" else 0.0)
     drop = uses_dropout(model)
     kv = model.n_kv_heads / model.n_heads
     f = model.ffn_dim

@@ -7,14 +7,19 @@ kv = n_kv_heads / n_heads, f the SwiGLU width):
     none:       e s b h (7 + 2 kv) + 3 e s b f     norm, q/k/v, attention output, residual inputs, SwiGLU
     selective:  only what the matmuls produce is kept; norms, RoPE, the attention core softmax(QK^T)V and
                 SwiGLU's element-wise work are recomputed in backward (few FLOPs, many bytes)
+    selective_op: torchtitan's per-op policy (`selective_ac_option: op`): the attention kernel's output and
+                every first of two linear matmuls are kept (wq, wv, w1, w2), every second one (wk, wo, w3)
+                is recomputed with the element-wise work: about 37% of a LLaMA block's forward matmul
+                FLOPs again, for less memory than selective
     full:       e s b h, the block's input; the whole block runs again in backward (one more forward:
                 hardware FLOPs 8N instead of 6N per token, about a third more compute)
 
 Measured here (tests/test_activation_checkpointing.py, fp32, h = 128, s = 64, b = 2): full keeps exactly
 e s b h per layer; none keeps 1.0-1.6x the model (eager PyTorch also keeps RMSNorm's fp32 intermediates and
-RoPE's halves); selective under 0.7x none.
+RoPE's halves); selective under 0.7x none; selective_op keeps selective's less the K and w3 outputs (plus the
+attention kernel's log-sum-exp).
 
-`parallel.activation_checkpointing: none | selective | full`; in every engine it is a model transform
+`parallel.activation_checkpointing: none | selective | selective_op | full`; in every engine it is a model transform
 (`ActivationCheckpointing`) applied to the blocks after tensor parallelism and before the pipeline split. `measure_saved_bytes`
 counts the bytes alive after a forward (what backward will read), on any device, so the runtime can be
 held against the simulator's activation model (tests/test_activation_checkpointing.py).
@@ -36,6 +41,12 @@ from llama_course.core.engine_protocol import ModelTransform
 
 _MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
             torch.ops.aten.linear.default}
+_LINEAR = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default}      # a Linear layer's matmul
+_ATTENTION = {getattr(torch.ops.aten, name).default for name in (
+    "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu")
+    if hasattr(torch.ops.aten, name)}
+MODES = ("none", "selective", "selective_op", "full")
 
 
 def _save_matmuls(ctx, op, *args, **kwargs):
@@ -43,11 +54,27 @@ def _save_matmuls(ctx, op, *args, **kwargs):
     return CheckpointPolicy.MUST_SAVE if op in _MATMULS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
+def _every_other_matmul():
+    """torchtitan's per-op policy for one block's forward (and, counted apart, its recomputation): keep the
+    attention kernel's output and the 1st, 3rd, ... linear matmul; recompute the 2nd, 4th, ... and the rest."""
+    count = {False: 0, True: 0}
+
+    def policy(ctx, op, *args, **kwargs):
+        if op in _LINEAR:
+            count[ctx.is_recompute] += 1
+            keep = count[ctx.is_recompute] % 2 == 1
+        else:
+            keep = op in _ATTENTION
+        return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
 def apply_activation_checkpointing(blocks, mode: str) -> None:
     """Wrap each block's forward in torch.utils.checkpoint (non-reentrant), in place; names are unchanged."""
     if mode == "none":
         return
-    if mode not in ("selective", "full"):
+    if mode not in MODES:
         raise ValueError(f"activation_checkpointing: unknown mode {mode}")
     blocks = blocks.values() if hasattr(blocks, "values") else blocks
     for block in blocks:
@@ -57,6 +84,8 @@ def apply_activation_checkpointing(blocks, mode: str) -> None:
         inner = block.forward
         if mode == "full":
             wrapped = functools.partial(checkpoint, inner, use_reentrant=False)
+        elif mode == "selective_op":                     # a fresh count for every forward of the block
+            wrapped = functools.partial(checkpoint, inner, use_reentrant=False, context_fn=_every_other_matmul)
         else:
             context = functools.partial(create_selective_checkpoint_contexts, _save_matmuls)
             wrapped = functools.partial(checkpoint, inner, use_reentrant=False, context_fn=context)

@@ -2,9 +2,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from simulator.compute import block_times
 from simulator.config import load_config
+from simulator.hardware import gpu_preset
 from simulator.workload import (
     activation_bytes_per_layer,
+    alternate_matmuls,
     backward_op,
     forward_flops_per_token,
     head_ops,
@@ -116,3 +119,25 @@ def test_megatron_bytes_per_parameter_with_fp32_main_gradients():
     assert sum(state_bytes(1.0, "bf16", "adamw", 1, d, "fp32").values()) == pytest.approx(6 + 12 / d)
     assert sum(state_bytes(1.0, "bf16", "adamw", 1, d, "bf16").values()) == pytest.approx(4 + 12 / d)
     assert state_bytes_per_param("fp32", "adamw", "bf16")["grads"] == 4      # the fp32 p.grad stays
+
+
+def test_selective_op_recomputes_every_second_linear_matmul():
+    """torchtitan's per-op policy on Llama 3 8B (h 4096, 8 kv heads of 128, f 14336), t = 2: wk, wo and w3 run
+    again, 2 (h kv + h h + h f) / t FLOPs per token; a fused kernel's selective recomputes nothing. It keeps
+    selective's bytes less K and the w3 branch."""
+    m = _model("llama3-8b")
+    s, b, t = 8192, 1, 2
+    h, kv, f = m.dim, m.n_kv_heads * m.dim // m.n_heads, m.ffn_dim
+    assert (h, kv, f) == (4096, 1024, 14336)
+    ops = alternate_matmuls(m, s, b, t)
+    assert [o.name for o in ops] == ["wk", "wo", "w3"]
+    assert sum(o.flops for o in ops) == pytest.approx(2 * s * b * (h * kv + h * h + h * f) / t)
+    hw = gpu_preset("h100-sxm")
+    op = block_times(m, s, b, t, True, "bf16", True, "selective_op", hw)
+    assert op.recompute_flops == pytest.approx(2 * s * b * (h * kv + h * h + h * f) / t)
+    assert block_times(m, s, b, t, True, "bf16", True, "selective", hw).recompute == 0.0
+    assert 0 < op.recompute < op.forward
+    kw = dict(seq_len=s, micro_batch=b, tp=t, sequence_parallel=True, flash=True, precision="bf16")
+    assert activation_bytes_per_layer(m, recompute="selective", **kw) - activation_bytes_per_layer(
+        m, recompute="selective_op", **kw) == pytest.approx(2 * s * b * (kv + f) / t)
+    assert [o.name for o in alternate_matmuls(_model("gpt-18.4b"), 2048)] == ["wk", "wo", "w2"]
