@@ -303,7 +303,15 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
                 for slow in slows]
     else:
         fwd_t, bwd_t = [c.total for c in fwd], [c.total for c in bwd]
-        runs = [simulate_pipeline(p.schedule, p.pp, n_micro, p.vpp, fwd_t, bwd_t, send, slow=slow, record=record)
+        sharing = None
+        if hw.cores and layout.pp > 1 and all(c.comm == 0 and c.gather == 0 for c in fwd + bwd):
+            # on a CPU the stages share the machine's cores: priced alone, stretched by how many compute at once
+            # (each stage's dp x tp copies with it); compute_slowdown assumed all of them at once
+            copies, full = layout.dp * layout.tp, hw.sharing_slowdown(cfg.cluster.num_gpus)
+            fwd_t, bwd_t = [t / full for t in fwd_t], [t / full for t in bwd_t]
+            sharing = lambda k: hw.sharing_slowdown(k * copies)  # noqa: E731
+        runs = [simulate_pipeline(p.schedule, p.pp, n_micro, p.vpp, fwd_t, bwd_t, send, slow=slow, record=record,
+                                  sharing=sharing)
                 for slow in slows]
 
     # data-parallel gradient sync per pipeline rank (unless the streams ran it), then the optimizer
@@ -346,6 +354,10 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
     chunks = [c * p.pp + r for c in range(p.vpp)]
     compute = factor * n_micro * sum(fwd[k].compute + bwd[k].compute for k in chunks)
     recompute = factor * n_micro * sum(bwd[k].recompute for k in chunks)
+    if not contention and compute + recompute > 0:     # as run: shared cores may have stretched it otherwise
+        shared = run.busy[r] / (factor * n_micro * sum(fwd[k].total + bwd[k].total for k in chunks))
+        if abs(shared - 1) > 1e-9:
+            compute, recompute = compute * shared, recompute * shared
     tp_exposed = factor * n_micro * sum(fwd[k].comm + bwd[k].comm for k in chunks)
     if contention:      # gathers and sends waited for, compute slowed by communication beside it, as simulated
         gathers, slowdown, sends = run.gather_wait[r], run.slowdown[r], run.send_wait[r]

@@ -185,13 +185,60 @@ class PipelineRun:
         return max(self.compute_end) if self.compute_end else 0.0
 
 
+class SharedCores:
+    """Processor sharing on one CPU machine: while k tasks compute at once, each progresses at 1 / slowdown(k)
+    of its speed alone (`Hardware.sharing_slowdown`), so a stage whose neighbour waits in the bubble runs
+    faster than one computing beside it. A task's work is its seconds alone."""
+
+    def __init__(self, env, slowdown):
+        self.env, self.slowdown = env, slowdown
+        self.active: dict = {}      # event -> work left (seconds alone)
+        self.last = 0.0
+        self.token = None
+
+    def _rate(self) -> float:
+        return 1.0 / self.slowdown(len(self.active)) if self.active else 0.0
+
+    def _advance(self) -> None:
+        rate, now = self._rate(), self.env.now
+        for ev in self.active:
+            self.active[ev] -= (now - self.last) * rate
+        self.last = now
+
+    def _schedule(self) -> None:
+        if not self.active:
+            return
+        token = self.token = object()
+        first = min(self.active.values())
+        self.env.timeout(max(0.0, first) / self._rate()).callbacks.append(lambda _e: self._fire(token))
+
+    def _fire(self, token) -> None:
+        if token is not self.token:         # superseded: a task started or ended since
+            return
+        self._advance()
+        first = min(self.active.values())
+        for ev in [ev for ev, left in self.active.items() if left <= first + 1e-12]:
+            del self.active[ev]
+            ev.succeed()
+        self._schedule()
+
+    def run(self, work: float):
+        """An event that fires when `work` seconds of compute (alone) are done."""
+        self._advance()
+        ev = self.env.event()
+        self.active[ev] = work
+        self._schedule()
+        return ev
+
+
 def simulate_pipeline(schedule: str, p: int, m: int, v: int, forward, backward, p2p=0.0,
-                      slow=None, record: bool = True) -> PipelineRun:
+                      slow=None, record: bool = True, sharing=None) -> PipelineRun:
     """Run one step of a pipeline schedule.
 
     forward[k], backward[k]: seconds of virtual stage k's F and B for one micro-batch (k = chunk * p + rank);
     p2p: seconds to send one activation or gradient to the next virtual stage (a number, or a list by
-    sending virtual stage); slow: {rank: factor} stretches that rank's tasks (a straggler).
+    sending virtual stage); slow: {rank: factor} stretches that rank's tasks (a straggler); sharing: on a CPU,
+    slowdown(k) of k ranks computing at once (`SharedCores`; forward and backward are then seconds alone).
     """
     n_virtual = p * v
     if len(forward) != n_virtual or len(backward) != n_virtual:
@@ -210,6 +257,7 @@ def simulate_pipeline(schedule: str, p: int, m: int, v: int, forward, backward, 
 
     run = PipelineRun(p, m, v, compute_end=[0.0] * p, busy=[0.0] * p)
     counter = [0]
+    cores = SharedCores(env, sharing) if sharing is not None else None
 
     def deliver(src_rank, kind, mb, k_from, k_to):
         ev = inbox(kind, mb, k_to)
@@ -232,9 +280,9 @@ def simulate_pipeline(schedule: str, p: int, m: int, v: int, forward, backward, 
                 yield inbox("B", mb, k)
             start = env.now
             duration = (forward[k] if kind == "F" else backward[k]) * factor
-            yield env.timeout(duration)
+            yield env.timeout(duration) if cores is None or duration <= 0 else cores.run(duration)
             counter[0] += 1
-            run.busy[r] += duration
+            run.busy[r] += env.now - start
             if record:
                 run.tasks.append(Task(r, kind, mb, c, start, env.now))
             if kind == "F" and k < n_virtual - 1:

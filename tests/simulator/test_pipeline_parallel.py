@@ -8,6 +8,7 @@ from simulator.hardware import hardware_for
 from simulator.memory import layers_per_virtual_stage, stage_layers
 from simulator.parallel_3d import Layout, stage_costs
 from simulator.pipeline_parallel import (
+    SharedCores,
     bubble_fraction,
     interleave_group,
     partition_layers,
@@ -196,3 +197,55 @@ def test_interleaved_accepts_micro_batches_in_equal_rounds():
                                                         "parallel.first_stage_layers=7",
                                                         "parallel.global_batch_size=4352"], runtime=False)
     assert cfg.grad_accum_steps == 34 and interleave_group(16, 34) == 17
+
+
+def test_shared_cores_stretch_only_while_tasks_overlap():
+    """Processor sharing: two 1 s tasks started together on a machine where two run 1.5x slower each end at
+    1.5 s; a third started at 1 s beside the second runs alone once the second ends."""
+    import simpy
+    env = simpy.Environment()
+    cores = SharedCores(env, lambda k: 1.5 if k >= 2 else 1.0)
+    ends = {}
+
+    def task(name, start, work):
+        yield env.timeout(start)
+        yield cores.run(work)
+        ends[name] = env.now
+
+    for name, start, work in (("a", 0.0, 1.0), ("b", 0.0, 1.0), ("c", 1.5, 1.0)):
+        env.process(task(name, start, work))
+    env.run()
+    assert ends["a"] == pytest.approx(1.5) and ends["b"] == pytest.approx(1.5) and ends["c"] == pytest.approx(2.5)
+
+
+def test_pipeline_stages_share_one_machine():
+    """On one core (slowdown k) a 2-stage pipeline takes the sum of all its work; without sharing, its
+    closed form; a stage that waits in the bubble lets the other run at full speed."""
+    f, b, m = [1.0, 1.0], [2.0, 2.0], 4
+    alone = simulate_pipeline("1f1b", 2, m, 1, f, b)
+    assert alone.makespan == pytest.approx((m + 1) * 3.0)
+    assert simulate_pipeline("1f1b", 2, m, 1, f, b, sharing=lambda k: 1.0).makespan == pytest.approx(alone.makespan)
+    one_core = simulate_pipeline("1f1b", 2, m, 1, f, b, sharing=lambda k: float(k))
+    assert one_core.makespan == pytest.approx(2 * m * 3.0)
+    assert one_core.busy[0] + one_core.busy[1] > 2 * m * 3.0      # each task stretched while the other computes
+    # two cores that run two processes 1.5x slower: between the two
+    two = simulate_pipeline("1f1b", 2, m, 1, f, b, sharing=lambda k: 1.5 if k >= 2 else 1.0)
+    assert alone.makespan < two.makespan < 1.5 * alone.makespan
+
+
+def test_cpu_pipeline_prices_shared_cores():
+    """A cpu pipeline step is simulated with the stages sharing the cores: cheaper than assuming every
+    process computes all the time (the profile's compute_slowdown), dearer than none sharing."""
+    cfg = load_config("configs/tiny.yaml", ["parallel.pp=2", "parallel.dp=1", "parallel.tp=1",
+                                            "parallel.schedule=1f1b", "cluster.num_gpus=null"])
+    hw = hardware_for(cfg)
+    full = hw.sharing_slowdown(2)
+    assert full > 1.0
+    from simulator.parallel_3d import simulate_step
+    step = simulate_step(cfg, hw, CommModel(Cluster(hw, 2)), contention=False)
+    fwd, bwd, _, _ = stage_costs(cfg, hw, CommModel(Cluster(hw, 2)), Layout(1, 1, 2, 1), stage_layers(cfg))
+    m = cfg.grad_accum_steps
+    always = simulate_pipeline("1f1b", 2, m, 1, [c.total for c in fwd], [c.total for c in bwd])
+    never = simulate_pipeline("1f1b", 2, m, 1, [c.total / full for c in fwd], [c.total / full for c in bwd])
+    assert never.makespan < step.pipeline.makespan < always.makespan
+    assert sum(step.breakdown.values()) == pytest.approx(step.step_time, rel=1e-6)
