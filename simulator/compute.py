@@ -19,7 +19,8 @@ FLOPs (and MFU) keep counting the full square.
 
 On a CPU (`cpu` profile) the same roofline holds per process, with a large fixed cost per kernel (eager
 PyTorch's dispatch and autograd bookkeeping), and compute stretched by `hw.compute_slowdown` when more
-ranks than cores share the machine.
+ranks than cores share the machine (a pipeline's stages only while they compute at once: the simulated
+pipeline shares the cores among them, `pipeline_parallel.SharedCores`).
 
 Backward costs 2x the forward FLOPs of matmuls (input and weight gradients) and 2x the bytes of
 element-wise ops. Recomputation adds a forward before the backward: `full` the whole block, `selective`

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.cpu_terms import TERMS
+from benchmarks.cpu_terms import main as cpu_terms
 from llama_course.commands.compare import _merge, _minus, measured_components
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,3 +154,14 @@ def test_speed_probe_on_several_processes(monkeypatch):
     got = speed_factor(hw, repeats=3, processes=2)
     assert got["processes"] == 1 and "address in use" in got["fallback"]
     assert got["predicted_s"] == pytest.approx(one["predicted_s"])
+
+
+def test_cpu_terms_ablation_reads_the_suite_and_refuses_a_missing_file(tmp_path, capsys):
+    """benchmarks/cpu_terms.py re-predicts the saved suite with each term left out: one row per term; a missing
+    run file is one line and exit 2."""
+    out = tmp_path / "terms.md"
+    assert cpu_terms(["--out", str(out)]) == 0
+    text = out.read_text()
+    assert all(f"| {term} |" in text for term in TERMS)
+    assert cpu_terms(["--runs", str(tmp_path / "none.json"), "--no-write"]) == 2
+    assert "cannot read" in capsys.readouterr().err
