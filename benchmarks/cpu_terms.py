@@ -41,30 +41,28 @@ TERMS = {
 }
 
 
-def predict(profile: dict, overrides: list, steps: int) -> float:
-    """Step seconds `compare` would predict for a layout on `profile` (uncalibrated)."""
+def predict(overrides: list, steps: int) -> float:
+    """Step seconds `compare` would predict for a layout on the profile $LLAMA_COURSE_CPU_PROFILE names
+    (uncalibrated)."""
+    cfg = load_config(CONFIG, BASE + overrides + [f"training.steps={steps}"])
+    return simulate(cfg)["step_time_s"]
+
+
+def errors(profile: dict, layouts: list, measured: dict, steps: int) -> list:
+    """[relative error] of every layout that ran, in order, predicted on `profile` (written once to a file)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(profile, f)
     old = os.environ.get("LLAMA_COURSE_CPU_PROFILE")
     os.environ["LLAMA_COURSE_CPU_PROFILE"] = f.name
     try:
-        cfg = load_config(CONFIG, BASE + overrides + [f"training.steps={steps}"])
-        return simulate(cfg)["step_time_s"]
+        return [predict(overrides, n or steps) / measured[name] - 1
+                for name, overrides, n in layouts if name in measured]
     finally:
         os.unlink(f.name)
         if old is None:
             os.environ.pop("LLAMA_COURSE_CPU_PROFILE", None)
         else:
             os.environ["LLAMA_COURSE_CPU_PROFILE"] = old
-
-
-def errors(profile: dict, layouts: list, measured: dict, steps: int) -> list:
-    """[relative error] of every layout that ran, in order."""
-    out = []
-    for name, overrides, n in layouts:
-        if name in measured:
-            out.append(predict(profile, overrides, n or steps) / measured[name] - 1)
-    return out
 
 
 def stats(errs: list) -> tuple:

@@ -219,7 +219,8 @@ Each row is priced with the rules of the software that ran it (column "rules", `
 `deepspeed` for DeepSpeed's runs (gradients reduce-scattered every micro-batch in 500M-element buckets,
 blocking pipeline sends), `deepspeed_2021` for DeepSpeed's ZeRO-3 of early 2021 (the same, with each layer
 gathered just in time and every ZeRO-3 collective slowed by the calibrated factor), `fsdp2` for torch FSDP
-(one reduce-scatter per block), `fsdp_sharded` for Llama 3's FSDP, `course` (the configs' default; without ZeRO every system is alike) for the rest.
+(one reduce-scatter per block), `fsdp_sharded` for Llama 3's FSDP, `course` (the configs' default; without
+ZeRO every system is alike) for the rest.
 
 ## Summary
 
@@ -314,8 +315,9 @@ def main() -> None:
     calibration, validation = compare(calibration_rows), compare(validation_rows)
     pairs = list(zip(calibration_rows, calibration))
     ds = [(row, r) for row, r in pairs if row.system == "deepspeed_2021"]
-    a100 = [(row, r) for row, r in pairs if (row, r) not in ds and not r["gpu"].startswith(("h100", "h200"))]
-    h100 = [(row, r) for row, r in pairs if (row, r) not in ds and r["gpu"].startswith(("h100", "h200"))]
+    matmul = [(row, r) for row, r in pairs if row.system != "deepspeed_2021"]
+    a100 = [(row, r) for row, r in matmul if not r["gpu"].startswith(("h100", "h200"))]
+    h100 = [(row, r) for row, r in matmul if r["gpu"].startswith(("h100", "h200"))]
     parts = dict(summary=summary_block(calibration, validation), calibration=calibration_table([r for _, r in a100]),
                  fit=fit_table([0.66, 0.68, 0.70, 0.705, 0.71, 0.715, 0.72, 0.74], [row for row, _ in a100]),
                  h100=source_sections([row for row, _ in h100], [r for _, r in h100]),
