@@ -1,19 +1,22 @@
 """Which terms of the CPU model earn their keep: each measured term of the `cpu` profile left out in turn, every
-layout of the last compare suite run re-predicted, and its error against what that run measured.
+layout of each archived compare suite run re-predicted, and its error against what that run measured.
 
-    python benchmarks/cpu_terms.py                 # writes docs/benchmarks/cpu_terms.md
-    python benchmarks/cpu_terms.py --no-write
+    python benchmarks/cpu_terms.py                 # writes docs/benchmarks/cpu_terms.md from docs/benchmarks/runs/
+    python benchmarks/cpu_terms.py --archive       # first adds the last suite run (docs/benchmarks/compare.json)
+    python benchmarks/cpu_terms.py --runs a.json b.json --no-write
 
-No training runs here: the measurements are the ones docs/benchmarks/compare.json holds (the compare suite,
-`python benchmarks/compare_suite.py --bench 3 --calibrate --repeat 3`), and the profile is the one that run
-measured (saved in the same file). Predictions are uncalibrated, as the held-out suite's goal reads them. A
-term earns its keep when leaving it out makes the held-out suite, which the terms were never chosen on,
-worse; one that does not is a candidate to drop (issue 17 item 7).
+No training runs here: the measurements are the ones the compare suite saved
+(`python benchmarks/compare_suite.py --bench 3 --calibrate --repeat 3` writes docs/benchmarks/compare.json; `--archive`
+keeps what this script needs of it, the measured step times and components and the profile `bench` measured at the
+run's start, in docs/benchmarks/runs/). Predictions are uncalibrated, as the held-out suite's goal reads them. A
+term earns its keep when leaving it out makes the held-out suite, which the terms were never chosen on, worse in
+every run; one that makes it no better in any run is dropped (issue 17 item 7); the rest stay, undecided.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import sys
@@ -70,49 +73,112 @@ def stats(errs: list) -> tuple:
     return sum(a) / len(a), max(a)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", default=os.path.join(ROOT, "docs", "benchmarks", "compare.json"))
-    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks", "cpu_terms.md"))
-    ap.add_argument("--no-write", action="store_true")
-    args = ap.parse_args(argv)
-    try:
-        with open(args.runs) as f:
-            saved = json.load(f)
-    except (OSError, ValueError) as e:
-        print(f"cpu_terms: cannot read {args.runs}: {e}", file=sys.stderr)
-        return 2
+RUNS_DIR = os.path.join(ROOT, "docs", "benchmarks", "runs")
+LAST_RUN = os.path.join(ROOT, "docs", "benchmarks", "compare.json")
+
+
+def slim(saved: dict) -> dict:
+    """What this script needs of a suite run: its date, steps, profile and each layout's measurements."""
+    def row(r):
+        if not r.get("ok"):
+            return {"name": r["name"], "ok": False}
+        m = r["measured"]
+        return {"name": r["name"], "ok": True,
+                "measured": {"step_time_s": m["step_time_s"], "breakdown_s": m.get("breakdown_s", {})}}
+    return {"date": saved["date"], "steps": saved["steps"], "profile": saved["profile"],
+            "rows": [row(r) for r in saved["rows"]], "held_out": [row(r) for r in saved.get("held_out", [])]}
+
+
+def archive(saved: dict, directory: str = RUNS_DIR) -> str:
+    """Write slim(saved) to directory/compare-<date>.json (the same run twice: the same file); its path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "compare-" + saved["date"].replace(" ", "-").replace(":", "") + ".json")
+    with open(path, "w") as f:
+        json.dump(slim(saved), f, indent=1, sort_keys=True)
+        f.write("\n")
+    return path
+
+
+def ablation(saved: dict) -> dict:
+    """{"nothing": (tuning mean, worst, held-out mean, worst), term: (the same without it)} of one run."""
     measured = {r["name"]: r["measured"]["step_time_s"] for r in saved["rows"] + saved.get("held_out", []) if r["ok"]}
     tuning = [(n, o, None) for n, o in LAYOUTS]
     steps, profile = saved["steps"], saved["profile"]
-    base_t, base_h = errors(profile, tuning, measured, steps), errors(profile, HELD_OUT, measured, steps)
-    lines = ["| left out | what it models | tuning mean / worst | held-out mean / worst | held-out change | verdict |",
-             "|---|---|---:|---:|---:|---|"]
-    (tm, tw), (hm, hw) = stats(base_t), stats(base_h)
-    lines.append(f"| nothing (the model as shipped) | | {100 * tm:.0f}% / {100 * tw:.0f}% | {100 * hm:.0f}% / "
-                 f"{100 * hw:.0f}% | | |")
-    for term, (what, without) in TERMS.items():
-        print(f"cpu_terms: without {term}", file=sys.stderr, flush=True)
+    out = {"nothing": stats(errors(profile, tuning, measured, steps)) + stats(errors(profile, HELD_OUT, measured, steps))}
+    for term, (_, without) in TERMS.items():
+        print(f"cpu_terms: {saved['date']}: without {term}", file=sys.stderr, flush=True)
         prof = dict(profile, **without)
-        (m1, w1), (m2, w2) = stats(errors(prof, tuning, measured, steps)), stats(errors(prof, HELD_OUT, measured, steps))
-        change = m2 - hm
-        verdict = "earns its keep" if change > 0.01 else ("no effect here" if abs(change) <= 0.01 else "drop candidate")
-        lines.append(f"| {term} | {what} | {100 * m1:.0f}% / {100 * w1:.0f}% | {100 * m2:.0f}% / {100 * w2:.0f}% | "
-                     f"{100 * change:+.1f} pt | {verdict} |")
-    table = "\n".join(lines)
-    text = f"""# Which CPU-model terms earn their keep
+        out[term] = stats(errors(prof, tuning, measured, steps)) + stats(errors(prof, HELD_OUT, measured, steps))
+    return out
 
-Generated by `python benchmarks/cpu_terms.py` from the compare suite run of {saved['date']}
-(`docs/benchmarks/compare.json`: its measurements and the profile `bench` measured at its start). Each row
-leaves one measured term of the `cpu` profile out and re-predicts every layout of that run with the code as
-it is now, uncalibrated; errors are against the step times that run measured. The held-out layouts were
-never used to choose any term: a term that does not make them better by more than one point of mean error
-does not earn its keep on this evidence ("no effect here": within a point either way; "drop candidate":
-better without it). The two fitted compute terms (kernel overhead, optimizer fit) are left out without
-refitting the terms fitted with them, so their rows say little; the measured ones stand alone.
 
-{table}
+def verdict(changes: list) -> str:
+    """A term's verdict from its held-out change (points of mean error, left out minus kept) in each run."""
+    if all(c > 1.0 for c in changes):
+        return "earns its keep"
+    if all(c <= 1.0 for c in changes):
+        return "drop"
+    return "undecided"
+
+
+def page(runs: list, results: list) -> str:
+    dates = [r["date"] for r in runs]
+    base = [res["nothing"] for res in results]
+    head = "| left out | what it models | " + " | ".join(dates) + " | verdict |"
+    lines = [head, "|---|---|" + "---:|" * len(dates) + "---|",
+             "| nothing (the model as shipped): held-out mean / worst | | "
+             + " | ".join(f"{100 * b[2]:.0f}% / {100 * b[3]:.0f}%" for b in base) + " | |"]
+    for term, (what, _) in TERMS.items():
+        changes = [100 * (res[term][2] - res["nothing"][2]) for res in results]
+        lines.append(f"| {term} | {what} | " + " | ".join(f"{c:+.1f} pt" for c in changes) + f" | {verdict(changes)} |")
+    tuning = ["| run | tuning mean / worst | held-out mean / worst |", "|---|---:|---:|"]
+    tuning += [f"| {d} | {100 * b[0]:.0f}% / {100 * b[1]:.0f}% | {100 * b[2]:.0f}% / {100 * b[3]:.0f}% |"
+               for d, b in zip(dates, base)]
+    return f"""# Which CPU-model terms earn their keep
+
+Generated by `python benchmarks/cpu_terms.py` from {len(runs)} compare suite run{'s' if len(runs) > 1 else ''}
+kept in `docs/benchmarks/runs/` (each run's measured step times and the profile `bench` measured at its
+start; `python benchmarks/cpu_terms.py --archive` adds the last one). Each row leaves one measured term of
+the `cpu` profile out and re-predicts every layout of every run with the code as it is now, uncalibrated;
+a column is one run, its cell the change of the held-out suite's mean error when the term is left out
+(positive: the term made the prediction better). The held-out layouts were never used to choose any term.
+A term **earns its keep** when it is worth more than one point in every run, is **dropped** when it is
+worth a point or less in every run, and is otherwise **undecided** (kept). The two fitted compute terms
+(kernel overhead, optimizer fit) are left out without refitting the terms fitted with them, so their rows
+say little; the measured ones stand alone. The runtime's code on these layouts' paths did not change
+between the runs; the machine's speed did (each run's profile was measured at its start).
+
+{chr(10).join(lines)}
+
+The model as shipped on each run:
+
+{chr(10).join(tuning)}
 """
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", nargs="*", help="saved suite runs (default: every file in docs/benchmarks/runs/)")
+    ap.add_argument("--archive", action="store_true", help="first keep docs/benchmarks/compare.json in docs/benchmarks/runs/")
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks", "cpu_terms.md"))
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    paths = args.runs
+    try:
+        if args.archive:
+            with open(LAST_RUN) as f:
+                print(f"cpu_terms: kept {archive(json.load(f))}", file=sys.stderr)
+        if not paths:
+            paths = sorted(glob.glob(os.path.join(RUNS_DIR, "*.json"))) or [LAST_RUN]
+        runs = []
+        for path in paths:
+            with open(path) as f:
+                runs.append(json.load(f))
+    except (OSError, ValueError) as e:
+        print(f"cpu_terms: cannot read {getattr(e, 'filename', None) or 'a run'}: {e}", file=sys.stderr)
+        return 2
+    runs.sort(key=lambda r: r["date"])
+    text = page(runs, [ablation(r) for r in runs])
     print(text)
     if not args.no_write:
         with open(args.out, "w") as f:

@@ -2,13 +2,14 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from benchmarks.cpu_terms import TERMS
+from benchmarks.cpu_terms import LAST_RUN, TERMS, archive, verdict
 from benchmarks.cpu_terms import main as cpu_terms
 from llama_course.commands.compare import _merge, _minus, measured_components
 
@@ -156,12 +157,24 @@ def test_speed_probe_on_several_processes(monkeypatch):
     assert got["predicted_s"] == pytest.approx(one["predicted_s"])
 
 
-def test_cpu_terms_ablation_reads_the_suite_and_refuses_a_missing_file(tmp_path, capsys):
-    """benchmarks/cpu_terms.py re-predicts the saved suite with each term left out: one row per term; a missing
-    run file is one line and exit 2."""
+def test_cpu_terms_ablation_over_kept_runs(tmp_path, capsys):
+    """benchmarks/cpu_terms.py keeps a suite run's measurements and profile (the same run twice: one file) and
+    re-predicts each kept run with each term left out: one row per term, one column per run; a term's verdict
+    needs every run; a missing run file is one line and exit 2."""
+    with open(LAST_RUN) as f:
+        saved = json.load(f)
+    path = archive(saved, str(tmp_path / "runs"))
+    assert archive(saved, str(tmp_path / "runs")) == path and len(os.listdir(tmp_path / "runs")) == 1
+    with open(path) as f:
+        kept = json.load(f)
+    assert kept["profile"] == saved["profile"] and kept["steps"] == saved["steps"]
+    assert [r["measured"]["step_time_s"] for r in kept["held_out"] if r["ok"]] == \
+        [r["measured"]["step_time_s"] for r in saved["held_out"] if r["ok"]]
     out = tmp_path / "terms.md"
-    assert cpu_terms(["--out", str(out)]) == 0
+    assert cpu_terms(["--runs", path, "--out", str(out)]) == 0
     text = out.read_text()
-    assert all(f"| {term} |" in text for term in TERMS)
+    assert all(f"| {term} |" in text for term in TERMS) and f"| {saved['date']} |" in text
+    assert verdict([2.0, 1.5]) == "earns its keep" and verdict([0.5, -3.0]) == "drop"
+    assert verdict([2.0, 0.2]) == "undecided" and verdict([1.0]) == "drop"
     assert cpu_terms(["--runs", str(tmp_path / "none.json"), "--no-write"]) == 2
     assert "cannot read" in capsys.readouterr().err
