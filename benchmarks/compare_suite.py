@@ -300,8 +300,7 @@ peak and copy bandwidth; the real model's forward-backward timed inside single-p
 which the per-kernel overhead and matmul efficiency are fitted; how many cores' worth of compute 2 and 4
 processes get when they compute at once (`effective_cores`); gloo's and the course's all-reduce against
 size for 2 and 4 processes, *in situ* (issued right after compute, as training issues a bucket or a
-tensor-parallel all-reduce) and *back to back* (the rest of an unbucketed sync); a point-to-point
-exchange after compute (a pipeline's activations and gradients); and a parameter-server round trip over
+tensor-parallel all-reduce) and *back to back* (the rest of an unbucketed sync); and a parameter-server round trip over
 torch RPC with 1 and 2 workers (push a gradient list, get weights back once every worker pushed). Every
 step also ends with the loss all-reduce and, for sharded gradients, the norm's (`step_scalars`: about a
 millisecond each between processes here, microseconds on NVLink). How the simulator uses them is in

@@ -36,12 +36,17 @@ TERMS = {
                         {"effective_cores": None}),
     "back-to-back all-reduce": ("an all-reduce issued right after another costs its own curve",
                                 {"all_reduce_back_to_back_seconds": None}),
-    "p2p in situ": ("a pipeline send after compute is a measured curve, not the link's alpha-beta",
-                    {"p2p_in_situ_seconds": None}),
     "optimizer fit": ("the optimizer step per tensor and per parameter, fitted, not a memory roofline",
                       {"optimizer_us_per_tensor": 0.0, "optimizer_ns_per_param": None}),
     "kernel overhead": ("a fixed cost per kernel (eager dispatch), fitted", {"kernel_overhead_us": 0.0}),
 }
+
+DROPPED = {
+    "p2p in situ": "a pipeline's send after compute as a measured curve (`bench` timed it; now the link's alpha-beta "
+                   "the ping-pong measures): worth a point or less in each of the four runs up to 2026-12-06 17:26 "
+                   "(this page at commit 20d16a7), so dropped from the profile, `bench` and the simulator",
+}
+"""Terms the verdict dropped: what they modelled and the evidence (they can no longer be left out)."""
 
 
 def predict(overrides: list, steps: int) -> float:
@@ -51,21 +56,29 @@ def predict(overrides: list, steps: int) -> float:
     return simulate(cfg)["step_time_s"]
 
 
-def errors(profile: dict, layouts: list, measured: dict, steps: int) -> list:
-    """[relative error] of every layout that ran, in order, predicted on `profile` (written once to a file)."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(profile, f)
+def errors(profile: dict, layouts: list, measured: dict, steps: int, speed: dict | None = None) -> list:
+    """[relative error] of every layout that ran, in order, predicted on `profile`; with `speed` ({layout: the
+    speed probe around it}), each layout's compute scaled by its probe, as `compare --calibrate` predicts."""
     old = os.environ.get("LLAMA_COURSE_CPU_PROFILE")
-    os.environ["LLAMA_COURSE_CPU_PROFILE"] = f.name
+    out = []
     try:
-        return [predict(overrides, n or steps) / measured[name] - 1
-                for name, overrides, n in layouts if name in measured]
+        for name, overrides, n in layouts:
+            if name not in measured:
+                continue
+            factor = (speed or {}).get(name) or 1.0
+            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+                json.dump(dict(profile, speed_factor=float(profile.get("speed_factor", 1.0)) * factor), f)
+            os.environ["LLAMA_COURSE_CPU_PROFILE"] = f.name
+            try:
+                out.append(predict(overrides, n or steps) / measured[name] - 1)
+            finally:
+                os.unlink(f.name)
     finally:
-        os.unlink(f.name)
         if old is None:
             os.environ.pop("LLAMA_COURSE_CPU_PROFILE", None)
         else:
             os.environ["LLAMA_COURSE_CPU_PROFILE"] = old
+    return out
 
 
 def stats(errs: list) -> tuple:
@@ -83,7 +96,7 @@ def slim(saved: dict) -> dict:
         if not r.get("ok"):
             return {"name": r["name"], "ok": False}
         m = r["measured"]
-        return {"name": r["name"], "ok": True,
+        return {"name": r["name"], "ok": True, "speed_factor": r.get("speed_factor"),
                 "measured": {"step_time_s": m["step_time_s"], "breakdown_s": m.get("breakdown_s", {})}}
     return {"date": saved["date"], "steps": saved["steps"], "profile": saved["profile"],
             "rows": [row(r) for r in saved["rows"]], "held_out": [row(r) for r in saved.get("held_out", [])]}
@@ -99,16 +112,24 @@ def archive(saved: dict, directory: str = RUNS_DIR) -> str:
     return path
 
 
-def ablation(saved: dict) -> dict:
-    """{"nothing": (tuning mean, worst, held-out mean, worst), term: (the same without it)} of one run."""
-    measured = {r["name"]: r["measured"]["step_time_s"] for r in saved["rows"] + saved.get("held_out", []) if r["ok"]}
+def ablation(saved: dict, calibrated: bool = False) -> dict:
+    """{"nothing": (tuning mean, worst, held-out mean, worst), term: (the same without it)} of one run;
+    `calibrated`: each layout predicted at the speed probed around it (None when the run has no probes)."""
+    done = [r for r in saved["rows"] + saved.get("held_out", []) if r["ok"]]
+    measured = {r["name"]: r["measured"]["step_time_s"] for r in done}
+    speed = {r["name"]: r.get("speed_factor") for r in done} if calibrated else None
+    if calibrated and not all(speed.values()):
+        return None
     tuning = [(n, o, None) for n, o in LAYOUTS]
     steps, profile = saved["steps"], saved["profile"]
-    out = {"nothing": stats(errors(profile, tuning, measured, steps)) + stats(errors(profile, HELD_OUT, measured, steps))}
+
+    def both(prof):
+        return stats(errors(prof, tuning, measured, steps, speed)) + stats(errors(prof, HELD_OUT, measured, steps, speed))
+    out = {"nothing": both(profile)}
     for term, (_, without) in TERMS.items():
-        print(f"cpu_terms: {saved['date']}: without {term}", file=sys.stderr, flush=True)
-        prof = dict(profile, **without)
-        out[term] = stats(errors(prof, tuning, measured, steps)) + stats(errors(prof, HELD_OUT, measured, steps))
+        print(f"cpu_terms: {saved['date']}{' calibrated' if calibrated else ''}: without {term}", file=sys.stderr,
+              flush=True)
+        out[term] = both(dict(profile, **without))
     return out
 
 
@@ -121,38 +142,60 @@ def verdict(changes: list) -> str:
     return "undecided"
 
 
-def page(runs: list, results: list) -> str:
-    dates = [r["date"] for r in runs]
-    base = [res["nothing"] for res in results]
-    head = "| left out | what it models | " + " | ".join(dates) + " | verdict |"
-    lines = [head, "|---|---|" + "---:|" * len(dates) + "---|",
+def term_table(dates: list, results: list) -> str:
+    """One row per term: its held-out change in each run and the verdict over them."""
+    lines = ["| left out | what it models | " + " | ".join(dates) + " | verdict |",
+             "|---|---|" + "---:|" * len(dates) + "---|",
              "| nothing (the model as shipped): held-out mean / worst | | "
-             + " | ".join(f"{100 * b[2]:.0f}% / {100 * b[3]:.0f}%" for b in base) + " | |"]
+             + " | ".join(f"{100 * r['nothing'][2]:.0f}% / {100 * r['nothing'][3]:.0f}%" for r in results) + " | |"]
     for term, (what, _) in TERMS.items():
-        changes = [100 * (res[term][2] - res["nothing"][2]) for res in results]
+        changes = [100 * (r[term][2] - r["nothing"][2]) for r in results]
         lines.append(f"| {term} | {what} | " + " | ".join(f"{c:+.1f} pt" for c in changes) + f" | {verdict(changes)} |")
-    tuning = ["| run | tuning mean / worst | held-out mean / worst |", "|---|---:|---:|"]
-    tuning += [f"| {d} | {100 * b[0]:.0f}% / {100 * b[1]:.0f}% | {100 * b[2]:.0f}% / {100 * b[3]:.0f}% |"
-               for d, b in zip(dates, base)]
+    return "\n".join(lines)
+
+
+def page(runs: list, plain: list, calibrated: list) -> str:
+    dates = [r["date"] for r in runs]
+    probed = [(d, r) for d, r in zip(dates, calibrated) if r is not None]
+    speeds = []
+    for run in runs:
+        f = [r["speed_factor"] for r in run.get("held_out", []) if r.get("ok") and r.get("speed_factor")]
+        speeds.append(f"{sum(f) / len(f):.2f}" if f else "-")
+    shipped = ["| run | tuning mean / worst | held-out mean / worst | held-out, with the speed probe | speed probe "
+               "around the held-out layouts (mean) |", "|---|---:|---:|---:|---:|"]
+    for d, p, c, sp in zip(dates, plain, calibrated, speeds):
+        cal = f"{100 * c['nothing'][2]:.0f}% / {100 * c['nothing'][3]:.0f}%" if c else "-"
+        shipped.append(f"| {d} | {100 * p['nothing'][0]:.0f}% / {100 * p['nothing'][1]:.0f}% | "
+                       f"{100 * p['nothing'][2]:.0f}% / {100 * p['nothing'][3]:.0f}% | {cal} | {sp} |")
+    calibrated_part = (f"""
+With the speed probe: the same, each layout predicted at the speed `compare --calibrate` probed right before
+and after it ran (the machine's drift since `bench` removed; what the term itself is worth):
+
+{term_table([d for d, _ in probed], [r for _, r in probed])}
+""" if probed else "")
     return f"""# Which CPU-model terms earn their keep
 
 Generated by `python benchmarks/cpu_terms.py` from {len(runs)} compare suite run{'s' if len(runs) > 1 else ''}
-kept in `docs/benchmarks/suite_runs/` (each run's measured step times and the profile `bench` measured at its
-start; `python benchmarks/cpu_terms.py --archive` adds the last one). Each row leaves one measured term of
-the `cpu` profile out and re-predicts every layout of every run with the code as it is now, uncalibrated;
-a column is one run, its cell the change of the held-out suite's mean error when the term is left out
-(positive: the term made the prediction better). The held-out layouts were never used to choose any term.
-A term **earns its keep** when it is worth more than one point in every run, is **dropped** when it is
-worth a point or less in every run, and is otherwise **undecided** (kept). The two fitted compute terms
-(kernel overhead, optimizer fit) are left out without refitting the terms fitted with them, so their rows
-say little; the measured ones stand alone. The runtime's code on these layouts' paths did not change
-between the runs; the machine's speed did (each run's profile was measured at its start).
+kept in `docs/benchmarks/suite_runs/` (each run's measured step times, the speed probes around each layout and
+the profile `bench` measured at its start; `python benchmarks/cpu_terms.py --archive` adds the last one).
+Each row leaves one measured term of the `cpu` profile out and re-predicts every layout of every run with the
+code as it is now; a column is one run, its cell the change of the held-out suite's mean error when the term
+is left out (positive: the term made the prediction better). The held-out layouts were never used to choose
+any term. A term **earns its keep** when it is worth more than one point in every run, is **dropped** when it
+is worth a point or less in every run of both readings below, and is otherwise **undecided** (kept). The two
+fitted compute terms (kernel overhead, optimizer fit) are left out without refitting the terms fitted with
+them, so their rows say little; the measured ones stand alone. The runtime's code on these layouts' paths did
+not change between the runs; the machine's speed did.
 
-{chr(10).join(lines)}
+Uncalibrated (the held-out goal's reading: the profile as `bench` measured it at the run's start):
 
-The model as shipped on each run:
+{term_table(dates, plain)}
+{calibrated_part}
+Dropped: {"; ".join(f"**{t}**, {why}" for t, why in DROPPED.items())}.
 
-{chr(10).join(tuning)}
+The model as shipped on each run (a speed probe above 1: the machine computed slower than when profiled):
+
+{chr(10).join(shipped)}
 """
 
 
@@ -178,7 +221,7 @@ def main(argv=None) -> int:
         print(f"cpu_terms: cannot read {getattr(e, 'filename', None) or 'a run'}: {e}", file=sys.stderr)
         return 2
     runs.sort(key=lambda r: r["date"])
-    text = page(runs, [ablation(r) for r in runs])
+    text = page(runs, [ablation(r) for r in runs], [ablation(r, calibrated=True) for r in runs])
     print(text)
     if not args.no_write:
         with open(args.out, "w") as f:

@@ -136,7 +136,6 @@ def derive_profile(raw: dict, torch_version: str, cores: int | None) -> dict:
         "all_reduce_back_to_back_seconds": {
             impl: {str(w): raw[f"gloo_{w}"][f"all_reduce_back_to_back_{impl}"] for w in (2, 4)
                    if f"all_reduce_back_to_back_{impl}" in raw[f"gloo_{w}"]} for impl in ("gloo", "course")},
-        "p2p_in_situ_seconds": g2.get("p2p_in_situ"),
         "rpc_round_trip_seconds": raw.get("rpc_round_trip"),
         "launch_s": raw["launch_2_processes_s"],
         "effective_cores": effective_cores(raw["sharing_fb_s"], cores) if "sharing_fb_s" in raw else None,
@@ -171,9 +170,6 @@ def report_lines(raw: dict, prof: dict, path: str) -> list:
         p2p = f"p2p {g['p2p_latency_us']:.0f} us, {g['p2p_GBps']:.2f} GB/s; " if "p2p_GBps" in g else ""
         lines.append(f"gloo {w} processes:       {p2p}all_reduce {g['allreduce_latency_us']:.0f} us, "
                      f"busbw {g['allreduce_busbw_GBps']:.2f} GB/s")
-    if prof.get("p2p_in_situ_seconds"):
-        lines.append("p2p after compute:       " + ", ".join(f"{_size(b)} {t * 1e3:.2f} ms"
-                                                             for b, t in prof["p2p_in_situ_seconds"]))
     for w, curve in (prof.get("rpc_round_trip_seconds") or {}).items():
         lines.append(f"rpc round trip, {w} worker{'s' if w != '1' else ''}: "
                      + ", ".join(f"{_size(b)} {t * 1e3:.2f} ms" for b, t in curve))

@@ -40,8 +40,10 @@ read first). On a CPU three things differ from a GPU, each measured once by `ben
 - the scheduler is not fair at a step's time scale: started together, the slowest of k processes falls
   `straggle[k]` behind their mean (measured: ~2% for 2 processes, ~20% for 4 on 2 cores), and each
   synchronizing collective waits for it, so compute runs that much slower on the critical path;
-- a pipeline's send after compute (`p2p_in_situ_seconds`) and a parameter server's push and pull over
-  torch RPC (`rpc_round_trip_seconds`, 1 and 2 workers) are measured curves too, not the link;
+- a parameter server's push and pull over torch RPC (`rpc_round_trip_seconds`, 1 and 2 workers) is a
+  measured curve too, not the link; a pipeline's send is the link's alpha-beta (a measured curve of a send
+  after compute was dropped: over four compare suite runs it never moved the held-out suite's error,
+  docs/benchmarks/cpu_terms.md);
 - `speed_factor` scales all compute: `compare --calibrate` measures how fast the machine runs now against
   when it was profiled (a shared VM drifts by 20% in a quarter of an hour).
 
@@ -63,8 +65,6 @@ from simulator.cpu_profile import (  # noqa: F401  (CPU_PROFILE, PROFILE_DIR ...
     between_counts,
     collective_curves_of,
     cpu_profile_path,
-    interpolate,
-    measured_curve,
     rpc_curves_of,
     saturating,
     user_cpu_profile_path,
@@ -141,8 +141,6 @@ class Hardware:
     """Compute time factor from ranks sharing cores (`sharing_slowdown`); set by `hardware_for`."""
     effective_cores: dict | None = None
     """{processes computing at once: cores' worth of compute they get together}, measured (cpu)."""
-    p2p_curve: list | None = None
-    """Measured point-to-point send after compute (cpu), [(bytes, seconds)]; None = the intra-node link."""
     rpc_curves: dict | None = None
     """Measured RPC round trip after compute (cpu; a parameter server's push + pull, answered once every
     worker pushed): {workers: [(bytes each way per worker, seconds)]}; None = the link, as on GPUs."""
@@ -173,8 +171,6 @@ class Hardware:
         all-to-all move half an all-reduce's bytes in half its steps: the fixed cost of a collective (the
         curve at 0 bytes) once, plus half the rest. Between measured
         process counts the curves are interpolated; outside them, scaled by (n - 1)."""
-        if kind == "send" and self.p2p_curve and n == 2:
-            return interpolate(self.p2p_curve, nbytes)
         if not self.collective_table or kind == "send" or n <= 1:
             return None
         table = (self.back_to_back_table if back_to_back and self.back_to_back_table else self.collective_table)
@@ -332,7 +328,6 @@ def cpu_from_profile(path: str) -> Hardware:
             collective_table=(lambda c: c.get("gloo") or next(iter(c.values()), None))(collective_curves_of(prof)),
             cores=int(prof["cores"]) if prof.get("cores") else None,
             effective_cores=prof.get("effective_cores") or None,
-            p2p_curve=measured_curve(prof.get("p2p_in_situ_seconds")),
             rpc_curves=rpc_curves_of(prof.get("rpc_round_trip_seconds")),
             speed_factor=float(prof.get("speed_factor", 1.0)),
             straggle=prof.get("straggle") or None,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.cpu_terms import LAST_RUN, TERMS, archive, verdict
+from benchmarks.compare_suite import HELD_OUT
+from benchmarks.cpu_terms import DROPPED, LAST_RUN, TERMS, archive, errors, verdict
 from benchmarks.cpu_terms import main as cpu_terms
 from llama_course.commands.compare import _merge, _minus, measured_components
 
@@ -170,10 +171,19 @@ def test_cpu_terms_ablation_over_kept_runs(tmp_path, capsys):
     assert kept["profile"] == saved["profile"] and kept["steps"] == saved["steps"]
     assert [r["measured"]["step_time_s"] for r in kept["held_out"] if r["ok"]] == \
         [r["measured"]["step_time_s"] for r in saved["held_out"] if r["ok"]]
+    assert [r["speed_factor"] for r in kept["held_out"] if r["ok"]] == \
+        [r["speed_factor"] for r in saved["held_out"] if r["ok"]]
+    # the calibrated reading predicts each layout at the speed probed around it: a slower machine, a slower step
+    name, overrides, steps = HELD_OUT[0]
+    measured = {name: 1.0}
+    plain = errors(saved["profile"], [HELD_OUT[0]], measured, saved["steps"])[0]
+    slow = errors(saved["profile"], [HELD_OUT[0]], measured, saved["steps"], speed={name: 1.5})[0]
+    assert 1 + slow > 1.2 * (1 + plain)
     out = tmp_path / "terms.md"
     assert cpu_terms(["--runs", path, "--out", str(out)]) == 0
     text = out.read_text()
-    assert all(f"| {term} |" in text for term in TERMS) and f"| {saved['date']} |" in text
+    assert all(text.count(f"| {term} |") == 2 for term in TERMS) and f"| {saved['date']} |" in text
+    assert "With the speed probe" in text and all(f"**{term}**" in text for term in DROPPED)
     assert verdict([2.0, 1.5]) == "earns its keep" and verdict([0.5, -3.0]) == "drop"
     assert verdict([2.0, 0.2]) == "undecided" and verdict([1.0]) == "drop"
     assert cpu_terms(["--runs", str(tmp_path / "none.json"), "--no-write"]) == 2

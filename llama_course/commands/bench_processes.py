@@ -174,19 +174,6 @@ def gloo_worker(rank: int, world: int, quick: bool) -> dict:
             chained.append([nbytes, _burst(lambda x=x, fn=fn: fn(x), bursts, length)])
         out[f"all_reduce_{name}"] = curve
         out[f"all_reduce_back_to_back_{name}"] = chained
-    if world == 2:
-        # a pipeline's activation (and, the other way, its gradient) after a stretch of compute: rank 0
-        # sends, rank 1 receives, then back; seconds per one-way transfer, less the compute
-        curve = []
-        for nbytes in P2P_SIZES:
-            x = torch.zeros(max(1, nbytes // 4))
-
-            def hop(x=x):
-                compute()
-                ping(x)
-
-            curve.append([nbytes, max(1e-6, (_burst(hop, bursts, 4) - compute_s) / 2)])
-        out["p2p_in_situ"] = curve
     return out
 
 
@@ -279,8 +266,6 @@ def _burst(fn, bursts: int, length: int) -> float:
 
 COLLECTIVE_SIZES = (4, 1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24)
 """Message sizes (bytes) of the all-reduce curves."""
-P2P_SIZES = (4, 1 << 14, 1 << 17, 1 << 20, 1 << 22)
-"""Message sizes (bytes) of the in-situ point-to-point curve (a pipeline's activations)."""
 RPC_SIZES = (1 << 10, 1 << 16, 1 << 20, 1 << 22)
 """Bytes each way of the RPC round-trip curve (a parameter server's push and pull)."""
 RPC_TENSORS = 32

@@ -56,7 +56,7 @@ def raw_measurement() -> dict:
     for pt in steps:
         pt["forward_backward_s"] = predicted_forward_backward(pt, truth)
     gloo = {"p2p_GBps": 2.0, "p2p_latency_us": 50.0, "allreduce_latency_us": 100.0, "allreduce_busbw_GBps": 1.0,
-            "all_reduce_gloo": [[4, 1e-4]], "all_reduce_course": [[4, 2e-4]], "p2p_in_situ": [[4, 5e-5]]}
+            "all_reduce_gloo": [[4, 1e-4]], "all_reduce_course": [[4, 2e-4]]}
     return {"matmul_gflops": {256: 80.0, 512: 100.0}, "model_shape_gflops": {"tiny": 50.0, "small": 60.0},
             "copy_GBps": 10.0, "kernel_overhead_us": 2.0, "model_steps": steps, "gloo_2": gloo,
             "gloo_4": {k: v for k, v in gloo.items() if not k.startswith("p2p")},
