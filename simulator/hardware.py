@@ -39,7 +39,8 @@ read first). On a CPU three things differ from a GPU, each measured once by `ben
   measurement, k / cores when above 1;
 - the scheduler is not fair at a step's time scale: started together, the slowest of k processes falls
   `straggle[k]` behind their mean (measured: ~2% for 2 processes, ~20% for 4 on 2 cores), and each
-  synchronizing collective waits for it, so compute runs that much slower on the critical path;
+  synchronizing collective waits for it, so compute runs that much slower on the critical path (the step's
+  breakdown reads it as the mean rank spends it: waiting in exposed communication, as `compare` measures);
 - a parameter server's push and pull over torch RPC (`rpc_round_trip_seconds`, 1 and 2 workers) is a
   measured curve too, not the link; a pipeline's send is the link's alpha-beta (a measured curve of a send
   after compute was dropped: over four compare suite runs it never moved the held-out suite's error,

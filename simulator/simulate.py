@@ -14,6 +14,8 @@ What it reports (docs/design.md, "JSON outputs"):
     memory_capacity_bytes  what a GPU's tensors may use: its memory less memory_reserve_bytes (CUDA context,
                            NCCL buffers, fragmentation: `cluster.memory_reserve_GB`)
     breakdown_s            {compute, recompute, exposed_comm, bubble, optimizer, ...}: they add up to the step
+                           (cpu: as the mean rank spends it; straggle_wait_s of its exposed_comm is that rank
+                           waiting for the slowest, `Hardware.straggle_factor`)
     time_to_train_s        training.total_tokens / tokens_per_s (null when total_tokens is unset)
 
 A layout that does not fit in memory is reported as such (fits_in_memory false, memory_excess_bytes) and
@@ -118,6 +120,7 @@ def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None, 
         if active(cfg):
             _contribute(name, ctx)
     breakdown = {k: float(v) for k, v in ctx.breakdown.items()}
+    straggle_wait = _straggle_as_wait(breakdown, hw, n_gpus)
     step_time = sum(breakdown.values())
     if not (math.isfinite(step_time) and step_time > 0):
         raise ConfigError("the config gives no work to time (check model and batch sizes)")
@@ -132,6 +135,7 @@ def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None, 
         "hardware_flops_per_step": hw_flops,
         "mfu": model_flops / step_time / n_gpus / peak,
         "breakdown_s": breakdown,
+        "straggle_wait_s": straggle_wait,
         "comm_s": step.comm,
         "critical_stage": step.critical_rank,
         "simulated_ranks": p.pp * (2 if cfg.faults.slow else 1),
@@ -145,6 +149,20 @@ def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None, 
 
         write_trace(trace_path, step, layout, cfg)
     return result
+
+
+def _straggle_as_wait(breakdown: dict, hw, n_gpus: int) -> float:
+    """CPU processes sharing cores: the step's compute is the slowest rank's (`Hardware.straggle_factor` s
+    behind their mean), but a component is read as the mean rank spends it: it computes 1/s of that time and
+    waits the rest in the next synchronizing collective, which is where the runtime's trace puts it
+    (`compare` averages each component over ranks). The step time does not change; returns the wait."""
+    s, wait = hw.straggle_factor(n_gpus), 0.0
+    for part in ("compute", "recompute"):
+        moved = breakdown.get(part, 0.0) * (1 - 1 / s)
+        breakdown[part] = breakdown.get(part, 0.0) - moved
+        breakdown["exposed_comm"] = breakdown.get("exposed_comm", 0.0) + moved
+        wait += moved
+    return wait
 
 
 def _contribute(name: str, ctx: Context) -> None:

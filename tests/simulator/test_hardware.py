@@ -242,3 +242,21 @@ def test_memory_reserve_is_kept_from_the_run():
     assert simulate(load_config(base, [f"cluster.memory_reserve_GB={room * 0.9}"]))["fits_in_memory"]
     r = simulate(load_config(base, [f"cluster.memory_reserve_GB={room * 1.1}"]))
     assert not r["fits_in_memory"] and r["memory_reserve_bytes"] == pytest.approx(room * 1.1e9)
+
+
+def test_straggle_is_read_as_the_mean_ranks_wait(tmp_path, monkeypatch):
+    """The slowest of k processes sets the step, but `compare` averages each component over ranks: the mean
+    rank computes 1/s of the slowest's time and waits the rest in the next collective. Compute reads as
+    without straggle; the step is longer by at least the wait, which reads as exposed communication."""
+    from simulator.simulate import simulate
+
+    cfg = load_config({"model": {"preset": "tiny"}, "cluster": {"gpu": "cpu", "num_gpus": 2},
+                       "parallel": {"dp": 2, "micro_batch_size": 4, "global_batch_size": 16}})
+    _measured_cpu(tmp_path, monkeypatch, straggle={"2": 0.0})
+    even = simulate(cfg)
+    _measured_cpu(tmp_path, monkeypatch, straggle={"2": 0.25})
+    skew = simulate(cfg)
+    b0, b1 = even["breakdown_s"], skew["breakdown_s"]
+    assert b1["compute"] == pytest.approx(b0["compute"], rel=1e-9)
+    assert b1["exposed_comm"] - b0["exposed_comm"] >= 0.2 * b0["compute"]
+    assert skew["step_time_s"] - even["step_time_s"] >= 0.2 * b0["compute"]
