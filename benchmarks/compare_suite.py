@@ -201,7 +201,8 @@ and 256, a 40-step run, the `small` model (8 layers, dim 256) with data and pipe
 **Held out: mean |error| {_pct(h['mean_abs_error']).lstrip('+')}, worst {_pct(h['max_abs_error']).lstrip('+')};
 {h['components_within_25']} of {h['components']} separable components within 25%** ({comp or 'none'}; a component
 counts when it is at least {COMPONENT_FLOOR:.0%} of the measured step; pipeline rows compare communication + bubble).
-Goal: mean within 15%, worst within 25%, components within 25%: {'met' if h['goal_met'] else 'not met'}.
+Goal: mean within 15%, worst within 25%, components within 25%: {'met' if h['goal_met'] else 'not met'}
+(this run; every kept run with the code as it is now: [compare_runs.md](compare_runs.md)).
 {with_probe}"""
 
 

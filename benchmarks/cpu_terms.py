@@ -16,6 +16,7 @@ every run; one that makes it no better in any run is dropped (issue 17 item 7); 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -56,28 +57,33 @@ def predict(overrides: list, steps: int) -> float:
     return simulate(cfg)["step_time_s"]
 
 
-def errors(profile: dict, layouts: list, measured: dict, steps: int, speed: dict | None = None) -> list:
-    """[relative error] of every layout that ran, in order, predicted on `profile`; with `speed` ({layout: the
-    speed probe around it}), each layout's compute scaled by its probe, as `compare --calibrate` predicts."""
+@contextlib.contextmanager
+def profile_env(profile: dict):
+    """Context: `profile` is the `cpu` profile the simulator reads (a temporary file, $LLAMA_COURSE_CPU_PROFILE)."""
     old = os.environ.get("LLAMA_COURSE_CPU_PROFILE")
-    out = []
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(profile, f)
+    os.environ["LLAMA_COURSE_CPU_PROFILE"] = f.name
     try:
-        for name, overrides, n in layouts:
-            if name not in measured:
-                continue
-            factor = (speed or {}).get(name) or 1.0
-            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-                json.dump(dict(profile, speed_factor=float(profile.get("speed_factor", 1.0)) * factor), f)
-            os.environ["LLAMA_COURSE_CPU_PROFILE"] = f.name
-            try:
-                out.append(predict(overrides, n or steps) / measured[name] - 1)
-            finally:
-                os.unlink(f.name)
+        yield f.name
     finally:
+        os.unlink(f.name)
         if old is None:
             os.environ.pop("LLAMA_COURSE_CPU_PROFILE", None)
         else:
             os.environ["LLAMA_COURSE_CPU_PROFILE"] = old
+
+
+def errors(profile: dict, layouts: list, measured: dict, steps: int, speed: dict | None = None) -> list:
+    """[relative error] of every layout that ran, in order, predicted on `profile`; with `speed` ({layout: the
+    speed probe around it}), each layout's compute scaled by its probe, as `compare --calibrate` predicts."""
+    out = []
+    for name, overrides, n in layouts:
+        if name not in measured:
+            continue
+        factor = (speed or {}).get(name) or 1.0
+        with profile_env(dict(profile, speed_factor=float(profile.get("speed_factor", 1.0)) * factor)):
+            out.append(predict(overrides, n or steps) / measured[name] - 1)
     return out
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.compare_runs import main as compare_runs
+from benchmarks.compare_runs import repredict
 from benchmarks.compare_suite import HELD_OUT
 from benchmarks.cpu_terms import DROPPED, LAST_RUN, TERMS, archive, errors, verdict
 from benchmarks.cpu_terms import main as cpu_terms
@@ -188,3 +190,27 @@ def test_cpu_terms_ablation_over_kept_runs(tmp_path, capsys):
     assert verdict([2.0, 0.2]) == "undecided" and verdict([1.0]) == "drop"
     assert cpu_terms(["--runs", str(tmp_path / "none.json"), "--no-write"]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_compare_runs_repredicts_every_kept_run(tmp_path):
+    """benchmarks/compare_runs.py predicts each kept run's layouts now (not the run's saved predictions): on a
+    profile computing twice as slow every held-out step is predicted slower; the calibrated reading predicts
+    each layout at its own speed probe; the page has one row per run; a missing run file is exit 2."""
+    with open(LAST_RUN) as f:
+        saved = json.load(f)
+    with open(archive(saved, str(tmp_path / "runs"))) as f:
+        run = json.load(f)
+    held = repredict(run, HELD_OUT, run["held_out"])
+    assert [r["name"] for r in held] == [r["name"] for r in run["held_out"] if r["ok"]]
+    slow = dict(run, profile=dict(run["profile"], speed_factor=2.0))
+    for a, b in zip(held, repredict(slow, HELD_OUT, slow["held_out"])):
+        assert b["predicted"]["step_time_s"] > 1.3 * a["predicted"]["step_time_s"]
+    probes = {r["name"]: r["speed_factor"] for r in run["held_out"] if r["ok"]}
+    for a, c in zip(held, repredict(run, HELD_OUT, run["held_out"], calibrated=True)):
+        if abs(probes[a["name"]] - 1) > 0.05:
+            assert (c["predicted"]["step_time_s"] > a["predicted"]["step_time_s"]) == (probes[a["name"]] > 1)
+    out = tmp_path / "runs.md"
+    assert compare_runs(["--runs", str(tmp_path / "runs" / os.listdir(tmp_path / "runs")[0]), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert f"| {saved['date']} |" in text and "Held-out goal met in" in text
+    assert compare_runs(["--runs", str(tmp_path / "none.json"), "--no-write"]) == 2
