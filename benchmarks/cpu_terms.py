@@ -8,9 +8,11 @@ layout of each archived compare suite run re-predicted, and its error against wh
 No training runs here: the measurements are the ones the compare suite saved
 (`python benchmarks/compare_suite.py --bench 3 --calibrate --repeat 3` writes docs/benchmarks/compare.json; `--archive`
 keeps what this script needs of it, the measured step times and components and the profile `bench` measured at the
-run's start, in docs/benchmarks/suite_runs/). Predictions are uncalibrated, as the held-out suite's goal reads them. A
+run's start, in docs/benchmarks/suite_runs/). Each run is predicted twice: uncalibrated, as the held-out suite's goal
+reads it, and with the speed probed around each layout (the machine's drift removed). A
 term earns its keep when leaving it out makes the held-out suite, which the terms were never chosen on, worse in
-every run; one that makes it no better in any run is dropped (issue 17 item 7); the rest stay, undecided.
+every run; one that makes it no better in any run, read with and without the speed probes, is dropped (issue 17
+item 7); the rest stay, undecided.
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def verdict(changes: list) -> str:
     if all(c > 1.0 for c in changes):
         return "earns its keep"
     if all(c <= 1.0 for c in changes):
-        return "drop"
+        return "drop candidate"
     return "undecided"
 
 
@@ -187,8 +189,9 @@ the profile `bench` measured at its start; `python benchmarks/cpu_terms.py --arc
 Each row leaves one measured term of the `cpu` profile out and re-predicts every layout of every run with the
 code as it is now; a column is one run, its cell the change of the held-out suite's mean error when the term
 is left out (positive: the term made the prediction better). The held-out layouts were never used to choose
-any term. A term **earns its keep** when it is worth more than one point in every run, is **dropped** when it
-is worth a point or less in every run of both readings below, and is otherwise **undecided** (kept). The two
+any term. A term **earns its keep** when it is worth more than one point in every run, is a **drop candidate**
+when it is worth a point or less in every run, and is otherwise **undecided** (kept); it is dropped when it is a
+drop candidate in both readings below. The two
 fitted compute terms (kernel overhead, optimizer fit) are left out without refitting the terms fitted with
 them, so their rows say little; the measured ones stand alone. The runtime's code on these layouts' paths did
 not change between the runs; the machine's speed did.

@@ -186,8 +186,8 @@ def test_cpu_terms_ablation_over_kept_runs(tmp_path, capsys):
     text = out.read_text()
     assert all(text.count(f"| {term} |") == 2 for term in TERMS) and f"| {saved['date']} |" in text
     assert "With the speed probe" in text and all(f"**{term}**" in text for term in DROPPED)
-    assert verdict([2.0, 1.5]) == "earns its keep" and verdict([0.5, -3.0]) == "drop"
-    assert verdict([2.0, 0.2]) == "undecided" and verdict([1.0]) == "drop"
+    assert verdict([2.0, 1.5]) == "earns its keep" and verdict([0.5, -3.0]) == "drop candidate"
+    assert verdict([2.0, 0.2]) == "undecided" and verdict([1.0]) == "drop candidate"
     assert cpu_terms(["--runs", str(tmp_path / "none.json"), "--no-write"]) == 2
     assert "cannot read" in capsys.readouterr().err
 
