@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import statistics
 import sys
@@ -33,7 +32,7 @@ from benchmarks.compare_suite import (  # noqa: E402
     component_errors,
     held_out_summary,
 )
-from benchmarks.cpu_terms import RUNS_DIR, profile_env  # noqa: E402
+from benchmarks.cpu_terms import RUNS_DIR, at_speed, load_runs, profile_env, write_page  # noqa: E402
 from simulator.config import load_config  # noqa: E402
 from simulator.simulate import simulate  # noqa: E402
 
@@ -48,8 +47,7 @@ def repredict(run: dict, layouts: list, rows: list, calibrated: bool = False) ->
         speed = (m or {}).get("speed_factor") if calibrated else 1.0
         if m is None or not speed:
             continue
-        profile = dict(run["profile"], speed_factor=float(run["profile"].get("speed_factor", 1.0)) * speed)
-        with profile_env(profile):
+        with profile_env(at_speed(run["profile"], speed)):
             r = simulate(load_config(CONFIG, BASE + overrides + [f"training.steps={steps or run['steps']}"]))
         predicted = {"step_time_s": r["step_time_s"], "breakdown_s": r["breakdown_s"]}
         error = predicted["step_time_s"] / m["measured"]["step_time_s"] - 1
@@ -112,10 +110,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     try:
-        runs = []
-        for path in args.runs or sorted(glob.glob(os.path.join(RUNS_DIR, "*.json"))):
-            with open(path) as f:
-                runs.append(json.load(f))
+        runs = load_runs(args.runs or sorted(glob.glob(os.path.join(RUNS_DIR, "*.json"))))
     except (OSError, ValueError) as e:
         print(f"compare_runs: cannot read {getattr(e, 'filename', None) or 'a run'}: {e}", file=sys.stderr)
         return 2
@@ -123,12 +118,7 @@ def main(argv=None) -> int:
         print(f"compare_runs: no kept runs in {RUNS_DIR} (python benchmarks/cpu_terms.py --archive keeps the last)",
               file=sys.stderr)
         return 2
-    text = page(sorted(runs, key=lambda r: r["date"]))
-    print(text)
-    if not args.no_write:
-        with open(args.out, "w") as f:
-            f.write(text)
-        print(f"wrote {args.out}", file=sys.stderr)
+    write_page(page(runs), args)
     return 0
 
 

@@ -76,6 +76,11 @@ def profile_env(profile: dict):
             os.environ["LLAMA_COURSE_CPU_PROFILE"] = old
 
 
+def at_speed(profile: dict, factor: float) -> dict:
+    """`profile` with its compute `factor` times slower (a speed probe's reading, as `compare --calibrate` uses it)."""
+    return dict(profile, speed_factor=float(profile.get("speed_factor", 1.0)) * factor)
+
+
 def errors(profile: dict, layouts: list, measured: dict, steps: int, speed: dict | None = None) -> list:
     """[relative error] of every layout that ran, in order, predicted on `profile`; with `speed` ({layout: the
     speed probe around it}), each layout's compute scaled by its probe, as `compare --calibrate` predicts."""
@@ -84,7 +89,7 @@ def errors(profile: dict, layouts: list, measured: dict, steps: int, speed: dict
         if name not in measured:
             continue
         factor = (speed or {}).get(name) or 1.0
-        with profile_env(dict(profile, speed_factor=float(profile.get("speed_factor", 1.0)) * factor)):
+        with profile_env(at_speed(profile, factor)):
             out.append(predict(overrides, n or steps) / measured[name] - 1)
     return out
 
@@ -208,6 +213,24 @@ The model as shipped on each run (a speed probe above 1: the machine computed sl
 """
 
 
+def load_runs(paths: list) -> list:
+    """The kept suite runs at `paths`, oldest first (OSError / ValueError for a missing or broken file)."""
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f))
+    return sorted(runs, key=lambda r: r["date"])
+
+
+def write_page(text: str, args) -> None:
+    """Print a generated page and, unless --no-write, write it to --out."""
+    print(text)
+    if not args.no_write:
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", nargs="*", help="saved suite runs (default: every file in docs/benchmarks/suite_runs/)")
@@ -222,20 +245,11 @@ def main(argv=None) -> int:
                 print(f"cpu_terms: kept {archive(json.load(f))}", file=sys.stderr)
         if not paths:
             paths = sorted(glob.glob(os.path.join(RUNS_DIR, "*.json"))) or [LAST_RUN]
-        runs = []
-        for path in paths:
-            with open(path) as f:
-                runs.append(json.load(f))
+        runs = load_runs(paths)
     except (OSError, ValueError) as e:
         print(f"cpu_terms: cannot read {getattr(e, 'filename', None) or 'a run'}: {e}", file=sys.stderr)
         return 2
-    runs.sort(key=lambda r: r["date"])
-    text = page(runs, [ablation(r) for r in runs], [ablation(r, calibrated=True) for r in runs])
-    print(text)
-    if not args.no_write:
-        with open(args.out, "w") as f:
-            f.write(text)
-        print(f"wrote {args.out}", file=sys.stderr)
+    write_page(page(runs, [ablation(r) for r in runs], [ablation(r, calibrated=True) for r in runs]), args)
     return 0
 
 

@@ -13,7 +13,8 @@ What it measures, each the median of several repeats (one thread per process, as
 - gloo: point-to-point latency (ping-pong of 4 bytes / 2) and bandwidth (16 MiB), all_reduce latency and
   bus bandwidth (nccl-tests' busbw = algbw x 2(n-1)/n) with 2 and 4 processes, and the all-reduce curves
   the simulator uses (gloo's and the course's ring, 4 B to 16 MiB): in situ, each issued right after ~1.5 ms
-  of compute as training issues them, and back to back (means over bursts), and a parameter server's round trip over torch RPC with 1 and 2 workers;
+  of compute as training issues them, and back to back (means over bursts); and a parameter server's round
+  trip over torch RPC with 1 and 2 workers;
 - core sharing: 1, 2 and 4 processes computing the tiny model at once; k processes get k x t1 / tk cores'
   worth of compute (`effective_cores`; 4 on the 2-core reference VM get ~1.8, not 2), and, started
   together, the slowest of them falls `straggle[k]` behind their mean;
