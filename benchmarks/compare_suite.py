@@ -18,7 +18,8 @@ Goal (issue 8): the predicted step time within 10% of the measured on average, w
 The held-out suite (HELD_OUT, issue 17 item 7) is reported uncalibrated on the profile measured the same day:
 mean within 15%, worst within 25%, separable components within 25%.
 Measurements on a shared 2-core machine are noisy: run it when the machine is quiet, with --repeat
-(medians over repeats); the table records the load average during each layout.
+(medians over repeats, run in rounds: every layout once, then again, so that each layout's repeats spread
+over the whole sitting and no layout meets only one slow stretch); the table records the load average.
 """
 
 from __future__ import annotations
@@ -283,7 +284,7 @@ torch {torch.__version__}; {seconds / 60:.1f} minutes). Regenerate it with that 
 Each row trains the `tiny` LLaMA of `configs/tiny.yaml` (seq 128, micro-batch 4, global batch 16, fp32,
 {args.steps} steps, the course's own engines) under one layout and predicts it with `llama-course simulate`
 on the `cpu` hardware profile ({shown}: {profile.get('note', '')}). *predicted* / *measured* is one
-optimizer step (measured: median step of the run's second half{', then the median over ' + str(args.repeat) + ' repeats' if args.repeat > 1 else ''});
+optimizer step (measured: median step of the run's second half{', then the median over ' + str(args.repeat) + ' repeats, taken in rounds over the sitting' if args.repeat > 1 else ''});
 error = (predicted - measured) / measured. Components are per step and rank, p / m = predicted / measured,
 from the two Chrome traces (`compare` takes them from the runtime's spans; the optimizer column is the
 gradient norm and the optimizer step). *load* is the machine's 1-minute load average while the layout ran.
@@ -386,20 +387,19 @@ def main(argv=None) -> int:
         profile = json.load(f)
     tuning = [(n, o, None) for n, o in LAYOUTS] if args.suite in ("tuning", "all") else []
     held = HELD_OUT if args.suite in ("held-out", "all") else []
-    rows, held_rows = [], []
-    for k, (name, overrides, steps) in enumerate(tuning + held):
-        if args.only and name not in args.only:
-            continue
-        runs = []
-        for i in range(args.repeat):
+    chosen = [(k, layout) for k, layout in enumerate(tuning + held) if not args.only or layout[0] in args.only]
+    runs = {k: [] for k, _ in chosen}
+    for i in range(args.repeat):           # in rounds: each layout's repeats spread over the whole sitting
+        for k, (name, overrides, steps) in chosen:
+            if runs[k] and not runs[k][-1]["ok"]:
+                continue
             r = run_layout(name, overrides, steps or args.steps, args.trace_dir, args.calibrate)
-            runs.append(r)
+            runs[k].append(r)
             state = (f"predicted {_ms(r['predicted']['step_time_s'])} ms, measured {_ms(r['measured']['step_time_s'])} ms"
                      f" ({_pct(r['relative_error']['step_time_s'])}), load {r['load']:.1f}") if r["ok"] else r["error"]
             print(f"{name} [{i + 1}/{args.repeat}]: {state}", file=sys.stderr, flush=True)
-            if not r["ok"]:
-                break
-        (rows if k < len(tuning) else held_rows).append(median_of(runs))
+    rows = [median_of(runs[k]) for k, _ in chosen if k < len(tuning)]
+    held_rows = [median_of(runs[k]) for k, _ in chosen if k >= len(tuning)]
     print(table(rows))
     s = summary(rows)
     print(f"mean |error| {_pct(s['mean_abs_error'])}, largest {_pct(s['max_abs_error'])}, "
