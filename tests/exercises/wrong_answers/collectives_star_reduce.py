@@ -13,9 +13,12 @@ def ring_all_reduce_p2p(tensor, group=None):
     import torch.distributed as dist
 
     n, r = dist.get_world_size(group), dist.get_rank(group)
+    if n == 1:
+        return 0
+    out, tensor = tensor, tensor.contiguous()
 
-    def batch(*ops):
-        for req in dist.batch_isend_irecv([dist.P2POp(*op) for op in ops]):
+    def batch(*ops):                       # peers are ranks in `group`
+        for req in dist.batch_isend_irecv([dist.P2POp(op, t, group=group, group_peer=p) for op, t, p in ops]):
             req.wait()
 
     if r == 0:
@@ -25,6 +28,7 @@ def ring_all_reduce_p2p(tensor, group=None):
             tensor.add_(b)
         batch(*[(dist.isend, tensor, dst) for dst in range(1, n)])
     else:
-        batch((dist.isend, tensor.contiguous(), 0))
+        batch((dist.isend, tensor, 0))
         batch((dist.irecv, tensor, 0))
+    out.copy_(tensor)
     return 2 * (n - 1) * tensor.numel() // n
