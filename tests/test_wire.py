@@ -118,6 +118,15 @@ def test_batches_that_disagree_fail_at_once_naming_the_peer(strict):
         assert f"deadlock with rank {peer}" in r["deadlock"]
 
 
+def test_a_rank_waiting_on_one_that_broke_strict_mode_fails_at_once():
+    """A chain of waiting ranks unwinds when its end breaks a rule: rank 0 waits for rank 1, which deadlocked
+    with rank 2; rank 0 learns it from the store, not from the timeout."""
+    out = spawn(workers_wire.strict_chain, 3, timeout=60)
+    assert "deadlock with rank 2" in out[1]["error"] and "deadlock with rank 1" in out[2]["error"]
+    assert "rank 1 broke strict mode while I waited for it" in out[0]["error"]
+    assert "deadlock with rank 2" in out[0]["error"]           # and says what rank 1 did
+
+
 def test_paired_and_one_way_batches_complete(strict):
     for rank, r in enumerate(strict):
         assert r["paired"] == "" and r["paired_received"] == [float(1 - rank)] * 3

@@ -108,3 +108,13 @@ def strict_rules(rank: int, world: int) -> dict:
     out["one_way"] = _error(lambda: exchange({0: [(dist.isend, torch.full((2,), 7.0), 0)], 1: [(dist.irecv, one, 0)]}))
     out["one_way_received"] = one.tolist()
     return out
+
+
+def strict_chain(rank: int, world: int) -> dict:
+    """3 ranks: 1 and 2 deadlock (each sends first in a batch of its own) while 0 waits for 1 to take its
+    message; 0 must fail as soon as 1 does, not at the timeout."""
+    wire.set_strict(True)
+    group = dist.new_group([0, 1, 2])
+    peer = {0: 1, 1: 2, 2: 1}[rank]
+    return {"error": _error(lambda: [w.wait() for w in dist.batch_isend_irecv(
+        [dist.P2POp(dist.isend, torch.ones(3), peer, group)])])}

@@ -13,7 +13,9 @@ than the send), and returns once every peer has announced the counterparts of al
     ("deadlock with rank 1 ..."), at once, where NCCL would hang.
 
 Counterparts must agree in order, size, dtype and tag; a peer that announces nothing fails at the timeout
-(LLAMA_COURSE_TIMEOUT). Longer cycles of waiting ranks (three or more) also end at the timeout.
+(LLAMA_COURSE_TIMEOUT). A rank that breaks a rule says so in the store before it raises, so the ranks
+waiting on it fail at once ("rank 2 broke strict mode: ...") instead of at the timeout: a chain of waiting
+ranks (stage 0 waits on 1, which waits on 2, which deadlocked with 3) unwinds in milliseconds.
 """
 
 from __future__ import annotations
@@ -89,13 +91,21 @@ def strict_batch(ops: list, isend, irecv) -> list:
     for index, o in enumerate(ops):
         if o.op in (isend, dist.isend):
             post(index)
-    for peer in by_peer:
-        _await_counterparts(store, name, me, peer, _PEERS[(name, peer)], post)
+    try:
+        for peer in by_peer:
+            _await_counterparts(store, name, me, peer, _PEERS[(name, peer)], post)
+    except StrictModeError as e:       # the ranks waiting on this one fail at once, not at the timeout
+        store.set(_failed_key(name, me), str(e))
+        raise
     return [w for w in works if w is not None]
 
 
 def _key(group: str, src: int, dst: int, index: int) -> str:
     return f"llama_course/strict/{group}/{src}>{dst}/{index}"
+
+
+def _failed_key(group: str, rank: int) -> str:
+    return f"llama_course/strict/{group}/failed/{rank}"
 
 
 def _await_counterparts(store, group: str, me: int, peer: int, state: _Peer, post) -> None:
@@ -126,6 +136,9 @@ def _await_counterparts(store, group: str, me: int, peer: int, state: _Peer, pos
                         f"waits for the other (rank {peer} posted {_pending(state)}; I wait for its counterpart of "
                         f"{_pending(state, mine=True)}): pair each send with the peer's receive in one "
                         "batch_isend_irecv")
+                if store.check([_failed_key(group, peer)]):
+                    raise StrictModeError(f"strict mode: rank {peer} broke strict mode while I waited for it: "
+                                          + store.get(_failed_key(group, peer)).decode())
                 if time.monotonic() > deadline:
                     raise StrictModeError(f"strict mode (NCCL rendezvous): rank {peer} posted no matching "
                                           f"operation within {_timeout_s():g} s; on NCCL this batch would hang")
