@@ -108,28 +108,37 @@ def micro_batches(n_seq: int, micro_batch_size: int) -> list:
 def policy_compute_time(policy: str, n_workers: int, global_batch: int, micro_batch_size: int,
                         seconds_per_seq: float, factors: list, cores: float | None, backup: int = 1,
                         iterations: int = 12) -> dict:
-    """Compute phase of one step (seconds until the step's gradients are ready) under a policy."""
+    """Compute phase of one step under a policy: compute_s, seconds until the step's gradients are ready (the
+    slowest rank it waits for), and mean_compute_s, the mean rank's own compute (a slowed rank's sleep
+    included, as the runtime times it; a rank abandoned by backup workers counted until the step moves on)."""
     def run(shares, stop_after=None):
         work = [[b * seconds_per_seq for b in micro_batches(n, micro_batch_size)] for n in shares]
         return rank_finish_times(work, factors, cores, stop_after)
 
+    def mean_until(t, end):
+        return sum(min(ti, end) for ti in t) / len(t)
+
     equal = [global_batch // n_workers] * n_workers
     if policy == "none":
-        return {"compute_s": max(run(equal)), "shares": equal, "sequences_used": global_batch}
+        t = run(equal)
+        return {"compute_s": max(t), "mean_compute_s": mean_until(t, max(t)), "shares": equal,
+                "sequences_used": global_batch}
     if policy == "backup_workers":
         t = run(equal, stop_after=n_workers - backup)
         used = sorted(t)[n_workers - backup - 1]
-        return {"compute_s": used, "shares": equal,
+        return {"compute_s": used, "mean_compute_s": mean_until(t, used), "shares": equal,
                 "sequences_used": global_batch * (n_workers - backup) // n_workers}
     if policy == "dynamic_batch":
         speeds, shares, history = [1.0] * n_workers, equal, []
         for _ in range(iterations):                 # the runtime: EMA 0.5 of measured sequences per second
             shares = split_sizes(global_batch, speeds)
             t = run(shares)
-            history.append(max(t))
+            history.append((max(t), mean_until(t, max(t))))
             speeds = [0.5 * s + 0.5 * (n / ti if n and ti > 0 else s) for s, n, ti in zip(speeds, shares, t)]
         steady = history[len(history) // 2:]
-        return {"compute_s": sum(steady) / len(steady), "shares": shares, "sequences_used": global_batch}
+        return {"compute_s": sum(h[0] for h in steady) / len(steady),
+                "mean_compute_s": sum(h[1] for h in steady) / len(steady), "shares": shares,
+                "sequences_used": global_batch}
     raise ValueError(f"policy must be one of {POLICIES}, got {policy}")
 
 
@@ -161,6 +170,7 @@ def predict(ctx_or_cfg, policy: str | None = None) -> dict:
         # waits for k ranks waits for the slowest of them, `straggle` behind (backup workers wait for dp - b)
         waits_for = p.dp - cfg.load_balance.backup_workers if policy == "backup_workers" else p.dp
         out["compute_s"] *= ctx.hw.straggle_factor(waits_for)
+        out["mean_compute_s"] *= ctx.hw.straggle_factor(waits_for)
     from simulator.memory import virtual_stage_params
 
     psi = sum(virtual_stage_params(cfg, ctx.step.layers))
@@ -197,8 +207,12 @@ def contribute(ctx) -> None:
     if cfg.load_balance.policy == "none" and cores_of(ctx.hw) is None:
         return                                    # the core simulator already times a GPU straggler
     out = predict(ctx)
-    ctx.breakdown.update({"compute": out["compute_s"], "recompute": 0.0, "bubble": 0.0,
-                          "exposed_comm": out["all_reduce_s"] + out["step_scalars_s"], "optimizer": out["optimizer_s"]})
+    # on cpu a component is read as the mean rank spends it (simulate.py, as `compare` averages the runtime's
+    # ranks): its own compute, then a wait for the slowest rank in the all-reduce; the step time is the same
+    wait = out["compute_s"] - out["mean_compute_s"] if cores_of(ctx.hw) else 0.0
+    ctx.breakdown.update({"compute": out["compute_s"] - wait, "recompute": 0.0, "bubble": 0.0,
+                          "exposed_comm": out["all_reduce_s"] + out["step_scalars_s"] + wait,
+                          "optimizer": out["optimizer_s"]})
     ctx.extra["load_balancing"] = {k: out[k] for k in ("shares", "sequences_used", "compute_s", "all_reduce_s")}
 
 

@@ -15,7 +15,8 @@ What it reports (docs/design.md, "JSON outputs"):
                            NCCL buffers, fragmentation: `cluster.memory_reserve_GB`)
     breakdown_s            {compute, recompute, exposed_comm, bubble, optimizer, ...}: they add up to the step
                            (cpu: as the mean rank spends it; straggle_wait_s of its exposed_comm is that rank
-                           waiting for the slowest, `Hardware.straggle_factor`)
+                           waiting for the slowest, `Hardware.straggle_factor`; with faults.slow the
+                           fast ranks' wait for the slow one is exposed_comm too)
     time_to_train_s        training.total_tokens / tokens_per_s (null when total_tokens is unset)
 
 A layout that does not fit in memory is reported as such (fits_in_memory false, memory_excess_bytes) and

@@ -4,7 +4,10 @@ import math
 
 import pytest
 
+from simulator.config import load_config
+from simulator.hardware import hardware_for
 from simulator.load_balancing import dispatch, policy_compute_time, predict, rank_finish_times, split_sizes
+from simulator.simulate import simulate
 
 
 def test_closed_forms_with_one_device_per_rank():
@@ -15,6 +18,23 @@ def test_closed_forms_with_one_device_per_rank():
     assert dyn["compute_s"] == pytest.approx(300 / (3 + 1 / 3), rel=0.02)
     backup = policy_compute_time("backup_workers", 4, 16, 4, 1.0, f, None, backup=1)
     assert backup["compute_s"] == pytest.approx(4) and backup["sequences_used"] == 12
+    # the mean rank's own compute: three ranks 4 s, the straggler 12 s (its sleep is its compute, as timed)
+    assert none["mean_compute_s"] == pytest.approx((3 * 4 + 12) / 4)
+    assert backup["mean_compute_s"] == pytest.approx(4)        # the abandoned straggler counts until the step goes on
+
+
+def test_on_cpu_a_straggler_shows_as_the_mean_ranks_compute_and_wait(monkeypatch):
+    """What `compare` measures (each component averaged over ranks): the fast rank waits in the all-reduce for
+    the slow one, whose sleep the runtime counts as its compute. The step time does not move."""
+    monkeypatch.setenv("LLAMA_COURSE_CORES", "2")
+    cfg = {"model": {"preset": "tiny"}, "seq_len": 64, "training": {"precision": "fp32"},
+           "cluster": {"gpu": "cpu", "num_gpus": 2},
+           "parallel": {"dp": 2, "global_batch_size": 8, "micro_batch_size": 4}, "faults": {"slow": {1: 2}}}
+    out, r = predict(cfg), simulate(cfg)
+    b, straggle = r["breakdown_s"], hardware_for(load_config(cfg)).straggle_factor(2)
+    assert out["compute_s"] - out["mean_compute_s"] > 0.2 * out["compute_s"]      # the fast rank's wait
+    assert b["compute"] == pytest.approx(out["mean_compute_s"] / straggle)
+    assert sum(b.values()) == pytest.approx(out["step_time_s"])                    # the step is unchanged
 
 
 def test_shared_cores_and_a_sleeping_straggler():
