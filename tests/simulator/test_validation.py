@@ -125,3 +125,26 @@ def test_out_of_sample_goal():
     """OUT OF SAMPLE: mean |error| within 8%, none beyond 15%, every row fits (issue 17)."""
     s = summary(compare(load_all(role="validation")))
     assert s["no_fit"] == 0 and s["mean_abs"] <= 0.08 and s["max_abs"] <= 0.15
+
+
+def test_the_page_gives_each_miss_in_seconds():
+    """benchmarks/simulator_validation.py's seconds table: a throughput predicted 20% high on a 10 s step means
+    the published step took 12 s (+2 s); a step time is read as published; rows within 15% are left out."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "simulator_validation.py"
+    spec = importlib.util.spec_from_file_location("simulator_validation", path)
+    page = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(page)
+    parts = {"compute": 6.0, "recompute": 1.0, "bubble": 2.0, "exposed_comm": 0.5, "optimizer": 0.5}
+    rows = [dict(name="fast", metric="tokens_per_s_per_gpu", published=100.0, error=0.2, step_time_s=10.0,
+                 breakdown_s=parts, micro_batches=8),
+            dict(name="slow", metric="step_time_s", published=7.0, error=-0.3, step_time_s=10.0, breakdown_s=parts,
+                 micro_batches=4),
+            dict(name="close", metric="step_time_s", published=10.5, error=0.05, step_time_s=10.0, breakdown_s=parts,
+                 micro_batches=4)]
+    lines = page.misses_in_seconds(rows).splitlines()
+    assert lines[2] == "| fast | 8 | 10.00 s | 7.00 s | 2.00 s | 0.50 s | 0.50 s | 12.00 s | +2.00 s |"
+    assert lines[3] == "| slow | 4 | 10.00 s | 7.00 s | 2.00 s | 0.50 s | 0.50 s | 7.00 s | -3.00 s |"
+    assert len(lines) == 4
