@@ -138,13 +138,16 @@ def test_the_page_gives_each_miss_in_seconds():
     page = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(page)
     parts = {"compute": 6.0, "recompute": 1.0, "bubble": 2.0, "exposed_comm": 0.5, "optimizer": 0.5}
-    rows = [dict(name="fast", metric="tokens_per_s_per_gpu", published=100.0, error=0.2, step_time_s=10.0,
-                 breakdown_s=parts, micro_batches=8),
-            dict(name="slow", metric="step_time_s", published=7.0, error=-0.3, step_time_s=10.0, breakdown_s=parts,
-                 micro_batches=4),
-            dict(name="close", metric="step_time_s", published=10.5, error=0.05, step_time_s=10.0, breakdown_s=parts,
-                 micro_batches=4)]
+    common = dict(step_time_s=10.0, breakdown_s=parts, micro_batches=4, diagnosis="")
+    rows = [dict(common, name="fast", metric="tokens_per_s_per_gpu", published=100.0, error=0.2, micro_batches=8),
+            dict(common, name="slow", metric="step_time_s", published=7.0, error=-0.3),
+            dict(common, name="close", metric="step_time_s", published=10.5, error=0.05),
+            dict(common, name="diagnosed", metric="step_time_s", published=9.0, error=0.1, diagnosis="why"),
+            dict(common, name="no fit", metric="step_time_s", published=9.0, error=None, step_time_s=None,
+                 memory_parts_GB={"params": 1.0, "grads": 2.0, "optimizer": 3.0, "activations": 80.0, "total": 86.0},
+                 capacity_GB=79.6)]
     lines = page.misses_in_seconds(rows).splitlines()
     assert lines[2] == "| fast | 8 | 10.00 s | 7.00 s | 2.00 s | 0.50 s | 0.50 s | 12.00 s | +2.00 s |"
     assert lines[3] == "| slow | 4 | 10.00 s | 7.00 s | 2.00 s | 0.50 s | 0.50 s | 7.00 s | -3.00 s |"
-    assert len(lines) == 4
+    assert lines[4].startswith("| diagnosed | 4 |") and len(lines) == 5           # 'close' is left out
+    assert page.no_fit_memory(rows).splitlines()[2:] == ["| no fit | 1.0 | 2.0 | 3.0 | 80.0 | 86.0 | 79.6 |"]
