@@ -1,6 +1,6 @@
 """The compare suite: the simulator's `cpu` prediction against real gloo training, layout by layout.
 
-    python benchmarks/compare_suite.py --bench 3 --calibrate --repeat 3   # the documented run (~12 min)
+    python benchmarks/compare_suite.py --bench 3 --calibrate --repeat 3   # the documented run (~25 min)
     python benchmarks/compare_suite.py                   # on the profile in use, writes docs/benchmarks/compare.md
     python benchmarks/compare_suite.py --only "tp 2" --no-write
     python benchmarks/compare_suite.py --suite held-out --bench 3 --calibrate --repeat 3 --no-write
