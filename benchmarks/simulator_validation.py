@@ -367,8 +367,8 @@ def main() -> None:
                                          f"{data_parallel.DEEPSPEED_2021_ZERO3_SLOWDOWN}"),
                  fit_deepspeed=slowdown_table([5.0, 6.0, 6.2, 6.3, 6.4, 6.5, 6.6, 7.0, 8.0], [row for row, _ in ds]),
                  fit_h100=fit_table([0.48, 0.50, 0.515, 0.52, 0.525, 0.53, 0.535, 0.56], [row for row, _ in h100]),
-                 sources=source_sections(validation_rows, validation), misses=misses_table(validation), misses_seconds=misses_in_seconds(validation),
-                 no_fit=no_fit_memory(validation),
+                 sources=source_sections(validation_rows, validation), misses=misses_table(validation),
+                 misses_seconds=misses_in_seconds(validation), no_fit=no_fit_memory(validation),
                  ring=ring_table(), bubble=bubble_table(), memory=memory_table())
     text = DOC.format(**parts)
     if args.write:

@@ -169,8 +169,9 @@ def predict(ctx_or_cfg, policy: str | None = None) -> dict:
         # fair sharing decides the order above; the scheduler is not fair at this time scale, and a step that
         # waits for k ranks waits for the slowest of them, `straggle` behind (backup workers wait for dp - b)
         waits_for = p.dp - cfg.load_balance.backup_workers if policy == "backup_workers" else p.dp
-        out["compute_s"] *= ctx.hw.straggle_factor(waits_for)
-        out["mean_compute_s"] *= ctx.hw.straggle_factor(waits_for)
+        straggle = ctx.hw.straggle_factor(waits_for)
+        out["compute_s"] *= straggle
+        out["mean_compute_s"] *= straggle
     from simulator.memory import virtual_stage_params
 
     psi = sum(virtual_stage_params(cfg, ctx.step.layers))
@@ -209,10 +210,9 @@ def contribute(ctx) -> None:
     out = predict(ctx)
     # on cpu a component is read as the mean rank spends it (simulate.py, as `compare` averages the runtime's
     # ranks): its own compute, then a wait for the slowest rank in the all-reduce; the step time is the same
-    wait = out["compute_s"] - out["mean_compute_s"] if cores_of(ctx.hw) else 0.0
-    ctx.breakdown.update({"compute": out["compute_s"] - wait, "recompute": 0.0, "bubble": 0.0,
-                          "exposed_comm": out["all_reduce_s"] + out["step_scalars_s"] + wait,
-                          "optimizer": out["optimizer_s"]})
+    compute = out["mean_compute_s"] if cores_of(ctx.hw) else out["compute_s"]
+    ctx.breakdown.update({"compute": compute, "recompute": 0.0, "bubble": 0.0, "optimizer": out["optimizer_s"],
+                          "exposed_comm": out["all_reduce_s"] + out["step_scalars_s"] + out["compute_s"] - compute})
     ctx.extra["load_balancing"] = {k: out[k] for k in ("shares", "sequences_used", "compute_s", "all_reduce_s")}
 
 

@@ -14,7 +14,7 @@ than the send), and returns once every peer has announced the counterparts of al
 
 Counterparts must agree in order, size, dtype and tag; a peer that announces nothing fails at the timeout
 (LLAMA_COURSE_TIMEOUT). A rank that breaks a rule says so in the store before it raises, so the ranks
-waiting on it fail at once ("rank 2 broke strict mode: ...") instead of at the timeout: a chain of waiting
+waiting on it fail at once ("rank 2 broke strict mode while I waited for it: ...") instead of at the timeout: a chain of waiting
 ranks (stage 0 waits on 1, which waits on 2, which deadlocked with 3) unwinds in milliseconds.
 """
 
