@@ -122,9 +122,11 @@ def test_a_rank_waiting_on_one_that_broke_strict_mode_fails_at_once():
     """A chain of waiting ranks unwinds when its end breaks a rule: rank 0 waits for rank 1, which deadlocked
     with rank 2; rank 0 learns it from the store, not from the timeout."""
     out = spawn(workers_wire.strict_chain, 3, timeout=60)
-    assert "deadlock with rank 2" in out[1]["error"] and "deadlock with rank 1" in out[2]["error"]
+    # whichever of 1 and 2 sees the deadlock first says so; the other may instead learn it from the store
+    assert "deadlock with rank 2" in out[1]["error"] or "rank 2 broke strict mode" in out[1]["error"]
+    assert "deadlock with rank 1" in out[2]["error"] or "rank 1 broke strict mode" in out[2]["error"]
     assert "rank 1 broke strict mode while I waited for it" in out[0]["error"]
-    assert "deadlock with rank 2" in out[0]["error"]           # and says what rank 1 did
+    assert "deadlock with rank" in out[0]["error"]             # and says what rank 1 met
 
 
 def test_paired_and_one_way_batches_complete(strict):
