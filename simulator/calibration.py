@@ -3,6 +3,7 @@
 `bench` (llama_course/commands/bench.py) only measures; this module turns its raw numbers into the
 profile `simulator.hardware.cpu_from_profile` reads:
 
+- `fit_attention`: PyTorch's fused causal attention timed alone, a fixed cost and a cost per score element;
 - `fit_compute`: the per-kernel roofline fitted to the real model's forward + backward times (the matmul
   efficiency e_mm, the memory efficiency e_mem and the fixed seconds per simulated kernel), and the rest
   of a step (gradient norm, clipping, optimizer) as tensors x c + elements x d;
@@ -22,6 +23,11 @@ import time
 
 MODEL_POINTS = (("tiny", 128, 1), ("tiny", 128, 4), ("small", 256, 1), ("small", 256, 4))
 """(preset, seq_len, micro_batch) of the real-model measurements the compute model is fitted on."""
+
+ATTENTION_SHAPES = ((16, 64, 16), (8, 128, 16), (4, 256, 16), (2, 512, 16), (8, 128, 32), (4, 256, 32),
+                    (8, 128, 64), (2, 512, 64))
+"""(batch x heads, sequence length, head dim) at which `bench` times PyTorch's fused causal attention alone:
+a grid around the CPU models' heads (16 and 32 wide), from which `fit_attention` fits its cost."""
 
 SPEED_POINT = ("tiny", 128, 4)
 """(preset, seq_len, micro_batch) of the speed probe: one of MODEL_POINTS, so the profile predicts it."""
@@ -46,21 +52,86 @@ def predicted_forward_backward(point: dict, hw) -> float:
         + sum(embedding_times(m, s, b, 1, "fp32", hw))
 
 
-def fit_compute(points: list, peak_flops: float, memory_bandwidth: float) -> dict:
+def _least_squares(rows: list, ys: list) -> list:
+    """Non-negative least relative squares of ys ~ rows @ x (a few unknowns: every subset of them tried)."""
+    n = len(rows[0])
+    best = None
+    for mask in range(1, 1 << n):
+        cols = [j for j in range(n) if mask >> j & 1]
+        a = [[r[j] / y for j in cols] for r, y in zip(rows, ys)]      # relative: each row divided by its y
+        ata = [[sum(ai[p] * ai[q] for ai in a) for q in range(len(cols))] for p in range(len(cols))]
+        atb = [sum(ai[p] for ai in a) for p in range(len(cols))]
+        try:
+            sol = _solve(ata, atb)
+        except ZeroDivisionError:
+            continue
+        if min(sol) < 0:
+            continue
+        x = [0.0] * n
+        for j, v in zip(cols, sol):
+            x[j] = v
+        err = sum((sum(rj * xj for rj, xj in zip(r, x)) / y - 1) ** 2 for r, y in zip(rows, ys))
+        if best is None or err < best[0]:
+            best = (err, x)
+    return best[1] if best else [0.0] * n
+
+
+def _solve(a: list, b: list) -> list:
+    """Gaussian elimination with partial pivoting (a small dense system); ZeroDivisionError when singular."""
+    n = len(b)
+    m = [row[:] + [bi] for row, bi in zip(a, b)]
+    for c in range(n):
+        p = max(range(c, n), key=lambda r: abs(m[r][c]))
+        if abs(m[p][c]) < 1e-300:
+            raise ZeroDivisionError
+        m[c], m[p] = m[p], m[c]
+        for r in range(c + 1, n):
+            f = m[r][c] / m[c][c]
+            m[r] = [x - f * y for x, y in zip(m[r], m[c])]
+    x = [0.0] * n
+    for r in range(n - 1, -1, -1):
+        x[r] = (m[r][n] - sum(m[r][j] * x[j] for j in range(r + 1, n))) / m[r][r]
+    return x
+
+
+def fit_attention(points: list) -> dict:
+    """PyTorch's fused causal attention on this CPU: t = fixed + scores x (a + b x head_dim) for the forward and
+    for the backward, non-negative least relative squares over what `bench` timed at ATTENTION_SHAPES
+    (points: [{"bh", "seq_len", "head_dim", "forward_s", "backward_s"}]). scores: the score elements the
+    kernel computes (`workload.attention_scores` on a CPU: its query blocks up to the diagonal). Its softmax
+    (an exp per score) and its small per-head products run far below the matmul peak, so a share of that peak
+    would price it at a fraction of its time, the more so the longer the sequence."""
+    from simulator.workload import Op, attention_scores
+
+    rows = []
+    for p in points:
+        scores, hd = attention_scores(Op("attention", "flash", 0.0, 0.0, shape=(p["bh"], p["seq_len"],
+                                                                                  p["head_dim"], p["seq_len"])),
+                                      cpu=True)
+        rows.append([1.0, scores, scores * hd])
+    out = {}
+    for phase in ("forward", "backward"):
+        fixed, a, b = _least_squares(rows, [p[f"{phase}_s"] for p in points])
+        out[phase] = {"fixed_us": fixed * 1e6, "ns_per_score": a * 1e9, "ns_per_score_dim": b * 1e9}
+    return out
+
+
+def fit_compute(points: list, peak_flops: float, memory_bandwidth: float, attention: dict | None = None) -> dict:
     """Fit the simulator's per-kernel roofline to the measured forward + backward times, and the optimizer.
 
     Three numbers, least relative squares over the points: the matmul efficiency e_mm (share of the square
     matmul peak), the memory efficiency e_mem (share of the copy bandwidth that eager element-wise ops reach:
     an unfused RMSNorm makes ~7 passes over its input where a fused kernel makes 2) and the fixed seconds o
-    per simulated kernel (o is linear and solved for; e_mm and e_mem are searched on a grid). The rest of a
-    step (gradient norm, clipping, optimizer) is fitted as tensors x c + elements x d."""
-    from simulator.hardware import Hardware
+    per simulated kernel (o is linear and solved for; e_mm and e_mem are searched on a grid). Attention, when
+    `attention` (fit_attention's) is given, is the measured kernel's cost, not fitted again here. The rest
+    of a step (gradient norm, clipping, optimizer) is fitted as tensors x c + elements x d."""
+    from simulator.hardware import Hardware, attention_cost_of
 
     def hw(e, em, o):
         return Hardware(name="cpu", peak_flops={"fp32": peak_flops, "fp16": peak_flops, "bf16": peak_flops},
                         memory_bytes=1e9, memory_bandwidth=memory_bandwidth, intra_bandwidth=1e9,
                         intra_latency=0, inter_bandwidth=1e9, inter_latency=0, matmul_efficiency=e,
-                        memory_efficiency=em, kernel_overhead=o)
+                        memory_efficiency=em, kernel_overhead=o, attention_cost=attention_cost_of(attention))
 
     t = [p["forward_backward_s"] for p in points]
     w = [1 / ti**2 for ti in t]
@@ -114,14 +185,18 @@ def derive_profile(raw: dict, torch_version: str, cores: int | None) -> dict:
     Moves the fit's residuals into `raw["fit_residuals"]` (they describe the fit, not the machine)."""
     peak = max(raw["matmul_gflops"].values())
     g2, g4 = raw["gloo_2"], raw["gloo_4"]
-    fit = fit_compute(raw["model_steps"], peak * 1e9, raw["copy_GBps"] * 1e9)
+    attention = fit_attention(raw["attention"]) if raw.get("attention") else None
+    fit = fit_compute(raw["model_steps"], peak * 1e9, raw["copy_GBps"] * 1e9, attention)
     raw["fit_residuals"] = fit.pop("fit_residuals")
+    if attention:
+        fit["attention"] = attention
     return {
         "name": "cpu",
         "note": f"measured by `llama-course bench` on {time.strftime('%Y-%m-%d')} ({cores} cores, "
                 f"torch {torch_version}, median of {raw.get('repeats', 1)} runs); per process, one thread; "
                 f"matmul_efficiency, memory_efficiency, kernel_overhead_us and optimizer_* fitted on the real "
-                f"model's forward-backward timed inside single-process train steps (calibration.fit_compute); "
+                f"model's forward-backward timed inside single-process train steps (calibration.fit_compute), "
+                f"fused attention's cost on its own kernel timed alone (fit_attention); "
                 f"effective_cores from 1, 2 and 4 processes computing at once, straggle from them started together; "
                 f"all-reduce curves in situ "
                 f"(after compute) and back to back, p2p and RPC round trips in situ, each the mean over bursts",
@@ -165,6 +240,9 @@ def report_lines(raw: dict, prof: dict, path: str) -> list:
                  f"{prof['memory_efficiency']:.2f}, {prof['kernel_overhead_us']:.1f} us per simulated kernel, "
                  f"optimizer {prof['optimizer_us_per_tensor']:.0f} us/tensor + {prof['optimizer_ns_per_param']:.2f} "
                  "ns/param; residuals " + ", ".join(f"{k} {v:+.0%}" for k, v in raw["fit_residuals"].items()))
+    for phase, c in (prof.get("attention") or {}).items():
+        lines.append(f"attention {phase:>8}:      {c['fixed_us']:.0f} us + ({c['ns_per_score']:.2f} + "
+                     f"{c['ns_per_score_dim']:.3f} x head dim) ns per score computed")
     for w in (2, 4):
         g = raw[f"gloo_{w}"]
         p2p = f"p2p {g['p2p_latency_us']:.0f} us, {g['p2p_GBps']:.2f} GB/s; " if "p2p_GBps" in g else ""

@@ -18,7 +18,8 @@ less backward), and with a causal mask it runs only the tiles on and below the d
 FLOPs (and MFU) keep counting the full square.
 
 On a CPU (`cpu` profile) the same roofline holds per process, with a large fixed cost per kernel (eager
-PyTorch's dispatch and autograd bookkeeping), and compute stretched by `hw.compute_slowdown` when more
+PyTorch's dispatch and autograd bookkeeping), fused attention priced as `bench` timed it (a fixed cost and a
+cost per score element computed, `hw.attention_cost`), and compute stretched by `hw.compute_slowdown` when more
 ranks than cores share the machine (a pipeline's stages only while they compute at once: the simulated
 pipeline shares the cores among them, `pipeline_parallel.SharedCores`).
 
@@ -36,7 +37,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from simulator.hardware import Hardware
-from simulator.workload import alternate_matmuls, backward_op, embedding_ops, head_ops, layer_ops
+from simulator.workload import (
+    alternate_matmuls,
+    attention_scores,
+    backward_op,
+    embedding_ops,
+    head_ops,
+    layer_ops,
+)
 
 FLASH_EFFICIENCY = 0.85
 
@@ -93,6 +101,10 @@ def op_time(op, hw: Hardware, precision: str) -> float:
         return (mem + hw.kernel_overhead) * hw.compute_slowdown
     if op.kind == "matmul":
         compute = matmul_time(op, hw, precision)
+    elif hw.attention_cost and op.shape:             # cpu: PyTorch's fused kernel as bench timed it
+        fixed, per_score, per_score_dim = hw.attention_cost[1 if op.backward else 0]
+        scores, hd = attention_scores(op, cpu=True)
+        return (fixed + scores * (per_score + per_score_dim * hd)) * hw.compute_slowdown
     else:
         flops = op.flops if op.executed is None else op.executed
         compute = flops / (hw.peak(precision) * hw.matmul_efficiency * FLASH_EFFICIENCY)

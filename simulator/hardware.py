@@ -45,6 +45,9 @@ read first). On a CPU three things differ from a GPU, each measured once by `ben
   measured curve too, not the link; a pipeline's send is the link's alpha-beta (a measured curve of a send
   after compute was dropped: over four compare suite runs it never moved the held-out suite's error,
   docs/benchmarks/cpu_terms.md);
+- fused attention is priced as `bench` timed PyTorch's CPU kernel (`attention`: a fixed cost plus a cost per
+  score element computed, growing with the head dim), not at a share of the matmul peak: its softmax and
+  small per-head products run far below it, so it grows with the sequence length faster than a roofline says;
 - `speed_factor` scales all compute: `compare --calibrate` measures how fast the machine runs now against
   when it was profiled (a shared VM drifts by 20% in a quarter of an hour).
 
@@ -156,6 +159,10 @@ class Hardware:
     """Fixed seconds per parameter tensor of an optimizer step (cpu: Python and dispatch per tensor)."""
     optimizer_per_param: float | None = None
     """Seconds per parameter of an optimizer step; None = memory-bound model from memory_bandwidth."""
+    attention_cost: tuple | None = None
+    """Measured fused causal attention (cpu): ((fixed s, s per score, s per score and head dim) of the forward,
+    the same of the backward), for t = fixed + scores x (a + b x head_dim); None = the roofline at
+    FLASH_EFFICIENCY (GPUs: `compute.op_time`)."""
 
     def peak(self, precision: str) -> float:
         return self.peak_flops[precision]
@@ -295,6 +302,15 @@ def _float(value, scale: float = 1.0):
     return None if value is None else float(value) * scale
 
 
+def attention_cost_of(value) -> tuple | None:
+    """Hardware.attention_cost from a profile's {"forward" | "backward": {"fixed_us", "ns_per_score",
+    "ns_per_score_dim"}} (`calibration.fit_attention`), or None."""
+    if not value:
+        return None
+    return tuple((float(value[p]["fixed_us"]) * US, float(value[p]["ns_per_score"]) * 1e-9,
+                  float(value[p]["ns_per_score_dim"]) * 1e-9) for p in ("forward", "backward"))
+
+
 def cpu_from_profile(path: str) -> Hardware:
     """Hardware of this machine from a bench profile; missing keys fall back to the shipped default."""
     prof = dict(DEFAULT_CPU_PROFILE)
@@ -334,7 +350,8 @@ def cpu_from_profile(path: str) -> Hardware:
             straggle=prof.get("straggle") or None,
             optimizer_per_tensor=float(prof.get("optimizer_us_per_tensor", 0.0)) * US,
             optimizer_per_param=(float(prof["optimizer_ns_per_param"]) * 1e-9
-                                 if prof.get("optimizer_ns_per_param") is not None else None))
+                                 if prof.get("optimizer_ns_per_param") is not None else None),
+            attention_cost=attention_cost_of(prof.get("attention")))
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"cpu profile {path}: bad or missing field {e}") from None
 

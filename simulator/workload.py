@@ -79,7 +79,8 @@ class Op(NamedTuple):
     executed: float | None = None   # FLOPs the kernel really runs when not `flops` (causal attention skips
                                     # the masked tiles); what its time is priced on
     shape: tuple | None = None      # (batch, m, k, n) of a matmul: batch products of (m x k) @ (k x n),
-                                    # for its efficiency (compute.gemm_efficiency)
+                                    # for its efficiency (compute.gemm_efficiency); of a fused attention
+                                    # (batch x heads, s, head dim, s)
     backward: bool = False          # the backward of a forward op (a matmul: its dgrad and wgrad products)
 
 
@@ -92,6 +93,20 @@ def causal_fraction(seq_len: int, tile: int = FLASH_TILE) -> float:
     the diagonal of n = s / tile, (n + 1) / (2 n); 1 for a single tile, -> 1/2 for long sequences."""
     n = max(1, -(-seq_len // tile))
     return (n + 1) / (2 * n)
+
+
+def cpu_query_tile(seq_len: int) -> int:
+    """Query rows per block of PyTorch's CPU fused attention kernel (ATen's heuristic: 32, 64 from 192 query
+    positions, 256 from 768); a causal block computes the keys up to its last row, so on a CPU the executed
+    share of the square is causal_fraction(s, cpu_query_tile(s))."""
+    return 256 if seq_len >= 768 else 64 if seq_len >= 192 else 32
+
+
+def attention_scores(op: Op, cpu: bool = False) -> tuple:
+    """(score elements a fused causal attention op computes, head dim) from its shape (batch x heads, s, hd, s):
+    the tiles on and below the diagonal, FLASH_TILE on a GPU, the CPU kernel's query blocks on a CPU."""
+    bh, s, hd, _ = op.shape
+    return bh * s * s * causal_fraction(s, cpu_query_tile(s) if cpu else FLASH_TILE), hd
 
 
 def uses_dropout(model) -> bool:
@@ -128,7 +143,7 @@ def layer_ops(model, seq_len: int, micro_batch: int = 1, tp: int = 1, sequence_p
         # skips the tiles above the diagonal, so its time is priced on causal_fraction of them
         fl = 4.0 * b * a_t * s * s * hd
         ops.append(Op("attention", "flash", fl, e * tokens * (2 * a_t * hd + 2 * kv_t), True,
-                      executed=fl * causal_fraction(s)))
+                      executed=fl * causal_fraction(s), shape=(b * a_t, s, hd, s)))
     else:
         sq = b * a_t * s * s                            # score elements on this GPU
         ops.append(Op("qkv_layout", "memory", 0.0, 2 * tokens * (a_t * hd + 2 * kv_t) * e))

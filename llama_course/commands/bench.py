@@ -10,6 +10,8 @@ What it measures, each the median of several repeats (one thread per process, as
   products at the `tiny` and `small` models' real shapes (what a rank really reaches);
 - memory bandwidth: a large tensor copy (bytes read + written per second);
 - kernel overhead: the time of an element-wise op on a tiny tensor (launch + dispatch cost);
+- attention: PyTorch's fused causal attention alone, forward and backward, at a grid of sequence lengths and
+  head dims (`calibration.ATTENTION_SHAPES`), fitted as a fixed cost plus a cost per score element;
 - gloo: point-to-point latency (ping-pong of 4 bytes / 2) and bandwidth (16 MiB), all_reduce latency and
   bus bandwidth (nccl-tests' busbw = algbw x 2(n-1)/n) with 2 and 4 processes, and the all-reduce curves
   the simulator uses (gloo's and the course's ring, 4 B to 16 MiB): in situ, each issued right after ~1.5 ms
@@ -53,6 +55,7 @@ import time
 
 from llama_course.commands.bench_processes import _noop, cpu_time, launched, median_time
 from simulator.calibration import (  # noqa: F401  (MODEL_POINTS, SPEED_POINT: part of what bench measures)
+    ATTENTION_SHAPES,
     MODEL_POINTS,
     SPEED_POINT,
     derive_profile,
@@ -108,6 +111,28 @@ def kernel_overhead_us(repeats: int = 2000) -> float:
             x.add_(1.0)
 
     return cpu_time(run, 5) / repeats * 1e6
+
+
+def attention_times(bh: int, seq_len: int, head_dim: int, repeats: int = 7) -> dict:
+    """CPU seconds of PyTorch's fused causal attention alone (F.scaled_dot_product_attention, as the model
+    calls it), forward and backward, on (bh, seq_len, head_dim) queries, keys and values: medians."""
+    import torch
+    import torch.nn.functional as F
+
+    q, k, v = (torch.randn(1, bh, seq_len, head_dim, requires_grad=True) for _ in range(3))
+    grad = torch.randn(1, bh, seq_len, head_dim)
+    fwd, bwd = [], []
+    for i in range(repeats + 2):                     # two warm-ups
+        t0 = time.thread_time()
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        t1 = time.thread_time()
+        out.backward(grad)
+        t2 = time.thread_time()
+        if i >= 2:
+            fwd.append(t1 - t0)
+            bwd.append(t2 - t1)
+    return {"bh": bh, "seq_len": seq_len, "head_dim": head_dim, "forward_s": statistics.median(fwd),
+            "backward_s": statistics.median(bwd)}
 
 
 def model_step_times(preset: str, seq_len: int, micro_batch: int, repeats: int = 5, wall: bool = False) -> dict:
@@ -223,7 +248,7 @@ def _measure_raw(quick: bool, progress: bool, desc: str) -> dict:
     from llama_course.core.testing import spawn
 
     torch.set_num_threads(1)
-    steps = ["matmul", "model shapes", "memory", "kernel overhead", "model steps", "core sharing", "rank lag",
+    steps = ["matmul", "model shapes", "memory", "kernel overhead", "attention", "model steps", "core sharing", "rank lag",
              "gloo 2 processes", "gloo 4 processes", "rpc 1 and 2 workers", "process launch"]
     terminal = progress and sys.stderr.isatty()     # a bar on a terminal, plain lines elsewhere
     bar = tqdm(steps, desc=desc, disable=not terminal, file=sys.stderr)
@@ -241,6 +266,8 @@ def _measure_raw(quick: bool, progress: bool, desc: str) -> dict:
             raw["copy_GBps"] = copy_gbps()
         elif name == "kernel overhead":
             raw["kernel_overhead_us"] = kernel_overhead_us()
+        elif name == "attention":
+            raw["attention"] = [attention_times(*shape, repeats=3 if quick else 9) for shape in ATTENTION_SHAPES]
         elif name == "model steps":
             points = MODEL_POINTS[:2] if quick else MODEL_POINTS
             raw["model_steps"] = [model_step_times(*pt, repeats=3 if quick else 7) for pt in points]

@@ -1,17 +1,24 @@
 """simulator/calibration.py: the arithmetic that turns `bench`'s raw measurements into the cpu profile."""
 
+import dataclasses
+
 import pytest
 
 from simulator.calibration import (
+    ATTENTION_SHAPES,
     MODEL_POINTS,
     derive_profile,
     effective_cores,
+    fit_attention,
     fit_compute,
     median_raw,
     predicted_forward_backward,
     report_lines,
 )
-from simulator.hardware import Hardware
+from simulator.compute import op_time
+from simulator.config import load_config
+from simulator.hardware import Hardware, attention_cost_of, cpu_from_profile
+from simulator.workload import backward_op, layer_ops
 
 
 def test_bench_fit_recovers_a_known_machine():
@@ -76,3 +83,96 @@ def test_derive_profile_reads_every_table_and_fits_the_machine():
     assert "fit_residuals" in raw and "fit_residuals" not in prof
     lines = report_lines(raw, prof, "somewhere.json")
     assert lines[-1].startswith("profile written to somewhere.json") and any("core sharing" in x for x in lines)
+
+
+ATTENTION = {"forward": {"fixed_us": 60.0, "ns_per_score": 1.0, "ns_per_score_dim": 0.05},
+             "backward": {"fixed_us": 200.0, "ns_per_score": 1.8, "ns_per_score_dim": 0.15}}
+
+
+def attention_points(truth: dict) -> list:
+    """What bench would time at ATTENTION_SHAPES on a machine whose kernel costs exactly `truth`."""
+    cost = attention_cost_of(truth)
+    points = []
+    for bh, s, hd in ATTENTION_SHAPES:
+        ones = Hardware(name="cpu", peak_flops={"fp32": 1.0}, memory_bytes=1, memory_bandwidth=1,
+                        intra_bandwidth=1, intra_latency=0, inter_bandwidth=1, inter_latency=0, attention_cost=cost)
+        op = [o for o in layer_ops(load_config({"model": {"preset": "tiny"}}).model, s, 1, 1, False, "fp32")
+              if o.kind == "flash"][0]._replace(shape=(bh, s, hd, s))
+        points.append({"bh": bh, "seq_len": s, "head_dim": hd, "forward_s": op_time(op, ones, "fp32"),
+                       "backward_s": op_time(backward_op(op), ones, "fp32")})
+    return points
+
+
+def test_fit_attention_recovers_the_kernel_it_was_given():
+    fit = fit_attention(attention_points(ATTENTION))
+    for phase in ("forward", "backward"):
+        for key, value in ATTENTION[phase].items():
+            assert fit[phase][key] == pytest.approx(value, rel=1e-6), (phase, key)
+
+
+def test_cpu_attention_is_priced_per_score_computed_not_at_the_matmul_peak():
+    """On a profile with a measured attention kernel, a fused causal attention costs fixed + scores x (a + b hd),
+    scores counted on the CPU kernel's query blocks: at the same tokens, seq 256 computes twice the scores of seq
+    128 (0.625 of each square at both lengths), so it costs twice as much above the fixed part, whatever the
+    matmul peak; without the measurement it is the roofline."""
+    model = load_config({"model": {"preset": "tiny"}}).model          # 4 heads of 16
+    hw = Hardware(name="cpu", peak_flops={"fp32": 1e15}, memory_bytes=1, memory_bandwidth=1e15,
+                  intra_bandwidth=1, intra_latency=0, inter_bandwidth=1, inter_latency=0,
+                  attention_cost=attention_cost_of(ATTENTION), compute_slowdown=1.5)
+
+    def attention(seq, mb, phase):
+        op = [o for o in layer_ops(model, seq, mb, 1, False, "fp32") if o.kind == "flash"][0]
+        return op_time(backward_op(op) if phase == "backward" else op, hw, "fp32")
+
+    for phase in ("forward", "backward"):
+        c = ATTENTION[phase]
+        per_score = (c["ns_per_score"] + 16 * c["ns_per_score_dim"]) * 1e-9
+        scores_128 = 4 * 4 * 128 * 128 * 0.625                         # mb 4 x 4 heads, query blocks of 32
+        assert attention(128, 4, phase) == pytest.approx(1.5 * (c["fixed_us"] * 1e-6 + scores_128 * per_score))
+        assert attention(256, 2, phase) - 1.5 * c["fixed_us"] * 1e-6 == pytest.approx(
+            2 * (attention(128, 4, phase) - 1.5 * c["fixed_us"] * 1e-6))
+    roofline = dataclasses.replace(hw, attention_cost=None)
+    op = [o for o in layer_ops(model, 128, 4, 1, False, "fp32") if o.kind == "flash"][0]
+    assert op_time(op, roofline, "fp32") < 1e-6 < op_time(op, hw, "fp32")
+
+
+def test_the_compute_fit_takes_the_measured_attention_as_known(tmp_path):
+    """A machine whose attention kernel is slow: fit_compute recovers its matmul efficiency and kernel overhead
+    when told the attention's measured cost; derive_profile carries the attention fit into the profile, and
+    cpu_from_profile reads it back."""
+    truth = Hardware(name="cpu", peak_flops={"fp32": 140e9, "fp16": 140e9, "bf16": 140e9}, memory_bytes=1e9,
+                     memory_bandwidth=10e9, intra_bandwidth=1e9, intra_latency=0, inter_bandwidth=1e9,
+                     inter_latency=0, matmul_efficiency=0.8, memory_efficiency=0.35, kernel_overhead=40e-6,
+                     attention_cost=attention_cost_of(ATTENTION))
+    points = []
+    for preset, seq, mb in MODEL_POINTS:
+        p = {"preset": preset, "seq_len": seq, "micro_batch": mb, "tensors": 39, "params": 262720, "rest_s": 0.002}
+        p["forward_backward_s"] = predicted_forward_backward(p, truth)
+        points.append(p)
+    fit = fit_compute(points, 140e9, 10e9, ATTENTION)
+    assert fit["matmul_efficiency"] == pytest.approx(0.8, abs=0.03)
+    assert fit["kernel_overhead_us"] == pytest.approx(40, rel=0.1)
+    assert max(abs(v) for v in fit["fit_residuals"].values()) < 0.02
+    # left to the roofline, the attention's cost hides in the other terms at the fitted points, and a longer
+    # sequence at the same tokens (the held-out suite's tiny model at seq 256) comes out too fast
+    blind = fit_compute(points, 140e9, 10e9)
+    held_out = {"preset": "tiny", "seq_len": 256, "micro_batch": 2}
+
+    def predicted(f, attention):
+        return predicted_forward_backward(held_out, dataclasses.replace(
+            truth, matmul_efficiency=f["matmul_efficiency"], memory_efficiency=f["memory_efficiency"],
+            kernel_overhead=f["kernel_overhead_us"] * 1e-6, attention_cost=attention))
+
+    true_time = predicted_forward_backward(held_out, truth)
+    assert predicted(fit, attention_cost_of(ATTENTION)) == pytest.approx(true_time, rel=0.02)
+    assert predicted(blind, None) < 0.95 * true_time
+    raw = raw_measurement()
+    raw["attention"] = attention_points(ATTENTION)
+    prof = derive_profile(raw, "2.13.0", 2)
+    assert prof["attention"]["backward"]["ns_per_score"] == pytest.approx(1.8, rel=1e-6)
+    assert any(line.startswith("attention") for line in report_lines(raw, prof, "x.json"))
+    path = tmp_path / "cpu.json"
+    path.write_text(__import__("json").dumps(prof))
+    read = cpu_from_profile(str(path)).attention_cost
+    assert [x for phase in read for x in phase] == pytest.approx(
+        [x for phase in attention_cost_of(ATTENTION) for x in phase], rel=1e-9)
