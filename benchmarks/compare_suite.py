@@ -298,8 +298,10 @@ Goal: mean within 10%, every layout within 20%: {'met' if goal else 'not met'}{_
 {held_out_text(held_out or [])}
 
 The `cpu` profile is measured once for the machine by `llama-course bench`, never per layout: the matmul
-peak and copy bandwidth; the real model's forward-backward timed inside single-process train steps, from
-which the per-kernel overhead and matmul efficiency are fitted; how many cores' worth of compute 2 and 4
+peak and copy bandwidth; PyTorch's fused causal attention timed alone at a grid of sequence lengths and head
+dims (a fixed cost and a cost per score element computed); the real model's forward-backward timed inside
+single-process train steps, from which the per-kernel overhead and matmul efficiency are fitted, the attention
+taken as measured; how many cores' worth of compute 2 and 4
 processes get when they compute at once (`effective_cores`); gloo's and the course's all-reduce against
 size for 2 and 4 processes, *in situ* (issued right after compute, as training issues a bucket or a
 tensor-parallel all-reduce) and *back to back* (the rest of an unbucketed sync); and a parameter-server round trip over

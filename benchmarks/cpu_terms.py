@@ -42,7 +42,12 @@ TERMS = {
     "optimizer fit": ("the optimizer step per tensor and per parameter, fitted, not a memory roofline",
                       {"optimizer_us_per_tensor": 0.0, "optimizer_ns_per_param": None}),
     "kernel overhead": ("a fixed cost per kernel (eager dispatch), fitted", {"kernel_overhead_us": 0.0}),
+    "attention kernel": ("fused attention priced as `bench` timed PyTorch's kernel alone, not at a share of the "
+                         "matmul peak (left out: the compute fit redone without it, as `bench` keeps it)",
+                         lambda prof: prof.get("attention") and {"attention": None, **prof["without_attention"]}),
 }
+"""term: (what it models, the profile values that leave it out: a dict, or a function of the run's profile giving
+one, or nothing when that run's profile predates the term)."""
 
 DROPPED = {
     "p2p in situ": "a pipeline's send after compute as a measured curve (`bench` timed it; now the link's alpha-beta "
@@ -140,6 +145,10 @@ def ablation(saved: dict, calibrated: bool = False) -> dict:
         return stats(errors(prof, tuning, measured, steps, speed)) + stats(errors(prof, HELD_OUT, measured, steps, speed))
     out = {"nothing": both(profile)}
     for term, (_, without) in TERMS.items():
+        without = without(profile) if callable(without) else without
+        if not without:
+            out[term] = None                          # measured before this term existed
+            continue
         print(f"cpu_terms: {saved['date']}{' calibrated' if calibrated else ''}: without {term}", file=sys.stderr,
               flush=True)
         out[term] = both(dict(profile, **without))
@@ -147,7 +156,11 @@ def ablation(saved: dict, calibrated: bool = False) -> dict:
 
 
 def verdict(changes: list) -> str:
-    """A term's verdict from its held-out change (points of mean error, left out minus kept) in each run."""
+    """A term's verdict from its held-out change (points of mean error, left out minus kept) in each run that
+    has it (None: the run predates the term)."""
+    changes = [c for c in changes if c is not None]
+    if not changes:
+        return "not measured yet"
     if all(c > 1.0 for c in changes):
         return "earns its keep"
     if all(c <= 1.0 for c in changes):
@@ -162,8 +175,9 @@ def term_table(dates: list, results: list) -> str:
              "| nothing (the model as shipped): held-out mean / worst | | "
              + " | ".join(f"{100 * r['nothing'][2]:.0f}% / {100 * r['nothing'][3]:.0f}%" for r in results) + " | |"]
     for term, (what, _) in TERMS.items():
-        changes = [100 * (r[term][2] - r["nothing"][2]) for r in results]
-        lines.append(f"| {term} | {what} | " + " | ".join(f"{c:+.1f} pt" for c in changes) + f" | {verdict(changes)} |")
+        changes = [None if r[term] is None else 100 * (r[term][2] - r["nothing"][2]) for r in results]
+        lines.append(f"| {term} | {what} | " + " | ".join("n/a" if c is None else f"{c:+.1f} pt" for c in changes)
+                     + f" | {verdict(changes)} |")
     return "\n".join(lines)
 
 
@@ -196,7 +210,8 @@ code as it is now; a column is one run, its cell the change of the held-out suit
 is left out (positive: the term made the prediction better). The held-out layouts were never used to choose
 any term. A term **earns its keep** when it is worth more than one point in every run, is a **drop candidate**
 when it is worth a point or less in every run, and is otherwise **undecided** (kept); it is dropped when it is a
-drop candidate in both readings below. The two
+drop candidate in both readings below; *n/a*: the run's `bench` predates the term, and the verdict reads the runs
+that have it. The two
 fitted compute terms (kernel overhead, optimizer fit) are left out without refitting the terms fitted with
 them, so their rows say little; the measured ones stand alone. The runtime's code on these layouts' paths did
 not change between the runs; the machine's speed did.

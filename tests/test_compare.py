@@ -12,7 +12,7 @@ import pytest
 from benchmarks.compare_runs import main as compare_runs
 from benchmarks.compare_runs import repredict
 from benchmarks.compare_suite import HELD_OUT
-from benchmarks.cpu_terms import DROPPED, LAST_RUN, TERMS, archive, errors, verdict
+from benchmarks.cpu_terms import DROPPED, LAST_RUN, TERMS, archive, errors, term_table, verdict
 from benchmarks.cpu_terms import main as cpu_terms
 from llama_course.commands.compare import _merge, _minus, measured_components
 
@@ -188,6 +188,18 @@ def test_cpu_terms_ablation_over_kept_runs(tmp_path, capsys):
     assert "With the speed probe" in text and all(f"**{term}**" in text for term in DROPPED)
     assert verdict([2.0, 1.5]) == "earns its keep" and verdict([0.5, -3.0]) == "drop candidate"
     assert verdict([2.0, 0.2]) == "undecided" and verdict([1.0]) == "drop candidate"
+    # a run whose bench predates a term: n/a in its column, the verdict read on the runs that have it
+    assert verdict([None, 2.0, 1.5]) == "earns its keep" and verdict([None]) == "not measured yet"
+    nothing = (0.1, 0.2, 0.10, 0.30)
+    row = [r for r in term_table(["old", "new"], [{"nothing": nothing, **{t: nothing for t in TERMS},
+                                                   "attention kernel": None},
+                                                  {"nothing": nothing, **{t: nothing for t in TERMS},
+                                                   "attention kernel": (0.1, 0.2, 0.15, 0.30)}]).splitlines()
+           if r.startswith("| attention kernel |")][0]
+    assert row.endswith("| n/a | +5.0 pt | earns its keep |")
+    assert TERMS["attention kernel"][1]({"kernel_overhead_us": 1.0}) is None
+    leave_out = TERMS["attention kernel"][1]({"attention": {"forward": {}}, "without_attention": {"kernel_overhead_us": 9.0}})
+    assert leave_out == {"attention": None, "kernel_overhead_us": 9.0}
     assert cpu_terms(["--runs", str(tmp_path / "none.json"), "--no-write"]) == 2
     assert "cannot read" in capsys.readouterr().err
 

@@ -170,6 +170,7 @@ def test_the_compute_fit_takes_the_measured_attention_as_known(tmp_path):
     raw["attention"] = attention_points(ATTENTION)
     prof = derive_profile(raw, "2.13.0", 2)
     assert prof["attention"]["backward"]["ns_per_score"] == pytest.approx(1.8, rel=1e-6)
+    assert prof["without_attention"]["kernel_overhead_us"] > prof["kernel_overhead_us"]   # it absorbs attention
     assert any(line.startswith("attention") for line in report_lines(raw, prof, "x.json"))
     path = tmp_path / "cpu.json"
     path.write_text(__import__("json").dumps(prof))
