@@ -3,8 +3,8 @@
 Each module there replaces some of its concept's reference functions with a wrong answer that gets the
 numbers right (or nearly) and the systems part wrong, and names the graded tests that must fail on it
 (`WRONG`, see tests/exercises/wrong_answers/__init__.py). This test grades the module in place of the
-concept's (LLAMA_COURSE_EXERCISE_MODULES) in a subprocess, running only the exercises it touches, and
-checks that every named test failed for the stated reason: a wrong answer that still earns the points
+concept's (LLAMA_COURSE_EXERCISE_MODULES) in a subprocess, running only the graded tests it names, and
+checks that every one of them failed for the stated reason: a wrong answer that still earns the points
 means a graded test checks too little.
 """
 
@@ -35,14 +35,13 @@ def declared(path: Path) -> tuple:
 
 
 def grade_module(path: Path, tmp_path: Path) -> tuple:
-    """Run the graded tests of the module's exercises on it; (wrong list, {test name: [(outcome, message)]})."""
+    """Run the graded tests the module names on it; (wrong list, {test name: [(outcome, message)]})."""
     concept, wrong = declared(path)
     report = tmp_path / "report.json"
-    exercises = sorted({w["exercise"] for w in wrong})
-    cmd = [sys.executable, "-m", "pytest", f"tests/exercises/test_{concept}.py", "--impl", "solutions", "-q",
-           "-p", "no:cacheprovider", "--tb=line", "--grade-report", str(report)]
-    for ex in exercises:
-        cmd += ["--exercise", ex]
+    # only the graded tests it names (each with all its parameters): the others are not asserted on
+    named = sorted({test for w in wrong for test in w["fails"]})
+    cmd = [sys.executable, "-m", "pytest", *[f"tests/exercises/test_{concept}.py::{test}" for test in named],
+           "--impl", "solutions", "-q", "-p", "no:cacheprovider", "--tb=line", "--grade-report", str(report)]
     env = {**os.environ, "LLAMA_COURSE_EXERCISE_MODULES": f"{concept}=wrong_answers.{path.stem}",
            "PYTHONDONTWRITEBYTECODE": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
