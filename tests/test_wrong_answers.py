@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -53,14 +54,27 @@ def grade_module(path: Path, tmp_path: Path) -> tuple:
     return wrong, outcomes
 
 
+@pytest.fixture(scope="module")
+def graded(request, tmp_path_factory):
+    """{module path: future of grade_module}: the selected wrong answers graded two at a time (each grading is
+    mostly one process starting pytest and importing torch, so two share the 2-core CI machine without waiting
+    on each other), started when the first test asks."""
+    selected = [item.callspec.params["path"] for item in request.session.items
+                if getattr(item, "originalname", "") == "test_wrong_answer_loses_points"]
+    pool = ThreadPoolExecutor(max_workers=2)
+    futures = {path: pool.submit(grade_module, path, tmp_path_factory.mktemp(path.stem)) for path in selected}
+    yield futures
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def test_there_are_wrong_answers():
     assert len(MODULES) >= 10
 
 
 @pytest.mark.skipif(not (ROOT / "solutions").is_dir(), reason="instructor check: needs solutions/")
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: p.stem)
-def test_wrong_answer_loses_points(path, tmp_path):
-    wrong, outcomes = grade_module(path, tmp_path)
+def test_wrong_answer_loses_points(path, graded):
+    wrong, outcomes = graded[path].result()
     for w in wrong:
         for test in w["fails"]:
             assert test in outcomes, f"{path.stem}: no graded test named {test} ran (exercise {w['exercise']})"
