@@ -21,6 +21,12 @@ import functools
 import statistics
 import time
 
+from simulator.compute import block_times, embedding_times, head_times
+from simulator.config import load_config
+from simulator.hardware import Hardware, attention_cost_of
+from simulator.simulate import simulate
+from simulator.workload import Op, attention_scores
+
 MODEL_POINTS = (("tiny", 128, 1), ("tiny", 128, 4), ("small", 256, 1), ("small", 256, 4))
 """(preset, seq_len, micro_batch) of the real-model measurements the compute model is fitted on."""
 
@@ -35,16 +41,12 @@ SPEED_POINT = ("tiny", 128, 4)
 
 @functools.cache
 def _model(preset: str):
-    from simulator.config import load_config
-
     return load_config({"model": {"preset": preset}}).model
 
 
 def predicted_forward_backward(point: dict, hw) -> float:
     """The simulator's forward + backward of one micro-batch on one process (what `point` measured:
     {"preset", "seq_len", "micro_batch"})."""
-    from simulator.compute import block_times, embedding_times, head_times
-
     m = _model(point["preset"])
     s, b = point["seq_len"], point["micro_batch"]
     blk = block_times(m, s, b, 1, False, "fp32", True, "none", hw)
@@ -101,8 +103,6 @@ def fit_attention(points: list) -> dict:
     kernel computes (`workload.attention_scores` on a CPU: its query blocks up to the diagonal). Its softmax
     (an exp per score) and its small per-head products run far below the matmul peak, so a share of that peak
     would price it at a fraction of its time, the more so the longer the sequence."""
-    from simulator.workload import Op, attention_scores
-
     rows = []
     for p in points:
         scores, hd = attention_scores(Op("attention", "flash", 0.0, 0.0, shape=(p["bh"], p["seq_len"],
@@ -125,8 +125,6 @@ def fit_compute(points: list, peak_flops: float, memory_bandwidth: float, attent
     per simulated kernel (o is linear and solved for; e_mm and e_mem are searched on a grid). Attention, when
     `attention` (fit_attention's) is given, is the measured kernel's cost, not fitted again here. The rest
     of a step (gradient norm, clipping, optimizer) is fitted as tensors x c + elements x d."""
-    from simulator.hardware import Hardware, attention_cost_of
-
     def hw(e, em, o):
         return Hardware(name="cpu", peak_flops={"fp32": peak_flops, "fp16": peak_flops, "bf16": peak_flops},
                         memory_bytes=1e9, memory_bandwidth=memory_bandwidth, intra_bandwidth=1e9,
@@ -273,9 +271,6 @@ def calibrate_gpu_profile(preset: str, runs: list, matmul_tflops: float | None =
     which the simulator's step time of the fastest ~1B-parameter run equals the measured step (bisection;
     step time falls as e rises), with the measured copy bandwidth. One number per GPU type, from one run.
     runs: [{"name", "overrides", "step_time_s"} | {"name", "error"}]; None when no ~1B run succeeded."""
-    from simulator.config import load_config
-    from simulator.simulate import simulate
-
     usable = [r for r in runs if "error" not in r and "llama-1b" in r["name"] and r.get("step_time_s")]
     if not usable:
         return None

@@ -31,6 +31,7 @@ from collections import defaultdict
 
 import simpy
 
+from simulator.hardware import gpu_preset
 from simulator.network import Network
 from simulator.topology import Cluster
 
@@ -288,8 +289,6 @@ class CommModel:
 
 
 def demo() -> None:
-    from simulator.hardware import gpu_preset
-
     for gpu in ("a100-80gb", "h100-sxm"):
         cl = Cluster(gpu_preset(gpu), 64)
         comm = CommModel(cl)

@@ -36,7 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from simulator.hardware import Hardware
+from simulator.config import load_config
+from simulator.hardware import Hardware, gpu_preset
 from simulator.workload import (
     alternate_matmuls,
     attention_scores,
@@ -44,6 +45,7 @@ from simulator.workload import (
     embedding_ops,
     head_ops,
     layer_ops,
+    state_bytes_per_param,
 )
 
 FLASH_EFFICIENCY = 0.85
@@ -162,8 +164,6 @@ def optimizer_time(n_params_local: float, precision: str, optimizer: str, hw: Ha
 
     On a CPU profile with measured optimizer costs: tensors x per-tensor cost + n_params x per-element cost
     (the step, the gradient norm and clipping of the course's AdamW, as `bench` timed them)."""
-    from simulator.workload import state_bytes_per_param
-
     if hw.optimizer_per_param is not None:
         fixed = (tensors or 0.0) * hw.optimizer_per_tensor
         return (fixed + n_params_local * hw.optimizer_per_param) * hw.compute_slowdown
@@ -173,9 +173,6 @@ def optimizer_time(n_params_local: float, precision: str, optimizer: str, hw: Ha
 
 
 def demo() -> None:
-    from simulator.config import load_config
-    from simulator.hardware import gpu_preset
-
     cfg = load_config({"model": {"preset": "llama-7b"}, "seq_len": 4096})
     hw = gpu_preset("a100-80gb")
     for op in layer_ops(cfg.model, 4096, 1, 1, False, "bf16", True):

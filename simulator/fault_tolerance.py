@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import simpy
 
+from simulator.workload import count_params, state_bytes_per_param
+
 HOUR = 3600.0
 DEFAULT_WRITE_GBPS = 2.0
 """Checkpoint write bandwidth per node to the shared file system when `checkpoint.write_GBps` is unset,
@@ -200,8 +202,6 @@ def interval_sweep(intervals, work_s: float, checkpoint_s: float, restart_s: flo
 
 def checkpoint_bytes(cfg) -> float:
     """Bytes of one checkpoint: every parameter and optimizer state once (replicas write nothing extra)."""
-    from simulator.workload import count_params, state_bytes_per_param
-
     per = state_bytes_per_param(cfg.training.precision, cfg.training.optimizer)
     return count_params(cfg.model, cfg.seq_len) * (per["params"] + per["optimizer"])
 

@@ -33,6 +33,14 @@ import math
 import os
 import random
 
+from simulator.collectives import CommModel
+from simulator.config import Config, load_config
+from simulator.hardware import hardware_for
+from simulator.memory import virtual_stage_params
+from simulator.parallel_3d import Layout, simulate_step
+from simulator.simulate import Context
+from simulator.topology import Cluster
+
 POLICIES = ("none", "dynamic_batch", "backup_workers")
 
 
@@ -172,7 +180,6 @@ def predict(ctx_or_cfg, policy: str | None = None) -> dict:
         straggle = ctx.hw.straggle_factor(waits_for)
         out["compute_s"] *= straggle
         out["mean_compute_s"] *= straggle
-    from simulator.memory import virtual_stage_params
 
     psi = sum(virtual_stage_params(cfg, ctx.step.layers))
     out["all_reduce_s"] = ctx.comm.time("all_reduce", ctx.layout.dp_group(), psi * 4.0)
@@ -184,13 +191,6 @@ def predict(ctx_or_cfg, policy: str | None = None) -> dict:
 
 def _context(cfg):
     """The simulator's Context of a config's step, as simulate() builds it before calling extensions."""
-    from simulator.collectives import CommModel
-    from simulator.config import Config, load_config
-    from simulator.hardware import hardware_for
-    from simulator.parallel_3d import Layout, simulate_step
-    from simulator.simulate import Context
-    from simulator.topology import Cluster
-
     cfg = cfg if isinstance(cfg, Config) else load_config(cfg)
     hw = hardware_for(cfg)
     comm = CommModel(Cluster(hw, cfg.cluster.num_gpus))

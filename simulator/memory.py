@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from simulator.config import load_config
 from simulator.data_parallel import gathered_blocks, grad_bytes_per_param, zero_semantics
 from simulator.pipeline_parallel import partition_layers, peak_in_flight, schedule_order
 from simulator.workload import DTYPE_BYTES, activation_bytes_per_layer, layer_params, state_bytes
@@ -135,8 +136,6 @@ def layout_memory(cfg, layers: list, n_micro: int, system: str | None = None) ->
 
 
 def demo() -> None:
-    from simulator.config import load_config
-
     cfg = load_config({"model": {"preset": "llama-7b"}, "seq_len": 4096, "cluster": {"gpu": "a100-80gb"},
                        "parallel": {"dp": 8, "global_batch_size": 64}})
     mem, _ = layout_memory(cfg, layers_per_virtual_stage(cfg.model.n_layers, 1), cfg.grad_accum_steps)

@@ -31,7 +31,14 @@ from __future__ import annotations
 
 import heapq
 
-from simulator.workload import DTYPE_BYTES
+from simulator.compute import optimizer_time
+from simulator.config import load_config
+from simulator.data_parallel import compression_factor, grad_bytes_per_param
+from simulator.hardware import gpu_preset
+from simulator.memory import virtual_stage_params
+from simulator.network import transfer_time
+from simulator.topology import Cluster
+from simulator.workload import DTYPE_BYTES, count_params
 
 
 def assign_shards(sizes, num_servers: int) -> list:
@@ -105,9 +112,6 @@ def ring_all_reduce_time(n: int, nbytes: float, bandwidth: float, latency: float
 def simulate_push(hw, n_workers: int, shares, psi: float, grad_bytes: float) -> float:
     """Push phase on the cluster graph (max-min fair flows): workers are ranks 0..N-1, servers follow.
     Agrees with `ps_step_comm` when every rank has its own NIC; use it to see fan-in at a glance."""
-    from simulator.network import transfer_time
-    from simulator.topology import Cluster
-
     k = len(shares)
     cluster = Cluster(hw, n_workers + k)
     cluster.add_ranks(range(n_workers + k))
@@ -127,10 +131,6 @@ def link(hw, n_ranks: int) -> tuple:
 def contribute(ctx) -> None:
     """simulate() hook: the all-reduce is replaced by push, server update and pull (not overlapped with the
     backward: the runtime pushes after it); the workers' optimizer step moves to the servers."""
-    from simulator.compute import optimizer_time
-    from simulator.data_parallel import compression_factor, grad_bytes_per_param
-    from simulator.memory import virtual_stage_params
-
     cfg, hw = ctx.cfg, ctx.hw
     p = cfg.parallel
     psi = sum(virtual_stage_params(cfg, ctx.step.layers))
@@ -162,10 +162,6 @@ def contribute(ctx) -> None:
 def crossover_table(gpu: str = "a100-80gb", preset: str = "llama-7b", workers=(2, 8, 32, 128, 512),
                     servers=(1, 8, 64)) -> str:
     """T_ps / T_ring for a model on a GPU cluster, workers x servers (markdown)."""
-    from simulator.config import load_config
-    from simulator.hardware import gpu_preset
-    from simulator.workload import count_params
-
     hw = gpu_preset(gpu)
     lines = ["| workers | " + " | ".join(f"k={k}" for k in servers) + " |", "|---:|" + "---:|" * len(servers)]
     for n in workers:

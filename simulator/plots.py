@@ -11,6 +11,7 @@ so it works headless).
 
 from __future__ import annotations
 
+from simulator.pipeline_parallel import simulate_pipeline
 from simulator.trace import read_trace
 
 COLORS = {"forward": "#7fb3e6", "backward": "#1f5f99", "optimizer": "#999999"}
@@ -97,8 +98,6 @@ def schedule_gantt(schedule: str, p: int, m: int, v: int = 1, forward: float = 1
                    ax=None):
     """Simulate one step of `schedule` with equal stages and free communication and draw it: forward and
     backward take `forward` and `backward` time units per stage (split over the v chunks of a rank)."""
-    from simulator.pipeline_parallel import simulate_pipeline
-
     n = p * v
     run = simulate_pipeline(schedule, p, m, v, [forward / v] * n, [backward / v] * n)
     events = [{"name": "forward" if t.kind == "F" else "backward", "ph": "X", "pid": t.rank, "tid": "compute",
@@ -130,8 +129,6 @@ def bubble_curve(p: int, micro_batches, forward: float = 1.0, backward: float = 
                  out_path: str | None = None):
     """Simulated idle share of a step against m for GPipe, 1F1B and interleaved 1F1B (vpp chunks), equal
     stages and free communication, with the closed forms (p-1)/(m+p-1) and (p-1)/(v m+p-1) as lines."""
-    from simulator.pipeline_parallel import simulate_pipeline
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     ms = list(micro_batches)

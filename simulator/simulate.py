@@ -44,6 +44,7 @@ from simulator.hardware import device_memory, hardware_for
 from simulator.memory import layout_memory, stage_layers, virtual_stage_params
 from simulator.parallel_3d import Layout, simulate_step
 from simulator.topology import Cluster
+from simulator.trace import write_trace
 from simulator.workload import DTYPE_BYTES, model_flops_per_token
 
 
@@ -146,8 +147,6 @@ def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None, 
     })
     result.update(ctx.extra)
     if trace_path:
-        from simulator.trace import write_trace
-
         write_trace(trace_path, step, layout, cfg)
     return result
 

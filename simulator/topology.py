@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from simulator.hardware import Hardware
+from simulator.hardware import Hardware, gpu_preset
 
 
 class Cluster:
@@ -146,8 +146,6 @@ class Cluster:
 
 
 def demo() -> None:
-    from simulator.hardware import gpu_preset
-
     cl = Cluster(gpu_preset("a100-80gb"), 32)
     cl.add_ranks(range(32))
     print(f"{cl.graph.number_of_nodes()} vertices, {cl.graph.number_of_edges()} directed links")

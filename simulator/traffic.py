@@ -24,8 +24,10 @@ import itertools
 from collections import defaultdict
 from dataclasses import dataclass
 
-from simulator.collectives import stages_for
+from simulator.collectives import CommModel, stages_for
+from simulator.hardware import gpu_preset
 from simulator.network import Flow, max_min_rates
+from simulator.topology import Cluster
 
 # ---------------------------------------------------------------------------------------------
 # symmetric copies of a collective
@@ -178,10 +180,6 @@ def folded(t: Traffic, capacity: dict, stage_of, fabric: bool = True) -> tuple:
 
 def demo() -> None:
     """A ring over 4 nodes, one GPU each, with its 7 copies (the other TP ranks) on 2:1 one-node leaves."""
-    from simulator.collectives import CommModel
-    from simulator.hardware import gpu_preset
-    from simulator.topology import Cluster
-
     cl = Cluster(gpu_preset("a100-80gb").with_overrides(oversubscription=2.0, nodes_per_leaf=1), 32)
     comm = CommModel(cl)
     ranks = range(0, 32, 8)
