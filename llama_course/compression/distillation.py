@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simulator.config import ConfigError
+from llama_course.core.model import build_model
+from simulator.config import ConfigError, load_config
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
@@ -32,9 +33,6 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 def make_student(teacher_cfg, opts: dict, teacher: nn.Module | None = None):
     """(student model, student Config): teacher's config with a shallower and/or narrower model."""
-    from llama_course.core.model import build_model
-    from simulator.config import load_config
-
     tm = teacher_cfg.model
     raw = teacher_cfg.to_dict()
     layers = opts["student_layers"] or max(1, tm.n_layers // 2)

@@ -71,8 +71,17 @@ from llama_course.compression.pruning import (
     structured_plan,
 )
 from llama_course.core import quantization as quant
+from llama_course.core.checkpoint import (
+    atomic_torch_save,
+    atomic_write_text,
+    load_model,
+    resolve_path,
+    sha256,
+)
 from llama_course.core.data import BatchSampler, get_batch, load_tokens, pack
 from llama_course.core.distributed import Context
+from llama_course.core.evaluate import evaluate_model
+from llama_course.core.model import num_params
 from llama_course.core.train_step import Engine
 from simulator.config import ConfigError
 
@@ -104,8 +113,6 @@ OPTIONS = {
 
 def count_weights(model: nn.Module) -> int:
     """Parameters as the model sees them (a quantized matrix counts its in x out weights; tied ones once)."""
-    from llama_course.core.model import num_params
-
     return num_params(model) + sum(m.in_features * m.out_features for m in model.modules()
                                    if isinstance(m, quant.QuantizedWeight))
 
@@ -160,7 +167,6 @@ def save(out: str, model: nn.Module, cfg, tokenizer, compression: dict) -> str:
     config.yaml) into out.tmp, then rename it to `out` (a crash leaves no half-written checkpoint)."""
     import yaml
 
-    from llama_course.core.checkpoint import atomic_torch_save, atomic_write_text, sha256
 
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -187,8 +193,6 @@ def load_for_training(path: str, cfg) -> nn.Module:
     (an optimizer needs float weights: training low-bit weights directly is quantization-aware training or
     QLoRA-style adapters, not done here), pruned shapes kept, and the zeros of an unstructured-pruned
     checkpoint kept zero (masked gradients)."""
-    from llama_course.core.checkpoint import load_model
-
     model, ck_cfg, _ = load_model(path)
     if ck_cfg.model != cfg.model:
         diff = [f"{k} {getattr(ck_cfg.model, k)} (config: {getattr(cfg.model, k)})" for k in vars(cfg.model)
@@ -275,9 +279,6 @@ def _check_options(method: str, o: dict, given: set) -> None:
 
 def compress(checkpoint: str, method: str, out: str, overrides: list = (), log=print) -> dict:
     """Compress a checkpoint into the folder `out`; returns the `compression` section written."""
-    from llama_course.core.checkpoint import load_model, resolve_path
-    from llama_course.core.evaluate import evaluate_model
-
     opts = parse_options(method, list(overrides))
     source = resolve_path(checkpoint)
     if os.path.abspath(out) == os.path.abspath(source):

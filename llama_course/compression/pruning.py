@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from llama_course.core import quantization as quant
+from llama_course.core.model import Attention, FeedForward
 
 
 def prunable(model: nn.Module) -> dict:
@@ -99,8 +100,6 @@ def structured_plan(model: nn.Module, sparsity: float, prune_heads: bool = True)
 def shrink(model: nn.Module, plan: list) -> list:
     """Replace each block's attention and MLP by smaller ones holding only the kept rows and columns.
     Returns the new per-layer shapes [{"n_heads", "n_kv_heads", "ffn_dim"}] (what a checkpoint records)."""
-    from llama_course.core.model import Attention, FeedForward
-
     cfg = model.cfg
     shapes = []
     for layer, keep in zip(model.layers, plan):

@@ -60,6 +60,7 @@ from llama_course.core.launch import torchrun_on_loopback
 from llama_course.core.model import build_model
 from llama_course.core.optimizers import lr_at
 from llama_course.core.train_step import Engine
+from simulator.config import ConfigError, load_config
 
 # ---------------------------------------------------------------------------------------------
 # failure detection and non-finite injection (used by trainer.py)
@@ -312,8 +313,6 @@ def read_metrics(out_dir: str, replica: int) -> list:
 
 
 def main(argv=None) -> int:
-    from simulator.config import ConfigError, load_config
-
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--torchrun"]:                  # the launcher's old entry point (core/launch.py now)
         return torchrun_on_loopback(argv[1:])

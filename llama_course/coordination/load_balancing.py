@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from llama_course.core.data import get_batch
+from llama_course.core.data import get_batch, load_tokens
 from llama_course.core.engine_protocol import Abandon, BatchPlan
 from simulator.parameter_server import assign_shards
 
@@ -192,8 +192,6 @@ def _time_work(model, work: list) -> float:
 
 def corpus_document_lengths(cfg) -> list:
     """Token length of every training document of the config's corpus (split at end-of-text)."""
-    from llama_course.core.data import load_tokens
-
     data = load_tokens(cfg)
     if data.eot_id is None:
         raise ValueError("the corpus has no end-of-text token: document lengths are unknown")

@@ -43,6 +43,7 @@ truncation and corruption, not tampering: whoever can write the folder can chang
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -266,8 +267,6 @@ def _to_host(state):
 
 def _torch_save_maybe_killed(obj, path: str, ctx, step: int, kill_at: tuple | None) -> None:
     if kill_at is not None and ctx.restart_count == 0 and tuple(kill_at) == (ctx.rank, step):
-        import io
-
         buf = io.BytesIO()
         torch.save(obj, buf)
         with open(f"{path}.tmp{os.getpid()}", "wb") as f:      # half a file, then the process dies

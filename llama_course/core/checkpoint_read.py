@@ -15,6 +15,10 @@ import sys
 
 import torch
 
+from llama_course.core.model import model_from_state
+from llama_course.core.tokenizer import BPETokenizer
+from simulator.config import ConfigError, load_config
+
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
@@ -78,8 +82,6 @@ def resume_point(root: str, log=None) -> str | None:
     """The checkpoint a run with `--checkpoint-dir root` resumes from: the newest intact one, None for an
     empty folder. When the folder holds checkpoints and none is intact, that is an error (ConfigError), not a
     silent start from step 1 over them: `llama-course train --fresh` starts over and keeps them aside."""
-    from simulator.config import ConfigError
-
     notes = []
     found = find_latest(root, notes.append)
     if found is None and notes:
@@ -94,8 +96,6 @@ def resume_point(root: str, log=None) -> str | None:
 
 def resolve_path(path: str) -> str:
     """A checkpoint folder from a path that is either a step folder or a --checkpoint-dir root."""
-    from simulator.config import ConfigError
-
     if not os.path.exists(path):
         raise ConfigError(f"checkpoint not found: {path}")
     if os.path.exists(os.path.join(path, "manifest.json")) or os.path.exists(os.path.join(path, "model.pt")):
@@ -123,9 +123,6 @@ def load_rank_state(path: str, rank: int) -> dict:
 def load_model(path: str):
     """(model, config, tokenizer) of a checkpoint folder or root, for eval / generate / compress.
     Pruned and quantized checkpoints (`llama-course compress`) rebuild with their smaller or packed shapes."""
-    from llama_course.core.model import model_from_state
-    from simulator.config import load_config
-
     path = resolve_path(path)
     manifest = load_manifest(path)
     cfg = load_config(manifest["config"])
@@ -135,7 +132,5 @@ def load_model(path: str):
     tokenizer = None
     tok_file = os.path.join(path, "tokenizer.json")
     if os.path.exists(tok_file):
-        from llama_course.core.tokenizer import BPETokenizer
-
         tokenizer = BPETokenizer.load(tok_file)
     return model, cfg, tokenizer

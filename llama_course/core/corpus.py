@@ -7,7 +7,11 @@ per file.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
+import re
+import warnings
 from pathlib import Path
 
 # ---- corpora --------------------------------------------------------------------------------------------
@@ -31,9 +35,6 @@ def builtin_documents() -> list[str]:
     docstring headed by its dotted name. About 0.9 MB of English on Python 3.11; no download."""
     if _BUILTIN_CACHE:
         return list(_BUILTIN_CACHE)
-    import importlib
-    import inspect
-    import warnings
 
     docs: list[str] = []
     try:
@@ -80,6 +81,5 @@ def text_documents(path: str | os.PathLike) -> list[str]:
     files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
     texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
     if len(texts) == 1:
-        import re
         texts = re.split(r"\n[ \t]*\n", texts[0])
     return [t.strip() for t in texts if t.strip()]

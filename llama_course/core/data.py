@@ -45,6 +45,7 @@ deterministic, resumable order -- what this module does.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import struct
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ from llama_course.core.token_shards import (  # noqa: F401 (the data API)
     write_shards,
 )
 from llama_course.core.tokenizer import PATTERN, BPETokenizer, write_atomic
+from simulator.config import ConfigError
 
 CACHE_ENV = "LLAMA_COURSE_CACHE"
 TOKENIZER_TRAIN_CHARS = 8_000_000
@@ -92,8 +94,6 @@ class TokenData:
 
 def load_tokens(cfg) -> TokenData:
     """Tokens for a run described by `cfg` (a `simulator.config.Config`). Raises ConfigError on bad input."""
-    from simulator.config import ConfigError
-
     corpus = cfg.data.corpus
     if corpus == "synthetic":
         return synthetic_tokens(cfg.model.vocab_size, cfg.training.seed)
@@ -312,7 +312,6 @@ def _build(documents, vocab_size, tok_path: Path, tokens_path: Path):
     pieces = [np.asarray(tokenizer.encode(d) + [tokenizer.eot_id], dtype=dtype) for d in documents]
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces])]).astype(np.int64)
     tokens = np.concatenate(pieces)
-    import io
     buffer = io.BytesIO()
     np.savez(buffer, tokens=tokens, offsets=offsets)
     write_atomic(tokens_path, buffer.getvalue())

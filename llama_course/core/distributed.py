@@ -19,6 +19,7 @@ read the dead attempt's addresses (see ../shared/reference/cpu-gloo-notes.md).
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
@@ -77,8 +78,6 @@ _LISTENERS: list = []          # sockets that must live as long as their stores
 def listening_socket(host: str, port: int = 0):
     """A TCP socket listening on `host` only, for a TCPStore server (`master_listen_fd`): a plain
     TCPStore listens on every interface. Keep the socket alive as long as the store."""
-    import socket
-
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))

@@ -14,6 +14,9 @@ import sys
 from html import escape
 from pathlib import Path
 
+from simulator.parallel_3d import Layout
+from simulator.pipeline_parallel import simulate_pipeline
+
 COLORS = {"params": "#5c6bc0", "grads": "#ef6c00", "optim": "#2e7d32", "forward": "#90caf9",
           "backward": "#1e88e5", "comm": "#ffb74d", "optimizer": "#a5d6a7", "idle": "#eeeeee", "line": "#424242"}
 LANE, TOP, LEFT, HOLD_W, T0 = 46, 80, 86, 210, 320          # lane height, first lane, label and "holds" columns
@@ -178,8 +181,6 @@ def tensor_parallel(t: int = 2) -> str:
 
 def pipeline_parallel(p: int = 4, m: int = 6) -> str:
     """1F1B on p stages, laid out by the simulator's own schedule; sends between stages, idle time hatched."""
-    from simulator.pipeline_parallel import simulate_pipeline
-
     run = simulate_pipeline("1f1b", p, m, 1, [1.0] * p, [2.0] * p)
     names = [f"stage {r}" for r in range(p)]
     scale = (860 - T0 - 20) / run.makespan
@@ -206,8 +207,6 @@ def pipeline_parallel(p: int = 4, m: int = 6) -> str:
 
 def parallel_3d(tp: int = 2, dp: int = 2, pp: int = 2) -> str:
     """The DP x TP x PP grid: rank = tp_rank + t (dp_rank + d pp_rank), groups from simulator.parallel_3d."""
-    from simulator.parallel_3d import Layout
-
     grid = Layout(tp=tp, dp=dp, pp=pp, vpp=1)
     svg = Svg(860, 340, f"3-D parallelism: {dp} (data) x {tp} (tensor) x {pp} (pipeline) = {dp * tp * pp} ranks",
               "tensor-parallel pairs sit on one node (NVLink, all-reduce every layer); data-parallel replicas "

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import torch
 
+from llama_course.core.data import load_tokens, pack, val_batches
+from llama_course.core.model import cross_entropy
+
 
 def tensor_bytes(state: dict) -> int:
     """Bytes of the distinct tensors of a state dict (shared storage counted once)."""
@@ -37,9 +40,6 @@ def held_out_loss(model, cfg, batches: int | None = None, batch_size: int = 8) -
     """{"val_loss", "val_batches", "val_sequences", "val_tokens"}: the mean next-token loss over the first
     `batches` batches of the validation split (default: all of it, the last batch possibly shorter), and how
     much held-out text that was. `llama-course eval` and the demo report this number."""
-    from llama_course.core.data import load_tokens, pack, val_batches
-    from llama_course.core.model import cross_entropy
-
     data = load_tokens(cfg)
     seqs = pack(data.val, cfg.seq_len)
     n = batches or max(1, -(-len(seqs) // batch_size))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 def _plt():
     import matplotlib
@@ -102,8 +104,6 @@ def plot_streams(traces: dict, path: str | None = None, title: str = "one traini
     Each rank gets two rows, compute and comm; communication spans are orange. Each panel starts at its
     first event, so a simulated and a measured step line up. Returns the figure.
     """
-    import json
-
     plt = _plt()
     fig, axes = plt.subplots(len(traces), 1, figsize=(11, 1.6 + 1.3 * len(traces) * 2), squeeze=False)
     for ax, (label, trace) in zip(axes[:, 0], traces.items()):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from llama_course.core.tokenizer import write_atomic
+from simulator.config import ConfigError
 
 SHARD_MAGIC = b"LLCTOK01"
 SHARD_HEADER = struct.Struct("<8sIIiIQ")
@@ -58,7 +59,6 @@ def read_shard(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     with open(path, "rb") as f:
         raw = f.read(SHARD_HEADER.size)
     if len(raw) < SHARD_HEADER.size or raw[:8] != SHARD_MAGIC:
-        from simulator.config import ConfigError
         raise ConfigError(f"data.corpus: {path} is not a llama-course token shard (see write_shards)")
     _, itemsize, vocab, eot, _, n = SHARD_HEADER.unpack(raw)
     dtype = np.dtype("<u2") if itemsize == 2 else np.dtype("<u4")

@@ -19,6 +19,8 @@ advance, so it is fixed at partition time rather than by dynamic dispatch.
 
 from __future__ import annotations
 
+import time
+
 from simulator.pipeline_parallel import partition_layers
 from simulator.workload import forward_flops_per_token
 
@@ -72,8 +74,6 @@ def layer_costs(cfg) -> list:
 def measure_layer_costs(model, tokens, repeats: int = 3) -> list:
     """Measured seconds of forward + backward per layer (best of `repeats`), embedding added to the first
     layer and final norm + head + loss to the last: the same shape as `layer_costs`, from a real model."""
-    import time
-
     import torch
     import torch.nn.functional as F
 

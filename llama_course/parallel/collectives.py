@@ -42,6 +42,7 @@ engine runs these on a background thread, see data_parallel.py).
 
 from __future__ import annotations
 
+import queue
 import threading
 
 import torch
@@ -221,8 +222,6 @@ class CommThread:
     """
 
     def __init__(self, group):
-        import queue
-
         self.group = group
         self._queue: queue.Queue = queue.Queue()
         self._error: BaseException | None = None
