@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 
@@ -162,7 +163,23 @@ def findings(results: list) -> str:
     return "\n".join(out)
 
 
-def render(results: list, seconds: float) -> str:
+README_PLAN = ["plan", "configs/llama-7b-a100.yaml", "--top", "5"]
+README_GOAL_S = 10.0
+
+
+def time_readme_plan() -> dict:
+    """Wall seconds of the README's plan example as a user runs it (a fresh process: start-up included), with
+    the machine's 1-minute load average just before."""
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "llama_course", *README_PLAN], cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"plan_validation: the README example failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return {"seconds": seconds, "load": load}
+
+
+def render(results: list, seconds: float, readme: dict | None = None) -> str:
     lines = ["| run | published tokens/s/GPU (MFU) | simulated, paper's layout | error | planner's best layout | "
              "planner tokens/s/GPU (MFU) | vs published | search |",
              "|---|---:|---:|---:|---|---:|---:|---:|"]
@@ -182,6 +199,13 @@ def render(results: list, seconds: float) -> str:
                      f"**{pl['tokens_per_s_per_gpu'] / r['published_tokens_per_s'] - 1:+.0%}** | "
                      f"{s['candidates']} layouts, {s['simulated']} simulated, {s['seconds']:.0f} s |")
     notes = "\n".join(f"- {r['run']['label']}: {r['run']['note']}" for r in results if r["run"]["note"])
+    readme_text = "" if readme is None else f"""
+## The README example
+
+`llama-course {' '.join(README_PLAN)}` took **{readme['seconds']:.1f} s** of wall time in a fresh process
+(start-up included; load average {readme['load']:.1f} just before). Goal (issue 17): under {README_GOAL_S:.0f} s:
+**{'met' if readme['seconds'] < README_GOAL_S else 'not met'}**.
+"""
     why = "\n\n".join(f"**{r['run']['label']}**\n\n```\n{r['explanation']}\n```" for r in results)
     return f"""# The planner against published runs
 
@@ -201,7 +225,7 @@ GPU-hours (1.0T, 1.0T, 1.4T tokens), which include downtime, so they are floors.
 2024, Table 4): 400 TFLOP/s per GPU on 16,384 H100 (41% MFU).
 
 {notes}
-
+{readme_text}
 ## What the comparison says
 
 {findings(results)}
@@ -225,7 +249,10 @@ def main(argv=None) -> int:
         print(f"{run['label']}: published {r['published_tokens_per_s']:,.0f} tok/s/GPU ({r['published_mfu']:.1%}), "
               f"plan {r['plan']['tokens_per_s_per_gpu']:,.0f} ({r['plan']['mfu']:.1%}) "
               f"[{r['stats']['seconds']:.0f} s]", file=sys.stderr, flush=True)
-    text = render(results, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    readme = time_readme_plan()
+    print(f"README example: {readme['seconds']:.1f} s", file=sys.stderr, flush=True)
+    text = render(results, seconds, readme)
     if args.no_write:
         print(text)
     else:
