@@ -19,7 +19,9 @@ The held-out suite (HELD_OUT, issue 17 item 7) is reported uncalibrated on the p
 mean within 15%, worst within 25%, separable components within 25%.
 Measurements on a shared 2-core machine are noisy: run it when the machine is quiet, with --repeat
 (medians over repeats, run in rounds: every layout once, then again, so that each layout's repeats spread
-over the whole sitting and no layout meets only one slow stretch); the table records the load average.
+over the sitting and no layout meets only one slow stretch); the table records the load average. The
+held-out layouts run first, right after bench (their reading uses its profile as it is), the tuning layouts
+after them.
 """
 
 from __future__ import annotations
@@ -195,7 +197,8 @@ def held_out_text(rows: list) -> str:
 
 Layouts, sizes and lengths the CPU model's terms were not chosen on: a 3-process ring, sequence lengths 64
 and 256, a 40-step run, the `small` model (8 layers, dim 256) with data and pipeline parallelism. Reported
-**uncalibrated**: predicted on the profile `bench` measured at the start of this run, without the speed probe.
+**uncalibrated**: predicted on the profile `bench` measured at the start of this run, without the speed probe;
+these layouts run first, right after `bench`, the tuning layouts after them.
 
 {table(shown)}
 
@@ -391,15 +394,21 @@ def main(argv=None) -> int:
     held = HELD_OUT if args.suite in ("held-out", "all") else []
     chosen = [(k, layout) for k, layout in enumerate(tuning + held) if not args.only or layout[0] in args.only]
     runs = {k: [] for k, _ in chosen}
-    for i in range(args.repeat):           # in rounds: each layout's repeats spread over the whole sitting
-        for k, (name, overrides, steps) in chosen:
-            if runs[k] and not runs[k][-1]["ok"]:
-                continue
-            r = run_layout(name, overrides, steps or args.steps, args.trace_dir, args.calibrate)
-            runs[k].append(r)
-            state = (f"predicted {_ms(r['predicted']['step_time_s'])} ms, measured {_ms(r['measured']['step_time_s'])} ms"
-                     f" ({_pct(r['relative_error']['step_time_s'])}), load {r['load']:.1f}") if r["ok"] else r["error"]
-            print(f"{name} [{i + 1}/{args.repeat}]: {state}", file=sys.stderr, flush=True)
+    # the held-out layouts first: they are read on bench's profile without the speed probe, so they run while
+    # that profile is minutes old; then the tuning layouts (read with the probe). Each group in rounds: every
+    # layout once, then again, so that a layout's repeats spread over its group's sitting
+    groups = [[c for c in chosen if c[0] >= len(tuning)], [c for c in chosen if c[0] < len(tuning)]]
+    for group in groups:
+        for i in range(args.repeat):
+            for k, (name, overrides, steps) in group:
+                if runs[k] and not runs[k][-1]["ok"]:
+                    continue
+                r = run_layout(name, overrides, steps or args.steps, args.trace_dir, args.calibrate)
+                runs[k].append(r)
+                state = (f"predicted {_ms(r['predicted']['step_time_s'])} ms, measured "
+                         f"{_ms(r['measured']['step_time_s'])} ms ({_pct(r['relative_error']['step_time_s'])}), "
+                         f"load {r['load']:.1f}") if r["ok"] else r["error"]
+                print(f"{name} [{i + 1}/{args.repeat}]: {state}", file=sys.stderr, flush=True)
     rows = [median_of(runs[k]) for k, _ in chosen if k < len(tuning)]
     held_rows = [median_of(runs[k]) for k, _ in chosen if k >= len(tuning)]
     print(table(rows))

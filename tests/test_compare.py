@@ -229,13 +229,14 @@ def test_compare_runs_repredicts_every_kept_run(tmp_path):
 
 
 def test_compare_suite_runs_its_repeats_in_rounds(monkeypatch, capsys):
-    """--repeat N runs every chosen layout once, then again (each layout's repeats spread over the sitting,
+    """The held-out layouts run first (right after bench: they are read on its profile as it is), then the
+    tuning ones; --repeat N runs every layout of a group once, then again (its repeats spread over the sitting,
     so a slow stretch of the machine does not fall on one layout's every repeat); each row is the median
     repeat, and a layout that fails is not run again."""
     spec = importlib.util.spec_from_file_location("compare_suite", ROOT / "benchmarks" / "compare_suite.py")
     suite = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(suite)
-    calls, steps = [], iter([0.3, 0.1, 0.2, 0.5, 0.4, 0.7])
+    calls, steps = [], iter([0.1, 0.5, 0.7, 0.3, 0.2, 0.4])
     parts = {"compute": 0.08, "exposed_comm": 0.02, "bubble": 0.0, "optimizer": 0.005}
 
     def fake_run(name, overrides, n_steps, trace_root, calibrate=False):
@@ -247,8 +248,8 @@ def test_compare_suite_runs_its_repeats_in_rounds(monkeypatch, capsys):
     monkeypatch.setattr(suite, "run_layout", fake_run)
     assert suite.main(["--only", "dp 2 naive", "--only", "tp 2", "--only", "dp 3 bucketed",
                        "--repeat", "3", "--no-write"]) == 0
-    assert calls == ["dp 2 naive", "tp 2", "dp 3 bucketed", "dp 2 naive", "dp 3 bucketed", "dp 2 naive",
-                     "dp 3 bucketed"]
+    assert calls == ["dp 3 bucketed", "dp 3 bucketed", "dp 3 bucketed", "dp 2 naive", "tp 2", "dp 2 naive",
+                     "dp 2 naive"]
     out = capsys.readouterr().out          # medians: dp 2 naive of 0.3, 0.2, 0.4 s; dp 3 bucketed of 0.1, 0.5, 0.7 s
     assert "| dp 2 naive | 100.0 | 300.0 |" in out and "| dp 3 bucketed | 100.0 | 500.0 |" in out
     assert "| tp 2 | - | - | missing | RuntimeError: no |" in out
