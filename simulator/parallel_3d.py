@@ -33,7 +33,6 @@ from simulator import spec
 from simulator.collectives import CommModel
 from simulator.compute import block_times, embedding_times, head_times, optimizer_time
 from simulator.data_parallel import (
-    DEEPSPEED,
     bucket_sizes,
     buckets_ready,
     compression_factor,
@@ -46,7 +45,7 @@ from simulator.data_parallel import (
 from simulator.memory import stage_layers, uses_flash, virtual_stage_params
 from simulator.model_compression import weight_bytes_per_param
 from simulator.pipeline_parallel import simulate_pipeline
-from simulator.streams import StreamPlan, simulate_streams
+from simulator.streams import simulate_streams, stream_plan
 from simulator.tensor_parallel import tp_comm
 from simulator.workload import DTYPE_BYTES
 
@@ -108,6 +107,7 @@ class Step:
     dp_spans: dict = field(default_factory=dict)     # pipeline rank -> [(start, end)] of gradient collectives
     optimizer_spans: dict = field(default_factory=dict)
     recompute_flops_per_token: float = 0.0
+    mean_shift: dict = field(default_factory=dict)   # mean over pipeline ranks of each component - breakdown's
     layers: list = field(default_factory=list)
 
 
@@ -320,7 +320,7 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
     # ZeRO-1 all-reduces them, then each rank updates its shard (data_parallel.zero_semantics)
     kind = sem.grad_collective
     best = None
-    all_spans: dict = {}
+    all_spans, ends = {}, {}
     for i, run in enumerate(runs):
         for r in range(p.pp):
             if contention:
@@ -345,53 +345,46 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
                                                in_tasks=contention)
             end = dp_end + scalars + opt + gather
             all_spans[(i, r)] = (spans, (dp_end + scalars, dp_end + scalars + opt), (dp_end + scalars + opt, end))
+            ends[(i, r)] = (end, dp_end, dp_busy, opt, gather)
             if best is None or end > best[0]:
-                best = (end, r, i, dp_end, dp_busy, opt, gather)
-    end, r, i, dp_end, dp_busy, opt, gather = best
-    run, slow = runs[i], slows[i]
-    factor = slow.get(r, 1.0)
+                best = (end, r, i)
+    end, r, i = best
 
-    chunks = [c * p.pp + r for c in range(p.vpp)]
-    compute = factor * n_micro * sum(fwd[k].compute + bwd[k].compute for k in chunks)
-    recompute = factor * n_micro * sum(bwd[k].recompute for k in chunks)
-    if not contention and compute + recompute > 0:     # as run: shared cores may have stretched it otherwise
-        shared = run.busy[r] / (factor * n_micro * sum(fwd[k].total + bwd[k].total for k in chunks))
-        if abs(shared - 1) > 1e-9:
-            compute, recompute = compute * shared, recompute * shared
-    tp_exposed = factor * n_micro * sum(fwd[k].comm + bwd[k].comm for k in chunks)
-    if contention:      # gathers and sends waited for, compute slowed by communication beside it, as simulated
-        gathers, slowdown, sends = run.gather_wait[r], run.slowdown[r], run.send_wait[r]
-    else:
-        gathers, slowdown, sends = factor * n_micro * sum(fwd[k].gather + bwd[k].gather for k in chunks), 0.0, 0.0
-    bubble = max(0.0, run.compute_end[r] - compute - recompute - tp_exposed - gathers - slowdown - sends)
-    dp_exposed = max(0.0, dp_end - run.compute_end[r])
-    breakdown = {"compute": compute, "recompute": recompute,
-                 "exposed_comm": tp_exposed + gathers + slowdown + sends + dp_exposed + scalars + gather, "bubble": bubble,
-                 "optimizer": opt}
-    comm_detail = {"tp_exposed": tp_exposed, "dp_exposed": dp_exposed, "dp_total": dp_busy,
-                   "zero_gather": gather, "gather_wait": gathers, "pp_send": send, "send_wait": sends,
-                   "step_scalars": scalars,
-                   "overlap_slowdown": slowdown}
+    def rank_parts(q: int) -> tuple:
+        """Pipeline rank q's components in replica i (they add up to its own end) and its comm detail."""
+        run, factor = runs[i], slows[i].get(q, 1.0)
+        _, dp_end, dp_busy, opt, gather = ends[(i, q)]
+        chunks = [c * p.pp + q for c in range(p.vpp)]
+        compute = factor * n_micro * sum(fwd[k].compute + bwd[k].compute for k in chunks)
+        recompute = factor * n_micro * sum(bwd[k].recompute for k in chunks)
+        if not contention and compute + recompute > 0:     # as run: shared cores may have stretched it otherwise
+            shared = run.busy[q] / (factor * n_micro * sum(fwd[k].total + bwd[k].total for k in chunks))
+            if abs(shared - 1) > 1e-9:
+                compute, recompute = compute * shared, recompute * shared
+        tp_exposed = factor * n_micro * sum(fwd[k].comm + bwd[k].comm for k in chunks)
+        if contention:      # gathers and sends waited for, compute slowed by communication beside it, as simulated
+            gathers, slowdown, sends = run.gather_wait[q], run.slowdown[q], run.send_wait[q]
+        else:
+            gathers, slowdown, sends = factor * n_micro * sum(fwd[k].gather + bwd[k].gather for k in chunks), 0.0, 0.0
+        bubble = max(0.0, run.compute_end[q] - compute - recompute - tp_exposed - gathers - slowdown - sends)
+        dp_exposed = max(0.0, dp_end - run.compute_end[q])
+        parts = {"compute": compute, "recompute": recompute,
+                 "exposed_comm": tp_exposed + gathers + slowdown + sends + dp_exposed + scalars + gather,
+                 "bubble": bubble, "optimizer": opt}
+        return parts, {"tp_exposed": tp_exposed, "dp_exposed": dp_exposed, "dp_total": dp_busy, "zero_gather": gather,
+                       "gather_wait": gathers, "pp_send": send, "send_wait": sends, "step_scalars": scalars,
+                       "overlap_slowdown": slowdown}
+
+    breakdown, comm_detail = rank_parts(r)
+    # every pipeline rank's components, averaged, less the critical rank's: what a per-rank average reads
+    # beside `breakdown` (a trace averaged over ranks, as `compare` measures); zero without pipelining
+    others = [rank_parts(q)[0] for q in range(p.pp)]
+    for q, o in enumerate(others):       # a rank that ends early waits for the next step's first message
+        o["bubble"] += end - ends[(i, q)][0]
+    mean_shift = {c: sum(o[c] for o in others) / p.pp - v for c, v in breakdown.items()}
     recompute_per_token = cfg.model.n_layers * blk.recompute_flops * p.tp / (p.micro_batch_size * cfg.seq_len)
-    return Step(step_time=end, breakdown=breakdown, comm=comm_detail, critical_rank=r, pipeline=run,
+    return Step(step_time=end, breakdown=breakdown, comm=comm_detail, critical_rank=r, pipeline=runs[i],
                 forward=fwd, backward=bwd,
                 dp_spans={rr: v[0] for (ii, rr), v in all_spans.items() if ii == i},
                 optimizer_spans={rr: v[1:] for (ii, rr), v in all_spans.items() if ii == i},
-                recompute_flops_per_token=recompute_per_token, layers=layers)
-
-
-def stream_plan(cfg, layout: Layout, layers: list, fwd: list, bwd: list, sem, psi_virtual: list,
-                grad_wire: float, buckets: list) -> StreamPlan:
-    """What each rank's streams move in one step (`streams.StreamPlan`) under the data-parallel rules `sem`."""
-    p = cfg.parallel
-    per_block = sem.gather in ("first_forward", "forward", "forward_backward") and layout.dp > 1
-    psi_block = virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]
-    return StreamPlan(
-        schedule=p.schedule, p=p.pp, m=cfg.grad_accum_steps, v=p.vpp,
-        forward=[(c.compute + c.recompute, c.comm) for c in fwd], backward=[(c.compute + c.recompute, c.comm) for c in bwd],
-        layers=layers, grad_bytes=[psi * grad_wire if layout.dp > 1 else 0.0 for psi in psi_virtual],
-        buckets=buckets, overlap=p.overlap and p.bucket_mb > 0,
-        every_micro_batch=sem.reduce_every_micro_batch,
-        grad_kind=sem.grad_collective, gather=sem.gather, prefetch=sem.prefetch,
-        gather_bytes=psi_block * weight_bytes_per_param(cfg) if per_block else 0.0,
-        blocking_sends=sem.system in DEEPSPEED, comm_slowdown=sem.comm_slowdown)
+                recompute_flops_per_token=recompute_per_token, layers=layers, mean_shift=mean_shift)

@@ -16,7 +16,10 @@ What it reports (docs/design.md, "JSON outputs"):
     breakdown_s            {compute, recompute, exposed_comm, bubble, optimizer, ...}: they add up to the step
                            (cpu: as the mean rank spends it; straggle_wait_s of its exposed_comm is that rank
                            waiting for the slowest, `Hardware.straggle_factor`; with faults.slow the
-                           fast ranks' wait for the slow one is exposed_comm too)
+                           fast ranks' wait for the slow one is exposed_comm too); with pipelining, the
+                           rank that ends the step (critical_stage)
+    mean_breakdown_s       the same averaged over the pipeline's ranks (each adding up to the step; what a
+                           trace averaged over ranks reads, as `compare` measures); = breakdown_s without it
     time_to_train_s        training.total_tokens / tokens_per_s (null when total_tokens is unset)
 
 A layout that does not fit in memory is reported as such (fits_in_memory false, memory_excess_bytes) and
@@ -108,7 +111,7 @@ def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None, 
         "compression": compression,
     }
     nulls = ("step_time_s", "tokens_per_s", "tokens_per_s_per_gpu", "model_tflops_per_gpu",
-             "hardware_tflops_per_gpu", "mfu", "breakdown_s", "time_to_train_s")
+             "hardware_tflops_per_gpu", "mfu", "breakdown_s", "mean_breakdown_s", "time_to_train_s")
     if not result["fits_in_memory"]:
         result.update({k: None for k in nulls})
         return result
@@ -122,6 +125,8 @@ def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None, 
         if active(cfg):
             _contribute(name, ctx)
     breakdown = {k: float(v) for k, v in ctx.breakdown.items()}
+    mean_breakdown = {k: max(0.0, v + step.mean_shift.get(k, 0.0)) for k, v in breakdown.items()}
+    _straggle_as_wait(mean_breakdown, hw, n_gpus)
     straggle_wait = _straggle_as_wait(breakdown, hw, n_gpus)
     step_time = sum(breakdown.values())
     if not (math.isfinite(step_time) and step_time > 0):
@@ -137,6 +142,7 @@ def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None, 
         "hardware_flops_per_step": hw_flops,
         "mfu": model_flops / step_time / n_gpus / peak,
         "breakdown_s": breakdown,
+        "mean_breakdown_s": mean_breakdown,
         "straggle_wait_s": straggle_wait,
         "comm_s": step.comm,
         "critical_stage": step.critical_rank,

@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 import simpy
 
 from simulator.contention import Activity, LinkShare, Stream
+from simulator.data_parallel import DEEPSPEED
+from simulator.memory import virtual_stage_params
+from simulator.model_compression import weight_bytes_per_param
 from simulator.pipeline_parallel import PipelineRun, Task, schedule_order
 from simulator.traffic import SymmetricCopies, folded, slowed, traffic
 
@@ -264,3 +267,20 @@ def simulate_streams(plan: StreamPlan, comm, layout, p2p_bytes: float, p2p_extra
     if any(e == 0.0 and m > 0 for e in run.compute_end) and any(w[0] + w[1] for w in plan.forward):
         raise RuntimeError("pipeline deadlocked: a rank never finished its schedule")
     return run
+
+
+def stream_plan(cfg, layout, layers: list, fwd: list, bwd: list, sem, psi_virtual: list,
+                grad_wire: float, buckets: list) -> StreamPlan:
+    """What each rank's streams move in one step (`streams.StreamPlan`) under the data-parallel rules `sem`."""
+    p = cfg.parallel
+    per_block = sem.gather in ("first_forward", "forward", "forward_backward") and layout.dp > 1
+    psi_block = virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]
+    return StreamPlan(
+        schedule=p.schedule, p=p.pp, m=cfg.grad_accum_steps, v=p.vpp,
+        forward=[(c.compute + c.recompute, c.comm) for c in fwd], backward=[(c.compute + c.recompute, c.comm) for c in bwd],
+        layers=layers, grad_bytes=[psi * grad_wire if layout.dp > 1 else 0.0 for psi in psi_virtual],
+        buckets=buckets, overlap=p.overlap and p.bucket_mb > 0,
+        every_micro_batch=sem.reduce_every_micro_batch,
+        grad_kind=sem.grad_collective, gather=sem.gather, prefetch=sem.prefetch,
+        gather_bytes=psi_block * weight_bytes_per_param(cfg) if per_block else 0.0,
+        blocking_sends=sem.system in DEEPSPEED, comm_slowdown=sem.comm_slowdown)

@@ -166,9 +166,10 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
         with scaled_profile(speed["speed_factor"]):
             pred = simulate(cfg, trace_path=predicted_trace)
 
-    def summary(res):
+    def summary(res):       # components averaged over ranks, as the measured trace is read
+        parts = res.get("mean_breakdown_s") or res["breakdown_s"]
         return {"step_time_s": res["step_time_s"], "tokens_per_s": res["tokens_per_s"],
-                "breakdown_s": {c: res["breakdown_s"].get(c, 0.0) for c in COMPONENTS}}
+                "breakdown_s": {c: parts.get(c, 0.0) for c in COMPONENTS}}
 
     def errors(predicted):
         rel = {k: (predicted[k] - measured[k]) / measured[k] for k in ("step_time_s", "tokens_per_s")}
