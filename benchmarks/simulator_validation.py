@@ -145,6 +145,26 @@ def misses_in_seconds(results) -> str:
     return "\n".join(out)
 
 
+EXPOSED_KINDS = (("tensor parallel", ("tp_exposed",)), ("data parallel after the backward", ("dp_exposed",)),
+                 ("ZeRO gathers", ("zero_gather", "gather_wait")), ("pipeline sends waited for", ("send_wait",)),
+                 ("compute slowed by overlapped communication", ("overlap_slowdown",)),
+                 ("step scalars", ("step_scalars",)))
+
+
+def exposed_by_kind(results) -> str:
+    """The exposed communication of the rows in misses_in_seconds, split by what was exposed (simulate's comm_s
+    on the rank that ends the step; the parts add up to its exposed comm)."""
+    out = ["| run | exposed comm | " + " | ".join(k for k, _ in EXPOSED_KINDS) + " |",
+           "|---|---:|" + "---:|" * len(EXPOSED_KINDS)]
+    for r in results:
+        if r["error"] is None or (abs(r["error"]) <= 0.15 and not r["diagnosis"]):
+            continue
+        c = r["comm_s"]
+        out.append(f"| {r['name']} | {r['breakdown_s'].get('exposed_comm', 0.0):.2f} s | "
+                   + " | ".join(f"{sum(c.get(k, 0.0) for k in keys):.2f} s" for _, keys in EXPOSED_KINDS) + " |")
+    return "\n".join(out)
+
+
 def no_fit_memory(results) -> str:
     """The fullest GPU's memory of each row that does not fit, in GB."""
     parts = ("params", "grads", "optimizer", "activations")
@@ -322,6 +342,10 @@ beside them (for a throughput, the step it implies):
 
 {misses_seconds}
 
+Their exposed communication by what was exposed (seconds per step):
+
+{exposed}
+
 The fullest GPU of each row that does not fit (GB; capacity is the GPU's memory less the reserve):
 
 {no_fit}
@@ -368,7 +392,8 @@ def main() -> None:
                  fit_deepspeed=slowdown_table([5.0, 6.0, 6.2, 6.3, 6.4, 6.5, 6.6, 7.0, 8.0], [row for row, _ in ds]),
                  fit_h100=fit_table([0.48, 0.50, 0.515, 0.52, 0.525, 0.53, 0.535, 0.56], [row for row, _ in h100]),
                  sources=source_sections(validation_rows, validation), misses=misses_table(validation),
-                 misses_seconds=misses_in_seconds(validation), no_fit=no_fit_memory(validation),
+                 misses_seconds=misses_in_seconds(validation), exposed=exposed_by_kind(validation),
+                 no_fit=no_fit_memory(validation),
                  ring=ring_table(), bubble=bubble_table(), memory=memory_table())
     text = DOC.format(**parts)
     if args.write:

@@ -167,7 +167,7 @@ def evaluate(row: Row, overrides=None) -> dict:
             "capacity_GB": r["memory_capacity_bytes"] / 1e9,
             "step_time_s": r["step_time_s"], "breakdown_s": r["breakdown_s"], "memory_parts_GB":
             {k: v / 1e9 for k, v in r["memory_per_gpu_bytes"].items()},
-            "micro_batches": p.global_batch_size // (p.dp * p.micro_batch_size),
+            "micro_batches": p.global_batch_size // (p.dp * p.micro_batch_size), "comm_s": r.get("comm_s") or {},
             "bubble": r["breakdown_s"]["bubble"] / r["step_time_s"] if pred else None,
             "exposed_comm": r["breakdown_s"]["exposed_comm"] / r["step_time_s"] if pred else None}
 

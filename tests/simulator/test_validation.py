@@ -172,3 +172,20 @@ def test_the_page_gives_each_miss_in_seconds():
     assert lines[3] == "| slow | 4 | 10.00 s | 7.00 s | 2.00 s | 0.50 s | 0.50 s | 7.00 s | -3.00 s |"
     assert lines[4].startswith("| diagnosed | 4 |") and len(lines) == 5           # 'close' is left out
     assert page.no_fit_memory(rows).splitlines()[2:] == ["| no fit | 1.0 | 2.0 | 3.0 | 80.0 | 86.0 | 79.6 |"]
+
+
+def test_the_page_splits_each_misses_exposed_communication_by_kind(validation_out_of_sample):
+    """benchmarks/simulator_validation.py's exposed-communication table: on every row it lists (beyond 15% or
+    diagnosed), the kinds (tensor parallel, data parallel, ZeRO gathers, sends, overlap slowdown, step scalars)
+    add up to the row's exposed comm, as simulate's comm_s splits it on the rank that ends the step."""
+    page = _page_module()
+    rows = [r for r in validation_out_of_sample
+            if r["error"] is not None and (abs(r["error"]) > 0.15 or r["diagnosis"])]
+    assert rows, "no validation row beyond 15% or diagnosed to check"
+    lines = page.exposed_by_kind(rows).splitlines()[2:]
+    assert len(lines) == len(rows)
+    for r, line in zip(rows, lines):
+        parts = [sum(r["comm_s"].get(k, 0.0) for k in keys) for _, keys in page.EXPOSED_KINDS]
+        assert sum(parts) == pytest.approx(r["breakdown_s"]["exposed_comm"], rel=1e-6), r["name"]
+        assert line == (f"| {r['name']} | {r['breakdown_s']['exposed_comm']:.2f} s | "
+                        + " | ".join(f"{x:.2f} s" for x in parts) + " |")
