@@ -375,13 +375,14 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
                        "gather_wait": gathers, "pp_send": send, "send_wait": sends, "step_scalars": scalars,
                        "overlap_slowdown": slowdown}
 
-    breakdown, comm_detail = rank_parts(r)
+    ranks = [rank_parts(q) for q in range(p.pp)]
+    breakdown, comm_detail = ranks[r]
     # every pipeline rank's components, averaged, less the critical rank's: what a per-rank average reads
-    # beside `breakdown` (a trace averaged over ranks, as `compare` measures); zero without pipelining
-    others = [rank_parts(q)[0] for q in range(p.pp)]
-    for q, o in enumerate(others):       # a rank that ends early waits for the next step's first message
-        o["bubble"] += end - ends[(i, q)][0]
-    mean_shift = {c: sum(o[c] for o in others) / p.pp - v for c, v in breakdown.items()}
+    # beside `breakdown` (a trace averaged over ranks, as `compare` measures); zero without pipelining. A rank
+    # that ends early waits for the next step's first message (bubble)
+    idle = sum(end - ends[(i, q)][0] for q in range(p.pp))
+    mean_shift = {c: (sum(parts[c] for parts, _ in ranks) + (idle if c == "bubble" else 0.0)) / p.pp - v
+                  for c, v in breakdown.items()}
     recompute_per_token = cfg.model.n_layers * blk.recompute_flops * p.tp / (p.micro_batch_size * cfg.seq_len)
     return Step(step_time=end, breakdown=breakdown, comm=comm_detail, critical_rank=r, pipeline=runs[i],
                 forward=fwd, backward=bwd,

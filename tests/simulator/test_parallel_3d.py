@@ -1,6 +1,11 @@
 import pytest
 
-from simulator.parallel_3d import Layout
+from simulator.collectives import CommModel
+from simulator.config import load_config
+from simulator.hardware import hardware_for
+from simulator.parallel_3d import Layout, simulate_step
+from simulator.simulate import simulate
+from simulator.topology import Cluster
 
 
 def test_megatron_rank_order():
@@ -15,8 +20,6 @@ def test_megatron_rank_order():
 def test_every_step_ends_with_its_scalar_all_reduces():
     """The loss over data ranks, the last stage's loss and the norm over pipeline ranks, the norm over
     tensor ranks and (ZeRO-2/3) over data ranks: small all-reduces on the critical path, in exposed_comm."""
-    from simulator.simulate import simulate
-
     def scalars(**parallel):
         cfg = {"model": {"preset": "tiny"}, "seq_len": 64, "training": {"precision": "fp32"},
                "cluster": {"gpu": "a100-80gb", "num_gpus": parallel.pop("gpus")},
@@ -38,9 +41,6 @@ def test_mean_breakdown_averages_the_pipeline_ranks(gpu):
     """breakdown_s is the rank that ends the step; mean_breakdown_s averages every pipeline rank's components
     (what `compare` sets beside a trace averaged over ranks), each rank's adding up to the step. With the
     output head on the last stage the stages differ, so the two readings differ; without pipelining they agree."""
-    from simulator.config import load_config
-    from simulator.simulate import simulate
-
     def run(**parallel):
         cfg = load_config({"model": {"preset": "small"}, "seq_len": 128, "training": {"precision": "fp32"},
                            "cluster": {"gpu": gpu, "num_gpus": parallel["pp"]},
@@ -52,11 +52,6 @@ def test_mean_breakdown_averages_the_pipeline_ranks(gpu):
     mean, crit = out["mean_breakdown_s"], out["breakdown_s"]
     assert sum(mean.values()) == pytest.approx(out["step_time_s"], rel=1e-9)
     # the stages' own compute, from the same stage costs the pipeline ran on
-    from simulator.collectives import CommModel
-    from simulator.hardware import hardware_for
-    from simulator.parallel_3d import simulate_step
-    from simulator.topology import Cluster
-
     hw = hardware_for(cfg)
     step = simulate_step(cfg, hw, CommModel(Cluster(hw, 2)))
     per_stage = [step.pipeline.busy[r] for r in range(2)]
