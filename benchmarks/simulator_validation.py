@@ -221,11 +221,13 @@ def ring_table() -> str:
 def bubble_table() -> str:
     out = ["| schedule | p | m | v | simulated bubble | closed form |", "|---|---:|---:|---:|---:|---:|"]
     for sched, p, m, v in (("gpipe", 4, 8, 1), ("1f1b", 8, 32, 1), ("1f1b", 16, 64, 1),
-                           ("interleaved_1f1b", 8, 32, 2), ("interleaved_1f1b", 16, 64, 4)):
+                           ("interleaved_1f1b", 8, 32, 2), ("interleaved_1f1b", 16, 64, 4), ("zero_bubble", 8, 32, 1),
+                           ("zero_bubble", 16, 64, 1)):
         run = simulate_pipeline(sched, p, m, v, [1.0 / v] * (p * v), [2.0 / v] * (p * v))
         sim = 1 - sum(run.busy) / (p * run.makespan)
         out.append(f"| {sched} | {p} | {m} | {v} | {sim:.5f} | {bubble_fraction(sched, p, m, v):.5f} |")
-    out += ["", "(interleaved: (p-1)/(v m + p - 1) of the step, which is (p-1)/(v m) relative to the ideal time.)"]
+    out += ["", "(interleaved: (p-1)/(v m + p - 1) of the step, which is (p-1)/(v m) relative to the ideal time; "
+            "zero bubble, the backward split into B 1 and W 1: (p-1)(t_F + t_B - t_W) = p - 1 idle of 3 m + p - 1.)"]
     return "\n".join(out)
 
 
@@ -359,7 +361,8 @@ one A100 node; `exact=True` simulates every one of the 2(n-1) steps as SimPy flo
 
 ## Pipeline bubble against its closed form
 
-Equal stages (forward 1, backward 2, split over v chunks when interleaved), free communication.
+Equal stages (forward 1, backward 2, split over v chunks when interleaved; zero bubble's B and W 1 each), free
+communication.
 
 {bubble}
 

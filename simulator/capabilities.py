@@ -21,7 +21,7 @@ Columns: the config fields that choose an engine, and what that engine must hono
     policy          load_balance.policy         none | dynamic_batch | backup_workers | balanced_stages
     precision       training.precision          fp32 | fp16 | bf16
     tie_embeddings  model.tie_embeddings        False | True
-    schedule        parallel.schedule           gpipe | 1f1b | interleaved_1f1b (read only when pp > 1)
+    schedule        parallel.schedule           gpipe | 1f1b | interleaved_1f1b | zero_bubble (read only when pp > 1)
 
 A cell holds one value, a tuple of values, or ANY. Rows are tried top to bottom; the first that matches
 names the engine. Adding a combination to the runtime is a one-line change here (widen a cell or add a
@@ -77,6 +77,7 @@ PP_POLICIES = ("none", "balanced_stages")
 BALANCED = ("dynamic_batch", "backup_workers")
 ZERO_ALL_REDUCE = (0, 1)     # the course's ZeRO-0/1 all-reduce: every compression is a hook on it
 ZERO_SHARDED = (2, 3)        # ZeRO-2/3 reduce-scatter: only a cast compresses a reduce-scatter
+NOT_ZB = ("gpipe", "1f1b", "interleaved_1f1b")   # torch's zero bubble beside DTensor / a dp mesh: not tested here
 
 TABLE = (
     # engine                 strategy            sync         dp tp pp implementation zero_stage        compression policy        precision tie_embeddings
@@ -101,7 +102,7 @@ TABLE = (
     # compressor), or FSDP2 on the (dp, tp) mesh (torchtitan's 2-D layout; not under a pipeline)
     Row("parallel_3d",       "collective",       "bsp",       ANY, N, 1, "torch",  0,                ANY,        "none",       NO_FP16,  False),
     Row("parallel_3d",       "collective",       "bsp",       ANY, N, 1, "torch",  (2, 3),           "none",     "none",       NO_FP16,  False),
-    Row("parallel_3d",       "collective",       "bsp",       ANY, ANY, N, "torch", 0,               ANY,        PP_POLICIES,  NO_FP16,  False),
+    Row("parallel_3d",       "collective",       "bsp",       ANY, ANY, N, "torch", 0,               ANY,        PP_POLICIES,  NO_FP16,  False, NOT_ZB),
     Row("parameter_server",  "parameter_server", PS_SYNCS,    ANY, 1, 1, "course", 0,                "none",     "none",       NO_FP16,  ANY),
 )
 

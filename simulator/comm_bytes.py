@@ -274,7 +274,7 @@ def _model_parallel(cfg, rank: int, out: dict) -> dict:
             if _kind == "F":
                 out["recv"] += msg if k > 0 else 0
                 out["send"] += msg if k < n_virtual - 1 else 0
-            else:
+            elif _kind == "B":                                        # (zero bubble's W sends nothing)
                 out["recv"] += msg if k < n_virtual - 1 else 0
                 out["send"] += msg if k > 0 else 0
         out["all_reduce"] += FP64                                     # the last stage's loss

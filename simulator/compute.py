@@ -126,6 +126,20 @@ class BlockTimes:
     recompute: float
     forward_flops: float
     recompute_flops: float
+    weight_grad: float = 0.0    # the part of `backward` that is the weight matmuls' wgrad products (zero
+                                # bubble runs it as its own task, W)
+
+
+def weight_grad_time(ops, hw: Hardware, precision: str) -> float:
+    """Seconds of the wgrad products of the forward `ops`' weight matmuls (not the attention core's): each
+    dW = dY^T X, a (k x m) @ (m x n) product with the forward's FLOPs, priced as `matmul_time` prices it
+    inside the backward (the rest of the backward is the input gradient)."""
+    out = 0.0
+    for op in ops:
+        if op.kind == "matmul" and not op.core:
+            wgrad = op if op.shape is None else op._replace(shape=(op.shape[0], op.shape[2], op.shape[1], op.shape[3]))
+            out += matmul_time(wgrad, hw, precision) * hw.compute_slowdown
+    return out
 
 
 def block_times(model, seq_len: int, micro_batch: int, tp: int, sequence_parallel: bool, precision: str,
@@ -143,13 +157,18 @@ def block_times(model, seq_len: int, micro_batch: int, tp: int, sequence_paralle
         re, re_flops = ops_time(again, hw, precision), sum(o.flops for o in again)
     else:
         re, re_flops = 0.0, 0.0
-    return BlockTimes(fwd, bwd, re, fwd_flops, re_flops)
+    return BlockTimes(fwd, bwd, re, fwd_flops, re_flops, weight_grad_time(ops, hw, precision))
 
 
 def head_times(model, seq_len: int, micro_batch: int, tp: int, precision: str, hw: Hardware) -> tuple:
     """(forward, backward) seconds of the final norm, output head and loss on the last stage."""
     ops = head_ops(model, seq_len, micro_batch, tp, precision)
     return ops_time(ops, hw, precision), ops_time([backward_op(o) for o in ops], hw, precision)
+
+
+def head_weight_grad(model, seq_len: int, micro_batch: int, tp: int, precision: str, hw: Hardware) -> float:
+    """Seconds of the output head's weight gradient (part of head_times' backward)."""
+    return weight_grad_time(head_ops(model, seq_len, micro_batch, tp, precision), hw, precision)
 
 
 def embedding_times(model, seq_len: int, micro_batch: int, tp: int, precision: str, hw: Hardware) -> tuple:

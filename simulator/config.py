@@ -319,6 +319,9 @@ def resolve(cfg: Config, runtime: bool = True) -> Config:
         raise ConfigError(f"parallel.vpp: {p.vpp} does not divide the {m.n_layers // p.pp if m.n_layers % p.pp == 0 else m.n_layers / p.pp:g} "
                           f"layers per stage (n_layers {m.n_layers}, pp {p.pp}); or set parallel.first_stage_layers / "
                           f"last_stage_layers for uneven chunks")
+    if p.vpp > 1 and p.schedule == "zero_bubble":
+        raise ConfigError(f"parallel.vpp: {p.vpp}: zero_bubble runs one chunk per rank (ZB-H1); the interleaved "
+                          "zero-bubble schedule cannot pair its sends as NCCL needs in the course's engine")
     if p.vpp > 1 and p.schedule != "interleaved_1f1b":
         raise ConfigError(f"parallel.vpp: {p.vpp} needs parallel.schedule interleaved_1f1b, not {p.schedule}")
     per_step = p.dp * p.micro_batch_size
@@ -326,7 +329,7 @@ def resolve(cfg: Config, runtime: bool = True) -> Config:
         raise ConfigError(f"parallel.global_batch_size: {p.global_batch_size} is not divisible by "
                           f"dp x micro_batch_size = {p.dp} x {p.micro_batch_size}")
     n_micro = p.global_batch_size // per_step
-    if p.schedule in ("1f1b", "interleaved_1f1b") and p.pp > 1 and n_micro < p.pp:
+    if p.schedule in ("1f1b", "interleaved_1f1b", "zero_bubble") and p.pp > 1 and n_micro < p.pp:
         raise ConfigError(f"parallel.global_batch_size: {p.schedule} needs at least pp = {p.pp} micro-batches "
                           f"per pipeline, got {n_micro} (global_batch_size / (dp x micro_batch_size)); "
                           f"use more, or schedule gpipe")

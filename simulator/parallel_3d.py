@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from simulator import spec
 from simulator.collectives import CommModel
-from simulator.compute import block_times, embedding_times, head_times, optimizer_time
+from simulator.compute import block_times, embedding_times, head_times, head_weight_grad, optimizer_time
 from simulator.data_parallel import (
     bucket_sizes,
     buckets_ready,
@@ -87,6 +87,7 @@ class StageCost:
     recompute: float = 0.0
     comm: float = 0.0       # tensor-parallel collectives (exposed)
     gather: float = 0.0     # ZeRO-3 / FSDP weight gathers left exposed (`exposed_gathers`, alone)
+    weight_grad: float = 0.0  # of a backward's compute, the weight gradient (zero bubble's W task)
 
     @property
     def total(self) -> float:
@@ -137,7 +138,8 @@ def stage_costs(cfg, hw, comm: CommModel, layout: Layout, layers: list, system: 
         f = StageCost(n_blocks * blk.forward, 0.0, n_blocks * tpc.block_forward,
                       gathers(n_blocks, blk.forward, ("forward", "forward_backward")))
         g = StageCost(n_blocks * blk.backward, n_blocks * blk.recompute, n_blocks * (tpc.block_backward + re_comm),
-                      gathers(n_blocks, blk.backward + blk.recompute, ("forward_backward",)))
+                      gathers(n_blocks, blk.backward + blk.recompute, ("forward_backward",)),
+                      n_blocks * blk.weight_grad)
         if k == 0:
             f.compute += emb_f
             f.comm += tpc.embedding_forward
@@ -146,6 +148,7 @@ def stage_costs(cfg, hw, comm: CommModel, layout: Layout, layers: list, system: 
             f.compute += head_f
             f.comm += tpc.head_forward
             g.compute += head_b
+            g.weight_grad += head_weight_grad(m, s, b, p.tp, prec, hw)
             g.comm += tpc.head_backward
         fwd.append(f)
         bwd.append(g)
@@ -257,6 +260,8 @@ def step_lower_bound(cfg, hw, comm: CommModel, system: str | None = None) -> flo
     # rank r waits for micro-batch 0's forward through the r stages before it, and after its last backward
     # the r stages before it each run one more backward: at least r (F + B) of the lightest virtual stage
     hop = min(f.total for f in fwd) + min(b.total for b in bwd)
+    if p.schedule == "zero_bubble":     # its W fills the tail: only the wait for the first forward is certain
+        hop = min(f.total for f in fwd)
     makespan = max(cfg.grad_accum_steps * work + r * hop for r, work in enumerate(per_rank))
     # the rank that ends the pipeline pays its own tail; the lightest is rank 0, p - 2 (the middle ranks
     # never hold more than the one before) or p - 1
@@ -302,16 +307,16 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
         runs = [simulate_streams(plan, comm, layout, a / layout.tp if layout.pp > 1 else 0.0, extra, slow, record)
                 for slow in slows]
     else:
-        fwd_t, bwd_t = [c.total for c in fwd], [c.total for c in bwd]
+        fwd_t, bwd_t, wgrad_t = [c.total for c in fwd], [c.total for c in bwd], [c.weight_grad for c in bwd]
         sharing = None
         if hw.cores and layout.pp > 1 and all(c.comm == 0 and c.gather == 0 for c in fwd + bwd):
             # on a CPU the stages share the machine's cores: priced alone, stretched by how many compute at once
             # (each stage's dp x tp copies with it); compute_slowdown assumed all of them at once
             copies, full = layout.dp * layout.tp, hw.sharing_slowdown(cfg.cluster.num_gpus)
-            fwd_t, bwd_t = [t / full for t in fwd_t], [t / full for t in bwd_t]
+            fwd_t, bwd_t, wgrad_t = [t / full for t in fwd_t], [t / full for t in bwd_t], [t / full for t in wgrad_t]
             sharing = lambda k: hw.sharing_slowdown(k * copies)  # noqa: E731
         runs = [simulate_pipeline(p.schedule, p.pp, n_micro, p.vpp, fwd_t, bwd_t, send, slow=slow, record=record,
-                                  sharing=sharing)
+                                  sharing=sharing, weight_grad=wgrad_t)
                 for slow in slows]
 
     # data-parallel gradient sync per pipeline rank (unless the streams ran it), then the optimizer

@@ -37,6 +37,9 @@ import simpy
 
 from simulator.schema import ConfigError
 
+TASK_NAMES = {"F": "forward", "B": "backward", "W": "backward_weight"}
+"""A task's span name in traces, simulated and measured."""
+
 
 def interleave_group(p: int, m: int) -> int:
     """Micro-batches per round N of the interleaved schedule: p when p divides m, else m / (m // p).
@@ -50,9 +53,12 @@ def interleave_group(p: int, m: int) -> int:
 
 
 def schedule_order(schedule: str, p: int, m: int, v: int, rank: int) -> list:
-    """The (kind, micro_batch, chunk) tasks rank `rank` runs, in order; kind is 'F' or 'B'."""
+    """The (kind, micro_batch, chunk) tasks rank `rank` runs, in order; kind is 'F' or 'B' (zero bubble:
+    'F', 'B' the input gradient and 'W' the weight gradient)."""
     if schedule == "gpipe":
         return [("F", i, 0) for i in range(m)] + [("B", i, 0) for i in range(m)]
+    if schedule == "zero_bubble":
+        return zero_bubble_order(p, m, v, rank)
     if schedule == "1f1b" or v == 1:
         warm = min(p - rank - 1, m)
         order = [("F", i, 0) for i in range(warm)]
@@ -64,18 +70,56 @@ def schedule_order(schedule: str, p: int, m: int, v: int, rank: int) -> list:
     n = interleave_group(p, m)
     total = m * v
     warm = min((p - rank - 1) * 2 + (v - 1) * n, total)
-
-    def task(kind, k):
-        group, within = divmod(k, n * v)
-        chunk = within // n
-        if kind == "B":
-            chunk = v - 1 - chunk
-        return (kind, group * n + within % n, chunk)
-
-    order = [task("F", k) for k in range(warm)]
+    order = [_interleaved_task("F", k, n, v) for k in range(warm)]
     for i in range(total - warm):
-        order += [task("F", warm + i), task("B", i)]
-    return order + [task("B", k) for k in range(total - warm, total)]
+        order += [_interleaved_task("F", warm + i, n, v), _interleaved_task("B", i, n, v)]
+    return order + [_interleaved_task("B", k, n, v) for k in range(total - warm, total)]
+
+
+def _interleaved_task(kind: str, k: int, n: int, v: int) -> tuple:
+    """The k-th forward (or backward) of a rank running m micro-batches over v chunks in rounds of n."""
+    group, within = divmod(k, n * v)
+    chunk = within // n
+    if kind != "F":
+        chunk = v - 1 - chunk
+    return (kind, group * n + within % n, chunk)
+
+
+def zero_bubble_order(p: int, m: int, v: int, rank: int) -> list:
+    """Zero bubble (Qi et al. 2023, ZB-H1; with v > 1 chunks, torch's ScheduleInterleavedZeroBubble): the
+    backward split into B, the input gradient the previous stage waits for, and W, the weight gradient no
+    one waits for. Rank r runs (p - r - 1) + (v - 1) N warm-up forwards, then F B pairs; it holds back the
+    W of its first r backwards and runs one W (the oldest held) after every later B, and the r held back
+    at the end, where 1F1B's rank r would idle (p = 4, m = 4; each letter one unit of time, 1F1B's
+    backward of two units split into B and W):
+
+        1F1B  r0 F0 F1 F2 F3 .  .  .  .  .  .  B0 B0 .  B1 B1 .  B2 B2 .  B3 B3     21 units
+              r3 .  .  .  F0 B0 B0 F1 B1 B1 F2 B2 B2 F3 B3 B3 .  .  .  .  .  .
+        ZB-H1 r0 F0 F1 F2 F3 .  .  .  B0 W0 B1 W1 B2 W2 B3 W3                       15 units
+              r3 .  .  .  F0 B0 F1 B1 F2 B2 F3 B3 W0 W1 W2 W3
+
+    With equal stages (t_F, t_B, t_W) and free communication the bubble shrinks from 1F1B's
+    (p - 1)(t_F + t_B + t_W) to (p - 1)(t_F + t_B - t_W) (t_W <= t_F + t_B), at 1F1B's peak of p
+    micro-batches in flight (a micro-batch's activations are held until its W). The same order as torch's
+    (tests/simulator/test_pipeline_parallel.py compares them action by action)."""
+    n = interleave_group(p, m) if v > 1 else m
+    total = m * v
+    warm = min(p - rank - 1 + (v - 1) * n, total)
+    order = [_interleaved_task("F", k, n, v) for k in range(warm)]
+    held: list = []
+
+    def backward(i):
+        order.append(_interleaved_task("B", i, n, v))
+        held.append(i)
+        if i >= rank:
+            order.append(_interleaved_task("W", held.pop(0), n, v))
+
+    for i in range(total - warm):
+        order.append(_interleaved_task("F", warm + i, n, v))
+        backward(i)
+    for i in range(total - warm, total):
+        backward(i)
+    return order + [_interleaved_task("W", i, n, v) for i in held]
 
 
 def check_stage_layers(n_layers: int, p) -> None:
@@ -147,10 +191,15 @@ def partition_layers(n_layers: int, p: int, v: int = 1, first_stage_layers: int 
 
 
 def peak_in_flight(order: list, layers_per_chunk) -> float:
-    """Most layers' worth of micro-batch activations a rank holds at once under this order."""
+    """Most layers' worth of micro-batch activations a rank holds at once under this order (a micro-batch's
+    are freed by its backward; under zero bubble by its W, which still needs the layers' inputs)."""
+    free = "W" if any(kind == "W" for kind, _, _ in order) else "B"
     held, peak = 0.0, 0.0
     for kind, _, c in order:
-        held += layers_per_chunk[c] if kind == "F" else -layers_per_chunk[c]
+        if kind == "F":
+            held += layers_per_chunk[c]
+        elif kind == free:
+            held -= layers_per_chunk[c]
         peak = max(peak, held)
     return peak
 
@@ -158,7 +207,7 @@ def peak_in_flight(order: list, layers_per_chunk) -> float:
 @dataclass
 class Task:
     rank: int
-    kind: str       # "F" | "B"
+    kind: str       # "F" | "B" | "W"
     micro_batch: int
     chunk: int
     start: float
@@ -176,8 +225,9 @@ class PipelineRun:
     sends: list = field(default_factory=list)           # (rank, dst, kind, micro_batch, start, end)
     compute_end: list = field(default_factory=list)     # per rank: end of its last task
     busy: list = field(default_factory=list)            # per rank: seconds of F + B
-    last_backward: dict = field(default_factory=dict)   # (rank, chunk) -> (start, end) of its final B
-    backward_spans: dict = field(default_factory=dict)  # (rank, chunk) -> [(start, end)] of every B, in order
+    last_backward: dict = field(default_factory=dict)   # (rank, chunk) -> (start, end) of its final B (zero
+                                                        # bubble: W), after which its gradients are complete
+    backward_spans: dict = field(default_factory=dict)  # (rank, chunk) -> [(start, end)] of every B (W), in order
     events: int = 0
 
     @property
@@ -231,11 +281,29 @@ class SharedCores:
         return ev
 
 
+def task_seconds(schedule: str, kind: str, k: int, forward, backward, weight_grad) -> float:
+    """Seconds of one task of virtual stage k: F its forward; B its whole backward, or, under zero bubble
+    (where W also runs), the backward less the weight gradient W (weight_grad[k]; None: half the backward,
+    as dgrad and wgrad of a matmul are equal products)."""
+    if kind == "F":
+        return forward[k]
+    if schedule != "zero_bubble":
+        return backward[k]
+    w = backward[k] / 2 if weight_grad is None else weight_grad[k]
+    return w if kind == "W" else backward[k] - w
+
+
+def grads_ready(schedule: str) -> str:
+    """The task after which a chunk's weight gradients are complete: W under zero bubble, else B."""
+    return "W" if schedule == "zero_bubble" else "B"
+
+
 def simulate_pipeline(schedule: str, p: int, m: int, v: int, forward, backward, p2p=0.0,
-                      slow=None, record: bool = True, sharing=None) -> PipelineRun:
+                      slow=None, record: bool = True, sharing=None, weight_grad=None) -> PipelineRun:
     """Run one step of a pipeline schedule.
 
     forward[k], backward[k]: seconds of virtual stage k's F and B for one micro-batch (k = chunk * p + rank);
+    weight_grad[k]: the part of backward[k] that is the weight gradient (zero bubble runs it as W);
     p2p: seconds to send one activation or gradient to the next virtual stage (a number, or a list by
     sending virtual stage); slow: {rank: factor} stretches that rank's tasks (a straggler); sharing: on a CPU,
     slowdown(k) of k ranks computing at once (`SharedCores`; forward and backward are then seconds alone).
@@ -270,6 +338,8 @@ def simulate_pipeline(schedule: str, p: int, m: int, v: int, forward, backward, 
         else:
             env.timeout(delay).callbacks.append(lambda _e: ev.succeed())
 
+    ready = grads_ready(schedule)
+
     def rank_process(r):
         factor = slow.get(r, 1.0)
         for kind, mb, c in schedule_order(schedule, p, m, v, r):
@@ -279,7 +349,7 @@ def simulate_pipeline(schedule: str, p: int, m: int, v: int, forward, backward, 
             if kind == "B" and k < n_virtual - 1:
                 yield inbox("B", mb, k)
             start = env.now
-            duration = (forward[k] if kind == "F" else backward[k]) * factor
+            duration = task_seconds(schedule, kind, k, forward, backward, weight_grad) * factor
             yield env.timeout(duration) if cores is None or duration <= 0 else cores.run(duration)
             counter[0] += 1
             run.busy[r] += env.now - start
@@ -289,7 +359,7 @@ def simulate_pipeline(schedule: str, p: int, m: int, v: int, forward, backward, 
                 deliver(r, "F", mb, k, k + 1)
             elif kind == "B" and k > 0:
                 deliver(r, "B", mb, k, k - 1)
-            if kind == "B":
+            if kind == ready:
                 run.last_backward[(r, c)] = (start, env.now)
                 run.backward_spans.setdefault((r, c), []).append((start, env.now))
         run.compute_end[r] = env.now
@@ -304,7 +374,11 @@ def simulate_pipeline(schedule: str, p: int, m: int, v: int, forward, backward, 
 
 
 def bubble_fraction(schedule: str, p: int, m: int, v: int = 1) -> float:
-    """Closed form of the idle share of a step with equal stages and free communication (for tests, docs)."""
+    """Closed form of the idle share of a step with equal stages and free communication (for tests, docs):
+    forward 1, backward 2 over v chunks (zero bubble: B and W 1 each, so its (p - 1)(t_F + t_B - t_W) / v is
+    p - 1 of 3 v m)."""
     if schedule == "interleaved_1f1b":
         return (p - 1) / (v * m + p - 1)
+    if schedule == "zero_bubble":
+        return (p - 1) / (3 * v * m + p - 1)
     return (p - 1) / (m + p - 1)

@@ -4,7 +4,8 @@ Keeps the model, cluster, sequence length, global batch and precision of the con
 
     tp          powers of two up to a node (tensor parallelism wants NVLink), dividing heads and kv heads
     pp          divisors of num_gpus / tp, at most the layers (uneven stages allowed, as Llama 3's 126 / 16)
-    schedule    gpipe, 1f1b, and interleaved_1f1b with vpp in 2, 3, 4, 6, 8 (vpp dividing layers / pp)
+    schedule    gpipe, 1f1b, zero_bubble, and interleaved_1f1b with vpp in 2, 3, 4, 6, 8 (vpp dividing
+                layers / pp)
     zero_stage  0-3, where the capability table (capabilities.py) says the runtime runs it for the layout
     micro_batch 1, 2, 4, 8, 16 sequences
     recompute   none, selective (only without a fused attention kernel), full
@@ -202,7 +203,7 @@ def candidates(cfg) -> list:
                 for ends, layers in stage_splits(m.n_layers, pp):
                     schedules = [("1f1b", 1)]
                     if pp > 1:
-                        schedules = [("gpipe", 1)] + (schedules if n_micro >= pp else [])
+                        schedules = [("gpipe", 1)] + (schedules + [("zero_bubble", 1)] if n_micro >= pp else [])
                         schedules += [("interleaved_1f1b", v) for v in VIRTUAL_STAGES
                                       if layers % (pp * v) == 0 and n_micro % pp == 0]
                     for schedule, vpp in schedules:

@@ -11,10 +11,10 @@ so it works headless).
 
 from __future__ import annotations
 
-from simulator.pipeline_parallel import simulate_pipeline
+from simulator.pipeline_parallel import TASK_NAMES, simulate_pipeline
 from simulator.trace import read_trace
 
-COLORS = {"forward": "#7fb3e6", "backward": "#1f5f99", "optimizer": "#999999"}
+COLORS = {"forward": "#7fb3e6", "backward": "#1f5f99", "backward_weight": "#5b8c5a", "optimizer": "#999999"}
 
 
 def _pyplot():
@@ -58,12 +58,12 @@ def pipeline_gantt(trace, out_path: str | None = None, title: str | None = None,
         mb = (e.get("args") or {}).get("micro_batch")
         if labels and mb is not None and len(tasks) <= 600:
             ax.text(start + dur / 2, row[e["pid"]], str(mb), ha="center", va="center", fontsize=6,
-                    color="white" if e["name"] == "backward" else "black")
+                    color="white" if e["name"] in ("backward", "backward_weight") else "black")
     ax.set_yticks(range(len(ranks)))
     ax.set_yticklabels([f"rank {pid}" for pid in ranks])
     ax.invert_yaxis()
     ax.set_xlabel(f"time ({unit})")
-    ax.set_title(title or "pipeline schedule (light: forward, dark: backward, gaps: bubble)")
+    ax.set_title(title or "pipeline schedule (light: forward, dark: backward, green: weight gradient, gaps: bubble)")
     fig.tight_layout()
     if out_path:
         fig.savefig(out_path, dpi=120)
@@ -100,7 +100,7 @@ def schedule_gantt(schedule: str, p: int, m: int, v: int = 1, forward: float = 1
     backward take `forward` and `backward` time units per stage (split over the v chunks of a rank)."""
     n = p * v
     run = simulate_pipeline(schedule, p, m, v, [forward / v] * n, [backward / v] * n)
-    events = [{"name": "forward" if t.kind == "F" else "backward", "ph": "X", "pid": t.rank, "tid": "compute",
+    events = [{"name": TASK_NAMES[t.kind], "ph": "X", "pid": t.rank, "tid": "compute",
                "ts": t.start * 1e3, "dur": (t.end - t.start) * 1e3, "args": {"micro_batch": t.micro_batch}}
               for t in run.tasks]
     idle = 1 - m * (forward + backward) / run.makespan

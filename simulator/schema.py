@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 GPU_NAMES = ("a100-40gb", "a100-80gb", "h100-sxm", "h200", "cpu")
 ARCHS = ("llama", "gpt")
-SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b")
+SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b", "zero_bubble")
 CHECKPOINTING = ("none", "selective", "selective_op", "full")
 IMPLEMENTATIONS = ("course", "torch")
 STRATEGIES = ("collective", "parameter_server")
@@ -147,7 +147,8 @@ class ParallelConfig:
     vpp: int = 1
     """Virtual stages per pipeline rank (interleaved 1F1B)."""
     schedule: str = "1f1b"
-    """Pipeline schedule: gpipe | 1f1b | interleaved_1f1b."""
+    """Pipeline schedule: gpipe | 1f1b | interleaved_1f1b | zero_bubble (ZB-H1: the backward split into
+    the input gradient and a deferred weight gradient that fills 1F1B's bubble; one chunk per rank)."""
     first_stage_layers: int | None = None
     """Transformer layers on the first pipeline stage (it also holds the embedding); null = an even split.
     The layers the first and last stage do not take are split evenly over the middle stages; with vpp > 1

@@ -4,7 +4,8 @@
 measured curves, not links, and keep `pipeline_parallel.simulate_pipeline` + `data_parallel.gradient_sync`).
 One pipeline of p ranks is simulated (each stands for its dp x tp symmetric copies), each rank with
 
-    compute stream   its schedule's forward and backward tasks (`pipeline_parallel.schedule_order`); a task
+    compute stream   its schedule's forward and backward tasks (`pipeline_parallel.schedule_order`; zero
+                     bubble: B and W, the weight gradient, which waits for nothing and sends nothing); a task
                      whose weights are gathered block by block (ZeRO-3, FSDP) runs block by block, each block
                      waiting for its gather
     reduce stream    gradient buckets (`parallel_3d.grad_buckets`: the runtime's plan at the system's
@@ -33,7 +34,7 @@ from simulator.contention import Activity, LinkShare, Stream
 from simulator.data_parallel import DEEPSPEED
 from simulator.memory import virtual_stage_params
 from simulator.model_compression import weight_bytes_per_param
-from simulator.pipeline_parallel import PipelineRun, Task, schedule_order
+from simulator.pipeline_parallel import PipelineRun, Task, grads_ready, schedule_order
 from simulator.traffic import SymmetricCopies, folded, slowed, traffic
 
 
@@ -72,6 +73,8 @@ class StreamPlan:
     blocking_sends: bool = False    # the sender's compute waits for its send (DeepSpeed's pipeline engine)
     comm_slowdown: float = 1.0      # data-parallel collectives take this many times their alone time, at
                                     # that fraction of the rate (host-bound: data_parallel.ZeroSemantics)
+    weight_grad: list = field(default_factory=list)   # per virtual stage: of the backward's compute, the
+                                                      # weight gradient (zero bubble runs it as W)
 
 
 def simulate_streams(plan: StreamPlan, comm, layout, p2p_bytes: float, p2p_extra: float, slow=None,
@@ -191,12 +194,15 @@ def simulate_streams(plan: StreamPlan, comm, layout, p2p_bytes: float, p2p_extra
         gatherers[r].push(gather_seconds[r], lambda now: ev.succeed())
         return ev
 
+    ready = grads_ready(plan.schedule)
+    split = plan.schedule == "zero_bubble"
+
     def rank_process(r):
         factor = slow.get(r, 1.0)
         for kind, mb, c in schedule_order(plan.schedule, p, m, v, r):
             k = c * p + r
             blocks = plan.layers[k]
-            gathered = blocks > 0 and gather_seconds[r] > 0 and (
+            gathered = kind != "W" and blocks > 0 and gather_seconds[r] > 0 and (
                 plan.gather == "forward_backward" or (kind == "F" and (
                     plan.gather == "forward" or (plan.gather == "first_forward" and mb == 0))))
             # a prefetched first gather is issued while the rank still waits for the task's input
@@ -207,10 +213,13 @@ def simulate_streams(plan: StreamPlan, comm, layout, p2p_bytes: float, p2p_extra
                 yield inbox("B", mb, k)
             start = env.now
             comp, tp = plan.forward[k] if kind == "F" else plan.backward[k]
+            if split:       # zero bubble: B is the backward less its weight gradient, W that alone
+                w = plan.weight_grad[k] if plan.weight_grad else comp / 2
+                comp, tp = (w, 0.0) if kind == "W" else (comp - w, tp) if kind == "B" else (comp, tp)
             work = (comp + tp) * factor
             f_c = comp / (comp + tp) if comp + tp > 0 else 1.0
             buckets = []
-            if kind == "B" and plan.grad_bytes[k] > 0 and plan.overlap and (plan.every_micro_batch or mb == m - 1):
+            if kind == ready and plan.grad_bytes[k] > 0 and plan.overlap and (plan.every_micro_batch or mb == m - 1):
                 push_buckets(r, k, buckets)
                 if len(buckets) > 1 and min(b for _, b in buckets) * len(buckets) >= work:
                     # each bucket takes longer to reduce than the backward to make the next one: the stream is
@@ -246,7 +255,7 @@ def simulate_streams(plan: StreamPlan, comm, layout, p2p_bytes: float, p2p_extra
                 t0 = env.now
                 yield sending
                 run.send_wait[r] += env.now - t0
-            if kind == "B":
+            if kind == ready:
                 run.last_backward[(r, c)] = (start, env.now)
                 run.backward_spans.setdefault((r, c), []).append((start, env.now))
         run.compute_end[r] = env.now
@@ -283,4 +292,5 @@ def stream_plan(cfg, layout, layers: list, fwd: list, bwd: list, sem, psi_virtua
         every_micro_batch=sem.reduce_every_micro_batch,
         grad_kind=sem.grad_collective, gather=sem.gather, prefetch=sem.prefetch,
         gather_bytes=psi_block * weight_bytes_per_param(cfg) if per_block else 0.0,
-        blocking_sends=sem.system in DEEPSPEED, comm_slowdown=sem.comm_slowdown)
+        blocking_sends=sem.system in DEEPSPEED, comm_slowdown=sem.comm_slowdown,
+        weight_grad=[c.weight_grad for c in bwd])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 from simulator import spec
+from simulator.pipeline_parallel import TASK_NAMES
 
 US = 1e6
 
@@ -32,7 +33,7 @@ def trace_events(step, layout, cfg) -> list:
               for r in range(layout.pp)]
     by_rank: dict = {r: [] for r in range(layout.pp)}
     for t in run.tasks:
-        name = "forward" if t.kind == "F" else "backward"
+        name = TASK_NAMES[t.kind]
         events.append(_event(name, pids[t.rank], "compute", t.start, t.end, micro_batch=t.micro_batch,
                              chunk=t.chunk))
         by_rank[t.rank].append((t.start, t.end))

@@ -1,11 +1,14 @@
-"""Pipeline parallel: GPipe, 1F1B, interleaved 1F1B in the course's send/recv engine and in
+"""Pipeline parallel: GPipe, 1F1B, interleaved 1F1B and zero bubble in the course's send/recv engine and in
 torch.distributed.pipelining, against the single-process run (one 2-rank spawn, balanced stages and
-activation checkpointing included); the traced schedule; bad layouts."""
+activation checkpointing included; zero bubble also against 1F1B, torch's against the course's, and under
+tp 2 / dp 2 in one 4-rank spawn); the traced schedules; bad layouts. Spawned ranks run in strict mode
+(NCCL's rules on gloo: tests/conftest.py sets LLAMA_COURSE_STRICT=1)."""
 
 import os
 import sys
 
 import pytest
+import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -17,6 +20,7 @@ from simulator.config import ConfigError  # noqa: E402
 from simulator.pipeline_parallel import schedule_order  # noqa: E402
 
 PP = {"parallel.pp": 2, "cluster.num_gpus": 2}
+ZB = {**PP, "parallel.schedule": "zero_bubble"}
 CASES = [
     {**PP, "parallel.schedule": "gpipe"},
     {**PP, "parallel.schedule": "1f1b", "parallel.activation_checkpointing": "full"},
@@ -25,13 +29,34 @@ CASES = [
     {**PP, "parallel.schedule": "gpipe", "parallel.implementation": "torch"},
     {**PP, "parallel.schedule": "1f1b", "parallel.implementation": "torch"},
     {**PP, "parallel.schedule": "interleaved_1f1b", "parallel.vpp": 2, "parallel.implementation": "torch"},
+    {**PP, "parallel.schedule": "1f1b"},
+    ZB,
+    {**ZB, "parallel.activation_checkpointing": "full"},
+    {**ZB, "parallel.activation_checkpointing": "selective_op"},
+    {**ZB, "parallel.implementation": "torch"},
 ]
-TRACED = {**PP, "parallel.schedule": "1f1b"}
+# bf16 autocast: zero bubble against 1F1B (the same products in the same dtype, so the same rounding)
+BF16 = [{**PP, "parallel.schedule": s, "training.precision": "bf16"} for s in ("1f1b", "zero_bubble")]
+TRACED = [{**PP, "parallel.schedule": "1f1b"}, ZB]
+
+
+def case(overrides: dict) -> int:
+    return (CASES + BF16).index(overrides)
 
 
 @pytest.fixture(scope="module")
 def results():
-    return spawn(workers.pipelines, 2, CASES, TRACED, timeout=240)[0]
+    return spawn(workers.pipelines, 2, CASES + BF16, TRACED, timeout=300)[0]
+
+
+def assert_same_run(got: dict, want: dict, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """Two layouts' runs on the same data: losses, step-1 gradients and the weights after the last step."""
+    assert got["losses"] == pytest.approx(want["losses"], rel=rtol)
+    assert got["val_loss"] == pytest.approx(want["val_loss"], rel=rtol)
+    for key in ("grads", "weights"):
+        assert set(got[key]) == set(want[key])
+        for name, tensor in want[key].items():
+            torch.testing.assert_close(got[key][name], tensor, rtol=rtol, atol=atol, msg=f"{key} {name}")
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[str(c) for c in CASES])
@@ -41,21 +66,69 @@ def test_schedule_matches_single_process(results, index):
     assert_matches_single_process(results["layouts"][index])
 
 
-def test_trace_shows_the_1f1b_order_and_its_bubble(results):
-    """Each rank's compute spans run in schedule_order's order; idle time is recorded as bubble spans."""
-    for rank, events in enumerate(results["trace"]):
-        compute = sorted((e for e in events if e["tid"] == "compute" and e["name"] in ("forward", "backward")),
-                         key=lambda e: e["ts"])
-        order = [("F" if e["name"] == "forward" else "B", e["args"]["micro_batch"], e["args"]["chunk"])
-                 for e in compute]
-        assert order == schedule_order("1f1b", 2, 4, 1, rank)
+@pytest.mark.parametrize("zero_bubble, one_f_one_b", [
+    (ZB, {**PP, "parallel.schedule": "1f1b"}),
+    ({**ZB, "parallel.activation_checkpointing": "full"}, CASES[1]),
+    (BF16[1], BF16[0]),
+], ids=["fp32", "full-recompute", "bf16"])
+def test_zero_bubble_matches_1f1b(results, zero_bubble, one_f_one_b):
+    """Deferring the weight gradients changes when they are computed, not what: zero bubble's losses,
+    gradients and weights equal 1F1B's (fp32 and bf16 autocast) to rtol 1e-5, atol 1e-6."""
+    got, want = results["layouts"][case(zero_bubble)], results["layouts"][case(one_f_one_b)]
+    assert got["engine"] == want["engine"] == "pipeline_parallel"
+    assert_same_run(got, want)
+
+
+def test_torch_zero_bubble_matches_the_course(results):
+    """torch's ScheduleInterleavedZeroBubble (one stage per rank) trains as the course's zero bubble does."""
+    got, want = results["layouts"][case({**ZB, "parallel.implementation": "torch"})], results["layouts"][case(ZB)]
+    assert got["engine"] == "torch_pipeline" and got["torch_schedule"] == "ScheduleInterleavedZeroBubble"
+    assert_same_run(got, want)
+
+
+TASK = {"forward": "F", "backward": "B", "backward_weight": "W"}
+
+
+@pytest.mark.parametrize("index", range(len(TRACED)), ids=[t["parallel.schedule"] for t in TRACED])
+def test_trace_shows_the_schedule_order_and_its_bubble(results, index):
+    """Each rank's compute spans run in schedule_order's order (zero bubble: F, B and W as forward, backward
+    and backward_weight); idle time is recorded as bubble spans."""
+    schedule = TRACED[index]["parallel.schedule"]
+    trace = results["traces"][index]
+    for rank, events in enumerate(trace):
+        compute = sorted((e for e in events if e["tid"] == "compute" and e["name"] in TASK), key=lambda e: e["ts"])
+        order = [(TASK[e["name"]], e["args"]["micro_batch"], e["args"]["chunk"]) for e in compute]
+        assert order == schedule_order(schedule, 2, 4, 1, rank)
         names = {e["name"] for e in events}
         assert {"send", "recv", "bubble"} <= names
         bubble = sum(e["dur"] for e in events if e["name"] == "bubble")
         assert bubble > 0
+        if schedule == "zero_bubble":         # compute_delay (4 ms, 8 ms) per layer, 2 layers: B and W 8 ms each
+            assert all(e["dur"] >= 8000 for e in compute if e["name"] != "forward")
+            # every W ran the deferred weight gradients of its stage's matmuls: 7 a layer, and the head
+            assert {e["args"]["matmuls"] for e in compute if e["name"] == "backward_weight"} == {2 * 7 + rank}
     # rank 1 (last stage) waits for rank 0's first forward before it can start: its first span is a bubble
-    first = min(results["trace"][1], key=lambda e: e["ts"] if e["tid"] != "comm" else float("inf"))
+    first = min(trace[1], key=lambda e: e["ts"] if e["tid"] != "comm" else float("inf"))
     assert first["name"] == "bubble"
+
+
+ZB4 = {"parallel.pp": 2, "cluster.num_gpus": 4, "parallel.schedule": "zero_bubble"}
+CASES_4 = [{**ZB4, "parallel.tp": 2},
+           {**ZB4, "parallel.tp": 2, "model.arch": "gpt", "parallel.sequence_parallel": True},
+           {**ZB4, "parallel.dp": 2, "parallel.zero_stage": 1}]
+
+
+@pytest.fixture(scope="module")
+def results_4():
+    return spawn(workers.layouts, 4, CASES_4, timeout=300)[0]
+
+
+@pytest.mark.parametrize("index", range(len(CASES_4)), ids=["tp2", "tp2-gpt-sp", "dp2-zero1"])
+def test_zero_bubble_under_tensor_and_data_parallelism_matches_single_process(results_4, index):
+    """Course tensor parallelism defers its column / row shards' weight gradients (biases included); the dp
+    sync reduces them after the schedule, when every W has run."""
+    assert results_4[index]["engine"] == "parallel_3d"
+    assert_matches_single_process(results_4[index])
 
 
 @pytest.mark.parametrize("overrides, message", [

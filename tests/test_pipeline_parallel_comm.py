@@ -54,19 +54,22 @@ def test_pairing_one_message_per_batch_fails_interleaved_too():
 
 
 @settings(max_examples=150, deadline=None)
-@given(schedule=st.sampled_from(["gpipe", "1f1b", "interleaved_1f1b"]), p=st.integers(2, 8),
+@given(schedule=st.sampled_from(["gpipe", "1f1b", "interleaved_1f1b", "zero_bubble"]), p=st.integers(2, 8),
        m=st.integers(1, 24), v=st.integers(2, 4))
 def test_every_schedule_completes_under_nccl_rules(schedule, p, m, v):
-    """Paired plans of GPipe, 1F1B and interleaved 1F1B (m a multiple of p) complete, messages matched in order."""
+    """Paired plans of GPipe, 1F1B, zero bubble (m >= p) and interleaved 1F1B (m a multiple of p) complete,
+    messages matched in order."""
     if schedule == "interleaved_1f1b":
         m = p * (1 + m % 4)
     else:
         v = 1
+    if schedule == "zero_bubble":
+        m = max(m, p)
     assert rendezvous_check([schedule_plan(schedule, p, m, v, r) for r in range(p)]) is None
 
 
 @settings(max_examples=60, deadline=None)
-@given(schedule=st.sampled_from(["gpipe", "1f1b", "interleaved_1f1b"]), p=st.integers(2, 6),
+@given(schedule=st.sampled_from(["gpipe", "1f1b", "interleaved_1f1b", "zero_bubble"]), p=st.integers(2, 6),
        rounds=st.integers(1, 3))
 def test_plan_sends_each_message_once_after_it_is_computed(schedule, p, rounds):
     """Every task's output leaves in exactly one batch, never before the task ran; every input arrives in

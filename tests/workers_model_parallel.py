@@ -106,8 +106,10 @@ def run_layout(overrides: dict, steps: int = 2) -> dict | None:
     dist.all_gather_object(all_losses, (*losses, val))
     if ctx.rank != 0:
         return None
+    torch_schedule = getattr(engine.schedule, "_schedule", None)      # implementation torch's pipeline schedule
     return {"engine": engine.name, "losses": losses, "rank_losses": all_losses, "grad_norm": norm,
-            "grads": grads, "val_loss": val, "weights": weights, "reference": reference(cfg, steps)}
+            "grads": grads, "val_loss": val, "weights": weights, "reference": reference(cfg, steps),
+            "torch_schedule": type(torch_schedule).__name__ if torch_schedule is not None else None}
 
 
 def layouts(rank: int, world: int, cases: list) -> list:
@@ -144,6 +146,7 @@ def pipeline_trace(overrides: dict, compute_delay: tuple = (0.0, 0.0)) -> list:
     return events
 
 
-def pipelines(rank: int, world: int, cases: list, traced: dict) -> dict:
-    """Layouts, then one traced 1F1B step (the pipeline test's single spawn)."""
-    return {"layouts": layouts(rank, world, cases), "trace": pipeline_trace(traced, (0.004, 0.008))}
+def pipelines(rank: int, world: int, cases: list, traced: list) -> dict:
+    """Layouts, then one traced step of each layout in `traced` (the pipeline test's single spawn)."""
+    return {"layouts": layouts(rank, world, cases),
+            "traces": [pipeline_trace(overrides, (0.004, 0.008)) for overrides in traced]}

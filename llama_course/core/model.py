@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llama_course.core import weight_grad
 from llama_course.core.quantization import empty_quantized
 from simulator.config import ModelConfig
 
@@ -54,6 +55,14 @@ class RMSNorm(nn.Module):
         x32 = x.float()
         y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * y.to(x.dtype)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and names) whose matmul goes through weight_grad.linear: F.linear, or,
+    under a zero-bubble pipeline step, the backward that defers its weight gradient (core/weight_grad.py)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return weight_grad.linear(x, self.weight, self.bias)
 
 
 def _compute_rope(seq_len: int, head_dim: int, theta: float, device) -> tuple:
@@ -106,10 +115,10 @@ class Attention(nn.Module):
         self.theta = cfg.rope_theta
         bias = cfg.arch == "gpt"
         hd = self.head_dim
-        self.wq = nn.Linear(cfg.dim, self.n_heads * hd, bias=bias)
-        self.wk = nn.Linear(cfg.dim, self.n_kv_heads * hd, bias=bias)
-        self.wv = nn.Linear(cfg.dim, self.n_kv_heads * hd, bias=bias)
-        self.wo = nn.Linear(self.n_heads * hd, cfg.dim, bias=bias)
+        self.wq = Linear(cfg.dim, self.n_heads * hd, bias=bias)
+        self.wk = Linear(cfg.dim, self.n_kv_heads * hd, bias=bias)
+        self.wv = Linear(cfg.dim, self.n_kv_heads * hd, bias=bias)
+        self.wo = Linear(self.n_heads * hd, cfg.dim, bias=bias)
         self.cache_k = self.cache_v = None
 
     def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
@@ -147,9 +156,9 @@ class FeedForward(nn.Module):
         f = ffn_dim or cfg.ffn_dim
         self.gated = cfg.arch == "llama"
         bias = cfg.arch == "gpt"
-        self.w1 = nn.Linear(cfg.dim, f, bias=bias)
-        self.w2 = nn.Linear(f, cfg.dim, bias=bias)
-        self.w3 = nn.Linear(cfg.dim, f, bias=False) if self.gated else None
+        self.w1 = Linear(cfg.dim, f, bias=bias)
+        self.w2 = Linear(f, cfg.dim, bias=bias)
+        self.w3 = Linear(cfg.dim, f, bias=False) if self.gated else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
@@ -192,7 +201,7 @@ class Transformer(nn.Module):
         self.pos_embeddings = nn.Embedding(max_seq_len, cfg.dim) if cfg.arch == "gpt" else None
         self.layers = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
         self.norm = make_norm(cfg)
-        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.output = Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.reset_parameters()

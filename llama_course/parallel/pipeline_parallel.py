@@ -16,6 +16,16 @@ activations per stage, 1F1B at most p. Interleaved 1F1B (`vpp` = v chunks per ra
 k = c p + r) cuts the bubble to (p-1)/(v m + p-1) for v times more sends. Communication: e b s h bytes
 per micro-batch and stage boundary, each way (pipeline_parallel_comm.py).
 
+Zero bubble (`schedule: zero_bubble`, ZB-H1, Qi et al. 2023; one chunk per rank) splits each backward into
+B, the input gradient the previous stage waits for, and W, the weight gradients nobody waits for (the
+linear layers' dW = dy^T x, deferred by core/weight_grad.py), and runs W where 1F1B idles (p = 4, m = 4,
+F 1 unit, 1F1B's backward 2, B and W 1 each: 21 units become 15):
+
+    r0 F0 F1 F2 F3 .  .  .  B0 W0 B1 W1 B2 W2 B3 W3       the bubble (p-1)(t_f + t_b) of 1F1B becomes
+    r1 .  F0 F1 F2 .  .  B0 F3 B1 W0 B2 W1 B3 W2 W3       (p-1)(t_f + t_B - t_W), t_B + t_W = t_b;
+    r2 .  .  F0 F1 .  B0 F2 B1 F3 B2 W0 B3 W1 W2 W3       activations live until W: still at most
+    r3 .  .  .  F0 B0 F1 B1 F2 B2 F3 B3 W0 W1 W2 W3       p micro-batches in flight
+
 In the engine (engine.py) the cut is a model transform (`PipelineSplit`, after tensor parallelism and
 activation checkpointing have changed the blocks) and the order of work a schedule (`PipelineSchedule`,
 or `TorchPipelineSchedule` on torch.distributed.pipelining); the data-parallel gradient sync (ZeRO-1/2
@@ -34,20 +44,29 @@ activations), paid for with the bubble; choose m >= 4 p or interleave.
     llama-course train configs/tiny.yaml --set parallel.pp=2 cluster.num_gpus=2 --trace runs/pp2.json
     llama-course train configs/tiny.yaml --set parallel.pp=2 parallel.vpp=2 parallel.schedule=interleaved_1f1b
     llama-course train configs/tiny.yaml --set parallel.pp=2 parallel.implementation=torch
+    llama-course train configs/tiny.yaml --set parallel.pp=2 parallel.schedule=zero_bubble
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+from torch.distributed.pipelining import (
+    PipelineStage,
+    Schedule1F1B,
+    ScheduleGPipe,
+    ScheduleInterleaved1F1B,
+    ScheduleInterleavedZeroBubble,
+)
 
 from llama_course.core.engine_protocol import ModelTransform, Schedule
 from llama_course.core.model import cross_entropy
+from llama_course.core.weight_grad import WeightGradStore
 from llama_course.parallel.balanced_stages import (  # noqa: F401  (re-exported: the stage partition is part of the concept)
     balance_report,
     naive_partition,
@@ -183,8 +202,9 @@ class PipelineSchedule(Schedule):
             s //= self.ctx.tp
         return (b, s, self.cfg.model.dim)
 
-    def delay(self, chunk: StageModule, backward: bool) -> None:
-        per_layer = self.compute_delay[1 if backward else 0]
+    def delay(self, chunk: StageModule, backward: bool, share: float = 1.0) -> None:
+        """Sleep compute_delay per layer (share: zero bubble's B and W each take half the backward's)."""
+        per_layer = self.compute_delay[1 if backward else 0] * share
         if per_layer:
             time.sleep(per_layer * len(chunk.layers))
 
@@ -202,39 +222,51 @@ class PipelineSchedule(Schedule):
         step_start = time.perf_counter()
         n_events = len(tracer.events)
         plan = self.comm_plan(m)                      # sends paired with receives (NCCL's rule)
-        for t, (kind, i, c) in enumerate(schedule_order(self.name, p, m, v, r)):
-            k = c * p + r
-            x, y = micro_batches[i]
-            self.comm.exchange(plan[t], shape, dtype)
-            if kind == "F":
-                if k > 0:
-                    x = self.comm.take(("F", i, k)).requires_grad_()
-                    inputs[(i, c)] = x
-                start = time.perf_counter()
-                with tracer.span("forward", "compute", micro_batch=i, chunk=c):
-                    with engine.precision.autocast():
-                        out = chunks[c](x)
-                    if k == last_stage:
-                        loss = chunks[c].loss(out, y)
-                        total += weights[i] * loss.detach().double()
-                        out = engine.precision.scale(loss * weights[i])
-                    else:
-                        out = out.to(dtype)            # stages exchange activations in the weights' dtype
-                    self.delay(chunks[c], False)
-                engine.plan.stretch(engine, time.perf_counter() - start)
-                if k < last_stage:
-                    self.comm.queue_send(("F", i, k + 1), out, dtype)
-                outputs[(i, c)] = out
-            else:
-                out = outputs.pop((i, c))
-                grad = None if k == last_stage else self.comm.take(("B", i, k))
-                start = time.perf_counter()
-                with tracer.span("backward", "compute", micro_batch=i, chunk=c):
-                    torch.autograd.backward(out, grad)
-                    self.delay(chunks[c], True)
-                engine.plan.stretch(engine, time.perf_counter() - start)
-                if k > 0:
-                    self.comm.queue_send(("B", i, k - 1), inputs.pop((i, c)).grad, dtype)
+        split = self.name == "zero_bubble"            # B: input gradients; W: the weight gradients B stored
+        store = WeightGradStore()
+        with store.active() if split else nullcontext():
+            for t, (kind, i, c) in enumerate(schedule_order(self.name, p, m, v, r)):
+                k = c * p + r
+                x, y = micro_batches[i]
+                self.comm.exchange(plan[t], shape, dtype)
+                if kind == "F":
+                    if k > 0:
+                        x = self.comm.take(("F", i, k)).requires_grad_()
+                        inputs[(i, c)] = x
+                    start = time.perf_counter()
+                    with tracer.span("forward", "compute", micro_batch=i, chunk=c):
+                        with engine.precision.autocast():
+                            out = chunks[c](x)
+                        if k == last_stage:
+                            loss = chunks[c].loss(out, y)
+                            total += weights[i] * loss.detach().double()
+                            out = engine.precision.scale(loss * weights[i])
+                        else:
+                            out = out.to(dtype)            # stages exchange activations in the weights' dtype
+                        self.delay(chunks[c], False)
+                    engine.plan.stretch(engine, time.perf_counter() - start)
+                    if k < last_stage:
+                        self.comm.queue_send(("F", i, k + 1), out, dtype)
+                    outputs[(i, c)] = out
+                elif kind == "W":                             # zero bubble: the weight gradients B stored
+                    start = time.perf_counter()
+                    matmuls = len(store.pending.get((i, c), ()))
+                    with tracer.span("backward_weight", "compute", micro_batch=i, chunk=c, matmuls=matmuls):
+                        store.flush((i, c))
+                        self.delay(chunks[c], True, 0.5)
+                    engine.plan.stretch(engine, time.perf_counter() - start)
+                else:
+                    out = outputs.pop((i, c))
+                    grad = None if k == last_stage else self.comm.take(("B", i, k))
+                    start = time.perf_counter()
+                    with tracer.span("backward", "compute", micro_batch=i, chunk=c):
+                        with store.deferring((i, c)) if split else nullcontext():   # zero bubble: dx only
+                            torch.autograd.backward(out, grad)
+                        self.delay(chunks[c], True, 0.5 if split else 1.0)
+                    engine.plan.stretch(engine, time.perf_counter() - start)
+                    if k > 0:
+                        self.comm.queue_send(("B", i, k - 1), inputs.pop((i, c)).grad, dtype)
+        store.check_empty()                           # a B whose W never ran raises, naming it
         self.comm.exchange(plan[-1], shape, dtype)
         self.record_bubbles(tracer, step_start, n_events)
         if p > 1:
@@ -297,8 +329,9 @@ class PipelineSchedule(Schedule):
 
 class TorchPipelineSchedule(PipelineSchedule):
     """implementation: torch. Manual `PipelineStage`s of the same StageModules, and torch's
-    ScheduleGPipe / Schedule1F1B / ScheduleInterleaved1F1B (which divide gradients by m themselves, so
-    every micro-batch weighs 1/m: load-balanced weights are refused by engine.py)."""
+    ScheduleGPipe / Schedule1F1B / ScheduleInterleaved1F1B / ScheduleInterleavedZeroBubble (which divide
+    gradients by m themselves, so every micro-batch weighs 1/m: load-balanced weights are refused by
+    engine.py)."""
 
     def attach(self, engine) -> None:
         super().attach(engine)
@@ -312,6 +345,8 @@ class TorchPipelineSchedule(PipelineSchedule):
         loss_fn = lambda logits, y: precision.scale(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()))  # noqa: E731
         if self.name == "interleaved_1f1b" and v > 1:
             return ScheduleInterleaved1F1B(stages, m, loss_fn=loss_fn)
+        if self.name == "zero_bubble":               # one stage per rank: ZB-H1, schedule_order's order
+            return ScheduleInterleavedZeroBubble(stages, m, loss_fn=loss_fn)
         cls = ScheduleGPipe if self.name == "gpipe" else Schedule1F1B
         return cls(stages[0], m, loss_fn=loss_fn)
 

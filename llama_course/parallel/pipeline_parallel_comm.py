@@ -45,6 +45,8 @@ def task_messages(kind: str, micro_batch: int, chunk: int, p: int, v: int, rank:
     """(receive before, send after) of one task as ('recv'|'send', peer pp rank, label) or None;
     label = (kind of the message, micro-batch, receiving virtual stage)."""
     k, last = chunk * p + rank, p * v - 1
+    if kind == "W":                             # zero bubble's weight gradient: nobody waits for it
+        return None, None
     if kind == "F":
         recv = ("recv", (k - 1) % p, ("F", micro_batch, k)) if k > 0 else None
         send = ("send", (k + 1) % p, ("F", micro_batch, k + 1)) if k < last else None

@@ -56,9 +56,10 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
+from llama_course.core import weight_grad
 from llama_course.core.distributed import device_mesh
 from llama_course.core.engine_protocol import ModelTransform
-from llama_course.core.model import Transformer
+from llama_course.core.model import Linear, Transformer
 from llama_course.parallel.tensor_parallel_comm import (
     all_reduce_gradients,
     enter_region,
@@ -76,11 +77,12 @@ shard_dim = spec.shard_dim
 """Which dim of full parameter `name` is split over tp (None: replicated): simulator/spec.py, shared with
 the simulator's parameter and byte counts."""
 
-class ColumnParallelLinear(nn.Linear):
+class ColumnParallelLinear(Linear):
     """Y_r = X A_r: the rows of nn.Linear's weight (output features) [r out/t, (r+1) out/t).
 
     The input must already be in the parallel region (f or the sequence all-gather applied once by the
-    block, so q, k and v share one all-reduce in backward).
+    block, so q, k and v share one all-reduce in backward). A model.Linear: its matmul goes through
+    weight_grad.linear, so zero bubble defers its weight gradient.
     """
 
     @classmethod
@@ -110,7 +112,7 @@ class RowParallelLinear(nn.Module):
             self.bias.sequence_parallel = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = exit_region(F.linear(x, self.weight), self.group, self.sequence_parallel)
+        y = exit_region(weight_grad.linear(x, self.weight), self.group, self.sequence_parallel)
         return y + self.bias if self.bias is not None else y
 
 

@@ -1,10 +1,16 @@
 import pytest
 
-from simulator.compute import TILE_K_OVERHEAD, gemm_efficiency, op_time
+from simulator.compute import TILE_K_OVERHEAD, block_times, gemm_efficiency, op_time
 from simulator.config import load_config
 from simulator.hardware import MATMUL_EFFICIENCY, gpu_preset
 from simulator.simulate import simulate
-from simulator.workload import backward_op, causal_fraction, forward_flops_per_token, layer_ops
+from simulator.workload import (
+    backward_op,
+    causal_fraction,
+    forward_flops_per_token,
+    layer_matmul_params,
+    layer_ops,
+)
 
 
 def _model(preset):
@@ -85,3 +91,18 @@ def test_megatron_91b_is_fastest_at_micro_batch_2():
 
     t = {mb: tflops(mb) for mb in (1, 2, 4)}
     assert max(t, key=t.get) == 2, t
+
+
+def test_weight_gradient_is_the_wgrad_product_of_each_weight_matmul():
+    """Zero bubble's W: of a block's backward, the weight matmuls' dW = dY^T X products, 2 FLOPs per weight
+    and token (2 x layer_matmul_params x tokens) at the matmul rate (large 7B GEMMs: their shape keeps over
+    90% of it); the input gradients, the attention core's backward and the element-wise ops stay in B."""
+    m, hw = _model("llama-7b"), gpu_preset("a100-80gb")
+    tokens = 2048
+    blk = block_times(m, tokens, 1, 1, False, "bf16", True, "none", hw)
+    closed = 2.0 * tokens * layer_matmul_params(m) / (hw.peak("bf16") * hw.matmul_efficiency)
+    assert closed <= blk.weight_grad <= closed / 0.9
+    assert 0.3 * blk.backward < blk.weight_grad < 0.5 * blk.backward
+    # with tensor parallelism each rank computes 1/t of them
+    tp8 = block_times(m, tokens, 1, 8, True, "bf16", True, "none", hw)
+    assert tp8.weight_grad == pytest.approx(blk.weight_grad / 8, rel=0.15)

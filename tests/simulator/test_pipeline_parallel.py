@@ -41,19 +41,22 @@ def test_interleaved_bubble_closed_form(p, groups, v):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.sampled_from(["gpipe", "1f1b", "interleaved_1f1b"]), st.integers(1, 6), st.integers(1, 4),
+@given(st.sampled_from(["gpipe", "1f1b", "interleaved_1f1b", "zero_bubble"]), st.integers(1, 6), st.integers(1, 4),
        st.integers(1, 3))
 def test_every_task_runs_once_and_backward_follows_forward(schedule, p, groups, v):
     if schedule != "interleaved_1f1b":
         v = 1
     m = p * groups
+    kinds = "FBW" if schedule == "zero_bubble" else "FB"
     for r in range(p):
         order = schedule_order(schedule, p, m, v, r)
-        assert sorted(order) == sorted([(k, i, c) for k in "FB" for i in range(m) for c in range(v)])
+        assert sorted(order) == sorted([(k, i, c) for k in kinds for i in range(m) for c in range(v)])
         seen = set()
         for kind, i, c in order:
             if kind == "B":
                 assert ("F", i, c) in seen
+            if kind == "W":
+                assert ("B", i, c) in seen
             seen.add((kind, i, c))
 
 
@@ -62,6 +65,50 @@ def test_activations_in_flight():
     assert peak_in_flight(schedule_order("1f1b", p, m, 1, 0), [1]) == p
     assert peak_in_flight(schedule_order("1f1b", p, m, 1, p - 1), [1]) == 1
     assert peak_in_flight(schedule_order("gpipe", p, m, 1, 0), [1]) == m
+    # zero bubble holds a micro-batch until its W: every rank up to p, 1F1B's peak (rank 0's), never more
+    assert [peak_in_flight(schedule_order("zero_bubble", p, m, 1, r), [1]) for r in range(p)] == [p] * p
+
+
+def torch_zero_bubble_order(p: int, m: int, v: int, rank: int) -> list:
+    """The actions torch's ScheduleInterleavedZeroBubble gives `rank` (its own helpers, no processes)."""
+    from torch.distributed.pipelining.schedules import _ComputationType as CT
+    from torch.distributed.pipelining.schedules import _get_1f1b_rank_ops, _get_warmup_ops
+
+    n = m // max(1, m // p)
+    warm = _get_warmup_ops(rank, v, n, p, m, multiply_factor=1)
+    ops = _get_1f1b_rank_ops(v, p, warm, v * m - warm, warm, rank,
+                             lambda step: ((step // n) % v) * p + rank,
+                             lambda step: (v - 1 - ((step - warm) // n) % v) * p + rank,
+                             rank, enable_zero_bubble=True)
+    kind = {CT.FORWARD: "F", CT.BACKWARD_INPUT: "B", CT.BACKWARD_WEIGHT: "W"}
+    return [(kind[a.computation_type], a.microbatch_index, a.stage_index // p) for a in ops if a is not None]
+
+
+@pytest.mark.parametrize("p", [2, 3, 4, 8])
+@pytest.mark.parametrize("v", [1, 2])
+def test_zero_bubble_order_is_torchs(p, v):
+    """schedule_order's zero bubble is torch's ScheduleInterleavedZeroBubble, action by action, on every rank
+    (m = p, a multiple of p and one that is not, in equal rounds)."""
+    for m in (p, 2 * p, 2 * p + 2):
+        for r in range(p):
+            assert schedule_order("zero_bubble", p, m, v, r) == torch_zero_bubble_order(p, m, v, r)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 8), st.integers(1, 24), st.integers(1, 3), st.floats(0.2, 2.0), st.floats(0.2, 1.0))
+def test_zero_bubble_closed_form(p, extra, v, tf, ratio):
+    """With equal stages (F t_f, B t_b, W t_b: the backward's two halves, t_w <= t_f, the paper's regime) and
+    free communication, zero bubble idles (p - 1)(t_f + t_b - t_w) / v per rank instead of 1F1B's
+    (p - 1)(t_f + 2 t_b), with v chunks."""
+    tb = tf * ratio
+    m = p + extra
+    if v > 1:
+        m -= m % max(1, m // p)
+    run = simulate_pipeline("zero_bubble", p, m, v, [tf / v] * (p * v), [2 * tb / v] * (p * v))
+    work = m * (tf + 2 * tb)
+    assert run.makespan == pytest.approx(work + (p - 1) * tf / v)
+    equal = simulate_pipeline("zero_bubble", p, m, v, [1 / v] * (p * v), [2 / v] * (p * v))
+    assert 1 - 3 * m / equal.makespan == pytest.approx(bubble_fraction("zero_bubble", p, m, v))
 
 
 def test_p16_m64_is_simulated_event_by_event():

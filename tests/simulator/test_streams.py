@@ -27,7 +27,8 @@ def _step(cfg, contention_on=True, record=False, **hw):
 
 
 @pytest.mark.parametrize("parallel", [{"tp": 8, "pp": 1, "global_batch_size": 64},       # data parallel, buckets
-                                      {"tp": 8, "pp": 8, "global_batch_size": 16}])     # a pipeline, no dp
+                                      {"tp": 8, "pp": 8, "global_batch_size": 16},      # a pipeline, no dp
+                                      {"tp": 8, "pp": 4, "global_batch_size": 16, "schedule": "zero_bubble"}])
 def test_without_anything_overlapping_the_streams_are_the_plain_step(monkeypatch, parallel):
     """No compute slowdown and no two transfers on one link: the streams give exactly the step of
     simulate_pipeline + gradient_sync (each activity keeps its alone time)."""
@@ -129,3 +130,20 @@ def test_fsdp_sharded_reduce_scatters_every_micro_batch_under_a_pipeline():
     once, every = simulate(cfg, system="fsdp2"), simulate(cfg, system="fsdp_sharded")
     assert every["comm_s"]["dp_total"] == pytest.approx(16 * once["comm_s"]["dp_total"], rel=1e-6)
     assert every["memory_per_gpu_bytes"]["grads"] < once["memory_per_gpu_bytes"]["grads"] / 2
+
+
+def test_zero_bubble_fills_the_bubble_with_weight_gradients(monkeypatch):
+    """Zero bubble runs the same compute as 1F1B in less bubble: each W is its stage's weight gradient (what
+    `stage_costs` split off the backward), and a chunk's gradient buckets leave after its last W."""
+    monkeypatch.setattr(contention, "COMM_SM_SHARE", 0.0)
+    one, zb = (_step(_cfg(pp=8, global_batch_size=32, schedule=s), record=True) for s in ("1f1b", "zero_bubble"))
+    assert zb.breakdown["compute"] == pytest.approx(one.breakdown["compute"])
+    assert zb.breakdown["bubble"] < 0.8 * one.breakdown["bubble"]
+    assert zb.step_time < one.step_time
+    ws = [t for t in zb.pipeline.tasks if t.kind == "W"]
+    assert len(ws) == 8 * 32                                    # p ranks x m micro-batches (dp 1, micro-batch 1)
+    for t in ws:
+        assert t.end - t.start == pytest.approx(zb.backward[t.rank].weight_grad)
+        assert 0 < zb.backward[t.rank].weight_grad < zb.backward[t.rank].compute
+    last_w = max(t.end for t in ws if t.rank == 0)
+    assert zb.pipeline.last_backward[(0, 0)][1] == pytest.approx(last_w)
