@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -168,6 +169,26 @@ def full_name(name: str) -> str:
 # the course's schedule: task by task, each task's messages paired in one batch
 # ---------------------------------------------------------------------------------------------
 
+@dataclass
+class _Step:
+    """What one step's tasks share on this rank: the micro-batches, the activations in flight (inputs
+    received, outputs kept for their backward), the loss so far, zero bubble's weight-gradient store."""
+
+    engine: object
+    micro_batches: list
+    weights: list
+    dtype: torch.dtype
+    last_stage: int
+    inputs: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)
+    store: WeightGradStore = field(default_factory=WeightGradStore)
+    total: torch.Tensor = None
+
+    def __post_init__(self):
+        self.split = self.engine.cfg.parallel.schedule == "zero_bubble"
+        self.total = torch.zeros((), dtype=torch.float64, device=self.engine.ctx.device)
+
+
 class PipelineSchedule(Schedule):
     """implementation: course. Runs `schedule_order` task by task on this rank's chunks; before each task
     one batch posts the sends queued by earlier tasks together with this task's receive
@@ -211,67 +232,74 @@ class PipelineSchedule(Schedule):
     def forward_backward(self, engine, micro_batches: list, weights: list) -> float:
         ctx, tracer = self.ctx, engine.tracer
         p, r, v, m = ctx.pp, ctx.pp_rank, self.v, len(micro_batches)
-        last_stage = p * v - 1
-        chunks = engine.base_model.chunks
         micro_batches = [(x.to(ctx.device), y.to(ctx.device)) for x, y in micro_batches]
         shape = self.activation_shape(micro_batches[0][0])
         dtype = next(engine.base_model.parameters()).dtype  # activations and gradients cross in it (fp32)
-        inputs, outputs, total = {}, {}, torch.zeros((), dtype=torch.float64, device=ctx.device)
+        step = _Step(engine, micro_batches, weights, dtype, p * v - 1)
         if tracer.enabled and p > 1:
             dist.barrier(group=ctx.pp_group)
         step_start = time.perf_counter()
         n_events = len(tracer.events)
         plan = self.comm_plan(m)                      # sends paired with receives (NCCL's rule)
-        split = self.name == "zero_bubble"            # B: input gradients; W: the weight gradients B stored
-        store = WeightGradStore()
-        with store.active() if split else nullcontext():
+        with step.store.active() if step.split else nullcontext():
             for t, (kind, i, c) in enumerate(schedule_order(self.name, p, m, v, r)):
-                k = c * p + r
-                x, y = micro_batches[i]
                 self.comm.exchange(plan[t], shape, dtype)
-                if kind == "F":
-                    if k > 0:
-                        x = self.comm.take(("F", i, k)).requires_grad_()
-                        inputs[(i, c)] = x
-                    start = time.perf_counter()
-                    with tracer.span("forward", "compute", micro_batch=i, chunk=c):
-                        with engine.precision.autocast():
-                            out = chunks[c](x)
-                        if k == last_stage:
-                            loss = chunks[c].loss(out, y)
-                            total += weights[i] * loss.detach().double()
-                            out = engine.precision.scale(loss * weights[i])
-                        else:
-                            out = out.to(dtype)            # stages exchange activations in the weights' dtype
-                        self.delay(chunks[c], False)
-                    engine.plan.stretch(engine, time.perf_counter() - start)
-                    if k < last_stage:
-                        self.comm.queue_send(("F", i, k + 1), out, dtype)
-                    outputs[(i, c)] = out
-                elif kind == "W":                             # zero bubble: the weight gradients B stored
-                    start = time.perf_counter()
-                    matmuls = len(store.pending.get((i, c), ()))
-                    with tracer.span("backward_weight", "compute", micro_batch=i, chunk=c, matmuls=matmuls):
-                        store.flush((i, c))
-                        self.delay(chunks[c], True, 0.5)
-                    engine.plan.stretch(engine, time.perf_counter() - start)
-                else:
-                    out = outputs.pop((i, c))
-                    grad = None if k == last_stage else self.comm.take(("B", i, k))
-                    start = time.perf_counter()
-                    with tracer.span("backward", "compute", micro_batch=i, chunk=c):
-                        with store.deferring((i, c)) if split else nullcontext():   # zero bubble: dx only
-                            torch.autograd.backward(out, grad)
-                        self.delay(chunks[c], True, 0.5 if split else 1.0)
-                    engine.plan.stretch(engine, time.perf_counter() - start)
-                    if k > 0:
-                        self.comm.queue_send(("B", i, k - 1), inputs.pop((i, c)).grad, dtype)
-        store.check_empty()                           # a B whose W never ran raises, naming it
+                task = self.forward if kind == "F" else self.backward if kind == "B" else self.backward_weight
+                task(step, i, c, c * p + r)
+        step.store.check_empty()                      # a B whose W never ran raises, naming it
         self.comm.exchange(plan[-1], shape, dtype)
         self.record_bubbles(tracer, step_start, n_events)
         if p > 1:
-            dist.all_reduce(total, group=ctx.pp_group)        # only the last stage adds non-zero
-        return float(total)
+            dist.all_reduce(step.total, group=ctx.pp_group)   # only the last stage adds non-zero
+        return float(step.total)
+
+    def forward(self, step: _Step, i: int, c: int, k: int) -> None:
+        """F: micro-batch i through chunk c (virtual stage k); its output queued for the next stage."""
+        engine, chunk = step.engine, step.engine.base_model.chunks[c]
+        x, y = step.micro_batches[i]
+        if k > 0:
+            x = self.comm.take(("F", i, k)).requires_grad_()
+            step.inputs[(i, c)] = x
+        start = time.perf_counter()
+        with engine.tracer.span("forward", "compute", micro_batch=i, chunk=c):
+            with engine.precision.autocast():
+                out = chunk(x)
+            if k == step.last_stage:
+                loss = chunk.loss(out, y)
+                step.total += step.weights[i] * loss.detach().double()
+                out = engine.precision.scale(loss * step.weights[i])
+            else:
+                out = out.to(step.dtype)              # stages exchange activations in the weights' dtype
+            self.delay(chunk, False)
+        engine.plan.stretch(engine, time.perf_counter() - start)
+        if k < step.last_stage:
+            self.comm.queue_send(("F", i, k + 1), out, step.dtype)
+        step.outputs[(i, c)] = out
+
+    def backward(self, step: _Step, i: int, c: int, k: int) -> None:
+        """B: the backward of micro-batch i through chunk c; its input's gradient queued for the stage before
+        (zero bubble: the linear layers' weight gradients are stored for W, not computed)."""
+        engine = step.engine
+        out = step.outputs.pop((i, c))
+        grad = None if k == step.last_stage else self.comm.take(("B", i, k))
+        start = time.perf_counter()
+        with engine.tracer.span("backward", "compute", micro_batch=i, chunk=c):
+            with step.store.deferring((i, c)) if step.split else nullcontext():
+                torch.autograd.backward(out, grad)
+            self.delay(engine.base_model.chunks[c], True, 0.5 if step.split else 1.0)
+        engine.plan.stretch(engine, time.perf_counter() - start)
+        if k > 0:
+            self.comm.queue_send(("B", i, k - 1), step.inputs.pop((i, c)).grad, step.dtype)
+
+    def backward_weight(self, step: _Step, i: int, c: int, k: int) -> None:
+        """W (zero bubble): the weight gradients micro-batch i's B stored for chunk c; nothing crosses."""
+        engine = step.engine
+        start = time.perf_counter()
+        matmuls = len(step.store.pending.get((i, c), ()))
+        with engine.tracer.span("backward_weight", "compute", micro_batch=i, chunk=c, matmuls=matmuls):
+            step.store.flush((i, c))
+            self.delay(engine.base_model.chunks[c], True, 0.5)
+        engine.plan.stretch(engine, time.perf_counter() - start)
 
     def comm_plan(self, m: int) -> list:
         """This rank's batches for a step of m micro-batches (pipeline_parallel_comm.p2p_plan), cached."""
