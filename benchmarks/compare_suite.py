@@ -70,6 +70,9 @@ HELD_OUT = [
     ("small model pp 2 1F1B", ["model.preset=small", "seq_len=256", "parallel.dp=1", "parallel.tp=1", "parallel.pp=2",
                                "parallel.schedule=1f1b", "parallel.micro_batch_size=2",
                                "parallel.global_batch_size=8"], None),
+    ("small model pp 2 zero bubble", ["model.preset=small", "seq_len=256", "parallel.dp=1", "parallel.tp=1",
+                                      "parallel.pp=2", "parallel.schedule=zero_bubble", "parallel.micro_batch_size=2",
+                                      "parallel.global_batch_size=8"], None),
 ]
 SEPARABLE = {"compute", "exposed_comm"}
 """Components the runtime's traces separate cleanly on data-parallel and pipeline layouts (ZeRO-3's and tensor
@@ -196,7 +199,8 @@ def held_out_text(rows: list) -> str:
 ## Held-out suite (never tuned on)
 
 Layouts, sizes and lengths the CPU model's terms were not chosen on: a 3-process ring, sequence lengths 64
-and 256, a 40-step run, the `small` model (8 layers, dim 256) with data and pipeline parallelism. Reported
+and 256, a 40-step run, the `small` model (8 layers, dim 256) with data and pipeline parallelism (1F1B and
+zero bubble, a schedule added after every term was chosen). Reported
 **uncalibrated**: predicted on the profile `bench` measured at the start of this run, without the speed probe;
 these layouts run first, right after `bench`, the tuning layouts after them.
 

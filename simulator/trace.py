@@ -2,7 +2,7 @@
 
 Format (docs/design.md, "Traces"): {"traceEvents": [...]} of complete events `ph: "X"` with `ts`/`dur` in microseconds,
 `pid` = global rank, `tid` = "compute" | "comm" | "bubble". Event names are the runtime's: forward,
-backward, send, recv, all_reduce (reduce_scatter, all_gather under ZeRO), optimizer, bubble, so a simulated
+backward, backward_weight (zero bubble's W), send, recv, all_reduce (reduce_scatter, all_gather under ZeRO), optimizer, bubble, so a simulated
 and a measured step can be laid side by side. One row per simulated rank: the p ranks of one pipeline
 (rank = its pipeline stage's first TP, DP rank); the other dp x tp copies behave the same.
 

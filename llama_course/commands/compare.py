@@ -29,7 +29,6 @@ from simulator.comm_bytes import comm_bytes as predict_comm_bytes
 from simulator.comm_bytes import unpredicted
 
 COMPONENTS = ("compute", "exposed_comm", "bubble", "optimizer")
-COMPUTE_NAMES = ("forward", "backward", "recompute")
 OPTIMIZER_NAMES = ("optimizer", "grad_norm")
 """Measured spans that make up the simulator's `optimizer` component (which includes the gradient norm)."""
 
