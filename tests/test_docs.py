@@ -119,7 +119,8 @@ def test_hooks_render_executed_copy_only_when_fresh(tmp_path, monkeypatch):
 
 def test_drawings_are_fresh_drawn_from_the_code_and_on_their_pages(tmp_path):
     """docs/concepts/img/*.svg are what llama_course.core.drawings writes today (byte for byte), the pipeline
-    drawing holds every F and B of the simulator's 1F1B schedule, and every drawing is on a concept page."""
+    drawing holds every F and B of the simulator's 1F1B schedule, the zero-bubble one every B and W of its ZB-H1
+    lanes, and every drawing is on a concept page."""
     from llama_course.core import drawings
 
     written = drawings.write_drawings(tmp_path)
@@ -133,6 +134,8 @@ def test_drawings_are_fresh_drawn_from_the_code_and_on_their_pages(tmp_path):
     pipeline = (img / "pipeline_parallel.svg").read_text(encoding="utf-8")
     p, m = 4, 6
     assert len(re.findall(r">F\d+<", pipeline)) == p * m and len(re.findall(r">B\d+<", pipeline)) == p * m
+    zero_bubble = (img / "zero_bubble.svg").read_text(encoding="utf-8").split('<g id="zero_bubble">')[1]
+    assert len(re.findall(r">W\d+<", zero_bubble)) == p * m and len(re.findall(r">B\d+<", zero_bubble)) == p * m
     grid = (img / "parallel_3d.svg").read_text(encoding="utf-8")
     assert "tp group [0, 1]" in grid and "dp groups [[0, 2], [1, 3], [4, 6], [5, 7]]" in grid
 

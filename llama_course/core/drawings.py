@@ -4,8 +4,9 @@ reproducible: tests/test_docs.py regenerates them and compares with the committe
 
     python -m llama_course.core.drawings docs/concepts/img        # rewrite every drawing
 
-The pipeline drawing is laid out by the simulator's own 1F1B schedule (`simulator.pipeline_parallel`) and the
-3-D grid by its rank layout (`simulator.parallel_3d.Layout`), so a drawing cannot disagree with the code.
+The pipeline drawings are laid out by the simulator's own schedules (`simulator.pipeline_parallel`: 1F1B, and
+zero bubble beside it) and the 3-D grid by its rank layout (`simulator.parallel_3d.Layout`), so a drawing cannot
+disagree with the code.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from html import escape
 from pathlib import Path
 
 from simulator.parallel_3d import Layout
-from simulator.pipeline_parallel import simulate_pipeline
+from simulator.pipeline_parallel import TASK_NAMES, peak_in_flight, schedule_order, simulate_pipeline
 
 COLORS = {"params": "#5c6bc0", "grads": "#ef6c00", "optim": "#2e7d32", "forward": "#90caf9",
-          "backward": "#1e88e5", "comm": "#ffb74d", "optimizer": "#a5d6a7", "idle": "#eeeeee", "line": "#424242"}
+          "backward": "#1e88e5", "backward_weight": "#66bb6a", "comm": "#ffb74d", "optimizer": "#a5d6a7",
+          "idle": "#eeeeee", "line": "#424242"}
 LANE, TOP, LEFT, HOLD_W, T0 = 46, 80, 86, 210, 320          # lane height, first lane, label and "holds" columns
 
 
@@ -179,6 +181,18 @@ def tensor_parallel(t: int = 2) -> str:
     return svg.text()
 
 
+def _schedule_boxes(svg: Svg, run, x0: float, y0: float, lane: float, scale: float) -> None:
+    """Every task of a simulated pipeline step on its rank's lane, labelled F<i> / B<i> / W<i> (micro-batch i),
+    over a hatched bar: whatever stays visible of it is idle time."""
+    for r in range(run.p):
+        svg.box(x0, y0 + r * lane + 4, run.makespan * scale, 22, "url(#idle)", stroke="#e0e0e0")
+    for task in run.tasks:
+        kind = TASK_NAMES[task.kind]
+        svg.box(x0 + task.start * scale, y0 + task.rank * lane + 4, (task.end - task.start) * scale, 22,
+                COLORS[kind], f"{task.kind}{task.micro_batch}", size=9,
+                text_fill="white" if kind == "backward" else "#212121")
+
+
 def pipeline_parallel(p: int = 4, m: int = 6) -> str:
     """1F1B on p stages, laid out by the simulator's own schedule; sends between stages, idle time hatched."""
     run = simulate_pipeline("1f1b", p, m, 1, [1.0] * p, [2.0] * p)
@@ -189,19 +203,46 @@ def pipeline_parallel(p: int = 4, m: int = 6) -> str:
               "cross a stage boundary; hatched: the bubble, (p-1)/(m+p-1) of the step")
     holds = {name: {k: (lambda s, r=r: s == r) for k in ("params", "grads", "optim")} for r, name in enumerate(names)}
     _lanes(svg, names, holds, p, "time (forward 1 unit, backward 2), from simulator.pipeline_parallel")
-    for r in range(p):
-        svg.box(T0, TOP + r * LANE + 4, run.makespan * scale, 22, "url(#idle)", stroke="#e0e0e0")
-    for task in run.tasks:
-        kind = "forward" if task.kind == "F" else "backward"
-        svg.box(T0 + task.start * scale, TOP + task.rank * LANE + 4, (task.end - task.start) * scale, 22,
-                COLORS[kind], f"{task.kind}{task.micro_batch}", size=9,
-                text_fill="white" if kind == "backward" else "#212121")
+    _schedule_boxes(svg, run, T0, TOP, LANE, scale)
     for src, dst, kind, _mb, start, _end in run.sends:
         if kind == "F":
             x = T0 + start * scale
             svg.arrow(x, TOP + src * LANE + 26, x + 6, TOP + dst * LANE + 4, color="#757575")
     _legend(svg, TOP + p * LANE + 40, [("forward", COLORS["forward"]), ("backward", COLORS["backward"]),
                                        ("bubble (idle)", "url(#idle)"), ("layers held", COLORS["params"])])
+    return svg.text()
+
+
+def zero_bubble(p: int = 4, m: int = 6) -> str:
+    """1F1B above zero bubble (ZB-H1) on p stages, both laid out by the simulator on one time axis: forward 1
+    unit, backward 2, which zero bubble runs as B (input gradient, 1) and a deferred W (weight gradient, 1)."""
+    runs = {s: simulate_pipeline(s, p, m, 1, [1.0] * p, [2.0] * p) for s in ("1f1b", "zero_bubble")}
+    peaks = {s: max(peak_in_flight(schedule_order(s, p, m, 1, r), [1]) for r in range(p)) for s in runs}
+    lane, top, x0 = 30, 104, 96
+    scale = (860 - x0 - 20) / max(r.makespan for r in runs.values())
+    svg = Svg(860, top + 2 * p * lane + 96, f"Zero bubble (ZB-H1) against 1F1B: {p} stages, {m} micro-batches",
+              f"backward = B, the input gradient dX = dY W the previous stage waits for, + W, the weight gradient "
+              f"dW = dY^T X nobody waits for: stage r holds back the W of its first r backwards and runs them "
+              f"where 1F1B idles. Forward 1 unit, B 1, W 1: 1F1B takes {runs['1f1b'].makespan:g} units, ZB-H1 "
+              f"{runs['zero_bubble'].makespan:g}; peak micro-batches in flight {peaks['1f1b']:g} and "
+              f"{peaks['zero_bubble']:g}")
+    for g, (schedule, run) in enumerate(runs.items()):
+        y0 = top + g * (p * lane + 34)
+        name = {"1f1b": "1F1B (B: the whole backward, dX and dW)", "zero_bubble": "ZB-H1"}[schedule]
+        svg.parts.append(f'<g id="{schedule}">')
+        svg.label(12, y0 - 6, f"{name}: {run.makespan:g} units, idle {1 - m * 3 / run.makespan:.0%} of the step",
+                  size=11, weight="bold")
+        for r in range(p):
+            svg.label(12, y0 + r * lane + 19, f"stage {r}", size=10)
+        _schedule_boxes(svg, run, x0, y0, lane, scale)
+        svg.parts.append("</g>")
+    x, y1 = x0 + runs["zero_bubble"].makespan * scale, top + 2 * p * lane + 34
+    svg.parts.append(f'<line x1="{x:.1f}" y1="{top - 2:.1f}" x2="{x:.1f}" y2="{y1:.1f}" stroke="#c62828" '
+                     'stroke-width="1.2" stroke-dasharray="4 3"/>')
+    svg.label(x + 4, y1 - 2, "ZB-H1 ends", size=9, fill="#c62828")
+    _legend(svg, y1 + 28, [("forward F", COLORS["forward"]), ("input gradient B", COLORS["backward"]),
+                           ("weight gradient W (deferred)", COLORS["backward_weight"]), ("bubble (idle)",
+                                                                                         "url(#idle)")])
     return svg.text()
 
 
@@ -261,7 +302,8 @@ def parameter_server(workers: int = 3, servers: int = 2) -> str:
 
 
 DRAWINGS = {"data_parallel": data_parallel, "zero3": zero3, "tensor_parallel": tensor_parallel,
-            "pipeline_parallel": pipeline_parallel, "parallel_3d": parallel_3d, "parameter_server": parameter_server}
+            "pipeline_parallel": pipeline_parallel, "zero_bubble": zero_bubble, "parallel_3d": parallel_3d,
+            "parameter_server": parameter_server}
 
 
 def write_drawings(folder) -> list:
