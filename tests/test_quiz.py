@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from llama_course.commands import quiz
+from simulator.pipeline_parallel import simulate_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 CONCEPTS = [
@@ -127,6 +128,8 @@ def test_bank_ships_as_package_data():
 
 def _closed_form(name: str, p: dict) -> float:
     if name == "pipeline_bubble":
+        if p["schedule"] == "zero_bubble":          # F, B, W one unit each: work 3m, idle (p-1)(F + B - W)
+            return (p["p"] - 1) / (3 * p["m"] + p["p"] - 1)
         ideal = p["v"] * p["m"]                     # work slots per rank, in units of one chunk's fwd+bwd
         idle = p["p"] - 1                           # fill + drain slots
         return idle / (ideal + idle)
@@ -187,7 +190,8 @@ def test_generate_variant_is_reproducible(name):
 
 def test_known_values():
     """Spot checks against numbers quoted in the course."""
-    assert _closed_form("pipeline_bubble", dict(p=4, m=8, v=1)) == pytest.approx(3 / 11)
+    assert _closed_form("pipeline_bubble", dict(p=4, m=8, v=1, schedule="1f1b")) == pytest.approx(3 / 11)
+    assert _closed_form("pipeline_bubble", dict(p=4, m=8, v=1, schedule="zero_bubble")) == pytest.approx(3 / 27)
     assert _closed_form("zero_memory", dict(params=7.5e9, n=64, stage=3)) == pytest.approx(1.875)  # ZeRO paper
     assert _closed_form("sjf_mean_completion", dict(durations=[10, 2, 1])) == pytest.approx(17 / 3)
 
@@ -254,3 +258,16 @@ def test_cli_without_tty_prints_answers():
     again = subprocess.run([sys.executable, "-m", "llama_course", "quiz", "--n", "3", "--seed", "1"],
                            stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert again.stdout == proc.stdout
+
+
+def test_pipeline_bubble_variants_are_what_the_simulator_simulates():
+    """Each drawn pipeline question (1F1B, interleaved, zero bubble) has the idle share the simulator's own
+    event-by-event pipeline shows with equal stages (forward 1, backward 2 over v chunks)."""
+    seen = set()
+    for seed in range(40):
+        v = quiz.draw_variant("pipeline_bubble", random.Random(seed))
+        p, m, chunks, schedule = v.params["p"], v.params["m"], v.params["v"], v.params["schedule"]
+        seen.add(schedule)
+        run = simulate_pipeline(schedule, p, m, chunks, [1 / chunks] * (p * chunks), [2 / chunks] * (p * chunks))
+        assert 1 - 3 * m / run.makespan == pytest.approx(v.answer), v.params
+    assert seen == {"1f1b", "interleaved_1f1b", "zero_bubble"}

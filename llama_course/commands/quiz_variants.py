@@ -33,10 +33,17 @@ def _fmt(x: float) -> str:
 
 def _pipeline_bubble(rng: random.Random) -> Variant:
     p = rng.choice([2, 4, 8, 16])
-    v = rng.choice([1, 1, 2, 4])
+    v = rng.choice([1, 1, 2, 4, "zb"])
     m = p * rng.choice([1, 2, 4, 8])          # interleaving needs m a multiple of p (Megatron-LM)
-    answer = (p - 1) / (v * m + p - 1)
-    if v == 1:
+    schedule = "zero_bubble" if v == "zb" else "interleaved_1f1b" if v > 1 else "1f1b"
+    v = 1 if v == "zb" else v
+    answer = (p - 1) / ((3 if schedule == "zero_bubble" else 1) * v * m + p - 1)
+    if schedule == "zero_bubble":
+        sched_en = ("zero bubble (ZB-H1: each backward split into the input gradient B and the weight gradient W; "
+                    "forward, B and W take one unit of time each)")
+        sched_zh = "零气泡调度（ZB-H1：反向拆成输入梯度 B 和权重梯度 W；前向、B、W 各用一个时间单位）"
+        formula = f"(p-1)(t_F+t_B-t_W) / (m(t_F+t_B+t_W) + (p-1)(t_F+t_B-t_W)) = {p - 1}/(3*{m}+{p - 1})"
+    elif v == 1:
         sched_en, sched_zh = "1F1B", "1F1B"
         formula = f"(p-1)/(m+p-1) = {p - 1}/({m}+{p - 1})"
     else:
@@ -51,10 +58,12 @@ def _pipeline_bubble(rng: random.Random) -> Variant:
             f"请给出 0 到 1 之间的数。")
     e_en = (f"bubble fraction = {formula} = {answer:.4f}. The p-1 fill and drain slots are the same for GPipe "
             f"and 1F1B (1F1B only lowers the activations held from m to p micro-batches); interleaving "
-            f"shrinks each slot by v at the cost of v times more point-to-point messages.")
+            f"shrinks each slot by v at the cost of v times more point-to-point messages; zero bubble runs the "
+            f"weight gradients, which no other stage waits for, in the drain.")
     e_zh = (f"气泡占比 = {formula} = {answer:.4f}。GPipe 与 1F1B 的填充/排空都是 p-1 个时隙（1F1B 只把同时保存的"
-            f"激活从 m 份降到 p 份）；交错调度把每个时隙缩小 v 倍，代价是点对点通信次数变为 v 倍。")
-    return Variant("pipeline_bubble", dict(p=p, m=m, v=v), answer, "",
+            f"激活从 m 份降到 p 份）；交错调度把每个时隙缩小 v 倍，代价是点对点通信次数变为 v 倍；零气泡调度把"
+            f"其他 stage 不等待的权重梯度放到排空阶段计算。")
+    return Variant("pipeline_bubble", dict(p=p, m=m, v=v, schedule=schedule), answer, "",
                    {"en": q_en, "zh": q_zh}, {"en": e_en, "zh": e_zh})
 
 
