@@ -144,3 +144,24 @@ def pipeline_step(stage, inputs: list, targets: list, rank: int, world_size: int
         if not first:
             post(send=dx, to=rank - 1)
     return total[0]
+
+
+def zero_bubble_order(p: int, m: int, rank: int) -> list:
+    """Exercise 5.6: the tasks rank `rank` runs under zero bubble (ZB-H1), as ("F", i) / ("B", i) / ("W", i).
+
+    1F1B's min(p - rank - 1, m) warm-up forwards and F B pairs, B the input gradient only; the W (weight
+    gradient) of the first `rank` backwards is held back, after every later B the oldest held W runs, and
+    the rest run at the end, where 1F1B's rank would idle: with unit F, B and W the step takes 3m + p - 1
+    (m >= p) against 1F1B's 3(m + p - 1), at the same peak of p micro-batches in flight (held until W).
+    """
+    warm = min(p - rank - 1, m)
+    order = [("F", i) for i in range(warm)]
+    held = []
+    for i in range(m):
+        if warm + i < m:
+            order.append(("F", warm + i))
+        order.append(("B", i))
+        held.append(i)
+        if i >= rank:
+            order.append(("W", held.pop(0)))
+    return order + [("W", i) for i in held]

@@ -1,5 +1,5 @@
 """Exercises for lab 05, pipeline parallelism: the bubble, the 1F1B order, memory in flight, balanced
-stages, and a real pipeline step on send/recv.
+stages, a real pipeline step on send/recv, and the zero-bubble order.
 
 The layers are cut into p stages on p ranks and the global batch into m micro-batches. Stage r runs the
 forward F(i) of micro-batch i once stage r-1 has sent its activation, and the backward B(i) once stage r+1
@@ -85,3 +85,20 @@ def pipeline_step(stage, inputs: list, targets: list, rank: int, world_size: int
     posted, so no tags are needed.
     """
     raise NotImplementedError("Exercise 5.5: pipeline_step")
+
+
+def zero_bubble_order(p: int, m: int, rank: int) -> list:
+    """Exercise 5.6: the order of tasks rank `rank` (0-based) of a p-stage pipeline runs under zero bubble
+    (ZB-H1, Qi et al. 2023).
+
+    Zero bubble splits each backward in two: B(i), the gradient of the stage's input, which stage r - 1
+    waits for, and W(i), the gradient of the stage's weights, which no other stage waits for (it needs only
+    this rank's own B(i)). Return a list of ("F", i), ("B", i) and ("W", i), each micro-batch i in range(m)
+    once of each kind. The rule: 1F1B's min(p - r - 1, m) warm-up forwards, then pairs of the next forward
+    and the oldest backward B (5.2); rank r holds back the W of its first r backwards and, after every later
+    B, runs one W (the oldest held back); the W's still held back run at the end, where 1F1B's rank r would
+    idle. With t_F = t_B = t_W = 1 and free communication the step then takes 3m + p - 1 for m >= p (1F1B,
+    with its backward of 2 units, 3(m + p - 1)), and no rank holds more than p micro-batches in flight
+    (forward done, W not yet). Why can rank r hold back r W's without ever making the next stage wait?
+    """
+    raise NotImplementedError("Exercise 5.6: zero_bubble_order")

@@ -1,7 +1,8 @@
 """Graded tests for the pipeline-parallel exercises (labs/exercises/pipeline_parallel.py), points per test.
 
 Closed forms and a small event simulation written here; exercise 5.5 runs on 3 gloo processes against a
-single-process forward and backward of the same model.
+single-process forward and backward of the same model; exercise 5.6 is also held to the simulator's order
+(simulator/pipeline_parallel.py, the package, not the solution).
 """
 
 from __future__ import annotations
@@ -43,12 +44,15 @@ def test_bubble_fraction_rejects_bad_input(exercise, args):
 
 # Exercise 5.2: one_f_one_b_order -------------------------------------------------------------------------
 
-def run_orders(orders: list, t_f: float = 1.0, t_b: float = 2.0) -> tuple:
+def run_orders(orders: list, t_f: float = 1.0, t_b: float = 2.0, t_w: float = 1.0) -> tuple:
     """Execute every rank's order with the pipeline's dependencies: (makespan, per-rank peak in flight).
 
     F(i) on rank r waits for F(i) on r-1, B(i) on r waits for B(i) on r+1; free communication. Raises
-    AssertionError on a deadlock."""
+    AssertionError on a deadlock. Orders with W tasks (zero bubble, the backward split): B(i) is the input
+    gradient r-1 waits for, W(i) the weight gradient, which waits only for B(i) on its own rank, and a
+    micro-batch is in flight from its F to its W (else to its B)."""
     p = len(orders)
+    release = "W" if any(kind == "W" for order in orders for kind, _ in order) else "B"
     done, clock, pos, held, peak = {}, [0.0] * p, [0] * p, [0] * p, [0] * p
     progress = True
     while progress:
@@ -61,12 +65,14 @@ def run_orders(orders: list, t_f: float = 1.0, t_b: float = 2.0) -> tuple:
                     dep = ("F", i, r)
                 if kind == "F" and r == 0:
                     dep = None
+                if kind == "W":
+                    dep = ("B", i, r)
                 if dep is not None and dep not in done:
                     break
                 start = max(clock[r], done[dep] if dep else 0.0)
-                clock[r] = start + (t_f if kind == "F" else t_b)
+                clock[r] = start + {"F": t_f, "B": t_b, "W": t_w}[kind]
                 done[(kind, i, r)] = clock[r]
-                held[r] += 1 if kind == "F" else -1
+                held[r] += 1 if kind == "F" else -1 if kind == release else 0
                 peak[r] = max(peak[r], held[r])
                 pos[r] += 1
                 progress = True
@@ -196,3 +202,45 @@ def test_pipeline_step_messages_on_the_wire(pipeline_run):
             f"micro-batch over each link"
         used = {k for k, b in wire["bytes"].items() if b}
         assert used <= {"send", "recv"}, f"stage {r}: {sorted(used)} on the wire"
+
+
+# Exercise 5.6: zero_bubble_order -------------------------------------------------------------------------
+
+def zero_bubble_orders(exercise, p: int, m: int) -> list:
+    return [[tuple(t) for t in exercise.zero_bubble_order(p, m, r)] for r in range(p)]
+
+
+@pytest.mark.points(2, exercise="5.6")
+@pytest.mark.parametrize("p,m", [(4, 8), (4, 4), (3, 7), (5, 7)])
+def test_zero_bubble_order_is_valid_and_fills_the_bubble(exercise, p, m):
+    """Every F, B and W once, B after its F, W after its B; run with unit F, B and W the step takes
+    3m + p - 1, where 1F1B (its backward B + W = 2 units) takes 3(m + p - 1)."""
+    orders = zero_bubble_orders(exercise, p, m)
+    for r, order in enumerate(orders):
+        assert sorted(order) == sorted((k, i) for k in "FBW" for i in range(m)), f"rank {r}: {order}"
+        for i in range(m):
+            assert order.index(("F", i)) < order.index(("B", i)) < order.index(("W", i)), f"rank {r}: {order}"
+    makespan, _ = run_orders(orders, t_f=1.0, t_b=1.0, t_w=1.0)
+    assert makespan == pytest.approx(3 * m + p - 1), \
+        f"zero bubble's step is 3m + p - 1 = {3 * m + p - 1} with unit F, B, W; these orders take {makespan:g}"
+
+
+@pytest.mark.points(1, exercise="5.6")
+@pytest.mark.parametrize("p,m", [(4, 8), (8, 16), (3, 5)])
+def test_zero_bubble_order_holds_at_most_p_in_flight(exercise, p, m):
+    """A micro-batch's activations are held until its W: every rank peaks at exactly p (1F1B's rank 0)."""
+    _, peak = run_orders(zero_bubble_orders(exercise, p, m), t_f=1.0, t_b=1.0, t_w=1.0)
+    assert peak == [p] * p, f"peak in flight per rank {peak}, zero bubble holds p = {p} on every rank"
+
+
+@pytest.mark.points(3, exercise="5.6")
+def test_zero_bubble_order_matches_the_simulator(exercise):
+    """The ZB-H1 order of simulator/pipeline_parallel.py (the runtime's, and torch's), task for task."""
+    from simulator.pipeline_parallel import schedule_order
+
+    for p in range(1, 7):
+        for m in range(1, 11):
+            for r in range(p):
+                expected = [(kind, i) for kind, i, _ in schedule_order("zero_bubble", p, m, 1, r)]
+                got = [tuple(t) for t in exercise.zero_bubble_order(p, m, r)]
+                assert got == expected, f"p={p}, m={m}, rank {r}: got {got}, ZB-H1 runs {expected}"
