@@ -7,6 +7,7 @@ The engine itself, with its one `train_step`, is `core/train_step.Engine`; the p
     parallel.tp > 1                            TensorParallel (course) / TorchTensorParallel (DTensor)   parallel/tensor_parallel.py
     parallel.activation_checkpointing          ActivationCheckpointing    parallel/activation_checkpointing.py
     parallel.pp > 1                            PipelineSplit + PipelineSchedule / TorchPipelineSchedule  parallel/pipeline_parallel.py
+    training.fp8                               use_fp8, in the Engine after the transforms               core/fp8.py
     pp = 1                                     Sequential schedule        core/train_step.py
     dp > 1, implementation course              DataParallelSync: naive / bucketed ring, ZeRO-1/2/3,       parallel/data_parallel.py
                                                compression (parallel/communication_compression.py)

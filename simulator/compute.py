@@ -23,6 +23,11 @@ cost per score element computed, `hw.attention_cost`), and compute stretched by 
 ranks than cores share the machine (a pipeline's stages only while they compute at once: the simulated
 pipeline shares the cores among them, `pipeline_parallel.SharedCores`).
 
+With `training.fp8` the blocks' linear matmuls run at the GPU's FP8 peak (2x bf16 on Hopper; the same
+calibrated efficiency, an assumption) after a memory-bound cast of their operands (`workload.fp8_ops`);
+the attention core, norms and the output head keep the training precision. On the cpu profile FP8 is
+emulated at the fp32 peak, so only the casts change its time.
+
 Backward costs 2x the forward FLOPs of matmuls (input and weight gradients) and 2x the bytes of
 element-wise ops. Recomputation adds a forward before the backward: `full` the whole block, `selective`
 the attention core only (Korthikanti et al. 2022; nothing with a fused kernel), `selective_op` that and
@@ -43,6 +48,7 @@ from simulator.workload import (
     attention_scores,
     backward_op,
     embedding_ops,
+    fp8_ops,
     head_ops,
     layer_ops,
     state_bytes_per_param,
@@ -87,7 +93,7 @@ def gemm_efficiency(batch: int, m: int, k: int, n: int, sms: int) -> float:
 def matmul_time(op, hw: Hardware, precision: str) -> float:
     """Compute seconds of a matmul op: its products (a backward: dgrad and wgrad) at the calibrated
     efficiency x their shape's `gemm_efficiency` (1 without a shape or an SM count, as on cpu)."""
-    rate = hw.peak(precision) * hw.matmul_efficiency
+    rate = hw.peak("fp8" if op.fp8 else precision) * hw.matmul_efficiency
     if op.shape is None or not hw.sm_count:
         return op.flops / rate
     batch, m, k, n = op.shape
@@ -143,8 +149,10 @@ def weight_grad_time(ops, hw: Hardware, precision: str) -> float:
 
 
 def block_times(model, seq_len: int, micro_batch: int, tp: int, sequence_parallel: bool, precision: str,
-                flash: bool, recompute: str, hw: Hardware) -> BlockTimes:
+                flash: bool, recompute: str, hw: Hardware, fp8: bool = False) -> BlockTimes:
     ops = layer_ops(model, seq_len, micro_batch, tp, sequence_parallel, precision, flash)
+    if fp8:                         # training.fp8: the linear matmuls at the fp8 peak, after their casts
+        ops = fp8_ops(ops, precision)
     fwd = ops_time(ops, hw, precision)
     bwd = ops_time([backward_op(o) for o in ops], hw, precision)
     fwd_flops = sum(o.flops for o in ops if o.kind == "matmul" or o.kind == "flash")
@@ -153,7 +161,7 @@ def block_times(model, seq_len: int, micro_batch: int, tp: int, sequence_paralle
     elif recompute in ("selective", "selective_op"):
         again = [] if flash else [o for o in ops if o.core]
         if recompute == "selective_op":
-            again += alternate_matmuls(model, seq_len, micro_batch, tp, precision)
+            again += [o._replace(fp8=fp8) for o in alternate_matmuls(model, seq_len, micro_batch, tp, precision)]
         re, re_flops = ops_time(again, hw, precision), sum(o.flops for o in again)
     else:
         re, re_flops = 0.0, 0.0

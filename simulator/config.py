@@ -34,6 +34,7 @@ from simulator.schema import (  # noqa: F401  (the schema's names are imported f
     CHECKPOINTING,
     CHOICES,
     COMPRESSIONS,
+    FP8_GPUS,
     GPU_NAMES,
     IMPLEMENTATIONS,
     NONFINITE,
@@ -347,6 +348,15 @@ def resolve(cfg: Config, runtime: bool = True) -> Config:
         raise ConfigError(f"parallel.lock_free: Hogwild updates need training.optimizer sgd, not {t.optimizer} "
                           "(Adam's moments updated by two threads at once race)")
 
+    if t.fp8 and t.precision != "bf16":
+        raise ConfigError(f"training.fp8: FP8 matmuls run under bf16 mixed precision; set training.precision "
+                          f"bf16, not {t.precision}")
+    if t.fp8 and c.gpu not in FP8_GPUS:
+        raise ConfigError(f"training.fp8: {c.gpu} has no FP8 tensor cores ({', '.join(g for g in FP8_GPUS if g != 'cpu')} "
+                          "do; cpu emulates them)")
+    if t.fp8 and p.implementation == "torch" and p.tp > 1:
+        raise ConfigError("training.fp8: not with torch's tensor parallelism (DTensor weights); use "
+                          "parallel.implementation course")
     if t.grad_reduce_dtype is None:
         t.grad_reduce_dtype = "fp32"        # bf16/fp16 training reduces fp32 main gradients; fp32 is fp32
     _positive("training.lr", t.lr)

@@ -235,7 +235,8 @@ NIC_EFFICIENCY = 0.92
 
 
 def _gpu(name, bf16, fp32, mem_gb, hbm_tbps, nvlink_gbps, nic_gbps, link_eff, sms, e_mm=MATMUL_EFFICIENCY):
-    return Hardware(name=name, peak_flops={"fp32": fp32 * T, "fp16": bf16 * T, "bf16": bf16 * T},
+    fp8 = {"fp8": 2 * bf16 * T} if name.startswith("h") else {}       # Hopper's FP8 tensor cores: 2x dense bf16
+    return Hardware(name=name, peak_flops={"fp32": fp32 * T, "fp16": bf16 * T, "bf16": bf16 * T, **fp8},
                     memory_bytes=mem_gb * GIB, memory_reserve=RESERVE_FIXED + RESERVE_SHARE * mem_gb * GIB,
                     memory_bandwidth=hbm_tbps * 1e12,
                     intra_bandwidth=nvlink_gbps * G, intra_latency=2 * US,
@@ -325,7 +326,7 @@ def cpu_from_profile(path: str) -> Hardware:
         prof.update(loaded)
     try:
         peaks = {k: float(v) * T for k, v in prof["peak_tflops"].items()}
-        for p in ("fp32", "fp16", "bf16"):
+        for p in ("fp32", "fp16", "bf16", "fp8"):          # fp8: emulated, fp32 products of quantized operands
             peaks.setdefault(p, peaks.get("fp32", 0.05 * T))
         return Hardware(
             name="cpu", peak_flops=peaks, memory_bytes=float(prof["memory_GB"]) * G,

@@ -116,7 +116,8 @@ def stage_costs(cfg, hw, comm: CommModel, layout: Layout, layers: list, system: 
     """(forward, backward) StageCost per virtual stage, for one micro-batch."""
     p, prec, m = cfg.parallel, cfg.training.precision, cfg.model
     b, s = p.micro_batch_size, cfg.seq_len
-    blk = block_times(m, s, b, p.tp, p.sequence_parallel, prec, uses_flash(cfg), p.activation_checkpointing, hw)
+    blk = block_times(m, s, b, p.tp, p.sequence_parallel, prec, uses_flash(cfg), p.activation_checkpointing, hw,
+                      cfg.training.fp8)
     tpc = tp_comm(cfg, comm, layout.tp_group())
     re_comm = tpc.block_forward if p.activation_checkpointing == "full" else 0.0
     emb_f, emb_b = embedding_times(m, s, b, p.tp, prec, hw)

@@ -21,6 +21,8 @@ class ConfigError(ValueError):
 
 
 GPU_NAMES = ("a100-40gb", "a100-80gb", "h100-sxm", "h200", "cpu")
+FP8_GPUS = ("h100-sxm", "h200", "cpu")
+"""Presets with FP8 tensor cores (Hopper), and the cpu profile, on which the runtime emulates FP8."""
 ARCHS = ("llama", "gpt")
 SCHEDULES = ("gpipe", "1f1b", "interleaved_1f1b", "zero_bubble")
 CHECKPOINTING = ("none", "selective", "selective_op", "full")
@@ -211,6 +213,12 @@ class TrainingConfig:
     (Llama 3 reduces in fp32 too), for fp32 training the training precision; filled in when the config is
     loaded. bf16 halves the bytes (and loses precision in the sum over ranks).
     The simulator prices its bytes on the wire and in memory; the runtime reads the same field."""
+    fp8: bool = False
+    """FP8 matmuls in the transformer blocks' linear layers (per-tensor dynamic scales, e4m3 weights and
+    activations, e5m2 gradients: torchao's tensorwise recipe); norms, attention, the loss, the output head
+    and the optimizer stay in `precision`, which must be bf16. Needs FP8 tensor cores (h100-sxm, h200); on
+    the `cpu` profile the runtime emulates it (quantized operands, fp32 products) for its numerics. MFU
+    stays counted against the bf16 peak."""
     optimizer: str = "adamw"
     """sgd (with momentum) | adamw | lars | lamb."""
     lr: float = 3.0e-4

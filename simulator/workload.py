@@ -82,6 +82,7 @@ class Op(NamedTuple):
                                     # for its efficiency (compute.gemm_efficiency); of a fused attention
                                     # (batch x heads, s, head dim, s)
     backward: bool = False          # the backward of a forward op (a matmul: its dgrad and wgrad products)
+    fp8: bool = False               # a linear matmul run in FP8 (training.fp8): priced at the fp8 peak
 
 
 FLASH_TILE = 128
@@ -195,6 +196,22 @@ def alternate_matmuls(model, seq_len: int, micro_batch: int = 1, tp: int = 1, pr
     order = [("wq", h, q_t), ("wk", h, kv_t), ("wv", h, kv_t), ("wo", q_t, h), ("w1", h, f_t)]
     order += [("w3", h, f_t), ("w2", f_t, h)] if model.arch == "llama" else [("w2", f_t, h)]
     return [_matmul(name, tokens, k, n, e) for name, k, n in order[1::2]]
+
+
+def fp8_ops(ops: list, precision: str) -> list:
+    """`ops` with training.fp8: every linear matmul of the block (not the attention core) in FP8, each after
+    a cast of its two operands (an amax read, then a read and a one-byte write per element: (2 e + 1) bytes,
+    memory bound). Its backward quantizes the gradient twice and the operands again: priced as twice the
+    forward's casts, as element-wise backwards are."""
+    e = DTYPE_BYTES[precision]
+    out = []
+    for op in ops:
+        if op.kind == "matmul" and not op.core:
+            _, m, k, n = op.shape
+            out.append(Op(f"fp8_cast_{op.name}", "memory", 0.0, (2 * e + 1) * (m * k + k * n)))
+            op = op._replace(fp8=True)
+        out.append(op)
+    return out
 
 
 BACKWARD_FLOPS = {"matmul": 2.0, "memory": 0.0, "flash": 2.5}   # x forward; flash bwd recomputes QK^T

@@ -52,7 +52,8 @@ ONE_RANK = [("single fp32", []), ("single bf16", ["training.precision=bf16"]),
             ("course ZeRO-3", ["parallel.zero_stage=3"]),
             ("FSDP2 (ZeRO-3)", ["parallel.zero_stage=3", "parallel.implementation=torch"]),
             ("activation checkpointing", ["parallel.activation_checkpointing=full"]),
-            ("torch.compile", ["training.compile=true"]), ("single fp16 (loss scaling)", ["training.precision=fp16"])]
+            ("torch.compile", ["training.compile=true"]), ("single fp16 (loss scaling)", ["training.precision=fp16"]),
+            ("single fp8 (scaled matmuls)", ["training.precision=bf16", "training.fp8=true"])]
 """Engine paths that run with one rank (name, overrides on BASE)."""
 
 TWO = ["cluster.num_gpus=2"]

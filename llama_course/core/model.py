@@ -59,10 +59,13 @@ class RMSNorm(nn.Module):
 
 class Linear(nn.Linear):
     """nn.Linear (same parameters and names) whose matmul goes through weight_grad.linear: F.linear, or,
-    under a zero-bubble pipeline step, the backward that defers its weight gradient (core/weight_grad.py)."""
+    under a zero-bubble pipeline step, the backward that defers its weight gradient (core/weight_grad.py),
+    and in FP8 once `fp8` is switched on (training.fp8, core/fp8.py)."""
+
+    fp8 = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return weight_grad.linear(x, self.weight, self.bias)
+        return weight_grad.linear(x, self.weight, self.bias, self.fp8)
 
 
 def _compute_rope(seq_len: int, head_dim: int, theta: float, device) -> tuple:

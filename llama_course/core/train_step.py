@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import nn
 
 from llama_course.core.engine_protocol import Abandon, BatchPlan, EngineParts, GradientSync, Schedule
+from llama_course.core.fp8 import use_fp8
 from llama_course.core.mixed_precision import MixedPrecision
 from llama_course.core.model import cross_entropy
 from llama_course.core.optimizers import build_optimizer, optimizer_for_groups
@@ -98,6 +99,8 @@ class Engine:
         self.loss_fn = loss_fn
         for transform in self.transforms:
             model = transform.apply(model)
+        if cfg.training.fp8:                # the final linear layers (tp shards, pipeline chunks) in FP8
+            use_fp8(model)
         self.base_model = model.to(ctx.device)
         self.sync.attach(self)
         self.model = self.sync.wrap(self.base_model)

@@ -103,6 +103,8 @@ class RowParallelLinear(nn.Module):
     tokens and is marked for the tp gradient sum).
     """
 
+    fp8 = False                     # training.fp8 switches it on (core/fp8.py)
+
     def __init__(self, full: nn.Linear, rank: int, t: int, group, sequence_parallel: bool):
         super().__init__()
         self.group, self.sequence_parallel = group, sequence_parallel
@@ -112,7 +114,7 @@ class RowParallelLinear(nn.Module):
             self.bias.sequence_parallel = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = exit_region(weight_grad.linear(x, self.weight), self.group, self.sequence_parallel)
+        y = exit_region(weight_grad.linear(x, self.weight, fp8=self.fp8), self.group, self.sequence_parallel)
         return y + self.bias if self.bias is not None else y
 
 
