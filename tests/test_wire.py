@@ -2,6 +2,7 @@
 their closed forms, and each NCCL rule broken once."""
 
 import os
+import socket
 import sys
 
 import pytest
@@ -10,7 +11,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import workers_wire  # noqa: E402
 
-from llama_course.core import wire  # noqa: E402
+from llama_course.core import testing, wire  # noqa: E402
 from llama_course.core.testing import spawn  # noqa: E402
 
 N, F32, F64 = workers_wire.N, 4, 8
@@ -177,3 +178,18 @@ def test_the_static_check_finds_a_factory_without_device(tmp_path):
     module = tmp_path / "m.py"
     module.write_text("import torch\nx = torch.zeros(3)\ny = torch.zeros(3, device=d)\nz = torch.zeros_like(x)\n")
     assert factories_without_device(module) == ["m.py:2 torch.zeros"]
+
+
+def test_spawn_retries_a_store_port_taken_before_rank_0_binds(monkeypatch):
+    """The store port `_free_port` chose can be taken (another process's ephemeral port) before rank 0
+    binds it: spawn starts again on a fresh port instead of failing a test with EADDRINUSE."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = [taken.getsockname()[1], testing._free_port()]
+    monkeypatch.setattr(testing, "_free_port", lambda: ports.pop(0))
+    try:
+        assert spawn(workers_wire.world_sum, 2, timeout=60) == [3.0, 3.0]
+    finally:
+        taken.close()
+    assert ports == []                                  # the second port was used

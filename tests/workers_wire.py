@@ -118,3 +118,10 @@ def strict_chain(rank: int, world: int) -> dict:
     peer = {0: 1, 1: 2, 2: 1}[rank]
     return {"error": _error(lambda: [w.wait() for w in dist.batch_isend_irecv(
         [dist.P2POp(dist.isend, torch.ones(3), peer, group)])])}
+
+
+def world_sum(rank: int, world: int) -> float:
+    """An all-reduce of every rank's number: the group really formed."""
+    x = torch.tensor([float(rank + 1)])
+    dist.all_reduce(x)
+    return float(x)

@@ -71,9 +71,24 @@ class SpawnError(RuntimeError):
     """A rank raised, died or timed out."""
 
 
+PORT_RETRIES = 3
+"""Starts of a spawn whose store port another process took between `_free_port` and rank 0's bind."""
+
+
 def spawn(fn, world_size: int, *args, timeout: float = 120.0, env: dict | None = None, may_die=()) -> list:
     """Run fn(rank, world_size, *args) on world_size processes; return the list of results by rank.
-    Ranks in `may_die` are expected to die (fault-injection tests): their result is None."""
+    Ranks in `may_die` are expected to die (fault-injection tests): their result is None. A store port
+    taken before rank 0 could bind it (EADDRINUSE, before fn runs) is retried on a fresh port."""
+    for attempt in range(PORT_RETRIES):
+        try:
+            return _spawn_once(fn, world_size, *args, timeout=timeout, env=env, may_die=may_die)
+        except SpawnError as e:
+            if "Address already in use" not in str(e) or attempt == PORT_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _spawn_once(fn, world_size: int, *args, timeout: float, env: dict | None, may_die) -> list:
     ctx = mp.get_context("spawn")
     port = _free_port()
     collective_timeout = max(10.0, timeout / 2)
