@@ -36,6 +36,19 @@ def test_measured_components_from_a_trace(tmp_path):
     assert got["optimizer"] == pytest.approx(50e-6) and got["bubble"] == 0
 
 
+def test_a_pipelines_bubble_is_the_idle_no_message_covers(tmp_path):
+    """The runtime writes a pipeline rank's bubble spans as every gap between its compute spans; the sends
+    and receives in a gap are communication, the rest idle: the components add up to the step once."""
+    ev = [{"ph": "X", "pid": 0, "tid": t, "name": n, "ts": ts, "dur": d}
+          for t, n, ts, d in (("compute", "forward", 0, 100), ("bubble", "bubble", 100, 300),
+                              ("comm", "recv", 150, 100), ("compute", "backward", 400, 200))]
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"traceEvents": ev}))
+    got = measured_components(str(path), steps=1)
+    assert got["exposed_comm"] == pytest.approx(100e-6) and got["bubble"] == pytest.approx(200e-6)
+    assert sum(got.values()) == pytest.approx(600e-6)                  # the step, counted once
+
+
 def test_compare_json_contract(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "llama_course", "compare", "configs/tiny.yaml", "--json",
                            "--set", "cluster.num_gpus=1", "--set", "training.steps=6", "--set", "seq_len=64",

@@ -83,7 +83,9 @@ def measured_components(trace_path: str, steps: int) -> dict:
         comm = _spans(mine, lambda e: e["tid"] == "comm")
         sums["compute"] += _length(compute)
         sums["exposed_comm"] += _minus(comm, compute)
-        sums["bubble"] += _length(_spans(mine, lambda e: e["tid"] == "bubble"))
+        # a pipeline's bubble spans are every gap between compute spans, and its sends and receives (comm)
+        # lie in those gaps: idle is the part of a gap no communication covers, or it would count twice
+        sums["bubble"] += _minus(_spans(mine, lambda e: e["tid"] == "bubble"), comm)
         sums["optimizer"] += _length(_spans(mine, lambda e: e["name"] in OPTIMIZER_NAMES))
     return {c: v / len(ranks) / steps / 1e6 for c, v in sums.items()}
 
