@@ -5,13 +5,14 @@ The engine itself, with its one `train_step`, is `core/train_step.Engine`; the p
 
     config                                     piece                      module
     parallel.tp > 1                            TensorParallel (course) / TorchTensorParallel (DTensor)   parallel/tensor_parallel.py
+    parallel.cp > 1                            ContextParallel (K/V all-gather attention)   parallel/context_parallel.py
     parallel.activation_checkpointing          ActivationCheckpointing    parallel/activation_checkpointing.py
     parallel.pp > 1                            PipelineSplit + PipelineSchedule / TorchPipelineSchedule  parallel/pipeline_parallel.py
     training.fp8                               use_fp8, in the Engine after the transforms               core/fp8.py
     pp = 1                                     Sequential schedule        core/train_step.py
-    dp > 1, implementation course              DataParallelSync: naive / bucketed ring, ZeRO-1/2/3,       parallel/data_parallel.py
+    dp x cp > 1, implementation course         DataParallelSync: naive / bucketed ring, ZeRO-1/2/3,       parallel/data_parallel.py
                                                compression (parallel/communication_compression.py)
-    dp > 1, implementation torch               DDPSync (+ comm hooks), FSDP2Sync (zero_stage >= 1, 2-D   parallel/data_parallel_torch.py
+    dp x cp > 1, implementation torch          DDPSync (+ comm hooks), FSDP2Sync (zero_stage >= 1, 2-D   parallel/data_parallel_torch.py
                                                under tp), TorchAllReduceSync (tp/pp shards)
     parallel.sync local_sgd                    LocalSGDSync (outer step every local_steps)               coordination/sync_async.py
     parallel.strategy parameter_server         ParameterServerSync (workers; servers run `serve`)         coordination/parameter_server.py
@@ -74,7 +75,7 @@ def gradient_sync(cfg, ctx: Context, plan, heartbeats: Heartbeats = Heartbeats()
         return ParameterServerSync(cfg, ctx, heartbeats)
     if p.sync == "local_sgd":
         return LocalSGDSync(cfg, ctx)
-    if p.dp == 1 and p.zero_stage == 0:
+    if cfg.replicas == 1 and p.zero_stage == 0:     # replicas: dp x cp ranks average gradients
         return None
     # reduce only after backward when a gradient changes after it or a rank may compute nothing: a
     # load-balanced plan (a share of 0 sequences, a late backup worker weighted 0), or sequence

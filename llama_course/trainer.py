@@ -1,6 +1,6 @@
 """`llama-course train`: the training loop, the same for every layout.
 
-    llama-course train configs/tiny.yaml                          # launches dp x tp x pp gloo processes
+    llama-course train configs/tiny.yaml                          # launches dp x cp x tp x pp gloo processes
     llama-course train configs/tiny.yaml --nproc 1 --set parallel.global_batch_size=8
     torchrun --nproc-per-node 2 -m llama_course train configs/tiny.yaml
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
@@ -12,9 +12,10 @@ Run on its own, `train` checks the config and the data, then starts torch's own 
 checkpoint in `--checkpoint-dir`. Under torchrun (RANK/WORLD_SIZE set) it is one worker.
 
 Each step: the sampler picks the global batch of step k (the same sequences whatever the layout), this
-rank takes its dp share as micro-batches, the engine (engine.py) runs forward/backward/sync/step, and
-rank 0 writes one JSON line to `--metrics`: step, loss (mean over the global batch), tokens_per_s,
-step_time_s, lr, grad_norm, peak_memory_bytes, mfu (and val_loss when validated).
+rank takes its data shard's share as micro-batches (context parallelism: the engine keeps its chunks of
+each sequence), the engine (engine.py) runs forward/backward/sync/step, and rank 0 writes one JSON line
+to `--metrics`: step, loss (mean over the global batch), tokens_per_s, step_time_s, lr, grad_norm,
+peak_memory_bytes, mfu (and val_loss when validated).
 
 MFU = model FLOPs per token x tokens/s / (devices x peak FLOP/s); model FLOPs count forward + backward
 once (6N + 12 l s d per token, simulator/workload.py), the device peak is the dense peak of the run's
@@ -121,7 +122,8 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
     metrics_path, checkpoint_dir, trace_path, quiet = run.metrics, run.checkpoint_dir, run.trace, run.quiet
     heartbeats = Heartbeats(run.heartbeat_s, run.dead_after_s)
     p = cfg.parallel
-    ctx = init_distributed(p.dp, p.tp, p.pp, mesh_world=p.dp * p.tp * p.pp)     # parameter servers: ranks beyond
+    devices = cfg.replicas * p.tp * p.pp               # training ranks: dp x cp x tp x pp (parameter servers: beyond)
+    ctx = init_distributed(cfg.replicas, p.tp, p.pp, mesh_world=devices, cp=p.cp)
     try:
         torch.manual_seed(cfg.training.seed)
         data = load_tokens(cfg)
@@ -154,7 +156,6 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
 
         flops_per_token = model_flops_per_token(cfg.model, cfg.seq_len)
         peak = peak_flops_per_device(cfg, ctx.device.type)
-        devices = p.dp * p.tp * p.pp
         records = []
         metrics_file = open_metrics(metrics_path, start) if (metrics_path and ctx.is_main) else None
         progress = Progress(cfg.training.steps, start, enabled=ctx.is_main and not quiet)

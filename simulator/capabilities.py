@@ -22,6 +22,7 @@ Columns: the config fields that choose an engine, and what that engine must hono
     precision       training.precision          fp32 | fp16 | bf16
     tie_embeddings  model.tie_embeddings        False | True
     schedule        parallel.schedule           gpipe | 1f1b | interleaved_1f1b | zero_bubble (read only when pp > 1)
+    cp              parallel.cp                 1 or N (a row that leaves it out takes cp 1 only)
 
 A cell holds one value, a tuple of values, or ANY. Rows are tried top to bottom; the first that matches
 names the engine. Adding a combination to the runtime is a one-line change here (widen a cell or add a
@@ -68,6 +69,7 @@ class Row(NamedTuple):
     precision: Any
     tie_embeddings: Any
     schedule: Any = ANY
+    cp: Any = 1
 
 
 NO_FP16 = ("fp32", "bf16")   # torch's model parallelism: its fp16 loss scaling under tp/pp is not tested here
@@ -104,6 +106,16 @@ TABLE = (
     Row("parallel_3d",       "collective",       "bsp",       ANY, N, 1, "torch",  (2, 3),           "none",     "none",       NO_FP16,  False),
     Row("parallel_3d",       "collective",       "bsp",       ANY, ANY, N, "torch", 0,               ANY,        PP_POLICIES,  NO_FP16,  False, NOT_ZB),
     Row("parameter_server",  "parameter_server", PS_SYNCS,    ANY, 1, 1, "course", 0,                "none",     "none",       NO_FP16,  ANY),
+    # context parallelism (cp > 1): the cp ranks average gradients with the dp ranks (dp x cp replicas), so
+    # every data-parallel sync runs over them unchanged; the attention of each block gathers K and V
+    Row("data_parallel",     "collective",       "bsp",       ANY, 1, 1, "course", ZERO_ALL_REDUCE, ANY,       "none",       ANY,      ANY,   ANY, N),
+    Row("data_parallel",     "collective",       "bsp",       ANY, 1, 1, "course", ZERO_SHARDED,    CASTS,     "none",       ANY,      ANY,   ANY, N),
+    Row("ddp",               "collective",       "bsp",       ANY, 1, 1, "torch",  0,                ANY,        "none",       ANY,      ANY,   ANY, N),
+    Row("fsdp2",             "collective",       "bsp",       ANY, 1, 1, "torch",  (1, 2, 3),        "none",     "none",       ANY,      ANY,   ANY, N),
+    Row("parallel_3d",       "collective",       "bsp",       ANY, N, 1, "course", ZERO_ALL_REDUCE, ANY,       "none",       ANY,      ANY,   ANY, N),
+    Row("parallel_3d",       "collective",       "bsp",       ANY, N, 1, "course", 2,               CASTS,     "none",       ANY,      ANY,   ANY, N),
+    Row("parallel_3d",       "collective",       "bsp",       ANY, ANY, N, "course", ZERO_ALL_REDUCE, ANY,     PP_POLICIES,  ANY,      False, ANY, N),
+    Row("parallel_3d",       "collective",       "bsp",       ANY, ANY, N, "course", 2,             CASTS,     PP_POLICIES,  ANY,      False, ANY, N),
 )
 
 COLUMNS = Row._fields[1:]
@@ -111,16 +123,17 @@ FIELDS = {
     "strategy": "parallel.strategy", "sync": "parallel.sync", "dp": "parallel.dp", "tp": "parallel.tp",
     "pp": "parallel.pp", "implementation": "parallel.implementation", "zero_stage": "parallel.zero_stage",
     "compression": "parallel.compression", "policy": "load_balance.policy", "precision": "training.precision",
-    "tie_embeddings": "model.tie_embeddings", "schedule": "parallel.schedule",
+    "tie_embeddings": "model.tie_embeddings", "schedule": "parallel.schedule", "cp": "parallel.cp",
 }
 """Column -> the config field it reads."""
 VALUES = {
     "strategy": STRATEGIES, "sync": SYNCS, "dp": (1, N), "tp": (1, N), "pp": (1, N),
     "implementation": IMPLEMENTATIONS, "zero_stage": (0, 1, 2, 3), "compression": COMPRESSIONS,
     "policy": POLICIES, "precision": PRECISIONS, "tie_embeddings": (False, True), "schedule": SCHEDULES,
+    "cp": (1, N),
 }
 """Column -> every value it can take: the space the tests draw from."""
-LAYOUT = ("strategy", "dp", "tp", "pp")
+LAYOUT = ("strategy", "dp", "tp", "pp", "cp")
 """Columns that describe the layout itself: an error names the other fields as the ones to change."""
 
 
@@ -128,14 +141,14 @@ def key(cfg, **parallel) -> dict:
     """The table columns of a validated config (parallel.dp filled in); `parallel` fields given here
     replace the config's (the planner asks about a layout before building its config)."""
     p = {f: getattr(cfg.parallel, f) for f in ("strategy", "sync", "dp", "tp", "pp", "implementation",
-                                                "zero_stage", "compression", "schedule")}
+                                                "zero_stage", "compression", "schedule", "cp")}
     p.update(parallel)
     many = lambda n: N if n > 1 else 1  # noqa: E731
     return {"strategy": p["strategy"], "sync": p["sync"], "dp": many(p["dp"]), "tp": many(p["tp"]),
             "pp": many(p["pp"]), "implementation": p["implementation"], "zero_stage": p["zero_stage"],
             "compression": p["compression"], "policy": cfg.load_balance.policy,
             "precision": cfg.training.precision, "tie_embeddings": bool(cfg.model.tie_embeddings),
-            "schedule": p["schedule"] if p["pp"] > 1 else ANY}
+            "schedule": p["schedule"] if p["pp"] > 1 else ANY, "cp": many(p["cp"])}
 
 
 def allows(cell, value) -> bool:
@@ -196,7 +209,7 @@ def refusal(k: dict) -> str:
     bad = [c for c in COLUMNS if any(c in mismatches(row, k) for row in closest)]
     names = ", ".join(FIELDS[c] for c in bad)
     values = ", ".join(_show(c, k[c]) for c in bad)
-    context = [f"{FIELDS[c]} {_show(c, k[c])}" for c in ("strategy", "sync", "dp", "tp", "pp", "implementation")
+    context = [f"{FIELDS[c]} {_show(c, k[c])}" for c in ("strategy", "sync", "dp", "tp", "pp", "cp", "implementation")
                if c not in bad and getattr(closest[0], c) != ANY and k[c] not in ("collective", "bsp", 1)]
     with_ = f" with {', '.join(context)}" if context else ""
     takes: dict = {}                    # what a closest engine takes -> the engines that take it
@@ -219,7 +232,7 @@ def refusal(k: dict) -> str:
 
 
 def _show(column: str, value) -> str:
-    if column in ("dp", "tp", "pp"):
+    if column in ("dp", "tp", "pp", "cp"):
         return "> 1" if value == N else "1"
     return str(value).lower() if isinstance(value, bool) else str(value)
 

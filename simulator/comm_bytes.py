@@ -73,11 +73,13 @@ def comm_bytes(cfg, steps: int | None = None) -> list:
     p = cfg.parallel
     engine = engine_for(cfg)
     out = []
-    for rank in range(p.dp * p.tp * p.pp):
+    for rank in range(cfg.replicas * p.tp * p.pp):
         if engine == "local_sgd":
             out.append([_local_sgd(cfg, rank, n) for n in range(1, steps + 1)])
         else:
             one = _step(cfg, engine, rank)
+            if p.cp > 1:
+                _context_parallel(cfg, rank, one)
             out.append([dict(one) for _ in range(steps)])
     return out
 
@@ -153,7 +155,8 @@ def _data_parallel(cfg, rank: int, out: dict, params: list | None = None, deferr
     shard of it): buckets (ZeRO-0/1/2) or per-block units (ZeRO-3), the course's rings. `deferred`: the
     reduction waits for the end of backward and first agrees on unused parameters (one fp32 flag each)."""
     p = cfg.parallel
-    n_ranks, i, z = p.dp, spec.coords(rank, p.dp, p.tp, p.pp)[1], p.zero_stage
+    n_ranks, z = cfg.replicas, p.zero_stage                          # dp x cp ranks average gradients
+    i = spec.coords(rank, n_ranks, p.tp, p.pp)[1]
     units = _dp_units(cfg, params)
     grad_elem = {"fp16": 2, "bf16": 2}.get(p.compression, FP32)
     if deferred and n_ranks > 1:
@@ -243,10 +246,10 @@ def _compressed_all_reduce(cfg, out: dict, unit: list, n: int, n_ranks: int, i: 
 def _model_parallel(cfg, rank: int, out: dict) -> dict:
     """tensor_parallel.py, pipeline_parallel.py and the 3-D engine made of them (course implementation)."""
     p, m = cfg.parallel, cfg.model
-    pp_rank, _, _ = spec.coords(rank, p.dp, p.tp, p.pp)
+    pp_rank, _, _ = spec.coords(rank, cfg.replicas, p.tp, p.pp)
     t, sp = p.tp, p.sequence_parallel and p.tp > 1
     b, s, h = p.micro_batch_size, cfg.seq_len, m.dim
-    act = b * s * h
+    act = b * s // p.cp * h                                           # this rank's tokens (context parallel)
     n_micro = cfg.grad_accum_steps
     n_virtual = p.pp * p.vpp
     layers = _stage_layers(cfg)
@@ -260,11 +263,11 @@ def _model_parallel(cfg, rank: int, out: dict) -> dict:
                 per["all_gather"] += FP32 * act // t * (2 * regions + first + last)
                 per["reduce_scatter"] += FP32 * act * (2 * regions + first + last)
                 if first and m.arch == "gpt":                         # learned positions: split, gathered back
-                    per["all_gather"] += FP32 * s * h // t
+                    per["all_gather"] += FP32 * s // p.cp * h // t
             else:
                 per["all_reduce"] += FP32 * act * (2 * regions + first + last)
             if last:
-                per["all_reduce"] += 3 * FP32 * b * s                 # vocab-parallel cross-entropy
+                per["all_reduce"] += 3 * FP32 * b * s // p.cp         # vocab-parallel cross-entropy
             for kind in KINDS:
                 out[kind] += n_micro * per[kind]
     if p.pp > 1:                                                      # activations forward, gradients back
@@ -282,10 +285,25 @@ def _model_parallel(cfg, rank: int, out: dict) -> dict:
         m, s, layers[k], k == 0, k == n_virtual - 1, t)]
     if sp:                                                            # replicated weights that saw s/t tokens
         out["all_reduce"] += FP32 * sum(spec.numel(shape) for n, shape in stage if _sequence_parallel(n))
-    if p.dp > 1 or p.zero_stage > 0:                                  # the course's data parallelism on the shard
+    if cfg.replicas > 1 or p.zero_stage > 0:                          # the course's data parallelism on the shard
         _data_parallel(cfg, rank, out, stage, deferred=sp)
     out["all_reduce"] += FP64 * ((t > 1) + (p.pp > 1))                # the gradient norm over tp, over pp
     return out
+
+
+def _context_parallel(cfg, rank: int, out: dict) -> None:
+    """context_parallel.py's collectives, per micro-batch and block of this rank's stage: the K and V of its
+    s/cp tokens all-gathered before attention (again when any recomputation reruns the block or its
+    attention: the gather is inside the recomputed region), the whole sequence's dK and dV reduce-scattered
+    after its backward."""
+    p, m = cfg.parallel, cfg.model
+    pp_rank = spec.coords(rank, cfg.replicas, p.tp, p.pp)[0]
+    blocks = sum(len(_stage_layers(cfg)[c * p.pp + pp_rank]) for c in range(p.vpp))
+    kv = 2 * m.n_kv_heads * (m.dim // m.n_heads) // p.tp              # K and V features on this tp rank
+    tokens = p.micro_batch_size * cfg.seq_len
+    gathers = 1 if p.activation_checkpointing == "none" else 2
+    out["all_gather"] += cfg.grad_accum_steps * blocks * gathers * FP32 * tokens // p.cp * kv
+    out["reduce_scatter"] += cfg.grad_accum_steps * blocks * FP32 * tokens * kv
 
 
 def _stage_layers(cfg) -> list:

@@ -149,8 +149,8 @@ def weight_grad_time(ops, hw: Hardware, precision: str) -> float:
 
 
 def block_times(model, seq_len: int, micro_batch: int, tp: int, sequence_parallel: bool, precision: str,
-                flash: bool, recompute: str, hw: Hardware, fp8: bool = False) -> BlockTimes:
-    ops = layer_ops(model, seq_len, micro_batch, tp, sequence_parallel, precision, flash)
+                flash: bool, recompute: str, hw: Hardware, fp8: bool = False, cp: int = 1) -> BlockTimes:
+    ops = layer_ops(model, seq_len, micro_batch, tp, sequence_parallel, precision, flash, cp)
     if fp8:                         # training.fp8: the linear matmuls at the fp8 peak, after their casts
         ops = fp8_ops(ops, precision)
     fwd = ops_time(ops, hw, precision)
@@ -161,7 +161,7 @@ def block_times(model, seq_len: int, micro_batch: int, tp: int, sequence_paralle
     elif recompute in ("selective", "selective_op"):
         again = [] if flash else [o for o in ops if o.core]
         if recompute == "selective_op":
-            again += [o._replace(fp8=fp8) for o in alternate_matmuls(model, seq_len, micro_batch, tp, precision)]
+            again += [o._replace(fp8=fp8) for o in alternate_matmuls(model, seq_len // cp, micro_batch, tp, precision)]
         re, re_flops = ops_time(again, hw, precision), sum(o.flops for o in again)
     else:
         re, re_flops = 0.0, 0.0

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from simulator import capabilities
+from simulator.context_parallel import check_context_parallel
 from simulator.pipeline_parallel import check_stage_layers
 from simulator.presets import MODEL_PRESETS, model_preset
 from simulator.schema import (  # noqa: F401  (the schema's names are imported from here throughout)
@@ -256,7 +257,7 @@ def resolve(cfg: Config, runtime: bool = True) -> Config:
         raise ConfigError(f"model.structured_sparsity: {m.structured_sparsity} must be in [0, 1)")
     _positive("seq_len", cfg.seq_len)
 
-    for name in ("tp", "pp", "vpp", "micro_batch_size", "global_batch_size", "num_servers", "local_steps",
+    for name in ("tp", "pp", "cp", "vpp", "micro_batch_size", "global_batch_size", "num_servers", "local_steps",
                  "powersgd_rank"):
         _positive(f"parallel.{name}", getattr(p, name))
     for name in ("staleness", "bucket_mb"):
@@ -269,17 +270,19 @@ def resolve(cfg: Config, runtime: bool = True) -> Config:
         _positive("cluster.num_gpus", c.num_gpus)
     if c.gpus_per_node is not None:
         _positive("cluster.gpus_per_node", c.gpus_per_node)
-    model_par = p.tp * p.pp
+    model_par = p.tp * p.pp * p.cp
+    cp_x = "cp x " if p.cp > 1 else ""
     if p.dp is None and c.num_gpus is None:
         p.dp = 1
     elif p.dp is None:
         if c.num_gpus % model_par:
-            raise ConfigError(f"cluster.num_gpus: {c.num_gpus} is not divisible by tp x pp = {model_par}")
+            raise ConfigError(f"cluster.num_gpus: {c.num_gpus} is not divisible by {cp_x}tp x pp = {model_par}")
         p.dp = c.num_gpus // model_par
     if c.num_gpus is None:
         c.num_gpus = p.dp * model_par
     if p.dp * model_par != c.num_gpus:
-        raise ConfigError(f"cluster.num_gpus: {c.num_gpus} != dp x tp x pp = {p.dp} x {p.tp} x {p.pp}")
+        cp_n = f"{p.cp} x " if p.cp > 1 else ""
+        raise ConfigError(f"cluster.num_gpus: {c.num_gpus} != dp x {cp_x}tp x pp = {p.dp} x {cp_n}{p.tp} x {p.pp}")
     if c.num_gpus > MAX_GPUS:
         raise ConfigError(f"cluster.num_gpus: {c.num_gpus} is more than {MAX_GPUS}")
     for link_name in ("intra_node", "inter_node"):
@@ -308,6 +311,7 @@ def resolve(cfg: Config, runtime: bool = True) -> Config:
         raise ConfigError(f"parallel.tp: {p.tp} does not divide model.vocab_size {m.vocab_size}")
     if p.sequence_parallel and cfg.seq_len % p.tp:
         raise ConfigError(f"parallel.sequence_parallel: tp {p.tp} does not divide seq_len {cfg.seq_len}")
+    check_context_parallel(cfg)
     uneven = p.first_stage_layers is not None or p.last_stage_layers is not None
     if uneven:
         check_stage_layers(m.n_layers, p)

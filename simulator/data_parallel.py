@@ -110,7 +110,7 @@ def zero_semantics(cfg, system: str | None = None) -> ZeroSemantics:
     if system not in SYSTEMS:
         raise ValueError(f"unknown data-parallel system {system!r} (known: {', '.join(SYSTEMS)})")
     z = p.zero_stage
-    if z == 0 or (p.dp or 1) <= 1:
+    if z == 0 or (p.dp or 1) * p.cp <= 1:
         return ZeroSemantics(system, "all_reduce", False, "none", False)
     if system in ("fsdp2", "fsdp_sharded"):
         # FSDP syncs gradients in every backward (torchtitan, Composer: sharded accumulation); under a
@@ -153,7 +153,7 @@ def compression_factor(cfg, matrices=None) -> float:
         # (no ring all-reduce): they are all-gathered, (N-1) x k x (value + int32 index) bytes per rank,
         # against the dense ring's 2 (N-1)/N x n x e. The ratio grows with N: at N = 64 and 1% top-k in
         # fp32 it is 0.64 of the dense bytes, not 0.02 (beyond 1 / (N ratio) ranks, top-k loses).
-        n_ranks = max(p.dp or 1, 2)
+        n_ranks = max((p.dp or 1) * p.cp, 2)
         return n_ranks * p.topk_ratio * (e + 4) / (2 * e)
     if p.compression == "powersgd":
         m = cfg.model
@@ -179,7 +179,7 @@ def reduce_bucket_mb(cfg, sem, block_params: float) -> float:
     fsdp_sharded) one reduce-scatter per block (an FSDP unit's gradients); DeepSpeed's ZeRO buckets of
     DEEPSPEED_REDUCE_BUCKET elements."""
     p = cfg.parallel
-    z = p.zero_stage if (p.dp or 1) > 1 else 0
+    z = p.zero_stage if (p.dp or 1) * p.cp > 1 else 0
     if z >= 1 and sem.system in ("fsdp2", "fsdp_sharded"):
         return block_params * 4 / spec.BUCKET_UNIT_BYTES
     if z >= 1 and sem.system in DEEPSPEED:

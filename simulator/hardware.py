@@ -391,7 +391,7 @@ def hardware_for(cfg) -> Hardware:
         # which code moves the bytes: the course's data-parallel engines (gradients, ZeRO gathers) use their own
         # ring on send/recv; tensor parallelism and every torch engine use gloo's all_reduce
         p = cfg.parallel
-        impl = "course" if p.implementation == "course" and p.dp > 1 else "gloo"
+        impl = "course" if p.implementation == "course" and cfg.replicas > 1 else "gloo"
         hw = hw.with_overrides(collective_table=hw.collective_curves.get(impl) or hw.collective_table,
                                back_to_back_table=(hw.back_to_back_curves or {}).get(impl))
     return hw

@@ -195,8 +195,7 @@ def _context(cfg):
     hw = hardware_for(cfg)
     comm = CommModel(Cluster(hw, cfg.cluster.num_gpus))
     step = simulate_step(cfg, hw, comm)
-    p = cfg.parallel
-    return Context(cfg, hw, comm, Layout(p.tp, p.dp, p.pp, p.vpp), step, dict(step.breakdown))
+    return Context(cfg, hw, comm, Layout.of(cfg), step, dict(step.breakdown))
 
 
 def contribute(ctx) -> None:

@@ -14,6 +14,8 @@ For pipeline rank r holding virtual stages k = c p + r with L_k blocks each:
                    x activation_bytes_per_layer (Korthikanti et al. 2022)
                    + one block's full activations during its backward under full recomputation
                    + the fp32 logits and their gradient on the last stage
+                   (context parallelism: all of it for s/cp tokens, plus the K and V gathered from the
+                   other cp ranks, kept for the attention's backward)
 
 The in-flight count comes from walking the rank's actual schedule (`pipeline_parallel.peak_in_flight`):
 p micro-batches on the first stage of 1F1B, m with GPipe, p (1 + (p-1)/(p v)) interleaved.
@@ -26,6 +28,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from simulator.config import load_config
+from simulator.context_parallel import kv_bytes
 from simulator.data_parallel import gathered_blocks, grad_bytes_per_param, zero_semantics
 from simulator.pipeline_parallel import partition_layers, peak_in_flight, schedule_order
 from simulator.workload import DTYPE_BYTES, activation_bytes_per_layer, layer_params, state_bytes
@@ -79,11 +82,12 @@ def rank_memory(cfg, rank: int, layers: list, n_micro: int, system: str | None =
     psi_virtual = virtual_stage_params(cfg, layers)
     chunks = [c * pp + rank for c in range(v)]
     psi = sum(psi_virtual[k] for k in chunks)
-    states = state_bytes(psi, prec, cfg.training.optimizer, p.zero_stage, p.dp, cfg.training.grad_reduce_dtype)
+    replicas = cfg.replicas                 # dp x cp ranks share the states ZeRO shards
+    states = state_bytes(psi, prec, cfg.training.optimizer, p.zero_stage, replicas, cfg.training.grad_reduce_dtype)
     sem = zero_semantics(cfg, system)
-    if sem.shards_grads(p.zero_stage) and p.dp > 1:
+    if sem.shards_grads(p.zero_stage) and replicas > 1:
         block = layer_params(cfg.model) / t
-        states["grads"] = psi * grad_bytes_per_param(cfg) / p.dp
+        states["grads"] = psi * grad_bytes_per_param(cfg) / replicas
         # gradients beside the shard: every one of them, whole, while accumulating without a reduction
         # (course, FSDP2's no-sync); else the block whose backward just ended, before its reduce-scatter
         whole = psi if sem.holds_whole_grads(p.zero_stage, n_micro) else block
@@ -95,14 +99,22 @@ def rank_memory(cfg, rank: int, layers: list, n_micro: int, system: str | None =
                 states["params"] = 0.0
             states["params"] += gathered_blocks(cfg, system) * block * DTYPE_BYTES[prec]
     flash = uses_flash(cfg)
-    act_args = dict(seq_len=cfg.seq_len, micro_batch=p.micro_batch_size, tp=t,
+    s_local = cfg.seq_len // p.cp           # context parallelism: this GPU's tokens
+    act_args = dict(seq_len=s_local, micro_batch=p.micro_batch_size, tp=t,
                     sequence_parallel=p.sequence_parallel, flash=flash, precision=prec)
+    # the K and V the other cp ranks sent: kept for the attention's backward, or, when recomputation reruns
+    # the attention (every mode: the gather is inside what it reruns), gathered again for one block at a time
+    gathered = kv_bytes(cfg.model, cfg.seq_len, p.micro_batch_size, t, prec) * (1 - 1 / p.cp)
     per_layer = activation_bytes_per_layer(cfg.model, recompute=p.activation_checkpointing, **act_args)
+    if p.activation_checkpointing == "none":
+        per_layer += gathered
     acts = held_layers(p.schedule, pp, n_micro, v, rank, tuple(layers[k] for k in chunks)) * per_layer
+    if p.activation_checkpointing != "none":
+        acts += gathered
     if p.activation_checkpointing == "full":
         acts += activation_bytes_per_layer(cfg.model, recompute="none", **act_args)
     if rank == pp - 1:
-        tokens = p.micro_batch_size * cfg.seq_len
+        tokens = p.micro_batch_size * s_local
         acts += tokens * cfg.model.vocab_size / t * (DTYPE_BYTES[prec] + 4 + 4)
     out = dict(states)
     out["activations"] = acts

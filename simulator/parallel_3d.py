@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from simulator import spec
 from simulator.collectives import CommModel
 from simulator.compute import block_times, embedding_times, head_times, head_weight_grad, optimizer_time
+from simulator.context_parallel import cp_comm
 from simulator.data_parallel import (
     bucket_sizes,
     buckets_ready,
@@ -52,10 +53,18 @@ from simulator.workload import DTYPE_BYTES
 
 @dataclass
 class Layout:
+    """A layout's grid: `dp` counts replicas, the dp x cp ranks that average gradients (spec.py)."""
+
     tp: int
     dp: int
     pp: int
     vpp: int
+    cp: int = 1
+
+    @classmethod
+    def of(cls, cfg) -> Layout:
+        p = cfg.parallel
+        return cls(p.tp, cfg.replicas, p.pp, p.vpp, p.cp)
 
     def rank(self, tp_index: int, dp_index: int, pp_index: int) -> int:
         return spec.rank_of(pp_index, dp_index, tp_index, self.dp, self.tp)
@@ -68,6 +77,10 @@ class Layout:
 
     def pp_group(self, tp_index: int = 0, dp_index: int = 0) -> list:
         return [self.rank(tp_index, dp_index, i) for i in range(self.pp)]
+
+    def cp_group(self, tp_index: int = 0, data_index: int = 0, pp_index: int = 0) -> list:
+        """The cp replicas that share one sequence (context_parallel.py)."""
+        return [self.rank(tp_index, data_index * self.cp + c, pp_index) for c in range(self.cp)]
 
     def coords(self, rank: int) -> tuple:
         """(tp_index, dp_index, pp_index) of a global rank (simulator/spec.py: the runtime's grid)."""
@@ -117,11 +130,14 @@ def stage_costs(cfg, hw, comm: CommModel, layout: Layout, layers: list, system: 
     p, prec, m = cfg.parallel, cfg.training.precision, cfg.model
     b, s = p.micro_batch_size, cfg.seq_len
     blk = block_times(m, s, b, p.tp, p.sequence_parallel, prec, uses_flash(cfg), p.activation_checkpointing, hw,
-                      cfg.training.fp8)
-    tpc = tp_comm(cfg, comm, layout.tp_group())
-    re_comm = tpc.block_forward if p.activation_checkpointing == "full" else 0.0
-    emb_f, emb_b = embedding_times(m, s, b, p.tp, prec, hw)
-    head_f, head_b = head_times(m, s, b, p.tp, prec, hw)
+                      cfg.training.fp8, p.cp)
+    tpc, cpc = tp_comm(cfg, comm, layout.tp_group()), cp_comm(cfg, comm, layout.cp_group())
+    block_f, block_b = tpc.block_forward + cpc.block_forward, tpc.block_backward + cpc.block_backward
+    # recomputation reruns the block's collectives (full) or the K/V gather inside the attention it reruns
+    re_comm = {"none": 0.0, "full": block_f}.get(p.activation_checkpointing, cpc.block_forward)
+    s_local = s // p.cp                         # the tokens of this GPU (context_parallel.py)
+    emb_f, emb_b = embedding_times(m, s_local, b, p.tp, prec, hw)
+    head_f, head_b = head_times(m, s_local, b, p.tp, prec, hw)
     sem = zero_semantics(cfg, system)
     gather = 0.0
     if sem.gather in ("first_forward", "forward", "forward_backward"):
@@ -136,9 +152,9 @@ def stage_costs(cfg, hw, comm: CommModel, layout: Layout, layers: list, system: 
     n_virtual = len(layers)
     fwd, bwd = [], []
     for k, n_blocks in enumerate(layers):
-        f = StageCost(n_blocks * blk.forward, 0.0, n_blocks * tpc.block_forward,
+        f = StageCost(n_blocks * blk.forward, 0.0, n_blocks * block_f,
                       gathers(n_blocks, blk.forward, ("forward", "forward_backward")))
-        g = StageCost(n_blocks * blk.backward, n_blocks * blk.recompute, n_blocks * (tpc.block_backward + re_comm),
+        g = StageCost(n_blocks * blk.backward, n_blocks * blk.recompute, n_blocks * (block_b + re_comm),
                       gathers(n_blocks, blk.backward + blk.recompute, ("forward_backward",)),
                       n_blocks * blk.weight_grad)
         if k == 0:
@@ -149,7 +165,7 @@ def stage_costs(cfg, hw, comm: CommModel, layout: Layout, layers: list, system: 
             f.compute += head_f
             f.comm += tpc.head_forward
             g.compute += head_b
-            g.weight_grad += head_weight_grad(m, s, b, p.tp, prec, hw)
+            g.weight_grad += head_weight_grad(m, s_local, b, p.tp, prec, hw)
             g.comm += tpc.head_backward
         fwd.append(f)
         bwd.append(g)
@@ -161,13 +177,18 @@ def p2p_time(cfg, comm: CommModel, layout: Layout) -> float:
     its own NIC, then an all-gather inside the node restores it (Megatron-LM's scatter/gather)."""
     if layout.pp <= 1:
         return 0.0
-    p = cfg.parallel
-    a = p.micro_batch_size * cfg.seq_len * cfg.model.dim * DTYPE_BYTES[cfg.training.precision]
+    a = activation_message_bytes(cfg)
     group = layout.pp_group()
     t = comm.time("send", (group[0], group[1]), a / layout.tp)
-    if layout.tp > 1 and not p.sequence_parallel:
+    if layout.tp > 1 and not cfg.parallel.sequence_parallel:
         t += comm.time("all_gather", layout.tp_group(), a)
     return t
+
+
+def activation_message_bytes(cfg) -> float:
+    """Bytes of one micro-batch's activation between pipeline stages: b (s / cp) h in the compute precision."""
+    p = cfg.parallel
+    return p.micro_batch_size * cfg.seq_len // p.cp * cfg.model.dim * DTYPE_BYTES[cfg.training.precision]
 
 
 SCALAR_BYTES = 8
@@ -253,7 +274,7 @@ def step_lower_bound(cfg, hw, comm: CommModel, system: str | None = None) -> flo
     the last backward on the lightest rank (step scalars, the optimizer, a gather after it). Gradient sync,
     sends, stragglers and imbalance only add."""
     p = cfg.parallel
-    layout = Layout(p.tp, p.dp, p.pp, p.vpp)
+    layout = Layout.of(cfg)
     layers = stage_layers(cfg)
     sem = zero_semantics(cfg, system)
     fwd, bwd, blk, block_gather = stage_costs(cfg, hw, comm, layout, layers, system)
@@ -282,7 +303,7 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
     """One step of the config's layout; `system` picks the data-parallel rules (data_parallel.zero_semantics);
     `contention` (default: `on_links(hw)`) runs every rank's streams on shared links (`streams`)."""
     p = cfg.parallel
-    layout = Layout(p.tp, p.dp, p.pp, p.vpp)
+    layout = Layout.of(cfg)
     n_micro = cfg.grad_accum_steps
     layers = stage_layers(cfg)
     sem = zero_semantics(cfg, system)
@@ -303,7 +324,7 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
     buckets = grad_buckets(cfg, sem, layers, psi_virtual, grad_wire) if layout.dp > 1 else [[] for _ in layers]
     if contention:
         plan = stream_plan(cfg, layout, layers, fwd, bwd, sem, psi_virtual, grad_wire, buckets)
-        a = p.micro_batch_size * cfg.seq_len * cfg.model.dim * DTYPE_BYTES[cfg.training.precision]
+        a = activation_message_bytes(cfg)
         extra = comm.time("all_gather", layout.tp_group(), a) if layout.tp > 1 and not p.sequence_parallel else 0.0
         runs = [simulate_streams(plan, comm, layout, a / layout.tp if layout.pp > 1 else 0.0, extra, slow, record)
                 for slow in slows]
@@ -389,7 +410,7 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
     idle = sum(end - ends[(i, q)][0] for q in range(p.pp))
     mean_shift = {c: (sum(parts[c] for parts, _ in ranks) + (idle if c == "bubble" else 0.0)) / p.pp - v
                   for c, v in breakdown.items()}
-    recompute_per_token = cfg.model.n_layers * blk.recompute_flops * p.tp / (p.micro_batch_size * cfg.seq_len)
+    recompute_per_token = cfg.model.n_layers * blk.recompute_flops * p.tp * p.cp / (p.micro_batch_size * cfg.seq_len)
     return Step(step_time=end, breakdown=breakdown, comm=comm_detail, critical_rank=r, pipeline=runs[i],
                 forward=fwd, backward=bwd,
                 dp_spans={rr: v[0] for (ii, rr), v in all_spans.items() if ii == i},

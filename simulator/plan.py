@@ -3,6 +3,8 @@
 Keeps the model, cluster, sequence length, global batch and precision of the config and searches
 
     tp          powers of two up to a node (tensor parallelism wants NVLink), dividing heads and kv heads
+    cp          context parallelism, powers of two while each rank keeps at least MIN_CP_TOKENS of the
+                sequence (shorter chunks make small matmuls and latency-bound gathers)
     pp          divisors of num_gpus / tp, at most the layers (uneven stages allowed, as Llama 3's 126 / 16)
     schedule    gpipe, 1f1b, zero_bubble, and interleaved_1f1b with vpp in 2, 3, 4, 6, 8 (vpp dividing
                 layers / pp)
@@ -62,7 +64,7 @@ from simulator.plan_report import EXPLAIN_DIMENSIONS, explain, format_plan, obje
 from simulator.simulate import simulate
 from simulator.topology import Cluster
 
-PLAN_FIELDS = ("dp", "tp", "pp", "vpp", "schedule", "zero_stage", "micro_batch_size",
+PLAN_FIELDS = ("dp", "cp", "tp", "pp", "vpp", "schedule", "zero_stage", "micro_batch_size",
                "activation_checkpointing", "sequence_parallel", "first_stage_layers", "last_stage_layers")
 SPLIT_FIELDS = ("first_stage_layers", "last_stage_layers")
 """In a plan entry only when the layout makes the first and last stages lighter (so that every entry's
@@ -71,6 +73,8 @@ MICRO_BATCHES = (1, 2, 4, 8, 16)
 VIRTUAL_STAGES = (2, 3, 4, 6, 8)
 RECOMPUTE = ("none", "selective", "selective_op", "full")
 MAX_PP = 128
+MIN_CP_TOKENS = 2048
+"""The planner splits a sequence over cp ranks only while each keeps at least this many tokens."""
 
 
 class PlanComm(CommModel):
@@ -164,7 +168,7 @@ def load_plan_config(source=None, overrides: list | None = None):
     n = cl.get("num_gpus")
     if n is None:
         n = 1
-        for key in ("dp", "tp", "pp"):
+        for key in ("dp", "cp", "tp", "pp"):
             n *= _count(f"parallel.{key}", par.get(key, 1) if par.get(key) is not None else 1)
     n = _count("cluster.num_gpus", n)
     batch = _count("parallel.global_batch_size", par.get("global_batch_size", ParallelConfig.global_batch_size))
@@ -192,10 +196,12 @@ def candidates(cfg) -> list:
     tps = [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= max(1, gpn) and n % t == 0
            and m.n_heads % t == 0 and m.n_kv_heads % t == 0]
     recomputes = [r for r in RECOMPUTE if not (r == "selective" and uses_flash(cfg))]
+    s = cfg.seq_len
+    cps = [c for c in (1, 2, 4, 8, 16, 32) if c == 1 or (s % (2 * c) == 0 and s // c >= MIN_CP_TOKENS)]
     out = []
-    for tp in tps:
-        for pp in (x for x in range(1, min(m.n_layers, n // tp, MAX_PP) + 1) if (n // tp) % x == 0):
-            dp = n // (tp * pp)
+    for tp, cp in ((t, c) for t in tps for c in cps if n % (t * c) == 0):
+        for pp in (x for x in range(1, min(m.n_layers, n // (tp * cp), MAX_PP) + 1) if (n // (tp * cp)) % x == 0):
+            dp = n // (tp * cp * pp)
             for mb in MICRO_BATCHES:
                 if g % (dp * mb):
                     continue
@@ -209,10 +215,10 @@ def candidates(cfg) -> list:
                     for schedule, vpp in schedules:
                         for zero in (0, 1, 2, 3):
                             if not capabilities.supported(capabilities.key(cfg, dp=dp, tp=tp, pp=pp, zero_stage=zero,
-                                                                           schedule=schedule)):
+                                                                           schedule=schedule, cp=cp)):
                                 continue
                             for recompute in recomputes:
-                                out.append(dict(dp=dp, tp=tp, pp=pp, vpp=vpp, schedule=schedule, zero_stage=zero,
+                                out.append(dict(dp=dp, cp=cp, tp=tp, pp=pp, vpp=vpp, schedule=schedule, zero_stage=zero,
                                                 micro_batch_size=mb, activation_checkpointing=recompute,
                                                 sequence_parallel=tp > 1, first_stage_layers=ends,
                                                 last_stage_layers=ends))

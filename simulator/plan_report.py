@@ -10,7 +10,7 @@ best layout with that value is. `simulator/plan.py` runs the search.
 
 from __future__ import annotations
 
-EXPLAIN_DIMENSIONS = (("tp", "tensor parallel"), ("pp", "pipeline parallel"), ("zero_stage", "ZeRO stage"),
+EXPLAIN_DIMENSIONS = (("tp", "tensor parallel"), ("cp", "context parallel"), ("pp", "pipeline parallel"), ("zero_stage", "ZeRO stage"),
                       ("micro_batch_size", "micro-batch"), ("activation_checkpointing", "recomputation"),
                       ("schedule", "schedule"))
 LABELS = dict(EXPLAIN_DIMENSIONS, dp="dp", vpp="virtual stages", sequence_parallel="sequence parallel")
@@ -34,7 +34,7 @@ def ends(p: dict) -> str:
 
 def describe(p: dict) -> str:
     """A layout in a few words: dp x tp x pp, schedule, ZeRO, micro-batch, recomputation."""
-    return (f"dp {p['dp']} x tp {p['tp']} x pp {p['pp']}"
+    return (f"dp {p['dp']}" + (f" x cp {p['cp']}" if p.get("cp", 1) > 1 else "") + f" x tp {p['tp']} x pp {p['pp']}"
             + (f" (interleaved, vpp {p['vpp']})" if p["vpp"] > 1 else (f", {p['schedule']}" if p["pp"] > 1 else ""))
             + (f", first/last stage {ends(p)} layers" if ends(p) else "")
             + f", ZeRO-{p['zero_stage']}, micro-batch {p['micro_batch_size']}, recompute "
@@ -97,11 +97,11 @@ def explain(entries: list, floors: dict, excluded: list, stats: dict, capacity: 
 def format_plan(entries: list, stats: dict | None = None) -> str:
     """The planner's table (*ends*: the first and last stages' layers where they hold fewer, "-" for an even
     split) and its explanation."""
-    lines = ["| # | dp | tp | pp | v | ends | schedule | zero | mb | recompute | step s | tokens/s/GPU | MFU | memory GB |",
-             "|---:|---:|---:|---:|---:|---|---|---:|---:|---|---:|---:|---:|---:|"]
+    lines = ["| # | dp | cp | tp | pp | v | ends | schedule | zero | mb | recompute | step s | tokens/s/GPU | MFU | memory GB |",
+             "|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---|---:|---:|---:|---:|"]
     for i, e in enumerate(entries, 1):
         p = e["parallel"]
-        lines.append(f"| {i} | {p['dp']} | {p['tp']} | {p['pp']} | {p['vpp']} | {ends(p) or '-'} | "
+        lines.append(f"| {i} | {p['dp']} | {p.get('cp', 1)} | {p['tp']} | {p['pp']} | {p['vpp']} | {ends(p) or '-'} | "
                      f"{p['schedule'] if p['pp'] > 1 else '-'} | "
                      f"{p['zero_stage']} | {p['micro_batch_size']} | {p['activation_checkpointing']} | "
                      f"{e['step_time_s']:.3g} | {e['tokens_per_s_per_gpu']:,.0f} | {100 * e['mfu']:.1f}% | "

@@ -146,6 +146,11 @@ class ParallelConfig:
     """Tensor-parallel degree (Megatron column/row split)."""
     pp: int = 1
     """Pipeline-parallel degree (stages)."""
+    cp: int = 1
+    """Context-parallel degree: each sequence split over cp ranks (2 cp chunks, rank r holding chunks r and
+    2 cp - 1 - r, so causal attention work is even), K and V all-gathered over them before attention and
+    their gradients reduce-scattered after (Llama 3's all-gather context parallelism). The cp ranks hold
+    the same weights and average gradients with the data-parallel ranks: num_gpus = dp x cp x tp x pp."""
     vpp: int = 1
     """Virtual stages per pipeline rank (interleaved 1F1B)."""
     schedule: str = "1f1b"
@@ -331,9 +336,14 @@ class Config:
 
     @property
     def world_size(self) -> int:
-        """Processes the runtime launches: dp x tp x pp, plus parameter servers."""
+        """Processes the runtime launches: dp x cp x tp x pp, plus parameter servers."""
         extra = self.parallel.num_servers if self.parallel.strategy == "parameter_server" else 0
-        return self.parallel.dp * self.parallel.tp * self.parallel.pp + extra
+        return self.replicas * self.parallel.tp * self.parallel.pp + extra
+
+    @property
+    def replicas(self) -> int:
+        """Ranks holding one copy of a stage's weights shard, which average their gradients: dp x cp."""
+        return self.parallel.dp * self.parallel.cp
 
     @property
     def grad_accum_steps(self) -> int:

@@ -95,8 +95,8 @@ def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None, 
     tokens = cfg.tokens_per_step
     model_flops = tokens * model_flops_per_token(cfg.model, cfg.seq_len)
     result = {
-        "config": {"model": cfg.model.preset, "gpu": hw.name, "num_gpus": n_gpus, "dp": p.dp, "tp": p.tp,
-                   "pp": p.pp, "vpp": p.vpp, "schedule": p.schedule, "micro_batches": n_micro,
+        "config": {"model": cfg.model.preset, "gpu": hw.name, "num_gpus": n_gpus, "dp": p.dp, "cp": p.cp,
+                   "tp": p.tp, "pp": p.pp, "vpp": p.vpp, "schedule": p.schedule, "micro_batches": n_micro,
                    "zero_stage": p.zero_stage, "activation_checkpointing": p.activation_checkpointing,
                    "precision": cfg.training.precision, "grad_reduce_dtype": cfg.training.grad_reduce_dtype,
                    "data_parallel_system": zero_semantics(cfg, system).system},
@@ -118,7 +118,7 @@ def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None, 
 
     if comm is None:
         comm = CommModel(Cluster(hw, n_gpus))
-    layout = Layout(p.tp, p.dp, p.pp, p.vpp)
+    layout = Layout.of(cfg)
     step = simulate_step(cfg, hw, comm, record=trace_path is not None, system=system)
     ctx = Context(cfg, hw, comm, layout, step, dict(step.breakdown))
     for name, active in EXTENSIONS:

@@ -10,6 +10,13 @@ t neighbouring ranks (one node) and pipeline stages are the farthest apart:
     dp=2, tp=2, pp=2:   stage 0: [0 1] [2 3]     stage 1: [4 5] [6 7]
                         dp groups {0,2} {1,3} {4,6} {5,7};  tp groups {0,1} {2,3} {4,5} {6,7};  pp groups {0,4} ...
 
+Context parallelism (`parallel.cp`) adds no grid dimension of its own: its c ranks are the fastest c of the
+data-parallel dimension, which then counts replicas = dp x c (torchtitan's dp_shard_cp). They hold the same
+weights and average their gradients like data-parallel ranks, so every dp group above is a group of dp x c
+replicas; `cp_groups` are the c consecutive replicas that share one sequence (`cp_chunks`):
+
+    dp=2, cp=2, tp=1:   replicas 0 1 2 3;  cp groups {0,1} {2,3};  data shards 0 0 1 1;  dp group {0,1,2,3}
+
 Parameters: `parameters(model, seq_len)` lists model.py's `named_parameters()` (name, shape), in
 registration order, tied weights once; tests/test_spec.py holds it to the torch model for every arch.
 `shard_shape` is a parameter's shape on one tensor-parallel rank.
@@ -61,6 +68,29 @@ def group_of(kind: str, rank: int, dp: int, tp: int, pp: int) -> list:
     if kind == "pp":
         return [rank_of(i, d, t, dp, tp) for i in range(pp)]
     raise ValueError(f"group kind must be one of {GROUP_KINDS}, got {kind!r}")
+
+
+def cp_coords(replica: int, cp: int) -> tuple:
+    """(data shard, cp rank) of a replica index (the dp coordinate of `coords` when replicas = dp x cp)."""
+    return divmod(replica, cp)
+
+
+def cp_groups(replicas: int, tp: int, pp: int, cp: int) -> list:
+    """Every context-parallel group as lists of global ranks, in the order the runtime creates them: the cp
+    consecutive replicas of one data shard, for each pipeline stage, data shard and tensor rank."""
+    return [[rank_of(p, d * cp + c, t, replicas, tp) for c in range(cp)]
+            for p in range(pp) for d in range(replicas // cp) for t in range(tp)]
+
+
+def cp_chunks(seq_len: int, cp: int, cp_rank: int) -> list:
+    """[(start, end)] positions of the sequence a context-parallel rank holds: the sequence cut in 2 cp equal
+    chunks, rank r takes chunk r and chunk 2 cp - 1 - r, so under a causal mask every rank has the same
+    attention work (the head-tail load balancing of Llama 3 and torch's context_parallel). cp 1: the whole
+    sequence."""
+    if cp == 1:
+        return [(0, seq_len)]
+    n = seq_len // (2 * cp)
+    return [(cp_rank * n, (cp_rank + 1) * n), ((2 * cp - 1 - cp_rank) * n, (2 * cp - cp_rank) * n)]
 
 
 # ---------------------------------------------------------------------------------------------

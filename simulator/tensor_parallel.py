@@ -50,7 +50,7 @@ def tp_comm(cfg, comm: CommModel, group) -> TPComm:
         return TPComm(0.0, 0.0, 0.0, 0.0, 0.0)
     p = cfg.parallel
     prec = cfg.training.precision
-    b, s, h = p.micro_batch_size, cfg.seq_len, cfg.model.dim
+    b, s, h = p.micro_batch_size, cfg.seq_len // p.cp, cfg.model.dim       # this GPU's tokens (context parallel)
     block = sum(comm.time(kind, group, n) for kind, n in
                 tp_block_collectives(s, b, h, prec, p.sequence_parallel))
     a = b * s * h * DTYPE_BYTES[prec]

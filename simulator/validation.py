@@ -154,7 +154,7 @@ def evaluate(row: Row, overrides=None) -> dict:
     r = simulate(cfg, system=row.system)
     p = cfg.parallel
     pred = r[row.metric]
-    layout = f"{p.tp}/{p.pp}/{p.vpp}/{p.dp}"
+    layout = f"{p.tp}/{p.pp}/{p.vpp}/{p.dp}" + (f" cp {p.cp}" if p.cp > 1 else "")
     if p.first_stage_layers is not None or p.last_stage_layers is not None:
         layout += f" ({p.first_stage_layers}|{p.last_stage_layers})"
     return {"name": row.name, "model": row.name, "source": row.source, "stack": row.stack, "role": row.role,

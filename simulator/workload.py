@@ -105,9 +105,13 @@ def cpu_query_tile(seq_len: int) -> int:
 
 def attention_scores(op: Op, cpu: bool = False) -> tuple:
     """(score elements a fused causal attention op computes, head dim) from its shape (batch x heads, s, hd, s):
-    the tiles on and below the diagonal, FLASH_TILE on a GPU, the CPU kernel's query blocks on a CPU."""
-    bh, s, hd, _ = op.shape
-    return bh * s * s * causal_fraction(s, cpu_query_tile(s) if cpu else FLASH_TILE), hd
+    the tiles on and below the diagonal, FLASH_TILE on a GPU, the CPU kernel's query blocks on a CPU. A
+    context-parallel rank's queries over the gathered keys (batch x heads, s/cp, hd, s) run with an explicit
+    mask on a CPU, which computes every score; on a GPU its chunks skip 1/cp of the causal square's tiles."""
+    bh, sq, hd, sk = op.shape
+    if sq != sk:
+        return bh * sq * sk * (1.0 if cpu else causal_fraction(sk)), hd
+    return bh * sq * sq * causal_fraction(sq, cpu_query_tile(sq) if cpu else FLASH_TILE), hd
 
 
 def uses_dropout(model) -> bool:
@@ -120,15 +124,18 @@ def _matmul(name, m, k, n, e, core=False):
 
 
 def layer_ops(model, seq_len: int, micro_batch: int = 1, tp: int = 1, sequence_parallel: bool = False,
-              precision: str = "bf16", flash: bool = True) -> list:
+              precision: str = "bf16", flash: bool = True, cp: int = 1) -> list:
     """The forward kernels of one transformer block on one GPU, with FLOPs and bytes.
 
     Matmul FLOPs add up to (2 x layer_matmul_params + 4 s h) per token / t, the count used by
-    `forward_flops_per_token`; element-wise ops add bytes only.
+    `forward_flops_per_token`; element-wise ops add bytes only. With context parallelism (cp > 1) the GPU
+    holds s/cp of the tokens: every op but attention runs on them, and attention takes its s/cp queries
+    over the s gathered keys, 1/cp of the (load-balanced, context_parallel.py) causal square.
     """
     e = DTYPE_BYTES[precision]
     s, b, h, t = seq_len, micro_batch, model.dim, tp
-    tokens = b * s
+    s_q = s // cp                                       # this GPU's queries (all of them without cp)
+    tokens = b * s_q
     a_t = model.n_heads // t
     hd = model.dim // model.n_heads
     kv_t = model.n_kv_heads * hd // t
@@ -142,19 +149,19 @@ def layer_ops(model, seq_len: int, micro_batch: int = 1, tp: int = 1, sequence_p
     if flash:
         # the model-FLOPs convention counts the full s x s square (Megatron-LM, PaLM); a causal fused kernel
         # skips the tiles above the diagonal, so its time is priced on causal_fraction of them
-        fl = 4.0 * b * a_t * s * s * hd
-        ops.append(Op("attention", "flash", fl, e * tokens * (2 * a_t * hd + 2 * kv_t), True,
-                      executed=fl * causal_fraction(s), shape=(b * a_t, s, hd, s)))
+        fl = 4.0 * b * a_t * s_q * s * hd
+        ops.append(Op("attention", "flash", fl, e * (tokens * 2 * a_t * hd + b * s * 2 * kv_t), True,
+                      executed=fl * causal_fraction(s), shape=(b * a_t, s_q, hd, s)))
     else:
-        sq = b * a_t * s * s                            # score elements on this GPU
+        sq = b * a_t * s_q * s                          # score elements on this GPU
         ops.append(Op("qkv_layout", "memory", 0.0, 2 * tokens * (a_t * hd + 2 * kv_t) * e))
         ops.append(Op("scores", "matmul", 2.0 * sq * hd, e * (2 * tokens * a_t * hd + sq), True,
-                      shape=(b * a_t, s, hd, s)))
+                      shape=(b * a_t, s_q, hd, s)))
         ops.append(Op("softmax", "memory", 0.0, 2 * sq * e, True))
         if drop:
             ops.append(Op("attn_dropout", "memory", 0.0, sq * (2 * e + 1), True))
         ops.append(Op("attn_values", "matmul", 2.0 * sq * hd, e * (sq + 2 * tokens * a_t * hd), True,
-                      shape=(b * a_t, s, s, hd)))
+                      shape=(b * a_t, s_q, s, hd)))
     ops.append(_matmul("attn_out", tokens, a_t * hd, h, e))
     ops.append(Op("residual_attn", "memory", 0.0, rep * h * (3 * e + (1 if drop else 0))))
     ops.append(Op("norm_mlp", "memory", 0.0, 2 * rep * h * e))

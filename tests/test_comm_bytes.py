@@ -79,6 +79,10 @@ def test_torch_implementations_are_not_predicted():
     ("torch DDP", ["parallel.dp=2", "parallel.tp=1", "parallel.pp=1", "parallel.implementation=torch"]),
     # the course's ZeRO-1 under tensor parallelism (Megatron-LM's distributed optimizer), new in the table
     ("tp 2 x dp 2 ZeRO-1", ["parallel.dp=2", "parallel.tp=2", "parallel.pp=1", "parallel.zero_stage=1"]),
+    # context parallelism: the K/V all-gather and dK/dV reduce-scatter per block, again under recomputation
+    ("cp 2 selective", ["parallel.dp=1", "parallel.cp=2", "parallel.tp=1", "parallel.pp=1",
+                        "parallel.activation_checkpointing=selective"]),
+    ("pp 2 x cp 2", ["parallel.dp=1", "parallel.cp=2", "parallel.tp=1", "parallel.pp=2", "parallel.schedule=1f1b"]),
 ])
 def test_compare_reports_equal_comm_bytes(name, overrides):
     """Four of the compare suite's layouts and two combinations beyond it, 2 steps each: predicted and measured

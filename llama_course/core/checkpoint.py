@@ -183,7 +183,7 @@ def write(root: str, snap: dict, ctx, config: dict, tokenizer=None, keep: int = 
                 rel = os.path.relpath(os.path.join(dirpath, name), tmp)
                 files[rel] = sha256(os.path.join(tmp, rel))
         manifest = {"step": step, "world_size": ctx.world_size, "engine": snap["engine"], "format": snap["format"],
-                    "layout": {"dp": ctx.dp, "tp": ctx.tp, "pp": ctx.pp}, "config": config,
+                    "layout": {"dp": ctx.data_shards, "cp": ctx.cp, "tp": ctx.tp, "pp": ctx.pp}, "config": config,
                     "files": dict(sorted(files.items()))}
         atomic_write_text(os.path.join(tmp, "manifest.json"), json.dumps(manifest, indent=1))
         if os.path.exists(final):

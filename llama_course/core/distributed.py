@@ -10,6 +10,13 @@ tensor-parallel group are neighbours (on one node, over NVLink) and pipeline sta
                                  ^tp   ^tp
                         dp groups: {0,2} {1,3} {4,6} {5,7};  pp groups: {0,4} {1,5} {2,6} {3,7}
 
+Context parallelism (cp > 1) is the fastest cp of the data-parallel dimension: `dp`, `dp_rank` and
+`dp_group` count replicas (data shards x cp: the ranks that average gradients, shard ZeRO state and wrap
+DDP/FSDP2, torchtitan's dp_shard_cp), `cp_group` the cp consecutive replicas sharing one sequence, and
+`data_rank` / `data_shards` the share of the global batch a rank trains on:
+
+    dp=2, cp=2:   replicas 0 1 2 3 (dp_rank);  data shards 0 0 1 1 (data_rank);  cp groups {0,1} {2,3}
+
 Every process group gets a timeout (default 60 s, `LLAMA_COURSE_TIMEOUT`) so a lost peer fails a
 collective with an error instead of hanging for gloo's default 30 minutes. Under torchrun the process
 group is built on a store prefixed by the restart attempt, so workers restarted by `--max-restarts` never
@@ -55,6 +62,11 @@ class Context:
     dp_group: Any | None = None
     tp_group: Any | None = None
     pp_group: Any | None = None
+    cp: int = 1
+    """Context-parallel degree; dp above counts replicas = data shards x cp."""
+    cp_rank: int = 0
+    cp_group: Any | None = None
+    """The cp replicas sharing one sequence (None when cp = 1)."""
     mesh: Any | None = None
     """torch DeviceMesh of shape (pp, dp, tp) with names ("pp", "dp", "tp"), for the torch implementations."""
     restart_count: int = 0
@@ -66,6 +78,16 @@ class Context:
     @property
     def device_type(self) -> str:
         return self.device.type
+
+    @property
+    def data_rank(self) -> int:
+        """Which share of the global batch this rank trains on (its replica's data shard)."""
+        return self.dp_rank // self.cp
+
+    @property
+    def data_shards(self) -> int:
+        """Shares the global batch is cut into: replicas / cp."""
+        return self.dp // self.cp
 
 
 grid_coords = spec.coords
@@ -133,10 +155,11 @@ def launcher_env(nproc: int) -> dict:
 
 
 def init_distributed(dp: int = 1, tp: int = 1, pp: int = 1, timeout: timedelta | None = None,
-                     mesh_world: int | None = None) -> Context:
+                     mesh_world: int | None = None, cp: int = 1) -> Context:
     """Join the process group (env:// from torchrun or our launcher; a one-rank group otherwise).
 
-    Builds the dp/tp/pp groups when dp x tp x pp == world size. A run with extra processes (parameter
+    Builds the dp/tp/pp groups when dp x tp x pp == world size, and the cp groups when cp > 1 (dp is then
+    the replica count, data shards x cp, and cp must divide it). A run with extra processes (parameter
     servers) passes mesh_world = dp x tp x pp and builds its own groups for the rest.
     """
     timeout = timeout or default_timeout()
@@ -170,13 +193,17 @@ def init_distributed(dp: int = 1, tp: int = 1, pp: int = 1, timeout: timedelta |
         dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout,
                                 device_id=device if backend == "nccl" else None)
     ctx = Context(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend,
-                  dp=dp, tp=tp, pp=pp, restart_count=restarts)
+                  dp=dp, tp=tp, pp=pp, cp=cp, restart_count=restarts)
     grid = mesh_world if mesh_world is not None else world
     if dp * tp * pp != grid:
         raise RuntimeError(f"dp x tp x pp = {dp * tp * pp} does not match {grid} processes")
+    if cp < 1 or dp % cp:
+        raise RuntimeError(f"cp {cp} does not divide the {dp} replicas (dp here counts data shards x cp)")
     if rank < grid:
         ctx.pp_rank, ctx.dp_rank, ctx.tp_rank = grid_coords(rank, dp, tp, pp)
+        ctx.cp_rank = spec.cp_coords(ctx.dp_rank, cp)[1]
     ctx.dp_group, ctx.tp_group, ctx.pp_group = _grid_groups(ctx, grid)
+    ctx.cp_group = _cp_group(ctx) if cp > 1 else None
     return ctx
 
 
@@ -192,6 +219,16 @@ def _grid_groups(ctx: Context, grid: int) -> tuple:
             if ctx.rank in ranks:
                 mine[name] = group
     return mine.get("dp"), mine.get("tp"), mine.get("pp")
+
+
+def _cp_group(ctx: Context):
+    """new_group for every cp group (spec.cp_groups' order, every rank calls it for every group)."""
+    mine = None
+    for ranks in spec.cp_groups(ctx.dp, ctx.tp, ctx.pp, ctx.cp):
+        group = dist.group.WORLD if len(ranks) == ctx.world_size else dist.new_group(ranks, timeout=default_timeout())
+        if ctx.rank in ranks:
+            mine = group
+    return mine
 
 
 def device_mesh(ctx: Context):

@@ -103,6 +103,14 @@ class ModelTransform:
         """Context around forward + loss + backward (DTensor's loss_parallel)."""
         return nullcontext()
 
+    def local_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
+        """This rank's part of a micro-batch of whole sequences (context parallelism: its chunks of each)."""
+        return x, y
+
+    def mean_eval_loss(self, loss: float) -> float:
+        """A held-out loss of this rank's part -> the whole batches' (context parallelism: mean over cp)."""
+        return loss
+
     def after_backward(self, model: nn.Module) -> None:
         """Gradient fix-ups inside the model-parallel group (sequence parallelism: tp sum of norm gradients)."""
 
@@ -249,14 +257,15 @@ class GradientSync:
 class BatchPlan:
     """Which sequences of the global batch this rank trains on, and what each micro-batch's loss weighs.
 
-    Default: equal shares (sampler.shard), weight 1 / (this rank's micro-batches); the sync averages over
-    dp, so the summed gradient is the gradient of the global-batch mean."""
+    Default: equal shares (sampler.shard) per data shard (the cp replicas of one shard get the same whole
+    sequences; the engine keeps each rank's chunks), weight 1 / (this rank's micro-batches); the sync
+    averages over the replicas, so the summed gradient is the gradient of the global-batch mean."""
 
     name = "equal"
 
     def batches(self, engine, sampler, sequences, step: int) -> list:
         ctx, mb = engine.ctx, engine.cfg.parallel.micro_batch_size
-        return [get_batch(sequences, idx) for idx in sampler.shard(step, ctx.dp_rank, ctx.dp, mb)]
+        return [get_batch(sequences, idx) for idx in sampler.shard(step, ctx.data_rank, ctx.data_shards, mb)]
 
     def weights(self, engine, micro_batches: list) -> list:
         return [1.0 / len(micro_batches)] * len(micro_batches)

@@ -130,7 +130,13 @@ class Engine:
     def forward_backward(self, micro_batches: list, weights: list | None = None) -> float:
         """Run the schedule: this rank's share sum_i w_i loss_i of the global loss (bench times this call)."""
         weights = weights if weights is not None else self.plan.weights(self, micro_batches)
-        return self.schedule.forward_backward(self, micro_batches, weights)
+        return self.schedule.forward_backward(self, self.local_batches(micro_batches), weights)
+
+    def local_batches(self, batches: list) -> list:
+        """This rank's part of each micro-batch (x, y) of whole sequences (context parallelism: its chunks)."""
+        for transform in self.transforms:
+            batches = [transform.local_batch(x, y) for x, y in batches]
+        return batches
 
     def loss_contexts(self) -> ExitStack:
         stack = ExitStack()
@@ -231,7 +237,10 @@ class Engine:
     def evaluate(self, batches: list) -> float:
         """Mean loss over held-out batches (every rank computes it; the result is the same on all)."""
         with self.loss_contexts():
-            return self.schedule.evaluate(self, batches)
+            loss = self.schedule.evaluate(self, self.local_batches(batches))
+        for transform in self.transforms:
+            loss = transform.mean_eval_loss(loss)
+        return loss
 
     # ---- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -24,7 +24,9 @@ the simulator; this module is the real thing it predicts.
 
 There is no separate algorithm here: a 3-D engine is the composition of pieces (engine.py), and this
 module says in which order the model is cut: tensor parallelism first (every block split over tp),
-activation checkpointing on the split blocks, then the pipeline cut of the split model into stages.
+context parallelism's attention on the split heads (context_parallel.py: the cp ranks are replicas that
+each hold chunks of every sequence), activation checkpointing on the split blocks, then the pipeline cut
+of the split model into stages.
 The schedule runs the pipeline (pipeline_parallel.py) and the gradient sync reduces each rank's part
 over its dp group (data_parallel.py: bucketed, ZeRO-1/2, compressed; or torch's FSDP2 on a (dp, tp) mesh).
 
@@ -36,17 +38,21 @@ over its dp group (data_parallel.py: bucketed, ZeRO-1/2, compressed; or torch's 
 from __future__ import annotations
 
 from llama_course.parallel.activation_checkpointing import ActivationCheckpointing
+from llama_course.parallel.context_parallel import ContextParallel
 from llama_course.parallel.pipeline_parallel import PipelineSplit
 from llama_course.parallel.tensor_parallel import TensorParallel, TorchTensorParallel
 
 
 def model_transforms(cfg, ctx) -> list:
-    """The model transforms of dp x tp x pp, in the order they apply: tp shards, checkpointed blocks, stages."""
+    """The model transforms of dp x cp x tp x pp, in the order they apply: tp shards, context-parallel
+    attention (on the tp rank's heads), checkpointed blocks, stages."""
     p = cfg.parallel
     out = []
     if p.tp > 1:
         out.append(TensorParallel(ctx, p.sequence_parallel) if p.implementation == "course"
                    else TorchTensorParallel(ctx, p.sequence_parallel))
+    if p.cp > 1:
+        out.append(ContextParallel(ctx))
     if p.activation_checkpointing != "none":
         out.append(ActivationCheckpointing(p.activation_checkpointing))
     if p.pp > 1:
