@@ -69,6 +69,7 @@ TWO_RANKS = [("dp naive", TWO + ["parallel.bucket_mb=0"]), ("dp bucketed", TWO),
              ("pp interleaved", TWO + ["parallel.pp=2", "parallel.vpp=2", "parallel.schedule=interleaved_1f1b"]),
              ("pp zero bubble", TWO + ["parallel.pp=2", "parallel.schedule=zero_bubble"]),
              ("pp torch 1F1B", TWO + ["parallel.pp=2", "parallel.implementation=torch"]),
+             ("cp 2 (K/V all-gather)", TWO + ["parallel.cp=2"]),
              ("local SGD", TWO + ["parallel.sync=local_sgd"]),
              ("dynamic batch", TWO + ["load_balance.policy=dynamic_batch"]),
              ("parameter server", ["parallel.strategy=parameter_server", "parallel.dp=1", "parallel.num_servers=1"])]
