@@ -28,7 +28,8 @@ TEXT = {
         intro=("The source article ends with 30 interview questions whose answers are one-line lists, "
                "sometimes wrong. Here each is answered properly: what is true, with the formulas that "
                "matter, and where the article misleads. Four questions appear twice in the article "
-               "(9/21, 13/23, 10/25, 12/18) and are answered once. Questions with a numeric side have quiz "
+               "(9/21, 13/23, 10/25, 12/18) and are answered once. Questions marked + go beyond the article, on "
+               "concepts it does not cover (context parallelism). Questions with a numeric side have quiz "
                "variants that draw fresh numbers: `llama-course quiz --n 5`."),
         errata="About the source article",
         index="All questions",
@@ -50,6 +51,7 @@ TEXT = {
         other="[English](en.md)",
         intro=("原文最后列出 30 道面试题，答案只是一行罗列，有些还是错的。这里逐题给出正确而深入的回答：事实是什么、"
                "关键公式，以及原文哪里有误导。原文有四道题重复出现（9/21、13/23、10/25、12/18），各只回答一次。"
+               "标 + 的题目超出原文，涉及原文没有讲到的概念（上下文并行）。"
                "带数值的题目有随机出题的练习：`llama-course quiz --n 5 --lang zh`。"),
         errata="关于原文",
         index="题目总览",
@@ -95,7 +97,8 @@ def flow(text: str, lang: str) -> str:
 
 
 def _seeds(entry: dict) -> str:
-    return "/".join(str(n) for n in seed_numbers(entry))
+    """The seed numbers (9/21), or + for a question beyond the article."""
+    return "/".join(str(n) for n in seed_numbers(entry)) or "+"
 
 
 def _indent(text: str, spaces: int = 4) -> str:
@@ -108,14 +111,15 @@ def render(bank: dict, lang: str) -> str:
     out += [f"## {t['errata']}", ""]
     for item in bank["article_errata"]:
         out += [f"- {flow(item[lang], lang)}", ""]
-    entries = sorted(bank["questions"], key=lambda e: min(seed_numbers(e)))
+    entries = sorted(bank["questions"], key=lambda e: min(seed_numbers(e), default=len(bank["questions"]) + 31))
     out += [f"## {t['index']}", "", f"| {t['seed']} | {t['question']} | {t['concept']} |", "|---|---|---|"]
     for e in entries:
         question = e["question"][lang].strip().replace("|", "\\|")
         out.append(f"| [{_seeds(e)}](#q-{e['id']}) | {question} | [{e['concept']}](../concepts/{e['concept']}.md) |")
     out.append("")
     for e in entries:
-        out += [f"## {_seeds(e)}. {e['question'][lang].strip()} {{#q-{e['id']}}}", ""]
+        label = f"{_seeds(e)}." if seed_numbers(e) else _seeds(e)
+        out += [f"## {label} {e['question'][lang].strip()} {{#q-{e['id']}}}", ""]
         meta = f"**{t['concept']}:** [{e['concept']}](../concepts/{e['concept']}.md)"
         if e.get("related_concepts"):
             meta += f" · {t['related']}: " + ", ".join(

@@ -6,7 +6,7 @@
   rendered; otherwise the notebook as stored (no outputs). `make docs` executes the stale ones first.
 - The API reference gets one generated page per module of llama_course/ and simulator/
   (`::: package.module`, rendered by mkdocstrings), listed under "API reference".
-- docs/labs/index.md's `<!-- labs-table -->` becomes a table of the 14 concepts with their lab,
+- docs/labs/index.md's `<!-- labs-table -->` becomes a table of the 15 concepts with their lab,
   concept page and exercises, as they exist at build time.
 - Result pages in docs/benchmarks/*.md join the nav's "Benchmarks" section; `<!-- benchmark-pages -->` in
   docs/benchmarks.md becomes a list of them.
@@ -43,7 +43,7 @@ PACKAGES = ("llama_course", "simulator")
 CONCEPTS = (
     "llama_basics", "collectives", "data_parallel", "tensor_parallel", "pipeline_parallel", "parallel_3d",
     "parameter_server", "sync_async", "load_balancing", "fault_tolerance", "communication_compression",
-    "model_compression", "cluster_scheduling", "profiling",
+    "model_compression", "cluster_scheduling", "profiling", "context_parallel",
 )
 
 
@@ -204,7 +204,7 @@ def concept_links(concept: str) -> str:
         if entries:
             refs = []
             for q in entries:
-                seeds = "/".join(str(n) for n in q.get("seed_questions", [q.get("seed_question")]))
+                seeds = "/".join(str(n) for n in q.get("seed_questions", [q.get("seed_question", "+")]))
                 refs.append(f"[{seeds}](../interview/en.md#q-{q['id']}) ([中文](../interview/zh.md#q-{q['id']}))")
             lines.append(f"- **{label}** (seed numbers): " + ", ".join(refs))
     return "\n".join(lines)

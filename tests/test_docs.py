@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONCEPTS = [
     "llama_basics", "collectives", "data_parallel", "tensor_parallel", "pipeline_parallel", "parallel_3d",
     "parameter_server", "sync_async", "load_balancing", "fault_tolerance", "communication_compression",
-    "model_compression", "cluster_scheduling", "profiling",
+    "model_compression", "cluster_scheduling", "profiling", "context_parallel",
 ]
 
 

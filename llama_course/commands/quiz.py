@@ -15,6 +15,7 @@ each time, so a student cannot memorise the answer, only the formula:
     grad_accumulation_steps   B / (dp*mbs)               micro-batches per optimizer step
     sjf_mean_completion       mean of prefix sums of sorted durations   shortest-job-first JCT
     proportional_split_speedup  sum(v) / (n*min(v))      weighted vs equal split on uneven workers
+    cp_gather_bytes           2*b*s*(kv/t)*hd*e          K and V one block's context-parallel all-gather returns
 
 Run it:
 
@@ -44,7 +45,7 @@ BANK_PATH = Path(__file__).parents[1] / "interview" / "bank.yaml"
 CONCEPTS = (
     "llama_basics", "collectives", "data_parallel", "tensor_parallel", "pipeline_parallel", "parallel_3d",
     "parameter_server", "sync_async", "load_balancing", "fault_tolerance", "communication_compression",
-    "model_compression", "cluster_scheduling", "profiling",
+    "model_compression", "cluster_scheduling", "profiling", "context_parallel",
 )
 """The concept map of docs/design.md, in order: concept i+1 is `labs/{i+1:02d}_<concept>.ipynb`."""
 
@@ -66,10 +67,11 @@ def load_bank(path: Path | str | None = None) -> dict:
 
 
 def seed_numbers(entry: dict) -> list:
-    """The seed question numbers an entry answers: [n] or the merged list."""
+    """The seed question numbers an entry answers: [n], the merged list, or [] for a question the article
+    does not ask (a concept it does not cover)."""
     if "seed_questions" in entry:
         return list(entry["seed_questions"])
-    return [entry["seed_question"]]
+    return [entry["seed_question"]] if "seed_question" in entry else []
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -289,6 +289,30 @@ def _proportional_split_speedup(rng: random.Random) -> Variant:
                    {"en": q_en, "zh": q_zh}, {"en": e_en, "zh": e_zh})
 
 
+def _cp_gather_bytes(rng: random.Random) -> Variant:
+    s = rng.choice([32768, 65536, 131072, 262144])
+    b = rng.choice([1, 1, 2])
+    kv = rng.choice([8, 8, 16])
+    hd = 128
+    t = rng.choice([1, 2, 4, 8])
+    c = rng.choice([2, 4, 8, 16])
+    answer = 2 * b * s * (kv // t) * hd * 2 / 2**20
+    q_en = (f"Context parallelism over cp={c} ranks, tensor parallelism t={t}: a model with {kv} key/value heads "
+            f"of dimension {hd}, a micro-batch of {b} sequence(s) of {s:,} tokens, bf16. How many MiB does one "
+            f"block's all-gather of K and V return on one GPU?")
+    q_zh = (f"上下文并行 cp={c}，张量并行 t={t}：模型有 {kv} 个维度为 {hd} 的 key/value 头，micro-batch 为 {b} 条 "
+            f"{s:,} token 的序列，bf16。一个块对 K 和 V 的 all-gather 在一个 GPU 上返回多少 MiB？")
+    e_en = (f"The gather returns the K and V of the whole sequence on one tensor-parallel rank: 2 (K and V) x b x s "
+            f"x (kv/t) x hd x 2 bytes = 2 x {b} x {s:,} x {kv // t} x {hd} x 2 = {answer:.4g} MiB, whatever cp is "
+            f"(cp={c} only decides that {c - 1}/{c} of it comes from the other ranks). The backward reduce-scatters "
+            f"the same bytes of dK, dV.")
+    e_zh = (f"all-gather 返回一个张量并行 rank 上整条序列的 K 和 V：2（K 和 V）x b x s x (kv/t) x hd x 2 字节 = "
+            f"{answer:.4g} MiB，与 cp 无关（cp={c} 只决定其中 {c - 1}/{c} 来自其他 rank）。反向对 dK、dV 做同样字节数的 "
+            f"reduce-scatter。")
+    return Variant("cp_gather_bytes", dict(b=b, s=s, n_kv_heads=kv, head_dim=hd, tp=t, cp=c, bytes=2), answer,
+                   "MiB", {"en": q_en, "zh": q_zh}, {"en": e_en, "zh": e_zh})
+
+
 VARIANTS: dict[str, Callable[[random.Random], Variant]] = {
     "pipeline_bubble": _pipeline_bubble,
     "ring_all_reduce_bytes": _ring_all_reduce_bytes,
@@ -301,6 +325,7 @@ VARIANTS: dict[str, Callable[[random.Random], Variant]] = {
     "grad_accumulation_steps": _grad_accumulation_steps,
     "sjf_mean_completion": _sjf_mean_completion,
     "proportional_split_speedup": _proportional_split_speedup,
+    "cp_gather_bytes": _cp_gather_bytes,
 }
 
 

@@ -78,6 +78,10 @@ FORBIDDEN = {
                           "llama_course/compression/"],
     "cluster_scheduling": ["simulator/cluster_scheduling.py"],
     "profiling": ["simulator/trace.py", "llama_course/core/profiling.py", "llama_course/commands/compare.py"],
+    "context_parallel": ["simulator/context_parallel.py", "simulator/spec.py",
+                         "llama_course/parallel/context_parallel.py",
+                         "llama_course/parallel/context_parallel_comm.py", _TORCH["dtensor"],
+                         _TORCH["autograd_collectives"]],
 }
 
 
