@@ -6,6 +6,7 @@ The engine itself, with its one `train_step`, is `core/train_step.Engine`; the p
     config                                     piece                      module
     parallel.tp > 1                            TensorParallel (course) / TorchTensorParallel (DTensor)   parallel/tensor_parallel.py
     parallel.cp > 1                            ContextParallel (K/V all-gather attention)   parallel/context_parallel.py
+    parallel.ep > 1                            ExpertParallel (E/ep experts, all-to-all dispatch)   parallel/expert_parallel.py
     parallel.activation_checkpointing          ActivationCheckpointing    parallel/activation_checkpointing.py
     parallel.pp > 1                            PipelineSplit + PipelineSchedule / TorchPipelineSchedule  parallel/pipeline_parallel.py
     training.fp8                               use_fp8, in the Engine after the transforms               core/fp8.py

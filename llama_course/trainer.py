@@ -123,7 +123,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
     heartbeats = Heartbeats(run.heartbeat_s, run.dead_after_s)
     p = cfg.parallel
     devices = cfg.replicas * p.tp * p.pp               # training ranks: dp x cp x tp x pp (parameter servers: beyond)
-    ctx = init_distributed(cfg.replicas, p.tp, p.pp, mesh_world=devices, cp=p.cp)
+    ctx = init_distributed(cfg.replicas, p.tp, p.pp, mesh_world=devices, cp=p.cp, ep=p.ep)
     try:
         torch.manual_seed(cfg.training.seed)
         data = load_tokens(cfg)
@@ -198,7 +198,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                        "comm_bytes": comm_log[-1]}
                 if out.get("skipped"):
                     rec["skipped"] = True
-                for key in ("staleness", "bytes_sent", "torn_pulls", "loss_scale"):
+                for key in ("staleness", "bytes_sent", "torn_pulls", "loss_scale", "router_aux_loss"):
                     if key in out:
                         rec[key] = out[key]
                 if (cfg.training.eval_every and n % cfg.training.eval_every == 0) or n == cfg.training.steps:

@@ -23,6 +23,8 @@ Columns: the config fields that choose an engine, and what that engine must hono
     tie_embeddings  model.tie_embeddings        False | True
     schedule        parallel.schedule           gpipe | 1f1b | interleaved_1f1b | zero_bubble (read only when pp > 1)
     cp              parallel.cp                 1 or N (a row that leaves it out takes cp 1 only)
+    moe             model.n_experts > 0         False | True (a row that leaves it out takes dense models only)
+    ep              parallel.ep                 1 or N (a row that leaves it out takes ep 1 only)
 
 A cell holds one value, a tuple of values, or ANY. Rows are tried top to bottom; the first that matches
 names the engine. Adding a combination to the runtime is a one-line change here (widen a cell or add a
@@ -70,6 +72,8 @@ class Row(NamedTuple):
     tie_embeddings: Any
     schedule: Any = ANY
     cp: Any = 1
+    moe: Any = False
+    ep: Any = 1
 
 
 NO_FP16 = ("fp32", "bf16")   # torch's model parallelism: its fp16 loss scaling under tp/pp is not tested here
@@ -116,6 +120,13 @@ TABLE = (
     Row("parallel_3d",       "collective",       "bsp",       ANY, N, 1, "course", 2,               CASTS,     "none",       ANY,      ANY,   ANY, N),
     Row("parallel_3d",       "collective",       "bsp",       ANY, ANY, N, "course", ZERO_ALL_REDUCE, ANY,     PP_POLICIES,  ANY,      False, ANY, N),
     Row("parallel_3d",       "collective",       "bsp",       ANY, ANY, N, "course", 2,             CASTS,     PP_POLICIES,  ANY,      False, ANY, N),
+    # mixture of experts (model.n_experts > 0; every expert runs every step, on zero tokens if need be, so
+    # every sync sees a dense model's gradients): one process, the course's data parallelism (ZeRO 0) and
+    # DDP; expert parallelism (ep > 1: experts split over ep replicas, tokens moved by all-to-all, expert
+    # gradients summed over the expert data-parallel group) on the course's data parallelism only
+    Row("single",            "collective",       "bsp",       1, 1, 1, ANY,      0,                "none",     "none",       ANY,      ANY,   ANY, 1, True),
+    Row("data_parallel",     "collective",       "bsp",       ANY, 1, 1, "course", 0,               "none",     "none",       ANY,      ANY,   ANY, 1, True, ANY),
+    Row("ddp",               "collective",       "bsp",       N, 1, 1, "torch",    0,                "none",     "none",       ANY,      ANY,   ANY, 1, True),
 )
 
 COLUMNS = Row._fields[1:]
@@ -124,16 +135,17 @@ FIELDS = {
     "pp": "parallel.pp", "implementation": "parallel.implementation", "zero_stage": "parallel.zero_stage",
     "compression": "parallel.compression", "policy": "load_balance.policy", "precision": "training.precision",
     "tie_embeddings": "model.tie_embeddings", "schedule": "parallel.schedule", "cp": "parallel.cp",
+    "moe": "model.n_experts", "ep": "parallel.ep",
 }
 """Column -> the config field it reads."""
 VALUES = {
     "strategy": STRATEGIES, "sync": SYNCS, "dp": (1, N), "tp": (1, N), "pp": (1, N),
     "implementation": IMPLEMENTATIONS, "zero_stage": (0, 1, 2, 3), "compression": COMPRESSIONS,
     "policy": POLICIES, "precision": PRECISIONS, "tie_embeddings": (False, True), "schedule": SCHEDULES,
-    "cp": (1, N),
+    "cp": (1, N), "moe": (False, True), "ep": (1, N),
 }
 """Column -> every value it can take: the space the tests draw from."""
-LAYOUT = ("strategy", "dp", "tp", "pp", "cp")
+LAYOUT = ("strategy", "dp", "tp", "pp", "cp", "ep")
 """Columns that describe the layout itself: an error names the other fields as the ones to change."""
 
 
@@ -141,14 +153,15 @@ def key(cfg, **parallel) -> dict:
     """The table columns of a validated config (parallel.dp filled in); `parallel` fields given here
     replace the config's (the planner asks about a layout before building its config)."""
     p = {f: getattr(cfg.parallel, f) for f in ("strategy", "sync", "dp", "tp", "pp", "implementation",
-                                                "zero_stage", "compression", "schedule", "cp")}
+                                                "zero_stage", "compression", "schedule", "cp", "ep")}
     p.update(parallel)
     many = lambda n: N if n > 1 else 1  # noqa: E731
     return {"strategy": p["strategy"], "sync": p["sync"], "dp": many(p["dp"]), "tp": many(p["tp"]),
             "pp": many(p["pp"]), "implementation": p["implementation"], "zero_stage": p["zero_stage"],
             "compression": p["compression"], "policy": cfg.load_balance.policy,
             "precision": cfg.training.precision, "tie_embeddings": bool(cfg.model.tie_embeddings),
-            "schedule": p["schedule"] if p["pp"] > 1 else ANY, "cp": many(p["cp"])}
+            "schedule": p["schedule"] if p["pp"] > 1 else ANY, "cp": many(p["cp"]),
+            "moe": bool(cfg.model.n_experts), "ep": many(p["ep"])}
 
 
 def allows(cell, value) -> bool:
@@ -209,7 +222,7 @@ def refusal(k: dict) -> str:
     bad = [c for c in COLUMNS if any(c in mismatches(row, k) for row in closest)]
     names = ", ".join(FIELDS[c] for c in bad)
     values = ", ".join(_show(c, k[c]) for c in bad)
-    context = [f"{FIELDS[c]} {_show(c, k[c])}" for c in ("strategy", "sync", "dp", "tp", "pp", "cp", "implementation")
+    context = [f"{FIELDS[c]} {_show(c, k[c])}" for c in ("strategy", "sync", "dp", "tp", "pp", "cp", "ep", "implementation")
                if c not in bad and getattr(closest[0], c) != ANY and k[c] not in ("collective", "bsp", 1)]
     with_ = f" with {', '.join(context)}" if context else ""
     takes: dict = {}                    # what a closest engine takes -> the engines that take it
@@ -232,8 +245,10 @@ def refusal(k: dict) -> str:
 
 
 def _show(column: str, value) -> str:
-    if column in ("dp", "tp", "pp", "cp"):
+    if column in ("dp", "tp", "pp", "cp", "ep"):
         return "> 1" if value == N else "1"
+    if column == "moe":
+        return "> 0" if value else "0"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 

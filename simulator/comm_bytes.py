@@ -23,7 +23,9 @@ parallel_3d, local_sgd, load_balancing, the parameter server's workers) on CPU, 
 and for torch DDP without compression (its Python all-reduce hook, core/wire.watch_ddp: one all-reduce of
 every gradient, whatever DDP's buckets); the other torch implementations (FSDP2, DTensor,
 torch.distributed.pipelining, DDP's compression hooks) communicate inside torch and are not predicted
-(`unpredicted` says why).
+(`unpredicted` says why). A mixture of experts without expert parallelism syncs like a dense model (every
+expert runs, on zero tokens if need be); with it, the all-to-alls a rank hands over depend on the routing,
+so only their sum over the ep group is predicted (`balanced_routing`: each rank as the group's mean).
 
     python -c "from simulator.comm_bytes import comm_bytes; from simulator.config import load_config; \\
         print(comm_bytes(load_config('configs/tiny.yaml', ['parallel.zero_stage=3']), steps=2))"
@@ -36,7 +38,7 @@ from simulator.capabilities import engine_for
 from simulator.pipeline_parallel import partition_layers, schedule_order
 
 KINDS = ("all_reduce", "reduce_scatter", "all_gather", "broadcast", "send", "recv", "all_to_all", "rpc")
-FP32, FP64, INT32 = 4, 8, 4
+FP32, FP64, INT32, INT64 = 4, 8, 4, 8
 COURSE_ENGINES = ("single", "data_parallel", "tensor_parallel", "pipeline_parallel", "parallel_3d", "local_sgd",
                   "load_balancing", "parameter_server")
 
@@ -45,8 +47,8 @@ def empty() -> dict:
     return {k: 0 for k in KINDS}
 
 
-def unpredicted(cfg) -> str | None:
-    """Why comm_bytes(cfg) cannot be predicted, or None when it can."""
+def unpredicted(cfg, balanced_routing: bool = False) -> str | None:
+    """Why comm_bytes(cfg) cannot be predicted, or None when it can (`balanced_routing`: see comm_bytes)."""
     engine = engine_for(cfg)
     p = cfg.parallel
     if engine == "ddp" and p.compression == "none" and cfg.training.grad_reduce_dtype == "fp32":
@@ -56,17 +58,24 @@ def unpredicted(cfg) -> str | None:
                "communicate inside torch"
     if engine not in COURSE_ENGINES:
         return f"engine {engine} is not modelled"
-    if cfg.cluster.gpu != "cpu" and (p.tp > 1 or p.pp > 1):
+    if cfg.cluster.gpu != "cpu" and (p.tp > 1 or p.pp > 1 or p.ep > 1):
         return "activations under autocast on a GPU: their dtypes are not modelled (cpu runs are fp32)"
+    if cfg.model.n_experts and p.ep > 1:
+        if not balanced_routing:
+            return ("expert parallelism: the combine all-to-all and the dispatch's backward hand over the rows this "
+                    "rank's experts received, which the routing decides; only their sum over the ep group is known "
+                    "(comm_bytes(cfg, balanced_routing=True) predicts every rank as the group's mean)")
     if cfg.load_balance.policy == "balanced_stages" and p.pp > 1:
         return "balanced_stages: the stage split is measured by the runtime"
     return None
 
 
-def comm_bytes(cfg, steps: int | None = None) -> list:
+def comm_bytes(cfg, steps: int | None = None, balanced_routing: bool = False) -> list:
     """`[rank][step] -> {kind: bytes}` for the ranks that train (parameter servers excluded), steps 1..steps
-    (default training.steps). Raises ValueError when `unpredicted(cfg)` says why it cannot."""
-    why = unpredicted(cfg)
+    (default training.steps). Raises ValueError when `unpredicted(cfg)` says why it cannot.
+    `balanced_routing`: with expert parallelism, every expert receives k/E of the tokens, so every rank's
+    all-to-alls are the ep group's mean (their sum over the group is exact whatever the routing)."""
+    why = unpredicted(cfg, balanced_routing)
     if why:
         raise ValueError(f"comm_bytes: not predicted for this config ({why})")
     steps = cfg.training.steps if steps is None else steps
@@ -80,6 +89,8 @@ def comm_bytes(cfg, steps: int | None = None) -> list:
             one = _step(cfg, engine, rank)
             if p.cp > 1:
                 _context_parallel(cfg, rank, one)
+            if p.ep > 1 and cfg.model.n_experts:
+                _expert_parallel(cfg, rank, one)
             out.append([dict(one) for _ in range(steps)])
     return out
 
@@ -157,6 +168,9 @@ def _data_parallel(cfg, rank: int, out: dict, params: list | None = None, deferr
     p = cfg.parallel
     n_ranks, z = cfg.replicas, p.zero_stage                          # dp x cp ranks average gradients
     i = spec.coords(rank, n_ranks, p.tp, p.pp)[1]
+    if p.ep > 1:                                    # expert parallelism: the experts join no bucket (they are
+        params = [(n, s) for n, s in (spec.parameters(cfg.model, cfg.seq_len) if params is None else params)
+                  if ".experts." not in n]          # summed over the edp group, _expert_parallel)
     units = _dp_units(cfg, params)
     grad_elem = {"fp16": 2, "bf16": 2}.get(p.compression, FP32)
     if deferred and n_ranks > 1:
@@ -304,6 +318,26 @@ def _context_parallel(cfg, rank: int, out: dict) -> None:
     gathers = 1 if p.activation_checkpointing == "none" else 2
     out["all_gather"] += cfg.grad_accum_steps * blocks * gathers * FP32 * tokens // p.cp * kv
     out["reduce_scatter"] += cfg.grad_accum_steps * blocks * FP32 * tokens * kv
+
+
+def _expert_parallel(cfg, rank: int, out: dict) -> None:
+    """expert_parallel.py's exchanges, per micro-batch and MoE block of this rank's stage, forward: the E
+    per-expert row counts (int64) and the T k routed rows (fp32) of its T = b s/cp tokens, then the combine of
+    the rows its experts received (T k on average: balanced routing); backward the two reversed, T k rows each
+    on average; full recomputation reruns the forward's three. After backward, this rank's experts' gradients
+    in one flat ring all-reduce over the expert data-parallel group (replicas / ep), and the experts' squared
+    gradient norm summed over the ep group (one float64)."""
+    p, m = cfg.parallel, cfg.model
+    pp_rank, replica, _ = spec.coords(rank, cfg.replicas, p.tp, p.pp)
+    blocks = sum(len(_stage_layers(cfg)[c * p.pp + pp_rank]) for c in range(p.vpp))
+    rows = p.micro_batch_size * cfg.seq_len // p.cp * m.experts_per_token
+    forward = INT64 * m.n_experts + 2 * FP32 * rows * m.dim // p.tp
+    passes = 1 if p.activation_checkpointing == "none" else 2
+    out["all_to_all"] += cfg.grad_accum_steps * blocks * (passes * forward + 2 * FP32 * rows * m.dim // p.tp)
+    per_expert = sum(spec.numel(s) for n, s in spec.block_parameters(m) if ".experts.0." in n)
+    n_edp = cfg.replicas // p.ep
+    _add_ring(out, "all_reduce", blocks * m.n_experts // p.ep * per_expert, n_edp, replica // p.ep, FP32)
+    out["all_reduce"] += FP64
 
 
 def _stage_layers(cfg) -> list:

@@ -149,8 +149,8 @@ def weight_grad_time(ops, hw: Hardware, precision: str) -> float:
 
 
 def block_times(model, seq_len: int, micro_batch: int, tp: int, sequence_parallel: bool, precision: str,
-                flash: bool, recompute: str, hw: Hardware, fp8: bool = False, cp: int = 1) -> BlockTimes:
-    ops = layer_ops(model, seq_len, micro_batch, tp, sequence_parallel, precision, flash, cp)
+                flash: bool, recompute: str, hw: Hardware, fp8: bool = False, cp: int = 1, ep: int = 1) -> BlockTimes:
+    ops = layer_ops(model, seq_len, micro_batch, tp, sequence_parallel, precision, flash, cp, ep)
     if fp8:                         # training.fp8: the linear matmuls at the fp8 peak, after their casts
         ops = fp8_ops(ops, precision)
     fwd = ops_time(ops, hw, precision)

@@ -27,6 +27,7 @@ import yaml
 
 from simulator import capabilities
 from simulator.context_parallel import check_context_parallel
+from simulator.expert_parallel import check_experts
 from simulator.pipeline_parallel import check_stage_layers
 from simulator.presets import MODEL_PRESETS, model_preset
 from simulator.schema import (  # noqa: F401  (the schema's names are imported from here throughout)
@@ -257,7 +258,7 @@ def resolve(cfg: Config, runtime: bool = True) -> Config:
         raise ConfigError(f"model.structured_sparsity: {m.structured_sparsity} must be in [0, 1)")
     _positive("seq_len", cfg.seq_len)
 
-    for name in ("tp", "pp", "cp", "vpp", "micro_batch_size", "global_batch_size", "num_servers", "local_steps",
+    for name in ("tp", "pp", "cp", "ep", "vpp", "micro_batch_size", "global_batch_size", "num_servers", "local_steps",
                  "powersgd_rank"):
         _positive(f"parallel.{name}", getattr(p, name))
     for name in ("staleness", "bucket_mb"):
@@ -312,6 +313,7 @@ def resolve(cfg: Config, runtime: bool = True) -> Config:
     if p.sequence_parallel and cfg.seq_len % p.tp:
         raise ConfigError(f"parallel.sequence_parallel: tp {p.tp} does not divide seq_len {cfg.seq_len}")
     check_context_parallel(cfg)
+    check_experts(cfg)
     uneven = p.first_stage_layers is not None or p.last_stage_layers is not None
     if uneven:
         check_stage_layers(m.n_layers, p)

@@ -16,6 +16,8 @@ For pipeline rank r holding virtual stages k = c p + r with L_k blocks each:
                    + the fp32 logits and their gradient on the last stage
                    (context parallelism: all of it for s/cp tokens, plus the K and V gathered from the
                    other cp ranks, kept for the attention's backward)
+                   (mixture of experts: E/ep experts' weights and states per GPU, ZeRO sharding those over
+                   the dp x cp / ep replicas holding them; the MoE MLP's activations, expert_parallel.py)
 
 The in-flight count comes from walking the rank's actual schedule (`pipeline_parallel.peak_in_flight`):
 p micro-batches on the first stage of 1F1B, m with GPipe, p (1 + (p-1)/(p v)) interleaved.
@@ -30,8 +32,9 @@ from functools import lru_cache
 from simulator.config import load_config
 from simulator.context_parallel import kv_bytes
 from simulator.data_parallel import gathered_blocks, grad_bytes_per_param, zero_semantics
+from simulator.expert_parallel import local_expert_params, local_layer_params
 from simulator.pipeline_parallel import partition_layers, peak_in_flight, schedule_order
-from simulator.workload import DTYPE_BYTES, activation_bytes_per_layer, layer_params, state_bytes
+from simulator.workload import DTYPE_BYTES, activation_bytes_per_layer, state_bytes
 
 GB = 1e9
 
@@ -58,7 +61,7 @@ def stage_layers(cfg) -> list:
 def virtual_stage_params(cfg, layers: list) -> list:
     """Parameters of each virtual stage on one TP rank."""
     m, t = cfg.model, cfg.parallel.tp
-    per_block = layer_params(m) / t
+    per_block = local_layer_params(m, cfg.parallel.ep) / t      # a mixture of experts: E/ep of its experts
     embed = m.vocab_size * m.dim / t + (cfg.seq_len * m.dim if m.arch == "gpt" else 0)
     head = m.vocab_size * m.dim / t
     n = len(layers)
@@ -83,11 +86,14 @@ def rank_memory(cfg, rank: int, layers: list, n_micro: int, system: str | None =
     chunks = [c * pp + rank for c in range(v)]
     psi = sum(psi_virtual[k] for k in chunks)
     replicas = cfg.replicas                 # dp x cp ranks share the states ZeRO shards
-    states = state_bytes(psi, prec, cfg.training.optimizer, p.zero_stage, replicas, cfg.training.grad_reduce_dtype)
+    # expert parallelism: the experts among them are sharded over the replicas / ep holding the same ones
+    psi_e = local_expert_params(cfg.model, sum(layers[k] for k in chunks), p.ep, t)
+    states = state_bytes(psi, prec, cfg.training.optimizer, p.zero_stage, replicas, cfg.training.grad_reduce_dtype,
+                         psi_e, p.ep)
     sem = zero_semantics(cfg, system)
     if sem.shards_grads(p.zero_stage) and replicas > 1:
-        block = layer_params(cfg.model) / t
-        states["grads"] = psi * grad_bytes_per_param(cfg) / replicas
+        block = local_layer_params(cfg.model, p.ep) / t
+        states["grads"] = (psi + psi_e * (p.ep - 1)) * grad_bytes_per_param(cfg) / replicas  # experts over replicas/ep
         # gradients beside the shard: every one of them, whole, while accumulating without a reduction
         # (course, FSDP2's no-sync); else the block whose backward just ended, before its reduce-scatter
         whole = psi if sem.holds_whole_grads(p.zero_stage, n_micro) else block

@@ -43,6 +43,7 @@ from simulator.data_parallel import (
     reduce_bucket_mb,
     zero_semantics,
 )
+from simulator.expert_parallel import ep_comm, local_expert_params, reduced_params, zero_shard_params
 from simulator.memory import stage_layers, uses_flash, virtual_stage_params
 from simulator.model_compression import weight_bytes_per_param
 from simulator.pipeline_parallel import simulate_pipeline
@@ -60,11 +61,12 @@ class Layout:
     pp: int
     vpp: int
     cp: int = 1
+    ep: int = 1
 
     @classmethod
     def of(cls, cfg) -> Layout:
         p = cfg.parallel
-        return cls(p.tp, cfg.replicas, p.pp, p.vpp, p.cp)
+        return cls(p.tp, cfg.replicas, p.pp, p.vpp, p.cp, p.ep)
 
     def rank(self, tp_index: int, dp_index: int, pp_index: int) -> int:
         return spec.rank_of(pp_index, dp_index, tp_index, self.dp, self.tp)
@@ -81,6 +83,10 @@ class Layout:
     def cp_group(self, tp_index: int = 0, data_index: int = 0, pp_index: int = 0) -> list:
         """The cp replicas that share one sequence (context_parallel.py)."""
         return [self.rank(tp_index, data_index * self.cp + c, pp_index) for c in range(self.cp)]
+
+    def ep_group(self, tp_index: int = 0, group_index: int = 0, pp_index: int = 0) -> list:
+        """The ep consecutive replicas that split the experts (expert_parallel.py, and its edp_group)."""
+        return [self.rank(tp_index, group_index * self.ep + e, pp_index) for e in range(self.ep)]
 
     def coords(self, rank: int) -> tuple:
         """(tp_index, dp_index, pp_index) of a global rank (simulator/spec.py: the runtime's grid)."""
@@ -130,11 +136,14 @@ def stage_costs(cfg, hw, comm: CommModel, layout: Layout, layers: list, system: 
     p, prec, m = cfg.parallel, cfg.training.precision, cfg.model
     b, s = p.micro_batch_size, cfg.seq_len
     blk = block_times(m, s, b, p.tp, p.sequence_parallel, prec, uses_flash(cfg), p.activation_checkpointing, hw,
-                      cfg.training.fp8, p.cp)
+                      cfg.training.fp8, p.cp, p.ep)
     tpc, cpc = tp_comm(cfg, comm, layout.tp_group()), cp_comm(cfg, comm, layout.cp_group())
     block_f, block_b = tpc.block_forward + cpc.block_forward, tpc.block_backward + cpc.block_backward
-    # recomputation reruns the block's collectives (full) or the K/V gather inside the attention it reruns
-    re_comm = {"none": 0.0, "full": block_f}.get(p.activation_checkpointing, cpc.block_forward)
+    epc = ep_comm(cfg, comm, layout.ep_group())                 # the experts' dispatch and combine
+    block_f, block_b = epc.add(block_f, block_b)
+    # recomputation reruns the block's collectives (full) or the K/V gather inside the attention it reruns and
+    # the all-to-alls (selective modes keep only matmul outputs: the course's checkpoint reruns the exchanges)
+    re_comm = {"none": 0.0, "full": block_f}.get(p.activation_checkpointing, epc.add(cpc.block_forward, 0.0)[0])
     s_local = s // p.cp                         # the tokens of this GPU (context_parallel.py)
     emb_f, emb_b = embedding_times(m, s_local, b, p.tp, prec, hw)
     head_f, head_b = head_times(m, s_local, b, p.tp, prec, hw)
@@ -256,7 +265,8 @@ def optimizer_and_gather(cfg, hw, comm: CommModel, layout: Layout, layers: list,
     ends = sum(len(spec.stage_tensor_numels(cfg.model, cfg.seq_len, 0, k == 0, k == n_virtual - 1, p.tp))
                for k in (c * p.pp + r for c in range(p.vpp)) if k in (0, n_virtual - 1))
     tensors = blocks_r * len(spec.block_parameters(cfg.model)) + ends
-    opt = optimizer_time(psi_r / layout.dp if p.zero_stage >= 1 else psi_r, cfg.training.precision,
+    psi_shard = zero_shard_params(psi_r, local_expert_params(cfg.model, blocks_r, p.ep, p.tp), layout.dp, p.ep)
+    opt = optimizer_time(psi_shard if p.zero_stage >= 1 else psi_r, cfg.training.precision,
                          cfg.training.optimizer, hw, tensors=tensors)
     gather = 0.0
     if sem.gather == "after_step":
@@ -317,7 +327,7 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
         if rank < layout.tp * layout.dp * layout.pp:
             stage = layout.coords(rank)[2]
             slow_by_stage[stage] = max(slow_by_stage.get(stage, 1.0), float(factor))
-    psi_virtual = virtual_stage_params(cfg, layers)
+    psi_virtual = reduced_params(cfg, layers, virtual_stage_params(cfg, layers))    # experts: over the edp group
     grad_wire = grad_bytes_per_param(cfg) * compression_factor(cfg)
     scalars = step_scalars(cfg, comm, layout)
     slows = [{}] + ([slow_by_stage] if slow_by_stage else [])

@@ -5,6 +5,8 @@ Keeps the model, cluster, sequence length, global batch and precision of the con
     tp          powers of two up to a node (tensor parallelism wants NVLink), dividing heads and kv heads
     cp          context parallelism, powers of two while each rank keeps at least MIN_CP_TOKENS of the
                 sequence (shorter chunks make small matmuls and latency-bound gathers)
+    ep          a mixture of experts: expert parallelism, powers of two dividing the experts and the dp x cp
+                replicas (the ep column of the capability table; only ep 1 while the table has none)
     pp          divisors of num_gpus / tp, at most the layers (uneven stages allowed, as Llama 3's 126 / 16)
     schedule    gpipe, 1f1b, zero_bubble, and interleaved_1f1b with vpp in 2, 3, 4, 6, 8 (vpp dividing
                 layers / pp)
@@ -56,6 +58,7 @@ import yaml
 from simulator import capabilities
 from simulator.collectives import CommModel, tree_chunks, tree_shape, tree_stages
 from simulator.config import ConfigError, ParallelConfig, apply_override, load_config, resolve
+from simulator.expert_parallel import expert_degrees
 from simulator.hardware import device_memory, hardware_for
 from simulator.memory import layout_memory, stage_layers, uses_flash
 from simulator.network import transfer_time
@@ -64,7 +67,7 @@ from simulator.plan_report import EXPLAIN_DIMENSIONS, explain, format_plan, obje
 from simulator.simulate import simulate
 from simulator.topology import Cluster
 
-PLAN_FIELDS = ("dp", "cp", "tp", "pp", "vpp", "schedule", "zero_stage", "micro_batch_size",
+PLAN_FIELDS = ("dp", "cp", "ep", "tp", "pp", "vpp", "schedule", "zero_stage", "micro_batch_size",
                "activation_checkpointing", "sequence_parallel", "first_stage_layers", "last_stage_layers")
 SPLIT_FIELDS = ("first_stage_layers", "last_stage_layers")
 """In a plan entry only when the layout makes the first and last stages lighter (so that every entry's
@@ -198,6 +201,10 @@ def candidates(cfg) -> list:
     recomputes = [r for r in RECOMPUTE if not (r == "selective" and uses_flash(cfg))]
     s = cfg.seq_len
     cps = [c for c in (1, 2, 4, 8, 16, 32) if c == 1 or (s % (2 * c) == 0 and s // c >= MIN_CP_TOKENS)]
+    # expert parallelism is searched where the capability table says which ep the runtime runs (its ep column);
+    # a dense model's candidates carry no ep (1)
+    ep_column = "ep" in capabilities.COLUMNS
+    ep_degrees = expert_degrees if ep_column else (lambda *_: (1,))
     out = []
     for tp, cp in ((t, c) for t in tps for c in cps if n % (t * c) == 0):
         for pp in (x for x in range(1, min(m.n_layers, n // (tp * cp), MAX_PP) + 1) if (n // (tp * cp)) % x == 0):
@@ -214,14 +221,17 @@ def candidates(cfg) -> list:
                                       if layers % (pp * v) == 0 and n_micro % pp == 0]
                     for schedule, vpp in schedules:
                         for zero in (0, 1, 2, 3):
-                            if not capabilities.supported(capabilities.key(cfg, dp=dp, tp=tp, pp=pp, zero_stage=zero,
-                                                                           schedule=schedule, cp=cp)):
-                                continue
-                            for recompute in recomputes:
-                                out.append(dict(dp=dp, cp=cp, tp=tp, pp=pp, vpp=vpp, schedule=schedule, zero_stage=zero,
-                                                micro_batch_size=mb, activation_checkpointing=recompute,
-                                                sequence_parallel=tp > 1, first_stage_layers=ends,
-                                                last_stage_layers=ends))
+                            for ep in ep_degrees(m, dp * cp):
+                                moe = {"ep": ep} if ep_column else {}
+                                if not capabilities.supported(capabilities.key(cfg, dp=dp, tp=tp, pp=pp, zero_stage=zero,
+                                                                               schedule=schedule, cp=cp, **moe)):
+                                    continue
+                                for recompute in recomputes:
+                                    out.append(dict(dp=dp, cp=cp, tp=tp, pp=pp, vpp=vpp, schedule=schedule,
+                                                    zero_stage=zero, micro_batch_size=mb,
+                                                    activation_checkpointing=recompute, sequence_parallel=tp > 1,
+                                                    first_stage_layers=ends, last_stage_layers=ends,
+                                                    **({"ep": ep} if m.n_experts else {})))
     return out
 
 
@@ -302,8 +312,8 @@ def plan(cfg, top: int = 5, stats: dict | None = None, progress=None) -> list:
         per_token = bound / c.tokens_per_step
         if per_token > kth:
             for dim, _ in EXPLAIN_DIMENSIONS:       # the rest are only known by their bounds
-                if (dim, cand[dim]) not in floors:
-                    floors[(dim, cand[dim])] = (per_token, False, c)
+                if (dim, cand.get(dim, 1)) not in floors:
+                    floors[(dim, cand.get(dim, 1))] = (per_token, False, c)
             continue
         r = simulate(c, comm=comm)
         simulated += 1
@@ -320,9 +330,9 @@ def plan(cfg, top: int = 5, stats: dict | None = None, progress=None) -> list:
         obj = objective(r, by_goodput, cfg.training.total_tokens)
         entry["lower_bound_s"] = bound
         for dim, _ in EXPLAIN_DIMENSIONS:
-            old = floors.get((dim, cand[dim]))
+            old = floors.get((dim, cand.get(dim, 1)))
             if old is None or not old[1] or obj < old[0]:
-                floors[(dim, cand[dim])] = (obj, True, c)
+                floors[(dim, cand.get(dim, 1))] = (obj, True, c)
         item = (-obj, -i, entry)
         if len(best) < keep:
             heapq.heappush(best, item)

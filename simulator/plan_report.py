@@ -2,7 +2,7 @@
 
 The explanation gives the winner's step and where it goes; how it beats the runner-up (the second-best
 layout simulated), part by part of the step; what did not fit; and, for every other value of each
-dimension of the search (tp, pp, ZeRO stage, micro-batch, recomputation, schedule), how much slower the
+dimension of the search (tp, cp, ep, pp, ZeRO stage, micro-batch, recomputation, schedule), how much slower the
 best layout with that value is. `simulator/plan.py` runs the search.
 
     llama-course plan configs/llama-7b-a100.yaml --top 5
@@ -10,7 +10,8 @@ best layout with that value is. `simulator/plan.py` runs the search.
 
 from __future__ import annotations
 
-EXPLAIN_DIMENSIONS = (("tp", "tensor parallel"), ("cp", "context parallel"), ("pp", "pipeline parallel"), ("zero_stage", "ZeRO stage"),
+EXPLAIN_DIMENSIONS = (("tp", "tensor parallel"), ("cp", "context parallel"), ("ep", "expert parallel"),
+                      ("pp", "pipeline parallel"), ("zero_stage", "ZeRO stage"),
                       ("micro_batch_size", "micro-batch"), ("activation_checkpointing", "recomputation"),
                       ("schedule", "schedule"))
 LABELS = dict(EXPLAIN_DIMENSIONS, dp="dp", vpp="virtual stages", sequence_parallel="sequence parallel")
@@ -35,6 +36,7 @@ def ends(p: dict) -> str:
 def describe(p: dict) -> str:
     """A layout in a few words: dp x tp x pp, schedule, ZeRO, micro-batch, recomputation."""
     return (f"dp {p['dp']}" + (f" x cp {p['cp']}" if p.get("cp", 1) > 1 else "") + f" x tp {p['tp']} x pp {p['pp']}"
+            + (f", ep {p['ep']}" if p.get("ep", 1) > 1 else "")
             + (f" (interleaved, vpp {p['vpp']})" if p["vpp"] > 1 else (f", {p['schedule']}" if p["pp"] > 1 else ""))
             + (f", first/last stage {ends(p)} layers" if ends(p) else "")
             + f", ZeRO-{p['zero_stage']}, micro-batch {p['micro_batch_size']}, recompute "
@@ -82,7 +84,7 @@ def explain(entries: list, floors: dict, excluded: list, stats: dict, capacity: 
     best = objective(w, by_goodput, total_tokens)
     alts = []
     for dim, label in EXPLAIN_DIMENSIONS:
-        values = sorted((value, floor) for (d, value), floor in floors.items() if d == dim and value != p[dim])
+        values = sorted((value, floor) for (d, value), floor in floors.items() if d == dim and value != p.get(dim, 1))
         for value, (per_token, exact, _) in values:
             alts.append(f"{label} {value}: {'' if exact else 'at least '}{per_token / best - 1:+.1%}")
     if alts:
@@ -97,11 +99,11 @@ def explain(entries: list, floors: dict, excluded: list, stats: dict, capacity: 
 def format_plan(entries: list, stats: dict | None = None) -> str:
     """The planner's table (*ends*: the first and last stages' layers where they hold fewer, "-" for an even
     split) and its explanation."""
-    lines = ["| # | dp | cp | tp | pp | v | ends | schedule | zero | mb | recompute | step s | tokens/s/GPU | MFU | memory GB |",
-             "|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---|---:|---:|---:|---:|"]
+    lines = ["| # | dp | cp | ep | tp | pp | v | ends | schedule | zero | mb | recompute | step s | tokens/s/GPU | MFU | "
+             "memory GB |", "|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---|---:|---:|---:|---:|"]
     for i, e in enumerate(entries, 1):
         p = e["parallel"]
-        lines.append(f"| {i} | {p['dp']} | {p.get('cp', 1)} | {p['tp']} | {p['pp']} | {p['vpp']} | {ends(p) or '-'} | "
+        lines.append(f"| {i} | {p['dp']} | {p.get('cp', 1)} | {p.get('ep', 1)} | {p['tp']} | {p['pp']} | {p['vpp']} | {ends(p) or '-'} | "
                      f"{p['schedule'] if p['pp'] > 1 else '-'} | "
                      f"{p['zero_stage']} | {p['micro_batch_size']} | {p['activation_checkpointing']} | "
                      f"{e['step_time_s']:.3g} | {e['tokens_per_s_per_gpu']:,.0f} | {100 * e['mfu']:.1f}% | "

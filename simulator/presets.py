@@ -1,6 +1,6 @@
 """Named model shapes. A preset is a function of nothing that returns the model fields (torchtitan style).
 
-LLaMA shapes are from the papers and the released `params.json` files; GPT shapes are GPT-3 (Brown et al.
+LLaMA (and Mixtral) shapes are from the papers and the released `params.json` files; GPT shapes are GPT-3 (Brown et al.
 2020) and the Megatron-LM 2021 Table 1 models (vocabulary padded to 51,200). `tiny` and `small` are for CPU.
 """
 
@@ -47,6 +47,10 @@ MODEL_PRESETS = {
     "llama3-8b": lambda: _llama(4096, 32, 32, 8, 14336, 128256, rope_theta=500000.0),
     "llama3-70b": lambda: _llama(8192, 80, 64, 8, 28672, 128256, rope_theta=500000.0),
     "llama3-405b": lambda: _llama(16384, 126, 128, 8, 53248, 128256, rope_theta=500000.0),
+    # Mixtral 8x7B (Jiang et al. 2024): Mistral 7B's blocks with 8 SwiGLU experts, top-2 routing;
+    # 46.7B parameters, 12.9B active per token
+    "mixtral-8x7b": lambda: dict(_llama(4096, 32, 32, 8, 14336, 32000, rope_theta=1e6), n_experts=8,
+                                 experts_per_token=2),
     # GPT-3 family (Brown et al. 2020, Table 2.1); vocabulary 50,257 padded to 50,304 (a multiple of 128)
     # so it splits evenly over tensor-parallel ranks, as Megatron-LM and nanoGPT pad it
     "gpt3-125m": lambda: _gpt(768, 12, 12, 50304),

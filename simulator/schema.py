@@ -78,6 +78,16 @@ class ModelConfig:
     """Hidden size of the MLP (SwiGLU: the width of w1 and w3)."""
     vocab_size: int = 512
     """Vocabulary size V; the built-in tokenizer is trained to this size."""
+    n_experts: int = 0
+    """Mixture of experts: 0 = a dense MLP per block; E > 0 = every block's MLP is E experts (each an MLP of
+    ffn_dim, the arch's kind) and a router (`feed_forward.gate`, E x dim) that sends each token to
+    `experts_per_token` of them, their outputs weighted by the softmax of the chosen router logits
+    (Mixtral); no token is dropped."""
+    experts_per_token: int = 2
+    """Experts each token goes to (top-k of the router logits), with n_experts > 0."""
+    router_aux_loss: float = 0.01
+    """Weight of the load-balancing loss added to the training loss (Switch Transformer: E x sum over
+    experts of the share of tokens routed to it x its mean router probability, averaged over the blocks)."""
     tie_embeddings: bool = False
     """Share the input embedding with the output head."""
     norm_eps: float = 1e-5
@@ -146,6 +156,10 @@ class ParallelConfig:
     """Tensor-parallel degree (Megatron column/row split)."""
     pp: int = 1
     """Pipeline-parallel degree (stages)."""
+    ep: int = 1
+    """Expert-parallel degree (model.n_experts > 0): the experts of every block split over ep of the
+    data-parallel replicas (dp x cp), each holding n_experts / ep of them; tokens travel to their experts'
+    ranks and back by all-to-all. Expert gradients are averaged over the replicas that hold the same experts."""
     cp: int = 1
     """Context-parallel degree: each sequence split over cp ranks (2 cp chunks, rank r holding chunks r and
     2 cp - 1 - r, so causal attention work is even), K and V all-gathered over them before attention and

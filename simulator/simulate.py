@@ -7,7 +7,8 @@ What it reports (docs/design.md, "JSON outputs"):
 
     step_time_s            one optimizer step of the slowest replica
     tokens_per_s           tokens_per_step / step_time_s             (tokens_per_s_per_gpu: / num_gpus)
-    model_flops_per_step   tokens x 3 x forward FLOPs per token (no recomputation)
+    model_flops_per_step   tokens x 3 x forward FLOPs per token (no recomputation; a mixture of experts
+                           counts its active parameters: `experts` below)
     hardware_tflops_per_gpu  (model FLOPs + recomputed FLOPs) / step / GPUs: Megatron-LM's "TFLOP/s per GPU"
     mfu                    model FLOPs / step / GPUs / dense peak of the precision
     memory_per_gpu_bytes   {params, grads, optimizer, activations, total} of the fullest GPU
@@ -21,6 +22,8 @@ What it reports (docs/design.md, "JSON outputs"):
     mean_breakdown_s       the same averaged over the pipeline's ranks (each adding up to the step; what a
                            trace averaged over ranks reads, as `compare` measures); = breakdown_s without it
     time_to_train_s        training.total_tokens / tokens_per_s (null when total_tokens is unset)
+    experts                mixture of experts only: {params, active_params, all_to_all_s (the critical rank's
+                           dispatch and combine all-to-alls in the step, exposed), all_to_all_share}
 
 A layout that does not fit in memory is reported as such (fits_in_memory false, memory_excess_bytes) and
 its time fields are null: a step time for a run that cannot start would be a bogus number.
@@ -43,6 +46,7 @@ from simulator import model_compression
 from simulator.collectives import CommModel
 from simulator.config import Config, ConfigError, load_config
 from simulator.data_parallel import compression_factor, grad_bytes_per_param, zero_semantics
+from simulator.expert_parallel import experts_report
 from simulator.hardware import device_memory, hardware_for
 from simulator.memory import layout_memory, stage_layers, virtual_stage_params
 from simulator.parallel_3d import Layout, simulate_step
@@ -96,7 +100,7 @@ def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None, 
     model_flops = tokens * model_flops_per_token(cfg.model, cfg.seq_len)
     result = {
         "config": {"model": cfg.model.preset, "gpu": hw.name, "num_gpus": n_gpus, "dp": p.dp, "cp": p.cp,
-                   "tp": p.tp, "pp": p.pp, "vpp": p.vpp, "schedule": p.schedule, "micro_batches": n_micro,
+                   "ep": p.ep, "tp": p.tp, "pp": p.pp, "vpp": p.vpp, "schedule": p.schedule, "micro_batches": n_micro,
                    "zero_stage": p.zero_stage, "activation_checkpointing": p.activation_checkpointing,
                    "precision": cfg.training.precision, "grad_reduce_dtype": cfg.training.grad_reduce_dtype,
                    "data_parallel_system": zero_semantics(cfg, system).system},
@@ -152,6 +156,8 @@ def simulate(cfg, trace_path: str | None = None, comm: CommModel | None = None, 
                             if cfg.training.total_tokens else None),
     })
     result.update(ctx.extra)
+    if cfg.model.n_experts:
+        result["experts"] = experts_report(cfg, comm, layout, step, step_time)
     if trace_path:
         write_trace(trace_path, step, layout, cfg)
     return result
@@ -223,7 +229,9 @@ def _flops(tflops: float) -> str:
 def format_summary(result: dict) -> str:
     """A human table of a simulate() result."""
     c = result["config"]
-    lines = [f"{c['model']} on {c['num_gpus']} x {c['gpu']}: dp {c['dp']} x tp {c['tp']} x pp {c['pp']}"
+    lines = [f"{c['model']} on {c['num_gpus']} x {c['gpu']}: dp {c['dp']}"
+             + (f" x cp {c['cp']}" if c.get("cp", 1) > 1 else "") + f" x tp {c['tp']} x pp {c['pp']}"
+             + (f", ep {c['ep']}" if c.get("ep", 1) > 1 else "")
              + (f" (vpp {c['vpp']})" if c["vpp"] > 1 else "")
              + f", {c['schedule']}, {c['micro_batches']} micro-batches per step, ZeRO-{c['zero_stage']}, "
                f"recompute {c['activation_checkpointing']}, {c['precision']}"]
@@ -259,6 +267,12 @@ def format_summary(result: dict) -> str:
               f"tokens/s {result['tokens_per_s']:,.0f} ({result['tokens_per_s_per_gpu']:,.0f} per GPU)",
               f"model {_flops(result['model_tflops_per_gpu'])} per GPU, hardware "
               f"{_flops(result['hardware_tflops_per_gpu'])} per GPU, MFU {100 * result['mfu']:.1f}%"]
+    if result.get("experts"):
+        x = result["experts"]
+        n = lambda v: f"{v / 1e9:.3g}B" if v >= 1e9 else f"{v / 1e6:.3g}M"   # noqa: E731
+        lines.append(f"mixture of experts: {n(x['params'])} parameters, {n(x['active_params'])} active "
+                     f"(the model FLOPs count these); dispatch and combine all-to-alls {x['all_to_all_s']:.3g} s, "
+                     f"{100 * x['all_to_all_share']:.1f}% of the step")
     if result["time_to_train_s"] is not None:
         lines.append(f"time to train: {result['time_to_train_s'] / 86400:.1f} days")
     return "\n".join(lines)

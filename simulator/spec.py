@@ -82,6 +82,21 @@ def cp_groups(replicas: int, tp: int, pp: int, cp: int) -> list:
             for p in range(pp) for d in range(replicas // cp) for t in range(tp)]
 
 
+def ep_groups(replicas: int, tp: int, pp: int, ep: int, expert_data: bool = False) -> list:
+    """Every expert-parallel group as lists of global ranks, in the order the runtime creates them: the ep
+    consecutive replicas that split the experts (replica i is ep rank i mod ep), for each pipeline stage,
+    group of ep replicas and tensor rank. expert_data: the "expert data-parallel" groups instead, the
+    replicas holding the same experts (stride ep), over which expert gradients are summed:
+
+        replicas 0 1 2 3, ep 2:   ep groups {0,1} {2,3};  expert data-parallel groups {0,2} {1,3}
+    """
+    if expert_data:
+        return [[rank_of(p, d * ep + e, t, replicas, tp) for d in range(replicas // ep)]
+                for p in range(pp) for e in range(ep) for t in range(tp)]
+    return [[rank_of(p, d * ep + e, t, replicas, tp) for e in range(ep)]
+            for p in range(pp) for d in range(replicas // ep) for t in range(tp)]
+
+
 def cp_chunks(seq_len: int, cp: int, cp_rank: int) -> list:
     """[(start, end)] positions of the sequence a context-parallel rank holds: the sequence cut in 2 cp equal
     chunks, rank r takes chunk r and chunk 2 cp - 1 - r, so under a causal mask every rank has the same
@@ -99,7 +114,7 @@ def cp_chunks(seq_len: int, cp: int, cp_rank: int) -> list:
 
 def block_parameters(model, layer: int = 0) -> list:
     """(name, shape) of one transformer block, in registration order (model.py's TransformerBlock)."""
-    d, f, hd = model.dim, model.ffn_dim, model.dim // model.n_heads
+    d, hd = model.dim, model.dim // model.n_heads
     q, kv = model.n_heads * hd, model.n_kv_heads * hd
     gpt = model.arch == "gpt"
     pre = f"layers.{layer}."
@@ -110,13 +125,29 @@ def block_parameters(model, layer: int = 0) -> list:
     def linear(name, out, inp, bias=gpt):
         return [(pre + name + ".weight", (out, inp))] + ([(pre + name + ".bias", (out,))] if bias else [])
 
+    def mlp(prefix):
+        return _mlp_parameters(model, layer, prefix)
+
     out = norm("attention_norm")
     out += linear("attention.wq", q, d) + linear("attention.wk", kv, d) + linear("attention.wv", kv, d)
     out += linear("attention.wo", d, q)
     out += norm("ffn_norm")
-    out += linear("feed_forward.w1", f, d) + linear("feed_forward.w2", d, f)
+    if getattr(model, "n_experts", 0):           # mixture of experts: the router, then every expert's MLP
+        out += linear("feed_forward.gate", model.n_experts, d, bias=False)
+        for e in range(model.n_experts):
+            out += mlp(f"feed_forward.experts.{e}.")
+        return out
+    return out + mlp("feed_forward.")
+
+
+def _mlp_parameters(model, layer: int, prefix: str) -> list:
+    """(name, shape) of one MLP (a dense block's or one expert's): w1, w2 and, LLaMA, w3."""
+    d, f, gpt = model.dim, model.ffn_dim, model.arch == "gpt"
+    pre = f"layers.{layer}.{prefix}"
+    out = [(pre + "w1.weight", (f, d))] + ([(pre + "w1.bias", (f,))] if gpt else [])
+    out += [(pre + "w2.weight", (d, f))] + ([(pre + "w2.bias", (d,))] if gpt else [])
     if not gpt:
-        out += linear("feed_forward.w3", f, d, bias=False)
+        out.append((pre + "w3.weight", (f, d)))
     return out
 
 

@@ -6,29 +6,58 @@ memory model on the same functions.
 Per token and layer, a forward pass costs 2 FLOPs per weight of every matmul plus attention
 (QK^T and AV: 2 x 2 x s x d, counted over the full s x s square as Megatron-LM and PaLM do; a causal
 FlashAttention kernel runs about half of them, which changes its time, not the count).
-Backward costs twice the forward, so training costs 3 x forward = 6 N + 12 l s d per token.
+Backward costs twice the forward, so training costs 3 x forward = 6 N + 12 l s d per token. A mixture of
+experts counts its active parameters for N (`active_matmul_params`: each token runs k of the E experts).
 """
 
 from __future__ import annotations
 
 
-def layer_matmul_params(model) -> int:
-    """Weights of the matmuls of one block (attention projections and the MLP)."""
-    d, f = model.dim, model.ffn_dim
+def mlp_matmul_params(model) -> int:
+    """Weights of one MLP's matmuls (a dense block's, or one expert's): w1, w3, w2 | fc, proj."""
+    return (3 if model.arch == "llama" else 2) * model.dim * model.ffn_dim
+
+
+def _attention_matmul_params(model) -> int:
+    d = model.dim
     kv_dim = model.n_kv_heads * (d // model.n_heads)
-    attn = d * d + 2 * d * kv_dim + d * d                        # wq, wk, wv, wo
-    mlp = 3 * d * f if model.arch == "llama" else 2 * d * f      # w1, w3, w2 | fc, proj
-    return attn + mlp
+    return d * d + 2 * d * kv_dim + d * d                        # wq, wk, wv, wo
+
+
+def layer_matmul_params(model) -> int:
+    """Weights of the matmuls of one block (attention projections and the MLP; a mixture of experts: the
+    router, E x dim, and all E experts)."""
+    e = getattr(model, "n_experts", 0)
+    if e:
+        return _attention_matmul_params(model) + e * model.dim + e * mlp_matmul_params(model)
+    return _attention_matmul_params(model) + mlp_matmul_params(model)
+
+
+def active_matmul_params(model) -> int:
+    """Weights one token's forward multiplies in one block: all of them when dense; a mixture of experts:
+    the attention, the router and the k experts it is sent to (what FLOPs and MFU count, as Mixtral's
+    "active parameters" and DeepSeek's MFU do)."""
+    e = getattr(model, "n_experts", 0)
+    if e:
+        return _attention_matmul_params(model) + e * model.dim + model.experts_per_token * mlp_matmul_params(model)
+    return layer_matmul_params(model)
 
 
 def layer_params(model) -> int:
-    """All parameters of one block: matmuls, norms and (GPT) biases."""
+    """All parameters of one block: matmuls, norms and (GPT) biases (a mixture of experts: every expert's)."""
     d, f = model.dim, model.ffn_dim
     if model.arch == "llama":
         return layer_matmul_params(model) + 2 * d                # two RMSNorm weights
     kv_dim = model.n_kv_heads * (d // model.n_heads)
-    biases = (d + 2 * kv_dim) + d + f + d                        # qkv, proj, fc, mlp proj
+    biases = (d + 2 * kv_dim) + d + max(1, getattr(model, "n_experts", 0)) * (f + d)   # qkv, proj, fc, mlp proj
     return layer_matmul_params(model) + biases + 4 * d           # two LayerNorms (weight + bias)
+
+
+def expert_params(model) -> int:
+    """Parameters of one block's E experts (weights and, GPT, biases; not the router): 0 when dense."""
+    e = getattr(model, "n_experts", 0)
+    bias = model.ffn_dim + model.dim if model.arch == "gpt" else 0
+    return e * (mlp_matmul_params(model) + bias)
 
 
 def count_params(model, seq_len: int = 0) -> int:
@@ -41,9 +70,16 @@ def count_params(model, seq_len: int = 0) -> int:
     return embed + positions + model.n_layers * layer_params(model) + final_norm + head
 
 
+def active_params(model, seq_len: int = 0) -> int:
+    """Parameters one token uses: count_params less, per block, the E - k experts it is not sent to."""
+    e = getattr(model, "n_experts", 0)
+    unused = model.n_layers * expert_params(model) * (e - model.experts_per_token) // e if e else 0
+    return count_params(model, seq_len) - unused
+
+
 def forward_flops_per_token(model, seq_len: int) -> float:
-    """Forward FLOPs for one token: matmuls (2 per weight), attention scores and values, the output head."""
-    per_layer = 2 * layer_matmul_params(model) + 4 * seq_len * model.dim
+    """Forward FLOPs for one token: matmuls (2 per active weight), attention scores and values, the head."""
+    per_layer = 2 * active_matmul_params(model) + 4 * seq_len * model.dim
     return model.n_layers * per_layer + 2 * model.vocab_size * model.dim
 
 
@@ -124,13 +160,14 @@ def _matmul(name, m, k, n, e, core=False):
 
 
 def layer_ops(model, seq_len: int, micro_batch: int = 1, tp: int = 1, sequence_parallel: bool = False,
-              precision: str = "bf16", flash: bool = True, cp: int = 1) -> list:
+              precision: str = "bf16", flash: bool = True, cp: int = 1, ep: int = 1) -> list:
     """The forward kernels of one transformer block on one GPU, with FLOPs and bytes.
 
-    Matmul FLOPs add up to (2 x layer_matmul_params + 4 s h) per token / t, the count used by
-    `forward_flops_per_token`; element-wise ops add bytes only. With context parallelism (cp > 1) the GPU
+    Matmul FLOPs add up to (2 x active_matmul_params + 4 s h) per token / t, the count used by
+    `forward_flops_per_token` (a router runs whole on every tp rank); element-wise ops add bytes only. With context parallelism (cp > 1) the GPU
     holds s/cp of the tokens: every op but attention runs on them, and attention takes its s/cp queries
-    over the s gathered keys, 1/cp of the (load-balanced, context_parallel.py) causal square.
+    over the s gathered keys, 1/cp of the (load-balanced, context_parallel.py) causal square. A mixture of
+    experts replaces the MLP by `moe_mlp_ops` (expert parallelism over `ep` ranks).
     """
     e = DTYPE_BYTES[precision]
     s, b, h, t = seq_len, micro_batch, model.dim, tp
@@ -165,15 +202,45 @@ def layer_ops(model, seq_len: int, micro_batch: int = 1, tp: int = 1, sequence_p
     ops.append(_matmul("attn_out", tokens, a_t * hd, h, e))
     ops.append(Op("residual_attn", "memory", 0.0, rep * h * (3 * e + (1 if drop else 0))))
     ops.append(Op("norm_mlp", "memory", 0.0, 2 * rep * h * e))
-    if model.arch == "llama":
+    if getattr(model, "n_experts", 0):
+        ops += moe_mlp_ops(model, tokens, tp, e, ep)
+    elif model.arch == "llama":
         ops.append(_matmul("mlp_gate_up", tokens, h, 2 * f_t, e))
         ops.append(Op("swiglu", "memory", 0.0, 3 * tokens * f_t * e))
     else:
         ops.append(_matmul("mlp_up", tokens, h, f_t, e))
         ops.append(Op("gelu", "memory", 0.0, 2 * tokens * f_t * e))
-    ops.append(_matmul("mlp_down", tokens, f_t, h, e))
+    if not getattr(model, "n_experts", 0):
+        ops.append(_matmul("mlp_down", tokens, f_t, h, e))
     ops.append(Op("residual_mlp", "memory", 0.0, rep * h * (3 * e + (1 if drop else 0))))
     return ops
+
+
+def moe_mlp_ops(model, tokens: float, tp: int = 1, e: int = 2, ep: int = 1) -> list:
+    """The MLP of a mixture-of-experts block on one GPU of `tokens` tokens: the router (tokens x dim x E, on
+    every tensor-parallel rank), the permute that gathers each token's k copies by expert, the experts, the
+    unpermute that scatters them back weighted (memory bound: tokens k dim elements read and written each).
+
+    Routing is assumed balanced (each expert gets k/E of the tokens; dropless). With expert parallelism the
+    GPU holds E/ep experts and, after the dispatch all-to-all, runs them on the copies its ep group sent
+    them: each expert tokens k ep / E rows, tokens k rows in all, as many as without ep (the model FLOPs of
+    a step do not depend on ep) in fewer, larger GEMMs; one grouped GEMM of E/ep products (the shape's batch),
+    each expert's ffn split over the tp ranks as a dense MLP's is."""
+    h, f_t, n_e, k = model.dim, model.ffn_dim // tp, model.n_experts, model.experts_per_token
+    local, rows = n_e // ep, tokens * k * ep / n_e           # experts on this GPU, rows of each
+    copies = tokens * k                                      # routed token copies (= local * rows)
+
+    def grouped(name, kk, n):
+        return Op(name, "matmul", 2.0 * local * rows * kk * n, e * local * (rows * kk + kk * n + rows * n),
+                  shape=(local, rows, kk, n))
+
+    ops = [_matmul("router", tokens, h, n_e, e),
+           Op("moe_permute", "memory", 0.0, 2 * copies * h * e)]
+    if model.arch == "llama":
+        ops += [grouped("mlp_gate_up", h, 2 * f_t), Op("swiglu", "memory", 0.0, 3 * copies * f_t * e)]
+    else:
+        ops += [grouped("mlp_up", h, f_t), Op("gelu", "memory", 0.0, 2 * copies * f_t * e)]
+    return ops + [grouped("mlp_down", f_t, h), Op("moe_unpermute", "memory", 0.0, 2 * copies * h * e)]
 
 
 def head_ops(model, seq_len: int, micro_batch: int = 1, tp: int = 1, precision: str = "bf16") -> list:
@@ -202,7 +269,9 @@ def alternate_matmuls(model, seq_len: int, micro_batch: int = 1, tp: int = 1, pr
     q_t, kv_t, f_t = model.n_heads * hd // t, model.n_kv_heads * hd // t, model.ffn_dim // t
     order = [("wq", h, q_t), ("wk", h, kv_t), ("wv", h, kv_t), ("wo", q_t, h), ("w1", h, f_t)]
     order += [("w3", h, f_t), ("w2", f_t, h)] if model.arch == "llama" else [("w2", f_t, h)]
-    return [_matmul(name, tokens, k, n, e) for name, k, n in order[1::2]]
+    k_mlp = model.experts_per_token if getattr(model, "n_experts", 0) else 1    # an expert MLP: k copies/token
+    return [_matmul(name, tokens * (k_mlp if name[0] == "w" and name[1].isdigit() else 1), k, n, e)
+            for name, k, n in order[1::2]]
 
 
 def fp8_ops(ops: list, precision: str) -> list:
@@ -214,8 +283,8 @@ def fp8_ops(ops: list, precision: str) -> list:
     out = []
     for op in ops:
         if op.kind == "matmul" and not op.core:
-            _, m, k, n = op.shape
-            out.append(Op(f"fp8_cast_{op.name}", "memory", 0.0, (2 * e + 1) * (m * k + k * n)))
+            batch, m, k, n = op.shape                   # (a mixture of experts: batch experts' products)
+            out.append(Op(f"fp8_cast_{op.name}", "memory", 0.0, (2 * e + 1) * batch * (m * k + k * n)))
             op = op._replace(fp8=True)
         out.append(op)
     return out
@@ -252,6 +321,8 @@ def activation_bytes_per_layer(model, seq_len: int, micro_batch: int = 1, tp: in
                  LLaMA's w3 branch; wo's and w2's outputs are not among the bytes above), as measured in
                  tests/test_activation_checkpointing.py
     LLaMA: no dropout masks, K and V of n_kv_heads, SwiGLU keeps both branch outputs (3 x s b f).
+    Mixture of experts: the MLP keeps the k routed copies of every token (k s b h) and the experts'
+    intermediates of k s b f (x 3 SwiGLU, x 2 GeLU) in place of the dense MLP's.
     """
     e = DTYPE_BYTES[precision]
     s, b, h, t = seq_len, micro_batch, model.dim, tp
@@ -263,7 +334,8 @@ def activation_bytes_per_layer(model, seq_len: int, micro_batch: int = 1, tp: in
         kept = activation_bytes_per_layer(model, seq_len, micro_batch, tp, sequence_parallel, "selective", flash,
                                           precision)                                         # SwiGLU up branch)
         kv = model.n_kv_heads / model.n_heads
-        return kept - e * sbh * kv / t - (e * s * b * model.ffn_dim / t if model.arch == "llama" else 0.0)
+        k_mlp = model.experts_per_token if getattr(model, "n_experts", 0) else 1
+        return kept - e * sbh * kv / t - (e * s * b * k_mlp * model.ffn_dim / t if model.arch == "llama" else 0.0)
     drop = uses_dropout(model)
     kv = model.n_kv_heads / model.n_heads
     f = model.ffn_dim
@@ -277,7 +349,13 @@ def activation_bytes_per_layer(model, seq_len: int, micro_batch: int = 1, tp: in
     if not (flash or recompute == "selective"):
         sq = model.n_heads * s * s * b / t
         attn += e * sq + (sq * (1 + e) if drop else 0)   # softmax output; dropout mask + output
-    if model.arch == "llama":
+    if getattr(model, "n_experts", 0):
+        # mixture of experts: the router's input, the k routed copies of each token, the experts' intermediates
+        # (SwiGLU: 3 of ffn per copy, GeLU 2); the router's logits (E per token) are negligible
+        k = model.experts_per_token
+        mlp = e * sbh * rep + e * sbh * k * rep + (3 if model.arch == "llama" else 2) * e * s * b * k * f / t
+        mlp += sbh * rep if drop else 0
+    elif model.arch == "llama":
         mlp = e * sbh * rep + 3 * e * s * b * f / t
     else:
         mlp = e * sbh * rep + 2 * e * s * b * f / t + (sbh * rep if drop else 0)
@@ -308,11 +386,14 @@ def state_bytes_per_param(precision: str, optimizer: str, grad_dtype: str | None
 
 
 def state_bytes(n_params: float, precision: str, optimizer: str, zero_stage: int = 0, dp: int = 1,
-                grad_dtype: str | None = None) -> dict:
+                grad_dtype: str | None = None, expert_params: float = 0.0, ep: int = 1) -> dict:
     """Per-GPU bytes of weights, gradients and optimizer state for n_params on this GPU before ZeRO.
 
-    ZeRO-1 shards optimizer state over dp, ZeRO-2 also gradients, ZeRO-3 (FSDP) also weights.
+    ZeRO-1 shards optimizer state over dp, ZeRO-2 also gradients, ZeRO-3 (FSDP) also weights. Expert
+    parallelism: `expert_params` of the n_params are experts, whose states ZeRO shards over the dp / ep
+    replicas holding the same experts (the expert-data-parallel group): (n - x) / dp + x / (dp / ep) per GPU.
     """
     per = state_bytes_per_param(precision, optimizer, grad_dtype)
     shard = {"optimizer": zero_stage >= 1, "grads": zero_stage >= 2, "params": zero_stage >= 3}
-    return {k: n_params * v / (dp if shard[k] else 1) for k, v in per.items()}
+    sharded = n_params + expert_params * (ep - 1)      # (n - x) / dp + x ep / dp = (n + x (ep - 1)) / dp
+    return {k: (sharded if shard[k] else n_params) * v / (dp if shard[k] else 1) for k, v in per.items()}

@@ -63,7 +63,8 @@ def points(draw, max_world: int = 4):
 
 
 def overrides(point: dict) -> list:
-    """The `--set` items of a point, on the tiny config (micro-batch 4, global batch 16)."""
+    """The `--set` items of a point, on the tiny config (micro-batch 4, global batch 16); moe: 4 experts,
+    top 2; ep N: 2."""
     dp, cp, tp, pp = (DEGREE[point[c]] for c in ("dp", "cp", "tp", "pp"))
     out = [f"parallel.{c}={point[c]}" for c in ("strategy", "sync", "implementation", "zero_stage", "compression",
                                                  "schedule")]
@@ -71,7 +72,9 @@ def overrides(point: dict) -> list:
             f"parallel.vpp={2 if point['schedule'] == 'interleaved_1f1b' else 1}",
             f"parallel.sequence_parallel={str(tp > 1).lower()}", f"load_balance.policy={point['policy']}",
             f"training.precision={point['precision']}", f"model.tie_embeddings={str(point['tie_embeddings']).lower()}",
-            "parallel.num_servers=1", "training.steps=2", "training.eval_every=0"]
+            "parallel.num_servers=1", "training.steps=2", "training.eval_every=0",
+            f"model.n_experts={4 if point['moe'] else 0}", "model.experts_per_token=2",
+            f"parallel.ep={DEGREE[point['ep']]}"]
     return out
 
 
@@ -81,7 +84,7 @@ def layout(cfg) -> dict:
     return dict(dp=p.dp, cp=p.cp, tp=p.tp, pp=p.pp, vpp=p.vpp, schedule=p.schedule, zero_stage=p.zero_stage,
                 micro_batch_size=p.micro_batch_size, activation_checkpointing=p.activation_checkpointing,
                 sequence_parallel=p.sequence_parallel, first_stage_layers=p.first_stage_layers,
-                last_stage_layers=p.last_stage_layers)
+                last_stage_layers=p.last_stage_layers, **({"ep": p.ep} if cfg.model.n_experts else {}))
 
 
 def verdicts(point: dict) -> dict:

@@ -13,7 +13,8 @@ from simulator import spec
 from simulator.config import load_config
 
 SHAPES = [{}, {"tie_embeddings": True}, {"arch": "gpt"}, {"arch": "gpt", "tie_embeddings": False},
-          {"n_kv_heads": 4}, {"n_layers": 3, "ffn_dim": 96}]
+          {"n_kv_heads": 4}, {"n_layers": 3, "ffn_dim": 96},
+          {"n_experts": 4}, {"n_experts": 3, "experts_per_token": 1, "arch": "gpt"}]      # mixture of experts
 
 
 def model_cfg(**kw):
@@ -27,6 +28,26 @@ def test_parameters_are_the_modules_named_parameters(kw):
     real = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
     assert spec.parameters(cfg, 32) == real
     assert spec.tensors_per_block(cfg) == len([n for n, _ in real if n.startswith("layers.0.")])
+
+
+@pytest.mark.parametrize("replicas, tp, pp, ep", [(2, 1, 1, 2), (4, 1, 1, 2), (4, 2, 1, 2), (4, 1, 2, 4), (8, 1, 1, 2)])
+def test_ep_groups_are_consecutive_replicas_and_edp_groups_stride_ep(replicas, tp, pp, ep):
+    """Every training rank in exactly one ep group and one expert data-parallel group; an ep group is ep
+    consecutive replicas (dp coordinates), an edp group the replicas of one ep rank (stride ep)."""
+    world = replicas * tp * pp
+    for groups, size in ((spec.ep_groups(replicas, tp, pp, ep), ep),
+                         (spec.ep_groups(replicas, tp, pp, ep, expert_data=True), replicas // ep)):
+        assert sorted(r for g in groups for r in g) == list(range(world))
+        assert all(len(g) == size for g in groups)
+    for g in spec.ep_groups(replicas, tp, pp, ep):
+        coords = [spec.coords(r, replicas, tp, pp) for r in g]
+        assert len({(p, t) for p, _, t in coords}) == 1
+        assert [d % ep for _, d, _ in coords] == list(range(ep)) and coords[0][1] % ep == 0
+    for g in spec.ep_groups(replicas, tp, pp, ep, expert_data=True):
+        coords = [spec.coords(r, replicas, tp, pp) for r in g]
+        assert len({(p, d % ep, t) for p, d, t in coords}) == 1
+    assert spec.ep_groups(4, 1, 1, 2) == [[0, 1], [2, 3]]
+    assert spec.ep_groups(4, 1, 1, 2, expert_data=True) == [[0, 2], [1, 3]]
 
 
 def test_tensors_per_block_is_not_nine_for_gpt():

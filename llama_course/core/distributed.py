@@ -67,6 +67,14 @@ class Context:
     cp_rank: int = 0
     cp_group: Any | None = None
     """The cp replicas sharing one sequence (None when cp = 1)."""
+    ep: int = 1
+    """Expert-parallel degree: ep consecutive replicas split every block's experts."""
+    ep_rank: int = 0
+    ep_group: Any | None = None
+    """The ep replicas that exchange tokens by all-to-all (None when ep = 1)."""
+    edp_group: Any | None = None
+    """Expert data-parallel: the replicas holding the same experts, stride ep (None when ep = 1 or they are
+    one replica)."""
     mesh: Any | None = None
     """torch DeviceMesh of shape (pp, dp, tp) with names ("pp", "dp", "tp"), for the torch implementations."""
     restart_count: int = 0
@@ -155,11 +163,12 @@ def launcher_env(nproc: int) -> dict:
 
 
 def init_distributed(dp: int = 1, tp: int = 1, pp: int = 1, timeout: timedelta | None = None,
-                     mesh_world: int | None = None, cp: int = 1) -> Context:
+                     mesh_world: int | None = None, cp: int = 1, ep: int = 1) -> Context:
     """Join the process group (env:// from torchrun or our launcher; a one-rank group otherwise).
 
     Builds the dp/tp/pp groups when dp x tp x pp == world size, and the cp groups when cp > 1 (dp is then
-    the replica count, data shards x cp, and cp must divide it). A run with extra processes (parameter
+    the replica count, data shards x cp, and cp must divide it), and the ep and expert data-parallel
+    groups when ep > 1 (ep divides the replicas). A run with extra processes (parameter
     servers) passes mesh_world = dp x tp x pp and builds its own groups for the rest.
     """
     timeout = timeout or default_timeout()
@@ -193,18 +202,34 @@ def init_distributed(dp: int = 1, tp: int = 1, pp: int = 1, timeout: timedelta |
         dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout,
                                 device_id=device if backend == "nccl" else None)
     ctx = Context(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend,
-                  dp=dp, tp=tp, pp=pp, cp=cp, restart_count=restarts)
+                  dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, restart_count=restarts)
     grid = mesh_world if mesh_world is not None else world
     if dp * tp * pp != grid:
         raise RuntimeError(f"dp x tp x pp = {dp * tp * pp} does not match {grid} processes")
     if cp < 1 or dp % cp:
         raise RuntimeError(f"cp {cp} does not divide the {dp} replicas (dp here counts data shards x cp)")
+    if ep < 1 or dp % ep:
+        raise RuntimeError(f"ep {ep} does not divide the {dp} replicas")
     if rank < grid:
         ctx.pp_rank, ctx.dp_rank, ctx.tp_rank = grid_coords(rank, dp, tp, pp)
         ctx.cp_rank = spec.cp_coords(ctx.dp_rank, cp)[1]
+        ctx.ep_rank = ctx.dp_rank % ep
     ctx.dp_group, ctx.tp_group, ctx.pp_group = _grid_groups(ctx, grid)
     ctx.cp_group = _cp_group(ctx) if cp > 1 else None
+    if ep > 1:
+        ctx.ep_group = _new_groups(ctx, spec.ep_groups(dp, tp, pp, ep))
+        ctx.edp_group = _new_groups(ctx, spec.ep_groups(dp, tp, pp, ep, expert_data=True)) if dp > ep else None
     return ctx
+
+
+def _new_groups(ctx: Context, every: list):
+    """new_group for every group of `every` (each rank calls it for every group, in order); this rank's."""
+    mine = None
+    for ranks in every:
+        group = dist.group.WORLD if len(ranks) == ctx.world_size else dist.new_group(ranks, timeout=default_timeout())
+        if ctx.rank in ranks:
+            mine = group
+    return mine
 
 
 def _grid_groups(ctx: Context, grid: int) -> tuple:

@@ -16,6 +16,8 @@ Layer names follow Meta's reference so that the tensor-parallel split is visible
 wq, wk, wv, w1, w3 are split by columns (output features), wo and w2 by rows (input features).
 RoPE uses the "rotate half" layout of Hugging Face's Llama, so `from_hf`/`to_hf` copy weights as they are.
 
+`model.n_experts` > 0 makes every block's MLP a mixture of experts (router + E FeedForwards, core/moe.py).
+
 `arch: gpt` builds the GPT-2/3 block (LayerNorm with bias, GELU MLP of width ffn_dim, learned positions,
 biases, tied head) so Megatron-LM's published GPT runs can be compared with the same code.
 
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llama_course.core import weight_grad
+from llama_course.core.moe import MoEFeedForward
 from llama_course.core.quantization import empty_quantized
 from simulator.config import ModelConfig
 
@@ -182,7 +185,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = make_norm(cfg)
         self.attention = Attention(cfg)
         self.ffn_norm = make_norm(cfg)
-        self.feed_forward = FeedForward(cfg)
+        self.feed_forward = FeedForward(cfg) if not cfg.n_experts else MoEFeedForward(   # core/moe.py
+            cfg, Linear(cfg.dim, cfg.n_experts, bias=False), [FeedForward(cfg) for _ in range(cfg.n_experts)])
 
     def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
         h = x + self.attention(self.attention_norm(x), start_pos)

@@ -116,5 +116,5 @@ def banner(cfg, nproc: int, start: int = 0) -> str:
     servers = f" + {p.num_servers} parameter server(s)" if p.strategy == "parameter_server" else ""
     steps = f"steps {start + 1}-{cfg.training.steps}" + (f" (resuming at step {start})" if start else "")
     return (f"train: {m.arch} {m.n_layers} layers x dim {m.dim} ({count_params(m, cfg.seq_len) / 1e6:.2f}M "
-            f"parameters) | layout dp {p.dp}{f' x cp {p.cp}' if p.cp > 1 else ''} x tp {p.tp} x pp {p.pp}{servers} | engine {engine_for(cfg)} "
+            f"parameters) | layout dp {p.dp}{f' x cp {p.cp}' if p.cp > 1 else ''} x tp {p.tp} x pp {p.pp}{f' (ep {p.ep})' if p.ep > 1 else ''}{servers} | engine {engine_for(cfg)} "
             f"({p.implementation}) | device {device} | {nproc} process{'es' if nproc > 1 else ''} | {steps}")

@@ -38,6 +38,7 @@ from llama_course.core.engine_protocol import Abandon, BatchPlan, EngineParts, G
 from llama_course.core.fp8 import use_fp8
 from llama_course.core.mixed_precision import MixedPrecision
 from llama_course.core.model import cross_entropy
+from llama_course.core.moe import aux_loss
 from llama_course.core.optimizers import build_optimizer, optimizer_for_groups
 from llama_course.core.profiling import Tracer
 
@@ -114,18 +115,26 @@ class Engine:
         self.schedule.attach(self)
         loss_owners = [t for t in self.transforms if t.provides_loss]
         self.loss_owner = loss_owners[-1] if loss_owners else None
+        self.router_aux = torch.zeros((), device=ctx.device)
 
     # ---- pieces the schedules call ------------------------------------------------------------------
     def forward_loss(self, x: torch.Tensor, y: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
-        """Forward in the training precision, then the loss in fp32 (the vocab-parallel one under tp)."""
+        """Forward in the training precision, then the loss in fp32 (the vocab-parallel one under tp); in
+        training, a mixture of experts adds model.router_aux_loss x its load-balancing loss (core/moe.py)."""
         module = module or self.model
         with self.precision.autocast():
             logits = module(x)
         if self.loss_fn is not None:
-            return self.loss_fn(logits, y, x)
-        if self.loss_owner is not None:
-            return self.loss_owner.loss(module, logits, y)
-        return cross_entropy(logits, y)
+            loss = self.loss_fn(logits, y, x)
+        elif self.loss_owner is not None:
+            loss = self.loss_owner.loss(module, logits, y)
+        else:
+            loss = cross_entropy(logits, y)
+        aux = aux_loss(module) if module.training and self.cfg.model.n_experts else None
+        if aux is not None:
+            self.router_aux += aux.detach().float()
+            loss = loss + self.cfg.model.router_aux_loss * aux
+        return loss
 
     def forward_backward(self, micro_batches: list, weights: list | None = None) -> float:
         """Run the schedule: this rank's share sum_i w_i loss_i of the global loss (bench times this call)."""
@@ -153,6 +162,7 @@ class Engine:
         skipped, forward_backward_s and the sync's metrics (bytes_sent, staleness, ...)."""
         ctx, training = self.ctx, self.cfg.training
         self.sync.begin_step()
+        self.router_aux = torch.zeros((), device=ctx.device)
         start, abandoned = time.perf_counter(), False
         with self.loss_contexts():
             try:
@@ -181,6 +191,8 @@ class Engine:
             raise NonFiniteError(f"non-finite loss ({loss}) or gradient norm ({norm}); "
                                  "set training.on_nonfinite=skip to skip such steps")
         out = {"loss": loss, "grad_norm": norm, "skipped": skipped}
+        if self.cfg.model.n_experts:          # this rank's mean load-balancing loss over its micro-batches
+            out["router_aux_loss"] = float(self.router_aux) / max(len(micro_batches), 1)
         out.update(self.sync.finish_step(lr, norm, skipped))
         self.precision.update(found_inf)
         out.update(self.sync.metrics())
@@ -208,20 +220,26 @@ class Engine:
 
     def grad_norm(self) -> float:
         """L2 norm of the whole model's gradient: this rank's squares (a tensor split over tp counted on
-        every tp rank, a replicated one on tp rank 0 only; DTensors by their own placements), summed over
-        the sync's shard group, the tp group and the pipeline stages."""
+        every tp rank, a replicated one on tp rank 0 only; DTensors by their own placements; experts of
+        expert parallelism summed over the ep group), summed over the sync's shard group, the tp group and
+        the pipeline stages."""
         ctx = self.ctx
         local = torch.zeros((), dtype=torch.float64, device=ctx.device)
         whole = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        experts = torch.zeros((), dtype=torch.float64, device=ctx.device)
         for name, q, g in self.sync.norm_terms():
             if hasattr(g, "placements"):                   # DTensor (FSDP2, torch TP): its norm, all ranks agree
                 whole += _dtensor_norm(g).double() ** 2
+            elif getattr(q, "expert_parallel", False):     # this ep rank's experts: the ep group holds them all
+                experts += g.double().pow(2).sum()
             elif ctx.tp == 1 or ctx.tp_rank == 0 or self.splits(self.full_name(name), q):
                 local += g.double().pow(2).sum()
         for group in (self.sync.norm_group(), ctx.tp_group if ctx.tp > 1 else None):
             if group is not None and dist.get_world_size(group) > 1:
                 dist.all_reduce(local, group=group)
-        total = local + whole
+        if ctx.ep > 1:
+            dist.all_reduce(experts, group=ctx.ep_group)
+        total = local + whole + experts
         if ctx.pp > 1:
             dist.all_reduce(total, group=ctx.pp_group)
         return float(total.sqrt())

@@ -33,9 +33,11 @@ parameters must be gathered again. Freed means the flat buffer's storage is resi
 parameters stay views into it, so tensors autograd saved in forward see the data again once regathered.
 
 Frozen parameters (requires_grad False) join no bucket and, in ZeRO-3, stay whole on every rank.
-Assumption: every rank uses the same set of parameters in a step (true for a dense LLaMA). A parameter
-no rank used keeps grad None, as in the single-process run; mixture-of-experts routing would need
-DDP's find_unused_parameters bitmap exchange.
+Assumption: every rank uses the same set of parameters in a step (true for a dense LLaMA, and for a
+mixture of experts, core/moe.py, whose every expert runs, on zero tokens if need be). A parameter no rank
+used keeps grad None, as in the single-process run. Expert parallelism's experts (expert_parallel.py)
+join no bucket: after backward they are summed over the expert data-parallel group and divided by the
+replicas (ZeRO 0 only).
 
 implementation: torch maps zero_stage 3 to FSDP2 `fully_shard` per block and at the root; zero_stage 1
 and 2 to FSDP2 with reshard_after_forward=False (parameters stay gathered between forward and backward,
@@ -61,6 +63,7 @@ from torch import nn
 from llama_course.core.engine_protocol import GradientSync
 from llama_course.parallel import collectives as C
 from llama_course.parallel.data_parallel_comm import Unit, _copy_of_dp_group, bucket_plan
+from llama_course.parallel.expert_parallel import is_expert, reduce_expert_gradients
 from simulator import spec
 
 
@@ -87,10 +90,17 @@ class DataParallelSync(GradientSync):
         self.comm = C.CommThread(_copy_of_dp_group(ctx)) if self.overlap else None
         self.final, self.next_launch = False, 0             # backward outside train_step: no communication
         trainable = list({id(q): q for q in model.parameters() if q.requires_grad}.values())
+        self.experts = [q for q in trainable if is_expert(q)]         # expert parallelism: summed over edp
+        trainable = [q for q in trainable if not is_expert(q)]
+        if self.experts and self.stage:
+            raise ValueError("expert parallelism runs with parallel.zero_stage 0 only")
+        self.expert_flat = None
         self.name_of = {id(q): n for n, q in model.named_parameters()}
         with torch.no_grad():                                  # replicas start equal: rank 0's weights
-            for q in model.parameters():
-                C.tree_broadcast(q.data, 0, self.group, check=False)
+            for q in model.parameters():                       # (an expert: its edp group's first's)
+                group = ctx.edp_group if is_expert(q) else self.group
+                if group is not None:
+                    C.tree_broadcast(q.data, 0, group, check=False)
         self.units = self._layer_units(model, trainable) if self.stage == 3 else self._buckets(trainable)
         self.unit_of = {id(q): u for u in self.units for q in u.params}
         for u in self.units:
@@ -279,6 +289,8 @@ class DataParallelSync(GradientSync):
             for q in u.params:
                 if id(q) in u.unused:
                     q.grad = None
+        if self.experts:                    # summed over the expert data-parallel group, / the replicas
+            self.expert_flat = reduce_expert_gradients(self.experts, self.ctx.edp_group, self.n_ranks, self.wire)
         for piece, u, q, a in self.pieces:
             piece.grad = None if id(q) in u.unused else (
                 u.grad_flat[a:a + piece.numel()] if self.stage == 1 else u.grad_shard[a - u.lo: a - u.lo + piece.numel()])
@@ -296,7 +308,8 @@ class DataParallelSync(GradientSync):
     # ---- what the optimizer reads, norms, the step ---------------------------------------------------
     def grads(self) -> list:
         if self.stage <= 1:                                     # whole flat buffers (p.grad are views)
-            return [u.grad_flat for u in self.units if u.grad_flat is not None]
+            experts = [self.expert_flat] if self.experts and self.expert_flat is not None else []
+            return [u.grad_flat for u in self.units if u.grad_flat is not None] + experts
         return [u.grad_shard for u in self.units]
 
     def norm_terms(self) -> list:
@@ -369,11 +382,12 @@ class DataParallelSync(GradientSync):
                 named[n].copy_(t)
         e.optimizer.load_state_dict(state["optimizer"])
 
-    def checkpoint_writer(self) -> bool:
-        return self.stage == 0 and self.ctx.dp_rank == 0 or self.stage > 0 or self.compressor.per_rank_state
+    def checkpoint_writer(self) -> bool:   # expert parallelism: every rank holds its own experts' state
+        return self.stage == 0 and self.ctx.dp_rank == 0 or self.stage > 0 or self.compressor.per_rank_state \
+            or self.ctx.ep > 1
 
     def checkpoint_source_rank(self) -> int:
-        if self.stage == 0 and not self.compressor.per_rank_state:
+        if self.stage == 0 and not self.compressor.per_rank_state and self.ctx.ep == 1:
             return super().checkpoint_source_rank()
         return self.ctx.rank
 

@@ -39,13 +39,15 @@ from __future__ import annotations
 
 from llama_course.parallel.activation_checkpointing import ActivationCheckpointing
 from llama_course.parallel.context_parallel import ContextParallel
+from llama_course.parallel.expert_parallel import ExpertParallel
 from llama_course.parallel.pipeline_parallel import PipelineSplit
 from llama_course.parallel.tensor_parallel import TensorParallel, TorchTensorParallel
 
 
 def model_transforms(cfg, ctx) -> list:
-    """The model transforms of dp x cp x tp x pp, in the order they apply: tp shards, context-parallel
-    attention (on the tp rank's heads), checkpointed blocks, stages."""
+    """The model transforms of dp x cp x tp x pp (x ep), in the order they apply: tp shards, context-parallel
+    attention (on the tp rank's heads), the ep rank's experts (expert_parallel.py), checkpointed blocks,
+    stages."""
     p = cfg.parallel
     out = []
     if p.tp > 1:
@@ -53,6 +55,8 @@ def model_transforms(cfg, ctx) -> list:
                    else TorchTensorParallel(ctx, p.sequence_parallel))
     if p.cp > 1:
         out.append(ContextParallel(ctx))
+    if p.ep > 1:
+        out.append(ExpertParallel(cfg, ctx))
     if p.activation_checkpointing != "none":
         out.append(ActivationCheckpointing(p.activation_checkpointing))
     if p.pp > 1:
