@@ -61,17 +61,25 @@ def main() -> None:
     args = parser.parse_args()
     rows = [row(z, rc, ep) for z, rc in SETUPS for ep in EPS]
     text = table(rows)
+    from simulator.config import load_config
+    from simulator.workload import count_params, expert_params
+
+    model = load_config({"model": {"preset": "mixtral-8x7b"}}, runtime=False).model
+    n_exp, n_all = model.n_layers * expert_params(model) / 1e9, count_params(model) / 1e9
+    z1_fit = min((r["ep"] for r in rows if r["zero"] == 1 and r["fits"]), default=None)
+    z3 = [r["mfu"] for r in rows if r["zero"] == 3 and r["fits"]]
     print(text)
     if args.write:
         with open(args.write, "w") as f:
             f.write(f"# Expert parallelism: Mixtral 8x7B's memory and speed as the experts are split (simulated)\n\n"
                     f"Generated on {datetime.date.today()} with\n\n```\n.venv/bin/python benchmarks/expert_parallel.py "
                     f"--write {args.write}\n```\n\n{__doc__.split('--write docs/benchmarks/expert_parallel.md', 1)[1].strip()}\n\n{text}\n\n"
-                    f"Reading it: the experts are 45 of the 46.7B parameters. Without sharding the weights and "
-                    f"gradients (ZeRO-1) a GPU holds 2 + 4 bytes of each of its experts, so nothing below ep 8 fits; "
+                    f"Reading it: the experts are {n_exp:.1f} of the {n_all:.1f}B parameters. Without sharding the weights and "
+                    f"gradients (ZeRO-1) a GPU holds 2 + 4 bytes of each of its experts, so "
+                    f"{f'nothing below ep {z1_fit} fits' if z1_fit else 'no ep fits'}; "
                     f"the optimizer states ZeRO-1 shards are the same at every ep (a GPU's E/ep experts are sharded "
                     f"over the 64/ep replicas holding them: 1/64 of all of them either way). ZeRO-3 fits at every "
-                    f"ep, and ep takes MFU from 22% to 40%. The expert FLOPs per GPU do not change with ep (balanced "
+                    f"ep, and ep takes MFU from {100 * z3[0]:.0f}% to {100 * z3[-1]:.0f}%. The expert FLOPs per GPU do not change with ep (balanced "
                     f"routing: each GPU still runs k expert MLPs per token, as fewer, larger GEMMs), so what ep "
                     f"changes is communication: each block's dispatch and combine all-to-alls (twice forward, twice "
                     f"backward, again in a recomputed forward) cost a few percent of the step inside a node, while "
