@@ -227,7 +227,7 @@ def refusal(k: dict) -> str:
     with_ = f" with {', '.join(context)}" if context else ""
     takes: dict = {}                    # what a closest engine takes -> the engines that take it
     for row in closest:
-        what = ", ".join(f"{c} {_cell(getattr(row, c))}" for c in mismatches(row, k))
+        what = ", ".join(f"{FIELDS[c] if c == 'moe' else c} {_cell(getattr(row, c), c)}" for c in mismatches(row, k))
         takes.setdefault(what, []).append(row.engine)
     said = "; ".join(f"{' and '.join(dict.fromkeys(engines))} {'engines take' if len(set(engines)) > 1 else 'engine takes'} "
                      f"{what}" for what, engines in takes.items())
@@ -236,7 +236,7 @@ def refusal(k: dict) -> str:
         rows = [row for row in TABLE if allows(getattr(row, c), k[c])]
         if rows:
             home = min(rows, key=cost)
-            needs = [f"{FIELDS[d]} {_cell(getattr(home, d))}" for d in mismatches(home, k)]
+            needs = [f"{FIELDS[d]} {_cell(getattr(home, d), d)}" for d in mismatches(home, k)]
             said += f"; {_show(c, k[c])} runs with {', '.join(needs)}" if needs else ""
     verb = "is" if len(bad) == 1 else "are"
     together = " together" if len(bad) > 1 else ""
@@ -252,14 +252,14 @@ def _show(column: str, value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _cell(cell) -> str:
+def _cell(cell, column: str = "") -> str:
     if cell == ANY:
         return "any"
     if cell == N:
         return "> 1"
     if isinstance(cell, tuple):
-        return ", ".join(_show("", v) for v in cell)
-    return _show("", cell)
+        return ", ".join(_show(column, v) for v in cell)
+    return _show(column if column == "moe" else "", cell)
 
 
 def format_table() -> str:
@@ -267,5 +267,5 @@ def format_table() -> str:
     head = ("engine",) + COLUMNS
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in TABLE:
-        lines.append("| " + " | ".join([row.engine] + [_cell(getattr(row, c)) for c in COLUMNS]) + " |")
+        lines.append("| " + " | ".join([row.engine] + [_cell(getattr(row, c), c) for c in COLUMNS]) + " |")
     return "\n".join(lines)
