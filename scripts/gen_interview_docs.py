@@ -29,7 +29,7 @@ TEXT = {
                "sometimes wrong. Here each is answered properly: what is true, with the formulas that "
                "matter, and where the article misleads. Four questions appear twice in the article "
                "(9/21, 13/23, 10/25, 12/18) and are answered once. Questions marked + go beyond the article, on "
-               "concepts it does not cover (context parallelism). Questions with a numeric side have quiz "
+               "concepts it does not cover (context parallelism, mixtures of experts and expert parallelism). Questions with a numeric side have quiz "
                "variants that draw fresh numbers: `llama-course quiz --n 5`."),
         errata="About the source article",
         index="All questions",
@@ -51,7 +51,7 @@ TEXT = {
         other="[English](en.md)",
         intro=("原文最后列出 30 道面试题，答案只是一行罗列，有些还是错的。这里逐题给出正确而深入的回答：事实是什么、"
                "关键公式，以及原文哪里有误导。原文有四道题重复出现（9/21、13/23、10/25、12/18），各只回答一次。"
-               "标 + 的题目超出原文，涉及原文没有讲到的概念（上下文并行）。"
+               "标 + 的题目超出原文，涉及原文没有讲到的概念（上下文并行、混合专家与专家并行）。"
                "带数值的题目有随机出题的练习：`llama-course quiz --n 5 --lang zh`。"),
         errata="关于原文",
         index="题目总览",

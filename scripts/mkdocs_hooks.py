@@ -6,7 +6,7 @@
   rendered; otherwise the notebook as stored (no outputs). `make docs` executes the stale ones first.
 - The API reference gets one generated page per module of llama_course/ and simulator/
   (`::: package.module`, rendered by mkdocstrings), listed under "API reference".
-- docs/labs/index.md's `<!-- labs-table -->` becomes a table of the 15 concepts with their lab,
+- docs/labs/index.md's `<!-- labs-table -->` becomes a table of the 16 concepts with their lab,
   concept page and exercises, as they exist at build time.
 - Result pages in docs/benchmarks/*.md join the nav's "Benchmarks" section; `<!-- benchmark-pages -->` in
   docs/benchmarks.md becomes a list of them.
@@ -44,6 +44,7 @@ CONCEPTS = (
     "llama_basics", "collectives", "data_parallel", "tensor_parallel", "pipeline_parallel", "parallel_3d",
     "parameter_server", "sync_async", "load_balancing", "fault_tolerance", "communication_compression",
     "model_compression", "cluster_scheduling", "profiling", "context_parallel",
+    "expert_parallel",
 )
 
 

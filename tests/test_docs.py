@@ -19,6 +19,7 @@ CONCEPTS = [
     "llama_basics", "collectives", "data_parallel", "tensor_parallel", "pipeline_parallel", "parallel_3d",
     "parameter_server", "sync_async", "load_balancing", "fault_tolerance", "communication_compression",
     "model_compression", "cluster_scheduling", "profiling", "context_parallel",
+    "expert_parallel",
 ]
 
 

@@ -27,6 +27,7 @@ CONCEPTS = [
     "llama_basics", "collectives", "data_parallel", "tensor_parallel", "pipeline_parallel", "parallel_3d",
     "parameter_server", "sync_async", "load_balancing", "fault_tolerance", "communication_compression",
     "model_compression", "cluster_scheduling", "profiling", "context_parallel",
+    "expert_parallel",
 ]
 MERGED = [{9, 21}, {13, 23}, {10, 25}, {12, 18}]
 CJK = re.compile(r"[\u4e00-\u9fff]")
@@ -49,6 +50,7 @@ def test_concepts_match_design():
     assert quiz.lab_path("llama_basics") == "labs/01_llama_basics.ipynb"
     assert quiz.lab_path("profiling") == "labs/14_profiling.ipynb"
     assert quiz.lab_path("context_parallel") == "labs/15_context_parallel.ipynb"
+    assert quiz.lab_path("expert_parallel") == "labs/16_expert_parallel.ipynb"
 
 
 def test_every_seed_question_is_answered_exactly_once(bank):
@@ -75,7 +77,7 @@ def test_duplicates_are_merged_with_a_note(bank):
 
 def test_entries_are_complete_and_bilingual(bank):
     ids = [e["id"] for e in bank["questions"]]
-    assert len(ids) == len(set(ids)) == 29
+    assert len(ids) == len(set(ids)) == 32
     for e in bank["questions"]:
         assert e["concept"] in CONCEPTS, e["id"]
         assert set(e.get("related_concepts", [])) <= set(CONCEPTS) - {e["concept"]}, e["id"]
@@ -170,6 +172,8 @@ def _closed_form(name: str, p: dict) -> float:
         return (1 / len(v) / min(v)) / (1 / sum(v))
     if name == "cp_gather_bytes":                  # K and V of the whole sequence on one tp rank; cp plays no part
         return 2 * p["b"] * p["s"] * p["n_kv_heads"] / p["tp"] * p["head_dim"] * p["bytes"] / 2**20
+    if name == "ep_dispatch_bytes":                # every token leaves k times, d/t of it per tp rank; ep plays no part
+        return p["b"] * p["s"] * p["k"] * p["dim"] / p["tp"] * p["bytes"] / 2**20
     raise AssertionError(f"no closed form written for variant {name}")
 
 

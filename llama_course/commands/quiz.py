@@ -16,6 +16,7 @@ each time, so a student cannot memorise the answer, only the formula:
     sjf_mean_completion       mean of prefix sums of sorted durations   shortest-job-first JCT
     proportional_split_speedup  sum(v) / (n*min(v))      weighted vs equal split on uneven workers
     cp_gather_bytes           2*b*s*(kv/t)*hd*e          K and V one block's context-parallel all-gather returns
+    ep_dispatch_bytes         b*s*k*(d/t)*e              token copies one GPU sends in one block's MoE dispatch
 
 Run it:
 
@@ -46,6 +47,7 @@ CONCEPTS = (
     "llama_basics", "collectives", "data_parallel", "tensor_parallel", "pipeline_parallel", "parallel_3d",
     "parameter_server", "sync_async", "load_balancing", "fault_tolerance", "communication_compression",
     "model_compression", "cluster_scheduling", "profiling", "context_parallel",
+    "expert_parallel",
 )
 """The concept map of docs/design.md, in order: concept i+1 is `labs/{i+1:02d}_<concept>.ipynb`."""
 

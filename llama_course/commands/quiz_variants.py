@@ -313,6 +313,28 @@ def _cp_gather_bytes(rng: random.Random) -> Variant:
                    "MiB", {"en": q_en, "zh": q_zh}, {"en": e_en, "zh": e_zh})
 
 
+def _ep_dispatch_bytes(rng: random.Random) -> Variant:
+    s = rng.choice([4096, 8192, 16384, 32768])
+    b = rng.choice([1, 1, 2, 4])
+    k = rng.choice([1, 2, 2, 8])
+    d = rng.choice([4096, 5120, 7168])
+    t = rng.choice([1, 2, 4, 8])
+    ep = rng.choice([2, 4, 8])
+    answer = b * s * k * (d // t) * 2 / 2**20
+    q_en = (f"A mixture of experts with top-{k} routing, hidden size {d}, expert parallelism ep={ep}, tensor "
+            f"parallelism t={t} (each tp rank exchanges d/t of every row), a micro-batch of {b} sequence(s) of "
+            f"{s:,} tokens, bf16. How many MiB does one GPU hand one block's dispatch all-to-all?")
+    q_zh = (f"一个 top-{k} 路由的混合专家模型，隐藏维度 {d}，专家并行 ep={ep}，张量并行 t={t}（每个 tp rank 交换每行的 "
+            f"d/t），micro-batch 为 {b} 条 {s:,} token 的序列，bf16。一个 GPU 在一个块的 dispatch all-to-all 中交出多少 MiB？")
+    e_en = (f"Every token leaves k times: b x s x k x (d/t) x 2 bytes = {b} x {s:,} x {k} x {d // t} x 2 = "
+            f"{answer:.4g} MiB, whatever ep is (ep={ep} only decides that 1/{ep} of it stays on this GPU). The combine "
+            f"sends as many back, and the backward repeats both.")
+    e_zh = (f"每个 token 发出 k 份：b x s x k x (d/t) x 2 字节 = {answer:.4g} MiB，与 ep 无关（ep={ep} 只决定其中 1/{ep} "
+            f"留在本 GPU）。combine 送回同样多的字节，反向再各做一次。")
+    return Variant("ep_dispatch_bytes", dict(b=b, s=s, k=k, dim=d, tp=t, ep=ep, bytes=2), answer, "MiB",
+                   {"en": q_en, "zh": q_zh}, {"en": e_en, "zh": e_zh})
+
+
 VARIANTS: dict[str, Callable[[random.Random], Variant]] = {
     "pipeline_bubble": _pipeline_bubble,
     "ring_all_reduce_bytes": _ring_all_reduce_bytes,
@@ -326,6 +348,7 @@ VARIANTS: dict[str, Callable[[random.Random], Variant]] = {
     "sjf_mean_completion": _sjf_mean_completion,
     "proportional_split_speedup": _proportional_split_speedup,
     "cp_gather_bytes": _cp_gather_bytes,
+    "ep_dispatch_bytes": _ep_dispatch_bytes,
 }
 
 

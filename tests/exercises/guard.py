@@ -82,6 +82,9 @@ FORBIDDEN = {
                          "llama_course/parallel/context_parallel.py",
                          "llama_course/parallel/context_parallel_comm.py", _TORCH["dtensor"],
                          _TORCH["autograd_collectives"]],
+    "expert_parallel": ["simulator/expert_parallel.py", "llama_course/core/moe.py",
+                        "llama_course/parallel/expert_parallel.py", "llama_course/parallel/expert_parallel_comm.py",
+                        _TORCH["autograd_collectives"]],
 }
 
 
