@@ -57,6 +57,8 @@ ONE_RANK = [("single fp32", []), ("single bf16", ["training.precision=bf16"]),
 """Engine paths that run with one rank (name, overrides on BASE)."""
 
 TWO = ["cluster.num_gpus=2"]
+MOE = ["model.n_experts=4", "model.experts_per_token=2"]
+"""A mixture of experts: its two-rank runs log the one-process step-1 loss of the same model."""
 TWO_RANKS = [("dp naive", TWO + ["parallel.bucket_mb=0"]), ("dp bucketed", TWO), ("ZeRO-1", TWO + ["parallel.zero_stage=1"]),
              ("ZeRO-2", TWO + ["parallel.zero_stage=2"]), ("ZeRO-3", TWO + ["parallel.zero_stage=3"]),
              ("dp fp16 compression", TWO + ["parallel.compression=fp16"]),
@@ -70,6 +72,7 @@ TWO_RANKS = [("dp naive", TWO + ["parallel.bucket_mb=0"]), ("dp bucketed", TWO),
              ("pp zero bubble", TWO + ["parallel.pp=2", "parallel.schedule=zero_bubble"]),
              ("pp torch 1F1B", TWO + ["parallel.pp=2", "parallel.implementation=torch"]),
              ("cp 2 (K/V all-gather)", TWO + ["parallel.cp=2"]),
+             ("MoE dp 2", TWO + MOE), ("MoE ep 2 (all-to-all)", TWO + MOE + ["parallel.ep=2"]),
              ("local SGD", TWO + ["parallel.sync=local_sgd"]),
              ("dynamic batch", TWO + ["load_balance.policy=dynamic_batch"]),
              ("parameter server", ["parallel.strategy=parameter_server", "parallel.dp=1", "parallel.num_servers=1"])]
@@ -224,10 +227,13 @@ def two_ranks_step(report: dict, args) -> None:
         raise CheckFailed(f"the 2-rank launch exited {code} (its output is above)")
     with open(out) as f:
         rows = json.load(f)
-    reference = report["numerics"]["gpu_losses"][0]
-    for row in rows:
+    references = {(): report["numerics"]["gpu_losses"][0]}     # the model's overrides -> its one-process loss
+    for row, (_, overrides) in zip(rows, layouts):
+        model = tuple(o for o in overrides if o.startswith("model."))
+        if model not in references:
+            references[model] = train(BASE + list(model), 1, "cpu" if args.dry_run else "cuda", strict=True)[0]
         print(f"2 ranks {row['name']}: losses {[round(x, 4) for x in row['losses']]}", flush=True)
-        check_losses(row["name"], row["losses"], reference, 1e-4)
+        check_losses(row["name"], row["losses"], references[model], 1e-4)
     report["two_ranks"] = rows
 
 
