@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from llama_course.core.model import Transformer, apply_rope, from_hf, num_params, rope_tables, to_hf
+from llama_course.core.hf import from_hf, to_hf
+from llama_course.core.model import Transformer, apply_rope, num_params, rope_tables
 from simulator.config import ModelConfig, load_config
 from simulator.workload import count_params
 
