@@ -46,10 +46,10 @@ from simulator.data_parallel import (
 from simulator.expert_parallel import ep_comm, local_expert_params, reduced_params, zero_shard_params
 from simulator.memory import stage_layers, uses_flash, virtual_stage_params
 from simulator.model_compression import weight_bytes_per_param
+from simulator.parallel_3d_comm import activation_message_bytes, p2p_time, step_scalars
 from simulator.pipeline_parallel import simulate_pipeline
 from simulator.streams import simulate_streams, stream_plan
 from simulator.tensor_parallel import tp_comm
-from simulator.workload import DTYPE_BYTES
 
 
 @dataclass
@@ -179,52 +179,6 @@ def stage_costs(cfg, hw, comm: CommModel, layout: Layout, layers: list, system: 
         fwd.append(f)
         bwd.append(g)
     return fwd, bwd, blk, gather
-
-
-def p2p_time(cfg, comm: CommModel, layout: Layout) -> float:
-    """One activation (or gradient) between consecutive pipeline ranks: each TP rank sends 1/t of it over
-    its own NIC, then an all-gather inside the node restores it (Megatron-LM's scatter/gather)."""
-    if layout.pp <= 1:
-        return 0.0
-    a = activation_message_bytes(cfg)
-    group = layout.pp_group()
-    t = comm.time("send", (group[0], group[1]), a / layout.tp)
-    if layout.tp > 1 and not cfg.parallel.sequence_parallel:
-        t += comm.time("all_gather", layout.tp_group(), a)
-    return t
-
-
-def activation_message_bytes(cfg) -> float:
-    """Bytes of one micro-batch's activation between pipeline stages: b (s / cp) h in the compute precision."""
-    p = cfg.parallel
-    return p.micro_batch_size * cfg.seq_len // p.cp * cfg.model.dim * DTYPE_BYTES[cfg.training.precision]
-
-
-SCALAR_BYTES = 8
-"""A loss or a squared gradient norm on the wire (float64, as the runtime sends them)."""
-
-
-def step_scalars(cfg, comm: CommModel, layout: Layout) -> float:
-    """Seconds of the small all-reduces every step ends with, one after another on the critical path:
-    the global-batch loss averaged over the data-parallel group, the last pipeline stage's loss shared
-    over the pipeline, and, when the gradient is split across ranks, the squared norm summed over the
-    groups that split it (tensor and pipeline ranks; data ranks under ZeRO-2/3) before clipping.
-    Each moves 8 bytes, so it costs a collective's fixed latency: microseconds on NVLink, about a
-    millisecond between processes on a CPU (what `bench` measures in situ). A parameter server's
-    workers get both from the server's reply instead (parameter_server.contribute)."""
-    p = cfg.parallel
-    if p.strategy == "parameter_server":
-        return 0.0
-    groups = []
-    if layout.dp > 1:
-        groups.append(layout.dp_group())                      # loss
-        if p.zero_stage >= 2:
-            groups.append(layout.dp_group())                  # norm of the sharded gradient
-    if layout.pp > 1:
-        groups += [layout.pp_group(), layout.pp_group()]      # loss from the last stage, norm
-    if layout.tp > 1:
-        groups.append(layout.tp_group())                      # norm of the tensor-parallel shards
-    return sum(comm.time("all_reduce", g, SCALAR_BYTES) for g in groups)
 
 
 def chunk_tensors(cfg, layers: list) -> list:
