@@ -42,6 +42,17 @@ def kinds_used(summary: dict) -> set:
     return {kind for kind, n in summary["bytes"].items() if n}
 
 
+def calls_of(summary: dict, kind: str) -> list:
+    """The bytes of each call of one kind, in order."""
+    return [n for k, _, _, n, _ in summary["calls"] if k == kind]
+
+
+def assert_ranks_finished(results: list) -> None:
+    """Every rank returned rows and its last one holds no error (a spawned worker stops at its first)."""
+    for rank, rows in enumerate(results):
+        assert rows and not rows[-1]["error"], f"rank {rank}: {rows[-1]['error'] if rows else 'no result'}"
+
+
 def _fd_of(fd) -> int:
     return fd if isinstance(fd, int) else fd.fileno()
 

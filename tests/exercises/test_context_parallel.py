@@ -15,6 +15,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))      # the spawned workers import these by name
 
+from recorders import assert_ranks_finished, calls_of  # noqa: E402  (tests/exercises, on the path above)
+
 
 def _head_tail(s: int, cp: int, r: int) -> list:
     n = s // (2 * cp)
@@ -161,20 +163,11 @@ def attention(exercise):
     return spawn(attention_worker, 2, exercise.__name__, timeout=120)
 
 
-def _ok(results):
-    for rank, rows in enumerate(results):
-        assert rows and not rows[-1]["error"], f"rank {rank}: {rows[-1]['error'] if rows else 'no result'}"
-
-
-def _calls(summary: dict, kind: str) -> list:
-    return [n for k, _, _, n, _ in summary["calls"] if k == kind]
-
-
 @pytest.mark.points(3, exercise="15.4")
 def test_gathered_attention_matches_the_whole_sequence(attention):
     """Each rank's output equals its chunks of causal attention over the whole sequence in one process
     (grouped-query attention included)."""
-    _ok(attention)
+    assert_ranks_finished(attention)
     for rank, rows in enumerate(attention):
         for case, r in enumerate(rows):
             assert r["shape_ok"], f"rank {rank} case {case}: the output has the queries' shape"
@@ -185,13 +178,13 @@ def test_gathered_attention_matches_the_whole_sequence(attention):
 def test_gathered_attention_one_all_gather_of_the_local_kv(attention):
     """Recorded on the wire: the forward hands torch.distributed ONE all-gather of this rank's K and V
     (gathering q too, or everything, or K and V in two calls, fails), and nothing else."""
-    _ok(attention)
+    assert_ranks_finished(attention)
     for rank, rows in enumerate(attention):
         for case, r in enumerate(rows):
             used = {k for k, n in r["forward"]["bytes"].items() if n}
             assert used == {"all_gather"}, f"rank {rank} case {case}: {sorted(used)} in the forward, all_gather only"
-            assert _calls(r["forward"], "all_gather") == [r["kv_bytes"]], \
-                f"rank {rank} case {case}: all-gathers of {_calls(r['forward'], 'all_gather')} bytes; " \
+            assert calls_of(r["forward"], "all_gather") == [r["kv_bytes"]], \
+                f"rank {rank} case {case}: all-gathers of {calls_of(r['forward'], 'all_gather')} bytes; " \
                 f"one of the local K and V is {r['kv_bytes']}"
 
 
@@ -199,7 +192,7 @@ def test_gathered_attention_one_all_gather_of_the_local_kv(attention):
 def test_gathered_attention_gradients(attention):
     """dq, dk, dv on each rank equal the single-process gradients' slices: dk and dv need every rank's
     contribution (its queries read my keys), dq only mine."""
-    _ok(attention)
+    assert_ranks_finished(attention)
     for rank, rows in enumerate(attention):
         for case, r in enumerate(rows):
             assert r["dq_diff"] < 1e-10, f"rank {rank} case {case}: dq off by {r['dq_diff']}"
@@ -211,12 +204,12 @@ def test_gathered_attention_gradients(attention):
 def test_gathered_attention_backward_is_one_reduce_scatter(attention):
     """Recorded: the backward hands torch.distributed ONE reduce-scatter of the whole sequence's dK, dV (an
     all-reduce then a slice moves twice the bytes), and nothing else."""
-    _ok(attention)
+    assert_ranks_finished(attention)
     for rank, rows in enumerate(attention):
         for case, r in enumerate(rows):
             used = {k for k, n in r["backward"]["bytes"].items() if n}
             assert used == {"reduce_scatter"}, \
                 f"rank {rank} case {case}: {sorted(used)} in the backward, reduce_scatter only"
-            assert _calls(r["backward"], "reduce_scatter") == [r["full_kv_bytes"]], \
-                f"rank {rank} case {case}: reduce-scatters of {_calls(r['backward'], 'reduce_scatter')} bytes; " \
+            assert calls_of(r["backward"], "reduce_scatter") == [r["full_kv_bytes"]], \
+                f"rank {rank} case {case}: reduce-scatters of {calls_of(r['backward'], 'reduce_scatter')} bytes; " \
                 f"one of the whole sequence's dK, dV is {r['full_kv_bytes']}"

@@ -16,6 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))      # the spawned workers import these by name
 
+from recorders import assert_ranks_finished, calls_of  # noqa: E402  (tests/exercises, on the path above)
+
 
 def _logits(t: int, e: int, seed: int) -> torch.Tensor:
     return torch.randn(t, e, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -173,20 +175,11 @@ def moe(exercise):
     return spawn(moe_worker, 2, exercise.__name__, timeout=120)
 
 
-def _ok(results):
-    for rank, rows in enumerate(results):
-        assert rows and not rows[-1]["error"], f"rank {rank}: {rows[-1]['error'] if rows else 'no result'}"
-
-
-def _calls(summary: dict, kind: str) -> list:
-    return [n for k, _, _, n, _ in summary["calls"] if k == kind]
-
-
 @pytest.mark.points(3, exercise="16.5")
 def test_expert_parallel_moe_matches_the_dense_layer(moe):
     """Each rank's output equals the dense layer on its tokens in one process: sum_j w_j expert_{i_j}(x)
     (top-1 to top-3, 4 and 8 experts, a rank that keeps all its rows)."""
-    _ok(moe)
+    assert_ranks_finished(moe)
     for rank, rows in enumerate(moe):
         for case, r in enumerate(rows):
             assert r["shape_ok"], f"rank {rank} case {case}: the output has the tokens' shape"
@@ -197,14 +190,14 @@ def test_expert_parallel_moe_matches_the_dense_layer(moe):
 def test_expert_parallel_moe_forward_is_three_all_to_alls(moe):
     """Recorded on the wire: the forward hands torch.distributed three all-to-alls and nothing else: the E
     int64 counts, this rank's T k rows (dispatch), and the rows its experts ran, sent home (combine)."""
-    _ok(moe)
+    assert_ranks_finished(moe)
     for rank, rows in enumerate(moe):
         for case, r in enumerate(rows):
             used = {k for k, n in r["forward"]["bytes"].items() if n}
             assert used == {"all_to_all"}, f"rank {rank} case {case}: {sorted(used)} in the forward, all_to_all only"
             want = [r["counts_bytes"], r["sent_bytes"], r["received_bytes"]]
-            assert _calls(r["forward"], "all_to_all") == want, \
-                f"rank {rank} case {case}: all-to-alls of {_calls(r['forward'], 'all_to_all')} bytes; want {want} " \
+            assert calls_of(r["forward"], "all_to_all") == want, \
+                f"rank {rank} case {case}: all-to-alls of {calls_of(r['forward'], 'all_to_all')} bytes; want {want} " \
                 f"(counts, dispatch, combine)"
 
 
@@ -212,7 +205,7 @@ def test_expert_parallel_moe_forward_is_three_all_to_alls(moe):
 def test_expert_parallel_moe_gradients(moe):
     """The gradients of the tokens, of the routing weights and of this rank's experts equal the dense layer's
     (an expert's gradient sums what every rank's tokens sent it)."""
-    _ok(moe)
+    assert_ranks_finished(moe)
     for rank, rows in enumerate(moe):
         for case, r in enumerate(rows):
             assert r["dw_diff"] < 1e-10, f"rank {rank} case {case}: routing weights' gradient off by {r['dw_diff']}"
@@ -224,12 +217,12 @@ def test_expert_parallel_moe_gradients(moe):
 def test_expert_parallel_moe_backward_is_two_all_to_alls(moe):
     """Recorded: the backward hands torch.distributed the two row exchanges reversed, and nothing else: the
     combine's gradient (T k rows) out, then the dispatch's (the rows this rank's experts ran) home."""
-    _ok(moe)
+    assert_ranks_finished(moe)
     for rank, rows in enumerate(moe):
         for case, r in enumerate(rows):
             used = {k for k, n in r["backward"]["bytes"].items() if n}
             assert used == {"all_to_all"}, \
                 f"rank {rank} case {case}: {sorted(used)} in the backward, all_to_all only"
             want = [r["sent_bytes"], r["received_bytes"]]
-            assert _calls(r["backward"], "all_to_all") == want, \
-                f"rank {rank} case {case}: all-to-alls of {_calls(r['backward'], 'all_to_all')} bytes; want {want}"
+            assert calls_of(r["backward"], "all_to_all") == want, \
+                f"rank {rank} case {case}: all-to-alls of {calls_of(r['backward'], 'all_to_all')} bytes; want {want}"
