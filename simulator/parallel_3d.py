@@ -80,13 +80,17 @@ class Layout:
     def pp_group(self, tp_index: int = 0, dp_index: int = 0) -> list:
         return [self.rank(tp_index, dp_index, i) for i in range(self.pp)]
 
+    def consecutive(self, size: int, tp_index: int = 0, group_index: int = 0, pp_index: int = 0) -> list:
+        """The group_index-th group of `size` consecutive replicas (spec.consecutive_replicas)."""
+        return [self.rank(tp_index, group_index * size + c, pp_index) for c in range(size)]
+
     def cp_group(self, tp_index: int = 0, data_index: int = 0, pp_index: int = 0) -> list:
         """The cp replicas that share one sequence (context_parallel.py)."""
-        return [self.rank(tp_index, data_index * self.cp + c, pp_index) for c in range(self.cp)]
+        return self.consecutive(self.cp, tp_index, data_index, pp_index)
 
     def ep_group(self, tp_index: int = 0, group_index: int = 0, pp_index: int = 0) -> list:
         """The ep consecutive replicas that split the experts (expert_parallel.py, and its edp_group)."""
-        return [self.rank(tp_index, group_index * self.ep + e, pp_index) for e in range(self.ep)]
+        return self.consecutive(self.ep, tp_index, group_index, pp_index)
 
     def coords(self, rank: int) -> tuple:
         """(tp_index, dp_index, pp_index) of a global rank (simulator/spec.py: the runtime's grid)."""

@@ -75,11 +75,16 @@ def cp_coords(replica: int, cp: int) -> tuple:
     return divmod(replica, cp)
 
 
+def consecutive_replicas(replicas: int, tp: int, pp: int, size: int) -> list:
+    """Every group of `size` consecutive replicas as lists of global ranks, in the order the runtime creates
+    them: for each pipeline stage, group of replicas and tensor rank (context and expert parallelism)."""
+    return [[rank_of(p, d * size + c, t, replicas, tp) for c in range(size)]
+            for p in range(pp) for d in range(replicas // size) for t in range(tp)]
+
+
 def cp_groups(replicas: int, tp: int, pp: int, cp: int) -> list:
-    """Every context-parallel group as lists of global ranks, in the order the runtime creates them: the cp
-    consecutive replicas of one data shard, for each pipeline stage, data shard and tensor rank."""
-    return [[rank_of(p, d * cp + c, t, replicas, tp) for c in range(cp)]
-            for p in range(pp) for d in range(replicas // cp) for t in range(tp)]
+    """Every context-parallel group: the cp consecutive replicas of one data shard."""
+    return consecutive_replicas(replicas, tp, pp, cp)
 
 
 def ep_groups(replicas: int, tp: int, pp: int, ep: int, expert_data: bool = False) -> list:
@@ -93,8 +98,7 @@ def ep_groups(replicas: int, tp: int, pp: int, ep: int, expert_data: bool = Fals
     if expert_data:
         return [[rank_of(p, d * ep + e, t, replicas, tp) for d in range(replicas // ep)]
                 for p in range(pp) for e in range(ep) for t in range(tp)]
-    return [[rank_of(p, d * ep + e, t, replicas, tp) for e in range(ep)]
-            for p in range(pp) for d in range(replicas // ep) for t in range(tp)]
+    return consecutive_replicas(replicas, tp, pp, ep)
 
 
 def cp_chunks(seq_len: int, cp: int, cp_rank: int) -> list:

@@ -215,7 +215,7 @@ def init_distributed(dp: int = 1, tp: int = 1, pp: int = 1, timeout: timedelta |
         ctx.cp_rank = spec.cp_coords(ctx.dp_rank, cp)[1]
         ctx.ep_rank = ctx.dp_rank % ep
     ctx.dp_group, ctx.tp_group, ctx.pp_group = _grid_groups(ctx, grid)
-    ctx.cp_group = _cp_group(ctx) if cp > 1 else None
+    ctx.cp_group = _new_groups(ctx, spec.cp_groups(dp, tp, pp, cp)) if cp > 1 else None
     if ep > 1:
         ctx.ep_group = _new_groups(ctx, spec.ep_groups(dp, tp, pp, ep))
         ctx.edp_group = _new_groups(ctx, spec.ep_groups(dp, tp, pp, ep, expert_data=True)) if dp > ep else None
@@ -223,7 +223,8 @@ def init_distributed(dp: int = 1, tp: int = 1, pp: int = 1, timeout: timedelta |
 
 
 def _new_groups(ctx: Context, every: list):
-    """new_group for every group of `every` (each rank calls it for every group, in order); this rank's."""
+    """new_group for every group of `every` (each rank calls it for every group, singletons included, in
+    order; the whole world is WORLD); this rank's group, or None when it is in none of them."""
     mine = None
     for ranks in every:
         group = dist.group.WORLD if len(ranks) == ctx.world_size else dist.new_group(ranks, timeout=default_timeout())
@@ -234,26 +235,7 @@ def _new_groups(ctx: Context, every: list):
 
 def _grid_groups(ctx: Context, grid: int) -> tuple:
     """new_group for every dp, tp and pp group (all ranks must call new_group for every group, in order)."""
-    mine = {}
-    for name in spec.GROUP_KINDS:
-        for ranks in spec.groups(name, ctx.dp, ctx.tp, ctx.pp):
-            if len(ranks) == ctx.world_size:
-                group = dist.group.WORLD
-            else:       # every rank calls new_group for every group, singletons included, in one order
-                group = dist.new_group(ranks, timeout=default_timeout())
-            if ctx.rank in ranks:
-                mine[name] = group
-    return mine.get("dp"), mine.get("tp"), mine.get("pp")
-
-
-def _cp_group(ctx: Context):
-    """new_group for every cp group (spec.cp_groups' order, every rank calls it for every group)."""
-    mine = None
-    for ranks in spec.cp_groups(ctx.dp, ctx.tp, ctx.pp, ctx.cp):
-        group = dist.group.WORLD if len(ranks) == ctx.world_size else dist.new_group(ranks, timeout=default_timeout())
-        if ctx.rank in ranks:
-            mine = group
-    return mine
+    return tuple(_new_groups(ctx, spec.groups(name, ctx.dp, ctx.tp, ctx.pp)) for name in spec.GROUP_KINDS)
 
 
 def device_mesh(ctx: Context):
