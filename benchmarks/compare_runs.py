@@ -32,7 +32,9 @@ from benchmarks.compare_suite import (  # noqa: E402
     component_errors,
     held_out_summary,
 )
+from benchmarks.compare_wait import judged  # noqa: E402
 from benchmarks.cpu_terms import RUNS_DIR, at_speed, load_runs, profile_env, write_page  # noqa: E402
+from llama_course.commands.compare import predicted_wait  # noqa: E402
 from simulator.config import load_config  # noqa: E402
 from simulator.simulate import simulate  # noqa: E402
 
@@ -49,7 +51,8 @@ def repredict(run: dict, layouts: list, rows: list, calibrated: bool = False) ->
             continue
         with profile_env(at_speed(run["profile"], speed)):
             r = simulate(load_config(CONFIG, BASE + overrides + [f"training.steps={steps or run['steps']}"]))
-        predicted = {"step_time_s": r["step_time_s"], "breakdown_s": r["mean_breakdown_s"]}   # as compare reads it
+        predicted = {"step_time_s": r["step_time_s"], "breakdown_s": r["mean_breakdown_s"],   # as compare reads it
+                     "straggle_wait_s": predicted_wait(r)}
         error = predicted["step_time_s"] / m["measured"]["step_time_s"] - 1
         out.append({"name": name, "ok": True, "predicted": predicted, "measured": m["measured"],
                     "relative_error": {"step_time_s": error}})
@@ -74,6 +77,8 @@ def page(runs: list) -> str:
         for r in tuning + held:
             for c, e in component_errors(r).items():
                 per_component[c].append(abs(e))
+            for part, e in judged(r).items():          # runs from 2026-12-07 12:00 on measured the split
+                per_component[f"exposed_comm: {'waiting for a slower rank' if part == 'wait' else 'the rest'}"].append(abs(e))
         lines.append(f"| {run['date']} | {_stats(tuning)} | {_stats(held)} | {h['components_within_25']} of "
                      f"{h['components']} | {'met' if h['goal_met'] else 'not met'} |")
     comps = ["| component | rows (all runs, tuning and held out) | within 25% | mean abs error |", "|---|---:|---:|---:|"]

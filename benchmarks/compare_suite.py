@@ -37,6 +37,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.compare_wait import split_text  # noqa: E402
+
 CONFIG = os.path.join(ROOT, "configs", "tiny.yaml")
 BASE = ["training.eval_every=0", "parallel.implementation=course", "cluster.num_gpus=null"]
 DP = ["parallel.tp=1", "parallel.pp=1"]
@@ -211,7 +213,7 @@ these layouts run first, right after `bench`, the tuning layouts after them.
 counts when it is at least {COMPONENT_FLOOR:.0%} of the measured step; pipeline rows compare communication + bubble).
 Goal: mean within 15%, worst within 25%, components within 25%: {'met' if h['goal_met'] else 'not met'}
 (this run; every kept run with the code as it is now: [compare_runs.md](compare_runs.md)).
-{with_probe}"""
+{with_probe}{split_text(shown)}"""
 
 
 def summary(rows: list) -> dict:
@@ -297,7 +299,7 @@ sides (`simulate`'s `mean_breakdown_s`; the runtime's spans), p / m = predicted 
 column is the gradient norm and the optimizer step). *load* is the machine's 1-minute load average while the layout ran.
 
 {table(rows)}
-
+{split_text(rows)}
 **Mean |error| {_pct(s['mean_abs_error']).lstrip('+')}, largest {_pct(s['max_abs_error']).lstrip('+')}, {s['within_20']} of {s['ran']} layouts within 20%**{'' if not s['missing'] else ' (missing: ' + ', '.join(s['missing']) + ')'}{' (calibrated)' if cal else ''}.
 Goal: mean within 10%, every layout within 20%: {'met' if goal else 'not met'}{_uncalibrated_goal(s) if cal else ''}.
 {cal_text}

@@ -115,7 +115,8 @@ def slim(saved: dict) -> dict:
             return {"name": r["name"], "ok": False}
         m = r["measured"]
         return {"name": r["name"], "ok": True, "speed_factor": r.get("speed_factor"),
-                "measured": {"step_time_s": m["step_time_s"], "breakdown_s": m.get("breakdown_s", {})}}
+                "measured": {"step_time_s": m["step_time_s"], "breakdown_s": m.get("breakdown_s", {}),
+                             "straggle_wait_s": m.get("straggle_wait_s")}}
     return {"date": saved["date"], "steps": saved["steps"], "profile": saved["profile"],
             "rows": [row(r) for r in saved["rows"]], "held_out": [row(r) for r in saved.get("held_out", [])]}
 

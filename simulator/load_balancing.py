@@ -213,6 +213,7 @@ def contribute(ctx) -> None:
     ctx.breakdown.update({"compute": compute, "recompute": 0.0, "bubble": 0.0, "optimizer": out["optimizer_s"],
                           "exposed_comm": out["all_reduce_s"] + out["step_scalars_s"] + out["compute_s"] - compute})
     ctx.extra["load_balancing"] = {k: out[k] for k in ("shares", "sequences_used", "compute_s", "all_reduce_s")}
+    ctx.extra["load_balancing"]["rank_wait_s"] = out["compute_s"] - compute     # the mean rank's, in exposed_comm
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from benchmarks.compare_runs import repredict
 from benchmarks.compare_suite import HELD_OUT
 from benchmarks.cpu_terms import DROPPED, LAST_RUN, TERMS, archive, errors, term_table, verdict
 from benchmarks.cpu_terms import main as cpu_terms
-from llama_course.commands.compare import _merge, _minus, measured_components
+from llama_course.commands.compare import predicted_wait
+from llama_course.commands.compare_trace import _merge, _minus, measured_components, measured_wait
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +48,35 @@ def test_a_pipelines_bubble_is_the_idle_no_message_covers(tmp_path):
     got = measured_components(str(path), steps=1)
     assert got["exposed_comm"] == pytest.approx(100e-6) and got["bubble"] == pytest.approx(200e-6)
     assert sum(got.values()) == pytest.approx(600e-6)                  # the step, counted once
+
+
+def _trace(tmp_path, spans) -> str:
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"traceEvents": [{"ph": "X", "pid": r, "tid": t, "name": n, "ts": ts, "dur": d,
+                                                  "args": a} for r, t, n, ts, d, a in spans]}))
+    return str(path)
+
+
+def test_the_wait_for_a_slower_rank_is_split_out_of_exposed_communication(tmp_path):
+    """Rank 1 computes 50 us longer; rank 0 enters the all-reduce first and waits for it there (exposed), and
+    once both are in, the all-reduce itself takes 100 us on each. Rank 0 also launched bucket 1 while it was
+    still computing, 30 us before rank 1 did: a wait the backward hid, so not exposed."""
+    spans = [(r, "compute", "backward", 0, 300 + 50 * r, {}) for r in (0, 1)]
+    spans += [(0, "comm", "all_reduce", 280, 30 + 50 + 100, {"bucket": 1}), (1, "comm", "all_reduce", 310, 140, {"bucket": 1})]
+    spans += [(0, "comm", "all_reduce", 300, 150, {"bucket": 0}), (1, "comm", "all_reduce", 350, 100, {"bucket": 0})]
+    path = _trace(tmp_path, spans)
+    parts = measured_components(path, steps=1)
+    assert parts["exposed_comm"] == pytest.approx((160 + 100) / 2 * 1e-6)
+    assert measured_wait(path, steps=1) == pytest.approx(50 / 2 * 1e-6)        # rank 0's 50 us, over 2 ranks
+    # collectives that do not pair up across ranks (a pipeline's send and receive) are not split
+    assert measured_wait(_trace(tmp_path, [(0, "comm", "send", 0, 10, {}), (1, "comm", "recv", 0, 10, {})]), 1) is None
+    assert measured_wait(_trace(tmp_path, [(0, "comm", "all_reduce", 0, 10, {})]), 1) is None   # one rank
+
+
+def test_the_predicted_wait_adds_an_injected_stragglers():
+    assert predicted_wait({"straggle_wait_s": 0.002}) == 0.002
+    assert predicted_wait({"straggle_wait_s": 0.002, "load_balancing": {"rank_wait_s": 0.01}}) == pytest.approx(0.012)
+    assert predicted_wait({}) is None
 
 
 def test_compare_json_contract(tmp_path):
@@ -137,6 +167,25 @@ def test_compare_suite_held_out_is_judged_uncalibrated_with_its_components():
     pipe = _suite_row("small model pp 2 1F1B", 0.1, 0.1, {"compute": 0.06, "exposed_comm": 0.0, "bubble": 0.03},
                       {"compute": 0.06, "exposed_comm": 0.02, "bubble": 0.01})
     assert suite.component_errors(pipe) == {"compute": 0.0, "exposed_comm": 0.0}
+
+
+def test_the_suite_says_which_half_of_the_exposed_communication_missed():
+    """benchmarks/compare_wait.py: exposed 10 ms predicted (2 of them waiting), 14 measured (6 waiting) in a 50
+    ms step: the communication itself is right, the wait is a third of what was measured."""
+    from benchmarks.compare_wait import judged, split, split_text
+
+    parts = {"compute": 0.035, "exposed_comm": 0.010, "bubble": 0.0, "optimizer": 0.003}
+    row = _suite_row("dp 2 bucketed", 0.048, 0.05, parts, dict(parts, exposed_comm=0.014))
+    assert split(row) is None                                          # a run from before the split
+    row["predicted"]["straggle_wait_s"], row["measured"]["straggle_wait_s"] = 0.002, 0.006
+    got = split(row)
+    assert got["wait"] == (0.002, 0.006) and got["rest"] == (pytest.approx(0.008), pytest.approx(0.008))
+    assert judged(row) == {"wait": pytest.approx(-2 / 3), "rest": pytest.approx(0.0)}
+    text = split_text([row])
+    assert "the communication: 1 of 1 within 25%; the wait: 0 of 1 within 25%" in text
+    assert "| dp 2 bucketed | 10.0 / 14.0 | 2.0 / 6.0 | 8.0 / 8.0 |" in text
+    row["measured"]["straggle_wait_s"] = 0.001                         # 2% of the step: not judged
+    assert set(judged(row)) == {"rest"}
 
 
 def test_speed_probe_on_several_processes(monkeypatch):

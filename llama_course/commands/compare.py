@@ -25,69 +25,9 @@ import os
 import statistics
 import tempfile
 
+from llama_course.commands.compare_trace import COMPONENTS, measured_components, measured_wait
 from simulator.comm_bytes import comm_bytes as predict_comm_bytes
 from simulator.comm_bytes import unpredicted
-
-COMPONENTS = ("compute", "exposed_comm", "bubble", "optimizer")
-OPTIMIZER_NAMES = ("optimizer", "grad_norm")
-"""Measured spans that make up the simulator's `optimizer` component (which includes the gradient norm)."""
-
-
-def _merge(intervals: list) -> list:
-    out = []
-    for a, b in sorted(intervals):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return out
-
-
-def _length(intervals: list) -> float:
-    return sum(b - a for a, b in intervals)
-
-
-def _minus(intervals: list, cover: list) -> float:
-    """Length of `intervals` not covered by `cover` (both merged, microseconds)."""
-    total, j = 0.0, 0
-    for a, b in intervals:
-        cur = a
-        while j < len(cover) and cover[j][1] <= cur:
-            j += 1
-        k = j
-        while k < len(cover) and cover[k][0] < b:
-            if cover[k][0] > cur:
-                total += cover[k][0] - cur
-            cur = max(cur, cover[k][1])
-            k += 1
-        if cur < b:
-            total += b - cur
-    return total
-
-
-def _spans(events: list, keep) -> list:
-    return _merge([(e["ts"], e["ts"] + e["dur"]) for e in events if keep(e)])
-
-
-def measured_components(trace_path: str, steps: int) -> dict:
-    """Seconds per step of each component, averaged over ranks, from a measured Chrome trace."""
-    with open(trace_path) as f:
-        events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
-    ranks = sorted({e["pid"] for e in events})
-    if not ranks:
-        return {}
-    sums = {c: 0.0 for c in COMPONENTS}
-    for rank in ranks:
-        mine = [e for e in events if e["pid"] == rank]
-        compute = _spans(mine, lambda e: e["tid"] == "compute" and e["name"] != "optimizer")
-        comm = _spans(mine, lambda e: e["tid"] == "comm")
-        sums["compute"] += _length(compute)
-        sums["exposed_comm"] += _minus(comm, compute)
-        # a pipeline's bubble spans are every gap between compute spans, and its sends and receives (comm)
-        # lie in those gaps: idle is the part of a gap no communication covers, or it would count twice
-        sums["bubble"] += _minus(_spans(mine, lambda e: e["tid"] == "bubble"), comm)
-        sums["optimizer"] += _length(_spans(mine, lambda e: e["name"] in OPTIMIZER_NAMES))
-    return {c: v / len(ranks) / steps / 1e6 for c, v in sums.items()}
 
 
 def compare(config, overrides=(), trace_dir: str | None = None, steps: int | None = None, quiet: bool = True,
@@ -149,6 +89,7 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
     measured = {"step_time_s": statistics.median(r["step_time_s"] for r in tail),
                 "tokens_per_s": statistics.median(r["tokens_per_s"] for r in tail)}
     measured["breakdown_s"] = measured_components(measured_trace, traced)
+    measured["straggle_wait_s"] = measured_wait(measured_trace, traced)
 
     speed = None
     if calibrate:
@@ -170,12 +111,14 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
     def summary(res):       # components averaged over ranks, as the measured trace is read
         parts = res.get("mean_breakdown_s") or res["breakdown_s"]
         return {"step_time_s": res["step_time_s"], "tokens_per_s": res["tokens_per_s"],
-                "breakdown_s": {c: parts.get(c, 0.0) for c in COMPONENTS}}
+                "breakdown_s": {c: parts.get(c, 0.0) for c in COMPONENTS}, "straggle_wait_s": predicted_wait(res)}
 
     def errors(predicted):
         rel = {k: (predicted[k] - measured[k]) / measured[k] for k in ("step_time_s", "tokens_per_s")}
         rel["breakdown_s"] = {c: (predicted["breakdown_s"][c] - m) / m if m > 1e-4 else None
                               for c, m in measured["breakdown_s"].items()}
+        w, mw = predicted["straggle_wait_s"], measured["straggle_wait_s"]
+        rel["straggle_wait_s"] = (w - mw) / mw if w is not None and mw is not None and mw > 1e-4 else None
         return rel
 
     predicted = summary(pred)
@@ -188,6 +131,14 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
         out["speed"] = speed
         out["uncalibrated"] = {"predicted": summary(raw), "relative_error": errors(summary(raw))}
     return out
+
+
+def predicted_wait(result: dict) -> float | None:
+    """Of a simulate() result's exposed communication, the mean rank's wait for a slower one (cpu: the straggle
+    of processes sharing cores, and with faults.slow the wait for the slowed rank); None where not priced."""
+    if result.get("straggle_wait_s") is None:
+        return None
+    return result["straggle_wait_s"] + (result.get("load_balancing") or {}).get("rank_wait_s", 0.0)
 
 
 def comm_bytes_report(cfg, measured_trace: str) -> tuple:
@@ -292,6 +243,10 @@ def format_report(result: dict) -> str:
             err = r["breakdown_s"].get(c)
             lines.append(f"| {c} (ms) | {p['breakdown_s'][c] * 1e3:.2f} | {m['breakdown_s'][c] * 1e3:.2f} | "
                          f"{'-' if err is None else f'{err:+.1%}'} |")
+    if p.get("straggle_wait_s") is not None and m.get("straggle_wait_s") is not None:
+        err = r.get("straggle_wait_s")
+        lines.append(f"| of exposed_comm, waiting for a slower rank (ms) | {p['straggle_wait_s'] * 1e3:.2f} | "
+                     f"{m['straggle_wait_s'] * 1e3:.2f} | {'-' if err is None else f'{err:+.1%}'} |")
     if result.get("comm_bytes_equal") is not None:
         ranks = len(result["measured"]["comm_bytes"])
         lines.append(f"comm bytes per rank and step: {'equal' if result['comm_bytes_equal'] else 'DIFFERENT'} "

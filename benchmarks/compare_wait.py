@@ -1,0 +1,71 @@
+"""The exposed communication of the compare suite's data-parallel rows, split in two: the wait for a slower rank
+and the communication itself (`compare`'s `straggle_wait_s`, measured from the ranks' spans on one clock,
+predicted from the profile's straggle). compare_suite.py and compare_runs.py print it beside the goal; the goal
+still reads the whole exposed communication.
+
+    split(row)          {"wait": (predicted, measured), "rest": (predicted, measured)} of one compare row
+    split_text(rows)    the page's paragraph and table for the held-out rows
+"""
+
+from __future__ import annotations
+
+FLOOR = 0.10
+"""A part is judged when it is at least this share of the measured step (as compare_suite's COMPONENT_FLOOR)."""
+
+
+def split(row: dict) -> dict | None:
+    """{"wait": (p, m), "rest": (p, m)} seconds per step of a row whose exposed communication both sides split,
+    or None (a pipeline's sends, a row run before the split was measured, a failed row)."""
+    if not row.get("ok"):
+        return None
+    p, m = row["predicted"], row["measured"]
+    pw, mw = p.get("straggle_wait_s"), m.get("straggle_wait_s")
+    if pw is None or mw is None:
+        return None
+    pe, me = p["breakdown_s"].get("exposed_comm", 0.0), m["breakdown_s"].get("exposed_comm", 0.0)
+    return {"wait": (pw, mw), "rest": (pe - pw, me - mw)}
+
+
+def judged(row: dict) -> dict:
+    """{part: relative error} of the parts of split(row) at least FLOOR of the measured step."""
+    s = split(row)
+    if s is None:
+        return {}
+    step = row["measured"]["step_time_s"]
+    return {k: (p - m) / m for k, (p, m) in s.items() if m > 0 and m >= FLOOR * step}
+
+
+def _ms(x: float) -> str:
+    return f"{x * 1e3:.1f}"
+
+
+def split_text(rows: list) -> str:
+    """Markdown: each row's exposed communication, its wait and the rest, predicted / measured, and how many
+    judged parts are within 25%; '' when no row was split."""
+    shown = [(r, split(r)) for r in rows]
+    shown = [(r, s) for r, s in shown if s]
+    if not shown:
+        return ""
+    lines = ["| layout | exposed comm p / m | waiting for a slower rank p / m | the communication p / m |",
+             "|---|---|---|---|"]
+    for r, s in shown:
+        pe, me = r["predicted"]["breakdown_s"]["exposed_comm"], r["measured"]["breakdown_s"]["exposed_comm"]
+        lines.append(f"| {r['name']} | {_ms(pe)} / {_ms(me)} | {_ms(s['wait'][0])} / {_ms(s['wait'][1])} | "
+                     f"{_ms(s['rest'][0])} / {_ms(s['rest'][1])} |")
+    counts = {}
+    for r, _ in shown:
+        for k, e in judged(r).items():
+            n, ok = counts.get(k, (0, 0))
+            counts[k] = (n + 1, ok + (abs(e) <= 0.25))
+    said = "; ".join(f"{'the wait' if k == 'wait' else 'the communication'}: {ok} of {n} within 25%"
+                     for k, (n, ok) in sorted(counts.items())) or "no part is a tenth of its step"
+    return f"""
+Where did the exposed communication go? `compare` splits it on the rows whose ranks all issue the same
+collectives: the time a rank spent in a collective before the last rank entered it (waiting for a slower
+rank: the ranks' spans share one clock) and the rest (the communication itself). The simulator's wait is the
+profile's straggle (`Hardware.straggle_factor`, measured by `bench` as processes started together drift
+apart). The goal above reads the whole exposed communication; this says which half of it missed
+({said}, each counted where it is at least {FLOOR:.0%} of the measured step).
+
+{chr(10).join(lines)}
+"""
