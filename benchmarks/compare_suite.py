@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks.compare_notes import PROFILE_AND_HISTORY, load_note  # noqa: E402
-from benchmarks.compare_wait import split_text  # noqa: E402
+from benchmarks.compare_wait import INSEPARABLE, split_text  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "tiny.yaml")
 BASE = ["training.eval_every=0", "parallel.implementation=course", "cluster.num_gpus=null"]
@@ -112,7 +112,7 @@ def run_layout(name: str, overrides: list, steps: int, trace_root: str | None, c
 def component_errors(row: dict) -> dict:
     """{component: relative error} of the SEPARABLE components that are at least COMPONENT_FLOOR of the measured
     step, on a data-parallel or pipeline layout without ZeRO-3 or tensor parallelism."""
-    if not row["ok"] or any(k in row["name"] for k in ("ZeRO-3", "tp ")):
+    if not row["ok"] or any(k in row["name"] for k in INSEPARABLE):
         return {}
     p, m = row["predicted"]["breakdown_s"], row["measured"]["breakdown_s"]
     step = row["measured"]["step_time_s"]
@@ -214,7 +214,7 @@ these layouts run first, right after `bench`, the tuning layouts after them.
 counts when it is at least {COMPONENT_FLOOR:.0%} of the measured step; pipeline rows compare communication + bubble).
 Goal: mean within 15%, worst within 25%, components within 25%: {'met' if h['goal_met'] else 'not met'}
 (this run; every kept run with the code as it is now: [compare_runs.md](compare_runs.md)).
-{with_probe}{split_text(shown)}"""
+{with_probe}{split_text(shown, brief=True)}"""
 
 
 def summary(rows: list) -> dict:

@@ -9,14 +9,17 @@ still reads the whole exposed communication.
 
 from __future__ import annotations
 
+INSEPARABLE = ("ZeRO-3", "tp ")
+"""Layouts (by name) whose collectives run inside forward and backward, so the runtime's compute spans include
+their communication: their components are not compared (compare_suite.component_errors) nor split here."""
 FLOOR = 0.10
 """A part is judged when it is at least this share of the measured step (as compare_suite's COMPONENT_FLOOR)."""
 
 
 def split(row: dict) -> dict | None:
     """{"wait": (p, m), "rest": (p, m)} seconds per step of a row whose exposed communication both sides split,
-    or None (a pipeline's sends, a row run before the split was measured, a failed row)."""
-    if not row.get("ok"):
+    or None (a pipeline's sends, ZeRO-3 and tp, a row run before the split was measured, a failed row)."""
+    if not row.get("ok") or any(k in row["name"] for k in INSEPARABLE):
         return None
     p, m = row["predicted"], row["measured"]
     pw, mw = p.get("straggle_wait_s"), m.get("straggle_wait_s")
@@ -39,9 +42,10 @@ def _ms(x: float) -> str:
     return f"{x * 1e3:.1f}"
 
 
-def split_text(rows: list) -> str:
+def split_text(rows: list, brief: bool = False) -> str:
     """Markdown: each row's exposed communication, its wait and the rest, predicted / measured, and how many
-    judged parts are within 25%; '' when no row was split."""
+    judged parts are within 25%; '' when no row was split. `brief`: one line of lead, the split explained
+    above it on the page."""
     shown = [(r, split(r)) for r in rows]
     shown = [(r, s) for r, s in shown if s]
     if not shown:
@@ -59,6 +63,12 @@ def split_text(rows: list) -> str:
             counts[k] = (n + 1, ok + (abs(e) <= 0.25))
     said = "; ".join(f"{'the wait' if k == 'wait' else 'the communication'}: {ok} of {n} within 25%"
                      for k, (n, ok) in sorted(counts.items())) or "no part is a tenth of its step"
+    if brief:
+        return f"""
+These rows' exposed communication split as above ({said}):
+
+{chr(10).join(lines)}
+"""
     return f"""
 Where did the exposed communication go? `compare` splits it on the rows whose ranks all issue the same
 collectives: the time a rank spent in a collective before the last rank entered it (waiting for a slower

@@ -287,6 +287,9 @@ def test_compare_runs_repredicts_every_kept_run(tmp_path):
     assert compare_runs(["--runs", str(tmp_path / "runs" / os.listdir(tmp_path / "runs")[0]), "--out", str(out)]) == 0
     text = out.read_text()
     assert f"| {saved['date']} |" in text and "Held-out goal met in" in text
+    # a run that measured the wait for a slower rank keeps it, and the page judges both halves of exposed comm
+    waits = [r["measured"]["straggle_wait_s"] for r in run["held_out"] if r["ok"]]
+    assert any(w is not None for w in waits) and "| exposed_comm: the rest |" in text
     assert compare_runs(["--runs", str(tmp_path / "none.json"), "--no-write"]) == 2
 
 
