@@ -60,6 +60,11 @@ FOUR = [                                                   # 4 ranks
 ]
 ENGINES = {"torch": {0: "ddp", 2: "fsdp2", 3: "fsdp2"}}
 RTOL, ATOL = 1e-5, 1e-7
+RING_ULPS = 1e-6
+"""Against torch's ring attention: elementwise within RTOL plus RING_ULPS x the tensor's largest magnitude (a few
+fp32 ulps of it). The two sum in different orders (one softmax over the gathered keys; the ring's online merge of
+per-chunk softmaxes), and which elements land an ulp apart depends on the CPU's kernels: on an AMD EPYC host
+dv differed by 1.2e-6 at a scale of 3.6 (3 ulps), past an absolute 1e-7 for its near-zero elements."""
 
 
 def engine_of(case: dict) -> str:
@@ -170,7 +175,8 @@ def against_torch():
 def test_attention_and_its_gradients_equal_torchs_ring_attention(against_torch):
     for rank, result in enumerate(against_torch):
         for name, ours, theirs in zip(("output", "dq", "dk", "dv"), result["ours"], result["torch"]):
-            torch.testing.assert_close(ours, theirs, rtol=RTOL, atol=ATOL, msg=f"rank {rank} {name}")
+            torch.testing.assert_close(ours, theirs, rtol=RTOL, atol=RING_ULPS * float(theirs.abs().max()),
+                                       msg=f"rank {rank} {name}")
 
 
 def test_attention_equals_the_whole_sequence_causal_attention(against_torch):
