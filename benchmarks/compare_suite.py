@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks.compare_notes import PROFILE_AND_HISTORY, load_note  # noqa: E402
-from benchmarks.compare_wait import INSEPARABLE, split_text  # noqa: E402
+from benchmarks.compare_wait import INSEPARABLE, split_text, spread_text  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "tiny.yaml")
 BASE = ["training.eval_every=0", "parallel.implementation=course", "cluster.num_gpus=null"]
@@ -130,6 +130,7 @@ def median_of(runs: list) -> dict:
     good.sort(key=lambda r: r["measured"]["step_time_s"])
     row = dict(good[(len(good) - 1) // 2])
     row["repeats"] = [r["measured"]["step_time_s"] for r in good]
+    row["repeat_exposed_comm"] = [r["measured"]["breakdown_s"].get("exposed_comm", 0.0) for r in good]
     return row
 
 
@@ -214,7 +215,7 @@ these layouts run first, right after `bench`, the tuning layouts after them.
 counts when it is at least {COMPONENT_FLOOR:.0%} of the measured step; pipeline rows compare communication + bubble).
 Goal: mean within 15%, worst within 25%, components within 25%: {'met' if h['goal_met'] else 'not met'}
 (this run; every kept run with the code as it is now: [compare_runs.md](compare_runs.md)).
-{with_probe}{split_text(shown, brief=True)}"""
+{with_probe}{split_text(shown, brief=True)}{spread_text(shown)}"""
 
 
 def summary(rows: list) -> dict:

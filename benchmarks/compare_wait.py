@@ -5,9 +5,12 @@ still reads the whole exposed communication.
 
     split(row)          {"wait": (predicted, measured), "rest": (predicted, measured)} of one compare row
     split_text(rows)    the page's paragraph and table for the held-out rows
+    spread_text(rows)   how far the repeats of one layout measured its exposed communication apart
 """
 
 from __future__ import annotations
+
+import statistics
 
 INSEPARABLE = ("ZeRO-3", "tp ")
 """Layouts (by name) whose collectives run inside forward and backward, so the runtime's compute spans include
@@ -76,6 +79,42 @@ rank: the ranks' spans share one clock) and the rest (the communication itself).
 profile's straggle (`Hardware.straggle_factor`, measured by `bench` as processes started together drift
 apart). The goal above reads the whole exposed communication; this says which half of it missed
 ({said}, each counted where it is at least {FLOOR:.0%} of the measured step).
+
+{chr(10).join(lines)}
+"""
+
+
+def spread(row: dict) -> tuple | None:
+    """(min, median, max) seconds of exposed communication over a row's repeats (compare_suite.median_of keeps
+    them), or None: fewer than two repeats, a row from before they were kept, ZeRO-3 / tp, or exposed
+    communication under FLOOR of the step."""
+    xs = row.get("repeat_exposed_comm") or []
+    if len(xs) < 2 or not row.get("ok") or any(k in row["name"] for k in INSEPARABLE):
+        return None
+    mid = statistics.median(xs)
+    if mid < FLOOR * row["measured"]["step_time_s"]:
+        return None
+    return min(xs), mid, max(xs)
+
+
+def spread_text(rows: list) -> str:
+    """Markdown: the measurement's own scatter beside the 25% goal; '' when no row kept its repeats."""
+    shown = [(r, spread(r)) for r in rows]
+    shown = [(r, s) for r, s in shown if s]
+    if not shown:
+        return ""
+    lines = ["| layout | measured over the repeats: min / median / max ms | widest repeat from the median | "
+             "predicted ms |", "|---|---|---:|---:|"]
+    wide = 0
+    for r, (lo, mid, hi) in shown:
+        far = max(mid - lo, hi - mid) / mid
+        wide += far > 0.25
+        lines.append(f"| {r['name']} | {_ms(lo)} / {_ms(mid)} / {_ms(hi)} | {far:.0%} | "
+                     f"{_ms(r['predicted']['breakdown_s'].get('exposed_comm', 0.0))} |")
+    return f"""
+How far apart the repeats of one layout measured its exposed communication (the same config, minutes apart, in
+this sitting): in {wide} of {len(shown)} rows one repeat lies more than 25% from their median, so a prediction
+held to 25% of one measurement is held to the machine's scatter as much as to the model.
 
 {chr(10).join(lines)}
 """

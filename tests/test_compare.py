@@ -188,6 +188,26 @@ def test_the_suite_says_which_half_of_the_exposed_communication_missed():
     assert set(judged(row)) == {"rest"}
 
 
+def test_the_suite_shows_how_far_its_own_repeats_scatter():
+    """median_of keeps every repeat's exposed communication; spread_text says how far they lie from their median
+    (10, 14 and 20 ms: the 20 is 43% above 14) beside the prediction."""
+    from benchmarks.compare_wait import spread, spread_text
+
+    spec = importlib.util.spec_from_file_location("compare_suite", ROOT / "benchmarks" / "compare_suite.py")
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    parts = {"compute": 0.035, "exposed_comm": 0.012, "bubble": 0.0, "optimizer": 0.003}
+    runs = [_suite_row("dp 2 naive", 0.05, m, parts, dict(parts, exposed_comm=c))
+            for m, c in ((0.05, 0.014), (0.048, 0.010), (0.056, 0.020))]
+    row = suite.median_of(runs)
+    assert row["repeat_exposed_comm"] == [0.010, 0.014, 0.020] and row["measured"]["step_time_s"] == 0.05
+    assert spread(row) == (0.010, 0.014, 0.020)
+    text = spread_text([row])
+    assert "in 1 of 1 rows one repeat lies more than 25% from their median" in text
+    assert "| dp 2 naive | 10.0 / 14.0 / 20.0 | 43% | 12.0 |" in text
+    assert spread(dict(row, repeat_exposed_comm=[0.014])) is None and spread_text([dict(row, name="dp 2 ZeRO-3")]) == ""
+
+
 def test_speed_probe_on_several_processes(monkeypatch):
     """`bench.speed_factor(processes=k)`: k launched processes compute at once and the slowest is held
     against the profile's time for one of k processes sharing the cores (sharing and lag), so a profile
