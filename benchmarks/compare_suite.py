@@ -131,6 +131,7 @@ def median_of(runs: list) -> dict:
     row = dict(good[(len(good) - 1) // 2])
     row["repeats"] = [r["measured"]["step_time_s"] for r in good]
     row["repeat_exposed_comm"] = [r["measured"]["breakdown_s"].get("exposed_comm", 0.0) for r in good]
+    row["repeat_bubble"] = [r["measured"]["breakdown_s"].get("bubble", 0.0) for r in good]
     return row
 
 

@@ -84,11 +84,19 @@ apart). The goal above reads the whole exposed communication; this says which ha
 """
 
 
+def _pipeline(row: dict) -> bool:
+    return "pp " in row["name"]
+
+
 def spread(row: dict) -> tuple | None:
     """(min, median, max) seconds of exposed communication over a row's repeats (compare_suite.median_of keeps
-    them), or None: fewer than two repeats, a row from before they were kept, ZeRO-3 / tp, or exposed
-    communication under FLOOR of the step."""
+    them; a pipeline's with its bubble, as its receive wait is communication in the runtime and bubble in the
+    simulator), or None: fewer than two repeats, a row from before they were kept, ZeRO-3 / tp, or under FLOOR
+    of the step."""
     xs = row.get("repeat_exposed_comm") or []
+    if _pipeline(row):
+        bubbles = row.get("repeat_bubble") or []
+        xs = [x + b for x, b in zip(xs, bubbles)] if len(bubbles) == len(xs) else []
     if len(xs) < 2 or not row.get("ok") or any(k in row["name"] for k in INSEPARABLE):
         return None
     mid = statistics.median(xs)
@@ -103,14 +111,15 @@ def spread_text(rows: list) -> str:
     shown = [(r, s) for r, s in shown if s]
     if not shown:
         return ""
-    lines = ["| layout | measured over the repeats: min / median / max ms | widest repeat from the median | "
+    lines = ["| layout | measured over the repeats (pipelines: + bubble): min / median / max ms | widest repeat from the median | "
              "predicted ms |", "|---|---|---:|---:|"]
     wide = 0
     for r, (lo, mid, hi) in shown:
         far = max(mid - lo, hi - mid) / mid
         wide += far > 0.25
-        lines.append(f"| {r['name']} | {_ms(lo)} / {_ms(mid)} / {_ms(hi)} | {far:.0%} | "
-                     f"{_ms(r['predicted']['breakdown_s'].get('exposed_comm', 0.0))} |")
+        p = r["predicted"]["breakdown_s"]
+        predicted = p.get("exposed_comm", 0.0) + (p.get("bubble", 0.0) if _pipeline(r) else 0.0)
+        lines.append(f"| {r['name']} | {_ms(lo)} / {_ms(mid)} / {_ms(hi)} | {far:.0%} | {_ms(predicted)} |")
     return f"""
 How far apart the repeats of one layout measured its exposed communication (the same config, minutes apart, in
 this sitting): in {wide} of {len(shown)} rows one repeat lies more than 25% from their median, so a prediction

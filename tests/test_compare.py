@@ -206,6 +206,10 @@ def test_the_suite_shows_how_far_its_own_repeats_scatter():
     assert "in 1 of 1 rows one repeat lies more than 25% from their median" in text
     assert "| dp 2 naive | 10.0 / 14.0 / 20.0 | 43% | 12.0 |" in text
     assert spread(dict(row, repeat_exposed_comm=[0.014])) is None and spread_text([dict(row, name="dp 2 ZeRO-3")]) == ""
+    pipe = dict(row, name="pp 2 1F1B")                  # its receive wait: comm here, bubble in the simulator
+    assert spread(pipe) == (pytest.approx(0.010), pytest.approx(0.014), pytest.approx(0.020))
+    assert spread(dict(pipe, repeat_bubble=[0.001, 0.002, 0.003])) == (0.011, 0.016, 0.023)
+    assert spread(dict(pipe, repeat_bubble=None)) is None                # a run that kept no bubbles
 
 
 def test_speed_probe_on_several_processes(monkeypatch):
