@@ -71,14 +71,14 @@ def test_lock_free_cost_measures_torn_snapshots():
     assert 0 <= cost["lock_free"]["lost_updates"] <= 0.5 and cost["lock_free"]["snapshots"] > 0
 
 
-def _shard_server(lock_free: bool):
+def _shard_server(lock_free: bool, sync: str = "asp", staleness: int = 0):
     from llama_course.coordination.parameter_server import ShardServer
     from llama_course.core.model import build_model
     from simulator.config import load_config
 
-    cfg = load_config(TINY, ["parallel.strategy=parameter_server", "parallel.dp=2", "parallel.sync=asp",
-                             "training.optimizer=sgd", f"parallel.lock_free={str(lock_free).lower()}",
-                             "cluster.num_gpus=null"])
+    cfg = load_config(TINY, ["parallel.strategy=parameter_server", "parallel.dp=2", f"parallel.sync={sync}",
+                             f"parallel.staleness={staleness}", "training.optimizer=sgd",
+                             f"parallel.lock_free={str(lock_free).lower()}", "cluster.num_gpus=null"])
     model = build_model(cfg)
     return ShardServer(cfg, model, 0, [0] * len(list(model.parameters())), 2, None), model
 
@@ -120,6 +120,24 @@ def test_a_lock_free_pull_can_be_torn(lock_free):
     second.join(30)
     assert server.version == 2 and len(calls) == 2
     assert torn_while_held == (1 if lock_free else 0) and server.torn_pulls == torn_while_held
+
+
+def test_ssp_releases_a_held_worker_with_the_update_it_waited_for():
+    """SSP, bound 0, 2 workers: worker 1 pushes its first gradient and is held (one push ahead of worker 0).
+    Worker 0's push releases it, and the weights it gets back are version 2, with worker 0's update in them:
+    a reply taken at its own push (version 1) would miss the update SSP made it wait for, and its next push
+    could be 2 versions stale where the bound allows (s + 1)(N - 1) = 1."""
+    server, model = _shard_server(False, "ssp", 0)
+    grads = [torch.ones_like(q) for q in model.parameters()]
+    held = server.push(1, 0, grads, 1.0, 5.0, 0.1)
+    assert not held.done() and server.version == 1
+    before = [q.detach().clone() for q in server.params]
+    first = server.push(0, 0, grads, 1.0, 5.0, 0.1)
+    assert first.done() and held.done() and server.version == 2
+    version, weights, *_ = held.wait()
+    assert version == 2
+    assert all(torch.equal(w, q.detach()) for w, q in zip(weights, server.params))
+    assert not all(torch.equal(w, b) for w, b in zip(weights, before))       # worker 0's step is in them
 
 
 def _oracle():

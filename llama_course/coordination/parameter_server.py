@@ -100,7 +100,7 @@ class ShardServer(comm.Membership):
         self.clocks = Clocks(range(n_workers), p.staleness if p.sync == "ssp" else None)
         self.monitor = HeartbeatMonitor(range(n_workers), dead_after_s)
         self.pending: dict = {}          # BSP: worker -> (grads, loss, lr, future) of the current version
-        self.parked: list = []           # SSP: (worker, future, reply) held until the worker may proceed
+        self.parked: list = []           # SSP: (worker, future, (norm, loss, stale)) until the worker may proceed
         self.recent_losses: list = []
         self.staleness: dict = {}        # staleness -> count
         self.in_flight = 0
@@ -126,10 +126,10 @@ class ShardServer(comm.Membership):
             scale = clip / (norm + 1e-6) if clip > 0 and norm > clip else 1.0
             self._update([g * scale for g in grads] if scale != 1.0 else grads, lr)
             self.recent_losses = (self.recent_losses + [loss])[-self.n_workers:]
-            reply = self._reply(norm, sum(self.recent_losses) / len(self.recent_losses), stale)
+            said = (norm, sum(self.recent_losses) / len(self.recent_losses), stale)
         with self.lock:
             self.clocks.tick(worker)
-            self.parked.append((worker, fut, reply))
+            self.parked.append((worker, fut, said))
             self._release_parked()
         return fut
 
@@ -201,13 +201,16 @@ class ShardServer(comm.Membership):
         return (self.version, weights, norm, loss, stale, self.torn_pulls)
 
     def _release_parked(self) -> None:
-        """SSP/ASP: reply to every parked worker that the staleness bound now lets proceed."""
+        """SSP/ASP: reply to every parked worker that the staleness bound now lets proceed, with the weights as
+        they are now: a worker held back at clock c until the slowest pushed its clock c - s update reads that
+        update (SSP's guarantee; weights taken at its own push would miss it, and its next push could then be
+        (s + 2)(N - 1) versions stale, past the bound)."""
         keep = []
-        for worker, fut, reply in self.parked:
+        for worker, fut, said in self.parked:
             if self.clocks.may_proceed(worker):
-                fut.set_result(reply)
+                fut.set_result(self._reply(*said))
             else:
-                keep.append((worker, fut, reply))
+                keep.append((worker, fut, said))
         self.parked = keep
 
     # ---- checkpoint state ---------------------------------------------------------------------------
