@@ -47,6 +47,11 @@ def _minus(intervals: list, cover: list) -> float:
     return total
 
 
+def _is_compute(e: dict) -> bool:
+    """Forward and backward (the optimizer step is its own component)."""
+    return e["tid"] == "compute" and e["name"] != "optimizer"
+
+
 def _spans(events: list, keep) -> list:
     return _merge([(e["ts"], e["ts"] + e["dur"]) for e in events if keep(e)])
 
@@ -60,7 +65,7 @@ def measured_components(trace_path: str, steps: int) -> dict:
     sums = {c: 0.0 for c in COMPONENTS}
     for rank in ranks:
         mine = [e for e in events if e["pid"] == rank]
-        compute = _spans(mine, lambda e: e["tid"] == "compute" and e["name"] != "optimizer")
+        compute = _spans(mine, _is_compute)
         comm = _spans(mine, lambda e: e["tid"] == "comm")
         sums["compute"] += _length(compute)
         sums["exposed_comm"] += _minus(comm, compute)
@@ -101,7 +106,7 @@ def measured_wait(trace_path: str, steps: int) -> float | None:
         return None
     total = 0.0
     for r in ranks:
-        compute = _spans([e for e in events if e["pid"] == r], lambda e: e["tid"] == "compute" and e["name"] != "optimizer")
+        compute = _spans([e for e in events if e["pid"] == r], _is_compute)
         waits = []
         for key, e in keyed[r].items():
             last = max(keyed[q][key]["ts"] for q in ranks)
