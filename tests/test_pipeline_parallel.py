@@ -110,6 +110,20 @@ def test_trace_shows_the_schedule_order_and_its_bubble(results, index):
     # rank 1 (last stage) waits for rank 0's first forward before it can start: its first span is a bubble
     first = min(trace[1], key=lambda e: e["ts"] if e["tid"] != "comm" else float("inf"))
     assert first["name"] == "bubble"
+    # and, done first, it waits out rank 0's cooldown (its last backward, 16 ms of delay here): a bubble too,
+    # so that compute, communication and bubble spans cover each rank's step with no untraced idle
+    spans = {r: sorted((e for e in trace[r] if e["name"] in TASK or e["tid"] in ("comm", "bubble")),
+                       key=lambda e: e["ts"]) for r in (0, 1)}
+    end = max(e["ts"] + e["dur"] for r in (0, 1) for e in spans[r] if e["name"] in TASK)
+    last = max((e for e in spans[1] if e["name"] in TASK), key=lambda e: e["ts"])
+    tail = [e for e in spans[1] if e["name"] == "bubble" and e["ts"] >= last["ts"] + last["dur"] - 1]
+    assert tail and tail[-1]["ts"] + tail[-1]["dur"] >= end - 1000, (tail, end)
+    for r in (0, 1):
+        covered, t = 0.0, spans[r][0]["ts"]
+        for e in spans[r]:
+            covered += max(0.0, e["ts"] + e["dur"] - max(t, e["ts"]))
+            t = max(t, e["ts"] + e["dur"])
+        assert covered >= 0.9 * (t - spans[r][0]["ts"]), (r, covered, t - spans[r][0]["ts"])
 
 
 ZB4 = {"parallel.pp": 2, "cluster.num_gpus": 4, "parallel.schedule": "zero_bubble"}

@@ -248,9 +248,9 @@ class PipelineSchedule(Schedule):
                 task(step, i, c, c * p + r)
         step.store.check_empty()                      # a B whose W never ran raises, naming it
         self.comm.exchange(plan[-1], shape, dtype)
-        self.record_bubbles(tracer, step_start, n_events)
-        if p > 1:
-            dist.all_reduce(step.total, group=ctx.pp_group)   # only the last stage adds non-zero
+        if p > 1:   # only the last stage adds non-zero; it returns when every stage is done (the cooldown)
+            dist.all_reduce(step.total, group=ctx.pp_group)
+        self.record_bubbles(tracer, step_start, n_events, time.perf_counter())
         return float(step.total)
 
     def forward(self, step: _Step, i: int, c: int, k: int) -> None:
@@ -307,14 +307,15 @@ class PipelineSchedule(Schedule):
             self._plans[m] = schedule_plan(self.name, self.ctx.pp, m, self.v, self.ctx.pp_rank)
         return self._plans[m]
 
-    def record_bubbles(self, tracer, step_start: float, first_event: int) -> None:
-        """Idle gaps between this rank's compute spans, from the step's start, as `bubble` spans."""
+    def record_bubbles(self, tracer, step_start: float, first_event: int, step_end: float) -> None:
+        """Idle gaps between this rank's compute spans, from the step's start to its end (when every stage
+        is done: a stage that finishes early waits out the others' cooldown), as `bubble` spans."""
         if not tracer.enabled:
             return
         origin = tracer.origin
         spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in tracer.events[first_event:] if e["tid"] == "compute")
         t = (step_start - origin) * 1e6
-        for begin, end in spans:
+        for begin, end in spans + [((step_end - origin) * 1e6,) * 2]:
             if begin > t:
                 tracer.add("bubble", "bubble", origin + t / 1e6, (begin - t) / 1e6)
             t = max(t, end)
