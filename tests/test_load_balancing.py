@@ -7,10 +7,19 @@ from __future__ import annotations
 import math
 import os
 import sys
+from types import SimpleNamespace
 
 import pytest
+import torch
 
-from llama_course.coordination.load_balancing import padded_tokens, shard_documents, skew_report
+from llama_course.coordination.load_balancing import (
+    LoadBalancedPlan,
+    padded_tokens,
+    shard_documents,
+    skew_report,
+)
+from llama_course.core.engine_protocol import BatchPlan
+from llama_course.core.profiling import Tracer
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -27,6 +36,35 @@ def test_bucketed_sharding_balances_tokens():
     assert sum(naive) == sum(bucketed) == sum(lengths)
     assert max(bucketed) - min(bucketed) < max(naive) - min(naive)
     assert padded_tokens(lengths, [0, 1], 2) == 1000            # padded to the longest of the pair
+
+
+class _Engine:
+    """What BatchPlan.stretch reads of an engine: its straggler factor, its device and its tracer."""
+
+    def __init__(self, factor: float):
+        self.slow_factor, self.tracer = factor, Tracer(enabled=True)
+        self.ctx = SimpleNamespace(device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("policy", ["none", "backup_workers"])
+def test_a_stragglers_injected_delay_is_traced_as_compute(policy):
+    """faults.slow sleeps (factor - 1) x the compute it follows; the sleep stands in for compute, so the trace
+    (and `compare`'s measured compute) holds it as a compute span, not as untraced time."""
+    plan = BatchPlan() if policy == "none" else LoadBalancedPlan.__new__(LoadBalancedPlan)
+    if policy != "none":
+        plan.policy, plan.store, plan.key, plan.step_index, plan.used = policy, _Store(), "k", 0, 2
+    engine = _Engine(3.0)
+    plan.stretch(engine, 0.01)
+    (span,) = engine.tracer.events
+    assert (span["name"], span["tid"]) == ("straggle", "compute") and span["dur"] >= 0.02e6
+    quick = _Engine(1.0)
+    plan.stretch(quick, 0.01)
+    assert quick.tracer.events == []
+
+
+class _Store:
+    def add(self, key, n):
+        return 0
 
 
 def test_skew_report_orders_the_methods():

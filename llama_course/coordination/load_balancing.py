@@ -115,9 +115,10 @@ class LoadBalancedPlan(BatchPlan):
         if self.policy != "backup_workers":
             return super().stretch(engine, seconds)
         end = time.perf_counter() + (engine.slow_factor - 1) * seconds
-        while time.perf_counter() < end:
-            self._check_abandon()
-            time.sleep(min(0.005, max(0.0, end - time.perf_counter())))
+        with engine.tracer.span("straggle", "compute"):
+            while time.perf_counter() < end:
+                self._check_abandon()
+                time.sleep(min(0.005, max(0.0, end - time.perf_counter())))
 
     def _check_abandon(self) -> None:
         if int(self.store.add(f"{self.key}/{self.step_index}", 0)) >= self.used:

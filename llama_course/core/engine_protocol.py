@@ -278,11 +278,13 @@ class BatchPlan:
         return 0.0 if abandoned else 1.0
 
     def stretch(self, engine, seconds: float) -> None:
-        """faults.slow: make `seconds` of compute take slow_factor x as long (a straggler)."""
+        """faults.slow: make `seconds` of compute take slow_factor x as long (a straggler). The sleep stands
+        in for compute, so the trace shows it as a compute span (`straggle`)."""
         if engine.slow_factor > 1:
             if engine.ctx.device.type == "cuda":
                 torch.cuda.synchronize()
-            time.sleep((engine.slow_factor - 1) * seconds)
+            with engine.tracer.span("straggle", "compute"):
+                time.sleep((engine.slow_factor - 1) * seconds)
 
 
 @dataclass
