@@ -190,6 +190,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                 if sync:
                     sync()
                 dt = time.perf_counter() - t0
+                tracer.step(t0, dt)
                 comm_log.append({k: fetch_log.bytes_by_kind()[k] + v for k, v in step_log.bytes_by_kind().items()})
                 tokens_s = cfg.tokens_per_step / dt
                 rec = {"step": n, "loss": out["loss"], "tokens_per_s": tokens_s, "step_time_s": dt, "lr": lr,
@@ -248,8 +249,9 @@ def _log_main(ctx):
 
 def _write_traces(path, ctx, tracer, comm_log: list) -> None:
     """Every training rank's spans in one Chrome trace; its metadata holds `comm_bytes`,
-    `[rank][step] -> bytes by kind`, as the wire recorder counted them (compare reads it)."""
-    events, comm = tracer.events, [comm_log]
+    `[rank][step] -> bytes by kind`, as the wire recorder counted them (compare reads it), and `steps`,
+    `{rank: [[ts, dur] of each traced step]}` on the events' clock (compare reads each step apart)."""
+    events, comm, steps = tracer.events, [comm_log], {tracer.rank: tracer.steps}
     # the ranks that train: everyone, or the workers of a parameter-server run (servers have returned)
     group = ctx.dp_group if ctx.world_size > ctx.dp * ctx.tp * ctx.pp else None
     size = dist.get_world_size(group) if ctx.world_size > 1 else 1
@@ -257,11 +259,12 @@ def _write_traces(path, ctx, tracer, comm_log: list) -> None:
         gathered = [None] * size
         with warnings.catch_warnings():          # torch warns about its own gloo backend object here
             warnings.simplefilter("ignore", UserWarning)
-            dist.all_gather_object(gathered, (events, comm_log), group=group)
-        events = [e for rank_events, _ in gathered for e in rank_events]
-        comm = [rank_comm for _, rank_comm in gathered]
+            dist.all_gather_object(gathered, (events, comm_log, tracer.rank, tracer.steps), group=group)
+        events = [e for rank_events, _, _, _ in gathered for e in rank_events]
+        comm = [rank_comm for _, rank_comm, _, _ in gathered]
+        steps = {rank: rank_steps for _, _, rank, rank_steps in gathered}
     if ctx.is_main:
-        write_trace(path, events, {"source": "measured", "comm_bytes": comm})
+        write_trace(path, events, {"source": "measured", "comm_bytes": comm, "steps": steps})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,6 +50,49 @@ def test_a_pipelines_bubble_is_the_idle_no_message_covers(tmp_path):
     assert sum(got.values()) == pytest.approx(600e-6)                  # the step, counted once
 
 
+def test_components_are_the_median_step_where_the_trace_holds_step_windows(tmp_path):
+    """Three steps of 400 us on two ranks; the third waits 600 us more in its all-reduce (a scheduler hiccup).
+    The measured step time is the median step, so each component is read per step and the median taken:
+    the outlier moves neither, and the components add up to the median step. A trace without windows
+    (written before the trainer recorded them) falls back to the total over its steps."""
+    spans, windows = [], {0: [], 1: []}
+    for step in range(3):
+        t0, comm = step * 2000, 100 + (600 if step == 2 else 0)
+        for r in (0, 1):
+            windows[r].append([t0, 300 + comm])
+            spans += [(r, "compute", "forward", t0, 100, {}), (r, "compute", "backward", t0 + 100, 200, {}),
+                      (r, "comm", "all_reduce", t0 + 300, comm, {"bucket": 0})]
+    path = _trace(tmp_path, spans)
+    mean = measured_components(path, steps=3)
+    assert mean["exposed_comm"] == pytest.approx(300e-6)                       # (100 + 100 + 700) / 3
+    doc = json.loads(Path(path).read_text())
+    doc["metadata"] = {"steps": {str(r): w for r, w in windows.items()}}        # JSON keys: strings
+    Path(path).write_text(json.dumps(doc))
+    got = measured_components(path, steps=3)
+    assert got["compute"] == pytest.approx(300e-6) and got["exposed_comm"] == pytest.approx(100e-6)
+    assert sum(got.values()) == pytest.approx(400e-6)                          # the median step
+    assert measured_wait(path, steps=3) == 0
+
+
+def test_the_trainer_writes_step_windows_on_the_events_clock(tmp_path):
+    """The trace's metadata `steps` moves with its events (write_trace starts the trace at 0), so a step's
+    window holds that step's spans."""
+    from llama_course.core.profiling import Tracer, write_trace
+
+    tracer = Tracer(enabled=True, rank=3)
+    start = 1000.0
+    tracer.add("forward", "compute", start + 0.001, 0.002)
+    tracer.step(start, 0.004)
+    path = tmp_path / "t.json"
+    write_trace(str(path), tracer.events, {"steps": {tracer.rank: tracer.steps}})
+    doc = json.loads(path.read_text())
+    (event,) = [e for e in doc["traceEvents"] if e["ph"] == "X"]
+    ((ts, dur),) = doc["metadata"]["steps"]["3"]
+    assert event["ts"] == 0 and ts == pytest.approx(-1000) and dur == pytest.approx(4000)
+    tracer.clear()
+    assert tracer.steps == []
+
+
 def _trace(tmp_path, spans) -> str:
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"traceEvents": [{"ph": "X", "pid": r, "tid": t, "name": n, "ts": ts, "dur": d,
@@ -101,6 +144,13 @@ def test_compare_json_contract(tmp_path):
     for name in ("predicted.json", "measured.json"):
         trace = json.loads((tmp_path / name).read_text())
         assert any(e.get("ph") == "X" and e.get("tid") == "compute" for e in trace["traceEvents"])
+    # the measured trace holds the second half's 3 steps, each step's window around its spans
+    measured = json.loads((tmp_path / "measured.json").read_text())
+    windows = measured["metadata"]["steps"]["0"]
+    assert len(windows) == 3 and all(a + d <= b for (a, d), (b, _) in zip(windows, windows[1:]))
+    spans = [e for e in measured["traceEvents"] if e.get("ph") == "X" and e["name"] in ("forward", "backward")]
+    assert len(spans) == 3 * 2 * 2 and all(any(a <= e["ts"] and e["ts"] + e["dur"] <= a + d + 1 for a, d in windows)
+                                           for e in spans)
     # comm_bytes: [rank][step] -> bytes of every kind; one process hands nothing to torch.distributed
     kinds = {"all_reduce", "reduce_scatter", "all_gather", "broadcast", "send", "recv", "all_to_all", "rpc"}
     for side in ("predicted", "measured"):

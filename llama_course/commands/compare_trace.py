@@ -2,12 +2,16 @@
 rank, averaged over ranks, and how much of the exposed communication is a rank waiting for a slower one.
 
 Spans are per process (`pid` = rank) on the streams `compute`, `comm`, `bubble` and `step`, with timestamps on
-one clock for every process (llama_course/core/profiling.py), so the ranks' spans line up.
+one clock for every process (llama_course/core/profiling.py), so the ranks' spans line up. Where the trace's
+metadata holds each step's window (`steps`, the trainer writes it), every component is read step by step and
+the median over the steps is reported, as the measured step time is the median step: a slow outlier step
+moves neither (a mean of the components would not add up to the median step).
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from collections import defaultdict
 
 COMPONENTS = ("compute", "exposed_comm", "bubble", "optimizer")
@@ -56,24 +60,58 @@ def _spans(events: list, keep) -> list:
     return _merge([(e["ts"], e["ts"] + e["dur"]) for e in events if keep(e)])
 
 
+def _clip(intervals: list, a: float, b: float) -> list:
+    return [[max(x, a), min(y, b)] for x, y in intervals if y > a and x < b]
+
+
+def _rank_components(mine: list, window: tuple | None) -> dict:
+    """One rank's components (microseconds) inside `window` ((start, end); None: the whole trace)."""
+    def spans(keep):
+        got = _spans(mine, keep)
+        return _clip(got, *window) if window else got
+
+    compute, comm = spans(_is_compute), spans(lambda e: e["tid"] == "comm")
+    # a pipeline's bubble spans are every gap between compute spans, and its sends and receives (comm)
+    # lie in those gaps: idle is the part of a gap no communication covers, or it would count twice
+    return {"compute": _length(compute), "exposed_comm": _minus(comm, compute),
+            "bubble": _minus(spans(lambda e: e["tid"] == "bubble"), comm),
+            "optimizer": _length(spans(lambda e: e["name"] in OPTIMIZER_NAMES))}
+
+
+def _windows(trace_path: str, ranks: list) -> list | None:
+    """[(rank -> (start, end)) for each traced step], from the trace's metadata; None where it has none."""
+    with open(trace_path) as f:
+        steps = (json.load(f).get("metadata") or {}).get("steps") or {}
+    steps = {int(r): w for r, w in steps.items()}
+    if not ranks or any(not steps.get(r) for r in ranks):
+        return None
+    n = min(len(steps[r]) for r in ranks)
+    return [{r: (steps[r][i][0], steps[r][i][0] + steps[r][i][1]) for r in ranks} for i in range(n)]
+
+
+def _per_step(trace_path: str, steps: int, ranks: list, of_rank) -> dict | None:
+    """The median over the traced steps of `of_rank(rank, window)` ({name: microseconds}) averaged over the
+    ranks, in seconds; without step windows, the whole trace's total over `steps`."""
+    windows = _windows(trace_path, ranks)
+    if windows is None:
+        totals = [of_rank(r, None) for r in ranks]
+        return {k: sum(t[k] for t in totals) / len(ranks) / steps / 1e6 for k in totals[0]}
+    per_step = []
+    for window in windows:
+        parts = [of_rank(r, window[r]) for r in ranks]
+        per_step.append({k: sum(p[k] for p in parts) / len(ranks) for k in parts[0]})
+    return {k: statistics.median(p[k] for p in per_step) / 1e6 for k in per_step[0]}
+
+
 def measured_components(trace_path: str, steps: int) -> dict:
-    """Seconds per step of each component, averaged over ranks, from a measured Chrome trace."""
+    """Seconds per step of each component, averaged over ranks, from a measured Chrome trace (the median over
+    its steps where it holds their windows)."""
     events = _events(trace_path)
     ranks = sorted({e["pid"] for e in events})
     if not ranks:
         return {}
-    sums = {c: 0.0 for c in COMPONENTS}
-    for rank in ranks:
-        mine = [e for e in events if e["pid"] == rank]
-        compute = _spans(mine, _is_compute)
-        comm = _spans(mine, lambda e: e["tid"] == "comm")
-        sums["compute"] += _length(compute)
-        sums["exposed_comm"] += _minus(comm, compute)
-        # a pipeline's bubble spans are every gap between compute spans, and its sends and receives (comm)
-        # lie in those gaps: idle is the part of a gap no communication covers, or it would count twice
-        sums["bubble"] += _minus(_spans(mine, lambda e: e["tid"] == "bubble"), comm)
-        sums["optimizer"] += _length(_spans(mine, lambda e: e["name"] in OPTIMIZER_NAMES))
-    return {c: v / len(ranks) / steps / 1e6 for c, v in sums.items()}
+    by_rank = {r: [e for e in events if e["pid"] == r] for r in ranks}
+    return _per_step(trace_path, steps, ranks, lambda r, window: _rank_components(by_rank[r], window))
 
 
 def _events(trace_path: str) -> list:
@@ -104,14 +142,20 @@ def measured_wait(trace_path: str, steps: int) -> float | None:
     keyed = {r: _keyed([e for e in events if e["pid"] == r and e["tid"] == "comm"]) for r in ranks}
     if len(ranks) < 2 or any(keyed[r].keys() != keyed[ranks[0]].keys() for r in ranks) or not keyed[ranks[0]]:
         return None
-    total = 0.0
+    waits, compute = {}, {}
     for r in ranks:
-        compute = _spans([e for e in events if e["pid"] == r], _is_compute)
-        waits = []
+        compute[r] = _spans([e for e in events if e["pid"] == r], _is_compute)
+        mine = []
         for key, e in keyed[r].items():
             last = max(keyed[q][key]["ts"] for q in ranks)
             end = min(last, e["ts"] + e["dur"])
             if end > e["ts"]:
-                waits.append((e["ts"], end))
-        total += _minus(_merge(waits), compute)
-    return total / len(ranks) / steps / 1e6
+                mine.append((e["ts"], end))
+        waits[r] = _merge(mine)
+
+    def of_rank(r, window):
+        if window is None:
+            return {"wait": _minus(waits[r], compute[r])}
+        return {"wait": _minus(_clip(waits[r], *window), _clip(compute[r], *window))}
+
+    return _per_step(trace_path, steps, ranks, of_rank)["wait"]

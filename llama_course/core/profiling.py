@@ -29,6 +29,7 @@ class Tracer:
         self.rank = rank
         self.sync = sync          # callable run before reading the clock (torch.cuda.synchronize on GPU)
         self.events: list = []
+        self.steps: list = []     # [ts, dur] (microseconds, the events' clock) of each traced optimizer step
         # one clock for every process: perf_counter readings shifted onto wall time, so ranks line up
         self.origin = time.perf_counter() - time.time()
 
@@ -56,8 +57,15 @@ class Tracer:
                 event["args"] = args
             self.events.append(event)
 
+    def step(self, start: float, duration: float) -> None:
+        """Record one training step's window (a perf_counter() reading and seconds), so that a reader can
+        tell the steps apart (the trainer writes them in the trace's metadata `steps`)."""
+        if self.enabled:
+            self.steps.append([(start - self.origin) * 1e6, duration * 1e6])
+
     def clear(self) -> None:
         self.events = []
+        self.steps = []
 
     def totals(self) -> dict:
         """Seconds per span name."""
@@ -68,9 +76,12 @@ class Tracer:
 
 
 def write_trace(path: str, events: list, metadata: dict | None = None) -> None:
-    """Write Chrome trace-event JSON atomically, with process names 'rank N'."""
+    """Write Chrome trace-event JSON atomically, with process names 'rank N'. The metadata's `steps` (step
+    windows, {rank: [[ts, dur], ...]}) move with the events' clock."""
     t0 = min((e["ts"] for e in events), default=0.0)          # the trace starts at 0
     events = [dict(e, ts=e["ts"] - t0) for e in events]
+    if metadata and metadata.get("steps"):
+        metadata = dict(metadata, steps={r: [[ts - t0, dur] for ts, dur in w] for r, w in metadata["steps"].items()})
     ranks = sorted({e["pid"] for e in events})
     meta = [{"name": "process_name", "ph": "M", "pid": r, "args": {"name": f"rank {r}"}} for r in ranks]
     doc = {"traceEvents": meta + sorted(events, key=lambda e: (e["pid"], e["ts"])), "displayTimeUnit": "ms"}
