@@ -94,7 +94,10 @@ measured at that run's start; the measurements are the runs'. The held-out layou
 within 25%); the tuning layouts with the speed probed around each, as `compare --calibrate` predicts them.
 Components are the ones the runtime's trace separates (compute and exposed communication on data-parallel
 rows, communication + bubble on pipeline rows, each when it is at least a tenth of the measured step), averaged
-over ranks as `compare` measures them.
+over ranks as `compare` measures them. Runs before 2026-12-07 15:55 measured them with two gaps since fixed:
+each component was the mean over the traced steps (now the median step by step, as the step time is a median),
+and the trace left untraced a pipeline stage's wait for the others' cooldown (now bubble) and a `faults.slow`
+straggler's injected delay (now compute), so their pipeline rows' communication + bubble read low.
 
 {chr(10).join(lines)}
 

@@ -280,7 +280,8 @@ Each row trains the `tiny` LLaMA of `configs/tiny.yaml` (seq 128, micro-batch 4,
 on the `cpu` hardware profile ({shown}: {profile.get('note', '')}). *predicted* / *measured* is one
 optimizer step (measured: median step of the run's second half{', then the median over ' + str(args.repeat) + ' repeats, taken in rounds over the sitting' if args.repeat > 1 else ''});
 error = (predicted - measured) / measured. Components are per step and rank, averaged over the ranks on both
-sides (`simulate`'s `mean_breakdown_s`; the runtime's spans), p / m = predicted / measured (the optimizer
+sides (`simulate`'s `mean_breakdown_s`; the runtime's spans, read step by step over the same second half, the
+median of each, so that they add up to the median step), p / m = predicted / measured (the optimizer
 column is the gradient norm and the optimizer step). *load* is the machine's 1-minute load average while the layout ran.
 
 {table(rows)}
