@@ -31,11 +31,9 @@ import signal
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.distributed as dist
 import yaml
 
 from llama_course.compression.model_compression import load_for_training
@@ -50,7 +48,7 @@ from llama_course.core.launch import free_port, torchrun, under_launcher  # noqa
 from llama_course.core.model import build_model
 from llama_course.core.optimizers import lr_at
 from llama_course.core.preflight import banner, check_run
-from llama_course.core.profiling import Tracer, write_trace
+from llama_course.core.profiling import Tracer, write_measured_trace
 from llama_course.engine import NonFiniteError, build_engine
 from simulator.config import ConfigError, load_config
 from simulator.hardware import gpu_preset
@@ -225,7 +223,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
                 metrics_file.close()
         engine.close()                                # a parameter-server worker says goodbye to the servers
         if trace_path:
-            _write_traces(trace_path, ctx, tracer, comm_log)
+            write_measured_trace(trace_path, ctx, tracer, comm_log)
         return records
     finally:
         cleanup()
@@ -245,26 +243,6 @@ def open_metrics(path: str, start: int):
 
 def _log_main(ctx):
     return (lambda msg: print(msg, file=sys.stderr, flush=True)) if ctx.is_main else (lambda msg: None)
-
-
-def _write_traces(path, ctx, tracer, comm_log: list) -> None:
-    """Every training rank's spans in one Chrome trace; its metadata holds `comm_bytes`,
-    `[rank][step] -> bytes by kind`, as the wire recorder counted them (compare reads it), and `steps`,
-    `{rank: [[ts, dur] of each traced step]}` on the events' clock (compare reads each step apart)."""
-    events, comm, steps = tracer.events, [comm_log], {tracer.rank: tracer.steps}
-    # the ranks that train: everyone, or the workers of a parameter-server run (servers have returned)
-    group = ctx.dp_group if ctx.world_size > ctx.dp * ctx.tp * ctx.pp else None
-    size = dist.get_world_size(group) if ctx.world_size > 1 else 1
-    if size > 1:
-        gathered = [None] * size
-        with warnings.catch_warnings():          # torch warns about its own gloo backend object here
-            warnings.simplefilter("ignore", UserWarning)
-            dist.all_gather_object(gathered, (events, comm_log, tracer.rank, tracer.steps), group=group)
-        events = [e for rank_events, _, _, _ in gathered for e in rank_events]
-        comm = [rank_comm for _, rank_comm, _, _ in gathered]
-        steps = {rank: rank_steps for _, _, rank, rank_steps in gathered}
-    if ctx.is_main:
-        write_trace(path, events, {"source": "measured", "comm_bytes": comm, "steps": steps})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from contextlib import contextmanager
+
+import torch.distributed as dist
 
 from simulator import spec
 
@@ -92,3 +95,23 @@ def write_trace(path: str, events: list, metadata: dict | None = None) -> None:
     with open(tmp, "w") as f:
         json.dump(doc, f)
     os.replace(tmp, path)
+
+
+def write_measured_trace(path, ctx, tracer, comm_log: list) -> None:
+    """Every training rank's spans in one Chrome trace; its metadata holds `comm_bytes`,
+    `[rank][step] -> bytes by kind`, as the wire recorder counted them (compare reads it), and `steps`,
+    `{rank: [[ts, dur] of each traced step]}` on the events' clock (compare reads each step apart)."""
+    events, comm, steps = tracer.events, [comm_log], {tracer.rank: tracer.steps}
+    # the ranks that train: everyone, or the workers of a parameter-server run (servers have returned)
+    group = ctx.dp_group if ctx.world_size > ctx.dp * ctx.tp * ctx.pp else None
+    size = dist.get_world_size(group) if ctx.world_size > 1 else 1
+    if size > 1:
+        gathered = [None] * size
+        with warnings.catch_warnings():          # torch warns about its own gloo backend object here
+            warnings.simplefilter("ignore", UserWarning)
+            dist.all_gather_object(gathered, (events, comm_log, tracer.rank, tracer.steps), group=group)
+        events = [e for rank_events, _, _, _ in gathered for e in rank_events]
+        comm = [rank_comm for _, rank_comm, _, _ in gathered]
+        steps = {rank: rank_steps for _, _, rank, rank_steps in gathered}
+    if ctx.is_main:
+        write_trace(path, events, {"source": "measured", "comm_bytes": comm, "steps": steps})
