@@ -15,7 +15,13 @@ from benchmarks.compare_suite import HELD_OUT
 from benchmarks.cpu_terms import DROPPED, LAST_RUN, TERMS, archive, errors, term_table, verdict
 from benchmarks.cpu_terms import main as cpu_terms
 from llama_course.commands.compare import predicted_wait
-from llama_course.commands.compare_trace import _merge, _minus, measured_components, measured_wait
+from llama_course.commands.compare_trace import (
+    _merge,
+    _minus,
+    measured_components,
+    measured_wait,
+    untraced_note,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,6 +78,16 @@ def test_components_are_the_median_step_where_the_trace_holds_step_windows(tmp_p
     assert got["compute"] == pytest.approx(300e-6) and got["exposed_comm"] == pytest.approx(100e-6)
     assert sum(got.values()) == pytest.approx(400e-6)                          # the median step
     assert measured_wait(path, steps=3) == 0
+
+
+def test_compare_says_when_the_trace_leaves_part_of_the_step_out():
+    """Components that fall short of the step by more than a tenth (an untraced wait, as the pipeline's cooldown
+    was) get a note naming the share; components that add up get none."""
+    parts = {"compute": 0.06, "exposed_comm": 0.02, "bubble": 0.0, "optimizer": 0.005}
+    assert untraced_note({"step_time_s": 0.09, "breakdown_s": parts}) is None
+    note = untraced_note({"step_time_s": 0.1, "breakdown_s": parts})
+    assert note and "85%" in note and "15.0 ms" in note
+    assert untraced_note({"step_time_s": 0.1, "breakdown_s": {}}) is None
 
 
 def test_the_trainer_writes_step_windows_on_the_events_clock(tmp_path):

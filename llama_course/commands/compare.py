@@ -25,7 +25,7 @@ import os
 import statistics
 import tempfile
 
-from llama_course.commands.compare_trace import COMPONENTS, measured_components, measured_wait
+from llama_course.commands.compare_trace import COMPONENTS, measured_components, measured_wait, untraced_note
 from simulator.comm_bytes import comm_bytes as predict_comm_bytes
 from simulator.comm_bytes import unpredicted
 
@@ -90,6 +90,7 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
                 "tokens_per_s": statistics.median(r["tokens_per_s"] for r in tail)}
     measured["breakdown_s"] = measured_components(measured_trace, traced)
     measured["straggle_wait_s"] = measured_wait(measured_trace, traced)
+    notes += [n for n in [untraced_note(measured)] if n]
 
     speed = None
     if calibrate:

@@ -159,3 +159,20 @@ def measured_wait(trace_path: str, steps: int) -> float | None:
         return {"wait": _minus(_clip(waits[r], *window), _clip(compute[r], *window))}
 
     return _per_step(trace_path, steps, ranks, of_rank)["wait"]
+
+
+UNTRACED_SHARE = 0.1
+"""Above this share of the measured step outside every span, `compare` says the components read low."""
+
+
+def untraced_note(measured: dict) -> str | None:
+    """A note when the measured components fall short of the measured step by more than UNTRACED_SHARE: time a
+    rank spent outside every span (an untraced wait or sleep), so the components cannot be compared one by one."""
+    parts, step = measured.get("breakdown_s") or {}, measured.get("step_time_s")
+    if not parts or not step:
+        return None
+    traced = sum(parts.values())
+    if step - traced <= UNTRACED_SHARE * step:
+        return None
+    return (f"the trace accounts for {traced / step:.0%} of the measured step: {(step - traced) * 1e3:.1f} ms per "
+            "step and rank ran outside every span, so the measured components read low")
