@@ -128,7 +128,7 @@ def test_compression_state_resumes_bit_exactly(tmp_path):
     cases = [{**base, "parallel": {**base["parallel"], "compression": "topk", "topk_ratio": 0.05}},
              {**base, "parallel": {**base["parallel"], "compression": "powersgd", "powersgd_rank": 2}}]
     for straight, again in spawn(W.resumed, 2, cases, str(tmp_path), timeout=300)[0]:
-        assert [r["step"] for r in again] == [3, 4]
+        assert [r["step"] for r in straight] == [1, 2, 3, 4] and [r["step"] for r in again] == [3, 4]
         assert [r["loss"] for r in again] == [r["loss"] for r in straight[2:]]      # exactly
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 import torch.distributed as dist
 from workers_model_parallel import global_batches, make_config, reference
@@ -54,12 +55,15 @@ def resumed(rank: int, world: int, cfg_dicts: list, root: str) -> list:
     from simulator.config import load_config
 
     n_runs = 2 * len(cfg_dicts)
-    ports = [free_port() for _ in range(n_runs)] if rank == 0 else [None] * n_runs
-    dist.broadcast_object_list(ports, src=0)
+    # a fresh folder per attempt: spawn() retries the whole function when a port is taken, and a retry that
+    # found the first attempt's checkpoints would resume its "straight" run from them
+    shared = [free_port() for _ in range(n_runs)] + [tempfile.mkdtemp(dir=root)] if rank == 0 else [None] * (n_runs + 1)
+    dist.broadcast_object_list(shared, src=0)
+    ports, attempt = shared[:-1], shared[-1]
     dist.destroy_process_group()            # each run builds its own group on its own port
     out = []
     for i, raw in enumerate(cfg_dicts):
-        cfg, folder = load_config(raw), os.path.join(root, f"case{i}")
+        cfg, folder = load_config(raw), os.path.join(attempt, f"case{i}")
         os.environ["MASTER_PORT"] = str(ports[2 * i])
         straight = run_worker(cfg, checkpoint_dir=folder, quiet=True)
         if rank == 0:                       # cut the run after step 2: only that checkpoint is left

@@ -78,7 +78,9 @@ PORT_RETRIES = 3
 def spawn(fn, world_size: int, *args, timeout: float = 120.0, env: dict | None = None, may_die=()) -> list:
     """Run fn(rank, world_size, *args) on world_size processes; return the list of results by rank.
     Ranks in `may_die` are expected to die (fault-injection tests): their result is None. A store port
-    taken before rank 0 could bind it (EADDRINUSE, before fn runs) is retried on a fresh port."""
+    taken before rank 0 could bind it (EADDRINUSE) is retried on a fresh port: the whole of `fn` runs again
+    (the error may come from a port `fn` chose itself), so `fn` must not trip over its own earlier attempt's
+    files (write to a fresh folder per attempt)."""
     for attempt in range(PORT_RETRIES):
         try:
             return _spawn_once(fn, world_size, *args, timeout=timeout, env=env, may_die=may_die)
