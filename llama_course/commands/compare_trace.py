@@ -78,21 +78,18 @@ def _rank_components(mine: list, window: tuple | None) -> dict:
             "optimizer": _length(spans(lambda e: e["name"] in OPTIMIZER_NAMES))}
 
 
-def _windows(trace_path: str, ranks: list) -> list | None:
-    """[(rank -> (start, end)) for each traced step], from the trace's metadata; None where it has none."""
-    with open(trace_path) as f:
-        steps = (json.load(f).get("metadata") or {}).get("steps") or {}
-    steps = {int(r): w for r, w in steps.items()}
+def _windows(meta_steps: dict, ranks: list) -> list | None:
+    """[(rank -> (start, end)) for each traced step], from the trace's metadata `steps`; None without them."""
+    steps = {int(r): w for r, w in meta_steps.items()}
     if not ranks or any(not steps.get(r) for r in ranks):
         return None
     n = min(len(steps[r]) for r in ranks)
     return [{r: (steps[r][i][0], steps[r][i][0] + steps[r][i][1]) for r in ranks} for i in range(n)]
 
 
-def _per_step(trace_path: str, steps: int, ranks: list, of_rank) -> dict | None:
-    """The median over the traced steps of `of_rank(rank, window)` ({name: microseconds}) averaged over the
-    ranks, in seconds; without step windows, the whole trace's total over `steps`."""
-    windows = _windows(trace_path, ranks)
+def _per_step(windows: list | None, steps: int, ranks: list, of_rank) -> dict | None:
+    """The median over the traced steps (`windows`) of `of_rank(rank, window)` ({name: microseconds}) averaged
+    over the ranks, in seconds; without step windows, the whole trace's total over `steps`."""
     if windows is None:
         totals = [of_rank(r, None) for r in ranks]
         return {k: sum(t[k] for t in totals) / len(ranks) / steps / 1e6 for k in totals[0]}
@@ -106,17 +103,20 @@ def _per_step(trace_path: str, steps: int, ranks: list, of_rank) -> dict | None:
 def measured_components(trace_path: str, steps: int) -> dict:
     """Seconds per step of each component, averaged over ranks, from a measured Chrome trace (the median over
     its steps where it holds their windows)."""
-    events = _events(trace_path)
+    events, meta_steps = _load(trace_path)
     ranks = sorted({e["pid"] for e in events})
     if not ranks:
         return {}
     by_rank = {r: [e for e in events if e["pid"] == r] for r in ranks}
-    return _per_step(trace_path, steps, ranks, lambda r, window: _rank_components(by_rank[r], window))
+    return _per_step(_windows(meta_steps, ranks), steps, ranks,
+                     lambda r, window: _rank_components(by_rank[r], window))
 
 
-def _events(trace_path: str) -> list:
+def _load(trace_path: str) -> tuple:
+    """(complete events, the metadata's step windows {rank: [[ts, dur], ...]}) of a measured trace."""
     with open(trace_path) as f:
-        return [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
+        doc = json.load(f)
+    return [e for e in doc["traceEvents"] if e.get("ph") == "X"], (doc.get("metadata") or {}).get("steps") or {}
 
 
 def _keyed(comm: list) -> dict:
@@ -137,7 +137,7 @@ def measured_wait(trace_path: str, steps: int) -> float | None:
     on every rank: one data-parallel group); otherwise the ranks' spans do not pair up and this returns None
     (a pipeline's sends and receives, several groups). The rest of the exposed communication is the
     communication itself, once every rank had arrived. The simulator's counterpart is `straggle_wait_s`."""
-    events = _events(trace_path)
+    events, meta_steps = _load(trace_path)
     ranks = sorted({e["pid"] for e in events})
     keyed = {r: _keyed([e for e in events if e["pid"] == r and e["tid"] == "comm"]) for r in ranks}
     if len(ranks) < 2 or any(keyed[r].keys() != keyed[ranks[0]].keys() for r in ranks) or not keyed[ranks[0]]:
@@ -158,7 +158,7 @@ def measured_wait(trace_path: str, steps: int) -> float | None:
             return {"wait": _minus(waits[r], compute[r])}
         return {"wait": _minus(_clip(waits[r], *window), _clip(compute[r], *window))}
 
-    return _per_step(trace_path, steps, ranks, of_rank)["wait"]
+    return _per_step(_windows(meta_steps, ranks), steps, ranks, of_rank)["wait"]
 
 
 UNTRACED_SHARE = 0.1
