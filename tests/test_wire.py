@@ -193,3 +193,17 @@ def test_spawn_retries_a_store_port_taken_before_rank_0_binds(monkeypatch):
     finally:
         taken.close()
     assert ports == []                                  # the second port was used
+
+
+def test_spawned_ranks_fork_from_one_server_and_see_the_callers_environment_now(monkeypatch, tmp_path):
+    """Ranks are forked from the fork server (their parent is not the caller), which started before these
+    variables and this folder changed: each rank still sees them as the caller has them at the call."""
+    spawn(workers_wire.world_sum, 2, timeout=60)                 # the fork server is running from here on
+    monkeypatch.setenv("LLAMA_COURSE_SPAWN_CHECK", "set after the server started")
+    monkeypatch.delenv("LLAMA_COURSE_STRICT", raising=False)     # conftest sets it before the server started
+    monkeypatch.chdir(tmp_path)
+    names = ["LLAMA_COURSE_SPAWN_CHECK", "LLAMA_COURSE_STRICT"]
+    for r in spawn(workers_wire.where_i_run, 2, names, timeout=60):
+        assert r["env"] == {"LLAMA_COURSE_SPAWN_CHECK": "set after the server started", "LLAMA_COURSE_STRICT": None}
+        assert r["cwd"] == str(tmp_path)
+        assert r["ppid"] != os.getpid()

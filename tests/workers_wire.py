@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
@@ -125,3 +127,8 @@ def world_sum(rank: int, world: int) -> float:
     x = torch.tensor([float(rank + 1)])
     dist.all_reduce(x)
     return float(x)
+
+
+def where_i_run(rank, world_size, names):
+    """What a rank sees of its start: the variables `names`, its working folder, its parent's pid."""
+    return {"env": {n: os.environ.get(n) for n in names}, "cwd": os.getcwd(), "ppid": os.getppid()}
