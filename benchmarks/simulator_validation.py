@@ -1,6 +1,7 @@
 """The simulator held against closed forms and published runs; prints docs/simulator/validation.md.
 
-    .venv/bin/python benchmarks/simulator_validation.py --write docs/simulator/validation.md   # the page
+    .venv/bin/python benchmarks/simulator_validation.py --write docs/simulator/validation.md   # the page, and
+                                                            # its figure docs/simulator/img/validation_errors.svg
     .venv/bin/python benchmarks/simulator_validation.py                                        # print it only
 
 Calibration rows (configs/validation/*.yaml with `role: calibration`: Megatron-LM 2021 Table 1 for the A100,
@@ -18,14 +19,11 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.validation_chart import error_chart  # noqa: E402
+from benchmarks.validation_closed_forms import bubble_table, memory_table, ring_table  # noqa: E402
 from simulator import data_parallel  # noqa: E402
-from simulator.collectives import CommModel, bandwidths, run_collective  # noqa: E402
-from simulator.config import load_config  # noqa: E402
-from simulator.hardware import H100_MATMUL_EFFICIENCY, MATMUL_EFFICIENCY, gpu_preset  # noqa: E402
-from simulator.pipeline_parallel import bubble_fraction, simulate_pipeline  # noqa: E402
-from simulator.topology import Cluster  # noqa: E402
+from simulator.hardware import H100_MATMUL_EFFICIENCY, MATMUL_EFFICIENCY  # noqa: E402
 from simulator.validation import compare, load_all, summary  # noqa: E402
-from simulator.workload import activation_bytes_per_layer  # noqa: E402
 
 METRIC_LABEL = {"hardware_tflops_per_gpu": "TFLOP/s per GPU (with recomputation)",
                 "model_tflops_per_gpu": "model TFLOP/s per GPU", "mfu": "MFU",
@@ -202,51 +200,6 @@ def slowdown_table(values, rows) -> str:
     return "\n".join(out)
 
 
-def ring_table() -> str:
-    cl = Cluster(gpu_preset("a100-80gb"), 8)
-    alpha, b = cl.path_latency(0, 1), cl.bottleneck(0, 1)
-    out = ["| ranks n | bytes S | simulated | 2(n-1)(alpha + S/(nB)) | busbw GB/s |", "|---:|---:|---:|---:|---:|"]
-    for n, s in ((2, 1 << 20), (4, 1 << 26), (8, 1 << 30)):
-        t = run_collective(cl, "all_reduce", range(n), s, "ring", exact=True)
-        closed = 2 * (n - 1) * (alpha + s / (n * b))
-        out.append(f"| {n} | {s:,} | {t * 1e3:.4f} ms | {closed * 1e3:.4f} ms | "
-                   f"{bandwidths('all_reduce', n, s, t)[1] / 1e9:.1f} |")
-    out += ["", "| GPUs | all-reduce 1 GiB busbw (simulated) | nccl-tests (published) |", "|---|---:|---:|"]
-    for gpu, pub in (("a100-80gb", "about 230 GB/s"), ("h100-sxm", "about 370 GB/s (ring)")):
-        t = CommModel(Cluster(gpu_preset(gpu), 8)).time("all_reduce", range(8), 1 << 30)
-        out.append(f"| 8 x {gpu} | {bandwidths('all_reduce', 8, 1 << 30, t)[1] / 1e9:.0f} GB/s | {pub} |")
-    return "\n".join(out)
-
-
-def bubble_table() -> str:
-    out = ["| schedule | p | m | v | simulated bubble | closed form |", "|---|---:|---:|---:|---:|---:|"]
-    for sched, p, m, v in (("gpipe", 4, 8, 1), ("1f1b", 8, 32, 1), ("1f1b", 16, 64, 1),
-                           ("interleaved_1f1b", 8, 32, 2), ("interleaved_1f1b", 16, 64, 4), ("zero_bubble", 8, 32, 1),
-                           ("zero_bubble", 16, 64, 1)):
-        run = simulate_pipeline(sched, p, m, v, [1.0 / v] * (p * v), [2.0 / v] * (p * v))
-        sim = 1 - sum(run.busy) / (p * run.makespan)
-        out.append(f"| {sched} | {p} | {m} | {v} | {sim:.5f} | {bubble_fraction(sched, p, m, v):.5f} |")
-    out += ["", "(interleaved: (p-1)/(v m + p - 1) of the step, which is (p-1)/(v m) relative to the ideal time; "
-            "zero bubble, the backward split into B 1 and W 1: (p-1)(t_F + t_B - t_W) = p - 1 idle of 3 m + p - 1.)"]
-    return "\n".join(out)
-
-
-def memory_table() -> str:
-    m = load_config({"model": {"preset": "gpt-18.4b"}}).model
-    s, b, h, a = 2048, 1, m.dim, m.n_heads
-    sbh = s * b * h
-    out = ["| case (GPT 18.4B, s 2048, b 1) | ours (bytes/layer) | Korthikanti et al. 2022 |", "|---|---:|---:|"]
-    for label, t, kw, ref in (
-            ("no parallelism", 1, {}, sbh * (34 + 5 * a * s / h)),
-            ("tp 8", 8, {}, sbh * (10 + 24 / 8 + 5 * a * s / (h * 8))),
-            ("tp 8 + sp", 8, {"sequence_parallel": True}, sbh * (34 / 8 + 5 * a * s / (h * 8))),
-            ("tp 8 + sp + selective", 8, {"sequence_parallel": True, "recompute": "selective"}, sbh * 34 / 8),
-            ("full recomputation", 8, {"recompute": "full"}, 2 * sbh)):
-        ours = activation_bytes_per_layer(m, s, b, t, precision="fp16", **kw)
-        out.append(f"| {label} | {ours:,.0f} | {ref:,.0f} |")
-    return "\n".join(out)
-
-
 DOC = """# Simulator validation
 
 Every number on this page is printed by one command,
@@ -278,6 +231,8 @@ ZeRO every system is alike) for the rest.
 ## Summary
 
 {summary}
+
+![Prediction error of every published run, validation and calibration apart](img/validation_errors.svg)
 
 ## Calibration (in sample)
 
@@ -402,6 +357,9 @@ def main() -> None:
     if args.write:
         with open(args.write, "w") as f:
             f.write(text)
+        os.makedirs(os.path.join(os.path.dirname(args.write), "img"), exist_ok=True)
+        with open(os.path.join(os.path.dirname(args.write), "img", "validation_errors.svg"), "w") as f:
+            f.write(error_chart(calibration, validation))
     print(text)
 
 

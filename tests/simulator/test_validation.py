@@ -145,6 +145,30 @@ def test_the_page_reports_the_simulator_as_it_is(validation_out_of_sample, calib
     page, regenerate = _page_module(), "stale page: python benchmarks/simulator_validation.py --write docs/simulator/validation.md"
     assert page.summary_block(calibration_in_sample, validation_out_of_sample) in text, regenerate
     assert page.source_sections(load_all(role="validation"), validation_out_of_sample) in text, regenerate
+    svg = Path(__file__).resolve().parents[2] / "docs" / "simulator" / "img" / "validation_errors.svg"
+    assert "](img/validation_errors.svg)" in text
+    assert svg.read_text() == page.error_chart(calibration_in_sample, validation_out_of_sample), regenerate
+
+
+def test_the_chart_puts_each_run_at_its_error():
+    """The page's figure: a dot per run at its error (filled blue, red beyond 15%; hollow for calibration), an
+    error beyond the axis at its end with its value written, a run that does not fit named instead of a dot."""
+    from benchmarks.validation_chart import COLORS, HI, X1, error_chart, x_of
+
+    def run(name, error, role="validation", stack="S"):
+        return dict(name=name, error=error, role=role, stack=stack, memory_GB=90.0, capacity_GB=79.6)
+
+    assert x_of(HI) == X1 and x_of(0.0) < x_of(0.1) < x_of(0.2)
+    svg = error_chart([run("cal", -0.05, "calibration")],
+                      [run("close", 0.10), run("miss", -0.20), run("far", 0.40, stack="T"), run("big", None)])
+    dots = [line for line in svg.splitlines() if line.startswith("<circle")]
+    assert len(dots) == 4
+    assert f'cx="{x_of(0.10):.1f}"' in dots[0] and f'fill="{COLORS["validation"]}"' in dots[0]
+    assert f'cx="{x_of(-0.20):.1f}"' in dots[1] and f'fill="{COLORS["miss"]}"' in dots[1]
+    assert f'cx="{X1:.1f}"' in dots[2] and ">+40%</text>" in svg
+    assert 'fill="white"' in dots[3] and f'cx="{x_of(-0.05):.1f}"' in dots[3]
+    assert ">does not fit (90.0 of 79.6 GB)</text>" in svg
+    assert svg.index(">S</text>") < svg.index(">close</text>") < svg.index(">T</text>") < svg.index(">far</text>")
 
 
 @pytest.mark.xfail(strict=True, reason="issue 17 goal not met yet: see docs/simulator/validation.md")
