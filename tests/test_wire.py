@@ -207,3 +207,13 @@ def test_spawned_ranks_fork_from_one_server_and_see_the_callers_environment_now(
         assert r["env"] == {"LLAMA_COURSE_SPAWN_CHECK": "set after the server started", "LLAMA_COURSE_STRICT": None}
         assert r["cwd"] == str(tmp_path)
         assert r["ppid"] != os.getpid()
+
+
+def test_spawn_starts_fresh_interpreters_where_there_is_no_fork_server(monkeypatch):
+    """Windows has no fork server: each rank is then a fresh interpreter, the caller's child."""
+    import torch.multiprocessing as mp
+
+    monkeypatch.setattr(mp, "get_all_start_methods", lambda: ["spawn"])
+    monkeypatch.setenv("LLAMA_COURSE_SPAWN_CHECK", "fresh")
+    for r in spawn(workers_wire.where_i_run, 2, ["LLAMA_COURSE_SPAWN_CHECK"], timeout=120):
+        assert r["env"] == {"LLAMA_COURSE_SPAWN_CHECK": "fresh"} and r["ppid"] == os.getpid()

@@ -10,8 +10,8 @@ A rank that raises fails the whole call with that rank's traceback; a rank that 
 `timeout` seconds (all processes are killed). Results travel back through a pipe, so keep them small
 (tensors are fine).
 
-Ranks are forked from a fork server (multiprocessing's "forkserver" start method) that imported torch and the
-package once (`PRELOAD`), instead of each rank starting a fresh interpreter and importing them again: that import
+Ranks are forked from a fork server (multiprocessing's "forkserver" start method; on Windows, which has none,
+each rank is a fresh interpreter) that imported torch and the package once (`PRELOAD`), instead of each rank starting a fresh interpreter and importing them again: that import
 is most of a short test's time on 2 cores. The server has never run a torch op (no thread pools to inherit), and
 each rank takes the caller's environment and working folder as they are at the call, as a fresh interpreter would.
 """
@@ -79,6 +79,15 @@ PRELOAD = ["torch", "torch.distributed", "llama_course.trainer"]
 """Imported once by the fork server every rank is forked from (each rank would otherwise import them again)."""
 
 
+def _context():
+    """The fork server where the platform has one (Linux, macOS); elsewhere (Windows) a fresh interpreter per rank."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
 class SpawnError(RuntimeError):
     """A rank raised, died or timed out."""
 
@@ -103,8 +112,7 @@ def spawn(fn, world_size: int, *args, timeout: float = 120.0, env: dict | None =
 
 
 def _spawn_once(fn, world_size: int, *args, timeout: float, env: dict | None, may_die) -> list:
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
+    ctx = _context()
     port = _free_port()
     collective_timeout = max(10.0, timeout / 2)
     pipes, procs = [], []
