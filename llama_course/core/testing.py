@@ -10,10 +10,11 @@ A rank that raises fails the whole call with that rank's traceback; a rank that 
 `timeout` seconds (all processes are killed). Results travel back through a pipe, so keep them small
 (tensors are fine).
 
-Ranks are forked from a fork server (multiprocessing's "forkserver" start method; on Windows, which has none,
-each rank is a fresh interpreter) that imported torch and the package once (`PRELOAD`), instead of each rank starting a fresh interpreter and importing them again: that import
-is most of a short test's time on 2 cores. The server has never run a torch op (no thread pools to inherit), and
-each rank takes the caller's environment and working folder as they are at the call, as a fresh interpreter would.
+Ranks are forked from a fork server (multiprocessing's "forkserver" start method) that imported torch and the
+package once (`PRELOAD`), rather than each rank starting a fresh interpreter and importing them again: that
+import is most of a short test's time on 2 cores. The server has never run a torch op (no thread pools to
+inherit), and each rank takes the caller's environment and working folder as they are at the call, as a fresh
+interpreter would. Where there is no fork server (Windows), each rank is a fresh interpreter.
 """
 
 from __future__ import annotations
