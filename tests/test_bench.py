@@ -9,8 +9,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from llama_course.commands import bench
-from simulator.config import ConfigError
+sys.path.insert(0, os.path.dirname(__file__))
+
+import workers_bench  # noqa: E402
+
+from llama_course.commands import bench  # noqa: E402
+from llama_course.core.testing import spawn  # noqa: E402
+from simulator.config import ConfigError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,3 +72,15 @@ def test_bench_cli_exits_2_in_one_line_on_an_empty_out_file(tmp_path):
                           text=True, timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "is empty" in proc.stderr
     assert out.read_text() == ""
+
+
+def test_a_curve_point_is_sampled_over_its_wall_time_floor_with_the_same_calls_on_every_rank():
+    """A point of bench's all-reduce curves is a mean over at least `min_s` seconds of bursts (a short sample
+    mostly misses the scheduler waits training pays for), and every rank issues the same number of calls."""
+    floor = spawn(workers_bench.burst_calls, 2, 0.0, timeout=60)
+    timed = spawn(workers_bench.burst_calls, 2, 0.3, timeout=60)
+    # one warm-up call + 2 bursts of 4 without a floor; ~5 ms per call, so 0.3 s takes about 15 bursts of 4
+    assert [r["calls"] for r in floor] == [9, 9]
+    assert timed[0]["calls"] == timed[1]["calls"]
+    assert 41 <= timed[0]["calls"] <= 1 + 4 * 16
+    assert all(0.004 < r["per_call"] < 0.05 for r in timed)

@@ -8,6 +8,7 @@ OMP_NUM_THREADS=1, llama_course.core.distributed's process group); bench.py coll
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import sys
@@ -158,7 +159,8 @@ def gloo_worker(rank: int, world: int, quick: bool) -> dict:
 
     compute = _compute_stretch()
     bursts = 5 if quick else 9
-    compute_s = _burst(compute, bursts, 8)
+    min_s = POINT_SECONDS / 5 if quick else POINT_SECONDS
+    compute_s = _burst(compute, bursts, 8, min_s)
     out["in_situ_compute_s"] = compute_s
     for name, fn in (("gloo", lambda x: dist.all_reduce(x)), ("course", lambda x: C.ring_all_reduce(x, None, check=False))):
         curve, chained = [], []
@@ -170,8 +172,8 @@ def gloo_worker(rank: int, world: int, quick: bool) -> dict:
                 fn(x)
 
             length = 4 if nbytes >= 1 << 22 else 8
-            curve.append([nbytes, max(1e-6, _burst(both, bursts, length) - compute_s)])
-            chained.append([nbytes, _burst(lambda x=x, fn=fn: fn(x), bursts, length)])
+            curve.append([nbytes, max(1e-6, _burst(both, bursts, length, min_s) - compute_s)])
+            chained.append([nbytes, _burst(lambda x=x, fn=fn: fn(x), bursts, length, min_s)])
         out[f"all_reduce_{name}"] = curve
         out[f"all_reduce_back_to_back_{name}"] = chained
     return out
@@ -244,17 +246,35 @@ def _fastest_collective(fn, repeats: int) -> float:
     return min(times)
 
 
-def _burst(fn, bursts: int, length: int) -> float:
-    """Seconds per call of fn: `bursts` bursts of `length` calls, each started after a barrier; the mean over
-    every call. The mean, not a median of bursts: between processes on shared cores most collectives take
-    their base time and a few wait a scheduler tick (3-6 ms here) for a rank to run again, and a training
-    step pays for those too (in a step of the course's 2-rank per-tensor sync on 2026-11-29, 39 all-reduces
-    took 0.5 ms each but for a few of 3-6 ms: 1.1 ms on average, where a median of bursts said 0.5)."""
+def _burst(fn, bursts: int, length: int, min_s: float = 0.0) -> float:
+    """Seconds per call of fn: bursts of `length` calls, each started after a barrier; the mean over every
+    call. The mean, not a median of bursts: between processes on shared cores most collectives take their
+    base time and a few wait a scheduler tick (3-6 ms here) for a rank to run again, and a training step pays
+    for those too (in a step of the course's 2-rank per-tensor sync on 2026-11-29, 39 all-reduces took 0.5 ms
+    each but for a few of 3-6 ms: 1.1 ms on average, where a median of bursts said 0.5).
+
+    At least `bursts` bursts, and as many more as fill `min_s` wall seconds (at most `MAX_BURSTS`): those
+    waits come every few tens of milliseconds, and a mean sampled over less time than that mostly misses them.
+    On 2026-12-07, 9 bursts of 8 back-to-back 16 KB ring all-reduces (45 ms in all) read 0.5 to 4.4 ms per
+    call over 12 tries, median 1.1 ms; 72 bursts of 8, alternating with them, read 0.8 to 2.9 ms, median 1.8
+    (a 2-rank per-tensor sync of the tiny model, traced in training that hour: 1.4 ms per call on average).
+    The compare suite's per-tensor rows had measured more exposed communication than bench's curves
+    predicted in 14 of its 15 kept runs (benchmarks/compare_runs.py). The number of bursts is agreed over the
+    ranks (the slowest rank's first burst sets it), so every rank issues the same collectives."""
+    import torch
     import torch.distributed as dist
 
     fn()
-    total, calls = 0.0, 0
-    for _ in range(bursts):
+    dist.barrier()
+    t = time.perf_counter()
+    for _ in range(length):
+        fn()
+    total, calls = time.perf_counter() - t, length
+    if min_s > 0:
+        first = torch.tensor([total], dtype=torch.float64)
+        dist.all_reduce(first, op=dist.ReduceOp.MAX)
+        bursts = max(bursts, min(MAX_BURSTS, math.ceil(min_s / max(first.item(), 1e-9))))
+    for _ in range(bursts - 1):
         dist.barrier()
         t = time.perf_counter()
         for _ in range(length):
@@ -262,6 +282,12 @@ def _burst(fn, bursts: int, length: int) -> float:
         total += time.perf_counter() - t
         calls += length
     return total / calls
+
+
+MAX_BURSTS = 200
+"""At most this many bursts per point of a curve (`_burst`)."""
+POINT_SECONDS = 0.5
+"""Wall seconds each point of the all-reduce curves is sampled over at least (`--quick`: a fifth)."""
 
 
 COLLECTIVE_SIZES = (4, 1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24)
