@@ -12,7 +12,9 @@ single-process train steps, from which the per-kernel overhead and matmul effici
 taken as measured; how many cores' worth of compute 2 and 4
 processes get when they compute at once (`effective_cores`); gloo's and the course's all-reduce against
 size for 2 and 4 processes, *in situ* (issued right after compute, as training issues a bucket or a
-tensor-parallel all-reduce) and *back to back* (the rest of an unbucketed sync); and a parameter-server round trip over
+tensor-parallel all-reduce) and *back to back* (the rest of an unbucketed sync), each point the mean over at
+least half a second of bursts (since 2026-12-07: before, 9 bursts, 45 ms for a small back-to-back all-reduce,
+whose mean mostly missed the scheduler waits a training step pays for); and a parameter-server round trip over
 torch RPC with 1 and 2 workers (push a gradient list, get weights back once every worker pushed). Every
 step also ends with the loss all-reduce and, for sharded gradients, the norm's (`step_scalars`: about a
 millisecond each between processes here, microseconds on NVLink). How the simulator uses them is in
