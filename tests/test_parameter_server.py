@@ -174,9 +174,12 @@ def test_bsp_parameter_server_matches_data_parallel():
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
         assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
     # ASP, rank 0 (the logging worker) 3x slower: the fast worker's pushes land while it computes, so its
-    # gradients are stale; each push is at most as stale as the other worker's 3 pushes
+    # gradients are stale; each push is at most as stale as the other worker's 3 pushes. A step logs the
+    # largest staleness over the 2 servers, and the fast worker's pushes may reach one server before the slow
+    # worker's and the other after it, so the steps' values sum to at most 3 per server (a CI run logged
+    # [2, 2, 0] while server 0 recorded one push 2 stale in all: the other 2 was server 1's)
     stale = [r["staleness"] for r in asp]
-    assert len(stale) == 3 and 1 <= sum(stale) <= 3 and max(stale) <= 3, stale
+    assert len(stale) == 3 and 1 <= sum(stale) <= 3 * 2 and max(stale) <= 3, stale
     # SSP with bound s = 0, the same straggler: the fast worker waits, so no push is staler than
     # (s + 1)(N - 1) = 1 update, and the other worker's push between two of its own makes some exactly 1
     # (ASP's straggler above sees the fast worker's pushes pile up instead)
