@@ -264,24 +264,21 @@ def _burst(fn, bursts: int, length: int, min_s: float = 0.0) -> float:
     import torch
     import torch.distributed as dist
 
-    fn()
-    dist.barrier()
-    t = time.perf_counter()
-    for _ in range(length):
-        fn()
-    total, calls = time.perf_counter() - t, length
-    if min_s > 0:
-        first = torch.tensor([total], dtype=torch.float64)
-        dist.all_reduce(first, op=dist.ReduceOp.MAX)
-        bursts = max(bursts, min(MAX_BURSTS, math.ceil(min_s / max(first.item(), 1e-9))))
-    for _ in range(bursts - 1):
+    def one() -> float:
         dist.barrier()
         t = time.perf_counter()
         for _ in range(length):
             fn()
-        total += time.perf_counter() - t
-        calls += length
-    return total / calls
+        return time.perf_counter() - t
+
+    fn()
+    total = one()
+    if min_s > 0:
+        first = torch.tensor([total], dtype=torch.float64)
+        dist.all_reduce(first, op=dist.ReduceOp.MAX)
+        bursts = max(bursts, min(MAX_BURSTS, math.ceil(min_s / max(first.item(), 1e-9))))
+    total += sum(one() for _ in range(bursts - 1))
+    return total / (bursts * length)
 
 
 MAX_BURSTS = 200
