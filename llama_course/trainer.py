@@ -122,6 +122,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
     p = cfg.parallel
     devices = cfg.replicas * p.tp * p.pp               # training ranks: dp x cp x tp x pp (parameter servers: beyond)
     ctx = init_distributed(cfg.replicas, p.tp, p.pp, mesh_world=devices, cp=p.cp, ep=p.ep)
+    finished = False          # set on success: then every rank meets at a barrier before leaving
     try:
         torch.manual_seed(cfg.training.seed)
         data = load_tokens(cfg)
@@ -138,6 +139,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
             model = load_for_training(cfg.training.init_from, cfg)
         if ctx.rank in server_ranks(cfg):              # a parameter server: serve the workers, train nothing
             serve(cfg, ctx, model.to(ctx.device), heartbeats)
+            finished = _all_alive(cfg, ctx)
             return []
         engine = build_engine(cfg, ctx, model, tracer, heartbeats)
 
@@ -224,9 +226,16 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
         engine.close()                                # a parameter-server worker says goodbye to the servers
         if trace_path:
             write_measured_trace(trace_path, ctx, tracer, comm_log)
+        finished = _all_alive(cfg, ctx)
         return records
     finally:
-        cleanup()
+        cleanup(barrier=finished)      # a rank that failed leaves at once: waiting for it would hang
+
+
+def _all_alive(cfg, ctx) -> bool:
+    """No rank of this attempt was killed on purpose (faults.kill fires on the first attempt only): a
+    killed rank never reaches the closing barrier, and the survivors (a parameter server's) must not wait."""
+    return not (cfg.faults.kill and ctx.restart_count == 0)
 
 
 def open_metrics(path: str, start: int):

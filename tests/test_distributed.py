@@ -1,6 +1,7 @@
 """core/distributed.py: which device and backend a process takes when a machine has fewer GPUs than
 processes (the decision function, with torch.cuda faked), and the launcher's one line."""
 
+import os
 import subprocess
 import sys
 
@@ -8,7 +9,10 @@ import pytest
 import torch
 
 from llama_course.core import distributed as D
+from llama_course.core.testing import spawn
 from simulator.config import ConfigError
+
+sys.path.insert(0, os.path.dirname(__file__))      # the spawned workers' modules
 
 
 @pytest.mark.parametrize("local_rank, local_world, preference, cuda, gpus, expect", [
@@ -59,3 +63,14 @@ def test_train_with_cuda_required_on_a_cpu_machine_exits_2_in_one_line(tmp_path)
                           cwd=env["PYTHONPATH"])
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "no CUDA device" in proc.stderr
+
+
+@pytest.mark.parametrize("barrier", [True, False])
+def test_cleanup_after_a_finished_run_waits_for_every_rank(tmp_path, barrier):
+    """run_worker leaves through cleanup(barrier=True) once it finished: rank 0, which hosts the store
+    other ranks may still read, leaves only after the last rank arrives (without it, it leaves first)."""
+    import workers_engine as w
+
+    (tmp_path / str(barrier)).mkdir()
+    saw_late = spawn(w.leave_after_a_late_peer, 2, str(tmp_path / str(barrier)), barrier, timeout=60)
+    assert saw_late == [barrier, True]

@@ -88,3 +88,23 @@ def _after_rank0_cut(run_worker, cfg, folder, rank):
     while not os.path.exists(flag):
         time.sleep(0.05)
     return run_worker(cfg, checkpoint_dir=folder, quiet=True)
+
+
+def leave_after_a_late_peer(rank, world, folder: str, barrier: bool) -> bool:
+    """Each rank leaves its own process group through core/distributed.cleanup; rank 1 first sleeps and
+    writes a file. Returns, on rank 0, whether that file was there once rank 0 had left (the barrier)."""
+    import time
+
+    from llama_course.core.distributed import cleanup, init_distributed
+    from llama_course.trainer import free_port
+
+    ports = [free_port() if rank == 0 else None]
+    dist.broadcast_object_list(ports, src=0)
+    dist.destroy_process_group()            # a group of our own, on its own port, as run_worker builds
+    os.environ["MASTER_PORT"] = str(ports[0])
+    init_distributed(world)
+    if rank == 1:
+        time.sleep(1.0)
+        open(os.path.join(folder, "late"), "w").close()
+    cleanup(barrier=barrier)
+    return os.path.exists(os.path.join(folder, "late"))

@@ -262,6 +262,11 @@ def all_reduce_mean(value: float, group=None, device=None) -> float:
     return float(t.item()) / dist.get_world_size(group)
 
 
-def cleanup() -> None:
+def cleanup(barrier: bool = False) -> None:
+    """Leave the process group. barrier: wait for every rank first (after a run that finished): rank 0
+    hosts the rendezvous store, and a rank still reading it (strict mode's matching, backup workers'
+    counters) would otherwise lose it mid-read ("Connection reset by peer")."""
     if dist.is_initialized():
+        if barrier and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
