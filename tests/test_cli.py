@@ -174,3 +174,27 @@ def test_the_readme_table_shows_the_help_examples():
         if m:
             table[m.group(1)] = m.group(2)
     assert table == EXAMPLES
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["plan", TINY, "--top", "0"], "argument --top: must be at least 1, got 0"),
+    (["quiz", "--n", "-1"], "argument --n: must be at least 1, got -1"),
+    (["bench", "--repeat", "0"], "argument --repeat: must be at least 1, got 0"),
+    (["bench", "--repeat", "x"], "argument --repeat: expected an integer, got 'x'"),
+    (["train", TINY, "--trace-steps", "0"], "argument --trace-steps: must be at least 1, got 0"),
+    (["train", TINY, "--max-restarts", "-1"], "argument --max-restarts: must be at least 0, got -1"),
+    (["compress", "ckpt", "--method", "zip", "--out", "x"], "argument --method: invalid choice: 'zip'"),
+    (["simulate"], "the following arguments are required: config"),
+    (["nosuch"], "invalid choice: 'nosuch'"),
+])
+def test_a_usage_mistake_is_one_line_and_exit_2(argv, says, capsys):
+    """argparse's own mistakes (a count below its least value, an unknown choice, a missing argument) end as
+    a config mistake does: one line naming the command, exit 2 (not argparse's usage block; `--top 0` used
+    to print an empty table, `bench --repeat 0` to measure for minutes)."""
+    from llama_course.commands.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and says in err and err.startswith("error: llama-course")
+    assert err.count("\n") == 1

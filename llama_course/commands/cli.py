@@ -57,6 +57,29 @@ EXAMPLES = {
 the two equal; tests/test_readme.py runs every README command line)."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake prints one line and exits 2, as a config mistake does."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def at_least(low: int):
+    """An argparse type: an integer no smaller than `low` (a count of steps, layouts, questions, repeats)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
 def _add_command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help_text, description=help_text, epilog=f"example:\n  {EXAMPLES[name]}",
                           formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,7 +92,7 @@ def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="llama-course", description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES.values())
         + "\n\n`llama-course COMMAND --help` for a command's options. Docs: docs/cli.md (or `make serve`).")
@@ -86,9 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, help="processes to launch (default: what the config needs)")
     p.add_argument("--metrics", metavar="FILE", help="write one JSON line per step")
     p.add_argument("--checkpoint-dir", metavar="DIR", help="save checkpoints here and resume from the latest")
-    p.add_argument("--max-restarts", type=int, default=0, help="restart all workers after a failure, up to R times")
+    p.add_argument("--max-restarts", type=at_least(0), default=0, help="restart all workers after a failure, up to R times")
     p.add_argument("--trace", metavar="FILE", help="write a Chrome trace of the measured schedule")
-    p.add_argument("--trace-steps", type=int, default=3, metavar="N", help="steps the trace keeps (the last N)")
+    p.add_argument("--trace-steps", type=at_least(1), default=3, metavar="N", help="steps the trace keeps (the last N)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.add_argument("--fresh", action="store_true",
                    help="start from step 0 even if --checkpoint-dir holds checkpoints (they are moved aside "
@@ -106,14 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add_command(sub, "plan", "search dp/tp/pp/zero/micro-batch layouts for a model and cluster")
     _config_args(p)
-    p.add_argument("--top", type=int, default=5, help="how many layouts to show")
+    p.add_argument("--top", type=at_least(1), default=5, help="how many layouts to show")
     p.add_argument("--json", action="store_true", help="print a JSON list, best first")
 
     p = _add_command(sub, "bench", "measure this machine and write the `cpu` hardware profile")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", metavar="FILE", help="where to write the profile")
     p.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
-    p.add_argument("--repeat", type=int, default=1, metavar="N",
+    p.add_argument("--repeat", type=at_least(1), default=1, metavar="N",
                    help="run the whole bench N times and keep the median of every number (a busy machine)")
 
     p = _add_command(sub, "eval", "held-out loss, perplexity and parameter bytes of a checkpoint")
@@ -142,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", metavar="CONCEPT", help="grade one concept")
 
     p = _add_command(sub, "quiz", "interview questions with fresh numbers, auto-graded")
-    p.add_argument("--n", type=int, default=3, help="questions to ask")
+    p.add_argument("--n", type=at_least(1), default=3, help="questions to ask")
     p.add_argument("--seed", type=int, help="seed for the numbers")
     p.add_argument("--lang", choices=["en", "zh"], default="en")
     p.add_argument("--answers", action="store_true", help="print the answers instead of asking")
