@@ -5,6 +5,7 @@ the field.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from simulator.schema import FP8_GPUS, Config, ConfigError
@@ -81,3 +82,25 @@ def _positive(name: str, value: Any) -> None:
 def _non_negative(name: str, value: Any) -> None:
     if value is None or value < 0:
         raise ConfigError(f"{name}: must not be negative, got {value}")
+
+
+def check_writable(flag: str, path: str) -> None:
+    """ConfigError unless `path` can be written: an existing file is opened for appending (not changed), else a
+    probe file is created and removed in the nearest existing parent folder (as root, permission bits say
+    little: a read-only file system still refuses)."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag}: {path} is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):          # the nearest existing parent must let us create the rest
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{flag}: cannot write {path}: {folder} is a file")
+    try:
+        if os.path.exists(path):
+            open(path, "a").close()
+        else:
+            probe = os.path.join(folder, f".llama-course-probe-{os.getpid()}")
+            os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"{flag}: cannot write {path} ({e.strerror})") from None

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from simulator import model_compression
 from simulator.collectives import CommModel
 from simulator.config import Config, ConfigError, load_config
+from simulator.config_checks import check_writable
 from simulator.data_parallel import compression_factor, grad_bytes_per_param, zero_semantics
 from simulator.expert_parallel import experts_report
 from simulator.hardware import device_memory, hardware_for
@@ -281,6 +282,8 @@ def format_summary(result: dict) -> str:
 def cli(args) -> int:
     """`llama-course simulate CONFIG [--set k=v] [--json] [--trace FILE]`."""
     cfg = load_config(args.config, getattr(args, "overrides", None) or [])
+    if getattr(args, "trace", None):
+        check_writable("--trace", args.trace)
     result = simulate(cfg, trace_path=getattr(args, "trace", None))
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2))

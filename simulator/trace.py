@@ -12,6 +12,7 @@ and a measured step can be laid side by side. One row per simulated rank: the p 
 from __future__ import annotations
 
 import json
+import os
 
 from simulator import spec
 from simulator.pipeline_parallel import TASK_NAMES
@@ -63,6 +64,7 @@ def trace_events(step, layout, cfg) -> list:
 
 
 def write_trace(path: str, step, layout, cfg) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump({"traceEvents": trace_events(step, layout, cfg), "displayTimeUnit": "ms"}, f)
     return path

@@ -198,3 +198,27 @@ def test_a_usage_mistake_is_one_line_and_exit_2(argv, says, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and says in err and err.startswith("error: llama-course")
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["simulate", TINY, "--trace", "{file}/t.json"], "--trace"),
+    (["compare", TINY, "--trace-dir", "{file}"], "--trace-dir"),
+    (["bench", "--quick", "--out", "{file}/p.json"], "--out"),
+    (["grade", "--only", "collectives", "--out", "{file}/r.json"], "--out"),
+])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, argv, flag):
+    """A file where a folder must be: one line naming the flag, exit 2, before any measuring or training (bench
+    used to measure for minutes first; simulate, compare and grade ended in a traceback), the file untouched."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    proc = cli(*[a.format(file=blocker) for a in argv])
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"error: {flag}: cannot write") and "is a file" in proc.stderr
+    assert blocker.read_text() == "keep me" and sorted(os.listdir(tmp_path)) == ["a-file"]
+
+
+def test_simulate_writes_its_trace_into_a_new_folder(tmp_path):
+    out = tmp_path / "new" / "deeper" / "t.json"
+    proc = cli("simulate", TINY, "--trace", out)
+    assert proc.returncode == 0, proc.stderr
+    assert '"traceEvents"' in out.read_text()

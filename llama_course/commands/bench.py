@@ -63,6 +63,7 @@ from simulator.calibration import (  # noqa: F401  (MODEL_POINTS, SPEED_POINT: p
     predicted_forward_backward,
     report_lines,
 )
+from simulator.config_checks import check_writable
 
 
 def matmul_gflops(n: int, repeats: int = 5) -> float:
@@ -309,13 +310,14 @@ def cli(args) -> int:
 
 
 def check_profile_path(path: str) -> None:
-    """Refuse, in one line, an --out that cannot take a profile: a folder, or an existing file that is not a
-    JSON object (bench extends an existing profile, so it must read it)."""
+    """Refuse, in one line, an --out that cannot take a profile: a folder, a new file in a place that cannot be
+    written, or an existing file that is not a JSON object (bench extends an existing profile, so it must read it)."""
     from simulator.config import ConfigError
 
     if os.path.isdir(path):
         raise ConfigError(f"--out {path}: is a folder; give a file name (e.g. {os.path.join(path, 'cpu.json')})")
     if not os.path.exists(path):
+        check_writable("--out", path)
         return
     try:
         with open(path) as f:

@@ -28,6 +28,7 @@ import tempfile
 from llama_course.commands.compare_trace import COMPONENTS, measured_components, measured_wait, untraced_note
 from simulator.comm_bytes import comm_bytes as predict_comm_bytes
 from simulator.comm_bytes import unpredicted
+from simulator.config_checks import check_writable
 
 
 def compare(config, overrides=(), trace_dir: str | None = None, steps: int | None = None, quiet: bool = True,
@@ -57,6 +58,8 @@ def compare(config, overrides=(), trace_dir: str | None = None, steps: int | Non
         notes.append(f"no GPU here: predicted on the measured cpu profile instead of {cfg.cluster.gpu}")
         cfg = load_config(config, overrides)
     calibrate = calibrate and cfg.cluster.gpu == "cpu"
+    if trace_dir:
+        check_writable("--trace-dir", os.path.join(trace_dir, "predicted.json"))
     trace_dir = trace_dir or tempfile.mkdtemp(prefix="llama-course-compare-")
     os.makedirs(trace_dir, exist_ok=True)
     predicted_trace = os.path.join(trace_dir, "predicted.json")

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 from llama_course.commands.quiz import CONCEPTS
+from simulator.config import ConfigError
+from simulator.config_checks import check_writable
 
 
 def find_root(start: Path | None = None) -> Path | None:
@@ -130,6 +132,11 @@ def cli(args) -> int:
         if not (root / "tests" / "exercises" / f"test_{only}.py").exists():
             print(f"error: --only: concept {only!r} has no graded exercises yet", file=sys.stderr)
             return 2
+    try:
+        check_writable("--out", out)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if impl == "solutions" and not (root / "solutions").is_dir():
         print("error: solutions/ is not in this copy of the course; grade your own work with --impl labs",
               file=sys.stderr)
@@ -139,6 +146,7 @@ def cli(args) -> int:
         print("error: no graded tests ran; pytest said:\n" + raw.get("output_tail", ""), file=sys.stderr)
         return 2
     report = summarize(raw)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=2, ensure_ascii=False))
     if getattr(args, "json", False):
         print(json.dumps(report, indent=2, ensure_ascii=False))

@@ -20,6 +20,7 @@ import torch
 from llama_course.core.checkpoint import STEP_DIR, load_manifest, resume_point
 from simulator.capabilities import engine_for
 from simulator.config import ConfigError
+from simulator.config_checks import check_writable
 from simulator.workload import count_params
 
 
@@ -41,29 +42,6 @@ def check_run(cfg, metrics=None, trace=None, checkpoint_dir=None, fresh=False, a
             log(f"--fresh: starting from step 0; the earlier checkpoints are kept in {moved}")
         return 0
     return check_resume(checkpoint_dir, cfg.to_dict(), cfg.training.steps, allow_noop)
-
-
-def check_writable(flag: str, path: str) -> None:
-    """ConfigError unless `path` can be written: an existing file is opened for appending (not changed), else a
-    probe file is created and removed in the nearest existing parent folder (as root, permission bits say
-    little: a read-only file system still refuses)."""
-    if os.path.isdir(path):
-        raise ConfigError(f"{flag}: {path} is a folder; give a file name")
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):          # the nearest existing parent must let us create the rest
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder):
-        raise ConfigError(f"{flag}: cannot write {path}: {folder} is a file")
-    try:
-        if os.path.exists(path):
-            open(path, "a").close()
-        else:
-            probe = os.path.join(folder, f".llama-course-probe-{os.getpid()}")
-            os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            os.remove(probe)
-    except OSError as e:
-        raise ConfigError(f"{flag}: cannot write {path} ({e.strerror})") from None
-
 
 
 def check_resume(root: str, config: dict, steps: int, allow_noop: bool = False, log=None) -> int:
