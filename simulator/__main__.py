@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from simulator.cli_args import Parser
 from simulator.config import ConfigError
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulator", description="predict one training step")
+    parser = Parser(prog="python -m simulator", description="predict one training step")
     parser.add_argument("config", help="YAML config (schema: docs/design.md)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field, value read as YAML (repeatable)")

@@ -222,3 +222,11 @@ def test_simulate_writes_its_trace_into_a_new_folder(tmp_path):
     proc = cli("simulate", TINY, "--trace", out)
     assert proc.returncode == 0, proc.stderr
     assert '"traceEvents"' in out.read_text()
+
+
+def test_the_simulator_alone_says_a_usage_mistake_in_one_line():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "simulator", TINY, "--bogus"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, env=env)
+    assert proc.returncode == 2 and proc.stderr == (
+        "error: python -m simulator: unrecognized arguments: --bogus (see python -m simulator --help)\n")

@@ -24,6 +24,7 @@ import importlib
 import sys
 
 from llama_course import __version__
+from simulator.cli_args import Parser, at_least
 from simulator.config import ConfigError
 
 # subcommand -> "module:function"; the function takes the parsed argparse namespace and returns an exit code
@@ -55,29 +56,6 @@ EXAMPLES = {
 }
 """One example per subcommand: shown by `--help` and in the README's command table (tests/test_cli.py keeps
 the two equal; tests/test_readme.py runs every README command line)."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake prints one line and exits 2, as a config mistake does."""
-
-    def error(self, message: str):
-        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def at_least(low: int):
-    """An argparse type: an integer no smaller than `low` (a count of steps, layouts, questions, repeats)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
 
 
 def _add_command(sub, name: str, help_text: str) -> argparse.ArgumentParser:
