@@ -50,8 +50,9 @@ from llama_course.core.optimizers import lr_at
 from llama_course.core.preflight import banner, check_run
 from llama_course.core.profiling import Tracer, write_measured_trace
 from llama_course.engine import NonFiniteError, build_engine
-from simulator.config import ConfigError, load_config
+from simulator.config import ConfigError, load_config, read_raw
 from simulator.hardware import gpu_preset
+from simulator.schema import ParallelConfig
 from simulator.workload import model_flops_per_token
 
 # ---------------------------------------------------------------------------------------------
@@ -233,8 +234,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
 
 
 def _all_alive(cfg, ctx) -> bool:
-    """No rank of this attempt was killed on purpose (faults.kill fires on the first attempt only): a
-    killed rank never reaches the closing barrier, and the survivors (a parameter server's) must not wait."""
+    """No rank of this attempt was killed (faults.kill fires on the first attempt): survivors must not wait."""
     return not (cfg.faults.kill and ctx.restart_count == 0)
 
 
@@ -290,10 +290,13 @@ def resolve_config(config, overrides=(), nproc: int | None = None):
     if nproc is not None:
         if nproc < 1:
             raise ConfigError(f"--nproc: must be positive, got {nproc}")
-        if load_config(config, overrides).parallel.strategy == "collective":
+        # read as written, not validated: the layout before --nproc may well be invalid (its dp, say)
+        written = read_raw(config, overrides).get("parallel")     # not a mapping: load_config says so below
+        written = written if isinstance(written, dict) else {}
+        if written.get("strategy", ParallelConfig.strategy) == "collective":
             overrides += [f"cluster.num_gpus={nproc}", "parallel.dp=null"]
         else:
-            num_servers = load_config(config, overrides).parallel.num_servers
+            num_servers = written.get("num_servers", ParallelConfig.num_servers)
             overrides += [f"parallel.dp={nproc - num_servers}", "cluster.num_gpus=null"]
     return load_config(config, overrides)
 

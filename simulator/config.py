@@ -78,6 +78,16 @@ def load_config(source: Any = None, overrides: list | None = None, runtime: bool
     table: only for describing published runs of other systems (simulator/validation.py simulates
     Megatron-LM's and DeepSpeed's), never from a command.
     """
+    raw = read_raw(source, overrides)
+    cfg = _build(Config, raw, "")
+    _apply_model_preset(cfg, raw.get("model") or {})
+    resolve(cfg, runtime)
+    return cfg
+
+
+def read_raw(source: Any = None, overrides: list | None = None) -> dict:
+    """The config's sections as written (a YAML path, a dict or None) with `k=v` overrides applied: not yet
+    typed, defaulted or validated (a command that sets more fields itself reads what it needs here first)."""
     if source is None:
         raw: dict = {}
     elif isinstance(source, dict):
@@ -103,10 +113,7 @@ def load_config(source: Any = None, overrides: list | None = None, runtime: bool
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     for item in overrides or []:
         apply_override(raw, item)
-    cfg = _build(Config, raw, "")
-    _apply_model_preset(cfg, raw.get("model") or {})
-    resolve(cfg, runtime)
-    return cfg
+    return raw
 
 
 def apply_override(raw: dict, item: str) -> None:

@@ -184,6 +184,7 @@ def test_the_readme_table_shows_the_help_examples():
     (["train", TINY, "--trace-steps", "0"], "argument --trace-steps: must be at least 1, got 0"),
     (["train", TINY, "--max-restarts", "-1"], "argument --max-restarts: must be at least 0, got -1"),
     (["compress", "ckpt", "--method", "zip", "--out", "x"], "argument --method: invalid choice: 'zip'"),
+    (["generate", "ckpt", "--prompt", "a", "--top-k", "-3"], "argument --top-k: must be at least 0, got -3"),
     (["simulate"], "the following arguments are required: config"),
     (["nosuch"], "invalid choice: 'nosuch'"),
 ])
@@ -230,3 +231,21 @@ def test_the_simulator_alone_says_a_usage_mistake_in_one_line():
                           timeout=120, cwd=ROOT, env=env)
     assert proc.returncode == 2 and proc.stderr == (
         "error: python -m simulator: unrecognized arguments: --bogus (see python -m simulator --help)\n")
+
+
+def test_compress_into_a_file_is_refused_and_keeps_it(work):
+    folder, before = work
+    (folder / "a-file").write_text("keep me")
+    for out, says in ((folder / "a-file", "is a file; give a folder"), (folder / "a-file" / "sub", "cannot write")):
+        assert_one_line_error(cli("compress", folder / "ck", "--method", "int8", "--out", out), match=says)
+    assert (folder / "a-file").read_text() == "keep me"
+
+
+def test_nproc_mends_a_layout_that_only_it_makes_valid(tmp_path):
+    """--nproc 1 on a 2-GPU config whose global batch 4 only one rank can split (dp 2 x micro-batch 4 cannot):
+    the layout is read as written, then --nproc applied, then validated (it used to validate first)."""
+    proc = cli("train", TINY, "--nproc", "1", "--quiet", *sets(FAST[1:] + ["parallel.global_batch_size=4",
+                                                                       "training.steps=1"]))
+    assert proc.returncode == 0, proc.stderr
+    assert_one_line_error(cli("train", TINY, "--quiet", *sets(["parallel.global_batch_size=4"])),
+                          match="global_batch_size: 4 is not divisible by dp x micro_batch_size = 2 x 4")

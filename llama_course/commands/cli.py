@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=100)
     p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-k", type=at_least(0), default=50, help="sample among the k likeliest tokens (0: all)")
     p.add_argument("--seed", type=int, default=0)
 
     p = _add_command(sub, "grade", "run the graded exercise tests and print a score table")

@@ -84,6 +84,7 @@ from llama_course.core.evaluate import evaluate_model
 from llama_course.core.model import num_params
 from llama_course.core.train_step import Engine
 from simulator.config import ConfigError
+from simulator.config_checks import check_writable
 
 # method -> {option: (default, meaning)}; "cfg" defaults are read from the checkpoint's config
 _TRAIN = {"lr": (None, "learning rate of the fine-tune / student (default: training.lr / 10 to fine-tune, "
@@ -285,6 +286,9 @@ def compress(checkpoint: str, method: str, out: str, overrides: list = (), log=p
         raise ConfigError("--out: must differ from the checkpoint being compressed")
     if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, "manifest.json")):
         raise ConfigError(f"--out: {out} exists and is not a checkpoint folder (it would be replaced); choose a new one")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out: {out} is a file; give a folder for the compressed checkpoint")
+    check_writable("--out", os.path.join(out, "manifest.json"))
     model, cfg, tokenizer = load_model(source)
     before = dict(getattr(model, "compression", None) or {})
     if before.get("quantization"):
