@@ -94,10 +94,10 @@ def _alpha_beta_all_reduce(rng: random.Random) -> Variant:
     bw = rng.choice([12.5, 25, 50, 100])
     t = 2 * (n - 1) * alpha_us * 1e-6 + 2 * (n - 1) / n * size_mb * 1e6 / (bw * 1e9)
     answer = t * 1e3
-    q_en = (f"A ring all-reduce of S={size_mb} MB (10^6 bytes) runs on n={n} ranks; every link has latency "
+    q_en = (f"A ring all-reduce of S={size_mb} MB (1 MB = 10^6 bytes) runs on n={n} ranks; every link has latency "
             f"alpha={alpha_us} us and bandwidth B={_fmt(bw)} GB/s per direction. By the alpha-beta model, how "
             f"long does it take, in milliseconds?")
-    q_zh = (f"在 n={n} 个 rank 上对 S={size_mb} MB（10^6 字节）做环形 all-reduce；每条链路延迟 alpha={alpha_us} 微秒，"
+    q_zh = (f"在 n={n} 个 rank 上对 S={size_mb} MB（1 MB = 10^6 字节）做环形 all-reduce；每条链路延迟 alpha={alpha_us} 微秒，"
             f"单向带宽 B={_fmt(bw)} GB/s。按 alpha-beta 模型，耗时多少毫秒？")
     lat, band = 2 * (n - 1) * alpha_us * 1e-3, 2 * (n - 1) / n * size_mb * 1e6 / (bw * 1e9) * 1e3
     e_en = (f"T = 2(n-1) x alpha + 2(n-1)/n x S/B = {lat:.4g} ms (latency) + {band:.4g} ms (bandwidth) = "
