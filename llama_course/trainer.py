@@ -123,7 +123,9 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
     p = cfg.parallel
     devices = cfg.replicas * p.tp * p.pp               # training ranks: dp x cp x tp x pp (parameter servers: beyond)
     ctx = init_distributed(cfg.replicas, p.tp, p.pp, mesh_world=devices, cp=p.cp, ep=p.ep)
-    finished = False          # set on success: then every rank meets at a barrier before leaving
+    # set on success: every rank then meets at a barrier before leaving (a rank killed by faults.kill, which
+    # fires on the first attempt, never comes: its survivors must not wait)
+    finished, all_alive = False, not (cfg.faults.kill and ctx.restart_count == 0)
     try:
         torch.manual_seed(cfg.training.seed)
         data = load_tokens(cfg)
@@ -140,7 +142,7 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
             model = load_for_training(cfg.training.init_from, cfg)
         if ctx.rank in server_ranks(cfg):              # a parameter server: serve the workers, train nothing
             serve(cfg, ctx, model.to(ctx.device), heartbeats)
-            finished = _all_alive(cfg, ctx)
+            finished = all_alive
             return []
         engine = build_engine(cfg, ctx, model, tracer, heartbeats)
 
@@ -227,15 +229,10 @@ def run_worker(cfg, metrics_path=None, checkpoint_dir=None, trace_path=None, qui
         engine.close()                                # a parameter-server worker says goodbye to the servers
         if trace_path:
             write_measured_trace(trace_path, ctx, tracer, comm_log)
-        finished = _all_alive(cfg, ctx)
+        finished = all_alive
         return records
     finally:
         cleanup(barrier=finished)      # a rank that failed leaves at once: waiting for it would hang
-
-
-def _all_alive(cfg, ctx) -> bool:
-    """No rank of this attempt was killed (faults.kill fires on the first attempt): survivors must not wait."""
-    return not (cfg.faults.kill and ctx.restart_count == 0)
 
 
 def open_metrics(path: str, start: int):
