@@ -27,7 +27,6 @@ Seed questions 16 (resource scheduling of training jobs), 19 (job queues), 30. R
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -35,6 +34,8 @@ import sys
 from dataclasses import dataclass, field
 
 import simpy
+
+from simulator.cli_args import Parser
 
 POLICIES = ("fifo", "sjf", "srtf", "priority")
 
@@ -270,8 +271,8 @@ def plot_jct_cdf(results, out_path: str | None = None, title: str | None = None)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m simulator.cluster_scheduling",
-                                 description="simulate a shared GPU cluster running training jobs")
+    ap = Parser(prog="python -m simulator.cluster_scheduling",
+                description="simulate a shared GPU cluster running training jobs")
     ap.add_argument("--policy", default="all", choices=POLICIES + ("all",))
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--gpus", type=int, default=64)

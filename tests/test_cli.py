@@ -225,12 +225,16 @@ def test_simulate_writes_its_trace_into_a_new_folder(tmp_path):
     assert '"traceEvents"' in out.read_text()
 
 
-def test_the_simulator_alone_says_a_usage_mistake_in_one_line():
+@pytest.mark.parametrize("module", ["simulator", "simulator.cluster_scheduling", "llama_course.commands.demo",
+                                    "llama_course.commands.gpu_check", "llama_course.coordination.fault_tolerance",
+                                    "llama_course.coordination.fault_tolerance_torchft"])
+def test_every_python_m_entry_point_says_a_usage_mistake_in_one_line(module):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "simulator", TINY, "--bogus"], capture_output=True, text=True,
+    argv = [TINY] if "fault_tolerance" in module or module == "simulator" else []
+    proc = subprocess.run([sys.executable, "-m", module, *argv, "--bogus"], capture_output=True, text=True,
                           timeout=120, cwd=ROOT, env=env)
     assert proc.returncode == 2 and proc.stderr == (
-        "error: python -m simulator: unrecognized arguments: --bogus (see python -m simulator --help)\n")
+        f"error: python -m {module}: unrecognized arguments: --bogus (see python -m {module} --help)\n")
 
 
 def test_compress_into_a_file_is_refused_and_keeps_it(work):

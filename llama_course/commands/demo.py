@@ -17,13 +17,13 @@ holds one, this run goes to runs/demo-2 (then -3, ...); `--fresh` replaces runs/
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import statistics
 import sys
 
+from simulator.cli_args import Parser
 from simulator.config import ConfigError, load_config
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "tiny.yaml")
@@ -54,7 +54,7 @@ def run_folder(out: str, fresh: bool) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(prog="python -m llama_course.commands.demo", description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--out", default="runs/demo", help="run folder (an existing run is kept: this one goes to OUT-2)")
     ap.add_argument("--fresh", action="store_true", help="replace the run in --out instead of keeping it")

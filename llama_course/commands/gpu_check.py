@@ -39,6 +39,8 @@ import subprocess
 import sys
 import time
 
+from simulator.cli_args import Parser
+
 STEPS = ("device", "numerics", "models", "calibration", "engines", "two_ranks")
 """In this order: the measurements (models, calibration) are recorded before the engine paths can stop the check."""
 
@@ -84,7 +86,7 @@ class CheckFailed(RuntimeError):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(prog="python -m llama_course.commands.gpu_check", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/gpu_check")
     ap.add_argument("--quick", action="store_true", help="fewer steps in the timed runs (a smoke test)")
     ap.add_argument("--dry-run", action="store_true", help="the cheap steps on the CPU (no GPU needed)")

@@ -60,6 +60,7 @@ from llama_course.core.launch import torchrun_on_loopback
 from llama_course.core.model import build_model
 from llama_course.core.optimizers import lr_at
 from llama_course.core.train_step import Engine
+from simulator.cli_args import Parser
 from simulator.config import ConfigError, load_config
 
 # ---------------------------------------------------------------------------------------------
@@ -317,8 +318,8 @@ def main(argv=None) -> int:
     if argv[:1] == ["--torchrun"]:                  # the launcher's old entry point (core/launch.py now)
         return torchrun_on_loopback(argv[1:])
 
-    ap = argparse.ArgumentParser(prog="python -m llama_course.coordination.fault_tolerance",
-                                 description="Per-step fault-tolerant data-parallel training (torchft-style).")
+    ap = Parser(prog="python -m llama_course.coordination.fault_tolerance",
+                description="Per-step fault-tolerant data-parallel training (torchft-style).")
     ap.add_argument("config")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--out", default="runs/fault_tolerance")

@@ -58,6 +58,7 @@ from llama_course.core.engine_protocol import EngineParts, GradientSync, StepAbo
 from llama_course.core.model import build_model
 from llama_course.core.optimizers import lr_at
 from llama_course.core.train_step import Engine
+from simulator.cli_args import Parser
 from simulator.config import ConfigError, load_config
 
 HOST = "127.0.0.1"
@@ -236,8 +237,8 @@ def supervise(cfg, out_dir: str, replace: bool = False, heartbeat_timeout_s: flo
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m llama_course.coordination.fault_tolerance_torchft",
-                                 description="The tiny LLaMA with torchft's per-step fault tolerance (CPU, gloo).")
+    ap = Parser(prog="python -m llama_course.coordination.fault_tolerance_torchft",
+                description="The tiny LLaMA with torchft's per-step fault tolerance (CPU, gloo).")
     ap.add_argument("config")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--out", default="runs/torchft")
