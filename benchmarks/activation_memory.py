@@ -13,8 +13,9 @@ backward will read); half the difference is one layer's activations on one rank.
 
 from __future__ import annotations
 
-import argparse
 import datetime
+
+from simulator.cli_args import Parser
 
 SHAPE = {"preset": "tiny", "dim": 128, "n_heads": 4, "n_kv_heads": 2, "ffn_dim": 256, "vocab_size": 128}
 MODES = ("none", "selective", "full")
@@ -60,7 +61,7 @@ def main() -> None:
     from llama_course.core.testing import spawn
     from simulator.workload import activation_bytes_per_layer
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--micro-batch", type=int, default=2)
     parser.add_argument("--write")

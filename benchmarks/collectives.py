@@ -10,9 +10,10 @@ fp32 tensors. Each size runs every algorithm back to back, so they see the same 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
+
+from simulator.cli_args import Parser
 
 ALGORITHMS = ("gloo", "ring", "halving_doubling")
 
@@ -52,7 +53,7 @@ def human(nbytes: int) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--nproc", type=int, action="append", help="processes (repeatable; default 2 and 4)")
     ap.add_argument("--min-kb", type=float, default=1)
     ap.add_argument("--max-mb", type=float, default=64)

@@ -12,15 +12,14 @@ engines mean the same thing by the config; nothing is measured in seconds here.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
 from benchmarks.compare_suite import BASE, CONFIG, DP, LAYOUTS  # noqa: E402
+from simulator.cli_args import Parser  # noqa: E402
 
 EXTRA = [
     ("dp 2 ZeRO-1", DP + ["parallel.dp=2", "parallel.zero_stage=1"]),
@@ -95,7 +94,7 @@ def table(rows: list) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--only", help="run layouts whose name contains this")
     parser.add_argument("--no-write", action="store_true", help="print the table, do not write the docs page")

@@ -9,7 +9,7 @@ same seed and data; prints the training loss every few steps and the bytes each 
 
 from __future__ import annotations
 
-import argparse
+from simulator.cli_args import Parser
 
 METHODS = {"none": {}, "fp16": {}, "bf16": {}, "topk (1%)": {"compression": "topk", "topk_ratio": 0.01},
            "topk (10%)": {"compression": "topk", "topk_ratio": 0.1},
@@ -46,7 +46,7 @@ def worker(rank: int, world: int, steps: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--nproc", type=int, default=2)
     ap.add_argument("--steps", type=int, default=60)
     args = ap.parse_args()

@@ -14,7 +14,6 @@ around each layout. Predictions are made now, so a change to the model is judged
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import statistics
@@ -22,7 +21,6 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
 from benchmarks.compare_suite import (  # noqa: E402
     BASE,
     CONFIG,
@@ -35,6 +33,7 @@ from benchmarks.compare_suite import (  # noqa: E402
 from benchmarks.compare_wait import judged  # noqa: E402
 from benchmarks.cpu_terms import RUNS_DIR, at_speed, load_runs, profile_env, write_page  # noqa: E402
 from llama_course.commands.compare import predicted_wait  # noqa: E402
+from simulator.cli_args import Parser  # noqa: E402
 from simulator.config import load_config  # noqa: E402
 from simulator.simulate import simulate  # noqa: E402
 
@@ -113,7 +112,7 @@ the CPU model earn their keep over the same runs: [cpu_terms.md](cpu_terms.md).
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", nargs="*", help="kept suite runs (default: every file in docs/benchmarks/suite_runs/)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks", "compare_runs.md"))
     ap.add_argument("--no-write", action="store_true")

@@ -26,7 +26,6 @@ after them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -36,9 +35,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
 from benchmarks.compare_notes import PROFILE_AND_HISTORY, load_note  # noqa: E402
 from benchmarks.compare_wait import INSEPARABLE, split_text, spread_text  # noqa: E402
+from simulator.cli_args import Parser  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "tiny.yaml")
 BASE = ["training.eval_every=0", "parallel.implementation=course", "cluster.num_gpus=null"]
@@ -305,7 +304,7 @@ Goal: mean within 10%, every layout within 20%: {'met' if goal else 'not met'}{_
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps per run (default 20)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per layout; the median is reported")
     ap.add_argument("--only", action="append", help="run only the layouts with this name (repeatable)")

@@ -12,8 +12,9 @@ the tensor-parallel ones (simulator/spec.py), so cp 1 keeps a node's 8 GPUs, cp 
 
 from __future__ import annotations
 
-import argparse
 import datetime
+
+from simulator.cli_args import Parser
 
 SEQS = (8192, 32768, 131072)
 CPS = (1, 2, 4, 8, 16)
@@ -54,7 +55,7 @@ def table(rows: list) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--write")
     args = parser.parse_args()
     rows = [row(s, c) for s in SEQS for c in CPS if s % (2 * c) == 0]

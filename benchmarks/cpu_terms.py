@@ -17,7 +17,6 @@ item 7); the rest stay, undecided.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import glob
 import json
@@ -27,8 +26,8 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
 from benchmarks.compare_suite import BASE, CONFIG, HELD_OUT, LAYOUTS  # noqa: E402
+from simulator.cli_args import Parser  # noqa: E402
 from simulator.config import load_config  # noqa: E402
 from simulator.simulate import simulate  # noqa: E402
 
@@ -248,7 +247,7 @@ def write_page(text: str, args) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", nargs="*", help="saved suite runs (default: every file in docs/benchmarks/suite_runs/)")
     ap.add_argument("--archive", action="store_true", help="first keep docs/benchmarks/compare.json in docs/benchmarks/suite_runs/")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks", "cpu_terms.md"))

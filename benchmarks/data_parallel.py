@@ -13,9 +13,10 @@ engine.train_step), the optimizer (+ parameter all-gather for ZeRO-1/2), and byt
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
+
+from simulator.cli_args import Parser
 
 ENGINES = {
     "naive (course)": {"bucket_mb": 0},
@@ -82,7 +83,7 @@ def worker(rank: int, world: int, preset: str, seq_len: int, micro: int, accum: 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--nproc", type=int, action="append", help="processes (repeatable; default 2 and 4)")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--seq-len", type=int, default=128)

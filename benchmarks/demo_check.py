@@ -16,7 +16,6 @@ Each run's 1-minute load average is recorded beside it: the goal is for a quiet 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -25,6 +24,8 @@ import sys
 import tempfile
 import time
 from datetime import datetime
+
+from simulator.cli_args import Parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_LINE = re.compile(r"simulator predicts ([\d.]+) ms, measured ([\d.]+) ms .*error ([+-]\d+)%")
@@ -113,7 +114,7 @@ one-process probe cannot see it; with one, the demo's prediction was too fast by
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=3, help="demo runs after the fresh-clone one")
     ap.add_argument("--write", metavar="PAGE", help="write the page here (and the readings beside it as .json)")
     ap.add_argument("--render", metavar="JSON", help="no runs: render the page from an earlier run's .json")

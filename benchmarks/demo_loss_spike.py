@@ -14,8 +14,6 @@ after step 5 and the largest rise above the lowest loss so far.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 from llama_course.commands.demo import CONFIG, demo_overrides
@@ -24,11 +22,12 @@ from llama_course.core.distributed import cleanup, init_distributed
 from llama_course.core.model import build_model
 from llama_course.core.optimizers import lr_at
 from llama_course.engine import build_engine
+from simulator.cli_args import Parser
 from simulator.config import load_config
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--output-std", type=float,
                     help="rescale the output head's draw to this std (0.02: exactly the old init)")

@@ -16,8 +16,9 @@ ep group here is inside a node (NVLink); balanced routing is assumed (simulator/
 
 from __future__ import annotations
 
-import argparse
 import datetime
+
+from simulator.cli_args import Parser
 
 EPS = (1, 2, 4, 8)
 SETUPS = ((1, "full"), (3, "none"))
@@ -56,7 +57,7 @@ def table(rows: list) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--write")
     args = parser.parse_args()
     rows = [row(z, rc, ep) for z, rc in SETUPS for ep in EPS]

@@ -18,7 +18,6 @@ HTTP state transfer to the replacement) runs the same loop with the same heartbe
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -30,6 +29,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from simulator.cli_args import Parser  # noqa: E402
 
 BASE = ["parallel.global_batch_size=8", "parallel.micro_batch_size=2", "seq_len=64", "training.eval_every=0",
         "training.eval_batches=1", "parallel.implementation=torch"]
@@ -84,7 +84,7 @@ def per_step(steps: int, kill_step: int | None, slow: float, way: str = "per_ste
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--kill-step", type=int, default=15)
     ap.add_argument("--every", type=int, default=10, help="restart-everything: checkpoint every N steps")

@@ -15,7 +15,6 @@ Goals (issue 6): dynamic_batch >= 80% of the no-straggler throughput; prediction
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -25,6 +24,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from simulator.cli_args import Parser  # noqa: E402
 
 BASE = {"model": {"preset": "tiny"}, "seq_len": 128, "cluster": {"gpu": "cpu", "num_gpus": 4},
         "parallel": {"micro_batch_size": 2, "global_batch_size": 16, "implementation": "torch"},
@@ -60,7 +60,7 @@ def calibrate(cfg, repeats: int = 20) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = Parser()
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--skip", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=1, help="runs per row; the median step time is used")

@@ -15,7 +15,6 @@ better than the same student trained from scratch (same loop, same steps, alpha 
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -25,6 +24,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from simulator.cli_args import Parser  # noqa: E402
 
 
 def variants(ft: int, student_steps: int, lr: float = 3e-3) -> list:
@@ -78,7 +78,7 @@ def train_teacher(out: str, steps: int) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = Parser(description=__doc__.split("\n")[0])
     ap.add_argument("--teacher", help="an existing checkpoint (default: train one)")
     ap.add_argument("--teacher-steps", type=int, default=400)
     ap.add_argument("--finetune-steps", type=int, default=50)

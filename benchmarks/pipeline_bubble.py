@@ -18,9 +18,10 @@ Simulated: `simulator.pipeline_parallel.simulate_pipeline` with the same t_f, t_
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import statistics
+
+from simulator.cli_args import Parser
 
 SCHEDULES = (("gpipe", 1), ("1f1b", 1), ("interleaved_1f1b", 2))     # (schedule, vpp)
 
@@ -110,7 +111,7 @@ def balance_table() -> str:
 def main() -> None:
     from llama_course.core.testing import spawn
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--pp", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--m", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--forward-ms", type=float, default=15.0, help="sleep per layer in forward (backward 2x)")

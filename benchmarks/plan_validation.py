@@ -19,7 +19,6 @@ Published figures:
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from simulator.cli_args import Parser  # noqa: E402
 
 # real systems' data parallelism (DDP / FSDP2 rules: prefetched gathers), not the course's own engines
 LLAMA1 = {"cluster": {"gpu": "a100-80gb", "num_gpus": 2048}, "seq_len": 2048,
@@ -237,7 +237,7 @@ GPU-hours (1.0T, 1.0T, 1.4T tokens), which include downtime, so they are floors.
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "simulator", "planner.md"))
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)

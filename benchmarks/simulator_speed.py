@@ -10,14 +10,13 @@ data-parallel streams. Each figure is the best of `--repeat` runs; nothing is ca
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from simulator.cli_args import Parser  # noqa: E402
 from simulator.config import load_config  # noqa: E402
 from simulator.simulate import simulate  # noqa: E402
 
@@ -99,7 +98,7 @@ size of one ring step on the graph.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--write", metavar="FILE", help="write the docs page")
     args = parser.parse_args()

@@ -12,16 +12,15 @@ A GPU profile named by $LLAMA_COURSE_GPU_PROFILE is ignored here: the page shows
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
 from benchmarks.validation_chart import error_chart  # noqa: E402
 from benchmarks.validation_closed_forms import bubble_table, memory_table, ring_table  # noqa: E402
 from simulator import data_parallel  # noqa: E402
+from simulator.cli_args import Parser  # noqa: E402
 from simulator.hardware import H100_MATMUL_EFFICIENCY, MATMUL_EFFICIENCY  # noqa: E402
 from simulator.validation import compare, load_all, summary  # noqa: E402
 
@@ -328,7 +327,7 @@ communication.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = Parser(description=__doc__.split("\n")[0])
     parser.add_argument("--write", metavar="FILE", help="write the docs page")
     parser.add_argument("--fit", action="store_true", help="(kept for old commands: the scan is always printed)")
     args = parser.parse_args()

@@ -10,16 +10,15 @@ Prints, per mode and straggler factor, the final loss, the training seconds and 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
 from llama_course.coordination.sync_async import summarise  # noqa: E402
 from llama_course.trainer import train  # noqa: E402
+from simulator.cli_args import Parser  # noqa: E402
 
 MODES = {
     "bsp (all-reduce)": ["parallel.strategy=collective", "parallel.sync=bsp"],
@@ -60,7 +59,7 @@ def experiment(steps: int = 40, workers: int = 3, straggler: float | None = 3.0,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--straggler", type=float, default=3.0, help="slowdown of the last worker (0: none)")

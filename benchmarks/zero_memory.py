@@ -13,6 +13,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from simulator.cli_args import Parser  # noqa: E402
 
 STAGES = {0: "bucketed", 1: "zero1", 2: "zero2", 3: "zero3"}
 
@@ -44,7 +45,8 @@ def worker(rank: int, world: int) -> dict:
     return out
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    Parser(description=__doc__.split("\n")[0]).parse_args(argv)      # no options: --help, or a mistake refused
     from llama_course.core.testing import spawn
     from simulator.workload import count_params, state_bytes
 

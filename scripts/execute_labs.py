@@ -15,13 +15,14 @@ with the failing cell and its error, its stale copy removed, and the script exit
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import re
 import sys
 import time
 from pathlib import Path
+
+from simulator.cli_args import Parser
 
 ROOT = Path(__file__).resolve().parents[1]
 LABS = ROOT / "labs"
@@ -104,7 +105,7 @@ def run(notebooks, force: bool = False, timeout_s: int = 600, out: Path = OUT, l
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("labs", nargs="*", help="lab stems or file names (default: all)")
     parser.add_argument("--force", action="store_true", help="execute even if unchanged")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")

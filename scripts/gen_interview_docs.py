@@ -9,15 +9,14 @@ and to a lab only once its notebook exists (so the output changes when a lab lan
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
 from llama_course.commands.quiz import CONCEPTS, VARIANTS, load_bank, seed_numbers  # noqa: E402
+from simulator.cli_args import Parser  # noqa: E402
 
 OUT = ROOT / "docs" / "interview"
 
@@ -150,7 +149,7 @@ def check_bank(bank: dict) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a page is out of date; write nothing")
     args = parser.parse_args(argv)
     bank = load_bank()

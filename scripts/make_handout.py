@@ -17,7 +17,6 @@ implementation: see tests/exercises/guard.py.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import re
@@ -26,6 +25,8 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+
+from simulator.cli_args import Parser
 
 ROOT = Path(__file__).resolve().parents[1]
 EXCLUDED_DIRS = ("solutions/", "tests/exercises/wrong_answers/")
@@ -113,7 +114,7 @@ def check_handout(folder: Path, root: Path = ROOT) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "handout"), help="output folder (default: handout/)")
     args = parser.parse_args(argv)
     folder, tarball, n = make_handout(Path(args.out))

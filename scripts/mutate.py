@@ -41,6 +41,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from simulator.cli_args import Parser
+
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS, STUBS, TESTS = ROOT / "solutions", ROOT / "labs" / "exercises", ROOT / "tests" / "exercises"
 EXERCISE = re.compile(r"Exercise (\d+\.\d+)")
@@ -336,7 +338,7 @@ class Runner:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="concepts to mutate (default: every solutions/ module)")
     parser.add_argument("--sample", type=int, default=0, help="run a seeded sample of this many mutants")
     parser.add_argument("--seed", type=int, default=0)

@@ -11,12 +11,13 @@ block is printed.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import re
 import sys
 from pathlib import Path
+
+from simulator.cli_args import Parser
 
 BEGIN, END = "<!-- mutation-report -->", "<!-- /mutation-report -->"
 
@@ -61,7 +62,7 @@ def replace_block(page: str, block: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="the JSON written by scripts/mutate.py --json")
     parser.add_argument("--write", type=Path, help="the Markdown page whose block to replace")
     args = parser.parse_args(argv)
