@@ -95,3 +95,19 @@ def test_memory_per_rank_matches_the_simulator(runs, stage):
         measured = res[name]["memory"]
         for kind in ("params", "grads", "optimizer"):
             assert measured[kind] == pytest.approx(predicted[kind], rel=0.10), (rank, kind, measured, predicted)
+
+
+def test_the_overlap_benchmark_pairs_its_comm_threads_and_reports_each_size():
+    """benchmarks/overlap_contention.py (docs/benchmarks/overlap_contention.md): both ranks' comm threads run
+    the same all-reduces beside forward-backward (a mismatch would hang) and every size gets a row."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "overlap_contention.py"), "--rounds", "1"],
+                          capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "MiB |" in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["0.25 MiB", "1 MiB", "4 MiB"]
+    for r in rows:
+        cells = [c.strip() for c in r.split("|")[2:-1]]
+        assert float(cells[0]) > 0 and float(cells[1]) > 0 and float(cells[3]) > 0 and float(cells[5]) > 0
