@@ -196,6 +196,25 @@ def bucket_sizes(tensor_numels: list, bucket_mb: float, element_bytes: int = 4) 
     return [sum(nbytes[i] for i in bucket) for bucket in spec.bucket_plan(nbytes, bucket_mb)]
 
 
+def bucket_ready(tensor_numels: list, bucket_mb: float, backward_work: list, element_bytes: int = 4) -> list:
+    """Fraction of a chunk's backward after which each bucket of `bucket_sizes` is ready: its last tensor's
+    gradient exists once the backward has done the work of that tensor and of every tensor produced before
+    it (`backward_work`, registration order: `spec.stage_tensor_backward_work`). Not the bucket's share of
+    the bytes: an embedding table is a tenth of a small model's gradient bytes but its backward comes last and
+    takes no time, so the buckets before it are ready later than their bytes say (a measured trace of
+    `configs/tiny.yaml` on 2 processes: its first bucket, every tensor but the embedding, launched 0.4 ms
+    before the end of a 15 ms backward, not the 1.8 ms that bytes would say)."""
+    nbytes = [n * element_bytes for n in reversed(tensor_numels)]
+    work = list(reversed(backward_work))
+    total, done, out, i = sum(work), 0.0, [], 0
+    for bucket in spec.bucket_plan(nbytes, bucket_mb):
+        while i <= bucket[-1]:
+            done += work[i]
+            i += 1
+        out.append(done / total if total else 1.0)
+    return out
+
+
 def gradient_sync(ready: list, overlap: bool, comm_time, compute_end: float) -> tuple:
     """Run a rank's gradient buckets through its comm stream, one collective after another.
 
@@ -216,16 +235,17 @@ def gradient_sync(ready: list, overlap: bool, comm_time, compute_end: float) -> 
     return max(now, compute_end), busy, spans
 
 
-def buckets_ready(last_backward: tuple, sizes: list) -> list:
-    """Buckets of one chunk (bytes on the wire, in the order backward fills them) become ready evenly
-    through the chunk's final backward (last layer first)."""
+def buckets_ready(last_backward: tuple, sizes: list, fractions: list | None = None) -> list:
+    """[(time, bytes)] of one chunk's buckets (bytes on the wire, in the order backward fills them) over the
+    chunk's final backward (last layer first): each at its fraction of it (`bucket_ready`; None: evenly by
+    bytes)."""
     start, end = last_backward
-    chunk_bytes = sum(sizes)
-    out, done = [], 0.0
-    for size in sizes:
-        done += size
-        out.append((start + (end - start) * done / chunk_bytes, size))
-    return out
+    if fractions is None:
+        chunk_bytes, done, fractions = sum(sizes), 0.0, []
+        for size in sizes:
+            done += size
+            fractions.append(done / chunk_bytes)
+    return [(start + (end - start) * f, size) for f, size in zip(fractions, sizes)]
 
 
 def gathered_blocks(cfg, system: str | None = None) -> int:

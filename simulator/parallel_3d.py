@@ -34,6 +34,7 @@ from simulator.collectives import CommModel
 from simulator.compute import block_times, embedding_times, head_times, head_weight_grad, optimizer_time
 from simulator.context_parallel import cp_comm
 from simulator.data_parallel import (
+    bucket_ready,
     bucket_sizes,
     buckets_ready,
     compression_factor,
@@ -193,18 +194,31 @@ def chunk_tensors(cfg, layers: list) -> list:
             for k, n in enumerate(layers)]
 
 
+def _bucket_cap(cfg, sem) -> float:
+    psi_block = virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]
+    return reduce_bucket_mb(cfg, sem, psi_block)
+
+
 def grad_buckets(cfg, sem, layers: list, psi_virtual: list, grad_wire: float) -> list:
     """Bytes on the wire of each gradient bucket of every virtual stage, in the order backward fills them:
     the runtime's plan over the chunk's tensors (`chunk_tensors`, `data_parallel.bucket_sizes`) at the
     system's cap (`data_parallel.reduce_bucket_mb`), scaled from fp32 buffers to the bytes reduced."""
-    psi_block = virtual_stage_params(cfg, [1, 0])[0] - virtual_stage_params(cfg, [0, 0])[0]
-    cap = reduce_bucket_mb(cfg, sem, psi_block)
+    cap = _bucket_cap(cfg, sem)
     out = []
     for k, numels in enumerate(chunk_tensors(cfg, layers)):
         plan = bucket_sizes(numels, cap)
         scale = psi_virtual[k] * grad_wire / sum(plan) if plan else 0.0
         out.append([b * scale for b in plan])
     return out
+
+
+def grad_bucket_ready(cfg, sem, layers: list) -> list:
+    """For each of `grad_buckets`' buckets, the fraction of its chunk's backward after which it is ready
+    (`data_parallel.bucket_ready`: by the backward work its tensors wait for, not by their bytes)."""
+    cap, n_virtual, tp = _bucket_cap(cfg, sem), len(layers), cfg.parallel.tp
+    return [bucket_ready(numels, cap, spec.stage_tensor_backward_work(cfg.model, cfg.seq_len, n, k == 0,
+                                                                      k == n_virtual - 1, tp))
+            for k, (n, numels) in enumerate(zip(layers, chunk_tensors(cfg, layers)))]
 
 
 def optimizer_and_gather(cfg, hw, comm: CommModel, layout: Layout, layers: list, r: int, sem, block_forward: float,
@@ -290,8 +304,9 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
     scalars = step_scalars(cfg, comm, layout)
     slows = [{}] + ([slow_by_stage] if slow_by_stage else [])
     buckets = grad_buckets(cfg, sem, layers, psi_virtual, grad_wire) if layout.dp > 1 else [[] for _ in layers]
+    ready_at = grad_bucket_ready(cfg, sem, layers) if layout.dp > 1 else [[] for _ in layers]
     if contention:
-        plan = stream_plan(cfg, layout, layers, fwd, bwd, sem, psi_virtual, grad_wire, buckets)
+        plan = stream_plan(cfg, layout, layers, fwd, bwd, sem, psi_virtual, grad_wire, buckets, ready_at)
         a = activation_message_bytes(cfg)
         extra = comm.time("all_gather", layout.tp_group(), a) if layout.tp > 1 and not p.sequence_parallel else 0.0
         runs = [simulate_streams(plan, comm, layout, a / layout.tp if layout.pp > 1 else 0.0, extra, slow, record)
@@ -330,7 +345,7 @@ def simulate_step(cfg, hw, comm: CommModel, record: bool = False, system: str | 
                     # every micro-batch's, for systems that reduce each one)
                     backs = run.backward_spans[(r, c)] if sem.reduce_every_micro_batch else [run.last_backward[(r, c)]]
                     for span in backs:
-                        ready += buckets_ready(span, buckets[k])
+                        ready += buckets_ready(span, buckets[k], ready_at[k])
                 ready.sort()
                 dp_end, dp_busy, spans = gradient_sync(
                     ready, p.overlap and p.bucket_mb > 0,

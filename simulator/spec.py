@@ -239,6 +239,20 @@ def stage_tensor_numels(model, seq_len: int, n_blocks: int, first: bool, last: b
     return out
 
 
+def stage_tensor_backward_work(model, seq_len: int, n_blocks: int, first: bool, last: bool, tp: int = 1) -> list:
+    """The backward work each of `stage_tensor_numels`' tensors waits for before its gradient exists, in the same
+    order: its elements for a weight a matmul uses (its backward is 4 x tokens x elements FLOPs, its share of
+    the stage's), 0 for a lookup table (the token and GPT position embeddings: a scatter-add of the tokens'
+    gradients, computed last and in no time); a table tied to the head on this stage keeps the head's work."""
+    out = stage_tensor_numels(model, seq_len, n_blocks, first, last, tp)
+    if first:
+        tied = model.tie_embeddings and last
+        out[0] = out[0] if tied else 0
+        if model.arch == "gpt":
+            out[1] = 0
+    return out
+
+
 def numel(shape) -> int:
     n = 1
     for s in shape:

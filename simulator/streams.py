@@ -9,7 +9,8 @@ One pipeline of p ranks is simulated (each stands for its dp x tp symmetric copi
                      whose weights are gathered block by block (ZeRO-3, FSDP) runs block by block, each block
                      waiting for its gather
     reduce stream    gradient buckets (`parallel_3d.grad_buckets`: the runtime's plan at the system's
-                     cap, `data_parallel.reduce_bucket_mb`), each issued when the backward has produced it: through
+                     cap, `data_parallel.reduce_bucket_mb`), each issued when the backward has produced it (by the
+                     work its tensors wait for, `data_parallel.bucket_ready`): through
                      the chunk's last backward, or every backward when the system reduces every micro-batch,
                      or after the last task without overlap
     gather stream    weight all-gathers, one block ahead of the compute when prefetched
@@ -64,6 +65,7 @@ class StreamPlan:
     layers: list          # blocks per virtual stage
     grad_bytes: list      # gradient bytes each virtual stage reduces over its dp group (0: none)
     buckets: list         # bytes on the wire of each gradient bucket per virtual stage (parallel_3d.grad_buckets)
+    bucket_ready: list    # the fraction of the stage's backward after which each is ready (grad_bucket_ready)
     overlap: bool
     every_micro_batch: bool
     grad_kind: str        # all_reduce | reduce_scatter
@@ -164,10 +166,8 @@ def simulate_streams(plan: StreamPlan, comm, layout, p2p_bytes: float, p2p_extra
 
     def push_buckets(r, k, fractions_out):
         """Buckets of virtual stage k's gradients: [(fraction of the backward at which it is ready, seconds)]."""
-        total, done = sum(plan.buckets[k]), 0.0
-        for b in plan.buckets[k]:
-            done += b
-            fractions_out.append((done / total, bucket_seconds[r][round(b, 6)]))
+        for f, b in zip(plan.bucket_ready[k], plan.buckets[k]):
+            fractions_out.append((f, bucket_seconds[r][round(b, 6)]))
 
     def reduce(r, seconds):
         """Queue one bucket's collective on rank r's reduce stream (FIFO: it starts when it is ready and the
@@ -279,7 +279,7 @@ def simulate_streams(plan: StreamPlan, comm, layout, p2p_bytes: float, p2p_extra
 
 
 def stream_plan(cfg, layout, layers: list, fwd: list, bwd: list, sem, psi_virtual: list,
-                grad_wire: float, buckets: list) -> StreamPlan:
+                grad_wire: float, buckets: list, bucket_ready: list) -> StreamPlan:
     """What each rank's streams move in one step (`streams.StreamPlan`) under the data-parallel rules `sem`."""
     p = cfg.parallel
     per_block = sem.gather in ("first_forward", "forward", "forward_backward") and layout.dp > 1
@@ -288,7 +288,7 @@ def stream_plan(cfg, layout, layers: list, fwd: list, bwd: list, sem, psi_virtua
         schedule=p.schedule, p=p.pp, m=cfg.grad_accum_steps, v=p.vpp,
         forward=[(c.compute + c.recompute, c.comm) for c in fwd], backward=[(c.compute + c.recompute, c.comm) for c in bwd],
         layers=layers, grad_bytes=[psi * grad_wire if layout.dp > 1 else 0.0 for psi in psi_virtual],
-        buckets=buckets, overlap=p.overlap and p.bucket_mb > 0,
+        buckets=buckets, bucket_ready=bucket_ready, overlap=p.overlap and p.bucket_mb > 0,
         every_micro_batch=sem.reduce_every_micro_batch,
         grad_kind=sem.grad_collective, gather=sem.gather, prefetch=sem.prefetch,
         gather_bytes=psi_block * weight_bytes_per_param(cfg) if per_block else 0.0,

@@ -5,6 +5,7 @@ from simulator.config import ConfigError, load_config
 from simulator.data_parallel import (
     DEEPSPEED_2021_ZERO3_SLOWDOWN,
     DEEPSPEED_REDUCE_BUCKET,
+    bucket_ready,
     bucket_sizes,
     buckets_ready,
     compression_factor,
@@ -16,7 +17,8 @@ from simulator.data_parallel import (
 )
 from simulator.hardware import hardware_for
 from simulator.memory import layers_per_virtual_stage, virtual_stage_params
-from simulator.parallel_3d import chunk_tensors, simulate_step
+from simulator.parallel_3d import chunk_tensors, grad_bucket_ready, grad_buckets, simulate_step
+from simulator.spec import stage_tensor_backward_work, stage_tensor_numels
 from simulator.simulate import simulate
 from simulator.topology import Cluster
 
@@ -29,6 +31,26 @@ def test_buckets_follow_the_runtime_plan():
     assert sizes[0] == 5 * 2 ** 20                           # one tensor alone passes the 1 MiB first bucket
     assert sizes[1:] == [25 * 2 ** 20, 20 * 2 ** 20 + 2 ** 19]   # then 25 MiB caps; the small tensor comes last
     assert len(bucket_sizes([mib] * 10, 0)) == 10            # bucket_mb 0: one tensor per bucket
+
+
+def test_buckets_are_ready_by_backward_work_not_bytes():
+    """A bucket is ready once the backward has done the work of its tensors and those before them: a lookup
+    table's gradient (the embedding's) costs no backward work, so the bucket before it waits for the end."""
+    mib = 2 ** 20 // 4
+    numels = [4 * mib] + [2 * mib] * 4 + [4 * mib]            # embedding, 4 matrices, head (registration order)
+    work = [0] + [2 * mib] * 4 + [4 * mib]
+    # backward order: the head (4 MiB, alone: past the 1 MiB first bucket), the matrices (8 MiB under the
+    # 10 MiB cap), the embedding
+    assert bucket_sizes(numels, 10) == [4 * 2 ** 20, 8 * 2 ** 20, 4 * 2 ** 20]
+    assert bucket_ready(numels, 10, work) == pytest.approx([4 / 12, 1.0, 1.0])
+    assert bucket_ready(numels, 10, numels) == pytest.approx([4 / 16, 12 / 16, 1.0])    # by bytes, as before
+    # the tiny model's stage: every tensor's elements but the embedding's, whose table is a lookup
+    tiny = load_config("configs/tiny.yaml").model
+    sizes = stage_tensor_numels(tiny, 128, 4, True, True)
+    assert stage_tensor_backward_work(tiny, 128, 4, True, True) == [0] + sizes[1:]
+    tied = load_config("configs/tiny.yaml", ["model.tie_embeddings=true"]).model
+    assert stage_tensor_backward_work(tied, 128, 4, True, True)[0] == sizes[0]   # the head's work on this stage
+    assert stage_tensor_backward_work(tied, 128, 4, True, False)[0] == 0
 
 
 def test_overlap_hides_all_but_the_last_bucket():
@@ -130,9 +152,16 @@ def test_zero_semantics_per_system():
     # shared links it also shares the NIC with the previous micro-batch's last reduce-scatter (contention)
     assert _plain(cfg, "fsdp2").comm["gather_wait"] == pytest.approx(m * first, rel=0.05)
     assert fsdp["comm_s"]["gather_wait"] >= m * first * 0.999
-    # what follows the last backward: its last bucket (the runtime's plan: the embedding's gradient alone),
-    # all-reduced by the course's ZeRO-1, reduce-scattered by FSDP2 (half the ring's steps)
-    assert fsdp["comm_s"]["dp_exposed"] == pytest.approx(course["comm_s"]["dp_exposed"] / 2, rel=0.05)
+    # what follows the last backward: the buckets ready only at its end, the embedding's (the runtime's plan:
+    # its gradient alone) and those holding the first block's last tensors (the embedding's backward, a
+    # lookup's, takes no time): the course's last three 25 MiB buckets, all-reduced, FSDP2's last two, the
+    # first block's and the embedding's, reduce-scattered (half the ring's steps)
+    for system, out, n_tail in ((None, course, 3), ("fsdp2", fsdp, 2)):
+        sem = zero_semantics(cfg, system)
+        sizes = grad_buckets(cfg, sem, [32], [psi], 4.0)[0]
+        assert grad_bucket_ready(cfg, sem, [32])[0][-n_tail - 1] < 0.999      # the one before: hidden
+        tail = sum(comm.time(sem.grad_collective, range(64), b) for b in sizes[-n_tail:])
+        assert out["comm_s"]["dp_exposed"] == pytest.approx(tail, rel=0.05)
     assert zero_semantics(cfg).grad_collective == "all_reduce"              # the course's ZeRO-1
     assert zero_semantics(cfg, "fsdp2").grad_collective == "reduce_scatter"
     # ZeRO-3 under FSDP2: the forward gathers of ZeRO-2 plus the same again before each backward
