@@ -203,12 +203,10 @@ def grad_buckets(cfg, sem, layers: list, psi_virtual: list, grad_wire: float) ->
     """Bytes on the wire of each gradient bucket of every virtual stage, in the order backward fills them:
     the runtime's plan over the chunk's tensors (`chunk_tensors`, `data_parallel.bucket_sizes`) at the
     system's cap (`data_parallel.reduce_bucket_mb`), scaled from fp32 buffers to the bytes reduced."""
-    cap = _bucket_cap(cfg, sem)
-    out = []
+    cap, out = _bucket_cap(cfg, sem), []
     for k, numels in enumerate(chunk_tensors(cfg, layers)):
         plan = bucket_sizes(numels, cap)
-        scale = psi_virtual[k] * grad_wire / sum(plan) if plan else 0.0
-        out.append([b * scale for b in plan])
+        out.append([b * psi_virtual[k] * grad_wire / sum(plan) for b in plan])
     return out
 
 

@@ -18,8 +18,8 @@ from simulator.data_parallel import (
 from simulator.hardware import hardware_for
 from simulator.memory import layers_per_virtual_stage, virtual_stage_params
 from simulator.parallel_3d import chunk_tensors, grad_bucket_ready, grad_buckets, simulate_step
-from simulator.spec import stage_tensor_backward_work, stage_tensor_numels
 from simulator.simulate import simulate
+from simulator.spec import stage_tensor_backward_work, stage_tensor_numels
 from simulator.topology import Cluster
 
 
