@@ -127,9 +127,12 @@ both comm threads start together, so it includes little waiting. On a GPU the tw
 (NCCL's kernels take some SMs: `contention.COMM_SM_SHARE`); on a CPU with as many busy processes as cores, the
 comm thread and the training thread share a core and the GIL. Read the *beside / alone* column first: it
 compares like with like. The simulator's CPU model includes neither effect: it prices a bucket that overlaps
-backward at the after-compute curve and leaves the backward's speed alone. Whether this explains the compare
-suite's under-predicted exposed communication on bucketed rows ([compare_runs.md](compare_runs.md)) is not
-established.
+backward at the after-compute curve and leaves the backward's speed alone. Most of the compare suite's
+under-predicted exposed communication on bucketed rows ([compare_runs.md](compare_runs.md)) was elsewhere: when
+a bucket is ready (`data_parallel.bucket_ready`, since 2026-12-08: by the backward work its tensors wait for, not
+by their bytes). On the `tiny` model no bucket overlaps the backward at all (the one before the embedding's is
+ready a moment before it ends); these effects apply only to a bucket issued well before the end of backward,
+such as the `small` model's first.
 """
 
 
