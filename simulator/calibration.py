@@ -23,7 +23,8 @@ import time
 
 from simulator.compute import block_times, embedding_times, head_times
 from simulator.config import load_config
-from simulator.hardware import Hardware, attention_cost_of
+from simulator.cpu_profile import attention_cost_of
+from simulator.hardware import Hardware
 from simulator.simulate import simulate
 from simulator.workload import Op, attention_scores
 

@@ -49,6 +49,20 @@ def cpu_profile_path() -> str:
     return user if os.path.exists(user) else CPU_PROFILE
 
 
+def value_or_none(value, scale: float = 1.0):
+    """A profile's number times `scale`, or None where the profile has none."""
+    return None if value is None else float(value) * scale
+
+
+def attention_cost_of(value) -> tuple | None:
+    """Hardware.attention_cost from a profile's {"forward" | "backward": {"fixed_us", "ns_per_score",
+    "ns_per_score_dim"}} (`calibration.fit_attention`), or None."""
+    if not value:
+        return None
+    return tuple((float(value[p]["fixed_us"]) * US, float(value[p]["ns_per_score"]) * 1e-9,
+                  float(value[p]["ns_per_score_dim"]) * 1e-9) for p in ("forward", "backward"))
+
+
 def measured_curve(points) -> list | None:
     """Sorted [(bytes, seconds)] of a measured curve in a profile, or None."""
     return sorted((float(b), float(t)) for b, t in points) if points else None

@@ -66,12 +66,14 @@ from simulator.cpu_profile import (  # noqa: F401  (CPU_PROFILE, PROFILE_DIR ...
     CPU_PROFILE,
     DEFAULT_CPU_PROFILE,
     PROFILE_DIR,
+    attention_cost_of,
     between_counts,
     collective_curves_of,
     cpu_profile_path,
     rpc_curves_of,
     saturating,
     user_cpu_profile_path,
+    value_or_none,
     write_cpu_profile,
 )
 
@@ -289,27 +291,14 @@ def apply_gpu_profile(hw: Hardware, path: str) -> Hardware:
         peaks.update({k: float(v) * T for k, v in (prof.get("peak_tflops") or {}).items()})
         return hw.with_overrides(
             peak_flops=peaks,
-            matmul_efficiency=_float(prof.get("matmul_efficiency")),
-            memory_efficiency=_float(prof.get("memory_efficiency")),
-            memory_bandwidth=_float(prof.get("memory_bandwidth_GBps"), G),
-            kernel_overhead=_float(prof.get("kernel_overhead_us"), US),
-            link_efficiency=_float(prof.get("link_efficiency")),
-            nic_efficiency=_float(prof.get("nic_efficiency")))
+            matmul_efficiency=value_or_none(prof.get("matmul_efficiency")),
+            memory_efficiency=value_or_none(prof.get("memory_efficiency")),
+            memory_bandwidth=value_or_none(prof.get("memory_bandwidth_GBps"), G),
+            kernel_overhead=value_or_none(prof.get("kernel_overhead_us"), US),
+            link_efficiency=value_or_none(prof.get("link_efficiency")),
+            nic_efficiency=value_or_none(prof.get("nic_efficiency")))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"GPU profile {path}: bad field ({e})") from None
-
-
-def _float(value, scale: float = 1.0):
-    return None if value is None else float(value) * scale
-
-
-def attention_cost_of(value) -> tuple | None:
-    """Hardware.attention_cost from a profile's {"forward" | "backward": {"fixed_us", "ns_per_score",
-    "ns_per_score_dim"}} (`calibration.fit_attention`), or None."""
-    if not value:
-        return None
-    return tuple((float(value[p]["fixed_us"]) * US, float(value[p]["ns_per_score"]) * 1e-9,
-                  float(value[p]["ns_per_score_dim"]) * 1e-9) for p in ("forward", "backward"))
 
 
 def cpu_from_profile(path: str) -> Hardware:
