@@ -14,6 +14,23 @@ class Parser(argparse.ArgumentParser):
         print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an unknown argument after a subcommand is the subcommand's mistake: it names
+        `llama-course grade` and its --help, not the top-level parser."""
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self.chosen(ns).error(f"unrecognized arguments: {' '.join(extra)}")
+        return ns
+
+    def chosen(self, ns) -> argparse.ArgumentParser:
+        """The (sub)command's parser that read `ns`: the deepest subparser chosen, else this one."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                sub = action.choices.get(getattr(ns, action.dest, None))
+                if sub is not None:
+                    return sub.chosen(ns) if isinstance(sub, Parser) else sub
+        return self
+
 
 def at_least(low: int):
     """An argparse type: an integer no smaller than `low` (a count of steps, layouts, questions, repeats)."""

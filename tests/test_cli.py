@@ -237,6 +237,16 @@ def test_every_python_m_entry_point_says_a_usage_mistake_in_one_line(module):
         f"error: python -m {module}: unrecognized arguments: --bogus (see python -m {module} --help)\n")
 
 
+@pytest.mark.parametrize("command", ["grade", "simulate", "quiz"])
+def test_an_unknown_argument_names_its_subcommand(command):
+    """argparse used to report a subcommand's unknown argument from the top-level parser ("llama-course:
+    unrecognized arguments", see llama-course --help); the mistake and the help to read are the subcommand's."""
+    argv = [command] + ([TINY] if command == "simulate" else []) + ["--bogus", "x"]
+    proc = cli(*argv)
+    assert proc.returncode == 2 and proc.stderr == (
+        f"error: llama-course {command}: unrecognized arguments: --bogus x (see llama-course {command} --help)\n")
+
+
 def test_compress_into_a_file_is_refused_and_keeps_it(work):
     folder, before = work
     (folder / "a-file").write_text("keep me")

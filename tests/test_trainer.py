@@ -108,3 +108,7 @@ def test_eval_and_generate_read_a_checkpoint(tmp_path):
     assert text.startswith("The for statement") and len(text) > len("The for statement")
     bad = cli("eval", str(tmp_path / "nothing"), check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("error: checkpoint not found")
+    for command in (["eval", TINY], ["generate", TINY, "--prompt", "x"]):     # a config where the folder goes
+        bad = cli(*command, check=False)
+        assert bad.returncode == 2 and bad.stderr == (
+            f"error: checkpoint {TINY} is a file; give the folder `train --checkpoint-dir` wrote\n")

@@ -69,6 +69,9 @@ def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="override a field, value read as YAML: --set parallel.tp=2 (repeatable)")
 
 
+CHECKPOINT_HELP = "a checkpoint folder: what `train --checkpoint-dir DIR` wrote (its latest step) or one step folder"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="llama-course", description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -118,18 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the whole bench N times and keep the median of every number (a busy machine)")
 
     p = _add_command(sub, "eval", "held-out loss, perplexity and parameter bytes of a checkpoint")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = _add_command(sub, "compress", "prune, quantize or distill a checkpoint")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--method", required=True, choices=["prune", "int8", "int4", "distill"])
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="method options, e.g. --set sparsity=0.5 --set structured=true")
 
     p = _add_command(sub, "generate", "sample text from a checkpoint")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help=CHECKPOINT_HELP)
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=100)
     p.add_argument("--temperature", type=float, default=0.8)

@@ -98,6 +98,8 @@ def resolve_path(path: str) -> str:
     """A checkpoint folder from a path that is either a step folder or a --checkpoint-dir root."""
     if not os.path.exists(path):
         raise ConfigError(f"checkpoint not found: {path}")
+    if not os.path.isdir(path):
+        raise ConfigError(f"checkpoint {path} is a file; give the folder `train --checkpoint-dir` wrote")
     if os.path.exists(os.path.join(path, "manifest.json")) or os.path.exists(os.path.join(path, "model.pt")):
         problem = verify(path) if os.path.exists(os.path.join(path, "manifest.json")) else None
         if problem:
