@@ -105,7 +105,9 @@ def read_raw(source: Any = None, overrides: list | None = None) -> dict:
             mark = getattr(e, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark else ""
             raise ConfigError(f"{path}: not valid YAML{where}") from None
-        except (OSError, UnicodeDecodeError) as e:
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file; give a YAML config, e.g. configs/tiny.yaml") from None
+        except OSError as e:
             raise ConfigError(f"{path}: cannot read the config ({e.strerror or type(e).__name__})") from None
         if raw is None:         # an empty file (or only comments) would silently run every default
             raise ConfigError(f"{path}: the config is empty; start from a complete one, e.g. configs/tiny.yaml")

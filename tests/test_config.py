@@ -97,6 +97,9 @@ def test_not_a_mapping_and_bad_yaml(tmp_path):
         load_config(tmp_path / "list.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "broken.yaml")
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(128, 256)))     # not UTF-8: was a traceback
+    with pytest.raises(ConfigError, match="not a text file"):
+        load_config(tmp_path / "binary.yaml")
 
 
 def test_every_field_has_a_docstring():
