@@ -25,6 +25,7 @@ Parameter-server *servers* are not engines: they are a role the trainer runs ins
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -97,7 +98,8 @@ class ModelTransform:
 
     def loss(self, model: nn.Module, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The mean cross-entropy of the transformed model's output (only when provides_loss)."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} keeps the model's own loss (provides_loss is False); "
+                        "the engine calls loss() only on a transform that provides one")
 
     def loss_context(self):
         """Context around forward + loss + backward (DTensor's loss_parallel)."""
@@ -128,22 +130,24 @@ class ModelTransform:
         return named
 
 
-class Schedule:
+class Schedule(ABC):
     """The order of forward and backward over the micro-batches (subclasses: Sequential, pipelines)."""
 
     name = "single"
 
     def attach(self, engine) -> None:
         """Called once the engine holds its model (pipelines build their send/recv here)."""
+        return None
 
+    @abstractmethod
     def forward_backward(self, engine, micro_batches: list, weights: list) -> float:
         """Forward and backward every micro-batch, backward on loss_i x weights[i] (scaled for fp16).
         Returns sum_i weights[i] loss_i as this rank's share of the global mean (0 where no loss is
         computed, e.g. pipeline stages before the last, after the schedule shares it)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def evaluate(self, engine, batches: list) -> float:
-        raise NotImplementedError
+        """The mean loss over `batches`, forward only (held-out evaluation)."""
 
 
 class GradientSync:

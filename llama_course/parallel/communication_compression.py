@@ -167,7 +167,7 @@ class PowerSGDCompressor(Compressor):
             o += t.numel()
 
     def reduce_scatter(self, flat, group, counter):
-        raise NotImplementedError("PowerSGD compresses all-reduces; the capability table refuses it with "
+        raise ValueError("PowerSGD compresses all-reduces; the capability table refuses it with "
                                   "zero_stage 2 or 3")
 
     def state_dict(self) -> dict:
